@@ -1,0 +1,309 @@
+//! Composition root: config → store → keys → broker → listener, background
+//! tasks, graceful shutdown. The only module that knows all the others.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use url::Url;
+
+use crate::attest::dev::DevIssuer;
+use crate::attest::jwt::{IssuerKeys, TrustedIssuer, Verifier};
+use crate::attest::{issuer_from_config, jwks};
+use crate::broker::{Broker, apply};
+use crate::clock::SharedClock;
+use crate::config::{Config, DevConfig};
+use crate::domain::policy::TtlPolicy;
+use crate::http::serve::{ServeOptions, serve, tls_acceptor};
+use crate::http::{AppState, Limits, metadata_document, router};
+use crate::keys::{Kek, KekSource, Keyring};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{ApplyReport, CatalogStore};
+
+/// How often expired single-use records are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// A built application: listener bound, state ready, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    base_url: String,
+    router: axum::Router,
+    tls: Option<TlsAcceptor>,
+    serve_options: ServeOptions,
+    broker: Broker,
+    store: Arc<SqliteStore>,
+    remote_issuers: Vec<(Arc<TrustedIssuer>, Duration)>,
+}
+
+/// Loads the key-encryption key the configuration names.
+pub fn load_kek(config: &Config) -> anyhow::Result<Kek> {
+    let source = match (&config.keys.kek, &config.keys.kek_file) {
+        (Some(inline), _) => KekSource::Inline(inline),
+        (None, Some(path)) => KekSource::File(path),
+        (None, None) if config.dev.enabled => {
+            tracing::warn!(
+                path = %config.keys.dir.join("kek").display(),
+                "no key-encryption key configured; dev mode generated one next to the keys. \
+                 Configure keys.kek_file outside development"
+            );
+            KekSource::DevGenerated(config.keys.dir.join("kek"))
+        }
+        (None, None) => bail!("keys.kek_file or HALFLIFE_KEYS__KEK is required outside dev mode"),
+    };
+    Ok(Kek::load(source)?)
+}
+
+/// Names grants may use as `issuer`.
+pub fn known_issuers(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config.issuers.iter().map(|i| i.name.clone()).collect();
+    names.push(DevConfig::ISSUER_NAME.to_owned());
+    names
+}
+
+/// Reads, validates and applies one declarative file.
+pub async fn apply_file(
+    store: &dyn CatalogStore,
+    config: &Config,
+    path: &Path,
+    actor: &str,
+    now: time::OffsetDateTime,
+    dry_run: bool,
+) -> anyhow::Result<ApplyReport> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    let file = apply::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let catalog = apply::validate(file, &known_issuers(config), config.tokens.max_ttl.get())
+        .map_err(|problems| {
+            anyhow::anyhow!(
+                "{} is invalid:\n  - {}",
+                path.display(),
+                problems.join("\n  - ")
+            )
+        })?;
+    store
+        .apply(&catalog, actor, now, dry_run)
+        .await
+        .with_context(|| format!("failed to apply {}", path.display()))
+}
+
+pub async fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open(
+        &config.database.url,
+        config.database.busy_timeout.get(),
+        config.database.max_connections,
+    )
+    .await
+    .with_context(|| format!("failed to open database {}", config.database.url))
+}
+
+impl App {
+    pub async fn build(mut config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        crate::crypto::install();
+        config
+            .validate()
+            .map_err(crate::config::ConfigError::Invalid)?;
+
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("failed to bind {}", config.server.listen))?;
+        let local_addr = listener.local_addr()?;
+        if config.server.public_url.is_none() {
+            // With port 0 the real port is known only now.
+            let scheme = if config.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            config.server.public_url = Some(Url::parse(&format!("{scheme}://{local_addr}"))?);
+        }
+        let base_url = config.server.public_base();
+
+        let tls = match &config.server.tls {
+            Some(t) => {
+                Some(tls_acceptor(&t.cert_file, &t.key_file).map_err(|e| anyhow::anyhow!(e))?)
+            }
+            None => None,
+        };
+
+        let now = clock.now();
+        let kek = load_kek(&config)?;
+        let keys = Keyring::load_or_create(&config.keys.dir, config.keys.algorithm, &kek, now)
+            .context("failed to load signing keys")?;
+
+        let store = Arc::new(open_store(&config).await?);
+        for path in &config.bootstrap.apply {
+            let report = apply_file(store.as_ref(), &config, path, "bootstrap", now, false).await?;
+            if !report.created.is_empty() || !report.updated.is_empty() {
+                tracing::info!(file = %path.display(), created = ?report.created, updated = ?report.updated, "applied bootstrap catalog");
+            }
+        }
+
+        let client = jwks::http_client()
+            .map_err(|e| anyhow::anyhow!("failed to build the JWKS client: {e}"))?;
+        let mut issuers = Vec::new();
+        let mut remote_issuers = Vec::new();
+        if config.dev.enabled {
+            tracing::warn!(
+                listen = %config.server.listen,
+                "the built-in dev issuer is ENABLED: anyone who can run `halflife dev token` on this host can mint \
+                 attestations. Never enable it outside development (dev.enabled = false)"
+            );
+            issuers.push(DevIssuer::load_or_create(&config, &kek, now)?.trusted());
+        }
+        for issuer in &config.issuers {
+            issuers.push(
+                issuer_from_config(issuer, &client)
+                    .with_context(|| format!("issuer {}", issuer.name))?,
+            );
+        }
+        let verifier = Verifier::new(issuers);
+        for issuer in verifier.issuers() {
+            if matches!(issuer.keys, IssuerKeys::Remote(_)) {
+                let interval = config
+                    .issuers
+                    .iter()
+                    .find(|c| c.name == issuer.name)
+                    .map_or(Duration::from_secs(300), |c| c.jwks_refresh_interval.get());
+                remote_issuers.push((Arc::clone(issuer), interval));
+            }
+        }
+
+        let broker = Broker {
+            clock,
+            verifier: Arc::new(verifier),
+            keys: Arc::new(keys),
+            policy: store.clone(),
+            log: store.clone(),
+            credentials: store.clone(),
+            admin_tokens: store.clone(),
+            issuer: base_url.clone(),
+            limits: TtlPolicy {
+                default_ttl: config.tokens.default_ttl.get(),
+                ceiling: config.tokens.max_ttl.get(),
+            },
+        };
+        let metadata = metadata_document(&base_url, &broker.keys.algorithms());
+        let state = AppState {
+            broker: broker.clone(),
+            health: store.clone(),
+            metadata: Arc::new(metadata),
+            max_body_bytes: config.server.max_body_bytes,
+        };
+        let router = router(
+            state,
+            &Limits {
+                max_body_bytes: config.server.max_body_bytes,
+                request_timeout: config.server.request_timeout.get(),
+            },
+        );
+        Ok(Self {
+            listener,
+            local_addr,
+            base_url,
+            router,
+            tls,
+            serve_options: ServeOptions {
+                header_read_timeout: config.server.header_read_timeout.get(),
+                max_connections: config.server.max_connections,
+                shutdown_grace: config.server.shutdown_grace.get(),
+            },
+            broker,
+            store,
+            remote_issuers,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The public base URL (the `iss` of issued tokens).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Serves until `shutdown` resolves, then drains connections.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        for (issuer, interval) in self.remote_issuers {
+            tasks.push(tokio::spawn(refresh_jwks(issuer, interval)));
+        }
+        let store = Arc::clone(&self.store);
+        let clock = Arc::clone(&self.broker.clock);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) =
+                    crate::store::CredentialStore::prune_replay_records(store.as_ref(), clock.now())
+                        .await
+                {
+                    tracing::warn!(error = %e, "pruning single-use records failed; will retry");
+                }
+            }
+        }));
+        tracing::info!(listen = %self.local_addr, issuer = %self.base_url, tls = self.tls.is_some(), "halflife is serving");
+        serve(
+            self.listener,
+            self.tls,
+            self.router,
+            self.serve_options,
+            shutdown,
+        )
+        .await;
+        for task in tasks {
+            task.abort();
+        }
+        tracing::info!("halflife stopped");
+        Ok(())
+    }
+}
+
+/// Keeps a remote JWKS fresh: fetches at once, then every `interval`
+/// (retrying sooner after a failure).
+async fn refresh_jwks(issuer: Arc<TrustedIssuer>, interval: Duration) {
+    let IssuerKeys::Remote(remote) = &issuer.keys else {
+        return;
+    };
+    loop {
+        let wait = match remote.refresh().await {
+            Ok(_) => interval,
+            Err(_) => interval.min(Duration::from_secs(5)),
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,335 @@
+//! Verification of JWT attestations (Kubernetes service-account tokens,
+//! SPIFFE JWT-SVIDs, CI OIDC tokens, the dev issuer's tokens).
+//!
+//! jsonwebtoken's defaults are lax, so every rule is explicit here: the
+//! algorithm must be on the issuer's allow-list (never `none` or HMAC); the
+//! `crit`, `jku`, `x5u`, `jwk` and `x5c` headers are refused (the broker never
+//! fetches or trusts a key a token points at); `exp`, `iat`, `iss`, `aud` and
+//! `sub` are required; `exp`, `nbf` and `iat` are checked against the
+//! injected clock with the issuer's leeway.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::jwks::{KeySet, RemoteJwks};
+use crate::crypto;
+use crate::domain::values::MAX_SUBJECT_LEN;
+
+/// Longest attestation accepted. Platform tokens are 1–2 KB; anything near
+/// this is hostile.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+const MAX_JTI_LEN: usize = 256;
+
+/// Where an issuer's keys come from.
+pub enum IssuerKeys {
+    Static(Arc<KeySet>),
+    Remote(Arc<RemoteJwks>),
+}
+
+/// A trusted attestation issuer, ready to verify.
+pub struct TrustedIssuer {
+    /// The name grants refer to.
+    pub name: String,
+    /// The exact `iss`.
+    pub iss: String,
+    pub algorithms: Vec<Algorithm>,
+    pub audience: String,
+    pub leeway: Duration,
+    pub max_token_age: Duration,
+    pub single_use: bool,
+    pub keys: IssuerKeys,
+}
+
+/// A verified attestation: who the workload is, and which token proved it.
+#[derive(Debug, Clone)]
+pub struct Attestation {
+    pub issuer_name: String,
+    pub iss: String,
+    pub subject: String,
+    /// The token's `jti`, or `sha256:<hex>` of the token when it has none.
+    /// Never the token itself.
+    pub token_id: String,
+    pub expires_at: OffsetDateTime,
+    pub single_use: bool,
+    /// Until when a single-use record must be kept: expiry plus leeway, so
+    /// a token can never verify again once its record is gone.
+    pub replay_until: OffsetDateTime,
+}
+
+/// Why an attestation was refused. Callers see one generic message for all
+/// of these (no oracle for forgers); the precise reason goes to the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("token is larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    #[error("token header {0:?} is not accepted")]
+    ForbiddenHeader(&'static str),
+    #[error("issuer {0:?} is not trusted")]
+    UnknownIssuer(String),
+    #[error("algorithm {0:?} is not allowed for issuer {1}")]
+    AlgorithmNotAllowed(String, String),
+    #[error("no key of issuer {issuer} matches kid {kid:?}")]
+    UnknownKey { issuer: String, kid: Option<String> },
+    #[error("keys of issuer {0} are unavailable (never fetched or too stale)")]
+    KeysUnavailable(String),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("audience does not include {0:?}")]
+    WrongAudience(String),
+    #[error("required claim {0:?} is missing")]
+    MissingClaim(String),
+    #[error("claims are invalid: {0}")]
+    BadClaims(String),
+    #[error("token expired at {0}")]
+    Expired(i64),
+    #[error("token is not valid before {0}")]
+    NotYetValid(i64),
+    #[error("token issued in the future ({0})")]
+    IssuedInFuture(i64),
+    #[error("token lifetime {0}s exceeds the issuer's max_token_age of {1}s")]
+    TooLong(i64, u64),
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    iss: Option<String>,
+}
+
+/// The claims read from a verified token. Integer types make a string,
+/// fractional, negative-overflowing or out-of-range time claim a parse error.
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    iat: i64,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
+/// All trusted issuers, by exact `iss`.
+#[derive(Default)]
+pub struct Verifier {
+    issuers: HashMap<String, Arc<TrustedIssuer>>,
+}
+
+impl Verifier {
+    pub fn new(issuers: Vec<TrustedIssuer>) -> Self {
+        Self {
+            issuers: issuers
+                .into_iter()
+                .map(|i| (i.iss.clone(), Arc::new(i)))
+                .collect(),
+        }
+    }
+
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<TrustedIssuer>> {
+        self.issuers.values()
+    }
+
+    pub async fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Attestation, Rejection> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Rejection::TooLarge);
+        }
+        let mut parts = token.split('.');
+        let (Some(_header), Some(payload_b64), Some(_signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Rejection::Malformed(
+                "a JWS in compact form has exactly three parts",
+            ));
+        };
+        if !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(Rejection::Malformed("characters outside base64url"));
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed("header"))?;
+        for (name, present) in [
+            ("crit", header.crit.is_some()),
+            ("jku", header.jku.is_some()),
+            ("x5u", header.x5u.is_some()),
+            ("jwk", header.jwk.is_some()),
+            ("x5c", header.x5c.is_some()),
+            ("enc", header.enc.is_some()),
+            ("zip", header.zip.is_some()),
+        ] {
+            if present {
+                return Err(Rejection::ForbiddenHeader(name));
+            }
+        }
+        if header
+            .cty
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case("jwt"))
+        {
+            return Err(Rejection::ForbiddenHeader("cty"));
+        }
+
+        let payload =
+            crypto::b64url_decode(payload_b64).ok_or(Rejection::Malformed("payload encoding"))?;
+        let peek: Peek = serde_json::from_slice(&payload)
+            .map_err(|_| Rejection::Malformed("payload is not a JSON object"))?;
+        let iss = peek
+            .iss
+            .ok_or_else(|| Rejection::MissingClaim("iss".into()))?;
+        let issuer = self
+            .issuers
+            .get(&iss)
+            .ok_or_else(|| Rejection::UnknownIssuer(crate::domain::values::truncate(&iss, 80)))?;
+
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(Rejection::AlgorithmNotAllowed(
+                format!("{:?}", header.alg),
+                issuer.name.clone(),
+            ));
+        }
+
+        let kid = header.kid.as_deref();
+        let keys = issuer.key_set(kid, header.alg).await?;
+        let claims = verify_with(issuer, &keys, token, kid, header.alg)?;
+        check_times(issuer, &claims, now)?;
+
+        if claims.sub.is_empty()
+            || claims.sub.len() > MAX_SUBJECT_LEN
+            || claims.sub.chars().any(char::is_control)
+        {
+            return Err(Rejection::BadClaims(
+                "sub must be 1-2048 printable characters".into(),
+            ));
+        }
+        let token_id = match claims.jti {
+            Some(jti) if !jti.is_empty() && jti.len() <= MAX_JTI_LEN => jti,
+            Some(_) => return Err(Rejection::BadClaims("jti must be 1-256 characters".into())),
+            None => format!("sha256:{}", crypto::hex(&crypto::sha256(token.as_bytes()))),
+        };
+        let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
+            .map_err(|_| Rejection::BadClaims("exp out of range".into()))?;
+        Ok(Attestation {
+            issuer_name: issuer.name.clone(),
+            iss: issuer.iss.clone(),
+            subject: claims.sub,
+            token_id,
+            expires_at,
+            single_use: issuer.single_use,
+            replay_until: expires_at + issuer.leeway,
+        })
+    }
+}
+
+impl TrustedIssuer {
+    /// The key set to verify with, refetching once (per cooldown) when a
+    /// remote issuer's set has no key for this token.
+    async fn key_set(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<KeySet>, Rejection> {
+        let unknown = || Rejection::UnknownKey {
+            issuer: self.name.clone(),
+            kid: kid.map(|k| crate::domain::values::truncate(k, 64)),
+        };
+        match &self.keys {
+            IssuerKeys::Static(set) => {
+                if set.candidates(kid, alg).next().is_none() {
+                    return Err(unknown());
+                }
+                Ok(Arc::clone(set))
+            }
+            IssuerKeys::Remote(remote) => {
+                if let Some(set) = remote.current()
+                    && set.candidates(kid, alg).next().is_some()
+                {
+                    return Ok(set);
+                }
+                remote.refresh_for_unknown_kid().await;
+                match remote.current() {
+                    Some(set) if set.candidates(kid, alg).next().is_some() => Ok(set),
+                    Some(_) => Err(unknown()),
+                    None => Err(Rejection::KeysUnavailable(self.name.clone())),
+                }
+            }
+        }
+    }
+}
+
+fn verify_with(
+    issuer: &TrustedIssuer,
+    keys: &KeySet,
+    token: &str,
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Result<Claims, Rejection> {
+    let mut validation = Validation::new(alg);
+    validation.algorithms = vec![alg];
+    // Time claims are checked by `check_times` against the injected clock.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.leeway = 0;
+    validation.set_issuer(&[&issuer.iss]);
+    validation.set_audience(&[&issuer.audience]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+
+    let mut last = Rejection::BadSignature;
+    for key in keys.candidates(kid, alg) {
+        match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+            Ok(data) => return Ok(data.claims),
+            Err(e) => {
+                last = match e.kind() {
+                    ErrorKind::InvalidSignature
+                    | ErrorKind::InvalidAlgorithm
+                    | ErrorKind::InvalidKeyFormat => Rejection::BadSignature,
+                    ErrorKind::InvalidAudience => Rejection::WrongAudience(issuer.audience.clone()),
+                    ErrorKind::InvalidIssuer => Rejection::UnknownIssuer(issuer.iss.clone()),
+                    ErrorKind::MissingRequiredClaim(c) => Rejection::MissingClaim(c.clone()),
+                    ErrorKind::Json(e) => Rejection::BadClaims(e.to_string()),
+                    ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
+                        Rejection::Malformed("encoding")
+                    }
+                    other => Rejection::BadClaims(format!("{other:?}")),
+                };
+                // Only a signature mismatch is worth trying the next key for.
+                if last != Rejection::BadSignature {
+                    return Err(last);
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+fn check_times(
+    issuer: &TrustedIssuer,
+    claims: &Claims,
+    now: OffsetDateTime,
+) -> Result<(), Rejection> {
+    let now = now.unix_timestamp();
+    let leeway = i64::try_from(issuer.leeway.as_secs()).unwrap_or(i64::MAX);
+    if claims.exp.saturating_add(leeway) <= now {
+        return Err(Rejection::Expired(claims.exp));
+    }
+    if let Some(nbf) = claims.nbf
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(Rejection::NotYetValid(nbf));
+    }
+    if claims.iat > now.saturating_add(leeway) {
+        return Err(Rejection::IssuedInFuture(claims.iat));
+    }
+    if claims.exp <= claims.iat {
+        return Err(Rejection::BadClaims("exp is not after iat".into()));
+    }
+    let lifetime = claims.exp.saturating_sub(claims.iat);
+    let max = issuer.max_token_age.as_secs();
+    if u64::try_from(lifetime).unwrap_or(u64::MAX) > max {
+        return Err(Rejection::TooLong(lifetime, max));
+    }
+    Ok(())
+}

@@ -1,0 +1,399 @@
+//! `halflife apply`: the declarative load of owners, systems and grants.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::domain::model::{Grant, OwnerStatus, Tier};
+use crate::domain::values::{
+    Audience, CredentialKind, GrantId, OwnerId, ScopeSet, SubjectMatch, SystemId,
+};
+use crate::store::{Catalog, DateSpec, OwnerSpec, SystemSpec};
+
+/// Ownership attestation period used when an owner names none.
+pub const DEFAULT_ATTESTATION: Duration = Duration::from_secs(90 * 86400);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyFile {
+    #[serde(default)]
+    pub owners: Vec<OwnerEntry>,
+    #[serde(default)]
+    pub systems: Vec<SystemEntry>,
+    #[serde(default)]
+    pub grants: Vec<GrantEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerEntry {
+    pub id: String,
+    pub display_name: String,
+    pub email: String,
+    #[serde(default)]
+    pub status: Option<String>,
+    /// RFC 3339, or a duration counted from when the owner is created.
+    #[serde(default)]
+    pub attested_until: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemEntry {
+    pub id: String,
+    pub name: String,
+    pub purpose: String,
+    pub business_owner: String,
+    pub technical_owner: String,
+    pub tier: String,
+    /// RFC 3339, or a duration counted from when the system is created.
+    #[serde(default)]
+    pub pilot_ends_at: Option<String>,
+    #[serde(default)]
+    pub data_classification: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantEntry {
+    pub id: String,
+    pub system: String,
+    pub issuer: String,
+    pub subject: String,
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub default_scopes: Vec<String>,
+    #[serde(default)]
+    pub kinds: Option<Vec<String>>,
+    pub max_ttl: String,
+}
+
+/// Validates a parsed file into a catalog. Every problem is reported with
+/// the entry and field it concerns.
+pub fn validate(
+    file: ApplyFile,
+    known_issuers: &[String],
+    ceiling: Duration,
+) -> Result<Catalog, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut catalog = Catalog::default();
+    let mut seen = HashSet::new();
+
+    for (i, o) in file.owners.into_iter().enumerate() {
+        let at = |field: &str| format!("owners[{i}].{field}");
+        let id = OwnerId::parse(&o.id)
+            .map_err(|e| problems.push(format!("{}: {e}", at("id"))))
+            .ok();
+        if id
+            .as_ref()
+            .is_some_and(|id| !seen.insert(format!("owner/{id}")))
+        {
+            problems.push(format!("{}: owner {} appears twice", at("id"), o.id));
+        }
+        let status = match o.status.as_deref() {
+            None => Some(OwnerStatus::Active),
+            Some(s) => OwnerStatus::parse(s).or_else(|| {
+                problems.push(format!("{}: must be active or departed", at("status")));
+                None
+            }),
+        };
+        let attested_until = match o.attested_until.as_deref() {
+            None => Some(DateSpec::OnCreate(DEFAULT_ATTESTATION)),
+            Some(text) => date_spec(text)
+                .map_err(|e| problems.push(format!("{}: {e}", at("attested_until"))))
+                .ok(),
+        };
+        if o.display_name.trim().is_empty() {
+            problems.push(format!("{}: must not be empty", at("display_name")));
+        }
+        if !o.email.contains('@') || o.email.chars().any(char::is_whitespace) {
+            problems.push(format!("{}: must be an email address", at("email")));
+        }
+        if let (Some(id), Some(status), Some(attested_until)) = (id, status, attested_until) {
+            catalog.owners.push(OwnerSpec {
+                id,
+                display_name: o.display_name,
+                email: o.email,
+                status,
+                attested_until,
+            });
+        }
+    }
+
+    for (i, s) in file.systems.into_iter().enumerate() {
+        let at = |field: &str| format!("systems[{i}].{field}");
+        let id = SystemId::parse(&s.id)
+            .map_err(|e| problems.push(format!("{}: {e}", at("id"))))
+            .ok();
+        if id
+            .as_ref()
+            .is_some_and(|id| !seen.insert(format!("system/{id}")))
+        {
+            problems.push(format!("{}: system {} appears twice", at("id"), s.id));
+        }
+        let business = OwnerId::parse(&s.business_owner)
+            .map_err(|e| problems.push(format!("{}: {e}", at("business_owner"))))
+            .ok();
+        let technical = OwnerId::parse(&s.technical_owner)
+            .map_err(|e| problems.push(format!("{}: {e}", at("technical_owner"))))
+            .ok();
+        let tier = Tier::parse(&s.tier).or_else(|| {
+            problems.push(format!(
+                "{}: must be sandbox, pilot or production",
+                at("tier")
+            ));
+            None
+        });
+        let pilot_ends_at = match s.pilot_ends_at.as_deref() {
+            None => None,
+            Some(text) => match date_spec(text) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(format!("{}: {e}", at("pilot_ends_at")));
+                    None
+                }
+            },
+        };
+        if matches!(tier, Some(Tier::Sandbox | Tier::Pilot)) && s.pilot_ends_at.is_none() {
+            problems.push(format!(
+                "{}: sandbox and pilot systems must have an end date (RFC 3339, or a duration such as \"30d\")",
+                at("pilot_ends_at")
+            ));
+        }
+        if s.name.trim().is_empty() {
+            problems.push(format!("{}: must not be empty", at("name")));
+        }
+        if s.purpose.trim().is_empty() {
+            problems.push(format!(
+                "{}: must say what the system is for",
+                at("purpose")
+            ));
+        }
+        if let (Some(id), Some(business_owner), Some(technical_owner), Some(tier)) =
+            (id, business, technical, tier)
+        {
+            catalog.systems.push(SystemSpec {
+                id,
+                name: s.name,
+                purpose: s.purpose,
+                business_owner,
+                technical_owner,
+                tier,
+                pilot_ends_at,
+                data_classification: s.data_classification.filter(|d| !d.trim().is_empty()),
+            });
+        }
+    }
+
+    for (i, g) in file.grants.into_iter().enumerate() {
+        match grant(g, known_issuers, ceiling) {
+            Ok(grant) => {
+                if !seen.insert(format!("grant/{}", grant.id)) {
+                    problems.push(format!("grants[{i}].id: grant {} appears twice", grant.id));
+                }
+                catalog.grants.push(grant);
+            }
+            Err(errs) => problems.extend(
+                errs.into_iter()
+                    .map(|(field, e)| format!("grants[{i}].{field}: {e}")),
+            ),
+        }
+    }
+    if problems.is_empty() {
+        Ok(catalog)
+    } else {
+        Err(problems)
+    }
+}
+
+fn grant(
+    g: GrantEntry,
+    known_issuers: &[String],
+    ceiling: Duration,
+) -> Result<Grant, Vec<(&'static str, String)>> {
+    let mut errs = Vec::new();
+    let id = GrantId::parse(&g.id)
+        .map_err(|e| errs.push(("id", e.0)))
+        .ok();
+    let system = SystemId::parse(&g.system)
+        .map_err(|e| errs.push(("system", e.0)))
+        .ok();
+    if !known_issuers.contains(&g.issuer) {
+        errs.push((
+            "issuer",
+            format!(
+                "{:?} is not a configured issuer (known: {})",
+                g.issuer,
+                known_issuers.join(", ")
+            ),
+        ));
+    }
+    let subject = SubjectMatch::parse(&g.subject)
+        .map_err(|e| errs.push(("subject", e.0)))
+        .ok();
+    let mut audiences = Vec::new();
+    for a in &g.audiences {
+        match Audience::parse(a) {
+            Ok(a) if audiences.contains(&a) => {
+                errs.push(("audiences", format!("{a} appears twice")))
+            }
+            Ok(a) => audiences.push(a),
+            Err(e) => errs.push(("audiences", e.0)),
+        }
+    }
+    if g.audiences.is_empty() {
+        errs.push(("audiences", "list at least one audience".into()));
+    }
+    let scopes = ScopeSet::from_list(&g.scopes)
+        .map_err(|e| errs.push(("scopes", e.0)))
+        .ok();
+    let default_scopes = ScopeSet::from_list(&g.default_scopes)
+        .map_err(|e| errs.push(("default_scopes", e.0)))
+        .ok();
+    if let (Some(scopes), Some(defaults)) = (&scopes, &default_scopes) {
+        let outside: Vec<_> = defaults.outside(scopes).map(|s| s.to_string()).collect();
+        if !outside.is_empty() {
+            errs.push((
+                "default_scopes",
+                format!("{} not in scopes", outside.join(" ")),
+            ));
+        }
+    }
+    let kinds = match g.kinds {
+        None => vec![CredentialKind::Jwt],
+        Some(list) if list.is_empty() => {
+            errs.push(("kinds", "list at least one credential kind".into()));
+            Vec::new()
+        }
+        Some(list) => list
+            .iter()
+            .filter_map(|k| {
+                CredentialKind::parse(k)
+                    .map_err(|e| errs.push(("kinds", e.0)))
+                    .ok()
+            })
+            .collect(),
+    };
+    let max_ttl = match humantime::parse_duration(&g.max_ttl) {
+        Ok(d) if d.is_zero() => {
+            errs.push(("max_ttl", "must be greater than zero".into()));
+            None
+        }
+        Ok(d) if d > ceiling => {
+            errs.push((
+                "max_ttl",
+                format!(
+                    "{} exceeds the global ceiling tokens.max_ttl ({})",
+                    g.max_ttl,
+                    humantime::format_duration(ceiling)
+                ),
+            ));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            errs.push(("max_ttl", format!("{e}; write it like 15m or 1h")));
+            None
+        }
+    };
+    match (id, system, subject, scopes, default_scopes, max_ttl) {
+        (
+            Some(id),
+            Some(system),
+            Some(subject),
+            Some(scopes),
+            Some(default_scopes),
+            Some(max_ttl),
+        ) if errs.is_empty() => Ok(Grant {
+            id,
+            system,
+            issuer: g.issuer,
+            subject,
+            audiences,
+            scopes,
+            default_scopes,
+            kinds,
+            max_ttl,
+        }),
+        _ => Err(errs),
+    }
+}
+
+fn date_spec(text: &str) -> Result<DateSpec, String> {
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(DateSpec::At(t));
+    }
+    humantime::parse_duration(text)
+        .map(DateSpec::OnCreate)
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a duration such as \"30d\""))
+}
+
+/// Parses apply-file TOML.
+pub fn parse(text: &str) -> Result<ApplyFile, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CEILING: Duration = Duration::from_secs(3600);
+
+    fn issuers() -> Vec<String> {
+        vec!["dev".into()]
+    }
+
+    #[test]
+    fn example_file_validates() {
+        let text = std::fs::read_to_string("config/dev-catalog.toml").unwrap();
+        let catalog = validate(parse(&text).unwrap(), &issuers(), CEILING).unwrap();
+        assert!(!catalog.grants.is_empty());
+        assert!(!catalog.systems.is_empty());
+    }
+
+    #[test]
+    fn problems_name_entry_and_field() {
+        let text = r#"
+            [[systems]]
+            id = "Bad Id"
+            name = "x"
+            purpose = "y"
+            business_owner = "a"
+            technical_owner = "b"
+            tier = "pilot"
+
+            [[grants]]
+            id = "g"
+            system = "s"
+            issuer = "nowhere"
+            subject = "spiffe://td/*/x"
+            audiences = []
+            scopes = ["a"]
+            default_scopes = ["b"]
+            max_ttl = "2h"
+        "#;
+        let problems = validate(parse(text).unwrap(), &issuers(), CEILING).unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "systems[0].id",
+            "systems[0].pilot_ends_at",
+            "grants[0].issuer",
+            "grants[0].subject",
+            "grants[0].audiences",
+            "grants[0].default_scopes",
+            "grants[0].max_ttl",
+        ] {
+            assert!(all.contains(expected), "missing {expected} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(parse("[[owners]]\nid = \"a\"\nnickname = \"x\"\n").is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! Use cases: exchange, introspect, revoke, apply, admin tokens. They take
+//! `now` from the clock, apply policy and call attest/mint/store; they know
+//! nothing of HTTP.
+
+pub mod admin;
+pub mod apply;
+pub mod exchange;
+pub mod introspect;
+
+use std::sync::Arc;
+
+use crate::attest::jwt::Verifier;
+use crate::clock::SharedClock;
+use crate::domain::policy::TtlPolicy;
+use crate::keys::Keyring;
+use crate::store::{AdminTokenStore, CredentialStore, IssuanceLog, PolicyStore, StoreError};
+
+/// Everything the use cases need, cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    pub clock: SharedClock,
+    pub verifier: Arc<Verifier>,
+    pub keys: Arc<Keyring>,
+    pub policy: Arc<dyn PolicyStore>,
+    pub log: Arc<dyn IssuanceLog>,
+    pub credentials: Arc<dyn CredentialStore>,
+    pub admin_tokens: Arc<dyn AdminTokenStore>,
+    /// The `iss` of issued tokens (the public URL).
+    pub issuer: String,
+    pub limits: TtlPolicy,
+}
+
+/// A use case could not reach storage: the caller answers 503 and nothing
+/// was issued.
+#[derive(Debug, thiserror::Error)]
+#[error("storage unavailable")]
+pub struct Unavailable(#[source] pub StoreError);

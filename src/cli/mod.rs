@@ -1,0 +1,229 @@
+//! The `halflife` command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::ExposeSecret;
+
+use crate::app::{self, App};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, HumanDuration};
+use crate::domain::model::Role;
+use crate::store::CatalogStore;
+
+/// Default configuration file, relative to the working directory.
+pub const DEFAULT_CONFIG: &str = "config/halflife.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "halflife",
+    version,
+    about = "Short-lived credential broker for AI workloads",
+    long_about = "halflife swaps a workload's attested identity (a Kubernetes service-account token, a SPIFFE \
+                  JWT-SVID, ...) for a scoped, short-lived credential, and records every issuance.\n\n\
+                  Every configuration key can be overridden by an environment variable: HALFLIFE_ + the key path \
+                  in upper case with __ between levels, e.g. HALFLIFE_SERVER__LISTEN=127.0.0.1:9090."
+)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "HALFLIFE_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker (creates and migrates the database and signing key on first start).
+    Serve,
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Load owners, systems and grants from a file (idempotent; prints what changed).
+    Apply(ApplyArgs),
+    /// Development helpers (work only while dev.enabled = true).
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// Administrative tokens.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The catalog file (TOML with [[owners]], [[systems]] and [[grants]]).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Show what would change without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Mint a single-use development attestation and print it alone on stdout.
+    Token(DevTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevTokenArgs {
+    /// Workload identity to attest, e.g. spiffe://dev.local/ns/ai/sa/summarizer.
+    #[arg(long)]
+    pub subject: String,
+    /// Audience of the attestation (defaults to dev.audience, "halflife").
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Lifetime, e.g. 10m (defaults to dev.token_ttl).
+    #[arg(long)]
+    pub ttl: Option<HumanDuration>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Admin bearer tokens for the introspection and operator APIs.
+    #[command(subcommand)]
+    Token(AdminTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCommand {
+    /// Create a token; it is printed once, alone on the last line of stdout, and stored only as a hash.
+    Create(AdminTokenCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminTokenCreateArgs {
+    /// admin: everything; operator: systems, grants, revocation; auditor: read-only; introspector: introspection only.
+    #[arg(long, value_parser = parse_role)]
+    pub role: Role,
+    /// Who or what holds the token (recorded in the audit log), e.g. "reports-api" or "alice".
+    #[arg(long)]
+    pub name: String,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| "role must be admin, operator, auditor or introspector".to_owned())
+}
+
+/// Sets up logging to stderr (stdout is reserved for command output).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::crypto::install();
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Serve => {
+            let app = App::build(config, Arc::new(SystemClock)).await?;
+            app.run(app::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            app::open_store(&config).await?;
+            eprintln!("database {} is up to date", config.database.url);
+            Ok(())
+        }
+        Command::Apply(args) => {
+            let store = app::open_store(&config).await?;
+            let actor = format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            );
+            let report = app::apply_file(
+                &store as &dyn CatalogStore,
+                &config,
+                &args.file,
+                &actor,
+                SystemClock.now(),
+                args.dry_run,
+            )
+            .await?;
+            let verb = if args.dry_run { "would be " } else { "" };
+            for item in &report.created {
+                println!("{verb}created  {item}");
+            }
+            for item in &report.updated {
+                println!("{verb}updated  {item}");
+            }
+            println!(
+                "{} created, {} updated, {} unchanged{}",
+                report.created.len(),
+                report.updated.len(),
+                report.unchanged.len(),
+                if args.dry_run {
+                    " (dry run: nothing changed)"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        Command::Dev(DevCommand::Token(args)) => {
+            if !config.dev.enabled {
+                bail!(
+                    "the dev issuer is disabled; set dev.enabled = true in {} (development only)",
+                    cli.config.display()
+                );
+            }
+            crate::domain::values::SubjectMatch::parse(&args.subject)
+                .ok()
+                .filter(|m| matches!(m, crate::domain::values::SubjectMatch::Exact(_)))
+                .context("--subject must be one workload identity (no wildcards, spaces or control characters)")?;
+            let kek = app::load_kek(&config)?;
+            let now = SystemClock.now();
+            let issuer = crate::attest::dev::DevIssuer::load_or_create(&config, &kek, now)?;
+            let ttl: Option<Duration> = args.ttl.map(HumanDuration::get);
+            let token = issuer.mint(&args.subject, args.audience.as_deref(), ttl, now)?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Token(AdminTokenCommand::Create(args))) => {
+            let name = args.name.trim();
+            if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+                bail!("--name must be 1-128 printable characters");
+            }
+            let store = app::open_store(&config).await?;
+            let actor = format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            );
+            let (record, token) = crate::broker::admin::create_admin_token(
+                &store,
+                args.role,
+                name,
+                &actor,
+                SystemClock.now(),
+            )
+            .await?;
+            eprintln!(
+                "created {} token {:?} (id {}); it is shown once and stored only as a hash:",
+                args.role, record.name, record.id
+            );
+            println!("{}", token.expose_secret());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,721 @@
+//! Typed configuration: one TOML file plus `HALFLIFE_*` environment overrides.
+//!
+//! Every key can be overridden by an environment variable named `HALFLIFE_`
+//! followed by the key path in upper case with `__` between levels, e.g.
+//! `HALFLIFE_SERVER__LISTEN=127.0.0.1:9090`. The configuration is validated
+//! once at start; the server refuses to start on an unsafe configuration with
+//! a message naming the key and how to fix it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
+use url::Url;
+
+/// The top-level sections that environment variables may override. Other
+/// `HALFLIFE_*` variables (such as `HALFLIFE_TOKEN` for the CLI) are not
+/// configuration keys and are ignored here.
+const SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "keys",
+    "tokens",
+    "dev",
+    "issuers",
+    "bootstrap",
+];
+
+/// Clock-skew leeway accepted on attestation tokens when none is configured.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Upper bound on any issuer's leeway: more would make expired tokens usable
+/// for minutes after their expiry.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    #[serde(default)]
+    pub dev: DevConfig,
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    #[serde(default)]
+    pub bootstrap: BootstrapConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP(S) listener binds.
+    pub listen: SocketAddr,
+    /// Public base URL: the `iss` of issued tokens and the base of metadata
+    /// URLs. Defaults to `http(s)://<listen>`.
+    pub public_url: Option<Url>,
+    /// Serve plain HTTP on a non-loopback address. Off by default: bearer
+    /// credentials must not cross a network in clear text.
+    pub allow_plain_http: bool,
+    pub tls: Option<TlsConfig>,
+    pub max_body_bytes: usize,
+    pub request_timeout: HumanDuration,
+    pub header_read_timeout: HumanDuration,
+    pub max_connections: usize,
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            allow_plain_http: false,
+            tls: None,
+            max_body_bytes: 64 * 1024,
+            request_timeout: HumanDuration::secs(10),
+            header_read_timeout: HumanDuration::secs(5),
+            max_connections: 4096,
+            shutdown_grace: HumanDuration::secs(10),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The public base URL without a trailing slash.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", self.listen)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` (created on first start).
+    pub url: String,
+    /// How long a write waits for a lock held by another process before the
+    /// request fails with 503.
+    pub busy_timeout: HumanDuration,
+    /// Read connections in the pool (writes go through one writer).
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/halflife.db".to_owned(),
+            busy_timeout: HumanDuration::secs(5),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Directory holding the sealed signing keys.
+    pub dir: PathBuf,
+    /// Algorithm of issued tokens: `EdDSA` (Ed25519) or `ES256`.
+    pub algorithm: SigningAlgorithm,
+    /// Key-encryption key (32 bytes, base64): seals private keys at rest.
+    pub kek: Option<SecretString>,
+    /// File holding the key-encryption key (32 raw bytes or base64 text).
+    pub kek_file: Option<PathBuf>,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("data/keys"),
+            algorithm: SigningAlgorithm::EdDSA,
+            kek: None,
+            kek_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SigningAlgorithm {
+    EdDSA,
+    ES256,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// Lifetime of an issued token when the request names none (capped by the
+    /// grant's `max_ttl`).
+    pub default_ttl: HumanDuration,
+    /// Global ceiling: no credential lives longer, whatever a grant says.
+    pub max_ttl: HumanDuration,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: HumanDuration::secs(300),
+            max_ttl: HumanDuration::secs(3600),
+        }
+    }
+}
+
+/// The built-in development attestation issuer (`halflife dev token`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevConfig {
+    pub enabled: bool,
+    /// Audience of dev tokens (what the dev issuer requires).
+    pub audience: String,
+    /// Lifetime of a dev token.
+    pub token_ttl: HumanDuration,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            audience: "halflife".to_owned(),
+            token_ttl: HumanDuration::secs(600),
+        }
+    }
+}
+
+impl DevConfig {
+    /// The name grants use for the dev issuer.
+    pub const ISSUER_NAME: &'static str = "dev";
+
+    /// The `iss` of dev tokens, derived from the public URL.
+    pub fn issuer_url(server: &ServerConfig) -> String {
+        format!("{}/dev", server.public_base())
+    }
+}
+
+/// A trusted attestation issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Short name grants refer to, e.g. `kubernetes`.
+    pub name: String,
+    /// Exact `iss` value of its tokens.
+    pub issuer: String,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_uri: Option<Url>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<AttestationAlgorithm>,
+    /// Audience every token must carry (e.g. `halflife`).
+    pub audience: String,
+    #[serde(default = "default_leeway")]
+    pub leeway: HumanDuration,
+    /// Longest accepted `exp - iat`.
+    #[serde(default = "default_max_token_age")]
+    pub max_token_age: HumanDuration,
+    /// Each token (by `jti`, or its SHA-256 when it has none) works once.
+    #[serde(default)]
+    pub single_use: bool,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_interval: HumanDuration,
+    /// Minimum time between refetches triggered by an unknown `kid`.
+    #[serde(default = "default_jwks_cooldown")]
+    pub jwks_refresh_cooldown: HumanDuration,
+    /// After this long without a successful fetch the cached keys are no
+    /// longer trusted and verification fails closed.
+    #[serde(default = "default_jwks_max_stale")]
+    pub jwks_max_stale: HumanDuration,
+}
+
+fn default_algorithms() -> Vec<AttestationAlgorithm> {
+    vec![AttestationAlgorithm::RS256, AttestationAlgorithm::ES256]
+}
+fn default_leeway() -> HumanDuration {
+    HumanDuration(DEFAULT_LEEWAY)
+}
+fn default_max_token_age() -> HumanDuration {
+    HumanDuration::secs(24 * 3600)
+}
+fn default_jwks_refresh() -> HumanDuration {
+    HumanDuration::secs(300)
+}
+fn default_jwks_cooldown() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_jwks_max_stale() -> HumanDuration {
+    HumanDuration::secs(24 * 3600)
+}
+
+/// Signature algorithms accepted on attestation tokens. `none` and HMAC are
+/// not representable: they can never be configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum AttestationAlgorithm {
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+impl AttestationAlgorithm {
+    pub fn to_jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Self::RS256 => jsonwebtoken::Algorithm::RS256,
+            Self::ES256 => jsonwebtoken::Algorithm::ES256,
+            Self::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    /// Declarative files (`halflife apply` format) applied at every start.
+    pub apply: Vec<PathBuf>,
+}
+
+/// A duration written as `30s`, `10m`, `1h` or `90d`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like 30s, 10m, 1h or 90d"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One problem found in a configuration, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+impl Config {
+    /// Loads `path` (if it exists) and applies `HALFLIFE_*` overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if path.exists() {
+            figment = figment.merge(Toml::file(path));
+        } else if path != Path::new(crate::cli::DEFAULT_CONFIG) {
+            return Err(ConfigError::Load(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        Self::extract(figment.merge(env_overrides()))
+    }
+
+    /// Parses a configuration from TOML text plus environment overrides.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::extract(
+            Figment::new()
+                .merge(Toml::string(text))
+                .merge(env_overrides()),
+        )
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(flatten_figment_error(e)))?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Every problem in the configuration, each with its key path.
+    pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(ConfigProblem {
+                key: key.to_owned(),
+                message,
+            })
+        };
+        let loopback = self.server.listen.ip().is_loopback();
+
+        if self.server.tls.is_none() && !loopback && !self.server.allow_plain_http {
+            problem(
+                "server.listen",
+                format!(
+                    "{} is not a loopback address and no [server.tls] is configured; \
+                     configure server.tls.cert_file and server.tls.key_file, or set \
+                     server.allow_plain_http = true if a TLS-terminating proxy is in front",
+                    self.server.listen
+                ),
+            );
+        }
+        if self.dev.enabled && !loopback {
+            problem(
+                "dev.enabled",
+                format!(
+                    "the built-in dev issuer lets anyone mint attestations; it may only run on a \
+                     loopback listener, not {}. Set dev.enabled = false",
+                    self.server.listen
+                ),
+            );
+        }
+        if let Some(url) = &self.server.public_url {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                problem(
+                    "server.public_url",
+                    "must be an http(s) URL with a host".to_owned(),
+                );
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                problem(
+                    "server.public_url",
+                    "must not carry a query or fragment".to_owned(),
+                );
+            }
+        }
+        if self.server.max_body_bytes == 0 || self.server.max_body_bytes > 16 * 1024 * 1024 {
+            problem(
+                "server.max_body_bytes",
+                "must be between 1 and 16 MiB".to_owned(),
+            );
+        }
+        if self.server.max_connections == 0 {
+            problem("server.max_connections", "must be at least 1".to_owned());
+        }
+        for (key, d) in [
+            ("server.request_timeout", self.server.request_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+        ] {
+            if d.get().is_zero() {
+                problem(key, "must be greater than zero".to_owned());
+            }
+        }
+        if !self.database.url.starts_with("sqlite:") {
+            problem(
+                "database.url",
+                "only sqlite:// URLs are supported by this build (e.g. sqlite://data/halflife.db)"
+                    .to_owned(),
+            );
+        }
+        if self.database.max_connections == 0 {
+            problem("database.max_connections", "must be at least 1".to_owned());
+        }
+        if self.tokens.default_ttl.get().is_zero() {
+            problem("tokens.default_ttl", "must be greater than zero".to_owned());
+        }
+        if self.tokens.max_ttl.get() > Duration::from_secs(24 * 3600) {
+            problem(
+                "tokens.max_ttl",
+                "must not exceed 24h: these are short-lived credentials".to_owned(),
+            );
+        }
+        if self.tokens.default_ttl > self.tokens.max_ttl {
+            problem(
+                "tokens.default_ttl",
+                format!(
+                    "{} exceeds tokens.max_ttl ({})",
+                    self.tokens.default_ttl, self.tokens.max_ttl
+                ),
+            );
+        }
+        if self.keys.kek.is_some() && self.keys.kek_file.is_some() {
+            problem(
+                "keys.kek",
+                "set keys.kek or keys.kek_file, not both".to_owned(),
+            );
+        }
+        if self.keys.kek.is_none() && self.keys.kek_file.is_none() && !self.dev.enabled {
+            problem(
+                "keys.kek_file",
+                "a key-encryption key is required outside dev mode: set keys.kek_file (32 random \
+                 bytes, e.g. `head -c32 /dev/urandom | base64 > kek`) or HALFLIFE_KEYS__KEK"
+                    .to_owned(),
+            );
+        }
+
+        let mut names = std::collections::HashSet::new();
+        let mut urls = std::collections::HashSet::new();
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let key = |field: &str| format!("issuers[{i}].{field}");
+            if issuer.name.is_empty()
+                || !issuer
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problem(
+                    &key("name"),
+                    "must be non-empty letters, digits, '-' or '_'".to_owned(),
+                );
+            }
+            if issuer.name == DevConfig::ISSUER_NAME {
+                problem(
+                    &key("name"),
+                    "\"dev\" is reserved for the built-in dev issuer".to_owned(),
+                );
+            }
+            if !names.insert(issuer.name.clone()) {
+                problem(
+                    &key("name"),
+                    format!("duplicate issuer name {:?}", issuer.name),
+                );
+            }
+            if issuer.issuer.is_empty() {
+                problem(&key("issuer"), "must not be empty".to_owned());
+            } else if !urls.insert(issuer.issuer.clone()) {
+                problem(
+                    &key("issuer"),
+                    format!("issuer {:?} is configured twice", issuer.issuer),
+                );
+            }
+            match (&issuer.jwks_file, &issuer.jwks_uri) {
+                (None, None) => problem(&key("jwks_uri"), "set jwks_uri or jwks_file".to_owned()),
+                (Some(_), Some(_)) => problem(
+                    &key("jwks_uri"),
+                    "set jwks_uri or jwks_file, not both".to_owned(),
+                ),
+                (None, Some(uri)) => {
+                    if let Err(message) = check_jwks_uri(uri) {
+                        problem(&key("jwks_uri"), message);
+                    }
+                }
+                (Some(_), None) => {}
+            }
+            if issuer.algorithms.is_empty() {
+                problem(
+                    &key("algorithms"),
+                    "list at least one of RS256, ES256, EdDSA".to_owned(),
+                );
+            }
+            if issuer.audience.is_empty() || issuer.audience == "*" {
+                problem(
+                    &key("audience"),
+                    "must name the audience this broker requires (e.g. \"halflife\"); wildcards are refused"
+                        .to_owned(),
+                );
+            }
+            if issuer.leeway.get() > MAX_LEEWAY {
+                problem(
+                    &key("leeway"),
+                    format!("must not exceed {}", HumanDuration(MAX_LEEWAY)),
+                );
+            }
+            if issuer.max_token_age.get().is_zero() {
+                problem(
+                    &key("max_token_age"),
+                    "must be greater than zero".to_owned(),
+                );
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// A JWKS URI must be HTTPS unless it points at the loopback interface.
+fn check_jwks_uri(uri: &Url) -> Result<(), String> {
+    match uri.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback_host(uri) => Ok(()),
+        "http" => Err(format!(
+            "{uri} is plain http on a non-loopback host; keys fetched that way can be swapped in transit. Use https"
+        )),
+        other => Err(format!("unsupported scheme {other:?}; use https")),
+    }
+}
+
+pub fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn env_overrides() -> Env {
+    Env::prefixed("HALFLIFE_").split("__").filter(|key| {
+        let first = key.as_str().split('.').next().unwrap_or_default();
+        SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
+    })
+}
+
+fn flatten_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (from {s})"))
+                .unwrap_or_default();
+            if path.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("{path}: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_safe_and_valid_in_dev() {
+        let config = Config::from_toml("[dev]\nenabled = true\n").unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.tokens.default_ttl.get(), Duration::from_secs(300));
+        assert_eq!(config.tokens.max_ttl.get(), Duration::from_secs(3600));
+        assert_eq!(config.server.public_base(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn dev_issuer_refused_on_public_listener() {
+        let err = Config::from_toml(
+            "[server]\nlisten = \"0.0.0.0:8080\"\nallow_plain_http = true\n[dev]\nenabled = true\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("dev.enabled"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_refused_on_public_listener() {
+        let err = Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\n[keys]\nkek = \"x\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("server.listen"), "{err}");
+    }
+
+    #[test]
+    fn kek_required_outside_dev() {
+        let err = Config::from_toml("").unwrap_err();
+        assert!(err.to_string().contains("keys.kek_file"), "{err}");
+    }
+
+    #[test]
+    fn issuer_rules_name_the_key() {
+        let text = r#"
+            [dev]
+            enabled = true
+            [[issuers]]
+            name = "k8s"
+            issuer = "https://k8s.example"
+            jwks_uri = "http://k8s.example/jwks"
+            audience = "*"
+            leeway = "5m"
+        "#;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
+            panic!("expected invalid config");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"issuers[0].jwks_uri"), "{problems:?}");
+        assert!(keys.contains(&"issuers[0].audience"), "{problems:?}");
+        assert!(keys.contains(&"issuers[0].leeway"), "{problems:?}");
+    }
+
+    #[test]
+    fn loopback_http_jwks_is_allowed() {
+        let text = r#"
+            [dev]
+            enabled = true
+            [[issuers]]
+            name = "local"
+            issuer = "http://127.0.0.1:9000"
+            jwks_uri = "http://127.0.0.1:9000/jwks"
+            audience = "halflife"
+        "#;
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.issuers[0].leeway.get(), DEFAULT_LEEWAY);
+        assert!(!config.issuers[0].single_use);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("[dev]\nenabled = true\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_human_forms() {
+        for (text, secs) in [("30s", 30), ("10m", 600), ("1h", 3600), ("90d", 90 * 86400)] {
+            assert_eq!(text.parse::<HumanDuration>().unwrap().get().as_secs(), secs);
+        }
+        assert!("ten minutes".parse::<HumanDuration>().is_err());
+    }
+}

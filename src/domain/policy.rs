@@ -1,0 +1,382 @@
+//! The exchange decision: what a workload may have, given its grant, its
+//! system and what it asked for. Pure: no I/O, time is a parameter.
+//!
+//! Least privilege by construction: the issued audience, scopes and lifetime
+//! are within what was asked and what was granted; asking for more is an
+//! error, never a silent widening or clamp.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::model::{GrantContext, Owner, System, SystemState};
+use super::values::{Audience, CredentialKind, ScopeSet};
+
+/// The RFC 6749 §5.2 / RFC 8693 §2.2.2 error a denial maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyCode {
+    InvalidRequest,
+    InvalidGrant,
+    InvalidScope,
+    InvalidTarget,
+    UnauthorizedClient,
+    AccessDenied,
+}
+
+impl DenyCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidGrant => "invalid_grant",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidTarget => "invalid_target",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::AccessDenied => "access_denied",
+        }
+    }
+}
+
+/// A refusal: `description` is for the caller, `reason` for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub code: DenyCode,
+    pub description: String,
+    pub reason: String,
+}
+
+impl Denial {
+    pub fn new(code: DenyCode, description: impl Into<String>) -> Self {
+        let description = description.into();
+        Self {
+            code,
+            reason: description.clone(),
+            description,
+        }
+    }
+
+    /// A denial whose internal reason says more than the caller is told.
+    pub fn with_reason(
+        code: DenyCode,
+        description: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            code,
+            description: description.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What the caller asked for, already parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Ask {
+    pub audience: Option<Audience>,
+    pub scopes: Option<ScopeSet>,
+    pub requested_ttl: Option<Duration>,
+    pub kind: Option<CredentialKind>,
+}
+
+/// Lifetime limits from the operator's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct TtlPolicy {
+    pub default_ttl: Duration,
+    /// The global ceiling, whatever a grant says.
+    pub ceiling: Duration,
+}
+
+/// What will be issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub audience: Audience,
+    pub scopes: ScopeSet,
+    pub kind: CredentialKind,
+    pub iat: OffsetDateTime,
+    pub exp: OffsetDateTime,
+}
+
+/// Why the system may not receive credentials now, if it may not.
+pub fn operating_refusal(
+    system: &System,
+    owners: [&Owner; 2],
+    now: OffsetDateTime,
+) -> Option<String> {
+    match system.state {
+        SystemState::Active => {}
+        SystemState::Suspended => {
+            let why = system
+                .suspended_reason
+                .as_deref()
+                .unwrap_or("by an operator");
+            return Some(format!("system {} is suspended ({why})", system.id));
+        }
+        SystemState::Retired => return Some(format!("system {} is retired", system.id)),
+    }
+    if let Some(end) = system.pilot_ends_at
+        && end <= now
+    {
+        return Some(format!(
+            "system {}'s pilot ended at {}; an operator must promote or reinstate it",
+            system.id,
+            super::rfc3339(end)
+        ));
+    }
+    for owner in owners {
+        if let Some(why) = owner.lapse_reason(now) {
+            return Some(format!(
+                "system {} has no accountable owner: {why}",
+                system.id
+            ));
+        }
+    }
+    None
+}
+
+pub fn decide(
+    ctx: &GrantContext,
+    ask: &Ask,
+    now: OffsetDateTime,
+    limits: TtlPolicy,
+) -> Result<Decision, Denial> {
+    let grant = &ctx.grant;
+    if let Some(why) = operating_refusal(
+        &ctx.system,
+        [&ctx.business_owner, &ctx.technical_owner],
+        now,
+    ) {
+        return Err(Denial::new(DenyCode::AccessDenied, why));
+    }
+
+    let kind = ask.kind.unwrap_or(CredentialKind::Jwt);
+    if !grant.kinds.contains(&kind) {
+        return Err(Denial::new(
+            DenyCode::UnauthorizedClient,
+            format!(
+                "grant {} does not allow credential kind {}",
+                grant.id,
+                kind.as_str()
+            ),
+        ));
+    }
+
+    let audience = match &ask.audience {
+        Some(asked) if grant.audiences.contains(asked) => asked.clone(),
+        Some(asked) => {
+            return Err(Denial::new(
+                DenyCode::InvalidTarget,
+                format!("audience {asked} is not allowed by grant {}", grant.id),
+            ));
+        }
+        None => match grant.audiences.as_slice() {
+            [only] => only.clone(),
+            many => {
+                let list = many
+                    .iter()
+                    .map(Audience::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Denial::new(
+                    DenyCode::InvalidTarget,
+                    format!("audience is required: grant {} allows {list}", grant.id),
+                ));
+            }
+        },
+    };
+
+    let scopes = match &ask.scopes {
+        Some(asked) => {
+            let outside: Vec<&str> = asked.outside(&grant.scopes).map(|s| s.as_str()).collect();
+            if !outside.is_empty() {
+                return Err(Denial::new(
+                    DenyCode::InvalidScope,
+                    format!(
+                        "scope {} is not allowed by grant {}",
+                        outside.join(" "),
+                        grant.id
+                    ),
+                ));
+            }
+            asked.clone()
+        }
+        None => grant.default_scopes.clone(),
+    };
+
+    let max = grant.max_ttl.min(limits.ceiling);
+    let ttl = match ask.requested_ttl {
+        Some(asked) if asked > max => {
+            return Err(Denial::new(
+                DenyCode::InvalidRequest,
+                format!(
+                    "requested_ttl {}s exceeds the maximum of {}s allowed for grant {}",
+                    asked.as_secs(),
+                    max.as_secs(),
+                    grant.id
+                ),
+            ));
+        }
+        Some(asked) => asked,
+        None => limits.default_ttl.min(max),
+    };
+
+    let mut exp = now + ttl;
+    if let Some(end) = ctx.system.pilot_ends_at {
+        exp = exp.min(end);
+    }
+    Ok(Decision {
+        audience,
+        scopes,
+        kind,
+        iat: now,
+        exp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::*;
+    use crate::domain::values::*;
+    use time::macros::datetime;
+
+    fn owner(id: &str, until: OffsetDateTime) -> Owner {
+        Owner {
+            id: OwnerId::parse(id).unwrap(),
+            display_name: id.into(),
+            email: format!("{id}@example.com"),
+            status: OwnerStatus::Active,
+            attested_until: until,
+        }
+    }
+
+    fn ctx(now: OffsetDateTime) -> GrantContext {
+        GrantContext {
+            grant: Grant {
+                id: GrantId::parse("g1").unwrap(),
+                system: SystemId::parse("s1").unwrap(),
+                issuer: "dev".into(),
+                subject: SubjectMatch::parse("spiffe://td/a").unwrap(),
+                audiences: vec![Audience::parse("reports").unwrap()],
+                scopes: ScopeSet::parse_space_separated("read write").unwrap(),
+                default_scopes: ScopeSet::parse_space_separated("read").unwrap(),
+                kinds: vec![CredentialKind::Jwt],
+                max_ttl: Duration::from_secs(900),
+            },
+            system: System {
+                id: SystemId::parse("s1").unwrap(),
+                name: "S".into(),
+                purpose: "p".into(),
+                business_owner: OwnerId::parse("b").unwrap(),
+                technical_owner: OwnerId::parse("t").unwrap(),
+                tier: Tier::Pilot,
+                state: SystemState::Active,
+                pilot_ends_at: Some(now + Duration::from_secs(86400)),
+                data_classification: None,
+                suspended_reason: None,
+            },
+            business_owner: owner("b", now + Duration::from_secs(86400 * 30)),
+            technical_owner: owner("t", now + Duration::from_secs(86400 * 30)),
+        }
+    }
+
+    const LIMITS: TtlPolicy = TtlPolicy {
+        default_ttl: Duration::from_secs(300),
+        ceiling: Duration::from_secs(3600),
+    };
+    const NOW: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+
+    #[test]
+    fn defaults_apply_when_nothing_is_asked() {
+        let d = decide(&ctx(NOW), &Ask::default(), NOW, LIMITS).unwrap();
+        assert_eq!(d.audience.as_str(), "reports");
+        assert_eq!(d.scopes.joined(), "read");
+        assert_eq!(d.exp - d.iat, time::Duration::seconds(300));
+    }
+
+    #[test]
+    fn asking_for_more_is_an_error_not_a_clamp() {
+        let c = ctx(NOW);
+        let ask = Ask {
+            scopes: Some(ScopeSet::parse_space_separated("read admin").unwrap()),
+            ..Ask::default()
+        };
+        assert_eq!(
+            decide(&c, &ask, NOW, LIMITS).unwrap_err().code,
+            DenyCode::InvalidScope
+        );
+        let ask = Ask {
+            audience: Some(Audience::parse("billing").unwrap()),
+            ..Ask::default()
+        };
+        assert_eq!(
+            decide(&c, &ask, NOW, LIMITS).unwrap_err().code,
+            DenyCode::InvalidTarget
+        );
+        let ask = Ask {
+            requested_ttl: Some(Duration::from_secs(901)),
+            ..Ask::default()
+        };
+        let denial = decide(&c, &ask, NOW, LIMITS).unwrap_err();
+        assert_eq!(denial.code, DenyCode::InvalidRequest);
+        assert!(denial.description.contains("900"), "{}", denial.description);
+    }
+
+    #[test]
+    fn global_ceiling_caps_the_grant() {
+        let mut c = ctx(NOW);
+        c.grant.max_ttl = Duration::from_secs(7200);
+        let ask = Ask {
+            requested_ttl: Some(Duration::from_secs(3601)),
+            ..Ask::default()
+        };
+        assert_eq!(
+            decide(&c, &ask, NOW, LIMITS).unwrap_err().code,
+            DenyCode::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn expiry_never_passes_the_pilot_end() {
+        let mut c = ctx(NOW);
+        c.system.pilot_ends_at = Some(NOW + Duration::from_secs(60));
+        let d = decide(&c, &Ask::default(), NOW, LIMITS).unwrap();
+        assert_eq!(d.exp, NOW + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn ended_pilot_suspended_system_and_lapsed_owner_are_refused() {
+        let mut c = ctx(NOW);
+        c.system.pilot_ends_at = Some(NOW);
+        let denial = decide(&c, &Ask::default(), NOW, LIMITS).unwrap_err();
+        assert_eq!(denial.code, DenyCode::AccessDenied);
+        assert!(
+            denial.description.contains("pilot ended"),
+            "{}",
+            denial.description
+        );
+
+        let mut c = ctx(NOW);
+        c.system.state = SystemState::Suspended;
+        assert_eq!(
+            decide(&c, &Ask::default(), NOW, LIMITS).unwrap_err().code,
+            DenyCode::AccessDenied
+        );
+
+        let mut c = ctx(NOW);
+        c.technical_owner.status = OwnerStatus::Departed;
+        let denial = decide(&c, &Ask::default(), NOW, LIMITS).unwrap_err();
+        assert!(
+            denial.description.contains("departed"),
+            "{}",
+            denial.description
+        );
+    }
+
+    #[test]
+    fn audience_is_required_when_the_grant_allows_several() {
+        let mut c = ctx(NOW);
+        c.grant.audiences.push(Audience::parse("billing").unwrap());
+        let denial = decide(&c, &Ask::default(), NOW, LIMITS).unwrap_err();
+        assert_eq!(denial.code, DenyCode::InvalidTarget);
+        assert!(denial.description.contains("billing"));
+    }
+}

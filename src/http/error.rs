@@ -1,0 +1,123 @@
+//! The one HTTP error type, and the one place that chooses status codes.
+//!
+//! Every error body has the RFC 6749 §5.2 shape, `{"error", "error_description"}`,
+//! on OAuth and admin routes alike. A 500 logs its cause and returns a
+//! generic body; a 503 says the broker cannot take the request now and that
+//! nothing was issued; a 401 sets `WWW-Authenticate`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::broker::Unavailable;
+use crate::broker::exchange::ExchangeError;
+use crate::domain::policy::DenyCode;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// An OAuth error with its RFC code, answered with 400.
+    OAuth {
+        code: &'static str,
+        description: String,
+    },
+    /// No or invalid credentials (401).
+    Unauthorized(String),
+    /// Authenticated but not allowed (403).
+    Forbidden(String),
+    NotFound,
+    MethodNotAllowed,
+    UnsupportedMediaType(String),
+    PayloadTooLarge(usize),
+    /// Storage or another dependency is down: 503, nothing issued.
+    Unavailable,
+    /// A bug: logged, generic body.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::OAuth {
+            code: "invalid_request",
+            description: description.into(),
+        }
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        tracing::error!(error = %e.0, "storage unavailable");
+        Self::Unavailable
+    }
+}
+
+impl From<ExchangeError> for ApiError {
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::Denied(denial) => Self::OAuth {
+                code: code_str(denial.code),
+                description: denial.description,
+            },
+            ExchangeError::Unavailable(u) => u.into(),
+        }
+    }
+}
+
+fn code_str(code: DenyCode) -> &'static str {
+    code.as_str()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, description) = match self {
+            Self::OAuth { code, description } => (StatusCode::BAD_REQUEST, code, description),
+            Self::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "invalid_token", d),
+            Self::Forbidden(d) => (StatusCode::FORBIDDEN, "insufficient_scope", d),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint".to_owned()),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "method not allowed on this endpoint".to_owned(),
+            ),
+            Self::UnsupportedMediaType(d) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request", d),
+            Self::PayloadTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                format!("request body exceeds the limit of {limit} bytes"),
+            ),
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the broker cannot record decisions right now; nothing was issued. Retry with backoff".to_owned(),
+            ),
+            Self::Internal(cause) => {
+                tracing::error!(error = %cause, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error; the request id identifies it in the server log".to_owned(),
+                )
+            }
+        };
+        let mut response = (
+            status,
+            Json(json!({"error": code, "error_description": description})),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"halflife\", error=\"invalid_token\""),
+                );
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,146 @@
+//! HTTP: routers that only translate, one error type, the middleware stack,
+//! and the listener (timeouts, connection limit, TLS).
+
+pub mod error;
+pub mod extract;
+pub mod oauth;
+pub mod serve;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::attest::jwt::IssuerKeys;
+use crate::broker::Broker;
+use crate::store::Health;
+use error::ApiError;
+
+/// Shared state of every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Broker,
+    pub health: Arc<dyn Health>,
+    pub metadata: Arc<Value>,
+    pub max_body_bytes: usize,
+}
+
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// The whole HTTP surface with its middleware.
+pub fn router(state: AppState, limits: &Limits) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // The path only: a query string could carry something secret.
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            tracing::info_span!("request", method = %req.method(), route, request_id = id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ));
+
+    Router::new()
+        .merge(oauth::router())
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/livez", get(livez))
+        .route("/healthz", get(livez))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware)
+        .with_state(state)
+}
+
+/// RFC 8414 authorization server metadata.
+pub fn metadata_document(issuer: &str, signing_algs: &[&str]) -> Value {
+    json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "grant_types_supported": [oauth::GRANT_TOKEN_EXCHANGE],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "subject_token_types_supported": oauth::SUBJECT_TOKEN_TYPES,
+        "requested_token_types_supported": oauth::REQUESTED_TOKEN_TYPES,
+        "access_token_signing_alg_values_supported": signing_algs,
+    })
+}
+
+async fn metadata(State(state): State<AppState>) -> Json<Value> {
+    Json(state.metadata.as_ref().clone())
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    let mut response = Json(state.broker.keys.jwks().clone()).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+/// Process is up; no dependency checks.
+async fn livez() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready to serve: database reachable, signing key loaded, every remote
+/// JWKS fetched at least once.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let database = state.health.ping().await.is_ok();
+    let mut pending: Vec<String> = Vec::new();
+    for issuer in state.broker.verifier.issuers() {
+        if let IssuerKeys::Remote(remote) = &issuer.keys
+            && !remote.has_keys()
+        {
+            pending.push(issuer.name.clone());
+        }
+    }
+    pending.sort();
+    let ready = database && pending.is_empty();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {
+            "database": if database { "ok" } else { "unavailable" },
+            "signing_key": state.broker.keys.current().kid(),
+            "jwks_pending": pending,
+        }
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

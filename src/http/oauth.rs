@@ -1,0 +1,209 @@
+//! OAuth endpoints: token exchange (RFC 8693), introspection (RFC 7662),
+//! revocation (RFC 7009). Handlers only translate: parse → use case → map.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Admin, Form, Meta};
+use crate::broker::exchange::ExchangeRequest;
+use crate::domain::policy::Ask;
+use crate::domain::values::{Audience, CredentialKind, ScopeSet};
+
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Subject token types accepted.
+pub const SUBJECT_TOKEN_TYPES: &[&str] = &[TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN];
+/// Token types that can be requested.
+pub const REQUESTED_TOKEN_TYPES: &[&str] = &[TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/introspect", post(introspect))
+        .route("/oauth2/revoke", post(revoke))
+}
+
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `requested_ttl`: a positive whole number of seconds, digits only.
+fn parse_ttl(text: &str) -> Result<Duration, ApiError> {
+    let invalid =
+        || ApiError::invalid_request("requested_ttl must be a positive whole number of seconds");
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    match text.parse::<u64>() {
+        Ok(0) | Err(_) => Err(invalid()),
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+    }
+}
+
+fn exchange_request(mut form: Form) -> Result<(ExchangeRequest, &'static str), ApiError> {
+    match form.take("grant_type").as_deref() {
+        Some(GRANT_TOKEN_EXCHANGE) => {}
+        Some("") | None => {
+            return Err(ApiError::invalid_request(
+                "missing required parameter grant_type",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::OAuth {
+                code: "unsupported_grant_type",
+                description: format!("grant_type must be {GRANT_TOKEN_EXCHANGE}"),
+            });
+        }
+    }
+    let subject_token = SecretString::from(form.require("subject_token")?);
+    let subject_token_type = form.require("subject_token_type")?;
+    if !SUBJECT_TOKEN_TYPES.contains(&subject_token_type.as_str()) {
+        return Err(ApiError::invalid_request(format!(
+            "subject_token_type must be one of {}",
+            SUBJECT_TOKEN_TYPES.join(", ")
+        )));
+    }
+    if form.take("actor_token").is_some() || form.take("actor_token_type").is_some() {
+        return Err(ApiError::invalid_request(
+            "actor_token (delegation) is not supported",
+        ));
+    }
+    if form.take("resource").is_some() {
+        return Err(ApiError::OAuth {
+            code: "invalid_target",
+            description: "resource is not supported for this token type; name the audience instead"
+                .into(),
+        });
+    }
+    let issued_token_type = match form.take("requested_token_type").as_deref() {
+        None | Some(TOKEN_TYPE_ACCESS_TOKEN) => TOKEN_TYPE_ACCESS_TOKEN,
+        Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
+        Some(_) => {
+            return Err(ApiError::invalid_request(format!(
+                "requested_token_type must be one of {}",
+                REQUESTED_TOKEN_TYPES.join(", ")
+            )));
+        }
+    };
+    let audience = match form.take("audience") {
+        None => None,
+        Some(a) => Some(Audience::parse(&a).map_err(|e| ApiError::OAuth {
+            code: "invalid_target",
+            description: e.0,
+        })?),
+    };
+    let scopes = match form.take("scope") {
+        None => None,
+        Some(s) => Some(
+            ScopeSet::parse_space_separated(&s).map_err(|e| ApiError::OAuth {
+                code: "invalid_scope",
+                description: e.0,
+            })?,
+        ),
+    };
+    let requested_ttl = form
+        .take("requested_ttl")
+        .map(|t| parse_ttl(&t))
+        .transpose()?;
+    let ask = Ask {
+        audience,
+        scopes,
+        requested_ttl,
+        kind: Some(CredentialKind::Jwt),
+    };
+    Ok((ExchangeRequest { subject_token, ask }, issued_token_type))
+}
+
+/// `POST /oauth2/token`
+async fn token(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    form: Form,
+) -> Result<Response, ApiError> {
+    let (request, issued_token_type) = exchange_request(form)?;
+    let issued = state.broker.exchange(request, &meta).await?;
+    let body = json!({
+        "access_token": issued.access_token.expose_secret(),
+        "issued_token_type": issued_token_type,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scope,
+    });
+    Ok(no_store(Json(body).into_response()))
+}
+
+/// `POST /oauth2/introspect`
+async fn introspect(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    mut form: Form,
+) -> Result<Response, ApiError> {
+    if !caller.role.may_introspect() {
+        return Err(ApiError::Forbidden(format!(
+            "role {} may not introspect tokens",
+            caller.role
+        )));
+    }
+    let token = form.require("token")?;
+    let body = match state.broker.introspect(&token).await? {
+        None => json!({"active": false}),
+        Some(claims) => {
+            let mut value =
+                serde_json::to_value(&claims).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if let Value::Object(map) = &mut value {
+                map.insert("active".into(), Value::Bool(true));
+                map.insert("token_type".into(), Value::String("Bearer".into()));
+            }
+            value
+        }
+    };
+    Ok(no_store(Json(body).into_response()))
+}
+
+/// `POST /oauth2/revoke`: the token authenticates its own revocation.
+async fn revoke(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    mut form: Form,
+) -> Result<Response, ApiError> {
+    let token = form.require("token")?;
+    state.broker.revoke_by_holder(&token, &meta).await?;
+    Ok(no_store(axum::http::StatusCode::OK.into_response()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_accepts_only_positive_whole_seconds() {
+        assert_eq!(parse_ttl("60").unwrap(), Duration::from_secs(60));
+        for bad in [
+            "0",
+            "-1",
+            "1.5",
+            " 60",
+            "60s",
+            "",
+            "18446744073709551616",
+            "99999999999",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Credential minting.
+
+pub mod jwt;

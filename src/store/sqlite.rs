@@ -1,0 +1,815 @@
+//! The embedded SQLite store (WAL, `synchronous = FULL`).
+//!
+//! Reads use a small pool. Writes on the request path go through one writer
+//! task that owns its own connection and commits whatever has queued up since
+//! the last commit as one transaction (group commit): each caller is answered
+//! only after the transaction holding its record is durable. One writer also
+//! avoids the lock convoy many concurrent SQLite writers produce.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+use crate::domain::model::{OwnerStatus, SystemState};
+use crate::domain::values::{ScopeSet, SubjectMatch};
+
+/// Most records committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Queue depth in front of the writer; callers wait (backpressure) beyond it.
+const QUEUE_DEPTH: usize = 4096;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn from_ts(secs: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .map_err(|_| StoreError::Corrupt(format!("timestamp {secs} out of range")))
+}
+
+enum WriteOp {
+    Issue(Box<Issuance>),
+    Event(Box<AuditEvent>),
+    Revoke {
+        jti: String,
+        reason: String,
+        event: Box<AuditEvent>,
+    },
+}
+
+enum WriteResult {
+    Issue(IssueOutcome),
+    Event,
+    Revoke(bool),
+}
+
+struct WriteJob {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteResult, StoreError>>,
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    writer: mpsc::Sender<WriteJob>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `url`, and
+    /// starts the writer task.
+    pub async fn open(
+        url: &str,
+        busy_timeout: Duration,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid database.url: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(busy_timeout)
+            .pragma("temp_store", "memory")
+            .disable_statement_logging();
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(busy_timeout.max(Duration::from_secs(1)))
+            .connect_with(options.clone())
+            .await
+            .map_err(unavailable)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run_writer(options, rx));
+        Ok(Self { pool, writer: tx })
+    }
+
+    /// The path of the database file behind `url`, if it names one.
+    pub fn file_of(url: &str) -> Option<std::path::PathBuf> {
+        SqliteConnectOptions::from_str(url)
+            .ok()
+            .map(|o| o.get_filename().to_path_buf())
+            .filter(|p| p != Path::new(":memory:"))
+    }
+
+    async fn submit(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteJob { op, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+}
+
+async fn run_writer(options: SqliteConnectOptions, mut rx: mpsc::Receiver<WriteJob>) {
+    let mut conn: Option<SqliteConnection> = None;
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        if conn.is_none() {
+            match options.connect().await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "database writer cannot connect");
+                    for job in jobs.drain(..) {
+                        let _ = job.reply.send(Err(unavailable_msg(&e)));
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let ops: Vec<&WriteOp> = jobs.iter().map(|j| &j.op).collect();
+        match write_batch(c, &ops).await {
+            Ok(results) => {
+                for (job, result) in jobs.drain(..).zip(results) {
+                    let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = jobs.len(), "database write failed; nothing in the batch was committed");
+                // Start over on a fresh connection: the failure may have
+                // left this one in an unknown state.
+                conn = None;
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(unavailable_msg(&e)));
+                }
+            }
+        }
+    }
+}
+
+fn unavailable_msg(e: &sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+async fn write_batch(
+    conn: &mut SqliteConnection,
+    ops: &[&WriteOp],
+) -> Result<Vec<WriteResult>, sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    match apply_ops(conn, ops).await {
+        Ok(results) => match sqlx::query("COMMIT").execute(&mut *conn).await {
+            Ok(_) => Ok(results),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e)
+            }
+        },
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+async fn apply_ops(
+    conn: &mut SqliteConnection,
+    ops: &[&WriteOp],
+) -> Result<Vec<WriteResult>, sqlx::Error> {
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        let result = match op {
+            WriteOp::Issue(issuance) => WriteResult::Issue(insert_issuance(conn, issuance).await?),
+            WriteOp::Event(event) => {
+                insert_event(conn, event).await?;
+                WriteResult::Event
+            }
+            WriteOp::Revoke { jti, reason, event } => {
+                let done = sqlx::query(
+                    "UPDATE credentials SET revoked_at = ?, revoked_reason = ? WHERE jti = ? AND revoked_at IS NULL",
+                )
+                .bind(ts(event.time))
+                .bind(reason)
+                .bind(jti)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                let mut event = (**event).clone();
+                event.detail = Some(serde_json::json!({"revoked": done}));
+                insert_event(conn, &event).await?;
+                WriteResult::Revoke(done > 0)
+            }
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+async fn insert_issuance(
+    conn: &mut SqliteConnection,
+    i: &Issuance,
+) -> Result<IssueOutcome, sqlx::Error> {
+    if let Some(guard) = &i.replay {
+        // The primary key decides: of two uses of one token, exactly one
+        // inserts a row.
+        let inserted = sqlx::query(
+            "INSERT INTO attestation_uses (issuer, token_id, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&guard.issuer)
+        .bind(&guard.token_id)
+        .bind(ts(guard.keep_until))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let mut denial = i.event.clone();
+            denial.kind = "credential.denied".into();
+            denial.outcome = Outcome::Denied;
+            denial.reason = Some("single-use attestation was already used (replay)".into());
+            denial.jti = None;
+            denial.iat = None;
+            denial.exp = None;
+            insert_event(conn, &denial).await?;
+            return Ok(IssueOutcome::Replayed);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&i.jti)
+    .bind(i.kind.as_str())
+    .bind(i.system_id.as_str())
+    .bind(i.grant_id.as_str())
+    .bind(&i.issuer)
+    .bind(&i.subject)
+    .bind(&i.audience)
+    .bind(&i.scopes)
+    .bind(ts(i.iat))
+    .bind(ts(i.exp))
+    .execute(&mut *conn)
+    .await?;
+    insert_event(conn, &i.event).await?;
+    Ok(IssueOutcome::Committed)
+}
+
+async fn insert_event(conn: &mut SqliteConnection, e: &AuditEvent) -> Result<(), sqlx::Error> {
+    let time_ms = i64::try_from(e.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO audit_events (time_ms, kind, outcome, reason, actor, system_id, grant_id, jti, request_id, source, \
+         attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(time_ms)
+    .bind(&e.kind)
+    .bind(e.outcome.as_str())
+    .bind(&e.reason)
+    .bind(&e.actor)
+    .bind(&e.system_id)
+    .bind(&e.grant_id)
+    .bind(&e.jti)
+    .bind(&e.request_id)
+    .bind(&e.source)
+    .bind(&e.attestation_issuer)
+    .bind(&e.subject)
+    .bind(&e.attestation_id)
+    .bind(&e.audience)
+    .bind(&e.scopes)
+    .bind(e.iat)
+    .bind(e.exp)
+    .bind(e.detail.as_ref().map(|d| d.to_string()))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn corrupt(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn json_list<T: FromStr>(text: &str, what: &str) -> Result<Vec<T>, StoreError> {
+    let items: Vec<String> =
+        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+    items
+        .iter()
+        .map(|s| {
+            s.parse::<T>()
+                .map_err(|_| StoreError::Corrupt(format!("{what}: invalid item {s:?}")))
+        })
+        .collect()
+}
+
+fn scope_set(text: &str, what: &str) -> Result<ScopeSet, StoreError> {
+    let items: Vec<String> =
+        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+    ScopeSet::from_list(&items).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Reads an owner from columns prefixed with `p`.
+fn owner_from(row: &SqliteRow, p: &str) -> Result<Owner, StoreError> {
+    let col = |c: &str| format!("{p}{c}");
+    let id: String = row.try_get(col("id").as_str()).map_err(corrupt("owner"))?;
+    let status: String = row
+        .try_get(col("status").as_str())
+        .map_err(corrupt("owner"))?;
+    Ok(Owner {
+        id: OwnerId::parse(&id).map_err(|e| StoreError::Corrupt(e.0))?,
+        display_name: row
+            .try_get(col("display_name").as_str())
+            .map_err(corrupt("owner"))?,
+        email: row
+            .try_get(col("email").as_str())
+            .map_err(corrupt("owner"))?,
+        status: OwnerStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("owner status {status:?}")))?,
+        attested_until: from_ts(
+            row.try_get(col("attested_until").as_str())
+                .map_err(corrupt("owner"))?,
+        )?,
+    })
+}
+
+/// Reads a system from columns prefixed with `s_`.
+fn system_from(row: &SqliteRow) -> Result<System, StoreError> {
+    let get = |c: &str| -> Result<String, StoreError> { row.try_get(c).map_err(corrupt("system")) };
+    let tier = get("s_tier")?;
+    let state = get("s_state")?;
+    let pilot_ends_at: Option<i64> = row.try_get("s_pilot_ends_at").map_err(corrupt("system"))?;
+    Ok(System {
+        id: SystemId::parse(&get("s_id")?).map_err(|e| StoreError::Corrupt(e.0))?,
+        name: get("s_name")?,
+        purpose: get("s_purpose")?,
+        business_owner: OwnerId::parse(&get("s_business_owner")?)
+            .map_err(|e| StoreError::Corrupt(e.0))?,
+        technical_owner: OwnerId::parse(&get("s_technical_owner")?)
+            .map_err(|e| StoreError::Corrupt(e.0))?,
+        tier: Tier::parse(&tier).ok_or_else(|| StoreError::Corrupt(format!("tier {tier:?}")))?,
+        state: SystemState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
+        pilot_ends_at: pilot_ends_at.map(from_ts).transpose()?,
+        data_classification: row
+            .try_get("s_data_classification")
+            .map_err(corrupt("system"))?,
+        suspended_reason: row
+            .try_get("s_suspended_reason")
+            .map_err(corrupt("system"))?,
+    })
+}
+
+fn grant_from(row: &SqliteRow) -> Result<Grant, StoreError> {
+    let get = |c: &str| -> Result<String, StoreError> { row.try_get(c).map_err(corrupt("grant")) };
+    let max_ttl: i64 = row.try_get("g_max_ttl").map_err(corrupt("grant"))?;
+    Ok(Grant {
+        id: GrantId::parse(&get("g_id")?).map_err(|e| StoreError::Corrupt(e.0))?,
+        system: SystemId::parse(&get("g_system_id")?).map_err(|e| StoreError::Corrupt(e.0))?,
+        issuer: get("g_issuer")?,
+        subject: SubjectMatch::parse(&get("g_subject")?).map_err(|e| StoreError::Corrupt(e.0))?,
+        audiences: json_list(&get("g_audiences")?, "grant audiences")?,
+        scopes: scope_set(&get("g_scopes")?, "grant scopes")?,
+        default_scopes: scope_set(&get("g_default_scopes")?, "grant default scopes")?,
+        kinds: json_list(&get("g_kinds")?, "grant kinds")?,
+        max_ttl: Duration::from_secs(
+            u64::try_from(max_ttl).map_err(|_| StoreError::Corrupt("grant max_ttl".into()))?,
+        ),
+    })
+}
+
+const SYSTEM_COLUMNS: &str = "s.id AS s_id, s.name AS s_name, s.purpose AS s_purpose, \
+    s.business_owner AS s_business_owner, s.technical_owner AS s_technical_owner, s.tier AS s_tier, \
+    s.state AS s_state, s.pilot_ends_at AS s_pilot_ends_at, s.data_classification AS s_data_classification, \
+    s.suspended_reason AS s_suspended_reason, \
+    bo.id AS bo_id, bo.display_name AS bo_display_name, bo.email AS bo_email, bo.status AS bo_status, \
+    bo.attested_until AS bo_attested_until, \
+    tecn.id AS to_id, tecn.display_name AS to_display_name, tecn.email AS to_email, tecn.status AS to_status, \
+    tecn.attested_until AS to_attested_until";
+
+const SYSTEM_JOINS: &str =
+    "JOIN owners bo ON bo.id = s.business_owner JOIN owners tecn ON tecn.id = s.technical_owner";
+
+#[async_trait]
+impl PolicyStore for SqliteStore {
+    async fn grants_for_issuer(&self, issuer: &str) -> Result<Vec<GrantContext>, StoreError> {
+        let sql = format!(
+            "SELECT g.id AS g_id, g.system_id AS g_system_id, g.issuer AS g_issuer, g.subject AS g_subject, \
+             g.audiences AS g_audiences, g.scopes AS g_scopes, g.default_scopes AS g_default_scopes, \
+             g.kinds AS g_kinds, g.max_ttl AS g_max_ttl, {SYSTEM_COLUMNS} \
+             FROM grants g JOIN systems s ON s.id = g.system_id {SYSTEM_JOINS} WHERE g.issuer = ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(issuer)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok(GrantContext {
+                    grant: grant_from(row)?,
+                    system: system_from(row)?,
+                    business_owner: owner_from(row, "bo_")?,
+                    technical_owner: owner_from(row, "to_")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl IssuanceLog for SqliteStore {
+    async fn record_issuance(&self, issuance: Issuance) -> Result<IssueOutcome, StoreError> {
+        match self.submit(WriteOp::Issue(Box::new(issuance))).await? {
+            WriteResult::Issue(outcome) => Ok(outcome),
+            _ => Err(StoreError::Corrupt(
+                "writer answered the wrong request".into(),
+            )),
+        }
+    }
+
+    async fn record_event(&self, event: AuditEvent) -> Result<(), StoreError> {
+        match self.submit(WriteOp::Event(Box::new(event))).await? {
+            WriteResult::Event => Ok(()),
+            _ => Err(StoreError::Corrupt(
+                "writer answered the wrong request".into(),
+            )),
+        }
+    }
+
+    async fn revoke_credential(
+        &self,
+        jti: &str,
+        reason: &str,
+        event: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let op = WriteOp::Revoke {
+            jti: jti.to_owned(),
+            reason: reason.to_owned(),
+            event: Box::new(event),
+        };
+        match self.submit(op).await? {
+            WriteResult::Revoke(done) => Ok(done),
+            _ => Err(StoreError::Corrupt(
+                "writer answered the wrong request".into(),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl CredentialStore for SqliteStore {
+    async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        let sql = format!(
+            "SELECT c.jti AS c_jti, c.revoked_at AS c_revoked_at, {SYSTEM_COLUMNS} \
+             FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} WHERE c.jti = ?"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let revoked_at: Option<i64> = row.try_get("c_revoked_at").map_err(corrupt("credential"))?;
+        Ok(Some(CredentialRecord {
+            jti: row.try_get("c_jti").map_err(corrupt("credential"))?,
+            revoked_at: revoked_at.map(from_ts).transpose()?,
+            system: system_from(&row)?,
+            business_owner: owner_from(&row, "bo_")?,
+            technical_owner: owner_from(&row, "to_")?,
+        }))
+    }
+
+    async fn prune_replay_records(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM attestation_uses WHERE expires_at < ?")
+            .bind(ts(now))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl AdminTokenStore for SqliteStore {
+    async fn create_admin_token(
+        &self,
+        record: AdminTokenRecord,
+        hash: [u8; 32],
+        event: AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let mut tx = conn.begin().await.map_err(unavailable)?;
+        sqlx::query("INSERT INTO admin_tokens (id, name, role, token_hash, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&record.id)
+            .bind(&record.name)
+            .bind(&record.role)
+            .bind(hash.as_slice())
+            .bind(ts(event.time))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        insert_event(&mut tx, &event).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn admin_token_by_hash(
+        &self,
+        hash: [u8; 32],
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, name, role, token_hash FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL")
+            .bind(hash.as_slice())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let stored: Vec<u8> = row.try_get("token_hash").map_err(corrupt("admin token"))?;
+        // The lookup is by hash; compare again in constant time so no code
+        // path decides on a secret-derived value with early exit.
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            stored.as_slice(),
+            hash.as_slice(),
+        )) {
+            return Ok(None);
+        }
+        Ok(Some(AdminTokenRecord {
+            id: row.try_get("id").map_err(corrupt("admin token"))?,
+            name: row.try_get("name").map_err(corrupt("admin token"))?,
+            role: row.try_get("role").map_err(corrupt("admin token"))?,
+        }))
+    }
+}
+
+#[async_trait]
+impl Health for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+fn resolve(spec: DateSpec, existing: Option<i64>, now: OffsetDateTime) -> i64 {
+    match (spec, existing) {
+        (DateSpec::At(t), _) => ts(t),
+        (DateSpec::OnCreate(_), Some(current)) => current,
+        (DateSpec::OnCreate(d), None) => ts(now + d),
+    }
+}
+
+#[async_trait]
+impl CatalogStore for SqliteStore {
+    async fn apply(
+        &self,
+        catalog: &Catalog,
+        actor: &str,
+        now: OffsetDateTime,
+        dry_run: bool,
+    ) -> Result<ApplyReport, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let result = apply_catalog(&mut conn, catalog, actor, now).await;
+        let end = if result.is_ok() && !dry_run {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        sqlx::query(end)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        result
+    }
+}
+
+async fn apply_catalog(
+    conn: &mut SqliteConnection,
+    catalog: &Catalog,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<ApplyReport, StoreError> {
+    let mut report = ApplyReport::default();
+    let meta = RequestMeta::default();
+    let event = |kind: &str, system: Option<&str>, detail: serde_json::Value| {
+        let mut e = AuditEvent::new(kind, Outcome::Success, now, &meta);
+        e.actor = Some(actor.to_owned());
+        e.system_id = system.map(str::to_owned);
+        e.detail = Some(detail);
+        e
+    };
+
+    for o in &catalog.owners {
+        let existing: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT display_name, email, status, attested_until FROM owners WHERE id = ?",
+        )
+        .bind(o.id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let attested_until = resolve(o.attested_until, existing.as_ref().map(|e| e.3), now);
+        let wanted = (
+            o.display_name.clone(),
+            o.email.clone(),
+            o.status.as_str().to_owned(),
+            attested_until,
+        );
+        let label = format!("owner/{}", o.id);
+        let detail = serde_json::json!({"id": o.id, "display_name": o.display_name, "email": o.email,
+            "status": o.status, "attested_until": attested_until});
+        match existing {
+            Some(current) if current == wanted => report.unchanged.push(label),
+            Some(_) => {
+                sqlx::query("UPDATE owners SET display_name = ?, email = ?, status = ?, attested_until = ?, updated_at = ? WHERE id = ?")
+                    .bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(wanted.3).bind(ts(now)).bind(o.id.as_str())
+                    .execute(&mut *conn).await.map_err(unavailable)?;
+                insert_event(conn, &event("owner.changed", None, detail))
+                    .await
+                    .map_err(unavailable)?;
+                report.updated.push(label);
+            }
+            None => {
+                sqlx::query("INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                    .bind(o.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(wanted.3).bind(ts(now)).bind(ts(now))
+                    .execute(&mut *conn).await.map_err(unavailable)?;
+                insert_event(conn, &event("owner.created", None, detail))
+                    .await
+                    .map_err(unavailable)?;
+                report.created.push(label);
+            }
+        }
+    }
+
+    for s in &catalog.systems {
+        for (field, owner) in [
+            ("business_owner", &s.business_owner),
+            ("technical_owner", &s.technical_owner),
+        ] {
+            let found: Option<(String,)> = sqlx::query_as("SELECT id FROM owners WHERE id = ?")
+                .bind(owner.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if found.is_none() {
+                return Err(StoreError::NotFound(format!(
+                    "system {}: {field} {owner} does not exist",
+                    s.id
+                )));
+            }
+        }
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<i64>,
+            Option<String>,
+        );
+        let existing: Option<Row> = sqlx::query_as(
+            "SELECT name, purpose, business_owner, technical_owner, tier, pilot_ends_at, data_classification FROM systems WHERE id = ?",
+        )
+        .bind(s.id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let pilot_ends_at = s
+            .pilot_ends_at
+            .map(|spec| resolve(spec, existing.as_ref().and_then(|e| e.5), now));
+        let wanted: Row = (
+            s.name.clone(),
+            s.purpose.clone(),
+            s.business_owner.to_string(),
+            s.technical_owner.to_string(),
+            s.tier.as_str().to_owned(),
+            pilot_ends_at,
+            s.data_classification.clone(),
+        );
+        let label = format!("system/{}", s.id);
+        let detail = serde_json::json!({"id": s.id, "name": s.name, "purpose": s.purpose,
+            "business_owner": s.business_owner, "technical_owner": s.technical_owner, "tier": s.tier,
+            "pilot_ends_at": pilot_ends_at, "data_classification": s.data_classification});
+        match existing {
+            Some(current) if current == wanted => report.unchanged.push(label),
+            Some(_) => {
+                sqlx::query("UPDATE systems SET name = ?, purpose = ?, business_owner = ?, technical_owner = ?, tier = ?, pilot_ends_at = ?, data_classification = ?, updated_at = ? WHERE id = ?")
+                    .bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(wanted.5).bind(&wanted.6).bind(ts(now)).bind(s.id.as_str())
+                    .execute(&mut *conn).await.map_err(unavailable)?;
+                insert_event(conn, &event("system.changed", Some(s.id.as_str()), detail))
+                    .await
+                    .map_err(unavailable)?;
+                report.updated.push(label);
+            }
+            None => {
+                sqlx::query("INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, pilot_ends_at, data_classification, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)")
+                    .bind(s.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(wanted.5).bind(&wanted.6).bind(ts(now)).bind(ts(now))
+                    .execute(&mut *conn).await.map_err(unavailable)?;
+                insert_event(conn, &event("system.created", Some(s.id.as_str()), detail))
+                    .await
+                    .map_err(unavailable)?;
+                report.created.push(label);
+            }
+        }
+    }
+
+    for g in &catalog.grants {
+        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM systems WHERE id = ?")
+            .bind(g.system.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        if found.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "grant {}: system {} does not exist",
+                g.id, g.system
+            )));
+        }
+        let to_json =
+            |items: Vec<String>| serde_json::to_string(&items).unwrap_or_else(|_| "[]".into());
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+        );
+        let wanted: Row = (
+            g.system.to_string(),
+            g.issuer.clone(),
+            g.subject.to_string(),
+            to_json(g.audiences.iter().map(|a| a.to_string()).collect()),
+            to_json(g.scopes.to_vec()),
+            to_json(g.default_scopes.to_vec()),
+            to_json(g.kinds.iter().map(|k| k.as_str().to_owned()).collect()),
+            String::new(),
+            i64::try_from(g.max_ttl.as_secs()).unwrap_or(i64::MAX),
+        );
+        let existing: Option<Row> = sqlx::query_as(
+            "SELECT system_id, issuer, subject, audiences, scopes, default_scopes, kinds, '' AS pad, max_ttl FROM grants WHERE id = ?",
+        )
+        .bind(g.id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let label = format!("grant/{}", g.id);
+        let detail = serde_json::to_value(g).unwrap_or_default();
+        match existing {
+            Some(current) if current == wanted => report.unchanged.push(label),
+            Some(current) if current.0 != wanted.0 => {
+                return Err(StoreError::Conflict(format!(
+                    "grant {} belongs to system {}; a grant cannot move to another system (create a new grant id)",
+                    g.id, current.0
+                )));
+            }
+            Some(_) => {
+                sqlx::query("UPDATE grants SET issuer = ?, subject = ?, audiences = ?, scopes = ?, default_scopes = ?, kinds = ?, max_ttl = ?, updated_at = ? WHERE id = ?")
+                    .bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(g.id.as_str())
+                    .execute(&mut *conn).await.map_err(unavailable)?;
+                insert_event(
+                    conn,
+                    &event("grant.changed", Some(g.system.as_str()), detail),
+                )
+                .await
+                .map_err(unavailable)?;
+                report.updated.push(label);
+            }
+            None => {
+                sqlx::query("INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                    .bind(g.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(ts(now))
+                    .execute(&mut *conn).await.map_err(unavailable)?;
+                insert_event(
+                    conn,
+                    &event("grant.created", Some(g.system.as_str()), detail),
+                )
+                .await
+                .map_err(unavailable)?;
+                report.created.push(label);
+            }
+        }
+    }
+    Ok(report)
+}

@@ -147,8 +147,10 @@ pub struct RemoteJwks {
     cooldown: Duration,
     max_stale: Duration,
     cached: RwLock<Option<Cached>>,
-    /// When the last fetch was attempted; serializes fetches.
-    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last fetch triggered by an unknown `kid` was attempted.
+    /// Scheduled refreshes do not count against this budget. The lock also
+    /// makes concurrent unknown-`kid` requests wait for one fetch.
+    last_on_demand: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl RemoteJwks {
@@ -159,7 +161,7 @@ impl RemoteJwks {
             cooldown,
             max_stale,
             cached: RwLock::new(None),
-            last_attempt: tokio::sync::Mutex::new(None),
+            last_on_demand: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -187,7 +189,7 @@ impl RemoteJwks {
     /// Refetches because a token named a key we do not have, at most once
     /// per cooldown. Returns whether a fetch happened and succeeded.
     pub async fn refresh_for_unknown_kid(&self) -> bool {
-        let mut last = self.last_attempt.lock().await;
+        let mut last = self.last_on_demand.lock().await;
         if last.is_some_and(|t| t.elapsed() < self.cooldown) {
             return false;
         }
@@ -197,8 +199,6 @@ impl RemoteJwks {
 
     /// Scheduled refresh: fetches regardless of the cooldown.
     pub async fn refresh(&self) -> Result<usize, JwksError> {
-        let mut last = self.last_attempt.lock().await;
-        *last = Some(Instant::now());
         self.fetch_now().await
     }
 

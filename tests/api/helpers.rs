@@ -1,0 +1,519 @@
+//! Test harness: real server on a random port, fresh SQLite database, test
+//! attestation issuers with keys created per test, and a manual clock.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use halflife::app::App;
+use halflife::clock::{Clock, ManualClock};
+use halflife::config::Config;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ring::rand::SystemRandom;
+use ring::signature::{self as rsig, KeyPair};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const RSA_ISS: &str = "https://k8s.test.example";
+pub const EC_ISS: &str = "https://spire.test.example";
+pub const AUD: &str = "halflife";
+pub const RSA_SUBJECT: &str = "system:serviceaccount:ai:summarizer";
+pub const EC_SUBJECT: &str = "spiffe://prod.example/ns/ai/sa/indexer";
+
+/// An attestation issuer whose keys the test holds.
+pub struct TestIssuer {
+    pub iss: String,
+    pub kid: String,
+    pub alg: Algorithm,
+    pub pkcs8: Vec<u8>,
+    pub public_jwk: Value,
+}
+
+impl TestIssuer {
+    /// RS256 with a 2048-bit key created now (by openssl, which ring cannot
+    /// replace: ring does not generate RSA keys).
+    pub fn rsa(iss: &str) -> Self {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-outform",
+                "DER",
+            ])
+            .output()
+            .expect("openssl is needed to create RSA test keys");
+        assert!(
+            out.status.success(),
+            "openssl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pkcs8 = out.stdout;
+        let pair = rsig::RsaKeyPair::from_der(&pkcs8).expect("openssl produced an RSA private key");
+        let c = rsig::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
+        let kid = format!("rsa-{}", &hex8(&c.n));
+        let public_jwk = json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+            "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)});
+        Self {
+            iss: iss.into(),
+            kid,
+            alg: Algorithm::RS256,
+            pkcs8,
+            public_jwk,
+        }
+    }
+
+    pub fn ec(iss: &str) -> Self {
+        let rng = SystemRandom::new();
+        let doc = rsig::EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .unwrap();
+        let pair = rsig::EcdsaKeyPair::from_pkcs8(
+            &rsig::ECDSA_P256_SHA256_FIXED_SIGNING,
+            doc.as_ref(),
+            &rng,
+        )
+        .unwrap();
+        let point = pair.public_key().as_ref();
+        let kid = format!("ec-{}", hex8(point));
+        let public_jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])});
+        Self {
+            iss: iss.into(),
+            kid,
+            alg: Algorithm::ES256,
+            pkcs8: doc.as_ref().to_vec(),
+            public_jwk,
+        }
+    }
+
+    pub fn jwks(&self) -> Value {
+        json!({"keys": [self.public_jwk]})
+    }
+
+    fn encoding_key(&self) -> EncodingKey {
+        match self.alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_der(&self.pkcs8),
+            _ => EncodingKey::from_ec_der(&self.pkcs8),
+        }
+    }
+
+    /// Standard valid claims at `now` for `subject`.
+    pub fn claims(&self, subject: &str, now: i64) -> Value {
+        json!({"iss": self.iss, "sub": subject, "aud": [AUD], "iat": now, "nbf": now, "exp": now + 600,
+               "jti": uuid_like()})
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding_key()).unwrap()
+    }
+
+    /// Signs with an explicit header object (for hostile-header tests).
+    pub fn sign_raw(&self, header: &Value, claims: &Value) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &self.encoding_key(), self.alg)
+                .unwrap();
+        format!("{signing_input}.{sig}")
+    }
+
+    pub fn token(&self, subject: &str, now: i64) -> String {
+        self.sign(&self.claims(subject, now))
+    }
+}
+
+fn hex8(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .rev()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn uuid_like() -> String {
+    let bytes: [u8; 16] = halflife::crypto::random_bytes().unwrap();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Options for one test server.
+pub struct Options {
+    pub extra_config: String,
+    pub busy_timeout: &'static str,
+    pub catalog: String,
+    /// Signing algorithm of issued tokens.
+    pub algorithm: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            extra_config: String::new(),
+            busy_timeout: "5s",
+            catalog: default_catalog(),
+            algorithm: "EdDSA",
+        }
+    }
+}
+
+/// Two owners, a pilot system with grants for both test issuers, and a
+/// second system for another workload.
+pub fn default_catalog() -> String {
+    format!(
+        r#"
+[[owners]]
+id = "biz"
+display_name = "Business Owner"
+email = "biz@example.com"
+
+[[owners]]
+id = "tech"
+display_name = "Technical Owner"
+email = "tech@example.com"
+
+[[systems]]
+id = "summarizer"
+name = "Summarizer"
+purpose = "Summarizes reports"
+business_owner = "biz"
+technical_owner = "tech"
+tier = "pilot"
+pilot_ends_at = "30d"
+
+[[systems]]
+id = "indexer"
+name = "Indexer"
+purpose = "Indexes documents"
+business_owner = "biz"
+technical_owner = "tech"
+tier = "production"
+
+[[grants]]
+id = "summarizer-k8s"
+system = "summarizer"
+issuer = "k8s"
+subject = "{RSA_SUBJECT}"
+audiences = ["reports-api"]
+scopes = ["reports:read", "reports:write"]
+default_scopes = ["reports:read"]
+max_ttl = "15m"
+
+[[grants]]
+id = "indexer-spire"
+system = "indexer"
+issuer = "spire"
+subject = "spiffe://prod.example/ns/ai/*"
+audiences = ["search-api", "docs-api"]
+scopes = ["docs:read", "search:write"]
+max_ttl = "30m"
+
+[[grants]]
+id = "summarizer-dev"
+system = "summarizer"
+issuer = "dev"
+subject = "spiffe://dev.local/ns/ai/sa/summarizer"
+audiences = ["reports-api"]
+scopes = ["reports:read"]
+max_ttl = "10m"
+"#
+    )
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: ManualClock,
+    pub dir: TempDir,
+    pub rsa: Arc<TestIssuer>,
+    pub ec: Arc<TestIssuer>,
+    pub broker: halflife::broker::Broker,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn kek_b64() -> String {
+    base64::engine::general_purpose::STANDARD.encode([42u8; 32])
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(Options::default()).await
+}
+
+pub async fn spawn_with(options: Options) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = TestIssuer::rsa(RSA_ISS);
+    let ec = TestIssuer::ec(EC_ISS);
+    std::fs::write(dir.path().join("k8s.jwks"), rsa.jwks().to_string()).unwrap();
+    std::fs::write(dir.path().join("spire.jwks"), ec.jwks().to_string()).unwrap();
+    std::fs::write(dir.path().join("catalog.toml"), &options.catalog).unwrap();
+    let d = dir.path().display();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+header_read_timeout = "1s"
+max_body_bytes = 16384
+
+[database]
+url = "sqlite://{d}/halflife.db"
+busy_timeout = "{busy}"
+
+[keys]
+dir = "{d}/keys"
+kek = "{kek}"
+algorithm = "{alg}"
+
+[dev]
+enabled = true
+
+[bootstrap]
+apply = ["{d}/catalog.toml"]
+
+[[issuers]]
+name = "k8s"
+issuer = "{RSA_ISS}"
+jwks_file = "{d}/k8s.jwks"
+algorithms = ["RS256"]
+audience = "{AUD}"
+
+[[issuers]]
+name = "spire"
+issuer = "{EC_ISS}"
+jwks_file = "{d}/spire.jwks"
+algorithms = ["ES256"]
+audience = "{AUD}"
+max_token_age = "1h"
+{extra}
+"#,
+        busy = options.busy_timeout,
+        kek = kek_b64(),
+        alg = options.algorithm,
+        extra = options.extra_config,
+    );
+    let config = Config::from_toml(&text).unwrap();
+    let clock = ManualClock::starting_now();
+    let app = App::build(config, Arc::new(clock.clone())).await.unwrap();
+    let addr = app.local_addr();
+    let base = app.base_url().to_owned();
+    let broker = app.broker().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestApp {
+        addr,
+        base,
+        client: reqwest::Client::new(),
+        clock,
+        dir,
+        rsa: Arc::new(rsa),
+        ec: Arc::new(ec),
+        broker,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn now(&self) -> i64 {
+        self.clock.now().unix_timestamp()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("halflife.db")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs a token exchange with `subject_token` and extra parameters.
+    pub async fn exchange(&self, subject_token: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+        let mut form = vec![
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token_type", JWT_TYPE),
+            ("subject_token", subject_token),
+        ];
+        form.extend_from_slice(extra);
+        self.client
+            .post(self.url("/oauth2/token"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Exchanges and expects success; returns the response body.
+    pub async fn exchange_ok(&self, subject_token: &str, extra: &[(&str, &str)]) -> Value {
+        let response = self.exchange(subject_token, extra).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "exchange failed: {body}");
+        body
+    }
+
+    /// Creates an admin token with `role` directly through the broker's store.
+    pub async fn admin_token(&self, role: halflife::domain::model::Role) -> String {
+        use secrecy::ExposeSecret;
+        let (_, token) = halflife::broker::admin::create_admin_token(
+            self.broker.admin_tokens.as_ref(),
+            role,
+            "test",
+            "test",
+            self.clock.now(),
+        )
+        .await
+        .unwrap();
+        token.expose_secret().to_owned()
+    }
+
+    pub async fn introspect(&self, admin: &str, token: &str) -> Value {
+        let response = self
+            .client
+            .post(self.url("/oauth2/introspect"))
+            .bearer_auth(admin)
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    async fn db(&self) -> sqlx::SqliteConnection {
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.db_path().display()))
+            .await
+            .unwrap()
+    }
+
+    /// Audit events of `kind`, oldest first, as (reason, jti, attestation_id, system_id).
+    pub async fn events(&self, kind: &str) -> Vec<AuditRow> {
+        let mut db = self.db().await;
+        sqlx::query_as::<_, AuditRow>(
+            "SELECT reason, jti, attestation_id, system_id, subject, source, request_id \
+             FROM audit_events WHERE kind = ? ORDER BY seq",
+        )
+        .bind(kind)
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+    }
+
+    pub async fn credential_count(&self) -> i64 {
+        let mut db = self.db().await;
+        sqlx::query_scalar("SELECT COUNT(*) FROM credentials")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    }
+
+    /// Holds SQLite's write lock from another connection until dropped
+    /// (the database is "unavailable" for writers meanwhile).
+    pub async fn lock_database(&self) -> sqlx::SqliteConnection {
+        let mut db = self.db().await;
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        db
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct AuditRow {
+    pub reason: Option<String>,
+    pub jti: Option<String>,
+    pub attestation_id: Option<String>,
+    pub system_id: Option<String>,
+    pub subject: Option<String>,
+    pub source: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// Decodes a JWT's header and claims without verifying (for assertions).
+pub fn parts(token: &str) -> (Value, Value) {
+    let mut it = token.split('.');
+    let h = URL_SAFE_NO_PAD.decode(it.next().unwrap()).unwrap();
+    let c = URL_SAFE_NO_PAD.decode(it.next().unwrap()).unwrap();
+    (
+        serde_json::from_slice(&h).unwrap(),
+        serde_json::from_slice(&c).unwrap(),
+    )
+}
+
+/// Verifies an issued token against the server's published JWKS.
+pub async fn verify_with_jwks(app: &TestApp, token: &str) -> Value {
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid published in JWKS");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&["reports-api", "search-api", "docs-api"]);
+    validation.set_issuer(&[&app.base]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .unwrap()
+        .claims
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,119 @@
+//! Issuers whose keys are fetched from a JWKS URI.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use serde_json::Value;
+use tokio::sync::RwLock;
+
+use crate::helpers::*;
+
+const REMOTE_ISS: &str = "https://oidc.remote.example";
+const REMOTE_SUBJECT: &str = "spiffe://remote.example/ns/ai/sa/agent";
+
+struct Upstream {
+    url: String,
+    jwks: Arc<RwLock<Value>>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn upstream(initial: Value) -> Upstream {
+    let jwks = Arc::new(RwLock::new(initial));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (j, h) = (jwks.clone(), hits.clone());
+    let router = Router::new().route(
+        "/jwks",
+        get(move || {
+            let (j, h) = (j.clone(), h.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                axum::Json(j.read().await.clone())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Upstream {
+        url: format!("http://{addr}/jwks"),
+        jwks,
+        hits,
+    }
+}
+
+fn remote_catalog() -> String {
+    format!(
+        "{}\n[[grants]]\nid = \"agent-remote\"\nsystem = \"indexer\"\nissuer = \"remote\"\nsubject = \"{REMOTE_SUBJECT}\"\naudiences = [\"docs-api\"]\nmax_ttl = \"5m\"\n",
+        default_catalog()
+    )
+}
+
+#[tokio::test]
+async fn keys_are_fetched_refreshed_on_unknown_kid_and_rate_limited() {
+    let first = TestIssuer::ec(REMOTE_ISS);
+    let up = upstream(first.jwks()).await;
+    let app = spawn_with(Options {
+        extra_config: format!(
+            "[[issuers]]\nname = \"remote\"\nissuer = \"{REMOTE_ISS}\"\njwks_uri = \"{}\"\nalgorithms = [\"ES256\"]\naudience = \"{AUD}\"\njwks_refresh_interval = \"1h\"\njwks_refresh_cooldown = \"1h\"\n",
+            up.url
+        ),
+        catalog: remote_catalog(),
+        ..Options::default()
+    })
+    .await;
+
+    // Ready only once the JWKS has been fetched.
+    let ready = eventually(Duration::from_secs(10), || async {
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    assert!(ready, "readyz never became ready");
+    app.exchange_ok(&first.token(REMOTE_SUBJECT, app.now()), &[])
+        .await;
+    let after_start = up.hits.load(Ordering::SeqCst);
+
+    // The issuer rotates: a token with a new kid triggers one refetch.
+    let second = TestIssuer::ec(REMOTE_ISS);
+    *up.jwks.write().await = serde_json::json!({"keys": [first.public_jwk, second.public_jwk]});
+    app.exchange_ok(&second.token(REMOTE_SUBJECT, app.now()), &[])
+        .await;
+    assert_eq!(up.hits.load(Ordering::SeqCst), after_start + 1);
+
+    // A flood of unknown kids within the cooldown causes no further fetches.
+    for i in 0..20 {
+        let mut stranger = TestIssuer::ec(REMOTE_ISS);
+        stranger.kid = format!("random-{i}");
+        let response = app
+            .exchange(&stranger.token(REMOTE_SUBJECT, app.now()), &[])
+            .await;
+        assert_eq!(response.status(), 400);
+    }
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        after_start + 1,
+        "refetches must be rate limited"
+    );
+
+    // The upstream breaks: the last good keys keep working.
+    *up.jwks.write().await = serde_json::json!({"nonsense": true});
+    app.exchange_ok(&first.token(REMOTE_SUBJECT, app.now()), &[])
+        .await;
+}
+
+#[tokio::test]
+async fn plain_http_jwks_on_a_public_host_is_refused() {
+    let err = halflife::config::Config::from_toml(
+        "[dev]\nenabled = true\n[[issuers]]\nname = \"x\"\nissuer = \"https://x\"\njwks_uri = \"http://x.example/jwks\"\naudience = \"halflife\"\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("issuers[0].jwks_uri"), "{err}");
+}

@@ -1,0 +1,355 @@
+//! The README quickstart, run as a newcomer would: the real binary, the
+//! example config, a fresh directory.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_halflife");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    for file in ["halflife.toml", "dev-catalog.toml"] {
+        std::fs::copy(
+            repo_root().join("config").join(file),
+            dir.path().join("config").join(file),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+fn halflife(dir: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env("HALFLIFE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("HALFLIFE_CONFIG")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn quickstart_from_the_readme() {
+    let dir = workdir();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let child = halflife(dir.path(), port)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(30), || async {
+        matches!(client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(
+        ready,
+        "server did not become ready: {}",
+        std::fs::read_to_string(dir.path().join("server.log")).unwrap()
+    );
+
+    // 1. A development attestation, printed alone on stdout.
+    let attestation = run_ok(halflife(dir.path(), port).args([
+        "dev",
+        "token",
+        "--subject",
+        "spiffe://dev.local/ns/ai/sa/summarizer",
+    ]));
+    let attestation = attestation.trim();
+    assert_eq!(attestation.lines().count(), 1);
+    assert_eq!(attestation.split('.').count(), 3);
+
+    // 2. Exchange it, form-encoded, as curl would.
+    let response = client
+        .post(format!("{base}/oauth2/token"))
+        .form(&[
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token_type", JWT_TYPE),
+            ("subject_token", attestation),
+            ("audience", "reports-api"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let token = body["access_token"].as_str().unwrap().to_owned();
+
+    // 3a. Offline verification against the JWKS.
+    let jwks: jsonwebtoken::jwk::JwkSet = client
+        .get(format!("{base}/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    let key =
+        jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap())
+            .unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["reports-api"]);
+    validation.set_issuer(&[&base]);
+    let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "spiffe://dev.local/ns/ai/sa/summarizer");
+    assert_eq!(claims["system"], "summarizer");
+
+    // 3b. Online: introspection with an introspector token (last stdout line).
+    let out = run_ok(halflife(dir.path(), port).args([
+        "admin",
+        "token",
+        "create",
+        "--role",
+        "introspector",
+        "--name",
+        "reports-api",
+    ]));
+    let admin = out.lines().last().unwrap().trim().to_owned();
+    assert!(admin.starts_with("hla_"));
+    let introspect = |t: String| {
+        let client = client.clone();
+        let (base, admin) = (base.clone(), admin.clone());
+        async move {
+            client
+                .post(format!("{base}/oauth2/introspect"))
+                .bearer_auth(admin)
+                .form(&[("token", t)])
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(introspect(token.clone()).await["active"], true);
+
+    // 4. Revoke; introspection answers exactly {"active": false}.
+    let revoked = client
+        .post(format!("{base}/oauth2/revoke"))
+        .form(&[("token", &token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    assert_eq!(introspect(token.clone()).await, json!({"active": false}));
+
+    // The attestation was single-use.
+    let replay = client
+        .post(format!("{base}/oauth2/token"))
+        .form(&[
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token_type", JWT_TYPE),
+            ("subject_token", attestation),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+
+    // SIGTERM: graceful shutdown, exit 0.
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut exited = None;
+    for _ in 0..500 {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(exited.expect("server did not stop on SIGTERM").success());
+
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(
+        log.contains("dev issuer is ENABLED"),
+        "the dev issuer warning is missing:\n{log}"
+    );
+    for secret in [token.as_str(), attestation, admin.as_str()] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+
+    // Keys: created on first start, sealed, owner-only; never in the database.
+    let keys = dir.path().join("data/keys");
+    for entry in std::fs::read_dir(&keys).unwrap() {
+        let path = entry.unwrap().path();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                path.display()
+            );
+        }
+        assert!(
+            !std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+    }
+    let mut db = Vec::new();
+    for f in ["halflife.db", "halflife.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join("data").join(f)) {
+            db.extend(bytes);
+        }
+    }
+    let db = String::from_utf8_lossy(&db);
+    for secret in [token.as_str(), attestation, admin.as_str()] {
+        assert!(!db.contains(secret), "a secret was stored in the database");
+    }
+}
+
+#[test]
+fn dev_issuer_is_refused_on_a_public_listener() {
+    let dir = workdir();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("HALFLIFE_SERVER__LISTEN", "0.0.0.0:0")
+        .env("HALFLIFE_SERVER__ALLOW_PLAIN_HTTP", "true")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("dev.enabled"), "{stderr}");
+    assert!(
+        !dir.path().join("data/halflife.db").exists(),
+        "nothing is created before the config is valid"
+    );
+}
+
+#[test]
+fn dev_token_needs_the_dev_issuer_enabled() {
+    let dir = workdir();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("HALFLIFE_DEV__ENABLED", "false")
+        .env("HALFLIFE_KEYS__KEK", kek_b64())
+        .args(["dev", "token", "--subject", "spiffe://dev.local/x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dev issuer is disabled"));
+}
+
+#[test]
+fn every_subcommand_explains_itself() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["apply", "--help"],
+        vec!["dev", "token", "--help"],
+        vec!["admin", "token", "create", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).len() > 80,
+            "{args:?} has no real help text"
+        );
+    }
+}
+
+#[test]
+fn apply_is_idempotent_and_reports_changes() {
+    let dir = workdir();
+    let apply = || {
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["apply", "-f", "config/dev-catalog.toml"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = apply();
+    assert!(first.contains("created  system/summarizer"), "{first}");
+    assert!(
+        first.contains("4 created, 0 updated, 0 unchanged"),
+        "{first}"
+    );
+    let second = apply();
+    assert!(
+        second.contains("0 created, 0 updated, 4 unchanged"),
+        "{second}"
+    );
+
+    std::fs::write(dir.path().join("bad.toml"), "[[grants]]\nid = \"g\"\nsystem = \"summarizer\"\nissuer = \"nope\"\nsubject = \"x\"\naudiences = [\"a\"]\nmax_ttl = \"5m\"\n").unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["apply", "-f", "bad.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("grants[0].issuer"));
+}
+
+#[test]
+fn migrate_creates_the_database() {
+    let dir = workdir();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("data/halflife.db").exists());
+}

@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo bench --bench crypto`. Prints microseconds per operation
 //! (median of 7 rounds); figures vary with the machine, so compare ratios.
+#![expect(clippy::unwrap_used, reason = "a benchmark aborts on setup failure")]
+#![expect(clippy::expect_used, reason = "a benchmark aborts on setup failure")]
 
 use std::hint::black_box;
 use std::time::Instant;

@@ -5,7 +5,6 @@
 //! `dev.enabled = true`, only on a loopback listener, and its tokens are
 //! single-use.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,14 +58,6 @@ impl DevIssuer {
             audience: config.dev.audience.clone(),
             ttl: config.dev.token_ttl.get(),
         })
-    }
-
-    pub fn key_path(config: &Config) -> std::path::PathBuf {
-        Path::new(&config.keys.dir).join(DEV_KEY_FILE)
-    }
-
-    pub fn iss(&self) -> &str {
-        &self.iss
     }
 
     /// Mints a single-use attestation for `subject`.

@@ -12,7 +12,6 @@ use serde_json::json;
 
 use crate::broker::Unavailable;
 use crate::broker::exchange::ExchangeError;
-use crate::domain::policy::DenyCode;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -55,16 +54,12 @@ impl From<ExchangeError> for ApiError {
     fn from(e: ExchangeError) -> Self {
         match e {
             ExchangeError::Denied(denial) => Self::OAuth {
-                code: code_str(denial.code),
+                code: denial.code.as_str(),
                 description: denial.description,
             },
             ExchangeError::Unavailable(u) => u.into(),
         }
     }
-}
-
-fn code_str(code: DenyCode) -> &'static str {
-    code.as_str()
 }
 
 impl IntoResponse for ApiError {

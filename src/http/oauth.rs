@@ -159,8 +159,8 @@ async fn introspect(
             caller.role
         )));
     }
-    let token = form.require("token")?;
-    let body = match state.broker.introspect(&token).await? {
+    let token = SecretString::from(form.require("token")?);
+    let body = match state.broker.introspect(token.expose_secret()).await? {
         None => json!({"active": false}),
         Some(claims) => {
             let mut value =
@@ -181,8 +181,11 @@ async fn revoke(
     Meta(meta): Meta,
     mut form: Form,
 ) -> Result<Response, ApiError> {
-    let token = form.require("token")?;
-    state.broker.revoke_by_holder(&token, &meta).await?;
+    let token = SecretString::from(form.require("token")?);
+    state
+        .broker
+        .revoke_by_holder(token.expose_secret(), &meta)
+        .await?;
     Ok(no_store(axum::http::StatusCode::OK.into_response()))
 }
 

@@ -6,7 +6,6 @@
 //! only after the transaction holding its record is durable. One writer also
 //! avoids the lock convoy many concurrent SQLite writers produce.
 
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -108,14 +107,6 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run_writer(options, rx));
         Ok(Self { pool, writer: tx })
-    }
-
-    /// The path of the database file behind `url`, if it names one.
-    pub fn file_of(url: &str) -> Option<std::path::PathBuf> {
-        SqliteConnectOptions::from_str(url)
-            .ok()
-            .map(|o| o.get_filename().to_path_buf())
-            .filter(|p| p != Path::new(":memory:"))
     }
 
     async fn submit(&self, op: WriteOp) -> Result<WriteResult, StoreError> {

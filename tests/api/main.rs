@@ -1,4 +1,12 @@
 //! One integration binary: every module starts real servers on random ports.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers abort the test on setup failure"
+)]
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers abort the test on setup failure"
+)]
 
 mod exchange;
 mod failure;

@@ -16,7 +16,7 @@ use url::Url;
 use crate::attest::dev::DevIssuer;
 use crate::attest::jwt::{IssuerKeys, TrustedIssuer, Verifier};
 use crate::attest::{issuer_from_config, jwks};
-use crate::broker::{Broker, apply};
+use crate::broker::{Broker, Webhook, apply};
 use crate::clock::SharedClock;
 use crate::config::{Config, DevConfig};
 use crate::domain::policy::TtlPolicy;
@@ -40,6 +40,8 @@ pub struct App {
     broker: Broker,
     store: Arc<SqliteStore>,
     remote_issuers: Vec<(Arc<TrustedIssuer>, Duration)>,
+    /// `None` when the caller drives lifecycle passes itself.
+    lifecycle_tick: Option<Duration>,
 }
 
 /// Loads the key-encryption key the configuration names.
@@ -183,11 +185,19 @@ impl App {
             log: store.clone(),
             credentials: store.clone(),
             admin_tokens: store.clone(),
+            lifecycle: store.clone(),
+            jobs: store.clone(),
             issuer: base_url.clone(),
             limits: TtlPolicy {
                 default_ttl: config.tokens.default_ttl.get(),
                 ceiling: config.tokens.max_ttl.get(),
             },
+            lifecycle_policy: config.lifecycle.policy(),
+            webhook: config.lifecycle.webhook_url.clone().map(|url| Webhook {
+                url,
+                client: client.clone(),
+            }),
+            issuer_names: Arc::new(known_issuers(&config)),
         };
         let metadata = metadata_document(&base_url, &broker.keys.algorithms());
         let state = AppState {
@@ -217,6 +227,7 @@ impl App {
             broker,
             store,
             remote_issuers,
+            lifecycle_tick: Some(config.lifecycle.tick.get()),
         })
     }
 
@@ -231,6 +242,13 @@ impl App {
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Runs no background lifecycle passes: the caller calls
+    /// [`Broker::run_lifecycle_once`] itself (tests with a manual clock).
+    pub fn without_background_lifecycle(mut self) -> Self {
+        self.lifecycle_tick = None;
+        self
     }
 
     /// Serves until `shutdown` resolves, then drains connections.
@@ -253,6 +271,27 @@ impl App {
                 }
             }
         }));
+        let broker = self.broker.clone();
+        if let Some(tick) = self.lifecycle_tick {
+            tasks.push(tokio::spawn(async move {
+            // The first pass runs at once, so a pilot that ended while the
+            // broker was down is suspended at start.
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                match broker.run_lifecycle_once(broker.clock.now()).await {
+                    Ok(report) if !report.suspended.is_empty() || report.jobs_failed > 0 => {
+                        tracing::info!(?report, "lifecycle pass");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e.0, "lifecycle pass failed; will retry next tick")
+                    }
+                }
+            }
+            }));
+        }
         tracing::info!(listen = %self.local_addr, issuer = %self.base_url, tls = self.tls.is_some(), "halflife is serving");
         serve(
             self.listener,

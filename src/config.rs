@@ -54,6 +54,46 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     #[serde(default)]
     pub bootstrap: BootstrapConfig,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+}
+
+/// The lifecycle reaper, notices and owner recertification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// How often the reaper looks for ended pilots and lapsed owners.
+    pub tick: HumanDuration,
+    /// How far ahead owners are warned of a pilot end or attestation lapse.
+    pub notice_window: HumanDuration,
+    /// How long an owner's recertification lasts.
+    pub recertify_every: HumanDuration,
+    /// Longest a sandbox or pilot may run before promotion.
+    pub max_pilot: HumanDuration,
+    /// Notices are POSTed here as JSON (retried; failures never block).
+    pub webhook_url: Option<Url>,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            tick: HumanDuration::secs(5),
+            notice_window: HumanDuration::secs(7 * 86400),
+            recertify_every: HumanDuration::secs(90 * 86400),
+            max_pilot: HumanDuration::secs(90 * 86400),
+            webhook_url: None,
+        }
+    }
+}
+
+impl LifecycleConfig {
+    pub fn policy(&self) -> crate::domain::lifecycle::LifecyclePolicy {
+        crate::domain::lifecycle::LifecyclePolicy {
+            max_pilot: self.max_pilot.get(),
+            recertify_every: self.recertify_every.get(),
+            notice_window: self.notice_window.get(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -500,6 +540,26 @@ impl Config {
                 "a key-encryption key is required outside dev mode: set keys.kek_file (32 random \
                  bytes, e.g. `head -c32 /dev/urandom | base64 > kek`) or HALFLIFE_KEYS__KEK"
                     .to_owned(),
+            );
+        }
+
+        if self.lifecycle.tick.get().is_zero() {
+            problem("lifecycle.tick", "must be greater than zero".to_owned());
+        }
+        for (key, d) in [
+            ("lifecycle.recertify_every", self.lifecycle.recertify_every),
+            ("lifecycle.max_pilot", self.lifecycle.max_pilot),
+        ] {
+            if d.get().is_zero() {
+                problem(key, "must be greater than zero".to_owned());
+            }
+        }
+        if let Some(url) = &self.lifecycle.webhook_url
+            && let Err(message) = check_jwks_uri(url)
+        {
+            problem(
+                "lifecycle.webhook_url",
+                message.replace("keys fetched", "notices sent"),
             );
         }
 

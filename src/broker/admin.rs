@@ -61,6 +61,21 @@ pub async fn create_admin_token(
 }
 
 impl Broker {
+    /// Records a refused administrative request (`access.denied`).
+    pub async fn record_access_denied(
+        &self,
+        actor: &str,
+        route: &str,
+        reason: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), Unavailable> {
+        let mut event = AuditEvent::new("access.denied", Outcome::Denied, self.clock.now(), meta);
+        event.actor = Some(actor.to_owned());
+        event.reason = Some(reason.to_owned());
+        event.detail = Some(serde_json::json!({"route": route}));
+        self.log.record_event(event).await.map_err(Unavailable)
+    }
+
     /// The caller behind an admin bearer token, if the token is valid.
     pub async fn authenticate_admin(
         &self,

@@ -211,7 +211,7 @@ pub fn validate(
     }
 }
 
-fn grant(
+pub fn grant(
     g: GrantEntry,
     known_issuers: &[String],
     ceiling: Duration,

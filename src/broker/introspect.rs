@@ -32,6 +32,12 @@ impl Broker {
             .map(|d| d.claims)
     }
 
+    /// The workload (`sub`) of a token this broker issued, whatever its
+    /// state; `None` for anything else.
+    pub fn workload_of(&self, token: &str) -> Option<String> {
+        self.verify_own(token).map(|c| c.sub)
+    }
+
     /// The token's claims if it is active now; `None` for expired, revoked,
     /// unknown, malformed or foreign tokens alike.
     pub async fn introspect(&self, token: &str) -> Result<Option<AccessClaims>, Unavailable> {
@@ -51,7 +57,7 @@ impl Broker {
         else {
             return Ok(None);
         };
-        if record.revoked_at.is_some()
+        if record.is_revoked()
             || operating_refusal(
                 &record.system,
                 [&record.business_owner, &record.technical_owner],

@@ -6,14 +6,20 @@ pub mod admin;
 pub mod apply;
 pub mod exchange;
 pub mod introspect;
+pub mod lifecycle;
+pub mod operator;
 
 use std::sync::Arc;
 
 use crate::attest::jwt::Verifier;
 use crate::clock::SharedClock;
+use crate::domain::lifecycle::LifecyclePolicy;
 use crate::domain::policy::TtlPolicy;
 use crate::keys::Keyring;
-use crate::store::{AdminTokenStore, CredentialStore, IssuanceLog, PolicyStore, StoreError};
+use crate::store::{
+    AdminTokenStore, CredentialStore, IssuanceLog, JobStore, LifecycleStore, PolicyStore,
+    StoreError,
+};
 
 /// Everything the use cases need, cheap to clone.
 #[derive(Clone)]
@@ -25,9 +31,23 @@ pub struct Broker {
     pub log: Arc<dyn IssuanceLog>,
     pub credentials: Arc<dyn CredentialStore>,
     pub admin_tokens: Arc<dyn AdminTokenStore>,
+    pub lifecycle: Arc<dyn LifecycleStore>,
+    pub jobs: Arc<dyn JobStore>,
     /// The `iss` of issued tokens (the public URL).
     pub issuer: String,
     pub limits: TtlPolicy,
+    pub lifecycle_policy: LifecyclePolicy,
+    /// Where lifecycle notices are POSTed, if anywhere.
+    pub webhook: Option<Webhook>,
+    /// Issuer names grants may refer to.
+    pub issuer_names: Arc<Vec<String>>,
+}
+
+/// A notice webhook and the client that calls it.
+#[derive(Clone)]
+pub struct Webhook {
+    pub url: url::Url,
+    pub client: reqwest::Client,
 }
 
 /// A use case could not reach storage: the caller answers 503 and nothing

@@ -1,5 +1,7 @@
 //! The `halflife` command line.
 
+pub mod client;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +48,15 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Local(LocalCommand),
+    #[command(flatten)]
+    Remote(RemoteCommand),
+}
+
+/// Commands that work on the local configuration, database and keys.
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
     /// Run the broker (creates and migrates the database and signing key on first start).
     Serve,
     /// Create or upgrade the database schema, then exit.
@@ -58,6 +69,46 @@ pub enum Command {
     /// Administrative tokens.
     #[command(subcommand)]
     Admin(AdminCommand),
+}
+
+/// Commands that talk to a running server's `/v1/` API.
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Systems on a running server (needs HALFLIFE_TOKEN).
+    Systems {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: client::SystemsCommand,
+    },
+    /// Owners on a running server (needs HALFLIFE_TOKEN).
+    Owners {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: client::OwnersCommand,
+    },
+    /// Grants on a running server (needs HALFLIFE_TOKEN).
+    Grants {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: client::GrantsCommand,
+    },
+    /// Revoke credentials by workload identity or jti on a running server (needs HALFLIFE_TOKEN).
+    Revoke {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(flatten)]
+        args: client::RevokeArgs,
+    },
+    /// The background job queue on a running server (needs HALFLIFE_TOKEN).
+    Jobs {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: client::JobsCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -135,18 +186,35 @@ pub fn init_tracing(format: LogFormat) {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::crypto::install();
-    let config = Config::load(&cli.config)?;
     match cli.command {
-        Command::Serve => {
+        Command::Remote(command) => run_remote(command).await,
+        Command::Local(command) => run_local(command, &cli.config).await,
+    }
+}
+
+async fn run_remote(command: RemoteCommand) -> anyhow::Result<()> {
+    match command {
+        RemoteCommand::Systems { remote, command } => client::systems(&remote, command).await,
+        RemoteCommand::Owners { remote, command } => client::owners(&remote, command).await,
+        RemoteCommand::Grants { remote, command } => client::grants(&remote, command).await,
+        RemoteCommand::Revoke { remote, args } => client::revoke(&remote, args).await,
+        RemoteCommand::Jobs { remote, command } => client::jobs(&remote, command).await,
+    }
+}
+
+async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    match command {
+        LocalCommand::Serve => {
             let app = App::build(config, Arc::new(SystemClock)).await?;
             app.run(app::shutdown_signal()).await
         }
-        Command::Migrate => {
+        LocalCommand::Migrate => {
             app::open_store(&config).await?;
             eprintln!("database {} is up to date", config.database.url);
             Ok(())
         }
-        Command::Apply(args) => {
+        LocalCommand::Apply(args) => {
             let store = app::open_store(&config).await?;
             let actor = format!(
                 "cli:{}",
@@ -181,11 +249,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Dev(DevCommand::Token(args)) => {
+        LocalCommand::Dev(DevCommand::Token(args)) => {
             if !config.dev.enabled {
                 bail!(
                     "the dev issuer is disabled; set dev.enabled = true in {} (development only)",
-                    cli.config.display()
+                    config_path.display()
                 );
             }
             crate::domain::values::SubjectMatch::parse(&args.subject)
@@ -200,7 +268,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Admin(AdminCommand::Token(AdminTokenCommand::Create(args))) => {
+        LocalCommand::Admin(AdminCommand::Token(AdminTokenCommand::Create(args))) => {
             let name = args.name.trim();
             if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
                 bail!("--name must be 1-128 printable characters");

@@ -1,5 +1,6 @@
 //! Pure types and rules: no I/O, no async. Time is always a parameter.
 
+pub mod lifecycle;
 pub mod model;
 pub mod policy;
 pub mod values;

@@ -24,7 +24,16 @@ pub enum ApiError {
     Unauthorized(String),
     /// Authenticated but not allowed (403).
     Forbidden(String),
-    NotFound,
+    /// A request value is invalid; the body names the field (400).
+    Invalid {
+        field: String,
+        message: String,
+    },
+    /// The request conflicts with the current state (409).
+    Conflict(String),
+    /// The promotion gate refused (409), listing every failed check.
+    Gate(Vec<String>),
+    NotFound(String),
     MethodNotAllowed,
     UnsupportedMediaType(String),
     PayloadTooLarge(usize),
@@ -50,6 +59,19 @@ impl From<Unavailable> for ApiError {
     }
 }
 
+impl From<crate::broker::operator::OpError> for ApiError {
+    fn from(e: crate::broker::operator::OpError) -> Self {
+        use crate::broker::operator::OpError;
+        match e {
+            OpError::NotFound(m) => Self::NotFound(m),
+            OpError::Invalid { field, message } => Self::Invalid { field, message },
+            OpError::Conflict(m) => Self::Conflict(m),
+            OpError::Gate(failed) => Self::Gate(failed),
+            OpError::Unavailable(u) => u.into(),
+        }
+    }
+}
+
 impl From<ExchangeError> for ApiError {
     fn from(e: ExchangeError) -> Self {
         match e {
@@ -64,11 +86,23 @@ impl From<ExchangeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut extra = serde_json::Map::new();
         let (status, code, description) = match self {
             Self::OAuth { code, description } => (StatusCode::BAD_REQUEST, code, description),
             Self::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "invalid_token", d),
             Self::Forbidden(d) => (StatusCode::FORBIDDEN, "insufficient_scope", d),
-            Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint".to_owned()),
+            Self::Invalid { field, message } => {
+                let description = format!("{field}: {message}");
+                extra.insert("field".into(), serde_json::Value::String(field));
+                (StatusCode::BAD_REQUEST, "invalid_request", description)
+            }
+            Self::Conflict(d) => (StatusCode::CONFLICT, "conflict", d),
+            Self::Gate(failed) => {
+                let description = format!("promotion refused: {}", failed.join("; "));
+                extra.insert("failed_checks".into(), json!(failed));
+                (StatusCode::CONFLICT, "promotion_refused", description)
+            }
+            Self::NotFound(d) => (StatusCode::NOT_FOUND, "not_found", d),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "invalid_request",
@@ -94,11 +128,11 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let mut response = (
-            status,
-            Json(json!({"error": code, "error_description": description})),
-        )
-            .into_response();
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), json!(code));
+        body.insert("error_description".into(), json!(description));
+        body.extend(extra);
+        let mut response = (status, Json(serde_json::Value::Object(body))).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match status {

@@ -122,11 +122,61 @@ where
             .ok_or_else(|| {
                 ApiError::Unauthorized("use Authorization: Bearer <admin token>".into())
             })?;
-        match state.broker.authenticate_admin(token).await? {
-            Some(caller) => Ok(Self(caller)),
-            None => Err(ApiError::Unauthorized(
-                "the bearer token is not a valid admin token".into(),
-            )),
+        if let Some(caller) = state.broker.authenticate_admin(token).await? {
+            return Ok(Self(caller));
         }
+        // A workload's own access token is a valid credential, just not for
+        // this: refuse with 403 and record the attempt.
+        if let Some(subject) = state.broker.workload_of(token) {
+            let Meta(meta) = Meta::from_request_parts(parts, &()).await?;
+            state
+                .broker
+                .record_access_denied(
+                    &format!("workload {subject}"),
+                    parts.uri.path(),
+                    "a workload access token was presented on an admin route",
+                    &meta,
+                )
+                .await?;
+            return Err(ApiError::Forbidden(
+                "workload access tokens cannot call admin routes; use an admin token".into(),
+            ));
+        }
+        Err(ApiError::Unauthorized(
+            "the bearer token is not a valid admin token".into(),
+        ))
+    }
+}
+
+/// A JSON request body: `Content-Type: application/json` (else 415), within
+/// the body limit (else 413), and parsed strictly (unknown fields are
+/// refused by the target types); errors name the offending field.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T>
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = AppState::from_ref(state).max_body_bytes;
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::UnsupportedMediaType(
+                "Content-Type must be application/json".into(),
+            ));
+        }
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        serde_json::from_slice(&body)
+            .map(Self)
+            .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
     }
 }

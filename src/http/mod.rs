@@ -1,6 +1,7 @@
 //! HTTP: routers that only translate, one error type, the middleware stack,
 //! and the listener (timeouts, connection limit, TLS).
 
+pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod oauth;
@@ -71,7 +72,8 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/livez", get(livez))
         .route("/healthz", get(livez))
         .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::NotFound })
+        .merge(admin::router())
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware)

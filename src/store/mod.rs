@@ -151,10 +151,109 @@ pub enum IssueOutcome {
 #[derive(Debug, Clone)]
 pub struct CredentialRecord {
     pub jti: String,
+    /// Row id: monotonic in commit order, compared with revocation epochs.
+    pub id: i64,
     pub revoked_at: Option<OffsetDateTime>,
+    /// Credentials of this system with an id at or below this are revoked.
+    pub system_revoked_through: i64,
+    /// Credentials of this workload with an id at or below this are revoked.
+    pub workload_revoked_through: i64,
     pub system: System,
     pub business_owner: Owner,
     pub technical_owner: Owner,
+}
+
+impl CredentialRecord {
+    /// Revoked singly, with its system, or with its workload.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+            || self.id <= self.system_revoked_through
+            || self.id <= self.workload_revoked_through
+    }
+}
+
+/// An outstanding credential as operators see it: never the token.
+#[derive(Debug, Clone, Serialize)]
+pub struct CredentialSummary {
+    pub jti: String,
+    pub kind: String,
+    pub grant_id: String,
+    pub issuer: String,
+    pub subject: String,
+    pub audience: String,
+    pub scopes: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub iat: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub exp: OffsetDateTime,
+}
+
+/// The result of a revocation: how many active credentials it made
+/// inactive. The request itself writes a constant number of rows whatever
+/// that count; marking the credential rows happens in a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RevocationOutcome {
+    pub revoked: u64,
+}
+
+/// Whose credentials a revocation covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum RevokeTarget {
+    System { system_id: String },
+    Workload { issuer: String, subject: String },
+}
+
+/// Durable background work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobSpec {
+    /// Mark the rows an epoch revoked (`id <= through`) as revoked.
+    MarkRevoked {
+        target: RevokeTarget,
+        through: i64,
+        reason: String,
+        at: i64,
+    },
+    /// POST a lifecycle notice to the configured webhook.
+    Webhook { body: serde_json::Value },
+}
+
+impl JobSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MarkRevoked { .. } => "mark_revoked",
+            Self::Webhook { .. } => "webhook",
+        }
+    }
+}
+
+/// A queued job and its progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    #[serde(skip)]
+    pub spec: Option<JobSpec>,
+    pub state: String,
+    pub attempts: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_attempt_at: OffsetDateTime,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A lifecycle warning, recorded once per subject and deadline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notice {
+    pub kind: String,
+    pub subject_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub due_at: OffsetDateTime,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
 }
 
 /// An administrative token's identity (never the token).
@@ -267,6 +366,85 @@ pub trait CatalogStore: Send + Sync {
         now: OffsetDateTime,
         dry_run: bool,
     ) -> Result<ApplyReport, StoreError>;
+}
+
+/// Systems, owners, grants, revocation and the job queue: the operator's
+/// write paths and the reaper's reads. Every write commits with its event.
+#[async_trait]
+pub trait LifecycleStore: Send + Sync {
+    async fn list_systems(&self) -> Result<Vec<crate::domain::lifecycle::SystemView>, StoreError>;
+    async fn system(
+        &self,
+        id: &SystemId,
+    ) -> Result<Option<crate::domain::lifecycle::SystemView>, StoreError>;
+    /// Conflict if the id exists, NotFound if an owner does not.
+    async fn create_system(&self, system: &System, event: AuditEvent) -> Result<(), StoreError>;
+    /// Writes the system's new state. With `revoke`, also raises its
+    /// revocation epoch (every credential it holds becomes inactive) and
+    /// queues the job that marks the rows.
+    async fn save_system(
+        &self,
+        system: &System,
+        revoke: Option<&str>,
+        event: AuditEvent,
+    ) -> Result<RevocationOutcome, StoreError>;
+    /// Raises the revocation epoch of a system or workload (one write).
+    async fn revoke(
+        &self,
+        target: &RevokeTarget,
+        reason: &str,
+        event: AuditEvent,
+    ) -> Result<RevocationOutcome, StoreError>;
+    async fn list_owners(&self) -> Result<Vec<Owner>, StoreError>;
+    async fn owner(&self, id: &OwnerId) -> Result<Option<Owner>, StoreError>;
+    async fn create_owner(&self, owner: &Owner, event: AuditEvent) -> Result<(), StoreError>;
+    async fn save_owner(&self, owner: &Owner, event: AuditEvent) -> Result<(), StoreError>;
+    async fn grants(&self, system: &SystemId) -> Result<Vec<Grant>, StoreError>;
+    /// Conflict if the grant id exists.
+    async fn create_grant(&self, grant: &Grant, event: AuditEvent) -> Result<(), StoreError>;
+    async fn delete_grant(
+        &self,
+        system: &SystemId,
+        grant: &GrantId,
+        event: AuditEvent,
+    ) -> Result<bool, StoreError>;
+    async fn outstanding_credentials(
+        &self,
+        system: &SystemId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CredentialSummary>, StoreError>;
+    /// Records a notice once; returns false if it was already recorded.
+    async fn record_notice(
+        &self,
+        notice: &Notice,
+        event: AuditEvent,
+        job: Option<JobSpec>,
+    ) -> Result<bool, StoreError>;
+    async fn list_notices(&self, since: OffsetDateTime) -> Result<Vec<Notice>, StoreError>;
+}
+
+/// The durable job queue.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    async fn due_jobs(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Job>, StoreError>;
+    async fn job_done(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError>;
+    async fn job_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    async fn list_jobs(&self, include_done: bool) -> Result<Vec<Job>, StoreError>;
+    /// Marks up to `limit` rows an epoch revoked; returns how many it marked.
+    async fn mark_revoked(
+        &self,
+        target: &RevokeTarget,
+        through: i64,
+        reason: &str,
+        at: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 }
 
 #[async_trait]

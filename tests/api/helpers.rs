@@ -318,7 +318,10 @@ max_token_age = "1h"
     );
     let config = Config::from_toml(&text).unwrap();
     let clock = ManualClock::starting_now();
-    let app = App::build(config, Arc::new(clock.clone())).await.unwrap();
+    let app = App::build(config, Arc::new(clock.clone()))
+        .await
+        .unwrap()
+        .without_background_lifecycle();
     let addr = app.local_addr();
     let base = app.base_url().to_owned();
     let broker = app.broker().clone();
@@ -395,6 +398,53 @@ impl TestApp {
         .await
         .unwrap();
         token.expose_secret().to_owned()
+    }
+
+    /// Calls the operator API; returns the status and the JSON body (Null when empty).
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap()
+            },
+        )
+    }
+
+    /// Runs one lifecycle pass at the current (manual) time.
+    pub async fn reap(&self) -> halflife::broker::lifecycle::ReaperReport {
+        self.broker
+            .run_lifecycle_once(self.clock.now())
+            .await
+            .unwrap()
+    }
+
+    /// Executes SQL against the database from another connection.
+    pub async fn sql(&self, statement: &str) {
+        let mut db = self.db().await;
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+    }
+
+    pub async fn scalar(&self, query: &str) -> i64 {
+        let mut db = self.db().await;
+        sqlx::query_scalar(query).fetch_one(&mut db).await.unwrap()
     }
 
     pub async fn introspect(&self, admin: &str, token: &str) -> Value {

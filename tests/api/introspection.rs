@@ -138,7 +138,7 @@ async fn introspection_requires_an_authorised_caller() {
             .starts_with("Bearer")
     );
 
-    // A workload's own access token is no admin credential.
+    // A workload's own access token is no admin credential: 403, recorded.
     let as_workload = app
         .client
         .post(app.url("/oauth2/introspect"))
@@ -147,7 +147,8 @@ async fn introspection_requires_an_authorised_caller() {
         .send()
         .await
         .unwrap();
-    assert_eq!(as_workload.status(), 401);
+    assert_eq!(as_workload.status(), 403);
+    assert_eq!(app.events("access.denied").await.len(), 1);
 
     let auditor = app.admin_token(Role::Auditor).await;
     let forbidden = app

@@ -14,6 +14,7 @@ mod helpers;
 mod independent;
 mod introspection;
 mod jwks_remote;
+mod lifecycle;
 mod listener;
 mod quickstart;
 mod rejections;

@@ -18,6 +18,8 @@ use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+mod lifecycle;
+
 use super::*;
 use crate::domain::model::{OwnerStatus, SystemState};
 use crate::domain::values::{ScopeSet, SubjectMatch};
@@ -466,8 +468,11 @@ impl IssuanceLog for SqliteStore {
 impl CredentialStore for SqliteStore {
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, StoreError> {
         let sql = format!(
-            "SELECT c.jti AS c_jti, c.revoked_at AS c_revoked_at, {SYSTEM_COLUMNS} \
-             FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} WHERE c.jti = ?"
+            "SELECT c.id AS c_id, c.jti AS c_jti, c.revoked_at AS c_revoked_at, \
+             s.revoked_through AS s_revoked_through, COALESCE(w.revoked_through, 0) AS w_revoked_through, {SYSTEM_COLUMNS} \
+             FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} \
+             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+             WHERE c.jti = ?"
         );
         let Some(row) = sqlx::query(&sql)
             .bind(jti)
@@ -480,7 +485,14 @@ impl CredentialStore for SqliteStore {
         let revoked_at: Option<i64> = row.try_get("c_revoked_at").map_err(corrupt("credential"))?;
         Ok(Some(CredentialRecord {
             jti: row.try_get("c_jti").map_err(corrupt("credential"))?,
+            id: row.try_get("c_id").map_err(corrupt("credential"))?,
             revoked_at: revoked_at.map(from_ts).transpose()?,
+            system_revoked_through: row
+                .try_get("s_revoked_through")
+                .map_err(corrupt("credential"))?,
+            workload_revoked_through: row
+                .try_get("w_revoked_through")
+                .map_err(corrupt("credential"))?,
             system: system_from(&row)?,
             business_owner: owner_from(&row, "bo_")?,
             technical_owner: owner_from(&row, "to_")?,

@@ -1,0 +1,716 @@
+//! CLI commands that talk to a running server's `/v1/` API: `systems`,
+//! `owners`, `grants`, `revoke`, `jobs`. Authenticated with the admin token
+//! in `HALFLIFE_TOKEN` (never a command-line argument, which other users
+//! could read from the process list).
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::clock::{Clock, SystemClock};
+
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// Base URL of the halflife server.
+    #[arg(
+        long,
+        env = "HALFLIFE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemsCommand {
+    /// List systems.
+    List,
+    /// Show one system.
+    Show { id: String },
+    /// Register a system (sandbox or pilot; production is reached by promotion).
+    Create(CreateSystem),
+    /// Change a system's name, purpose, owners, end date or data classification.
+    Update(UpdateSystem),
+    /// Promote one tier (sandbox → pilot → production) through its gate.
+    Promote {
+        id: String,
+        /// End date when promoting a sandbox to pilot (RFC 3339 or a duration like 30d).
+        #[arg(long)]
+        pilot_ends_at: Option<String>,
+    },
+    /// Suspend a system and revoke everything it holds.
+    Suspend {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Reinstate a suspended or retired system (pilots need a new end date).
+    Reinstate {
+        id: String,
+        #[arg(long)]
+        pilot_ends_at: Option<String>,
+    },
+    /// Retire a system and revoke everything it holds.
+    Retire {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Revoke every credential a system holds, without suspending it.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Outstanding credentials of a system (never the tokens themselves).
+    Credentials { id: String },
+    /// Pilot ends and owner attestations due within the notice window.
+    Expiring,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateSystem {
+    #[arg(long)]
+    pub id: String,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub purpose: String,
+    #[arg(long)]
+    pub business_owner: String,
+    #[arg(long)]
+    pub technical_owner: String,
+    /// sandbox or pilot.
+    #[arg(long, default_value = "sandbox")]
+    pub tier: String,
+    /// RFC 3339 time or a duration from now such as 30d.
+    #[arg(long)]
+    pub pilot_ends_at: Option<String>,
+    #[arg(long)]
+    pub data_classification: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateSystem {
+    pub id: String,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub purpose: Option<String>,
+    #[arg(long)]
+    pub business_owner: Option<String>,
+    #[arg(long)]
+    pub technical_owner: Option<String>,
+    #[arg(long)]
+    pub pilot_ends_at: Option<String>,
+    #[arg(long)]
+    pub data_classification: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OwnersCommand {
+    /// List owners.
+    List,
+    /// Show one owner.
+    Show { id: String },
+    /// Register an owner (attested for lifecycle.recertify_every from now).
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        display_name: String,
+        #[arg(long)]
+        email: String,
+    },
+    /// The owner re-attests ownership for another period.
+    Recertify { id: String },
+    /// Mark the owner departed: their systems stop operating.
+    Depart {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Revoke every credential of every system the owner owns.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// List a system's grants.
+    List { system: String },
+    /// Add a grant to a system.
+    Add(AddGrant),
+    /// Delete a grant.
+    Delete { system: String, grant: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AddGrant {
+    pub system: String,
+    #[arg(long)]
+    pub id: String,
+    /// Trusted issuer name from the server's config (or "dev").
+    #[arg(long)]
+    pub issuer: String,
+    /// Exact workload identity, or a path prefix ending in /*.
+    #[arg(long)]
+    pub subject: String,
+    /// Allowed audience (repeat for several).
+    #[arg(long = "audience", required = true)]
+    pub audiences: Vec<String>,
+    /// Allowed scope (repeat for several).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Scope granted when a request names none (repeat for several).
+    #[arg(long = "default-scope")]
+    pub default_scopes: Vec<String>,
+    /// Credential kind (repeat for several; default jwt).
+    #[arg(long = "kind")]
+    pub kinds: Vec<String>,
+    /// Longest credential lifetime, e.g. 15m.
+    #[arg(long)]
+    pub max_ttl: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Revoke every credential of this workload identity (its subject); needs --issuer.
+    #[arg(long, requires = "issuer", conflicts_with = "jti")]
+    pub workload: Option<String>,
+    /// The trusted issuer name of --workload.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Revoke one credential by its jti.
+    #[arg(long, required_unless_present = "workload")]
+    pub jti: Option<String>,
+    #[arg(long)]
+    pub reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Queued background work; failing jobs show their last error.
+    List {
+        /// Include finished jobs.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: SecretString,
+    json: bool,
+}
+
+impl Client {
+    fn new(remote: &Remote) -> anyhow::Result<Self> {
+        let token = std::env::var("HALFLIFE_TOKEN")
+            .map(SecretString::from)
+            .context("set HALFLIFE_TOKEN to an admin token (halflife admin token create --role operator --name <you>)")?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(client_tls()?)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("failed to build the HTTP client")?;
+        Ok(Self {
+            http,
+            base: remote.server.trim_end_matches('/').to_owned(),
+            token,
+            json: remote.json,
+        })
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .context("failed to read the response")?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !status.is_success() {
+            let description = value
+                .get("error_description")
+                .and_then(Value::as_str)
+                .map_or_else(|| value.to_string(), str::to_owned);
+            let failed = value
+                .get("failed_checks")
+                .and_then(Value::as_array)
+                .map(|c| {
+                    c.iter()
+                        .filter_map(Value::as_str)
+                        .map(|s| format!("\n  - {s}"))
+                        .collect::<String>()
+                })
+                .unwrap_or_default();
+            bail!("{} ({status}){failed}", description);
+        }
+        Ok(value)
+    }
+
+    fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            table(value);
+        }
+    }
+}
+
+/// TLS for the CLI: rustls on ring with the platform's trust store.
+fn client_tls() -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth(),
+    )
+}
+
+/// Accepts RFC 3339, or a duration from now (`30d`) converted to RFC 3339.
+fn when(text: &str) -> anyhow::Result<String> {
+    if OffsetDateTime::parse(text, &Rfc3339).is_ok() {
+        return Ok(text.to_owned());
+    }
+    let d = humantime::parse_duration(text).with_context(|| {
+        format!("{text:?} is neither an RFC 3339 time nor a duration such as 30d")
+    })?;
+    Ok(crate::domain::rfc3339(SystemClock.now() + d))
+}
+
+fn cell(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Prints rows of `items` as an aligned table of `columns`.
+fn table(items: &[Value], columns: &[&str]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| columns.iter().map(|c| cell(i, c)).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            rows.iter()
+                .map(|r| r[n].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn list<'a>(value: &'a Value, key: &str) -> &'a [Value] {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+fn record(value: &Value) {
+    if let Some(map) = value.as_object() {
+        let width = map.keys().map(String::len).max().unwrap_or(0);
+        for (k, v) in map {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            println!("{k:<width$}  {text}");
+        }
+    }
+}
+
+const SYSTEM_COLUMNS: &[&str] = &[
+    "id",
+    "tier",
+    "state",
+    "business_owner",
+    "technical_owner",
+    "pilot_ends_at",
+    "name",
+];
+const OWNER_COLUMNS: &[&str] = &["id", "status", "attested_until", "email", "display_name"];
+const GRANT_COLUMNS: &[&str] = &["id", "issuer", "subject", "audiences", "scopes", "max_ttl"];
+
+fn path_segment(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub async fn systems(remote: &Remote, command: SystemsCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    match command {
+        SystemsCommand::List => {
+            let v = c.call(Method::GET, "/v1/systems", None).await?;
+            c.print(&v, |v| table(list(v, "systems"), SYSTEM_COLUMNS));
+        }
+        SystemsCommand::Show { id } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/systems/{}", path_segment(&id)),
+                    None,
+                )
+                .await?;
+            c.print(&v, record);
+        }
+        SystemsCommand::Create(a) => {
+            let body = json!({
+                "id": a.id, "name": a.name, "purpose": a.purpose, "business_owner": a.business_owner,
+                "technical_owner": a.technical_owner, "tier": a.tier,
+                "pilot_ends_at": a.pilot_ends_at.as_deref().map(when).transpose()?,
+                "data_classification": a.data_classification,
+            });
+            let v = c.call(Method::POST, "/v1/systems", Some(body)).await?;
+            c.print(&v, record);
+        }
+        SystemsCommand::Update(a) => {
+            let mut body = serde_json::Map::new();
+            for (k, v) in [
+                ("name", a.name),
+                ("purpose", a.purpose),
+                ("business_owner", a.business_owner),
+                ("technical_owner", a.technical_owner),
+                (
+                    "pilot_ends_at",
+                    a.pilot_ends_at.as_deref().map(when).transpose()?,
+                ),
+                ("data_classification", a.data_classification),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.into(), Value::String(v));
+                }
+            }
+            let v = c
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/systems/{}", path_segment(&a.id)),
+                    Some(Value::Object(body)),
+                )
+                .await?;
+            c.print(&v, record);
+        }
+        SystemsCommand::Promote { id, pilot_ends_at } => {
+            let body = json!({"pilot_ends_at": pilot_ends_at.as_deref().map(when).transpose()?});
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/systems/{}/promote", path_segment(&id)),
+                    Some(body),
+                )
+                .await?;
+            c.print(&v, |v| {
+                println!(
+                    "{} is now {}",
+                    cell(&v["system"], "id"),
+                    cell(&v["system"], "tier")
+                );
+                for check in list(v, "gate") {
+                    println!(
+                        "  passed  {}: {}",
+                        cell(check, "check"),
+                        cell(check, "detail")
+                    );
+                }
+            });
+        }
+        SystemsCommand::Suspend { id, reason } => {
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/systems/{}/suspend", path_segment(&id)),
+                    Some(json!({"reason": reason})),
+                )
+                .await?;
+            c.print(&v, |v| {
+                println!(
+                    "{id} suspended; {} credential(s) revoked",
+                    cell(v, "revoked")
+                )
+            });
+        }
+        SystemsCommand::Retire { id, reason } => {
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/systems/{}/retire", path_segment(&id)),
+                    Some(json!({"reason": reason})),
+                )
+                .await?;
+            c.print(&v, |v| {
+                println!("{id} retired; {} credential(s) revoked", cell(v, "revoked"))
+            });
+        }
+        SystemsCommand::Reinstate { id, pilot_ends_at } => {
+            let body = json!({"pilot_ends_at": pilot_ends_at.as_deref().map(when).transpose()?});
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/systems/{}/reinstate", path_segment(&id)),
+                    Some(body),
+                )
+                .await?;
+            c.print(&v, |v| {
+                println!("{} reinstated ({})", cell(v, "id"), cell(v, "state"))
+            });
+        }
+        SystemsCommand::Revoke { id, reason } => {
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/systems/{}/revoke", path_segment(&id)),
+                    Some(json!({"reason": reason})),
+                )
+                .await?;
+            c.print(&v, |v| {
+                println!("{} credential(s) revoked", cell(v, "revoked"))
+            });
+        }
+        SystemsCommand::Credentials { id } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/systems/{}/credentials", path_segment(&id)),
+                    None,
+                )
+                .await?;
+            c.print(&v, |v| {
+                table(
+                    list(v, "credentials"),
+                    &["jti", "subject", "audience", "scopes", "exp"],
+                )
+            });
+        }
+        SystemsCommand::Expiring => {
+            let v = c.call(Method::GET, "/v1/expiring", None).await?;
+            c.print(&v, |v| {
+                table(
+                    list(v, "deadlines"),
+                    &["due_at", "kind", "subject_id", "systems", "message"],
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn owners(remote: &Remote, command: OwnersCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    match command {
+        OwnersCommand::List => {
+            let v = c.call(Method::GET, "/v1/owners", None).await?;
+            c.print(&v, |v| table(list(v, "owners"), OWNER_COLUMNS));
+        }
+        OwnersCommand::Show { id } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/owners/{}", path_segment(&id)),
+                    None,
+                )
+                .await?;
+            c.print(&v, record);
+        }
+        OwnersCommand::Create {
+            id,
+            display_name,
+            email,
+        } => {
+            let body = json!({"id": id, "display_name": display_name, "email": email});
+            let v = c.call(Method::POST, "/v1/owners", Some(body)).await?;
+            c.print(&v, record);
+        }
+        OwnersCommand::Recertify { id } => {
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/owners/{}/recertify", path_segment(&id)),
+                    Some(json!({})),
+                )
+                .await?;
+            c.print(&v, |v| {
+                println!(
+                    "{} attested until {}",
+                    cell(v, "id"),
+                    cell(v, "attested_until")
+                )
+            });
+        }
+        OwnersCommand::Depart { id, reason } => {
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/owners/{}/depart", path_segment(&id)),
+                    Some(json!({"reason": reason})),
+                )
+                .await?;
+            c.print(&v, |v| {
+                println!(
+                    "{} departed; their systems no longer operate",
+                    cell(v, "id")
+                )
+            });
+        }
+        OwnersCommand::Revoke { id, reason } => {
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/owners/{}/revoke", path_segment(&id)),
+                    Some(json!({"reason": reason})),
+                )
+                .await?;
+            c.print(&v, |v| {
+                println!(
+                    "{} credential(s) revoked across {}",
+                    cell(v, "revoked"),
+                    cell(v, "systems")
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn grants(remote: &Remote, command: GrantsCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    match command {
+        GrantsCommand::List { system } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/systems/{}/grants", path_segment(&system)),
+                    None,
+                )
+                .await?;
+            c.print(&v, |v| table(list(v, "grants"), GRANT_COLUMNS));
+        }
+        GrantsCommand::Add(a) => {
+            let mut body = json!({
+                "id": a.id, "issuer": a.issuer, "subject": a.subject, "audiences": a.audiences,
+                "scopes": a.scopes, "default_scopes": a.default_scopes, "max_ttl": a.max_ttl,
+            });
+            if !a.kinds.is_empty() {
+                body["kinds"] = json!(a.kinds);
+            }
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/systems/{}/grants", path_segment(&a.system)),
+                    Some(body),
+                )
+                .await?;
+            c.print(&v, record);
+        }
+        GrantsCommand::Delete { system, grant } => {
+            c.call(
+                Method::DELETE,
+                &format!(
+                    "/v1/systems/{}/grants/{}",
+                    path_segment(&system),
+                    path_segment(&grant)
+                ),
+                None,
+            )
+            .await?;
+            if !c.json {
+                println!("grant {grant} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn revoke(remote: &Remote, args: RevokeArgs) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    let body = match (args.jti, args.workload, args.issuer) {
+        (Some(jti), None, _) => json!({"jti": jti, "reason": args.reason}),
+        (None, Some(subject), Some(issuer)) => {
+            json!({"issuer": issuer, "subject": subject, "reason": args.reason})
+        }
+        _ => bail!("give --jti, or --workload with --issuer"),
+    };
+    let v = c.call(Method::POST, "/v1/revoke", Some(body)).await?;
+    c.print(&v, |v| {
+        println!("{} credential(s) revoked", cell(v, "revoked"))
+    });
+    Ok(())
+}
+
+pub async fn jobs(remote: &Remote, command: JobsCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    let JobsCommand::List { all } = command;
+    let v = c
+        .call(Method::GET, &format!("/v1/jobs?all={all}"), None)
+        .await?;
+    c.print(&v, |v| {
+        table(
+            list(v, "jobs"),
+            &[
+                "id",
+                "kind",
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "last_error",
+            ],
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,708 @@
+//! The operator API under `/v1/`, authenticated with admin bearer tokens.
+//!
+//! Roles: `admin` may do everything; `operator` manages systems, owners,
+//! grants, promotion, suspension and revocation; `auditor` reads; an
+//! `introspector` token and a workload's access token get 403 here, and the
+//! attempt is recorded as `access.denied`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Admin, JsonBody, Meta};
+use crate::broker::admin::AdminCaller;
+use crate::broker::apply::{self, GrantEntry};
+use crate::broker::operator::{NewSystem, SystemPatch};
+use crate::domain::model::{Role, Tier};
+use crate::domain::values::{GrantId, OwnerId, SystemId};
+use crate::store::RequestMeta;
+
+const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Auditor];
+const WRITE: &[Role] = &[Role::Admin, Role::Operator];
+const ADMIN: &[Role] = &[Role::Admin];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/systems", get(list_systems).post(create_system))
+        .route("/v1/systems/{id}", get(show_system).patch(update_system))
+        .route("/v1/systems/{id}/promote", post(promote))
+        .route("/v1/systems/{id}/suspend", post(suspend))
+        .route("/v1/systems/{id}/reinstate", post(reinstate))
+        .route("/v1/systems/{id}/retire", post(retire))
+        .route("/v1/systems/{id}/revoke", post(revoke_system))
+        .route(
+            "/v1/systems/{id}/grants",
+            get(list_grants)
+                .post(create_grant)
+                .delete(delete_grant_by_query),
+        )
+        .route(
+            "/v1/systems/{id}/grants/{grant}",
+            axum::routing::delete(delete_grant),
+        )
+        .route("/v1/systems/{id}/credentials", get(credentials))
+        .route("/v1/owners", get(list_owners).post(create_owner))
+        .route("/v1/owners/{id}", get(show_owner))
+        .route("/v1/owners/{id}/recertify", post(recertify))
+        .route("/v1/owners/{id}/depart", post(depart))
+        .route("/v1/owners/{id}/revoke", post(revoke_owner))
+        .route("/v1/revoke", post(revoke))
+        .route("/v1/expiring", get(expiring))
+        .route("/v1/jobs", get(jobs))
+        .route("/v1/admin-tokens", post(create_admin_token))
+}
+
+/// Allows the call if the caller's role is in `roles`; otherwise records
+/// `access.denied` and answers 403.
+async fn allow(
+    state: &AppState,
+    caller: &AdminCaller,
+    roles: &[Role],
+    route: &str,
+    meta: &RequestMeta,
+) -> Result<(), ApiError> {
+    if roles.contains(&caller.role) {
+        return Ok(());
+    }
+    state
+        .broker
+        .record_access_denied(
+            &caller.actor(),
+            route,
+            &format!("role {} may not call this route", caller.role),
+            meta,
+        )
+        .await?;
+    Err(ApiError::Forbidden(format!(
+        "role {} may not call this route",
+        caller.role
+    )))
+}
+
+fn system_id(raw: &str) -> Result<SystemId, ApiError> {
+    SystemId::parse(raw).map_err(|e| ApiError::NotFound(e.0))
+}
+
+fn owner_id(raw: &str) -> Result<OwnerId, ApiError> {
+    OwnerId::parse(raw).map_err(|e| ApiError::NotFound(e.0))
+}
+
+fn field<T>(
+    name: &str,
+    parsed: Result<T, crate::domain::values::InvalidValue>,
+) -> Result<T, ApiError> {
+    parsed.map_err(|e| ApiError::Invalid {
+        field: name.to_owned(),
+        message: e.0,
+    })
+}
+
+fn time_field(name: &str, raw: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
+    raw.map(|t| {
+        OffsetDateTime::parse(t, &Rfc3339).map_err(|_| ApiError::Invalid {
+            field: name.to_owned(),
+            message: format!("{t:?} is not an RFC 3339 time (e.g. 2026-12-31T00:00:00Z)"),
+        })
+    })
+    .transpose()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSystemBody {
+    id: String,
+    name: String,
+    purpose: String,
+    business_owner: String,
+    technical_owner: String,
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    pilot_ends_at: Option<String>,
+    #[serde(default)]
+    data_classification: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchSystemBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    purpose: Option<String>,
+    #[serde(default)]
+    business_owner: Option<String>,
+    #[serde(default)]
+    technical_owner: Option<String>,
+    #[serde(default)]
+    pilot_ends_at: Option<String>,
+    #[serde(default)]
+    data_classification: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EndDateBody {
+    #[serde(default)]
+    pilot_ends_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOwnerBody {
+    id: String,
+    display_name: String,
+    email: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DepartBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGrantBody {
+    id: String,
+    issuer: String,
+    subject: String,
+    audiences: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    default_scopes: Vec<String>,
+    #[serde(default)]
+    kinds: Option<Vec<String>>,
+    max_ttl: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantQuery {
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAdminTokenBody {
+    role: String,
+    name: String,
+}
+
+/// An optional JSON body: an empty body means the defaults.
+struct OptionalBody<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<S>
+    for OptionalBody<T>
+where
+    AppState: axum::extract::FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let empty = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v == "0")
+            || !req.headers().contains_key(axum::http::header::CONTENT_TYPE);
+        if empty {
+            return Ok(Self(T::default()));
+        }
+        JsonBody::<T>::from_request(req, state)
+            .await
+            .map(|JsonBody(v)| Self(v))
+    }
+}
+
+async fn list_systems(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, READ, "/v1/systems", &meta).await?;
+    let systems: Vec<_> = state
+        .broker
+        .systems()
+        .await?
+        .into_iter()
+        .map(|v| v.system)
+        .collect();
+    Ok(Json(json!({ "systems": systems })).into_response())
+}
+
+async fn create_system(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    JsonBody(body): JsonBody<NewSystemBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/systems", &meta).await?;
+    let tier = match body.tier.as_deref() {
+        None => Tier::Sandbox,
+        Some(t) => Tier::parse(t).ok_or_else(|| ApiError::Invalid {
+            field: "tier".into(),
+            message: "must be sandbox or pilot (production is reached through promotion)".into(),
+        })?,
+    };
+    let input = NewSystem {
+        id: field("id", SystemId::parse(&body.id))?,
+        name: body.name,
+        purpose: body.purpose,
+        business_owner: field("business_owner", OwnerId::parse(&body.business_owner))?,
+        technical_owner: field("technical_owner", OwnerId::parse(&body.technical_owner))?,
+        tier,
+        pilot_ends_at: time_field("pilot_ends_at", body.pilot_ends_at.as_deref())?,
+        data_classification: body.data_classification,
+    };
+    let system = state.broker.create_system(input, &caller, &meta).await?;
+    Ok((StatusCode::CREATED, Json(json!(system))).into_response())
+}
+
+async fn show_system(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, READ, "/v1/systems/{id}", &meta).await?;
+    let view = state.broker.system_view(&system_id(&id)?).await?;
+    Ok(Json(json!(view.system)).into_response())
+}
+
+async fn update_system(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<PatchSystemBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/systems/{id}", &meta).await?;
+    let patch = SystemPatch {
+        name: body.name,
+        purpose: body.purpose,
+        business_owner: body
+            .business_owner
+            .map(|o| field("business_owner", OwnerId::parse(&o)))
+            .transpose()?,
+        technical_owner: body
+            .technical_owner
+            .map(|o| field("technical_owner", OwnerId::parse(&o)))
+            .transpose()?,
+        pilot_ends_at: time_field("pilot_ends_at", body.pilot_ends_at.as_deref())?,
+        data_classification: body.data_classification,
+    };
+    let system = state
+        .broker
+        .update_system(&system_id(&id)?, patch, &caller, &meta)
+        .await?;
+    Ok(Json(json!(system)).into_response())
+}
+
+async fn promote(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    OptionalBody(body): OptionalBody<EndDateBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/systems/{id}/promote", &meta).await?;
+    let end = time_field("pilot_ends_at", body.pilot_ends_at.as_deref())?;
+    let (system, gate) = state
+        .broker
+        .promote_system(&system_id(&id)?, end, &caller, &meta)
+        .await?;
+    Ok(Json(json!({"system": system, "gate": gate})).into_response())
+}
+
+async fn suspend(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/systems/{id}/suspend", &meta).await?;
+    let (system, outcome) = state
+        .broker
+        .suspend_system(&system_id(&id)?, &body.reason, &caller, &meta)
+        .await?;
+    Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
+}
+
+async fn retire(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/systems/{id}/retire", &meta).await?;
+    let (system, outcome) = state
+        .broker
+        .retire_system(&system_id(&id)?, &body.reason, &caller, &meta)
+        .await?;
+    Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
+}
+
+async fn reinstate(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    OptionalBody(body): OptionalBody<EndDateBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/systems/{id}/reinstate", &meta).await?;
+    let end = time_field("pilot_ends_at", body.pilot_ends_at.as_deref())?;
+    let system = state
+        .broker
+        .reinstate_system(&system_id(&id)?, end, &caller, &meta)
+        .await?;
+    Ok(Json(json!(system)).into_response())
+}
+
+async fn revoke_system(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/systems/{id}/revoke", &meta).await?;
+    let revocation = state
+        .broker
+        .revoke_system(&system_id(&id)?, &body.reason, &caller, &meta)
+        .await?;
+    Ok(Json(json!(revocation)).into_response())
+}
+
+async fn list_grants(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, READ, "/v1/systems/{id}/grants", &meta).await?;
+    let grants = state.broker.grants_of(&system_id(&id)?).await?;
+    Ok(Json(json!({ "grants": grants })).into_response())
+}
+
+async fn create_grant(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<NewGrantBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/systems/{id}/grants", &meta).await?;
+    let entry = GrantEntry {
+        id: body.id,
+        system: system_id(&id)?.to_string(),
+        issuer: body.issuer,
+        subject: body.subject,
+        audiences: body.audiences,
+        scopes: body.scopes,
+        default_scopes: body.default_scopes,
+        kinds: body.kinds,
+        max_ttl: body.max_ttl,
+    };
+    let grant = apply::grant(
+        entry,
+        &state.broker.issuer_names,
+        state.broker.limits.ceiling,
+    )
+    .map_err(|errs| {
+        let (field, message) = errs
+            .into_iter()
+            .next()
+            .unwrap_or(("grant", "invalid".into()));
+        ApiError::Invalid {
+            field: field.to_owned(),
+            message,
+        }
+    })?;
+    let grant = state.broker.create_grant(grant, &caller, &meta).await?;
+    Ok((StatusCode::CREATED, Json(json!(grant))).into_response())
+}
+
+async fn delete_grant_by_query(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    Query(query): Query<GrantQuery>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/systems/{id}/grants", &meta).await?;
+    let grant = GrantId::parse(&query.id).map_err(|e| ApiError::NotFound(e.0))?;
+    state
+        .broker
+        .delete_grant(&system_id(&id)?, &grant, &caller, &meta)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_grant(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path((id, grant)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    allow(
+        &state,
+        &caller,
+        WRITE,
+        "/v1/systems/{id}/grants/{grant}",
+        &meta,
+    )
+    .await?;
+    let grant = GrantId::parse(&grant).map_err(|e| ApiError::NotFound(e.0))?;
+    state
+        .broker
+        .delete_grant(&system_id(&id)?, &grant, &caller, &meta)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn credentials(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, READ, "/v1/systems/{id}/credentials", &meta).await?;
+    let credentials = state.broker.credentials_of(&system_id(&id)?).await?;
+    Ok(Json(json!({ "credentials": credentials })).into_response())
+}
+
+async fn list_owners(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, READ, "/v1/owners", &meta).await?;
+    let owners = state.broker.owners().await?;
+    Ok(Json(json!({ "owners": owners })).into_response())
+}
+
+async fn show_owner(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, READ, "/v1/owners/{id}", &meta).await?;
+    let owner = state.broker.owner(&owner_id(&id)?).await?;
+    Ok(Json(json!(owner)).into_response())
+}
+
+async fn create_owner(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    JsonBody(body): JsonBody<NewOwnerBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/owners", &meta).await?;
+    let id = field("id", OwnerId::parse(&body.id))?;
+    let owner = state
+        .broker
+        .create_owner(id, body.display_name, body.email, &caller, &meta)
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(owner))).into_response())
+}
+
+async fn recertify(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/owners/{id}/recertify", &meta).await?;
+    let owner = state
+        .broker
+        .recertify_owner(&owner_id(&id)?, &caller, &meta)
+        .await?;
+    Ok(Json(json!(owner)).into_response())
+}
+
+async fn depart(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    OptionalBody(body): OptionalBody<DepartBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/owners/{id}/depart", &meta).await?;
+    let owner = state
+        .broker
+        .depart_owner(&owner_id(&id)?, body.reason.as_deref(), &caller, &meta)
+        .await?;
+    Ok(Json(json!(owner)).into_response())
+}
+
+async fn revoke_owner(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/owners/{id}/revoke", &meta).await?;
+    let revocation = state
+        .broker
+        .revoke_owner(&owner_id(&id)?, &body.reason, &caller, &meta)
+        .await?;
+    Ok(Json(json!(revocation)).into_response())
+}
+
+/// `POST /v1/revoke`: one credential by `jti`, or every credential of a
+/// workload identity by `issuer` + `subject`.
+async fn revoke(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    JsonBody(body): JsonBody<RevokeBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/revoke", &meta).await?;
+    let revocation = match (body.jti, body.issuer, body.subject) {
+        (Some(jti), None, None) => {
+            state
+                .broker
+                .revoke_jti(&jti, &body.reason, &caller, &meta)
+                .await?
+        }
+        (None, Some(issuer), Some(subject)) => {
+            state
+                .broker
+                .revoke_workload(&issuer, &subject, &body.reason, &caller, &meta)
+                .await?
+        }
+        _ => {
+            return Err(ApiError::Invalid {
+                field: "jti".into(),
+                message: "give either jti, or issuer and subject (a workload identity)".into(),
+            });
+        }
+    };
+    Ok(Json(json!(revocation)).into_response())
+}
+
+async fn expiring(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, READ, "/v1/expiring", &meta).await?;
+    let now = state.broker.clock.now();
+    let deadlines = state.broker.deadlines(now).await?;
+    let notices = state
+        .broker
+        .lifecycle
+        .list_notices(now - state.broker.lifecycle_policy.notice_window)
+        .await
+        .map_err(crate::broker::Unavailable)?;
+    Ok(Json(json!({ "deadlines": deadlines, "notices": notices })).into_response())
+}
+
+async fn jobs(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Query(query): Query<JobsQuery>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, READ, "/v1/jobs", &meta).await?;
+    let jobs = state
+        .broker
+        .jobs
+        .list_jobs(query.all)
+        .await
+        .map_err(crate::broker::Unavailable)?;
+    let jobs: Vec<_> = jobs
+        .into_iter()
+        .map(|j| {
+            let status = if j.state == "done" {
+                "done"
+            } else if j.attempts >= crate::broker::lifecycle::FAILING_AFTER {
+                "failing"
+            } else {
+                "pending"
+            };
+            let mut value = json!(j);
+            if let Some(map) = value.as_object_mut() {
+                map.insert("status".into(), json!(status));
+            }
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "jobs": jobs })).into_response())
+}
+
+async fn create_admin_token(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    JsonBody(body): JsonBody<NewAdminTokenBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, ADMIN, "/v1/admin-tokens", &meta).await?;
+    let role = Role::parse(&body.role).ok_or_else(|| ApiError::Invalid {
+        field: "role".into(),
+        message: "must be admin, operator, auditor or introspector".into(),
+    })?;
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(ApiError::Invalid {
+            field: "name".into(),
+            message: "must be 1-128 printable characters".into(),
+        });
+    }
+    let (record, token) = crate::broker::admin::create_admin_token(
+        state.broker.admin_tokens.as_ref(),
+        role,
+        name,
+        &caller.actor(),
+        state.broker.clock.now(),
+    )
+    .await
+    .map_err(|e| ApiError::from(crate::broker::Unavailable(e)))?;
+    use secrecy::ExposeSecret;
+    let body = json!({"id": record.id, "name": record.name, "role": record.role, "token": token.expose_secret()});
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}

@@ -1,0 +1,675 @@
+//! Systems, owners, grants, revocation epochs, jobs and notices on SQLite.
+//!
+//! Every operator write runs in one `BEGIN IMMEDIATE` transaction together
+//! with its audit event. SQLite has one writer at a time, so an epoch read
+//! as `MAX(credentials.id)` inside such a transaction covers exactly the
+//! credentials committed before it: none can slip in between.
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Sqlite, SqliteConnection};
+
+use super::*;
+use crate::domain::lifecycle::SystemView;
+
+/// Rows marked per statement by the revocation job.
+const MARK_BATCH: u32 = 1000;
+
+/// Runs `work` inside `BEGIN IMMEDIATE … COMMIT` on a pool connection.
+async fn write_tx<T, F>(store: &SqliteStore, work: F) -> Result<T, StoreError>
+where
+    F: for<'c> FnOnce(
+        &'c mut SqliteConnection,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'c>,
+    >,
+{
+    let mut conn: PoolConnection<Sqlite> = store.pool.acquire().await.map_err(unavailable)?;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let result = work(&mut conn).await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = sqlx::query(end)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable);
+    match (result, ended) {
+        (Ok(v), Ok(_)) => Ok(v),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    }
+}
+
+fn system_view_from(row: &SqliteRow) -> Result<SystemView, StoreError> {
+    let grants: i64 = row.try_get("grant_count").map_err(corrupt("system"))?;
+    Ok(SystemView {
+        system: system_from(row)?,
+        business_owner: owner_from(row, "bo_")?,
+        technical_owner: owner_from(row, "to_")?,
+        grants: usize::try_from(grants).unwrap_or(0),
+    })
+}
+
+fn system_query(filter: &str) -> String {
+    format!(
+        "SELECT {SYSTEM_COLUMNS}, (SELECT COUNT(*) FROM grants g WHERE g.system_id = s.id) AS grant_count \
+         FROM systems s {SYSTEM_JOINS} {filter} ORDER BY s.id"
+    )
+}
+
+async fn owner_exists(conn: &mut SqliteConnection, id: &str) -> Result<bool, StoreError> {
+    let found: Option<(String,)> = sqlx::query_as("SELECT id FROM owners WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(found.is_some())
+}
+
+async fn enqueue(conn: &mut SqliteConnection, job: &JobSpec, now: i64) -> Result<(), StoreError> {
+    let payload = serde_json::to_string(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO jobs (kind, payload, state, attempts, next_attempt_at, created_at, updated_at) \
+         VALUES (?, ?, 'pending', 0, ?, ?, ?)",
+    )
+    .bind(job.kind())
+    .bind(payload)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Raises the epoch of `target` to the newest credential id, counts the
+/// active credentials that covers, and queues the row-marking job. Writes
+/// two rows whatever the number of credentials.
+async fn raise_epoch(
+    conn: &mut SqliteConnection,
+    target: &RevokeTarget,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<RevocationOutcome, StoreError> {
+    let (through,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM credentials")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let revoked: i64 = match target {
+        RevokeTarget::System { system_id } => {
+            let (old,): (i64,) = sqlx::query_as("SELECT revoked_through FROM systems WHERE id = ?")
+                .bind(system_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!("system {system_id} does not exist"))
+                })?;
+            let (count,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM credentials c \
+                 LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+                 WHERE c.system_id = ? AND c.exp > ? AND c.id > ? AND c.id <= ? AND c.revoked_at IS NULL \
+                 AND c.id > COALESCE(w.revoked_through, 0)",
+            )
+            .bind(system_id)
+            .bind(ts(now))
+            .bind(old)
+            .bind(through)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query("UPDATE systems SET revoked_through = ? WHERE id = ?")
+                .bind(through)
+                .bind(system_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            count
+        }
+        RevokeTarget::Workload { issuer, subject } => {
+            let old: Option<(i64,)> = sqlx::query_as(
+                "SELECT revoked_through FROM workload_revocations WHERE issuer = ? AND subject = ?",
+            )
+            .bind(issuer)
+            .bind(subject)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            let old = old.map_or(0, |(o,)| o);
+            let (count,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM credentials c JOIN systems s ON s.id = c.system_id \
+                 WHERE c.issuer = ? AND c.subject = ? AND c.exp > ? AND c.id > ? AND c.id <= ? \
+                 AND c.revoked_at IS NULL AND c.id > s.revoked_through",
+            )
+            .bind(issuer)
+            .bind(subject)
+            .bind(ts(now))
+            .bind(old)
+            .bind(through)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO workload_revocations (issuer, subject, revoked_through) VALUES (?, ?, ?) \
+                 ON CONFLICT (issuer, subject) DO UPDATE SET revoked_through = excluded.revoked_through",
+            )
+            .bind(issuer)
+            .bind(subject)
+            .bind(through)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            count
+        }
+    };
+    let job = JobSpec::MarkRevoked {
+        target: target.clone(),
+        through,
+        reason: reason.to_owned(),
+        at: ts(now),
+    };
+    enqueue(conn, &job, ts(now)).await?;
+    Ok(RevocationOutcome {
+        revoked: u64::try_from(revoked).unwrap_or(0),
+    })
+}
+
+fn with_count(mut event: AuditEvent, outcome: &RevocationOutcome) -> AuditEvent {
+    let mut detail = match event.detail.take() {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    detail.insert("revoked".into(), serde_json::json!(outcome.revoked));
+    event.detail = Some(serde_json::Value::Object(detail));
+    event
+}
+
+fn job_from(row: &SqliteRow) -> Result<Job, StoreError> {
+    let payload: String = row.try_get("payload").map_err(corrupt("job"))?;
+    Ok(Job {
+        id: row.try_get("id").map_err(corrupt("job"))?,
+        kind: row.try_get("kind").map_err(corrupt("job"))?,
+        spec: serde_json::from_str(&payload).ok(),
+        state: row.try_get("state").map_err(corrupt("job"))?,
+        attempts: row.try_get("attempts").map_err(corrupt("job"))?,
+        next_attempt_at: from_ts(row.try_get("next_attempt_at").map_err(corrupt("job"))?)?,
+        last_error: row.try_get("last_error").map_err(corrupt("job"))?,
+        created_at: from_ts(row.try_get("created_at").map_err(corrupt("job"))?)?,
+    })
+}
+
+fn to_json_list(items: impl Iterator<Item = String>) -> String {
+    serde_json::to_string(&items.collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
+}
+
+#[async_trait]
+impl LifecycleStore for SqliteStore {
+    async fn list_systems(&self) -> Result<Vec<SystemView>, StoreError> {
+        let rows = sqlx::query(&system_query(""))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(system_view_from).collect()
+    }
+
+    async fn system(&self, id: &SystemId) -> Result<Option<SystemView>, StoreError> {
+        let row = sqlx::query(&system_query("WHERE s.id = ?"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(system_view_from).transpose()
+    }
+
+    async fn create_system(&self, system: &System, event: AuditEvent) -> Result<(), StoreError> {
+        let system = system.clone();
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                for (field, owner) in [("business_owner", &system.business_owner), ("technical_owner", &system.technical_owner)] {
+                    if !owner_exists(conn, owner.as_str()).await? {
+                        return Err(StoreError::NotFound(format!("{field}: owner {owner} does not exist")));
+                    }
+                }
+                let now = ts(event.time);
+                let inserted = sqlx::query(
+                    "INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, pilot_ends_at, \
+                     data_classification, suspended_reason, created_at, updated_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(system.id.as_str())
+                .bind(&system.name)
+                .bind(&system.purpose)
+                .bind(system.business_owner.as_str())
+                .bind(system.technical_owner.as_str())
+                .bind(system.tier.as_str())
+                .bind(system.state.as_str())
+                .bind(system.pilot_ends_at.map(ts))
+                .bind(&system.data_classification)
+                .bind(&system.suspended_reason)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+                if inserted == 0 {
+                    return Err(StoreError::Conflict(format!("system {} already exists", system.id)));
+                }
+                insert_event(conn, &event).await.map_err(unavailable)
+            })
+        })
+        .await
+    }
+
+    async fn save_system(
+        &self,
+        system: &System,
+        revoke: Option<&str>,
+        event: AuditEvent,
+    ) -> Result<RevocationOutcome, StoreError> {
+        let system = system.clone();
+        let revoke = revoke.map(str::to_owned);
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                for (field, owner) in [("business_owner", &system.business_owner), ("technical_owner", &system.technical_owner)] {
+                    if !owner_exists(conn, owner.as_str()).await? {
+                        return Err(StoreError::NotFound(format!("{field}: owner {owner} does not exist")));
+                    }
+                }
+                let updated = sqlx::query(
+                    "UPDATE systems SET name = ?, purpose = ?, business_owner = ?, technical_owner = ?, tier = ?, state = ?, \
+                     pilot_ends_at = ?, data_classification = ?, suspended_reason = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(&system.name)
+                .bind(&system.purpose)
+                .bind(system.business_owner.as_str())
+                .bind(system.technical_owner.as_str())
+                .bind(system.tier.as_str())
+                .bind(system.state.as_str())
+                .bind(system.pilot_ends_at.map(ts))
+                .bind(&system.data_classification)
+                .bind(&system.suspended_reason)
+                .bind(ts(event.time))
+                .bind(system.id.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+                if updated == 0 {
+                    return Err(StoreError::NotFound(format!("system {} does not exist", system.id)));
+                }
+                let outcome = match &revoke {
+                    Some(reason) => {
+                        let target = RevokeTarget::System { system_id: system.id.to_string() };
+                        raise_epoch(conn, &target, reason, event.time).await?
+                    }
+                    None => RevocationOutcome::default(),
+                };
+                insert_event(conn, &with_count(event, &outcome)).await.map_err(unavailable)?;
+                Ok(outcome)
+            })
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        target: &RevokeTarget,
+        reason: &str,
+        event: AuditEvent,
+    ) -> Result<RevocationOutcome, StoreError> {
+        let target = target.clone();
+        let reason = reason.to_owned();
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                let outcome = raise_epoch(conn, &target, &reason, event.time).await?;
+                insert_event(conn, &with_count(event, &outcome))
+                    .await
+                    .map_err(unavailable)?;
+                Ok(outcome)
+            })
+        })
+        .await
+    }
+
+    async fn list_owners(&self) -> Result<Vec<Owner>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id AS o_id, display_name AS o_display_name, email AS o_email, status AS o_status, \
+             attested_until AS o_attested_until FROM owners ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(|r| owner_from(r, "o_")).collect()
+    }
+
+    async fn owner(&self, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id AS o_id, display_name AS o_display_name, email AS o_email, status AS o_status, \
+             attested_until AS o_attested_until FROM owners WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(|r| owner_from(r, "o_")).transpose()
+    }
+
+    async fn create_owner(&self, owner: &Owner, event: AuditEvent) -> Result<(), StoreError> {
+        let owner = owner.clone();
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                let now = ts(event.time);
+                let inserted = sqlx::query(
+                    "INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(owner.id.as_str())
+                .bind(&owner.display_name)
+                .bind(&owner.email)
+                .bind(owner.status.as_str())
+                .bind(ts(owner.attested_until))
+                .bind(now)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+                if inserted == 0 {
+                    return Err(StoreError::Conflict(format!("owner {} already exists", owner.id)));
+                }
+                insert_event(conn, &event).await.map_err(unavailable)
+            })
+        })
+        .await
+    }
+
+    async fn save_owner(&self, owner: &Owner, event: AuditEvent) -> Result<(), StoreError> {
+        let owner = owner.clone();
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                let updated = sqlx::query(
+                    "UPDATE owners SET display_name = ?, email = ?, status = ?, attested_until = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(&owner.display_name)
+                .bind(&owner.email)
+                .bind(owner.status.as_str())
+                .bind(ts(owner.attested_until))
+                .bind(ts(event.time))
+                .bind(owner.id.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+                if updated == 0 {
+                    return Err(StoreError::NotFound(format!("owner {} does not exist", owner.id)));
+                }
+                insert_event(conn, &event).await.map_err(unavailable)
+            })
+        })
+        .await
+    }
+
+    async fn grants(&self, system: &SystemId) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id AS g_id, system_id AS g_system_id, issuer AS g_issuer, subject AS g_subject, audiences AS g_audiences, \
+             scopes AS g_scopes, default_scopes AS g_default_scopes, kinds AS g_kinds, max_ttl AS g_max_ttl \
+             FROM grants WHERE system_id = ? ORDER BY id",
+        )
+        .bind(system.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(grant_from).collect()
+    }
+
+    async fn create_grant(&self, grant: &Grant, event: AuditEvent) -> Result<(), StoreError> {
+        let grant = grant.clone();
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                let now = ts(event.time);
+                let inserted = sqlx::query(
+                    "INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, \
+                     created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(grant.id.as_str())
+                .bind(grant.system.as_str())
+                .bind(&grant.issuer)
+                .bind(grant.subject.to_string())
+                .bind(to_json_list(grant.audiences.iter().map(|a| a.to_string())))
+                .bind(to_json_list(grant.scopes.to_vec().into_iter()))
+                .bind(to_json_list(grant.default_scopes.to_vec().into_iter()))
+                .bind(to_json_list(grant.kinds.iter().map(|k| k.as_str().to_owned())))
+                .bind(i64::try_from(grant.max_ttl.as_secs()).unwrap_or(i64::MAX))
+                .bind(now)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+                if inserted == 0 {
+                    return Err(StoreError::Conflict(format!("grant {} already exists", grant.id)));
+                }
+                insert_event(conn, &event).await.map_err(unavailable)
+            })
+        })
+        .await
+    }
+
+    async fn delete_grant(
+        &self,
+        system: &SystemId,
+        grant: &GrantId,
+        event: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let (system, grant) = (system.to_string(), grant.to_string());
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                let deleted = sqlx::query("DELETE FROM grants WHERE id = ? AND system_id = ?")
+                    .bind(&grant)
+                    .bind(&system)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+                if deleted > 0 {
+                    insert_event(conn, &event).await.map_err(unavailable)?;
+                }
+                Ok(deleted > 0)
+            })
+        })
+        .await
+    }
+
+    async fn outstanding_credentials(
+        &self,
+        system: &SystemId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CredentialSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.jti, c.kind, c.grant_id, c.issuer, c.subject, c.audience, c.scopes, c.iat, c.exp \
+             FROM credentials c JOIN systems s ON s.id = c.system_id \
+             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+             WHERE c.system_id = ? AND c.exp > ? AND c.revoked_at IS NULL AND c.id > s.revoked_through \
+             AND c.id > COALESCE(w.revoked_through, 0) ORDER BY c.id LIMIT 10000",
+        )
+        .bind(system.as_str())
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let get = |c: &str| -> Result<String, StoreError> {
+                    r.try_get(c).map_err(corrupt("credential"))
+                };
+                Ok(CredentialSummary {
+                    jti: get("jti")?,
+                    kind: get("kind")?,
+                    grant_id: get("grant_id")?,
+                    issuer: get("issuer")?,
+                    subject: get("subject")?,
+                    audience: get("audience")?,
+                    scopes: get("scopes")?,
+                    iat: from_ts(r.try_get("iat").map_err(corrupt("credential"))?)?,
+                    exp: from_ts(r.try_get("exp").map_err(corrupt("credential"))?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_notice(
+        &self,
+        notice: &Notice,
+        event: AuditEvent,
+        job: Option<JobSpec>,
+    ) -> Result<bool, StoreError> {
+        let notice = notice.clone();
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                let inserted = sqlx::query(
+                    "INSERT INTO notices (kind, subject_id, due_at, message, created_at) VALUES (?, ?, ?, ?, ?) \
+                     ON CONFLICT (kind, subject_id, due_at) DO NOTHING",
+                )
+                .bind(&notice.kind)
+                .bind(&notice.subject_id)
+                .bind(ts(notice.due_at))
+                .bind(&notice.message)
+                .bind(ts(notice.created_at))
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+                if inserted == 0 {
+                    return Ok(false);
+                }
+                insert_event(conn, &event).await.map_err(unavailable)?;
+                if let Some(job) = &job {
+                    enqueue(conn, job, ts(notice.created_at)).await?;
+                }
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn list_notices(&self, since: OffsetDateTime) -> Result<Vec<Notice>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, subject_id, due_at, message, created_at FROM notices WHERE created_at >= ? ORDER BY due_at, id",
+        )
+        .bind(ts(since))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Notice {
+                    kind: r.try_get("kind").map_err(corrupt("notice"))?,
+                    subject_id: r.try_get("subject_id").map_err(corrupt("notice"))?,
+                    due_at: from_ts(r.try_get("due_at").map_err(corrupt("notice"))?)?,
+                    message: r.try_get("message").map_err(corrupt("notice"))?,
+                    created_at: from_ts(r.try_get("created_at").map_err(corrupt("notice"))?)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn due_jobs(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, payload, state, attempts, next_attempt_at, last_error, created_at FROM jobs \
+             WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+        )
+        .bind(ts(now))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(job_from).collect()
+    }
+
+    async fn job_done(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ? WHERE id = ?")
+            .bind(ts(now))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn job_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(error)
+        .bind(ts(retry_at))
+        .bind(ts(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn list_jobs(&self, include_done: bool) -> Result<Vec<Job>, StoreError> {
+        let filter = if include_done {
+            ""
+        } else {
+            "WHERE state = 'pending'"
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT id, kind, payload, state, attempts, next_attempt_at, last_error, created_at FROM jobs {filter} \
+             ORDER BY id DESC LIMIT 1000"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(job_from).collect()
+    }
+
+    async fn mark_revoked(
+        &self,
+        target: &RevokeTarget,
+        through: i64,
+        reason: &str,
+        at: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let done = match target {
+            RevokeTarget::System { system_id } => sqlx::query(
+                "UPDATE credentials SET revoked_at = ?, revoked_reason = ? WHERE id IN \
+                 (SELECT id FROM credentials WHERE system_id = ? AND id <= ? AND revoked_at IS NULL LIMIT ?)",
+            )
+            .bind(at)
+            .bind(reason)
+            .bind(system_id)
+            .bind(through)
+            .bind(limit.min(MARK_BATCH))
+            .execute(&self.pool)
+            .await,
+            RevokeTarget::Workload { issuer, subject } => sqlx::query(
+                "UPDATE credentials SET revoked_at = ?, revoked_reason = ? WHERE id IN \
+                 (SELECT id FROM credentials WHERE issuer = ? AND subject = ? AND id <= ? AND revoked_at IS NULL LIMIT ?)",
+            )
+            .bind(at)
+            .bind(reason)
+            .bind(issuer)
+            .bind(subject)
+            .bind(through)
+            .bind(limit.min(MARK_BATCH))
+            .execute(&self.pool)
+            .await,
+        };
+        Ok(done.map_err(unavailable)?.rows_affected())
+    }
+}

@@ -1,0 +1,872 @@
+//! Systems, owners and automatic revocation, driven by the manual clock:
+//! nothing outlives its pilot or its owner, and no test sleeps.
+
+use std::time::Duration;
+
+use halflife::clock::Clock;
+use halflife::domain::model::Role;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const DAY: Duration = Duration::from_secs(86400);
+
+fn at(app: &TestApp, after: Duration) -> String {
+    halflife::domain::rfc3339(app.clock.now() + after)
+}
+
+/// An owner pair and a sandbox system of their own, via the API.
+async fn other_system(app: &TestApp, operator: &str, id: &str, ends_in: Duration) {
+    for owner in [format!("{id}-biz"), format!("{id}-tech")] {
+        let (status, body) = app
+            .api(
+                Method::POST,
+                "/v1/owners",
+                operator,
+                Some(json!({"id": owner, "display_name": owner, "email": format!("{owner}@example.com")})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems",
+            operator,
+            Some(json!({"id": id, "name": id, "purpose": "test", "business_owner": format!("{id}-biz"),
+                        "technical_owner": format!("{id}-tech"), "tier": "sandbox", "pilot_ends_at": at(app, ends_in)})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn state_of(app: &TestApp, operator: &str, id: &str) -> Value {
+    let (status, body) = app
+        .api(Method::GET, &format!("/v1/systems/{id}"), operator, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn ended_pilot_is_suspended_and_its_credentials_revoked_by_one_pass() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    let introspector = app.admin_token(Role::Introspector).await;
+    let body = app
+        .exchange_ok(
+            &app.rsa.token(RSA_SUBJECT, app.now()),
+            &[("requested_ttl", "900")],
+        )
+        .await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    // The operator pulls the pilot end in: the credential would outlive it.
+    let (status, body) = app
+        .api(
+            Method::PATCH,
+            "/v1/systems/summarizer",
+            &operator,
+            Some(json!({"pilot_ends_at": at(&app, Duration::from_secs(300))})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    app.clock.advance(Duration::from_secs(301));
+    // Before the reaper runs, the exchange path already refuses.
+    let response = app
+        .exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
+        .await;
+    let refused: Value = response.json().await.unwrap();
+    assert_eq!(refused["error"], "access_denied");
+    assert!(
+        refused["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("pilot ended"),
+        "{refused}"
+    );
+
+    let report = app.reap().await;
+    assert_eq!(report.suspended.len(), 1, "{report:?}");
+    assert_eq!(report.suspended[0].0, "summarizer");
+    assert_eq!(report.revoked, 1);
+    assert_eq!(
+        app.introspect(&introspector, &token).await,
+        json!({"active": false})
+    );
+    let system = state_of(&app, &operator, "summarizer").await;
+    assert_eq!(system["state"], "suspended");
+    assert_eq!(
+        system["tier"], "pilot",
+        "a suspended pilot stays recognisably a pilot"
+    );
+    assert!(
+        system["suspended_reason"]
+            .as_str()
+            .unwrap()
+            .contains("pilot ended")
+    );
+
+    let suspended = app.events("system.suspended").await;
+    assert_eq!(suspended.len(), 1);
+    assert!(
+        suspended[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("pilot ended")
+    );
+    let response = app
+        .exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
+        .await;
+    let refused: Value = response.json().await.unwrap();
+    assert!(
+        refused["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("suspended"),
+        "{refused}"
+    );
+
+    // Idempotent: a second pass changes nothing.
+    let again = app.reap().await;
+    assert!(again.suspended.is_empty());
+    assert_eq!(app.events("system.suspended").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_departed_owner_suspends_exactly_their_systems() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    other_system(&app, &operator, "bystander", 60 * DAY).await;
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/owners/tech/depart",
+            &operator,
+            Some(json!({"reason": "left"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "departed");
+
+    let report = app.reap().await;
+    let mut suspended: Vec<_> = report.suspended.iter().map(|(s, _)| s.as_str()).collect();
+    suspended.sort_unstable();
+    assert_eq!(suspended, ["indexer", "summarizer"]);
+    assert!(
+        report
+            .suspended
+            .iter()
+            .all(|(_, why)| why.contains("departed"))
+    );
+    assert_eq!(
+        state_of(&app, &operator, "bystander").await["state"],
+        "active"
+    );
+    assert_eq!(app.events("owner.departed").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_lapsed_recertification_suspends_that_owners_systems_only() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    // Thirty days in, a second pair of owners arrives with their own system.
+    app.clock.advance(30 * DAY);
+    other_system(&app, &operator, "newcomer", 80 * DAY).await;
+    // Catalog owners were attested for 90 days from the start; recertify one
+    // of the newcomers' owners to show recertification extends attestation.
+    let (status, owner) = app
+        .api(
+            Method::POST,
+            "/v1/owners/newcomer-biz/recertify",
+            &operator,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{owner}");
+    app.clock.advance(60 * DAY + Duration::from_secs(1));
+    let report = app.reap().await;
+    let suspended: Vec<_> = report.suspended.iter().map(|(s, _)| s.as_str()).collect();
+    assert!(suspended.contains(&"indexer"), "{report:?}");
+    assert!(!suspended.contains(&"newcomer"), "{report:?}");
+    let indexer = report
+        .suspended
+        .iter()
+        .find(|(s, _)| s == "indexer")
+        .unwrap();
+    assert!(indexer.1.contains("attestation lapsed"), "{indexer:?}");
+    assert_eq!(
+        app.events("owner.lapsed").await.len(),
+        2,
+        "biz and tech lapse, each recorded once"
+    );
+    app.reap().await;
+    assert_eq!(app.events("owner.lapsed").await.len(), 2);
+}
+
+#[tokio::test]
+async fn revoking_a_system_writes_the_same_whatever_it_holds() {
+    for outstanding in [10i64, 10_000] {
+        let app = spawn_app().await;
+        let operator = app.admin_token(Role::Operator).await;
+        let introspector = app.admin_token(Role::Introspector).await;
+        let body = app
+            .exchange_ok(
+                &app.ec.token(EC_SUBJECT, app.now()),
+                &[("audience", "docs-api")],
+            )
+            .await;
+        let token = body["access_token"].as_str().unwrap().to_owned();
+        let exp = app.now() + 600;
+        app.sql(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
+             INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp) \
+             SELECT 'bulk-' || i, 'jwt', 'indexer', 'indexer-spire', 'spire', '{EC_SUBJECT}', 'docs-api', '', {}, {exp} FROM n",
+            outstanding - 1,
+            app.now()
+        ))
+        .await;
+        let writes_before = app.scalar("SELECT COUNT(*) FROM jobs").await
+            + app.scalar("SELECT COUNT(*) FROM audit_events").await;
+
+        let (status, body) = app
+            .api(
+                Method::POST,
+                "/v1/systems/indexer/revoke",
+                &operator,
+                Some(json!({"reason": "key leak drill"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["revoked"], outstanding,
+            "the count of credentials made inactive"
+        );
+        // The request path touched no credential row: one epoch, one job,
+        // one event, whatever the number of credentials.
+        assert_eq!(
+            app.scalar("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL")
+                .await,
+            0
+        );
+        let writes_after = app.scalar("SELECT COUNT(*) FROM jobs").await
+            + app.scalar("SELECT COUNT(*) FROM audit_events").await;
+        assert_eq!(
+            writes_after - writes_before,
+            2,
+            "one job and one event for {outstanding} credentials"
+        );
+        assert_eq!(
+            app.introspect(&introspector, &token).await,
+            json!({"active": false}),
+            "inactive the moment the call returns"
+        );
+
+        // The background job then marks every row.
+        app.reap().await;
+        assert_eq!(
+            app.scalar("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL")
+                .await,
+            outstanding
+        );
+        let (_, jobs) = app
+            .api(Method::GET, "/v1/jobs?all=true", &operator, None)
+            .await;
+        assert_eq!(jobs["jobs"][0]["status"], "done", "{jobs}");
+    }
+}
+
+#[tokio::test]
+async fn the_promotion_gate_names_each_missing_condition() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    let owner_operator = {
+        use secrecy::ExposeSecret;
+        let (_, t) = halflife::broker::admin::create_admin_token(
+            app.broker.admin_tokens.as_ref(),
+            Role::Operator,
+            "tech",
+            "test",
+            app.clock.now(),
+        )
+        .await
+        .unwrap();
+        t.expose_secret().to_owned()
+    };
+
+    // summarizer is a pilot without a data classification.
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems/summarizer/promote",
+            &operator,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "promotion_refused");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("data_classification"),
+        "{body}"
+    );
+
+    let (status, _) = app
+        .api(
+            Method::PATCH,
+            "/v1/systems/summarizer",
+            &operator,
+            Some(json!({"data_classification": "internal"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // An owner cannot approve their own system.
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems/summarizer/promote",
+            &owner_operator,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("approver"),
+        "{body}"
+    );
+
+    // Without grants the gate refuses too.
+    let (status, _) = app
+        .api(
+            Method::DELETE,
+            "/v1/systems/summarizer/grants/summarizer-k8s",
+            &operator,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = app
+        .api(
+            Method::DELETE,
+            "/v1/systems/summarizer/grants?id=summarizer-dev",
+            &operator,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems/summarizer/promote",
+            &operator,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("grants"),
+        "{body}"
+    );
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems/summarizer/grants",
+            &operator,
+            Some(json!({"id": "summarizer-k8s-2", "issuer": "k8s", "subject": RSA_SUBJECT,
+                        "audiences": ["reports-api"], "scopes": ["reports:read"], "max_ttl": "10m"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems/summarizer/promote",
+            &operator,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["system"]["tier"], "production");
+    assert_eq!(body["system"]["pilot_ends_at"], Value::Null);
+    assert!(
+        body["gate"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["passed"] == true)
+    );
+    assert_eq!(app.events("system.promoted").await.len(), 1);
+    assert_eq!(app.events("system.promotion_refused").await.len(), 3);
+
+    // Sandbox → pilot needs an end date.
+    other_system(&app, &operator, "sandboxed", 10 * DAY).await;
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems/sandboxed/promote",
+            &operator,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["system"]["tier"], "pilot");
+}
+
+#[tokio::test]
+async fn reinstatement_keeps_old_credentials_revoked() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    let introspector = app.admin_token(Role::Introspector).await;
+    let old = app
+        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems/summarizer/suspend",
+            &operator,
+            Some(json!({"reason": "incident 42"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["revoked"], 1);
+    assert_eq!(
+        app.introspect(&introspector, &old).await,
+        json!({"active": false})
+    );
+
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems/summarizer/reinstate",
+            &operator,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "a pilot needs a new end date: {body}");
+    assert_eq!(body["field"], "pilot_ends_at");
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems/summarizer/reinstate",
+            &operator,
+            Some(json!({"pilot_ends_at": at(&app, 20 * DAY)})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "active");
+
+    assert_eq!(
+        app.introspect(&introspector, &old).await,
+        json!({"active": false}),
+        "old credentials stay revoked"
+    );
+    let new = app
+        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.introspect(&introspector, &new).await["active"], true);
+    assert_eq!(app.events("system.reinstated").await.len(), 1);
+}
+
+#[tokio::test]
+async fn revocation_by_workload_jti_and_owner_reports_counts() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    let introspector = app.admin_token(Role::Introspector).await;
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let body = app
+            .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
+            .await;
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let jti = parts(&tokens[0]).1["jti"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/revoke",
+            &operator,
+            Some(json!({"jti": jti, "reason": "lost"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["revoked"], 1);
+    assert_eq!(
+        app.introspect(&introspector, &tokens[0]).await["active"],
+        false
+    );
+    assert_eq!(
+        app.introspect(&introspector, &tokens[1]).await["active"],
+        true
+    );
+
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/revoke",
+            &operator,
+            Some(json!({"issuer": "k8s", "subject": RSA_SUBJECT, "reason": "compromised pod"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["revoked"], 2,
+        "the one revoked by jti is not counted twice"
+    );
+    for t in &tokens {
+        assert_eq!(app.introspect(&introspector, t).await["active"], false);
+    }
+    // New credentials for that workload are active again.
+    let fresh = app
+        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
+        .await;
+    assert_eq!(
+        app.introspect(&introspector, fresh["access_token"].as_str().unwrap())
+            .await["active"],
+        true
+    );
+
+    let ec = app
+        .exchange_ok(
+            &app.ec.token(EC_SUBJECT, app.now()),
+            &[("audience", "docs-api")],
+        )
+        .await;
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/owners/biz/revoke",
+            &operator,
+            Some(json!({"reason": "audit"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["revoked"], 2, "{body}");
+    assert_eq!(body["systems"], json!(["indexer", "summarizer"]));
+    assert_eq!(
+        app.introspect(&introspector, ec["access_token"].as_str().unwrap())
+            .await["active"],
+        false
+    );
+
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/revoke",
+            &operator,
+            Some(json!({"jti": "x"})),
+        )
+        .await;
+    assert_eq!(status, 400, "a reason is required: {body}");
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/revoke",
+            &operator,
+            Some(json!({"reason": "x"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "jti");
+    assert!(app.events("credential.revoked").await.len() >= 4);
+}
+
+#[tokio::test]
+async fn roles_are_enforced_and_refusals_recorded() {
+    let app = spawn_app().await;
+    let auditor = app.admin_token(Role::Auditor).await;
+    let introspector = app.admin_token(Role::Introspector).await;
+
+    let (status, body) = app.api(Method::GET, "/v1/systems", &auditor, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["systems"].as_array().unwrap().len(), 2);
+    let (status, _) = app
+        .api(
+            Method::POST,
+            "/v1/systems/summarizer/revoke",
+            &auditor,
+            Some(json!({"reason": "x"})),
+        )
+        .await;
+    assert_eq!(status, 403, "auditor cannot revoke");
+    let (status, _) = app
+        .api(Method::GET, "/v1/systems", &introspector, None)
+        .await;
+    assert_eq!(status, 403, "introspector cannot list systems");
+    let workload = app
+        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
+        .await;
+    let (status, _) = app
+        .api(
+            Method::GET,
+            "/v1/systems",
+            workload["access_token"].as_str().unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "a workload token gets 403 on admin routes");
+    let (status, _) = app
+        .api(Method::GET, "/v1/systems", "hla_not-a-token", None)
+        .await;
+    assert_eq!(status, 401);
+    let denied = app.events("access.denied").await;
+    assert_eq!(denied.len(), 3, "{denied:?}");
+
+    let (status, _) = app
+        .api(
+            Method::POST,
+            "/v1/admin-tokens",
+            &auditor,
+            Some(json!({"role": "admin", "name": "x"})),
+        )
+        .await;
+    assert_eq!(status, 403, "only admins create admin tokens");
+    let admin = app.admin_token(Role::Admin).await;
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/admin-tokens",
+            &admin,
+            Some(json!({"role": "auditor", "name": "eve"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = app
+        .api(
+            Method::GET,
+            "/v1/owners",
+            body["token"].as_str().unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    for (body, field) in [
+        (
+            json!({"id": "Bad Id", "name": "x", "purpose": "y", "business_owner": "biz", "technical_owner": "tech", "pilot_ends_at": at(&app, DAY)}),
+            "id",
+        ),
+        (
+            json!({"id": "ok", "name": "x", "purpose": "y", "business_owner": "biz", "technical_owner": "tech"}),
+            "pilot_ends_at",
+        ),
+        (
+            json!({"id": "ok", "name": "x", "purpose": "y", "business_owner": "biz", "technical_owner": "tech", "pilot_ends_at": at(&app, 91 * DAY)}),
+            "pilot_ends_at",
+        ),
+        (
+            json!({"id": "ok", "name": "x", "purpose": "y", "business_owner": "biz", "technical_owner": "tech", "pilot_ends_at": "tomorrow"}),
+            "pilot_ends_at",
+        ),
+        (
+            json!({"id": "ok", "name": "x", "purpose": "y", "business_owner": "biz", "technical_owner": "tech", "tier": "production"}),
+            "tier",
+        ),
+        (
+            json!({"id": "ok", "name": " ", "purpose": "y", "business_owner": "biz", "technical_owner": "tech", "pilot_ends_at": at(&app, DAY)}),
+            "name",
+        ),
+    ] {
+        let (status, response) = app
+            .api(Method::POST, "/v1/systems", &operator, Some(body))
+            .await;
+        assert_eq!(status, 400, "{response}");
+        assert_eq!(response["field"], field, "{response}");
+    }
+    let (status, response) = app
+        .api(
+            Method::POST,
+            "/v1/systems",
+            &operator,
+            Some(json!({"id": "ok", "nmae": "typo"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        response["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("nmae"),
+        "{response}"
+    );
+    let (status, response) = app
+        .api(Method::POST, "/v1/systems", &operator, Some(json!({"id": "ok", "name": "x", "purpose": "y",
+            "business_owner": "nobody", "technical_owner": "tech", "pilot_ends_at": at(&app, DAY)})))
+        .await;
+    assert_eq!(status, 404, "{response}");
+    assert!(
+        response["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("nobody")
+    );
+    let (status, _) = app
+        .api(
+            Method::POST,
+            "/v1/systems/summarizer/grants",
+            &operator,
+            Some(json!({"id": "g", "issuer": "nowhere",
+            "subject": "x", "audiences": ["a"], "max_ttl": "5m"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = app
+        .api(Method::GET, "/v1/systems/nope", &operator, None)
+        .await;
+    assert_eq!(status, 404);
+    let response = app
+        .client
+        .post(app.url("/v1/systems"))
+        .bearer_auth(&operator)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+}
+
+#[tokio::test]
+async fn suspension_racing_exchanges_leaves_nothing_active() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    let introspector = app.admin_token(Role::Introspector).await;
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let attestation = app.ec.token(EC_SUBJECT, app.now());
+        let client = app.client.clone();
+        let url = app.url("/oauth2/token");
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .form(&[
+                    ("grant_type", TOKEN_EXCHANGE),
+                    ("subject_token_type", JWT_TYPE),
+                    ("subject_token", attestation.as_str()),
+                    ("audience", "docs-api"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let ok = r.status() == 200;
+            let body: Value = r.json().await.unwrap();
+            ok.then(|| body["access_token"].as_str().unwrap().to_owned())
+        }));
+    }
+    let (status, body) = app
+        .api(
+            Method::POST,
+            "/v1/systems/indexer/suspend",
+            &operator,
+            Some(json!({"reason": "race drill"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut issued = Vec::new();
+    for t in tasks {
+        if let Some(token) = t.await.unwrap() {
+            issued.push(token);
+        }
+    }
+    for token in &issued {
+        assert_eq!(
+            app.introspect(&introspector, token).await,
+            json!({"active": false})
+        );
+    }
+    // And nothing is issued after the suspension returned.
+    let response = app
+        .exchange(
+            &app.ec.token(EC_SUBJECT, app.now()),
+            &[("audience", "docs-api")],
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn notices_warn_ahead_once_and_failing_webhooks_are_retried_and_visible() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let received = Arc::new(tokio::sync::Mutex::new(Vec::<Value>::new()));
+    let (c, r) = (calls.clone(), received.clone());
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let (c, r) = (c.clone(), r.clone());
+            async move {
+                // Fails the first four deliveries.
+                if c.fetch_add(1, Ordering::SeqCst) < 4 {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                r.lock().await.push(body);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+
+    let app = spawn_with(Options {
+        extra_config: format!(
+            "[lifecycle]\nnotice_window = \"7d\"\nwebhook_url = \"{hook_url}\"\n"
+        ),
+        ..Options::default()
+    })
+    .await;
+    let operator = app.admin_token(Role::Operator).await;
+    app.clock.advance(24 * DAY); // summarizer's pilot ends in 6 days
+    let report = app.reap().await;
+    assert_eq!(report.notices, 1, "{report:?}");
+    assert_eq!(app.reap().await.notices, 0, "a notice is recorded once");
+    let (_, expiring) = app.api(Method::GET, "/v1/expiring", &operator, None).await;
+    assert_eq!(expiring["deadlines"][0]["kind"], "pilot.ending");
+    assert_eq!(expiring["deadlines"][0]["subject_id"], "summarizer");
+
+    // Delivery failed on the first pass; retries follow the backoff, driven
+    // by the clock. After three failures operators see the job as failing.
+    for _ in 0..3 {
+        app.clock.advance(Duration::from_secs(3600));
+        app.reap().await;
+    }
+    let (_, jobs) = app.api(Method::GET, "/v1/jobs", &operator, None).await;
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["kind"], "webhook");
+    assert_eq!(job["status"], "failing", "{jobs}");
+    assert!(job["last_error"].as_str().unwrap().contains("500"));
+    app.clock.advance(Duration::from_secs(3600));
+    app.reap().await;
+    let (_, jobs) = app.api(Method::GET, "/v1/jobs", &operator, None).await;
+    assert_eq!(
+        jobs["jobs"].as_array().unwrap().len(),
+        0,
+        "delivered: {jobs}"
+    );
+    let delivered = received.lock().await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0]["notice"]["kind"], "pilot.ending");
+}

@@ -56,42 +56,26 @@ fn main() {
 
     // RS256 attestation verification through the ring-backed provider.
     let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-outform",
-            "DER",
-        ])
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-outform", "DER"])
         .output()
         .expect("openssl creates the RSA key for this benchmark");
     let rsa = rsig::RsaKeyPair::from_der(&out.stdout).unwrap();
     let c = rsig::RsaPublicKeyComponents::<Vec<u8>>::from(rsa.public());
-    let rs_token = jsonwebtoken::encode(
-        &Header::new(Algorithm::RS256),
-        &claims,
-        &EncodingKey::from_rsa_der(&out.stdout),
-    )
-    .unwrap();
+    let rs_token =
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_der(&out.stdout)).unwrap();
     let rs_key = DecodingKey::from_rsa_raw_components(&c.n, &c.e);
     let mut validation = Validation::new(Algorithm::RS256);
     validation.validate_exp = false;
     validation.set_audience(&["reports-api"]);
     let rs_verify_us = per_op(2000, || {
-        black_box(
-            jsonwebtoken::decode::<serde_json::Value>(&rs_token, &rs_key, &validation).unwrap(),
-        );
+        black_box(jsonwebtoken::decode::<serde_json::Value>(&rs_token, &rs_key, &validation).unwrap());
     });
     let es_token = es.sign_jwt("at+jwt", &claims).unwrap();
     let es_verify_us = per_op(2000, || {
         let mut v = Validation::new(Algorithm::ES256);
         v.validate_exp = false;
         v.set_audience(&["reports-api"]);
-        black_box(
-            jsonwebtoken::decode::<serde_json::Value>(&es_token, es.decoding_key(), &v).unwrap(),
-        );
+        black_box(jsonwebtoken::decode::<serde_json::Value>(&es_token, es.decoding_key(), &v).unwrap());
     });
 
     println!("operation                                   µs/op");

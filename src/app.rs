@@ -78,39 +78,29 @@ pub async fn apply_file(
     now: time::OffsetDateTime,
     dry_run: bool,
 ) -> anyhow::Result<ApplyReport> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
     let file = apply::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let catalog = apply::validate(file, &known_issuers(config), config.tokens.max_ttl.get())
-        .map_err(|problems| {
-            anyhow::anyhow!(
-                "{} is invalid:\n  - {}",
-                path.display(),
-                problems.join("\n  - ")
-            )
-        })?;
-    store
-        .apply(&catalog, actor, now, dry_run)
-        .await
-        .with_context(|| format!("failed to apply {}", path.display()))
+    let limits = apply::Limits {
+        issuers: known_issuers(config),
+        ceiling: config.tokens.max_ttl.get(),
+        max_pilot: config.lifecycle.max_pilot.get(),
+        recertify_every: config.lifecycle.recertify_every.get(),
+    };
+    let catalog = apply::validate(file, &limits, now)
+        .map_err(|problems| anyhow::anyhow!("{} is invalid:\n  - {}", path.display(), problems.join("\n  - ")))?;
+    store.apply(&catalog, actor, now, dry_run).await.with_context(|| format!("failed to apply {}", path.display()))
 }
 
 pub async fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(
-        &config.database.url,
-        config.database.busy_timeout.get(),
-        config.database.max_connections,
-    )
-    .await
-    .with_context(|| format!("failed to open database {}", config.database.url))
+    SqliteStore::open(&config.database.url, config.database.busy_timeout.get(), config.database.max_connections)
+        .await
+        .with_context(|| format!("failed to open database {}", config.database.url))
 }
 
 impl App {
     pub async fn build(mut config: Config, clock: SharedClock) -> anyhow::Result<Self> {
         crate::crypto::install();
-        config
-            .validate()
-            .map_err(crate::config::ConfigError::Invalid)?;
+        config.validate().map_err(crate::config::ConfigError::Invalid)?;
 
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -118,19 +108,13 @@ impl App {
         let local_addr = listener.local_addr()?;
         if config.server.public_url.is_none() {
             // With port 0 the real port is known only now.
-            let scheme = if config.server.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
+            let scheme = if config.server.tls.is_some() { "https" } else { "http" };
             config.server.public_url = Some(Url::parse(&format!("{scheme}://{local_addr}"))?);
         }
         let base_url = config.server.public_base();
 
         let tls = match &config.server.tls {
-            Some(t) => {
-                Some(tls_acceptor(&t.cert_file, &t.key_file).map_err(|e| anyhow::anyhow!(e))?)
-            }
+            Some(t) => Some(tls_acceptor(&t.cert_file, &t.key_file).map_err(|e| anyhow::anyhow!(e))?),
             None => None,
         };
 
@@ -147,8 +131,7 @@ impl App {
             }
         }
 
-        let client = jwks::http_client()
-            .map_err(|e| anyhow::anyhow!("failed to build the JWKS client: {e}"))?;
+        let client = jwks::http_client().map_err(|e| anyhow::anyhow!("failed to build the JWKS client: {e}"))?;
         let mut issuers = Vec::new();
         let mut remote_issuers = Vec::new();
         if config.dev.enabled {
@@ -160,10 +143,8 @@ impl App {
             issuers.push(DevIssuer::load_or_create(&config, &kek, now)?.trusted());
         }
         for issuer in &config.issuers {
-            issuers.push(
-                issuer_from_config(issuer, &client)
-                    .with_context(|| format!("issuer {}", issuer.name))?,
-            );
+            issuers
+                .push(issuer_from_config(issuer, &client, &clock).with_context(|| format!("issuer {}", issuer.name))?);
         }
         let verifier = Verifier::new(issuers);
         for issuer in verifier.issuers() {
@@ -188,15 +169,9 @@ impl App {
             lifecycle: store.clone(),
             jobs: store.clone(),
             issuer: base_url.clone(),
-            limits: TtlPolicy {
-                default_ttl: config.tokens.default_ttl.get(),
-                ceiling: config.tokens.max_ttl.get(),
-            },
+            limits: TtlPolicy { default_ttl: config.tokens.default_ttl.get(), ceiling: config.tokens.max_ttl.get() },
             lifecycle_policy: config.lifecycle.policy(),
-            webhook: config.lifecycle.webhook_url.clone().map(|url| Webhook {
-                url,
-                client: client.clone(),
-            }),
+            webhook: config.lifecycle.webhook_url.clone().map(|url| Webhook { url, client: client.clone() }),
             issuer_names: Arc::new(known_issuers(&config)),
         };
         let metadata = metadata_document(&base_url, &broker.keys.algorithms());
@@ -263,10 +238,7 @@ impl App {
             let mut tick = tokio::time::interval(PRUNE_EVERY);
             loop {
                 tick.tick().await;
-                if let Err(e) =
-                    crate::store::CredentialStore::prune_replay_records(store.as_ref(), clock.now())
-                        .await
-                {
+                if let Err(e) = crate::store::CredentialStore::prune_replay_records(store.as_ref(), clock.now()).await {
                     tracing::warn!(error = %e, "pruning single-use records failed; will retry");
                 }
             }
@@ -274,33 +246,26 @@ impl App {
         let broker = self.broker.clone();
         if let Some(tick) = self.lifecycle_tick {
             tasks.push(tokio::spawn(async move {
-            // The first pass runs at once, so a pilot that ended while the
-            // broker was down is suspended at start.
-            let mut interval = tokio::time::interval(tick);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                match broker.run_lifecycle_once(broker.clock.now()).await {
-                    Ok(report) if !report.suspended.is_empty() || report.jobs_failed > 0 => {
-                        tracing::info!(?report, "lifecycle pass");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e.0, "lifecycle pass failed; will retry next tick")
+                // The first pass runs at once, so a pilot that ended while the
+                // broker was down is suspended at start.
+                let mut interval = tokio::time::interval(tick);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    match broker.run_lifecycle_once(broker.clock.now()).await {
+                        Ok(report) if !report.suspended.is_empty() || report.jobs_failed > 0 => {
+                            tracing::info!(?report, "lifecycle pass");
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e.0, "lifecycle pass failed; will retry next tick")
+                        }
                     }
                 }
-            }
             }));
         }
         tracing::info!(listen = %self.local_addr, issuer = %self.base_url, tls = self.tls.is_some(), "halflife is serving");
-        serve(
-            self.listener,
-            self.tls,
-            self.router,
-            self.serve_options,
-            shutdown,
-        )
-        .await;
+        serve(self.listener, self.tls, self.router, self.serve_options, shutdown).await;
         for task in tasks {
             task.abort();
         }

@@ -18,10 +18,7 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "this is the one sanctioned reader"
-    )]
+    #[expect(clippy::disallowed_methods, reason = "this is the one sanctioned reader")]
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
     }
@@ -35,9 +32,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: OffsetDateTime) -> Self {
-        Self {
-            now: Arc::new(Mutex::new(start)),
-        }
+        Self { now: Arc::new(Mutex::new(start)) }
     }
 
     /// Starts at the current wall-clock time, truncated to whole seconds.

@@ -21,18 +21,15 @@ use url::Url;
 /// The top-level sections that environment variables may override. Other
 /// `HALFLIFE_*` variables (such as `HALFLIFE_TOKEN` for the CLI) are not
 /// configuration keys and are ignored here.
-const SECTIONS: &[&str] = &[
-    "server",
-    "database",
-    "keys",
-    "tokens",
-    "dev",
-    "issuers",
-    "bootstrap",
-];
+const SECTIONS: &[&str] = &["server", "database", "keys", "tokens", "dev", "issuers", "bootstrap"];
 
 /// Clock-skew leeway accepted on attestation tokens when none is configured.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Upper bound on any issuer's `max_token_age`.
+pub const MAX_TOKEN_AGE: Duration = Duration::from_secs(366 * 86400);
+/// Upper bound on lifecycle periods, so date arithmetic stays in range.
+pub const MAX_LIFECYCLE_PERIOD: Duration = Duration::from_secs(10 * 366 * 86400);
+
 /// Upper bound on any issuer's leeway: more would make expired tokens usable
 /// for minutes after their expiry.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(120);
@@ -165,11 +162,7 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self {
-            url: "sqlite://data/halflife.db".to_owned(),
-            busy_timeout: HumanDuration::secs(5),
-            max_connections: 8,
-        }
+        Self { url: "sqlite://data/halflife.db".to_owned(), busy_timeout: HumanDuration::secs(5), max_connections: 8 }
     }
 }
 
@@ -188,12 +181,7 @@ pub struct KeysConfig {
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        Self {
-            dir: PathBuf::from("data/keys"),
-            algorithm: SigningAlgorithm::EdDSA,
-            kek: None,
-            kek_file: None,
-        }
+        Self { dir: PathBuf::from("data/keys"), algorithm: SigningAlgorithm::EdDSA, kek: None, kek_file: None }
     }
 }
 
@@ -224,10 +212,7 @@ pub struct TokensConfig {
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        Self {
-            default_ttl: HumanDuration::secs(300),
-            max_ttl: HumanDuration::secs(3600),
-        }
+        Self { default_ttl: HumanDuration::secs(300), max_ttl: HumanDuration::secs(3600) }
     }
 }
 
@@ -244,11 +229,7 @@ pub struct DevConfig {
 
 impl Default for DevConfig {
     fn default() -> Self {
-        Self {
-            enabled: false,
-            audience: "halflife".to_owned(),
-            token_ttl: HumanDuration::secs(600),
-        }
+        Self { enabled: false, audience: "halflife".to_owned(), token_ttl: HumanDuration::secs(600) }
     }
 }
 
@@ -409,27 +390,18 @@ impl Config {
         if path.exists() {
             figment = figment.merge(Toml::file(path));
         } else if path != Path::new(crate::cli::DEFAULT_CONFIG) {
-            return Err(ConfigError::Load(format!(
-                "{} does not exist",
-                path.display()
-            )));
+            return Err(ConfigError::Load(format!("{} does not exist", path.display())));
         }
         Self::extract(figment.merge(env_overrides()))
     }
 
     /// Parses a configuration from TOML text plus environment overrides.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::extract(
-            Figment::new()
-                .merge(Toml::string(text))
-                .merge(env_overrides()),
-        )
+        Self::extract(Figment::new().merge(Toml::string(text)).merge(env_overrides()))
     }
 
     fn extract(figment: Figment) -> Result<Self, ConfigError> {
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Load(flatten_figment_error(e)))?;
+        let config: Config = figment.extract().map_err(|e| ConfigError::Load(flatten_figment_error(e)))?;
         config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
@@ -437,12 +409,7 @@ impl Config {
     /// Every problem in the configuration, each with its key path.
     pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
         let mut problems = Vec::new();
-        let mut problem = |key: &str, message: String| {
-            problems.push(ConfigProblem {
-                key: key.to_owned(),
-                message,
-            })
-        };
+        let mut problem = |key: &str, message: String| problems.push(ConfigProblem { key: key.to_owned(), message });
         let loopback = self.server.listen.ip().is_loopback();
 
         if self.server.tls.is_none() && !loopback && !self.server.allow_plain_http {
@@ -468,33 +435,21 @@ impl Config {
         }
         if let Some(url) = &self.server.public_url {
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                problem(
-                    "server.public_url",
-                    "must be an http(s) URL with a host".to_owned(),
-                );
+                problem("server.public_url", "must be an http(s) URL with a host".to_owned());
             }
             if url.query().is_some() || url.fragment().is_some() {
-                problem(
-                    "server.public_url",
-                    "must not carry a query or fragment".to_owned(),
-                );
+                problem("server.public_url", "must not carry a query or fragment".to_owned());
             }
         }
         if self.server.max_body_bytes == 0 || self.server.max_body_bytes > 16 * 1024 * 1024 {
-            problem(
-                "server.max_body_bytes",
-                "must be between 1 and 16 MiB".to_owned(),
-            );
+            problem("server.max_body_bytes", "must be between 1 and 16 MiB".to_owned());
         }
         if self.server.max_connections == 0 {
             problem("server.max_connections", "must be at least 1".to_owned());
         }
         for (key, d) in [
             ("server.request_timeout", self.server.request_timeout),
-            (
-                "server.header_read_timeout",
-                self.server.header_read_timeout,
-            ),
+            ("server.header_read_timeout", self.server.header_read_timeout),
         ] {
             if d.get().is_zero() {
                 problem(key, "must be greater than zero".to_owned());
@@ -503,36 +458,29 @@ impl Config {
         if !self.database.url.starts_with("sqlite:") {
             problem(
                 "database.url",
-                "only sqlite:// URLs are supported by this build (e.g. sqlite://data/halflife.db)"
-                    .to_owned(),
+                "only sqlite:// URLs are supported by this build (e.g. sqlite://data/halflife.db)".to_owned(),
             );
         }
         if self.database.max_connections == 0 {
             problem("database.max_connections", "must be at least 1".to_owned());
         }
+        if self.dev.token_ttl.get().is_zero() || self.dev.token_ttl.get() > crate::attest::dev::MAX_DEV_TOKEN_TTL {
+            problem("dev.token_ttl", "must be between 1s and 24h".to_owned());
+        }
         if self.tokens.default_ttl.get().is_zero() {
             problem("tokens.default_ttl", "must be greater than zero".to_owned());
         }
         if self.tokens.max_ttl.get() > Duration::from_secs(24 * 3600) {
-            problem(
-                "tokens.max_ttl",
-                "must not exceed 24h: these are short-lived credentials".to_owned(),
-            );
+            problem("tokens.max_ttl", "must not exceed 24h: these are short-lived credentials".to_owned());
         }
         if self.tokens.default_ttl > self.tokens.max_ttl {
             problem(
                 "tokens.default_ttl",
-                format!(
-                    "{} exceeds tokens.max_ttl ({})",
-                    self.tokens.default_ttl, self.tokens.max_ttl
-                ),
+                format!("{} exceeds tokens.max_ttl ({})", self.tokens.default_ttl, self.tokens.max_ttl),
             );
         }
         if self.keys.kek.is_some() && self.keys.kek_file.is_some() {
-            problem(
-                "keys.kek",
-                "set keys.kek or keys.kek_file, not both".to_owned(),
-            );
+            problem("keys.kek", "set keys.kek or keys.kek_file, not both".to_owned());
         }
         if self.keys.kek.is_none() && self.keys.kek_file.is_none() && !self.dev.enabled {
             problem(
@@ -547,63 +495,52 @@ impl Config {
             problem("lifecycle.tick", "must be greater than zero".to_owned());
         }
         for (key, d) in [
+            ("lifecycle.notice_window", self.lifecycle.notice_window),
             ("lifecycle.recertify_every", self.lifecycle.recertify_every),
             ("lifecycle.max_pilot", self.lifecycle.max_pilot),
         ] {
-            if d.get().is_zero() {
-                problem(key, "must be greater than zero".to_owned());
+            if d.get().is_zero() || d.get() > MAX_LIFECYCLE_PERIOD {
+                problem(key, format!("must be between 1s and {}", HumanDuration(MAX_LIFECYCLE_PERIOD)));
             }
         }
         if let Some(url) = &self.lifecycle.webhook_url
             && let Err(message) = check_jwks_uri(url)
         {
-            problem(
-                "lifecycle.webhook_url",
-                message.replace("keys fetched", "notices sent"),
-            );
+            problem("lifecycle.webhook_url", message.replace("keys fetched", "notices sent"));
         }
 
         let mut names = std::collections::HashSet::new();
         let mut urls = std::collections::HashSet::new();
         for (i, issuer) in self.issuers.iter().enumerate() {
             let key = |field: &str| format!("issuers[{i}].{field}");
-            if issuer.name.is_empty()
-                || !issuer
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            if issuer.name.is_empty() || !issuer.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                problem(
-                    &key("name"),
-                    "must be non-empty letters, digits, '-' or '_'".to_owned(),
-                );
+                problem(&key("name"), "must be non-empty letters, digits, '-' or '_'".to_owned());
             }
             if issuer.name == DevConfig::ISSUER_NAME {
-                problem(
-                    &key("name"),
-                    "\"dev\" is reserved for the built-in dev issuer".to_owned(),
-                );
+                problem(&key("name"), "\"dev\" is reserved for the built-in dev issuer".to_owned());
             }
             if !names.insert(issuer.name.clone()) {
-                problem(
-                    &key("name"),
-                    format!("duplicate issuer name {:?}", issuer.name),
-                );
+                problem(&key("name"), format!("duplicate issuer name {:?}", issuer.name));
             }
             if issuer.issuer.is_empty() {
                 problem(&key("issuer"), "must not be empty".to_owned());
-            } else if !urls.insert(issuer.issuer.clone()) {
+            } else if issuer.issuer.trim_end_matches('/') == self.server.public_base()
+                || issuer.issuer == DevConfig::issuer_url(&self.server)
+            {
                 problem(
                     &key("issuer"),
-                    format!("issuer {:?} is configured twice", issuer.issuer),
+                    format!(
+                        "{:?} is this broker's own (or its dev issuer's) URL; its tokens are not attestations",
+                        issuer.issuer
+                    ),
                 );
+            } else if !urls.insert(issuer.issuer.clone()) {
+                problem(&key("issuer"), format!("issuer {:?} is configured twice", issuer.issuer));
             }
             match (&issuer.jwks_file, &issuer.jwks_uri) {
                 (None, None) => problem(&key("jwks_uri"), "set jwks_uri or jwks_file".to_owned()),
-                (Some(_), Some(_)) => problem(
-                    &key("jwks_uri"),
-                    "set jwks_uri or jwks_file, not both".to_owned(),
-                ),
+                (Some(_), Some(_)) => problem(&key("jwks_uri"), "set jwks_uri or jwks_file, not both".to_owned()),
                 (None, Some(uri)) => {
                     if let Err(message) = check_jwks_uri(uri) {
                         problem(&key("jwks_uri"), message);
@@ -612,36 +549,22 @@ impl Config {
                 (Some(_), None) => {}
             }
             if issuer.algorithms.is_empty() {
-                problem(
-                    &key("algorithms"),
-                    "list at least one of RS256, ES256, EdDSA".to_owned(),
-                );
+                problem(&key("algorithms"), "list at least one of RS256, ES256, EdDSA".to_owned());
             }
             if issuer.audience.is_empty() || issuer.audience == "*" {
                 problem(
                     &key("audience"),
-                    "must name the audience this broker requires (e.g. \"halflife\"); wildcards are refused"
-                        .to_owned(),
+                    "must name the audience this broker requires (e.g. \"halflife\"); wildcards are refused".to_owned(),
                 );
             }
             if issuer.leeway.get() > MAX_LEEWAY {
-                problem(
-                    &key("leeway"),
-                    format!("must not exceed {}", HumanDuration(MAX_LEEWAY)),
-                );
+                problem(&key("leeway"), format!("must not exceed {}", HumanDuration(MAX_LEEWAY)));
             }
-            if issuer.max_token_age.get().is_zero() {
-                problem(
-                    &key("max_token_age"),
-                    "must be greater than zero".to_owned(),
-                );
+            if issuer.max_token_age.get().is_zero() || issuer.max_token_age.get() > MAX_TOKEN_AGE {
+                problem(&key("max_token_age"), format!("must be between 1s and {}", HumanDuration(MAX_TOKEN_AGE)));
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 }
 
@@ -677,17 +600,9 @@ fn flatten_figment_error(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let path = e.path.join(".");
-            let source = e
-                .metadata
-                .as_ref()
-                .and_then(|m| m.source.as_ref())
-                .map(|s| format!(" (from {s})"))
-                .unwrap_or_default();
-            if path.is_empty() {
-                format!("{}{source}", e.kind)
-            } else {
-                format!("{path}: {}{source}", e.kind)
-            }
+            let source =
+                e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| format!(" (from {s})")).unwrap_or_default();
+            if path.is_empty() { format!("{}{source}", e.kind) } else { format!("{path}: {}{source}", e.kind) }
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -708,17 +623,15 @@ mod tests {
 
     #[test]
     fn dev_issuer_refused_on_public_listener() {
-        let err = Config::from_toml(
-            "[server]\nlisten = \"0.0.0.0:8080\"\nallow_plain_http = true\n[dev]\nenabled = true\n",
-        )
-        .unwrap_err();
+        let err =
+            Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\nallow_plain_http = true\n[dev]\nenabled = true\n")
+                .unwrap_err();
         assert!(err.to_string().contains("dev.enabled"), "{err}");
     }
 
     #[test]
     fn plain_http_refused_on_public_listener() {
-        let err = Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\n[keys]\nkek = \"x\"\n")
-            .unwrap_err();
+        let err = Config::from_toml("[server]\nlisten = \"0.0.0.0:8080\"\n[keys]\nkek = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("server.listen"), "{err}");
     }
 

@@ -53,12 +53,10 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Fills a fresh buffer with `N` random bytes from the OS generator.
@@ -107,16 +105,8 @@ fn ec_components_from_private_key(
     alg: Algorithm,
 ) -> jsonwebtoken::errors::Result<(EllipticCurve, Vec<u8>, Vec<u8>)> {
     let (signing, curve, len) = match alg {
-        Algorithm::ES256 => (
-            &rsig::ECDSA_P256_SHA256_FIXED_SIGNING,
-            EllipticCurve::P256,
-            32,
-        ),
-        Algorithm::ES384 => (
-            &rsig::ECDSA_P384_SHA384_FIXED_SIGNING,
-            EllipticCurve::P384,
-            48,
-        ),
+        Algorithm::ES256 => (&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, EllipticCurve::P256, 32),
+        Algorithm::ES384 => (&rsig::ECDSA_P384_SHA384_FIXED_SIGNING, EllipticCurve::P384, 48),
         _ => return Err(ErrorKind::InvalidEcdsaKey.into()),
     };
     let pair = rsig::EcdsaKeyPair::from_pkcs8(signing, der, &SystemRandom::new())
@@ -131,10 +121,7 @@ fn ec_components_from_private_key(
     }
 }
 
-fn ed_components_from_private_key(
-    der: &[u8],
-    curve: &EllipticCurve,
-) -> jsonwebtoken::errors::Result<Vec<u8>> {
+fn ed_components_from_private_key(der: &[u8], curve: &EllipticCurve) -> jsonwebtoken::errors::Result<Vec<u8>> {
     match curve {
         EllipticCurve::Ed25519 => Ok(rsig::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map_err(|_| JwtError::from(ErrorKind::InvalidEddsaKey))?
@@ -183,10 +170,7 @@ impl JwtSigner for RingSigner {
     }
 }
 
-fn new_signer(
-    alg: &Algorithm,
-    key: &EncodingKey,
-) -> jsonwebtoken::errors::Result<Box<dyn JwtSigner>> {
+fn new_signer(alg: &Algorithm, key: &EncodingKey) -> jsonwebtoken::errors::Result<Box<dyn JwtSigner>> {
     let der = key.as_bytes();
     let signer = match alg {
         Algorithm::ES256 | Algorithm::ES384 => {
@@ -230,9 +214,9 @@ impl Verifier<Vec<u8>> for RingVerifier {
             _ => return Err(signature::Error::new()),
         };
         match self.key.kind() {
-            DecodingKeyKind::SecretOrDer(bytes) => rsig::UnparsedPublicKey::new(params, bytes)
-                .verify(msg, sig)
-                .map_err(sig_err),
+            DecodingKeyKind::SecretOrDer(bytes) => {
+                rsig::UnparsedPublicKey::new(params, bytes).verify(msg, sig).map_err(sig_err)
+            }
             DecodingKeyKind::RsaModulusExponent { n, e } => {
                 let rsa: &'static rsig::RsaParameters = match self.alg {
                     Algorithm::RS256 => &rsig::RSA_PKCS1_2048_8192_SHA256,
@@ -243,9 +227,7 @@ impl Verifier<Vec<u8>> for RingVerifier {
                     Algorithm::PS512 => &rsig::RSA_PSS_2048_8192_SHA512,
                     _ => return Err(signature::Error::new()),
                 };
-                rsig::RsaPublicKeyComponents { n, e }
-                    .verify(rsa, msg, sig)
-                    .map_err(sig_err)
+                rsig::RsaPublicKeyComponents { n, e }.verify(rsa, msg, sig).map_err(sig_err)
             }
         }
     }
@@ -257,24 +239,15 @@ impl JwtVerifier for RingVerifier {
     }
 }
 
-fn new_verifier(
-    alg: &Algorithm,
-    key: &DecodingKey,
-) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {
+fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {
     use jsonwebtoken::AlgorithmFamily as F;
     // The key's family must match the algorithm's: an RSA key can never be
     // used as an HMAC secret or an EC point, and HMAC is not offered at all.
-    let ok = matches!(
-        (alg.family(), key.family()),
-        (F::Rsa, F::Rsa) | (F::Ec, F::Ec) | (F::Ed, F::Ed)
-    );
+    let ok = matches!((alg.family(), key.family()), (F::Rsa, F::Rsa) | (F::Ec, F::Ec) | (F::Ed, F::Ed));
     if !ok {
         return Err(ErrorKind::InvalidAlgorithm.into());
     }
-    Ok(Box::new(RingVerifier {
-        alg: *alg,
-        key: key.clone(),
-    }))
+    Ok(Box::new(RingVerifier { alg: *alg, key: key.clone() }))
 }
 
 #[cfg(test)]
@@ -292,26 +265,18 @@ mod tests {
     fn es256_round_trip_through_jsonwebtoken() {
         install();
         let rng = SystemRandom::new();
-        let pkcs8 =
-            rsig::EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .unwrap();
+        let pkcs8 = rsig::EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let encoding = EncodingKey::from_ec_der(pkcs8.as_ref());
         let header = jsonwebtoken::Header::new(Algorithm::ES256);
-        let token =
-            jsonwebtoken::encode(&header, &serde_json::json!({"sub": "x"}), &encoding).unwrap();
-        let pair = rsig::EcdsaKeyPair::from_pkcs8(
-            &rsig::ECDSA_P256_SHA256_FIXED_SIGNING,
-            pkcs8.as_ref(),
-            &rng,
-        )
-        .unwrap();
+        let token = jsonwebtoken::encode(&header, &serde_json::json!({"sub": "x"}), &encoding).unwrap();
+        let pair =
+            rsig::EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
         let decoding = DecodingKey::from_ec_der(pair.public_key().as_ref());
         let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
         validation.required_spec_claims.clear();
         validation.validate_exp = false;
         validation.validate_aud = false;
-        let data =
-            jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).unwrap();
+        let data = jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).unwrap();
         assert_eq!(data.claims["sub"], "x");
     }
 }

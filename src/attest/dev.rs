@@ -17,6 +17,9 @@ use super::jwt::{IssuerKeys, TrustedIssuer};
 use crate::config::{Config, DevConfig, SigningAlgorithm};
 use crate::keys::{Kek, KeyError, SigningKey};
 
+/// Longest lifetime of a dev attestation (`--ttl` and `dev.token_ttl`).
+pub const MAX_DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// File name of the dev issuer's sealed key inside `keys.dir`.
 pub const DEV_KEY_FILE: &str = "dev-issuer.json";
 
@@ -39,16 +42,9 @@ struct DevClaims<'a> {
 }
 
 impl DevIssuer {
-    pub fn load_or_create(
-        config: &Config,
-        kek: &Kek,
-        now: OffsetDateTime,
-    ) -> Result<Self, KeyError> {
+    pub fn load_or_create(config: &Config, kek: &Kek, now: OffsetDateTime) -> Result<Self, KeyError> {
         let path = config.keys.dir.join(DEV_KEY_FILE);
-        Self::from_key(
-            SigningKey::load_or_create(&path, SigningAlgorithm::EdDSA, kek, now)?,
-            config,
-        )
+        Self::from_key(SigningKey::load_or_create(&path, SigningAlgorithm::EdDSA, kek, now)?, config)
     }
 
     fn from_key(key: SigningKey, config: &Config) -> Result<Self, KeyError> {
@@ -77,9 +73,7 @@ impl DevIssuer {
             exp: iat.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
             iat,
             nbf: iat,
-            jti: crate::crypto::b64url(
-                crate::crypto::random_bytes::<16>().map_err(|_| KeyError::Random)?,
-            ),
+            jti: crate::crypto::b64url(crate::crypto::random_bytes::<16>().map_err(|_| KeyError::Random)?),
         };
         self.key.sign_jwt("JWT", &claims)
     }
@@ -98,7 +92,7 @@ impl DevIssuer {
             algorithms: vec![Algorithm::EdDSA],
             audience: self.audience.clone(),
             leeway: crate::config::DEFAULT_LEEWAY,
-            max_token_age: self.ttl.max(Duration::from_secs(3600)),
+            max_token_age: MAX_DEV_TOKEN_TTL,
             single_use: true,
             keys: IssuerKeys::Static(Arc::new(KeySet::from_entries(vec![entry]))),
         }

@@ -8,7 +8,11 @@
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::clock::SharedClock;
 
 use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
@@ -56,10 +60,7 @@ impl KeySet {
             return Err(invalid("document too large"));
         }
         let doc: Value = serde_json::from_slice(bytes).map_err(|e| invalid(&e.to_string()))?;
-        let list = doc
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or_else(|| invalid("no \"keys\" array"))?;
+        let list = doc.get("keys").and_then(Value::as_array).ok_or_else(|| invalid("no \"keys\" array"))?;
         let mut keys = Vec::new();
         for raw in list.iter().take(MAX_KEYS) {
             let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
@@ -85,12 +86,7 @@ impl KeySet {
             if family == AlgorithmFamily::Hmac {
                 continue;
             }
-            keys.push(KeyEntry {
-                kid: jwk.common.key_id.clone(),
-                family,
-                alg,
-                key,
-            });
+            keys.push(KeyEntry { kid: jwk.common.key_id.clone(), family, alg, key });
         }
         if keys.is_empty() {
             return Err(invalid("no usable signature keys"));
@@ -100,8 +96,7 @@ impl KeySet {
 
     pub fn from_file(path: &Path) -> Result<Self, JwksError> {
         let origin = path.display().to_string();
-        let bytes =
-            std::fs::read(path).map_err(|e| JwksError::File(origin.clone(), e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|e| JwksError::File(origin.clone(), e.to_string()))?;
         Self::parse(&bytes, &origin)
     }
 
@@ -137,7 +132,7 @@ impl KeySet {
 
 struct Cached {
     set: Arc<KeySet>,
-    fetched_at: Instant,
+    fetched_at: OffsetDateTime,
 }
 
 /// A JWKS fetched from an issuer's URI, cached and refreshed.
@@ -146,20 +141,22 @@ pub struct RemoteJwks {
     client: reqwest::Client,
     cooldown: Duration,
     max_stale: Duration,
+    clock: SharedClock,
     cached: RwLock<Option<Cached>>,
     /// When the last fetch triggered by an unknown `kid` was attempted.
     /// Scheduled refreshes do not count against this budget. The lock also
     /// makes concurrent unknown-`kid` requests wait for one fetch.
-    last_on_demand: tokio::sync::Mutex<Option<Instant>>,
+    last_on_demand: tokio::sync::Mutex<Option<OffsetDateTime>>,
 }
 
 impl RemoteJwks {
-    pub fn new(uri: Url, client: reqwest::Client, cooldown: Duration, max_stale: Duration) -> Self {
+    pub fn new(uri: Url, client: reqwest::Client, cooldown: Duration, max_stale: Duration, clock: SharedClock) -> Self {
         Self {
             uri,
             client,
             cooldown,
             max_stale,
+            clock,
             cached: RwLock::new(None),
             last_on_demand: tokio::sync::Mutex::new(None),
         }
@@ -172,14 +169,9 @@ impl RemoteJwks {
     /// The current key set, unless none was ever fetched or it is too stale
     /// to trust.
     pub fn current(&self) -> Option<Arc<KeySet>> {
-        let guard = self
-            .cached
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard
-            .as_ref()
-            .filter(|c| c.fetched_at.elapsed() <= self.max_stale)
-            .map(|c| Arc::clone(&c.set))
+        let guard = self.cached.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = self.clock.now();
+        guard.as_ref().filter(|c| now - c.fetched_at <= self.max_stale).map(|c| Arc::clone(&c.set))
     }
 
     pub fn has_keys(&self) -> bool {
@@ -190,10 +182,11 @@ impl RemoteJwks {
     /// per cooldown. Returns whether a fetch happened and succeeded.
     pub async fn refresh_for_unknown_kid(&self) -> bool {
         let mut last = self.last_on_demand.lock().await;
-        if last.is_some_and(|t| t.elapsed() < self.cooldown) {
+        let now = self.clock.now();
+        if last.is_some_and(|t| now - t < self.cooldown) {
             return false;
         }
-        *last = Some(Instant::now());
+        *last = Some(now);
         self.fetch_now().await.is_ok()
     }
 
@@ -207,14 +200,8 @@ impl RemoteJwks {
         match &result {
             Ok(set) => {
                 let n = set.len();
-                let mut guard = self
-                    .cached
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                *guard = Some(Cached {
-                    set: Arc::new(set.clone()),
-                    fetched_at: Instant::now(),
-                });
+                let mut guard = self.cached.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                *guard = Some(Cached { set: Arc::new(set.clone()), fetched_at: self.clock.now() });
                 tracing::debug!(jwks.uri = %self.uri, jwks.keys = n, "fetched JWKS");
             }
             Err(e) => {
@@ -230,10 +217,7 @@ impl RemoteJwks {
         let mut response = self
             .client
             .get(self.uri.clone())
-            .header(
-                reqwest::header::ACCEPT,
-                "application/json, application/jwk-set+json",
-            )
+            .header(reqwest::header::ACCEPT, "application/json, application/jwk-set+json")
             .timeout(FETCH_TIMEOUT)
             .send()
             .await
@@ -241,10 +225,7 @@ impl RemoteJwks {
         if !response.status().is_success() {
             return Err(fail(format!("HTTP {}", response.status())));
         }
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-        {
+        if response.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
             return Err(fail("response too large".into()));
         }
         let mut body = Vec::new();

@@ -124,12 +124,7 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(issuers: Vec<TrustedIssuer>) -> Self {
-        Self {
-            issuers: issuers
-                .into_iter()
-                .map(|i| (i.iss.clone(), Arc::new(i)))
-                .collect(),
-        }
+        Self { issuers: issuers.into_iter().map(|i| (i.iss.clone(), Arc::new(i))).collect() }
     }
 
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<TrustedIssuer>> {
@@ -144,18 +139,12 @@ impl Verifier {
         let (Some(_header), Some(payload_b64), Some(_signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(Rejection::Malformed(
-                "a JWS in compact form has exactly three parts",
-            ));
+            return Err(Rejection::Malformed("a JWS in compact form has exactly three parts"));
         };
-        if !token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
+        if !token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
             return Err(Rejection::Malformed("characters outside base64url"));
         }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed("header"))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed("header"))?;
         for (name, present) in [
             ("crit", header.crit.is_some()),
             ("jku", header.jku.is_some()),
@@ -169,31 +158,29 @@ impl Verifier {
                 return Err(Rejection::ForbiddenHeader(name));
             }
         }
-        if header
-            .cty
-            .as_deref()
-            .is_some_and(|c| c.eq_ignore_ascii_case("jwt"))
-        {
+        if header.cty.as_deref().is_some_and(|c| c.eq_ignore_ascii_case("jwt")) {
             return Err(Rejection::ForbiddenHeader("cty"));
         }
+        // An access token is not an identity proof (RFC 8725 §3.11): a token
+        // some IdP issued for another resource must not be replayed here.
+        if header.typ.as_deref().is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            t == "at+jwt" || t == "application/at+jwt"
+        }) {
+            return Err(Rejection::ForbiddenHeader("typ"));
+        }
 
-        let payload =
-            crypto::b64url_decode(payload_b64).ok_or(Rejection::Malformed("payload encoding"))?;
-        let peek: Peek = serde_json::from_slice(&payload)
-            .map_err(|_| Rejection::Malformed("payload is not a JSON object"))?;
-        let iss = peek
-            .iss
-            .ok_or_else(|| Rejection::MissingClaim("iss".into()))?;
+        let payload = crypto::b64url_decode(payload_b64).ok_or(Rejection::Malformed("payload encoding"))?;
+        let peek: Peek =
+            serde_json::from_slice(&payload).map_err(|_| Rejection::Malformed("payload is not a JSON object"))?;
+        let iss = peek.iss.ok_or_else(|| Rejection::MissingClaim("iss".into()))?;
         let issuer = self
             .issuers
             .get(&iss)
             .ok_or_else(|| Rejection::UnknownIssuer(crate::domain::values::truncate(&iss, 80)))?;
 
         if !issuer.algorithms.contains(&header.alg) {
-            return Err(Rejection::AlgorithmNotAllowed(
-                format!("{:?}", header.alg),
-                issuer.name.clone(),
-            ));
+            return Err(Rejection::AlgorithmNotAllowed(format!("{:?}", header.alg), issuer.name.clone()));
         }
 
         let kid = header.kid.as_deref();
@@ -201,21 +188,18 @@ impl Verifier {
         let claims = verify_with(issuer, &keys, token, kid, header.alg)?;
         check_times(issuer, &claims, now)?;
 
-        if claims.sub.is_empty()
-            || claims.sub.len() > MAX_SUBJECT_LEN
-            || claims.sub.chars().any(char::is_control)
-        {
-            return Err(Rejection::BadClaims(
-                "sub must be 1-2048 printable characters".into(),
-            ));
+        if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_LEN || claims.sub.chars().any(char::is_control) {
+            return Err(Rejection::BadClaims("sub must be 1-2048 printable characters".into()));
         }
         let token_id = match claims.jti {
             Some(jti) if !jti.is_empty() && jti.len() <= MAX_JTI_LEN => jti,
             Some(_) => return Err(Rejection::BadClaims("jti must be 1-256 characters".into())),
             None => format!("sha256:{}", crypto::hex(&crypto::sha256(token.as_bytes()))),
         };
-        let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp)
-            .map_err(|_| Rejection::BadClaims("exp out of range".into()))?;
+        let out_of_range = || Rejection::BadClaims("exp out of range".into());
+        let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp).map_err(|_| out_of_range())?;
+        let leeway = time::Duration::try_from(issuer.leeway).map_err(|_| out_of_range())?;
+        let replay_until = expires_at.checked_add(leeway).ok_or_else(out_of_range)?;
         Ok(Attestation {
             issuer_name: issuer.name.clone(),
             iss: issuer.iss.clone(),
@@ -223,7 +207,7 @@ impl Verifier {
             token_id,
             expires_at,
             single_use: issuer.single_use,
-            replay_until: expires_at + issuer.leeway,
+            replay_until,
         })
     }
 }
@@ -283,9 +267,9 @@ fn verify_with(
             Ok(data) => return Ok(data.claims),
             Err(e) => {
                 last = match e.kind() {
-                    ErrorKind::InvalidSignature
-                    | ErrorKind::InvalidAlgorithm
-                    | ErrorKind::InvalidKeyFormat => Rejection::BadSignature,
+                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => {
+                        Rejection::BadSignature
+                    }
                     ErrorKind::InvalidAudience => Rejection::WrongAudience(issuer.audience.clone()),
                     ErrorKind::InvalidIssuer => Rejection::UnknownIssuer(issuer.iss.clone()),
                     ErrorKind::MissingRequiredClaim(c) => Rejection::MissingClaim(c.clone()),
@@ -305,11 +289,7 @@ fn verify_with(
     Err(last)
 }
 
-fn check_times(
-    issuer: &TrustedIssuer,
-    claims: &Claims,
-    now: OffsetDateTime,
-) -> Result<(), Rejection> {
+fn check_times(issuer: &TrustedIssuer, claims: &Claims, now: OffsetDateTime) -> Result<(), Rejection> {
     let now = now.unix_timestamp();
     let leeway = i64::try_from(issuer.leeway.as_secs()).unwrap_or(i64::MAX);
     if claims.exp.saturating_add(leeway) <= now {

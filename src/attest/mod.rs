@@ -15,6 +15,7 @@ use jwt::{IssuerKeys, TrustedIssuer};
 pub fn issuer_from_config(
     config: &IssuerConfig,
     client: &reqwest::Client,
+    clock: &crate::clock::SharedClock,
 ) -> Result<TrustedIssuer, jwks::JwksError> {
     let keys = match (&config.jwks_file, &config.jwks_uri) {
         (Some(path), _) => IssuerKeys::Static(Arc::new(KeySet::from_file(path)?)),
@@ -23,12 +24,10 @@ pub fn issuer_from_config(
             client.clone(),
             config.jwks_refresh_cooldown.get(),
             config.jwks_max_stale.get(),
+            Arc::clone(clock),
         ))),
         (None, None) => {
-            return Err(jwks::JwksError::Invalid(
-                config.name.clone(),
-                "no jwks_file or jwks_uri".into(),
-            ));
+            return Err(jwks::JwksError::Invalid(config.name.clone(), "no jwks_file or jwks_uri".into()));
         }
     };
     Ok(TrustedIssuer {

@@ -5,9 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{Broker, Unavailable};
 use crate::crypto;
 use crate::domain::model::Role;
-use crate::store::{
-    AdminTokenRecord, AdminTokenStore, AuditEvent, Outcome, RequestMeta, StoreError,
-};
+use crate::store::{AdminTokenRecord, AdminTokenStore, AuditEvent, Outcome, RequestMeta, StoreError};
 
 /// Prefix of admin tokens, so secret scanners can recognise a leaked one.
 pub const ADMIN_TOKEN_PREFIX: &str = "hla_";
@@ -37,8 +35,7 @@ pub async fn create_admin_token(
     actor: &str,
     now: time::OffsetDateTime,
 ) -> Result<(AdminTokenRecord, SecretString), StoreError> {
-    let random = crypto::random_bytes::<32>()
-        .map_err(|_| StoreError::Unavailable("random generator failed".into()))?;
+    let random = crypto::random_bytes::<32>().map_err(|_| StoreError::Unavailable("random generator failed".into()))?;
     let token = SecretString::from(format!("{ADMIN_TOKEN_PREFIX}{}", crypto::b64url(random)));
     let hash = crypto::sha256(token.expose_secret().as_bytes());
     let record = AdminTokenRecord {
@@ -46,17 +43,10 @@ pub async fn create_admin_token(
         name: name.to_owned(),
         role: role.as_str().to_owned(),
     };
-    let mut event = AuditEvent::new(
-        "admin_token.created",
-        Outcome::Success,
-        now,
-        &RequestMeta::default(),
-    );
+    let mut event = AuditEvent::new("admin_token.created", Outcome::Success, now, &RequestMeta::default());
     event.actor = Some(actor.to_owned());
     event.detail = Some(serde_json::json!({"id": record.id, "name": name, "role": role}));
-    store
-        .create_admin_token(record.clone(), hash, event)
-        .await?;
+    store.create_admin_token(record.clone(), hash, event).await?;
     Ok((record, token))
 }
 
@@ -77,29 +67,17 @@ impl Broker {
     }
 
     /// The caller behind an admin bearer token, if the token is valid.
-    pub async fn authenticate_admin(
-        &self,
-        token: &str,
-    ) -> Result<Option<AdminCaller>, Unavailable> {
+    pub async fn authenticate_admin(&self, token: &str) -> Result<Option<AdminCaller>, Unavailable> {
         if !token.starts_with(ADMIN_TOKEN_PREFIX) || token.len() > 128 {
             return Ok(None);
         }
         let hash = crypto::sha256(token.as_bytes());
-        let Some(record) = self
-            .admin_tokens
-            .admin_token_by_hash(hash)
-            .await
-            .map_err(Unavailable)?
-        else {
+        let Some(record) = self.admin_tokens.admin_token_by_hash(hash).await.map_err(Unavailable)? else {
             return Ok(None);
         };
         let Some(role) = Role::parse(&record.role) else {
             return Ok(None);
         };
-        Ok(Some(AdminCaller {
-            id: record.id,
-            name: record.name,
-            role,
-        }))
+        Ok(Some(AdminCaller { id: record.id, name: record.name, role }))
     }
 }

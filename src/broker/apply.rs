@@ -8,13 +8,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::domain::model::{Grant, OwnerStatus, Tier};
-use crate::domain::values::{
-    Audience, CredentialKind, GrantId, OwnerId, ScopeSet, SubjectMatch, SystemId,
-};
+use crate::domain::values::{Audience, CredentialKind, GrantId, OwnerId, ScopeSet, SubjectMatch, SystemId};
 use crate::store::{Catalog, DateSpec, OwnerSpec, SystemSpec};
-
-/// Ownership attestation period used when an owner names none.
-pub const DEFAULT_ATTESTATION: Duration = Duration::from_secs(90 * 86400);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,26 +68,41 @@ pub struct GrantEntry {
     pub max_ttl: String,
 }
 
+/// What a catalog must stay within.
+pub struct Limits {
+    /// Issuer names grants may refer to.
+    pub issuers: Vec<String>,
+    /// The global credential lifetime ceiling.
+    pub ceiling: Duration,
+    /// Longest pilot; also bounds how far ahead an end date may be.
+    pub max_pilot: Duration,
+    /// Longest ownership attestation.
+    pub recertify_every: Duration,
+}
+
+/// Whether a date spec stays within `max` of `now` (or of creation).
+fn within(spec: DateSpec, now: OffsetDateTime, max: Duration) -> bool {
+    match spec {
+        DateSpec::At(t) => {
+            now.checked_add(max.try_into().unwrap_or(time::Duration::MAX)).is_none_or(|limit| t <= limit)
+        }
+        DateSpec::OnCreate(d) => d <= max,
+    }
+}
+
 /// Validates a parsed file into a catalog. Every problem is reported with
 /// the entry and field it concerns.
-pub fn validate(
-    file: ApplyFile,
-    known_issuers: &[String],
-    ceiling: Duration,
-) -> Result<Catalog, Vec<String>> {
+pub fn validate(file: ApplyFile, limits: &Limits, now: OffsetDateTime) -> Result<Catalog, Vec<String>> {
+    let known_issuers = limits.issuers.as_slice();
+    let ceiling = limits.ceiling;
     let mut problems = Vec::new();
     let mut catalog = Catalog::default();
     let mut seen = HashSet::new();
 
     for (i, o) in file.owners.into_iter().enumerate() {
         let at = |field: &str| format!("owners[{i}].{field}");
-        let id = OwnerId::parse(&o.id)
-            .map_err(|e| problems.push(format!("{}: {e}", at("id"))))
-            .ok();
-        if id
-            .as_ref()
-            .is_some_and(|id| !seen.insert(format!("owner/{id}")))
-        {
+        let id = OwnerId::parse(&o.id).map_err(|e| problems.push(format!("{}: {e}", at("id")))).ok();
+        if id.as_ref().is_some_and(|id| !seen.insert(format!("owner/{id}"))) {
             problems.push(format!("{}: owner {} appears twice", at("id"), o.id));
         }
         let status = match o.status.as_deref() {
@@ -103,11 +113,16 @@ pub fn validate(
             }),
         };
         let attested_until = match o.attested_until.as_deref() {
-            None => Some(DateSpec::OnCreate(DEFAULT_ATTESTATION)),
-            Some(text) => date_spec(text)
-                .map_err(|e| problems.push(format!("{}: {e}", at("attested_until"))))
-                .ok(),
+            None => Some(DateSpec::OnCreate(limits.recertify_every)),
+            Some(text) => date_spec(text).map_err(|e| problems.push(format!("{}: {e}", at("attested_until")))).ok(),
         };
+        if attested_until.is_some_and(|d| !within(d, now, limits.recertify_every)) {
+            problems.push(format!(
+                "{}: more than lifecycle.recertify_every ({}) away",
+                at("attested_until"),
+                humantime::format_duration(limits.recertify_every)
+            ));
+        }
         if o.display_name.trim().is_empty() {
             problems.push(format!("{}: must not be empty", at("display_name")));
         }
@@ -115,38 +130,23 @@ pub fn validate(
             problems.push(format!("{}: must be an email address", at("email")));
         }
         if let (Some(id), Some(status), Some(attested_until)) = (id, status, attested_until) {
-            catalog.owners.push(OwnerSpec {
-                id,
-                display_name: o.display_name,
-                email: o.email,
-                status,
-                attested_until,
-            });
+            catalog.owners.push(OwnerSpec { id, display_name: o.display_name, email: o.email, status, attested_until });
         }
     }
 
     for (i, s) in file.systems.into_iter().enumerate() {
         let at = |field: &str| format!("systems[{i}].{field}");
-        let id = SystemId::parse(&s.id)
-            .map_err(|e| problems.push(format!("{}: {e}", at("id"))))
-            .ok();
-        if id
-            .as_ref()
-            .is_some_and(|id| !seen.insert(format!("system/{id}")))
-        {
+        let id = SystemId::parse(&s.id).map_err(|e| problems.push(format!("{}: {e}", at("id")))).ok();
+        if id.as_ref().is_some_and(|id| !seen.insert(format!("system/{id}"))) {
             problems.push(format!("{}: system {} appears twice", at("id"), s.id));
         }
-        let business = OwnerId::parse(&s.business_owner)
-            .map_err(|e| problems.push(format!("{}: {e}", at("business_owner"))))
-            .ok();
+        let business =
+            OwnerId::parse(&s.business_owner).map_err(|e| problems.push(format!("{}: {e}", at("business_owner")))).ok();
         let technical = OwnerId::parse(&s.technical_owner)
             .map_err(|e| problems.push(format!("{}: {e}", at("technical_owner"))))
             .ok();
         let tier = Tier::parse(&s.tier).or_else(|| {
-            problems.push(format!(
-                "{}: must be sandbox, pilot or production",
-                at("tier")
-            ));
+            problems.push(format!("{}: must be sandbox, pilot or production", at("tier")));
             None
         });
         let pilot_ends_at = match s.pilot_ends_at.as_deref() {
@@ -159,6 +159,13 @@ pub fn validate(
                 }
             },
         };
+        if pilot_ends_at.is_some_and(|d| !within(d, now, limits.max_pilot)) {
+            problems.push(format!(
+                "{}: more than lifecycle.max_pilot ({}) away",
+                at("pilot_ends_at"),
+                humantime::format_duration(limits.max_pilot)
+            ));
+        }
         if matches!(tier, Some(Tier::Sandbox | Tier::Pilot)) && s.pilot_ends_at.is_none() {
             problems.push(format!(
                 "{}: sandbox and pilot systems must have an end date (RFC 3339, or a duration such as \"30d\")",
@@ -169,14 +176,9 @@ pub fn validate(
             problems.push(format!("{}: must not be empty", at("name")));
         }
         if s.purpose.trim().is_empty() {
-            problems.push(format!(
-                "{}: must say what the system is for",
-                at("purpose")
-            ));
+            problems.push(format!("{}: must say what the system is for", at("purpose")));
         }
-        if let (Some(id), Some(business_owner), Some(technical_owner), Some(tier)) =
-            (id, business, technical, tier)
-        {
+        if let (Some(id), Some(business_owner), Some(technical_owner), Some(tier)) = (id, business, technical, tier) {
             catalog.systems.push(SystemSpec {
                 id,
                 name: s.name,
@@ -198,50 +200,27 @@ pub fn validate(
                 }
                 catalog.grants.push(grant);
             }
-            Err(errs) => problems.extend(
-                errs.into_iter()
-                    .map(|(field, e)| format!("grants[{i}].{field}: {e}")),
-            ),
+            Err(errs) => problems.extend(errs.into_iter().map(|(field, e)| format!("grants[{i}].{field}: {e}"))),
         }
     }
-    if problems.is_empty() {
-        Ok(catalog)
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(catalog) } else { Err(problems) }
 }
 
-pub fn grant(
-    g: GrantEntry,
-    known_issuers: &[String],
-    ceiling: Duration,
-) -> Result<Grant, Vec<(&'static str, String)>> {
+pub fn grant(g: GrantEntry, known_issuers: &[String], ceiling: Duration) -> Result<Grant, Vec<(&'static str, String)>> {
     let mut errs = Vec::new();
-    let id = GrantId::parse(&g.id)
-        .map_err(|e| errs.push(("id", e.0)))
-        .ok();
-    let system = SystemId::parse(&g.system)
-        .map_err(|e| errs.push(("system", e.0)))
-        .ok();
+    let id = GrantId::parse(&g.id).map_err(|e| errs.push(("id", e.0))).ok();
+    let system = SystemId::parse(&g.system).map_err(|e| errs.push(("system", e.0))).ok();
     if !known_issuers.contains(&g.issuer) {
         errs.push((
             "issuer",
-            format!(
-                "{:?} is not a configured issuer (known: {})",
-                g.issuer,
-                known_issuers.join(", ")
-            ),
+            format!("{:?} is not a configured issuer (known: {})", g.issuer, known_issuers.join(", ")),
         ));
     }
-    let subject = SubjectMatch::parse(&g.subject)
-        .map_err(|e| errs.push(("subject", e.0)))
-        .ok();
+    let subject = SubjectMatch::parse(&g.subject).map_err(|e| errs.push(("subject", e.0))).ok();
     let mut audiences = Vec::new();
     for a in &g.audiences {
         match Audience::parse(a) {
-            Ok(a) if audiences.contains(&a) => {
-                errs.push(("audiences", format!("{a} appears twice")))
-            }
+            Ok(a) if audiences.contains(&a) => errs.push(("audiences", format!("{a} appears twice"))),
             Ok(a) => audiences.push(a),
             Err(e) => errs.push(("audiences", e.0)),
         }
@@ -249,19 +228,12 @@ pub fn grant(
     if g.audiences.is_empty() {
         errs.push(("audiences", "list at least one audience".into()));
     }
-    let scopes = ScopeSet::from_list(&g.scopes)
-        .map_err(|e| errs.push(("scopes", e.0)))
-        .ok();
-    let default_scopes = ScopeSet::from_list(&g.default_scopes)
-        .map_err(|e| errs.push(("default_scopes", e.0)))
-        .ok();
+    let scopes = ScopeSet::from_list(&g.scopes).map_err(|e| errs.push(("scopes", e.0))).ok();
+    let default_scopes = ScopeSet::from_list(&g.default_scopes).map_err(|e| errs.push(("default_scopes", e.0))).ok();
     if let (Some(scopes), Some(defaults)) = (&scopes, &default_scopes) {
         let outside: Vec<_> = defaults.outside(scopes).map(|s| s.to_string()).collect();
         if !outside.is_empty() {
-            errs.push((
-                "default_scopes",
-                format!("{} not in scopes", outside.join(" ")),
-            ));
+            errs.push(("default_scopes", format!("{} not in scopes", outside.join(" "))));
         }
     }
     let kinds = match g.kinds {
@@ -270,14 +242,9 @@ pub fn grant(
             errs.push(("kinds", "list at least one credential kind".into()));
             Vec::new()
         }
-        Some(list) => list
-            .iter()
-            .filter_map(|k| {
-                CredentialKind::parse(k)
-                    .map_err(|e| errs.push(("kinds", e.0)))
-                    .ok()
-            })
-            .collect(),
+        Some(list) => {
+            list.iter().filter_map(|k| CredentialKind::parse(k).map_err(|e| errs.push(("kinds", e.0))).ok()).collect()
+        }
     };
     let max_ttl = match humantime::parse_duration(&g.max_ttl) {
         Ok(d) if d.is_zero() => {
@@ -302,24 +269,11 @@ pub fn grant(
         }
     };
     match (id, system, subject, scopes, default_scopes, max_ttl) {
-        (
-            Some(id),
-            Some(system),
-            Some(subject),
-            Some(scopes),
-            Some(default_scopes),
-            Some(max_ttl),
-        ) if errs.is_empty() => Ok(Grant {
-            id,
-            system,
-            issuer: g.issuer,
-            subject,
-            audiences,
-            scopes,
-            default_scopes,
-            kinds,
-            max_ttl,
-        }),
+        (Some(id), Some(system), Some(subject), Some(scopes), Some(default_scopes), Some(max_ttl))
+            if errs.is_empty() =>
+        {
+            Ok(Grant { id, system, issuer: g.issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl })
+        }
         _ => Err(errs),
     }
 }
@@ -342,16 +296,20 @@ pub fn parse(text: &str) -> Result<ApplyFile, String> {
 mod tests {
     use super::*;
 
-    const CEILING: Duration = Duration::from_secs(3600);
-
-    fn issuers() -> Vec<String> {
-        vec!["dev".into()]
+    fn limits() -> Limits {
+        Limits {
+            issuers: vec!["dev".into()],
+            ceiling: Duration::from_secs(3600),
+            max_pilot: Duration::from_secs(90 * 86400),
+            recertify_every: Duration::from_secs(90 * 86400),
+        }
     }
+    const NOW: OffsetDateTime = time::macros::datetime!(2026-06-01 00:00 UTC);
 
     #[test]
     fn example_file_validates() {
         let text = std::fs::read_to_string("config/dev-catalog.toml").unwrap();
-        let catalog = validate(parse(&text).unwrap(), &issuers(), CEILING).unwrap();
+        let catalog = validate(parse(&text).unwrap(), &limits(), NOW).unwrap();
         assert!(!catalog.grants.is_empty());
         assert!(!catalog.systems.is_empty());
     }
@@ -377,7 +335,7 @@ mod tests {
             default_scopes = ["b"]
             max_ttl = "2h"
         "#;
-        let problems = validate(parse(text).unwrap(), &issuers(), CEILING).unwrap_err();
+        let problems = validate(parse(text).unwrap(), &limits(), NOW).unwrap_err();
         let all = problems.join("\n");
         for expected in [
             "systems[0].id",
@@ -390,6 +348,29 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn dates_beyond_the_lifecycle_limits_are_refused() {
+        let text = r#"
+            [[owners]]
+            id = "a"
+            display_name = "A"
+            email = "a@example.com"
+            attested_until = "2027-06-01T00:00:00Z"
+
+            [[systems]]
+            id = "s"
+            name = "S"
+            purpose = "p"
+            business_owner = "a"
+            technical_owner = "a"
+            tier = "pilot"
+            pilot_ends_at = "91d"
+        "#;
+        let all = validate(parse(text).unwrap(), &limits(), NOW).unwrap_err().join("\n");
+        assert!(all.contains("owners[0].attested_until"), "{all}");
+        assert!(all.contains("systems[0].pilot_ends_at"), "{all}");
     }
 
     #[test]

@@ -45,11 +45,7 @@ pub enum ExchangeError {
 }
 
 impl Broker {
-    pub async fn exchange(
-        &self,
-        request: ExchangeRequest,
-        meta: &RequestMeta,
-    ) -> Result<Issued, ExchangeError> {
+    pub async fn exchange(&self, request: ExchangeRequest, meta: &RequestMeta) -> Result<Issued, ExchangeError> {
         let now = self.clock.now();
         let token = request.subject_token.expose_secret();
         let fingerprint = format!("sha256:{}", crypto::hex(&crypto::sha256(token.as_bytes())));
@@ -57,37 +53,23 @@ impl Broker {
         let attestation = match self.verifier.verify(token, now).await {
             Ok(a) => a,
             Err(rejection) => {
-                let denial = Denial::with_reason(
-                    DenyCode::InvalidGrant,
-                    INVALID_SUBJECT_TOKEN,
-                    rejection.to_string(),
-                );
+                let denial = Denial::with_reason(DenyCode::InvalidGrant, INVALID_SUBJECT_TOKEN, rejection.to_string());
                 let mut event = self.denial_event(&denial, &request.ask, now, meta);
                 event.attestation_id = Some(fingerprint);
                 return Err(self.deny(denial, event).await);
             }
         };
 
-        let grants = self
-            .policy
-            .grants_for_issuer(&attestation.issuer_name)
-            .await
-            .map_err(Unavailable)?;
-        let mut matching = grants
-            .into_iter()
-            .filter(|g| g.grant.subject.matches(&attestation.subject));
+        let grants = self.policy.grants_for_issuer(&attestation.issuer_name).await.map_err(Unavailable)?;
+        let mut matching = grants.into_iter().filter(|g| g.grant.subject.matches(&attestation.subject));
         let ctx = match (matching.next(), matching.next()) {
             (Some(only), None) => only,
             (None, _) => {
                 let denial = Denial::new(
                     DenyCode::UnauthorizedClient,
-                    format!(
-                        "no grant allows workload {} from issuer {}",
-                        attestation.subject, attestation.issuer_name
-                    ),
+                    format!("no grant allows workload {} from issuer {}", attestation.subject, attestation.issuer_name),
                 );
-                let event =
-                    self.attested_denial(&denial, &request.ask, &attestation, None, now, meta);
+                let event = self.attested_denial(&denial, &request.ask, &attestation, None, now, meta);
                 return Err(self.deny(denial, event).await);
             }
             (Some(first), Some(second)) => {
@@ -98,8 +80,7 @@ impl Broker {
                         attestation.subject, first.grant.id, second.grant.id
                     ),
                 );
-                let event =
-                    self.attested_denial(&denial, &request.ask, &attestation, None, now, meta);
+                let event = self.attested_denial(&denial, &request.ask, &attestation, None, now, meta);
                 return Err(self.deny(denial, event).await);
             }
         };
@@ -107,14 +88,7 @@ impl Broker {
         let decision = match decide(&ctx, &request.ask, now, self.limits) {
             Ok(d) => d,
             Err(denial) => {
-                let event = self.attested_denial(
-                    &denial,
-                    &request.ask,
-                    &attestation,
-                    Some(&ctx),
-                    now,
-                    meta,
-                );
+                let event = self.attested_denial(&denial, &request.ask, &attestation, Some(&ctx), now, meta);
                 return Err(self.deny(denial, event).await);
             }
         };
@@ -143,16 +117,10 @@ impl Broker {
             client_id: attestation.subject.clone(),
             system: ctx.system.id.to_string(),
         };
-        let access_token = self
-            .keys
-            .current()
-            .sign_jwt(ACCESS_TOKEN_TYP, &claims)
-            .map_err(|e| {
-                tracing::error!(error = %e, "signing failed");
-                ExchangeError::Unavailable(Unavailable(crate::store::StoreError::Unavailable(
-                    "signing failed".into(),
-                )))
-            })?;
+        let access_token = self.keys.current().sign_jwt(ACCESS_TOKEN_TYP, &claims).map_err(|e| {
+            tracing::error!(error = %e, "signing failed");
+            ExchangeError::Unavailable(Unavailable(crate::store::StoreError::Unavailable("signing failed".into())))
+        })?;
 
         let mut event = AuditEvent::new("credential.issued", Outcome::Success, now, meta);
         fill_attestation(&mut event, attestation, Some(ctx));
@@ -185,12 +153,7 @@ impl Broker {
             }),
             event,
         };
-        match self
-            .log
-            .record_issuance(issuance)
-            .await
-            .map_err(Unavailable)?
-        {
+        match self.log.record_issuance(issuance).await.map_err(Unavailable)? {
             IssueOutcome::Committed => {
                 tracing::info!(
                     credential.jti = %jti,
@@ -215,13 +178,22 @@ impl Broker {
         }
     }
 
-    fn denial_event(
+    /// Records an exchange refused before it could be evaluated (a
+    /// malformed or unsupported request).
+    pub async fn record_refused_request(
         &self,
-        denial: &Denial,
-        ask: &Ask,
-        now: OffsetDateTime,
+        code: &str,
+        description: &str,
+        subject_token: Option<&str>,
         meta: &RequestMeta,
-    ) -> AuditEvent {
+    ) -> Result<(), Unavailable> {
+        let mut event = AuditEvent::new("credential.denied", Outcome::Denied, self.clock.now(), meta);
+        event.reason = Some(format!("{code}: {description}"));
+        event.attestation_id = subject_token.map(|t| format!("sha256:{}", crypto::hex(&crypto::sha256(t.as_bytes()))));
+        self.log.record_event(event).await.map_err(Unavailable)
+    }
+
+    fn denial_event(&self, denial: &Denial, ask: &Ask, now: OffsetDateTime, meta: &RequestMeta) -> AuditEvent {
         let mut event = AuditEvent::new("credential.denied", Outcome::Denied, now, meta);
         event.reason = Some(format!("{}: {}", denial.code.as_str(), denial.reason));
         event.audience = ask.audience.as_ref().map(|a| a.to_string());
@@ -255,10 +227,7 @@ impl Broker {
 }
 
 fn fill_attestation(event: &mut AuditEvent, attestation: &Attestation, ctx: Option<&GrantContext>) {
-    event.actor = Some(format!(
-        "{} {}",
-        attestation.issuer_name, attestation.subject
-    ));
+    event.actor = Some(format!("{} {}", attestation.issuer_name, attestation.subject));
     event.attestation_issuer = Some(attestation.iss.clone());
     event.subject = Some(attestation.subject.clone());
     event.attestation_id = Some(attestation.token_id.clone());

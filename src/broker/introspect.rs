@@ -27,9 +27,7 @@ impl Broker {
         validation.validate_aud = false;
         validation.set_issuer(&[&self.issuer]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<AccessClaims>(token, key.decoding_key(), &validation)
-            .ok()
-            .map(|d| d.claims)
+        jsonwebtoken::decode::<AccessClaims>(token, key.decoding_key(), &validation).ok().map(|d| d.claims)
     }
 
     /// The workload (`sub`) of a token this broker issued, whatever its
@@ -49,21 +47,11 @@ impl Broker {
         if claims.exp <= t || claims.nbf > t {
             return Ok(None);
         }
-        let Some(record) = self
-            .credentials
-            .credential(&claims.jti)
-            .await
-            .map_err(Unavailable)?
-        else {
+        let Some(record) = self.credentials.credential(&claims.jti).await.map_err(Unavailable)? else {
             return Ok(None);
         };
         if record.is_revoked()
-            || operating_refusal(
-                &record.system,
-                [&record.business_owner, &record.technical_owner],
-                now,
-            )
-            .is_some()
+            || operating_refusal(&record.system, [&record.business_owner, &record.technical_owner], now).is_some()
         {
             return Ok(None);
         }
@@ -73,21 +61,14 @@ impl Broker {
     /// RFC 7009: the holder of a token revokes it, authenticated by the
     /// token itself. Unknown or invalid tokens are ignored (the caller still
     /// gets 200, as the RFC requires).
-    pub async fn revoke_by_holder(
-        &self,
-        token: &str,
-        meta: &RequestMeta,
-    ) -> Result<(), Unavailable> {
+    pub async fn revoke_by_holder(&self, token: &str, meta: &RequestMeta) -> Result<(), Unavailable> {
         let now = self.clock.now();
         let Some(claims) = self.verify_own(token) else {
             return Ok(());
         };
         let event = revocation_event(&claims, "revoked by its holder (RFC 7009)", now, meta);
-        let revoked = self
-            .log
-            .revoke_credential(&claims.jti, "revoked by its holder", event)
-            .await
-            .map_err(Unavailable)?;
+        let revoked =
+            self.log.revoke_credential(&claims.jti, "revoked by its holder", event).await.map_err(Unavailable)?;
         if revoked {
             tracing::info!(credential.jti = %claims.jti, system.id = %claims.system, "credential revoked by holder");
         }
@@ -95,12 +76,7 @@ impl Broker {
     }
 }
 
-fn revocation_event(
-    claims: &AccessClaims,
-    reason: &str,
-    now: OffsetDateTime,
-    meta: &RequestMeta,
-) -> AuditEvent {
+fn revocation_event(claims: &AccessClaims, reason: &str, now: OffsetDateTime, meta: &RequestMeta) -> AuditEvent {
     let mut event = AuditEvent::new("credential.revoked", Outcome::Success, now, meta);
     event.reason = Some(reason.to_owned());
     event.actor = Some(claims.sub.clone());

@@ -52,16 +52,12 @@ pub struct Deadline {
 /// Retry delay after `attempts` failures: 5 s doubling, at most an hour.
 pub fn backoff(attempts: i64) -> Duration {
     let exp = u32::try_from(attempts.clamp(0, 10)).unwrap_or(10);
-    Duration::from_secs(5u64.saturating_mul(2u64.saturating_pow(exp)))
-        .min(Duration::from_secs(3600))
+    Duration::from_secs(5u64.saturating_mul(2u64.saturating_pow(exp))).min(Duration::from_secs(3600))
 }
 
 impl Broker {
     /// One reaper pass at `now`.
-    pub async fn run_lifecycle_once(
-        &self,
-        now: OffsetDateTime,
-    ) -> Result<ReaperReport, Unavailable> {
+    pub async fn run_lifecycle_once(&self, now: OffsetDateTime) -> Result<ReaperReport, Unavailable> {
         let mut report = ReaperReport::default();
         let systems = self.lifecycle.list_systems().await.map_err(Unavailable)?;
         for view in &systems {
@@ -72,12 +68,7 @@ impl Broker {
                 Ok(s) => s,
                 Err(_) => continue,
             };
-            let mut event = AuditEvent::new(
-                "system.suspended",
-                Outcome::Success,
-                now,
-                &RequestMeta::default(),
-            );
+            let mut event = AuditEvent::new("system.suspended", Outcome::Success, now, &RequestMeta::default());
             event.actor = Some(LIFECYCLE_ACTOR.into());
             event.system_id = Some(view.system.id.to_string());
             event.reason = Some(why.clone());
@@ -86,11 +77,7 @@ impl Broker {
                 "business_owner": view.system.business_owner,
                 "technical_owner": view.system.technical_owner,
             }));
-            let outcome = self
-                .lifecycle
-                .save_system(&suspended, Some(&why), event)
-                .await
-                .map_err(Unavailable)?;
+            let outcome = self.lifecycle.save_system(&suspended, Some(&why), event).await.map_err(Unavailable)?;
             tracing::warn!(system.id = %view.system.id, reason = %why, revoked = outcome.revoked, "system suspended");
             report.revoked += outcome.revoked;
             report.suspended.push((view.system.id.to_string(), why));
@@ -108,24 +95,16 @@ impl Broker {
                 message: deadline.message.clone(),
                 created_at: now,
             };
-            let kind = if lapsed {
-                "owner.lapsed"
-            } else {
-                "lifecycle.notice"
-            };
+            let kind = if lapsed { "owner.lapsed" } else { "lifecycle.notice" };
             let mut event = AuditEvent::new(kind, Outcome::Success, now, &RequestMeta::default());
             event.actor = Some(LIFECYCLE_ACTOR.into());
             event.reason = Some(deadline.message.clone());
             event.detail = Some(serde_json::json!(deadline));
-            let job = self.webhook.as_ref().map(|_| JobSpec::Webhook {
-                body: serde_json::json!({"notice": notice, "systems": deadline.systems}),
-            });
-            if self
-                .lifecycle
-                .record_notice(&notice, event, job)
-                .await
-                .map_err(Unavailable)?
-            {
+            let job = self
+                .webhook
+                .as_ref()
+                .map(|_| JobSpec::Webhook { body: serde_json::json!({"notice": notice, "systems": deadline.systems}) });
+            if self.lifecycle.record_notice(&notice, event, job).await.map_err(Unavailable)? {
                 report.notices += 1;
             }
         }
@@ -172,19 +151,13 @@ impl Broker {
             }
             let owned: Vec<String> = systems
                 .iter()
-                .filter(|v| {
-                    v.system.business_owner == owner.id || v.system.technical_owner == owner.id
-                })
+                .filter(|v| v.system.business_owner == owner.id || v.system.technical_owner == owner.id)
                 .map(|v| v.system.id.to_string())
                 .collect();
             let (kind, message) = if owner.attested_until <= now {
                 (
                     "owner.lapsed",
-                    format!(
-                        "owner {}'s ownership attestation lapsed at {}",
-                        owner.id,
-                        rfc3339(owner.attested_until)
-                    ),
+                    format!("owner {}'s ownership attestation lapsed at {}", owner.id, rfc3339(owner.attested_until)),
                 )
             } else {
                 (
@@ -211,11 +184,7 @@ impl Broker {
 
     /// Runs due jobs once; returns (done, failed).
     pub async fn run_jobs_once(&self, now: OffsetDateTime) -> Result<(usize, usize), Unavailable> {
-        let jobs = self
-            .jobs
-            .due_jobs(now, JOBS_PER_PASS)
-            .await
-            .map_err(Unavailable)?;
+        let jobs = self.jobs.due_jobs(now, JOBS_PER_PASS).await.map_err(Unavailable)?;
         let (mut done, mut failed) = (0, 0);
         for job in jobs {
             match self.run_job(&job).await {
@@ -226,10 +195,7 @@ impl Broker {
                 Err(error) => {
                     let retry_at = now + backoff(job.attempts);
                     tracing::warn!(job.id = job.id, job.kind = %job.kind, attempts = job.attempts + 1, error = %error, "job failed; will retry");
-                    self.jobs
-                        .job_failed(job.id, &error, retry_at, now)
-                        .await
-                        .map_err(Unavailable)?;
+                    self.jobs.job_failed(job.id, &error, retry_at, now).await.map_err(Unavailable)?;
                     failed += 1;
                 }
             }
@@ -242,12 +208,7 @@ impl Broker {
             return Err(format!("job {} has an unreadable payload", job.id));
         };
         match spec {
-            JobSpec::MarkRevoked {
-                target,
-                through,
-                reason,
-                at,
-            } => {
+            JobSpec::MarkRevoked { target, through, reason, at } => {
                 for _ in 0..MARK_BATCHES_PER_PASS {
                     let marked = self
                         .jobs

@@ -16,10 +16,7 @@ use crate::clock::SharedClock;
 use crate::domain::lifecycle::LifecyclePolicy;
 use crate::domain::policy::TtlPolicy;
 use crate::keys::Keyring;
-use crate::store::{
-    AdminTokenStore, CredentialStore, IssuanceLog, JobStore, LifecycleStore, PolicyStore,
-    StoreError,
-};
+use crate::store::{AdminTokenStore, CredentialStore, IssuanceLog, JobStore, LifecycleStore, PolicyStore, StoreError};
 
 /// Everything the use cases need, cheap to clone.
 #[derive(Clone)]

@@ -8,10 +8,7 @@ use super::{Broker, Unavailable};
 use crate::domain::lifecycle::{self, GateCheck, LifecycleError, SystemView, check_pilot_end};
 use crate::domain::model::{Grant, Owner, OwnerStatus, System, SystemState, Tier};
 use crate::domain::values::{GrantId, OwnerId, SystemId};
-use crate::store::{
-    AuditEvent, CredentialSummary, Outcome, RequestMeta, RevocationOutcome, RevokeTarget,
-    StoreError,
-};
+use crate::store::{AuditEvent, CredentialSummary, Outcome, RequestMeta, RevocationOutcome, RevokeTarget, StoreError};
 
 /// Why an operator request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +29,7 @@ pub enum OpError {
 
 impl OpError {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            field: field.to_owned(),
-            message: message.into(),
-        }
+        Self::Invalid { field: field.to_owned(), message: message.into() }
     }
 }
 
@@ -102,13 +96,7 @@ fn event(kind: &str, actor: &AdminCaller, now: OffsetDateTime, meta: &RequestMet
     e
 }
 
-fn system_event(
-    kind: &str,
-    actor: &AdminCaller,
-    view: &System,
-    now: OffsetDateTime,
-    meta: &RequestMeta,
-) -> AuditEvent {
+fn system_event(kind: &str, actor: &AdminCaller, view: &System, now: OffsetDateTime, meta: &RequestMeta) -> AuditEvent {
     let mut e = event(kind, actor, now, meta);
     e.system_id = Some(view.id.to_string());
     e.detail = Some(serde_json::json!({
@@ -122,10 +110,7 @@ fn system_event(
 fn require_reason(reason: &str) -> Result<String, OpError> {
     let reason = reason.trim();
     if reason.is_empty() || reason.len() > 500 {
-        return Err(OpError::invalid(
-            "reason",
-            "a reason of 1-500 characters is required",
-        ));
+        return Err(OpError::invalid("reason", "a reason of 1-500 characters is required"));
     }
     Ok(reason.to_owned())
 }
@@ -136,10 +121,7 @@ impl Broker {
     }
 
     pub async fn system_view(&self, id: &SystemId) -> Result<SystemView, OpError> {
-        self.lifecycle
-            .system(id)
-            .await?
-            .ok_or_else(|| OpError::NotFound(format!("system {id} does not exist")))
+        self.lifecycle.system(id).await?.ok_or_else(|| OpError::NotFound(format!("system {id} does not exist")))
     }
 
     pub async fn create_system(
@@ -158,13 +140,9 @@ impl Broker {
             }
             Tier::Sandbox | Tier::Pilot => {
                 let end = input.pilot_ends_at.ok_or_else(|| {
-                    OpError::invalid(
-                        "pilot_ends_at",
-                        "sandbox and pilot systems need an end date (RFC 3339)",
-                    )
+                    OpError::invalid("pilot_ends_at", "sandbox and pilot systems need an end date (RFC 3339)")
                 })?;
-                check_pilot_end(end, now, &self.lifecycle_policy)
-                    .map_err(|m| OpError::invalid("pilot_ends_at", m))?;
+                check_pilot_end(end, now, &self.lifecycle_policy).map_err(|m| OpError::invalid("pilot_ends_at", m))?;
             }
         }
         let system = System {
@@ -179,12 +157,7 @@ impl Broker {
             data_classification: input.data_classification.filter(|d| !d.trim().is_empty()),
             suspended_reason: None,
         };
-        self.lifecycle
-            .create_system(
-                &system,
-                system_event("system.created", actor, &system, now, meta),
-            )
-            .await?;
+        self.lifecycle.create_system(&system, system_event("system.created", actor, &system, now, meta)).await?;
         Ok(system)
     }
 
@@ -211,25 +184,15 @@ impl Broker {
         }
         if let Some(end) = patch.pilot_ends_at {
             if system.tier == Tier::Production {
-                return Err(OpError::invalid(
-                    "pilot_ends_at",
-                    "a production system has no pilot end",
-                ));
+                return Err(OpError::invalid("pilot_ends_at", "a production system has no pilot end"));
             }
-            check_pilot_end(end, now, &self.lifecycle_policy)
-                .map_err(|m| OpError::invalid("pilot_ends_at", m))?;
+            check_pilot_end(end, now, &self.lifecycle_policy).map_err(|m| OpError::invalid("pilot_ends_at", m))?;
             system.pilot_ends_at = Some(end);
         }
         if let Some(c) = patch.data_classification {
             system.data_classification = Some(c).filter(|d| !d.trim().is_empty());
         }
-        self.lifecycle
-            .save_system(
-                &system,
-                None,
-                system_event("system.changed", actor, &system, now, meta),
-            )
-            .await?;
+        self.lifecycle.save_system(&system, None, system_event("system.changed", actor, &system, now, meta)).await?;
         Ok(system)
     }
 
@@ -242,31 +205,20 @@ impl Broker {
     ) -> Result<(System, Vec<GateCheck>), OpError> {
         let now = self.clock.now();
         let view = self.system_view(id).await?;
-        let (promoted, checks) = match lifecycle::promote(
-            &view,
-            &actor.name,
-            pilot_ends_at,
-            now,
-            &self.lifecycle_policy,
-        ) {
-            Ok(done) => done,
-            Err(e) => {
-                // A refused gate is a decision too: record it.
-                let mut refused =
-                    system_event("system.promotion_refused", actor, &view.system, now, meta);
-                refused.outcome = Outcome::Denied;
-                refused.reason = Some(e.to_string());
-                self.log.record_event(refused).await.map_err(Unavailable)?;
-                return Err(e.into());
-            }
-        };
+        let (promoted, checks) =
+            match lifecycle::promote(&view, &actor.name, pilot_ends_at, now, &self.lifecycle_policy) {
+                Ok(done) => done,
+                Err(e) => {
+                    // A refused gate is a decision too: record it.
+                    let mut refused = system_event("system.promotion_refused", actor, &view.system, now, meta);
+                    refused.outcome = Outcome::Denied;
+                    refused.reason = Some(e.to_string());
+                    self.log.record_event(refused).await.map_err(Unavailable)?;
+                    return Err(e.into());
+                }
+            };
         let mut e = system_event("system.promoted", actor, &promoted, now, meta);
-        e.reason = Some(format!(
-            "{} → {} approved by {}",
-            view.system.tier,
-            promoted.tier,
-            actor.actor()
-        ));
+        e.reason = Some(format!("{} → {} approved by {}", view.system.tier, promoted.tier, actor.actor()));
         if let Some(serde_json::Value::Object(map)) = &mut e.detail {
             map.insert("gate".into(), serde_json::json!(checks));
             map.insert("approver".into(), serde_json::json!(actor.actor()));
@@ -285,16 +237,10 @@ impl Broker {
         let reason = require_reason(reason)?;
         let now = self.clock.now();
         let view = self.system_view(id).await?;
-        let suspended = lifecycle::suspend(
-            &view.system,
-            &format!("suspended by {}: {reason}", actor.name),
-        )?;
+        let suspended = lifecycle::suspend(&view.system, &format!("suspended by {}: {reason}", actor.name))?;
         let mut e = system_event("system.suspended", actor, &suspended, now, meta);
         e.reason = Some(reason.clone());
-        let outcome = self
-            .lifecycle
-            .save_system(&suspended, Some(&reason), e)
-            .await?;
+        let outcome = self.lifecycle.save_system(&suspended, Some(&reason), e).await?;
         Ok((suspended, outcome))
     }
 
@@ -308,16 +254,10 @@ impl Broker {
         let reason = require_reason(reason)?;
         let now = self.clock.now();
         let view = self.system_view(id).await?;
-        let retired = lifecycle::retire(
-            &view.system,
-            &format!("retired by {}: {reason}", actor.name),
-        )?;
+        let retired = lifecycle::retire(&view.system, &format!("retired by {}: {reason}", actor.name))?;
         let mut e = system_event("system.retired", actor, &retired, now, meta);
         e.reason = Some(reason.clone());
-        let outcome = self
-            .lifecycle
-            .save_system(&retired, Some(&reason), e)
-            .await?;
+        let outcome = self.lifecycle.save_system(&retired, Some(&reason), e).await?;
         Ok((retired, outcome))
     }
 
@@ -332,11 +272,7 @@ impl Broker {
         let view = self.system_view(id).await?;
         let reinstated = lifecycle::reinstate(&view, pilot_ends_at, now, &self.lifecycle_policy)?;
         let mut e = system_event("system.reinstated", actor, &reinstated, now, meta);
-        e.reason = view
-            .system
-            .suspended_reason
-            .clone()
-            .map(|r| format!("was: {r}"));
+        e.reason = view.system.suspended_reason.clone().map(|r| format!("was: {r}"));
         self.lifecycle.save_system(&reinstated, None, e).await?;
         Ok(reinstated)
     }
@@ -356,14 +292,9 @@ impl Broker {
         e.system_id = Some(id.to_string());
         e.reason = Some(reason.clone());
         e.detail = Some(serde_json::json!({"by": "system"}));
-        let target = RevokeTarget::System {
-            system_id: id.to_string(),
-        };
+        let target = RevokeTarget::System { system_id: id.to_string() };
         let outcome = self.lifecycle.revoke(&target, &reason, e).await?;
-        Ok(Revocation {
-            revoked: outcome.revoked,
-            systems: vec![id.to_string()],
-        })
+        Ok(Revocation { revoked: outcome.revoked, systems: vec![id.to_string()] })
     }
 
     /// Revokes every credential of one workload identity.
@@ -377,10 +308,7 @@ impl Broker {
     ) -> Result<Revocation, OpError> {
         let reason = require_reason(reason)?;
         if issuer.is_empty() || subject.is_empty() {
-            return Err(OpError::invalid(
-                "subject",
-                "name the workload by issuer and subject",
-            ));
+            return Err(OpError::invalid("subject", "name the workload by issuer and subject"));
         }
         let now = self.clock.now();
         let mut e = event("credential.revoked", actor, now, meta);
@@ -388,15 +316,9 @@ impl Broker {
         e.subject = Some(subject.to_owned());
         e.reason = Some(reason.clone());
         e.detail = Some(serde_json::json!({"by": "workload"}));
-        let target = RevokeTarget::Workload {
-            issuer: issuer.to_owned(),
-            subject: subject.to_owned(),
-        };
+        let target = RevokeTarget::Workload { issuer: issuer.to_owned(), subject: subject.to_owned() };
         let outcome = self.lifecycle.revoke(&target, &reason, e).await?;
-        Ok(Revocation {
-            revoked: outcome.revoked,
-            systems: Vec::new(),
-        })
+        Ok(Revocation { revoked: outcome.revoked, systems: Vec::new() })
     }
 
     /// Revokes one credential by `jti`.
@@ -418,15 +340,8 @@ impl Broker {
         e.system_id = Some(record.system.id.to_string());
         e.reason = Some(reason.clone());
         let active = !record.is_revoked();
-        let done = self
-            .log
-            .revoke_credential(jti, &reason, e)
-            .await
-            .map_err(Unavailable)?;
-        Ok(Revocation {
-            revoked: u64::from(done && active),
-            systems: vec![record.system.id.to_string()],
-        })
+        let done = self.log.revoke_credential(jti, &reason, e).await.map_err(Unavailable)?;
+        Ok(Revocation { revoked: u64::from(done && active), systems: vec![record.system.id.to_string()] })
     }
 
     /// Revokes every credential of every system the owner owns.
@@ -439,10 +354,7 @@ impl Broker {
     ) -> Result<Revocation, OpError> {
         let reason = require_reason(reason)?;
         self.owner(id).await?;
-        let mut total = Revocation {
-            revoked: 0,
-            systems: Vec::new(),
-        };
+        let mut total = Revocation { revoked: 0, systems: Vec::new() };
         for view in self.systems().await? {
             let s = &view.system;
             if s.business_owner == *id || s.technical_owner == *id {
@@ -451,9 +363,7 @@ impl Broker {
                 e.system_id = Some(s.id.to_string());
                 e.reason = Some(reason.clone());
                 e.detail = Some(serde_json::json!({"by": "owner", "owner": id}));
-                let target = RevokeTarget::System {
-                    system_id: s.id.to_string(),
-                };
+                let target = RevokeTarget::System { system_id: s.id.to_string() };
                 total.revoked += self.lifecycle.revoke(&target, &reason, e).await?.revoked;
                 total.systems.push(s.id.to_string());
             }
@@ -463,10 +373,7 @@ impl Broker {
 
     pub async fn credentials_of(&self, id: &SystemId) -> Result<Vec<CredentialSummary>, OpError> {
         self.system_view(id).await?;
-        Ok(self
-            .lifecycle
-            .outstanding_credentials(id, self.clock.now())
-            .await?)
+        Ok(self.lifecycle.outstanding_credentials(id, self.clock.now()).await?)
     }
 
     pub async fn owners(&self) -> Result<Vec<Owner>, OpError> {
@@ -474,10 +381,7 @@ impl Broker {
     }
 
     pub async fn owner(&self, id: &OwnerId) -> Result<Owner, OpError> {
-        self.lifecycle
-            .owner(id)
-            .await?
-            .ok_or_else(|| OpError::NotFound(format!("owner {id} does not exist")))
+        self.lifecycle.owner(id).await?.ok_or_else(|| OpError::NotFound(format!("owner {id} does not exist")))
     }
 
     pub async fn create_owner(
@@ -515,9 +419,7 @@ impl Broker {
         let now = self.clock.now();
         let mut owner = self.owner(id).await?;
         if owner.status == OwnerStatus::Departed {
-            return Err(OpError::Conflict(format!(
-                "owner {id} has departed and cannot be recertified"
-            )));
+            return Err(OpError::Conflict(format!("owner {id} has departed and cannot be recertified")));
         }
         owner.attested_until = now + self.lifecycle_policy.recertify_every;
         let mut e = event("owner.recertified", actor, now, meta);
@@ -538,9 +440,7 @@ impl Broker {
         let now = self.clock.now();
         let mut owner = self.owner(id).await?;
         if owner.status == OwnerStatus::Departed {
-            return Err(OpError::Conflict(format!(
-                "owner {id} has already departed"
-            )));
+            return Err(OpError::Conflict(format!("owner {id} has already departed")));
         }
         owner.status = OwnerStatus::Departed;
         let mut e = event("owner.departed", actor, now, meta);
@@ -555,12 +455,7 @@ impl Broker {
         Ok(self.lifecycle.grants(id).await?)
     }
 
-    pub async fn create_grant(
-        &self,
-        grant: Grant,
-        actor: &AdminCaller,
-        meta: &RequestMeta,
-    ) -> Result<Grant, OpError> {
+    pub async fn create_grant(&self, grant: Grant, actor: &AdminCaller, meta: &RequestMeta) -> Result<Grant, OpError> {
         self.system_view(&grant.system).await?;
         let now = self.clock.now();
         let mut e = event("grant.created", actor, now, meta);
@@ -585,9 +480,7 @@ impl Broker {
         if self.lifecycle.delete_grant(system, grant, e).await? {
             Ok(())
         } else {
-            Err(OpError::NotFound(format!(
-                "system {system} has no grant {grant}"
-            )))
+            Err(OpError::NotFound(format!("system {system} has no grant {grant}")))
         }
     }
 }

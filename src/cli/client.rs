@@ -18,12 +18,7 @@ use crate::clock::{Clock, SystemClock};
 #[derive(Debug, Args)]
 pub struct Remote {
     /// Base URL of the halflife server.
-    #[arg(
-        long,
-        env = "HALFLIFE_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "HALFLIFE_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
     pub server: String,
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
@@ -219,58 +214,35 @@ struct Client {
 
 impl Client {
     fn new(remote: &Remote) -> anyhow::Result<Self> {
-        let token = std::env::var("HALFLIFE_TOKEN")
-            .map(SecretString::from)
-            .context("set HALFLIFE_TOKEN to an admin token (halflife admin token create --role operator --name <you>)")?;
+        let token = std::env::var("HALFLIFE_TOKEN").map(SecretString::from).context(
+            "set HALFLIFE_TOKEN to an admin token (halflife admin token create --role operator --name <you>)",
+        )?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(client_tls()?)
             .timeout(Duration::from_secs(30))
             .build()
             .context("failed to build the HTTP client")?;
-        Ok(Self {
-            http,
-            base: remote.server.trim_end_matches('/').to_owned(),
-            token,
-            json: remote.json,
-        })
+        Ok(Self { http, base: remote.server.trim_end_matches('/').to_owned(), token, json: remote.json })
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(self.token.expose_secret());
+        let mut request =
+            self.http.request(method, format!("{}{path}", self.base)).bearer_auth(self.token.expose_secret());
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+        let response = request.send().await.with_context(|| format!("cannot reach {}", self.base))?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .context("failed to read the response")?;
-        let value: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let text = response.text().await.context("failed to read the response")?;
+        let value: Value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         if !status.is_success() {
-            let description = value
-                .get("error_description")
-                .and_then(Value::as_str)
-                .map_or_else(|| value.to_string(), str::to_owned);
+            let description =
+                value.get("error_description").and_then(Value::as_str).map_or_else(|| value.to_string(), str::to_owned);
             let failed = value
                 .get("failed_checks")
                 .and_then(Value::as_array)
-                .map(|c| {
-                    c.iter()
-                        .filter_map(Value::as_str)
-                        .map(|s| format!("\n  - {s}"))
-                        .collect::<String>()
-                })
+                .map(|c| c.iter().filter_map(Value::as_str).map(|s| format!("\n  - {s}")).collect::<String>())
                 .unwrap_or_default();
             bail!("{} ({status}){failed}", description);
         }
@@ -279,10 +251,7 @@ impl Client {
 
     fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(value).unwrap_or_default()
-            );
+            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
         } else {
             table(value);
         }
@@ -292,14 +261,10 @@ impl Client {
 /// TLS for the CLI: rustls on ring with the platform's trust store.
 fn client_tls() -> anyhow::Result<rustls::ClientConfig> {
     use rustls_platform_verifier::BuilderVerifierExt;
-    Ok(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
+    Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_platform_verifier()?
-        .with_no_client_auth(),
-    )
+        .with_no_client_auth())
 }
 
 /// Accepts RFC 3339, or a duration from now (`30d`) converted to RFC 3339.
@@ -307,9 +272,8 @@ fn when(text: &str) -> anyhow::Result<String> {
     if OffsetDateTime::parse(text, &Rfc3339).is_ok() {
         return Ok(text.to_owned());
     }
-    let d = humantime::parse_duration(text).with_context(|| {
-        format!("{text:?} is neither an RFC 3339 time nor a duration such as 30d")
-    })?;
+    let d = humantime::parse_duration(text)
+        .with_context(|| format!("{text:?} is neither an RFC 3339 time nor a duration such as 30d"))?;
     Ok(crate::domain::rfc3339(SystemClock.now() + d))
 }
 
@@ -317,38 +281,23 @@ fn cell(v: &Value, key: &str) -> String {
     match v.get(key) {
         None | Some(Value::Null) => "-".into(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(Value::Array(items)) => {
+            items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned)).collect::<Vec<_>>().join(" ")
+        }
         Some(other) => other.to_string(),
     }
 }
 
 /// Prints rows of `items` as an aligned table of `columns`.
 fn table(items: &[Value], columns: &[&str]) {
-    let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|i| columns.iter().map(|c| cell(i, c)).collect())
-        .collect();
+    let rows: Vec<Vec<String>> = items.iter().map(|i| columns.iter().map(|c| cell(i, c)).collect()).collect();
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
-        .map(|(n, c)| {
-            rows.iter()
-                .map(|r| r[n].chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(c.len())
-        })
+        .map(|(n, c)| rows.iter().map(|r| r[n].chars().count()).max().unwrap_or(0).max(c.len()))
         .collect();
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(columns.iter().map(|c| c.to_uppercase()).collect());
@@ -358,10 +307,7 @@ fn table(items: &[Value], columns: &[&str]) {
 }
 
 fn list<'a>(value: &'a Value, key: &str) -> &'a [Value] {
-    value
-        .get(key)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
+    value.get(key).and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 fn record(value: &Value) {
@@ -378,15 +324,7 @@ fn record(value: &Value) {
     }
 }
 
-const SYSTEM_COLUMNS: &[&str] = &[
-    "id",
-    "tier",
-    "state",
-    "business_owner",
-    "technical_owner",
-    "pilot_ends_at",
-    "name",
-];
+const SYSTEM_COLUMNS: &[&str] = &["id", "tier", "state", "business_owner", "technical_owner", "pilot_ends_at", "name"];
 const OWNER_COLUMNS: &[&str] = &["id", "status", "attested_until", "email", "display_name"];
 const GRANT_COLUMNS: &[&str] = &["id", "issuer", "subject", "audiences", "scopes", "max_ttl"];
 
@@ -402,13 +340,7 @@ pub async fn systems(remote: &Remote, command: SystemsCommand) -> anyhow::Result
             c.print(&v, |v| table(list(v, "systems"), SYSTEM_COLUMNS));
         }
         SystemsCommand::Show { id } => {
-            let v = c
-                .call(
-                    Method::GET,
-                    &format!("/v1/systems/{}", path_segment(&id)),
-                    None,
-                )
-                .await?;
+            let v = c.call(Method::GET, &format!("/v1/systems/{}", path_segment(&id)), None).await?;
             c.print(&v, record);
         }
         SystemsCommand::Create(a) => {
@@ -428,10 +360,7 @@ pub async fn systems(remote: &Remote, command: SystemsCommand) -> anyhow::Result
                 ("purpose", a.purpose),
                 ("business_owner", a.business_owner),
                 ("technical_owner", a.technical_owner),
-                (
-                    "pilot_ends_at",
-                    a.pilot_ends_at.as_deref().map(when).transpose()?,
-                ),
+                ("pilot_ends_at", a.pilot_ends_at.as_deref().map(when).transpose()?),
                 ("data_classification", a.data_classification),
             ] {
                 if let Some(v) = v {
@@ -439,35 +368,17 @@ pub async fn systems(remote: &Remote, command: SystemsCommand) -> anyhow::Result
                 }
             }
             let v = c
-                .call(
-                    Method::PATCH,
-                    &format!("/v1/systems/{}", path_segment(&a.id)),
-                    Some(Value::Object(body)),
-                )
+                .call(Method::PATCH, &format!("/v1/systems/{}", path_segment(&a.id)), Some(Value::Object(body)))
                 .await?;
             c.print(&v, record);
         }
         SystemsCommand::Promote { id, pilot_ends_at } => {
             let body = json!({"pilot_ends_at": pilot_ends_at.as_deref().map(when).transpose()?});
-            let v = c
-                .call(
-                    Method::POST,
-                    &format!("/v1/systems/{}/promote", path_segment(&id)),
-                    Some(body),
-                )
-                .await?;
+            let v = c.call(Method::POST, &format!("/v1/systems/{}/promote", path_segment(&id)), Some(body)).await?;
             c.print(&v, |v| {
-                println!(
-                    "{} is now {}",
-                    cell(&v["system"], "id"),
-                    cell(&v["system"], "tier")
-                );
+                println!("{} is now {}", cell(&v["system"], "id"), cell(&v["system"], "tier"));
                 for check in list(v, "gate") {
-                    println!(
-                        "  passed  {}: {}",
-                        cell(check, "check"),
-                        cell(check, "detail")
-                    );
+                    println!("  passed  {}: {}", cell(check, "check"), cell(check, "detail"));
                 }
             });
         }
@@ -479,12 +390,7 @@ pub async fn systems(remote: &Remote, command: SystemsCommand) -> anyhow::Result
                     Some(json!({"reason": reason})),
                 )
                 .await?;
-            c.print(&v, |v| {
-                println!(
-                    "{id} suspended; {} credential(s) revoked",
-                    cell(v, "revoked")
-                )
-            });
+            c.print(&v, |v| println!("{id} suspended; {} credential(s) revoked", cell(v, "revoked")));
         }
         SystemsCommand::Retire { id, reason } => {
             let v = c
@@ -494,22 +400,12 @@ pub async fn systems(remote: &Remote, command: SystemsCommand) -> anyhow::Result
                     Some(json!({"reason": reason})),
                 )
                 .await?;
-            c.print(&v, |v| {
-                println!("{id} retired; {} credential(s) revoked", cell(v, "revoked"))
-            });
+            c.print(&v, |v| println!("{id} retired; {} credential(s) revoked", cell(v, "revoked")));
         }
         SystemsCommand::Reinstate { id, pilot_ends_at } => {
             let body = json!({"pilot_ends_at": pilot_ends_at.as_deref().map(when).transpose()?});
-            let v = c
-                .call(
-                    Method::POST,
-                    &format!("/v1/systems/{}/reinstate", path_segment(&id)),
-                    Some(body),
-                )
-                .await?;
-            c.print(&v, |v| {
-                println!("{} reinstated ({})", cell(v, "id"), cell(v, "state"))
-            });
+            let v = c.call(Method::POST, &format!("/v1/systems/{}/reinstate", path_segment(&id)), Some(body)).await?;
+            c.print(&v, |v| println!("{} reinstated ({})", cell(v, "id"), cell(v, "state")));
         }
         SystemsCommand::Revoke { id, reason } => {
             let v = c
@@ -519,33 +415,15 @@ pub async fn systems(remote: &Remote, command: SystemsCommand) -> anyhow::Result
                     Some(json!({"reason": reason})),
                 )
                 .await?;
-            c.print(&v, |v| {
-                println!("{} credential(s) revoked", cell(v, "revoked"))
-            });
+            c.print(&v, |v| println!("{} credential(s) revoked", cell(v, "revoked")));
         }
         SystemsCommand::Credentials { id } => {
-            let v = c
-                .call(
-                    Method::GET,
-                    &format!("/v1/systems/{}/credentials", path_segment(&id)),
-                    None,
-                )
-                .await?;
-            c.print(&v, |v| {
-                table(
-                    list(v, "credentials"),
-                    &["jti", "subject", "audience", "scopes", "exp"],
-                )
-            });
+            let v = c.call(Method::GET, &format!("/v1/systems/{}/credentials", path_segment(&id)), None).await?;
+            c.print(&v, |v| table(list(v, "credentials"), &["jti", "subject", "audience", "scopes", "exp"]));
         }
         SystemsCommand::Expiring => {
             let v = c.call(Method::GET, "/v1/expiring", None).await?;
-            c.print(&v, |v| {
-                table(
-                    list(v, "deadlines"),
-                    &["due_at", "kind", "subject_id", "systems", "message"],
-                )
-            });
+            c.print(&v, |v| table(list(v, "deadlines"), &["due_at", "kind", "subject_id", "systems", "message"]));
         }
     }
     Ok(())
@@ -559,39 +437,18 @@ pub async fn owners(remote: &Remote, command: OwnersCommand) -> anyhow::Result<(
             c.print(&v, |v| table(list(v, "owners"), OWNER_COLUMNS));
         }
         OwnersCommand::Show { id } => {
-            let v = c
-                .call(
-                    Method::GET,
-                    &format!("/v1/owners/{}", path_segment(&id)),
-                    None,
-                )
-                .await?;
+            let v = c.call(Method::GET, &format!("/v1/owners/{}", path_segment(&id)), None).await?;
             c.print(&v, record);
         }
-        OwnersCommand::Create {
-            id,
-            display_name,
-            email,
-        } => {
+        OwnersCommand::Create { id, display_name, email } => {
             let body = json!({"id": id, "display_name": display_name, "email": email});
             let v = c.call(Method::POST, "/v1/owners", Some(body)).await?;
             c.print(&v, record);
         }
         OwnersCommand::Recertify { id } => {
-            let v = c
-                .call(
-                    Method::POST,
-                    &format!("/v1/owners/{}/recertify", path_segment(&id)),
-                    Some(json!({})),
-                )
-                .await?;
-            c.print(&v, |v| {
-                println!(
-                    "{} attested until {}",
-                    cell(v, "id"),
-                    cell(v, "attested_until")
-                )
-            });
+            let v =
+                c.call(Method::POST, &format!("/v1/owners/{}/recertify", path_segment(&id)), Some(json!({}))).await?;
+            c.print(&v, |v| println!("{} attested until {}", cell(v, "id"), cell(v, "attested_until")));
         }
         OwnersCommand::Depart { id, reason } => {
             let v = c
@@ -601,12 +458,7 @@ pub async fn owners(remote: &Remote, command: OwnersCommand) -> anyhow::Result<(
                     Some(json!({"reason": reason})),
                 )
                 .await?;
-            c.print(&v, |v| {
-                println!(
-                    "{} departed; their systems no longer operate",
-                    cell(v, "id")
-                )
-            });
+            c.print(&v, |v| println!("{} departed; their systems no longer operate", cell(v, "id")));
         }
         OwnersCommand::Revoke { id, reason } => {
             let v = c
@@ -616,13 +468,7 @@ pub async fn owners(remote: &Remote, command: OwnersCommand) -> anyhow::Result<(
                     Some(json!({"reason": reason})),
                 )
                 .await?;
-            c.print(&v, |v| {
-                println!(
-                    "{} credential(s) revoked across {}",
-                    cell(v, "revoked"),
-                    cell(v, "systems")
-                )
-            });
+            c.print(&v, |v| println!("{} credential(s) revoked across {}", cell(v, "revoked"), cell(v, "systems")));
         }
     }
     Ok(())
@@ -632,13 +478,7 @@ pub async fn grants(remote: &Remote, command: GrantsCommand) -> anyhow::Result<(
     let c = Client::new(remote)?;
     match command {
         GrantsCommand::List { system } => {
-            let v = c
-                .call(
-                    Method::GET,
-                    &format!("/v1/systems/{}/grants", path_segment(&system)),
-                    None,
-                )
-                .await?;
+            let v = c.call(Method::GET, &format!("/v1/systems/{}/grants", path_segment(&system)), None).await?;
             c.print(&v, |v| table(list(v, "grants"), GRANT_COLUMNS));
         }
         GrantsCommand::Add(a) => {
@@ -649,23 +489,14 @@ pub async fn grants(remote: &Remote, command: GrantsCommand) -> anyhow::Result<(
             if !a.kinds.is_empty() {
                 body["kinds"] = json!(a.kinds);
             }
-            let v = c
-                .call(
-                    Method::POST,
-                    &format!("/v1/systems/{}/grants", path_segment(&a.system)),
-                    Some(body),
-                )
-                .await?;
+            let v =
+                c.call(Method::POST, &format!("/v1/systems/{}/grants", path_segment(&a.system)), Some(body)).await?;
             c.print(&v, record);
         }
         GrantsCommand::Delete { system, grant } => {
             c.call(
                 Method::DELETE,
-                &format!(
-                    "/v1/systems/{}/grants/{}",
-                    path_segment(&system),
-                    path_segment(&grant)
-                ),
+                &format!("/v1/systems/{}/grants/{}", path_segment(&system), path_segment(&grant)),
                 None,
             )
             .await?;
@@ -687,30 +518,14 @@ pub async fn revoke(remote: &Remote, args: RevokeArgs) -> anyhow::Result<()> {
         _ => bail!("give --jti, or --workload with --issuer"),
     };
     let v = c.call(Method::POST, "/v1/revoke", Some(body)).await?;
-    c.print(&v, |v| {
-        println!("{} credential(s) revoked", cell(v, "revoked"))
-    });
+    c.print(&v, |v| println!("{} credential(s) revoked", cell(v, "revoked")));
     Ok(())
 }
 
 pub async fn jobs(remote: &Remote, command: JobsCommand) -> anyhow::Result<()> {
     let c = Client::new(remote)?;
     let JobsCommand::List { all } = command;
-    let v = c
-        .call(Method::GET, &format!("/v1/jobs?all={all}"), None)
-        .await?;
-    c.print(&v, |v| {
-        table(
-            list(v, "jobs"),
-            &[
-                "id",
-                "kind",
-                "status",
-                "attempts",
-                "next_attempt_at",
-                "last_error",
-            ],
-        )
-    });
+    let v = c.call(Method::GET, &format!("/v1/jobs?all={all}"), None).await?;
+    c.print(&v, |v| table(list(v, "jobs"), &["id", "kind", "status", "attempts", "next_attempt_at", "last_error"]));
     Ok(())
 }

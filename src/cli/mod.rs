@@ -171,16 +171,10 @@ fn parse_role(s: &str) -> Result<Role, String> {
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
     }
 }
 
@@ -216,10 +210,7 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
         }
         LocalCommand::Apply(args) => {
             let store = app::open_store(&config).await?;
-            let actor = format!(
-                "cli:{}",
-                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-            );
+            let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
             let report = app::apply_file(
                 &store as &dyn CatalogStore,
                 &config,
@@ -241,11 +232,7 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
                 report.created.len(),
                 report.updated.len(),
                 report.unchanged.len(),
-                if args.dry_run {
-                    " (dry run: nothing changed)"
-                } else {
-                    ""
-                }
+                if args.dry_run { " (dry run: nothing changed)" } else { "" }
             );
             Ok(())
         }
@@ -264,6 +251,9 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
             let now = SystemClock.now();
             let issuer = crate::attest::dev::DevIssuer::load_or_create(&config, &kek, now)?;
             let ttl: Option<Duration> = args.ttl.map(HumanDuration::get);
+            if ttl.is_some_and(|t| t.is_zero() || t > crate::attest::dev::MAX_DEV_TOKEN_TTL) {
+                bail!("--ttl must be between 1s and 24h");
+            }
             let token = issuer.mint(&args.subject, args.audience.as_deref(), ttl, now)?;
             println!("{token}");
             Ok(())
@@ -274,18 +264,9 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
                 bail!("--name must be 1-128 printable characters");
             }
             let store = app::open_store(&config).await?;
-            let actor = format!(
-                "cli:{}",
-                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-            );
-            let (record, token) = crate::broker::admin::create_admin_token(
-                &store,
-                args.role,
-                name,
-                &actor,
-                SystemClock.now(),
-            )
-            .await?;
+            let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+            let (record, token) =
+                crate::broker::admin::create_admin_token(&store, args.role, name, &actor, SystemClock.now()).await?;
             eprintln!(
                 "created {} token {:?} (id {}); it is shown once and stored only as a hash:",
                 args.role, record.name, record.id

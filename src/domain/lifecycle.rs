@@ -66,16 +66,9 @@ pub struct GateCheck {
 
 /// Validates a sandbox/pilot end date: in the future, within the maximum
 /// pilot length.
-pub fn check_pilot_end(
-    end: OffsetDateTime,
-    now: OffsetDateTime,
-    policy: &LifecyclePolicy,
-) -> Result<(), String> {
+pub fn check_pilot_end(end: OffsetDateTime, now: OffsetDateTime, policy: &LifecyclePolicy) -> Result<(), String> {
     if end <= now {
-        return Err(format!(
-            "pilot_ends_at {} is not in the future",
-            rfc3339(end)
-        ));
+        return Err(format!("pilot_ends_at {} is not in the future", rfc3339(end)));
     }
     if end > now + policy.max_pilot {
         return Err(format!(
@@ -94,9 +87,7 @@ fn owner_active(owner: &Owner, now: OffsetDateTime) -> bool {
 /// Whether `who` (an operator's recorded name) is one of the system's owners.
 fn is_owner(view: &SystemView, who: &str) -> bool {
     let who = who.trim().to_lowercase();
-    [&view.business_owner, &view.technical_owner]
-        .iter()
-        .any(|o| o.id.as_str() == who || o.email.to_lowercase() == who)
+    [&view.business_owner, &view.technical_owner].iter().any(|o| o.id.as_str() == who || o.email.to_lowercase() == who)
 }
 
 /// Promotes one tier. Sandbox → pilot needs an end date (given or already
@@ -119,11 +110,7 @@ pub fn promote(
     }
     let mut checks = Vec::new();
     let mut check = |check: &'static str, passed: bool, detail: String| {
-        checks.push(GateCheck {
-            check,
-            passed,
-            detail,
-        });
+        checks.push(GateCheck { check, passed, detail });
     };
     let mut promoted = system.clone();
     match system.tier {
@@ -136,25 +123,14 @@ pub fn promote(
                     Err(why) => check("pilot_ends_at", false, why),
                 },
             }
-            let both =
-                owner_active(&view.business_owner, now) && owner_active(&view.technical_owner, now);
-            check(
-                "owners",
-                both,
-                if both {
-                    "both owners active".into()
-                } else {
-                    "both owners must be active".into()
-                },
-            );
+            let both = owner_active(&view.business_owner, now) && owner_active(&view.technical_owner, now);
+            check("owners", both, if both { "both owners active".into() } else { "both owners must be active".into() });
             promoted.tier = Tier::Pilot;
             promoted.pilot_ends_at = end;
         }
         Tier::Pilot => {
-            for (role, owner) in [
-                ("business_owner", &view.business_owner),
-                ("technical_owner", &view.technical_owner),
-            ] {
+            for (role, owner) in [("business_owner", &view.business_owner), ("technical_owner", &view.technical_owner)]
+            {
                 match owner.lapse_reason(now) {
                     None => check(role, true, format!("{} is active", owner.id)),
                     Some(why) => check(role, false, why),
@@ -170,10 +146,7 @@ pub fn promote(
                     "the business and technical owner must be different people".into()
                 },
             );
-            let classified = system
-                .data_classification
-                .as_deref()
-                .is_some_and(|c| !c.trim().is_empty());
+            let classified = system.data_classification.as_deref().is_some_and(|c| !c.trim().is_empty());
             check(
                 "data_classification",
                 classified,
@@ -206,22 +179,12 @@ pub fn promote(
             promoted.pilot_ends_at = None;
         }
         Tier::Production => {
-            return Err(LifecycleError::Conflict(format!(
-                "system {} is already in production",
-                system.id
-            )));
+            return Err(LifecycleError::Conflict(format!("system {} is already in production", system.id)));
         }
     }
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| format!("{}: {}", c.check, c.detail))
-        .collect();
-    if failed.is_empty() {
-        Ok((promoted, checks))
-    } else {
-        Err(LifecycleError::Gate(failed))
-    }
+    let failed: Vec<String> =
+        checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.check, c.detail)).collect();
+    if failed.is_empty() { Ok((promoted, checks)) } else { Err(LifecycleError::Gate(failed)) }
 }
 
 /// Suspends an active system.
@@ -233,20 +196,14 @@ pub fn suspend(system: &System, reason: &str) -> Result<System, LifecycleError> 
             s.suspended_reason = Some(reason.to_owned());
             Ok(s)
         }
-        other => Err(LifecycleError::Conflict(format!(
-            "system {} is already {other}",
-            system.id
-        ))),
+        other => Err(LifecycleError::Conflict(format!("system {} is already {other}", system.id))),
     }
 }
 
 /// Retires a system for good (until an operator reinstates it).
 pub fn retire(system: &System, reason: &str) -> Result<System, LifecycleError> {
     if system.state == SystemState::Retired {
-        return Err(LifecycleError::Conflict(format!(
-            "system {} is already retired",
-            system.id
-        )));
+        return Err(LifecycleError::Conflict(format!("system {} is already retired", system.id)));
     }
     let mut s = system.clone();
     s.state = SystemState::Retired;
@@ -264,10 +221,7 @@ pub fn reinstate(
 ) -> Result<System, LifecycleError> {
     let system = &view.system;
     if system.state == SystemState::Active {
-        return Err(LifecycleError::Conflict(format!(
-            "system {} is already active",
-            system.id
-        )));
+        return Err(LifecycleError::Conflict(format!("system {} is already active", system.id)));
     }
     for owner in [&view.business_owner, &view.technical_owner] {
         if let Some(why) = owner.lapse_reason(now) {
@@ -280,13 +234,9 @@ pub fn reinstate(
     let mut s = system.clone();
     if matches!(s.tier, Tier::Sandbox | Tier::Pilot) {
         let end = pilot_ends_at.ok_or_else(|| {
-            LifecycleError::Invalid(format!(
-                "pilot_ends_at: reinstating {} {} needs a new end date",
-                s.tier, s.id
-            ))
+            LifecycleError::Invalid(format!("pilot_ends_at: reinstating {} {} needs a new end date", s.tier, s.id))
         })?;
-        check_pilot_end(end, now, policy)
-            .map_err(|why| LifecycleError::Invalid(format!("pilot_ends_at: {why}")))?;
+        check_pilot_end(end, now, policy).map_err(|why| LifecycleError::Invalid(format!("pilot_ends_at: {why}")))?;
         s.pilot_ends_at = Some(end);
     }
     s.state = SystemState::Active;
@@ -305,10 +255,7 @@ pub fn lapse(view: &SystemView, now: OffsetDateTime) -> Option<String> {
     {
         return Some(format!("pilot ended at {} without promotion", rfc3339(end)));
     }
-    for (role, owner) in [
-        ("business owner", &view.business_owner),
-        ("technical owner", &view.technical_owner),
-    ] {
+    for (role, owner) in [("business owner", &view.business_owner), ("technical owner", &view.technical_owner)] {
         if owner.status == OwnerStatus::Departed {
             return Some(format!("{role} {} departed", owner.id));
         }
@@ -364,26 +311,20 @@ mod tests {
 
     #[test]
     fn pilot_promotes_when_every_check_passes() {
-        let (s, checks) =
-            promote(&pilot(), "carol", None, NOW, &LifecyclePolicy::default()).unwrap();
+        let (s, checks) = promote(&pilot(), "carol", None, NOW, &LifecyclePolicy::default()).unwrap();
         assert_eq!(s.tier, Tier::Production);
         assert_eq!(s.pilot_ends_at, None);
         assert!(checks.iter().all(|c| c.passed));
-        assert!(
-            checks
-                .iter()
-                .any(|c| c.check == "approver" && c.detail.contains("carol"))
-        );
+        assert!(checks.iter().any(|c| c.check == "approver" && c.detail.contains("carol")));
     }
 
     #[test]
     fn each_missing_condition_is_named() {
         let policy = LifecyclePolicy::default();
-        let gate =
-            |view: &SystemView, approver: &str| match promote(view, approver, None, NOW, &policy) {
-                Err(LifecycleError::Gate(failed)) => failed.join("\n"),
-                other => panic!("expected a gate refusal, got {other:?}"),
-            };
+        let gate = |view: &SystemView, approver: &str| match promote(view, approver, None, NOW, &policy) {
+            Err(LifecycleError::Gate(failed)) => failed.join("\n"),
+            other => panic!("expected a gate refusal, got {other:?}"),
+        };
         let mut v = pilot();
         v.system.data_classification = None;
         assert!(gate(&v, "carol").contains("data_classification"));
@@ -397,14 +338,8 @@ mod tests {
         let mut v = pilot();
         v.business_owner.status = OwnerStatus::Departed;
         assert!(gate(&v, "carol").contains("business_owner"));
-        assert!(
-            gate(&pilot(), "tech").contains("approver"),
-            "an owner cannot approve"
-        );
-        assert!(
-            gate(&pilot(), "BIZ@example.com").contains("approver"),
-            "nor by email"
-        );
+        assert!(gate(&pilot(), "tech").contains("approver"), "an owner cannot approve");
+        assert!(gate(&pilot(), "BIZ@example.com").contains("approver"), "nor by email");
     }
 
     #[test]
@@ -413,14 +348,8 @@ mod tests {
         let mut v = pilot();
         v.system.tier = Tier::Sandbox;
         v.system.pilot_ends_at = None;
-        assert!(matches!(
-            promote(&v, "x", None, NOW, &policy),
-            Err(LifecycleError::Gate(_))
-        ));
-        assert!(matches!(
-            promote(&v, "x", Some(NOW + 91 * DAY), NOW, &policy),
-            Err(LifecycleError::Gate(_))
-        ));
+        assert!(matches!(promote(&v, "x", None, NOW, &policy), Err(LifecycleError::Gate(_))));
+        assert!(matches!(promote(&v, "x", Some(NOW + 91 * DAY), NOW, &policy), Err(LifecycleError::Gate(_))));
         let (s, _) = promote(&v, "x", Some(NOW + 30 * DAY), NOW, &policy).unwrap();
         assert_eq!(s.tier, Tier::Pilot);
         assert_eq!(s.pilot_ends_at, Some(NOW + 30 * DAY));
@@ -450,10 +379,6 @@ mod tests {
         assert!(lapse(&v, NOW).unwrap().contains("departed"));
         let mut v = pilot();
         v.system.state = SystemState::Suspended;
-        assert_eq!(
-            lapse(&v, NOW + 20 * DAY),
-            None,
-            "only active systems are suspended"
-        );
+        assert_eq!(lapse(&v, NOW + 20 * DAY), None, "only active systems are suspended");
     }
 }

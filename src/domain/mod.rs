@@ -11,6 +11,5 @@ use time::format_description::well_known::Rfc3339;
 /// RFC 3339 text of a UTC time, whole seconds.
 pub fn rfc3339(t: OffsetDateTime) -> String {
     let t = t.replace_nanosecond(0).unwrap_or(t);
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

@@ -72,11 +72,7 @@ impl Owner {
         if self.status == OwnerStatus::Departed {
             Some(format!("owner {} has departed", self.id))
         } else if self.attested_until <= now {
-            Some(format!(
-                "owner {}'s ownership attestation lapsed at {}",
-                self.id,
-                super::rfc3339(self.attested_until)
-            ))
+            Some(format!("owner {}'s ownership attestation lapsed at {}", self.id, super::rfc3339(self.attested_until)))
         } else {
             None
         }

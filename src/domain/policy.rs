@@ -47,24 +47,12 @@ pub struct Denial {
 impl Denial {
     pub fn new(code: DenyCode, description: impl Into<String>) -> Self {
         let description = description.into();
-        Self {
-            code,
-            reason: description.clone(),
-            description,
-        }
+        Self { code, reason: description.clone(), description }
     }
 
     /// A denial whose internal reason says more than the caller is told.
-    pub fn with_reason(
-        code: DenyCode,
-        description: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
-        Self {
-            code,
-            description: description.into(),
-            reason: reason.into(),
-        }
+    pub fn with_reason(code: DenyCode, description: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { code, description: description.into(), reason: reason.into() }
     }
 }
 
@@ -96,18 +84,11 @@ pub struct Decision {
 }
 
 /// Why the system may not receive credentials now, if it may not.
-pub fn operating_refusal(
-    system: &System,
-    owners: [&Owner; 2],
-    now: OffsetDateTime,
-) -> Option<String> {
+pub fn operating_refusal(system: &System, owners: [&Owner; 2], now: OffsetDateTime) -> Option<String> {
     match system.state {
         SystemState::Active => {}
         SystemState::Suspended => {
-            let why = system
-                .suspended_reason
-                .as_deref()
-                .unwrap_or("by an operator");
+            let why = system.suspended_reason.as_deref().unwrap_or("by an operator");
             return Some(format!("system {} is suspended ({why})", system.id));
         }
         SystemState::Retired => return Some(format!("system {} is retired", system.id)),
@@ -123,27 +104,15 @@ pub fn operating_refusal(
     }
     for owner in owners {
         if let Some(why) = owner.lapse_reason(now) {
-            return Some(format!(
-                "system {} has no accountable owner: {why}",
-                system.id
-            ));
+            return Some(format!("system {} has no accountable owner: {why}", system.id));
         }
     }
     None
 }
 
-pub fn decide(
-    ctx: &GrantContext,
-    ask: &Ask,
-    now: OffsetDateTime,
-    limits: TtlPolicy,
-) -> Result<Decision, Denial> {
+pub fn decide(ctx: &GrantContext, ask: &Ask, now: OffsetDateTime, limits: TtlPolicy) -> Result<Decision, Denial> {
     let grant = &ctx.grant;
-    if let Some(why) = operating_refusal(
-        &ctx.system,
-        [&ctx.business_owner, &ctx.technical_owner],
-        now,
-    ) {
+    if let Some(why) = operating_refusal(&ctx.system, [&ctx.business_owner, &ctx.technical_owner], now) {
         return Err(Denial::new(DenyCode::AccessDenied, why));
     }
 
@@ -151,11 +120,7 @@ pub fn decide(
     if !grant.kinds.contains(&kind) {
         return Err(Denial::new(
             DenyCode::UnauthorizedClient,
-            format!(
-                "grant {} does not allow credential kind {}",
-                grant.id,
-                kind.as_str()
-            ),
+            format!("grant {} does not allow credential kind {}", grant.id, kind.as_str()),
         ));
     }
 
@@ -170,11 +135,7 @@ pub fn decide(
         None => match grant.audiences.as_slice() {
             [only] => only.clone(),
             many => {
-                let list = many
-                    .iter()
-                    .map(Audience::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let list = many.iter().map(Audience::as_str).collect::<Vec<_>>().join(", ");
                 return Err(Denial::new(
                     DenyCode::InvalidTarget,
                     format!("audience is required: grant {} allows {list}", grant.id),
@@ -189,11 +150,7 @@ pub fn decide(
             if !outside.is_empty() {
                 return Err(Denial::new(
                     DenyCode::InvalidScope,
-                    format!(
-                        "scope {} is not allowed by grant {}",
-                        outside.join(" "),
-                        grant.id
-                    ),
+                    format!("scope {} is not allowed by grant {}", outside.join(" "), grant.id),
                 ));
             }
             asked.clone()
@@ -222,13 +179,7 @@ pub fn decide(
     if let Some(end) = ctx.system.pilot_ends_at {
         exp = exp.min(end);
     }
-    Ok(Decision {
-        audience,
-        scopes,
-        kind,
-        iat: now,
-        exp,
-    })
+    Ok(Decision { audience, scopes, kind, iat: now, exp })
 }
 
 #[cfg(test)]
@@ -278,10 +229,7 @@ mod tests {
         }
     }
 
-    const LIMITS: TtlPolicy = TtlPolicy {
-        default_ttl: Duration::from_secs(300),
-        ceiling: Duration::from_secs(3600),
-    };
+    const LIMITS: TtlPolicy = TtlPolicy { default_ttl: Duration::from_secs(300), ceiling: Duration::from_secs(3600) };
     const NOW: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
     #[test]
@@ -295,26 +243,11 @@ mod tests {
     #[test]
     fn asking_for_more_is_an_error_not_a_clamp() {
         let c = ctx(NOW);
-        let ask = Ask {
-            scopes: Some(ScopeSet::parse_space_separated("read admin").unwrap()),
-            ..Ask::default()
-        };
-        assert_eq!(
-            decide(&c, &ask, NOW, LIMITS).unwrap_err().code,
-            DenyCode::InvalidScope
-        );
-        let ask = Ask {
-            audience: Some(Audience::parse("billing").unwrap()),
-            ..Ask::default()
-        };
-        assert_eq!(
-            decide(&c, &ask, NOW, LIMITS).unwrap_err().code,
-            DenyCode::InvalidTarget
-        );
-        let ask = Ask {
-            requested_ttl: Some(Duration::from_secs(901)),
-            ..Ask::default()
-        };
+        let ask = Ask { scopes: Some(ScopeSet::parse_space_separated("read admin").unwrap()), ..Ask::default() };
+        assert_eq!(decide(&c, &ask, NOW, LIMITS).unwrap_err().code, DenyCode::InvalidScope);
+        let ask = Ask { audience: Some(Audience::parse("billing").unwrap()), ..Ask::default() };
+        assert_eq!(decide(&c, &ask, NOW, LIMITS).unwrap_err().code, DenyCode::InvalidTarget);
+        let ask = Ask { requested_ttl: Some(Duration::from_secs(901)), ..Ask::default() };
         let denial = decide(&c, &ask, NOW, LIMITS).unwrap_err();
         assert_eq!(denial.code, DenyCode::InvalidRequest);
         assert!(denial.description.contains("900"), "{}", denial.description);
@@ -324,14 +257,8 @@ mod tests {
     fn global_ceiling_caps_the_grant() {
         let mut c = ctx(NOW);
         c.grant.max_ttl = Duration::from_secs(7200);
-        let ask = Ask {
-            requested_ttl: Some(Duration::from_secs(3601)),
-            ..Ask::default()
-        };
-        assert_eq!(
-            decide(&c, &ask, NOW, LIMITS).unwrap_err().code,
-            DenyCode::InvalidRequest
-        );
+        let ask = Ask { requested_ttl: Some(Duration::from_secs(3601)), ..Ask::default() };
+        assert_eq!(decide(&c, &ask, NOW, LIMITS).unwrap_err().code, DenyCode::InvalidRequest);
     }
 
     #[test]
@@ -348,27 +275,16 @@ mod tests {
         c.system.pilot_ends_at = Some(NOW);
         let denial = decide(&c, &Ask::default(), NOW, LIMITS).unwrap_err();
         assert_eq!(denial.code, DenyCode::AccessDenied);
-        assert!(
-            denial.description.contains("pilot ended"),
-            "{}",
-            denial.description
-        );
+        assert!(denial.description.contains("pilot ended"), "{}", denial.description);
 
         let mut c = ctx(NOW);
         c.system.state = SystemState::Suspended;
-        assert_eq!(
-            decide(&c, &Ask::default(), NOW, LIMITS).unwrap_err().code,
-            DenyCode::AccessDenied
-        );
+        assert_eq!(decide(&c, &Ask::default(), NOW, LIMITS).unwrap_err().code, DenyCode::AccessDenied);
 
         let mut c = ctx(NOW);
         c.technical_owner.status = OwnerStatus::Departed;
         let denial = decide(&c, &Ask::default(), NOW, LIMITS).unwrap_err();
-        assert!(
-            denial.description.contains("departed"),
-            "{}",
-            denial.description
-        );
+        assert!(denial.description.contains("departed"), "{}", denial.description);
     }
 
     #[test]

@@ -43,8 +43,7 @@ macro_rules! string_value {
 fn check_slug(kind: &str, s: &str) -> Result<(), InvalidValue> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
     if ok {
         Ok(())
@@ -94,8 +93,7 @@ impl Scope {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         let ok = !s.is_empty()
             && s.len() <= MAX_SCOPE_LEN
-            && s.bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+            && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -119,18 +117,13 @@ impl ScopeSet {
     /// client bug worth surfacing.
     pub fn parse_space_separated(s: &str) -> Result<Self, InvalidValue> {
         if s.split(' ').count() > MAX_SCOPES {
-            return Err(InvalidValue(format!(
-                "too many scopes: at most {MAX_SCOPES}"
-            )));
+            return Err(InvalidValue(format!("too many scopes: at most {MAX_SCOPES}")));
         }
         let mut set = BTreeSet::new();
         for part in s.split(' ').filter(|p| !p.is_empty()) {
             let scope = Scope::parse(part)?;
             if !set.insert(scope) {
-                return Err(InvalidValue(format!(
-                    "scope {:?} is repeated",
-                    truncate(part, 40)
-                )));
+                return Err(InvalidValue(format!("scope {:?} is repeated", truncate(part, 40))));
             }
         }
         Ok(Self(set))
@@ -138,9 +131,7 @@ impl ScopeSet {
 
     pub fn from_list(items: &[String]) -> Result<Self, InvalidValue> {
         if items.len() > MAX_SCOPES {
-            return Err(InvalidValue(format!(
-                "too many scopes: at most {MAX_SCOPES}"
-            )));
+            return Err(InvalidValue(format!("too many scopes: at most {MAX_SCOPES}")));
         }
         let mut set = BTreeSet::new();
         for item in items {
@@ -174,11 +165,7 @@ impl ScopeSet {
 
     /// The RFC 6749 space-separated form.
     pub fn joined(&self) -> String {
-        self.0
-            .iter()
-            .map(Scope::as_str)
-            .collect::<Vec<_>>()
-            .join(" ")
+        self.0.iter().map(Scope::as_str).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -201,10 +188,8 @@ pub struct Audience(String);
 
 impl Audience {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        let ok = !s.is_empty()
-            && s.len() <= 256
-            && s != "*"
-            && s.chars().all(|c| !c.is_control() && !c.is_whitespace());
+        let ok =
+            !s.is_empty() && s.len() <= 256 && s != "*" && s.chars().all(|c| !c.is_control() && !c.is_whitespace());
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -233,8 +218,7 @@ pub enum SubjectMatch {
 
 impl SubjectMatch {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        let bad =
-            |why: &str| InvalidValue(format!("subject {:?} is invalid: {why}", truncate(s, 60)));
+        let bad = |why: &str| InvalidValue(format!("subject {:?} is invalid: {why}", truncate(s, 60)));
         if s.is_empty() || s.len() > MAX_SUBJECT_LEN {
             return Err(bad("must be 1-2048 characters"));
         }
@@ -249,6 +233,10 @@ impl SubjectMatch {
                 if prefix.strip_prefix("spiffe://").is_some_and(str::is_empty) {
                     return Err(bad("a prefix must name at least a trust domain"));
                 }
+                let path = prefix.split_once("://").map_or(prefix, |(_, rest)| rest);
+                if !clean_path(path) {
+                    return Err(bad("a prefix may not contain empty, '.' or '..' segments, '%', '?' or '#'"));
+                }
                 Ok(Self::Prefix(format!("{prefix}/")))
             }
             None if s.contains('*') => Err(bad("'*' is only allowed as a final '/*' path segment")),
@@ -259,11 +247,19 @@ impl SubjectMatch {
     pub fn matches(&self, subject: &str) -> bool {
         match self {
             Self::Exact(exact) => exact == subject,
+            // The rest must be a clean path, so `../` or percent-encoded
+            // segments cannot climb out of the prefix.
             Self::Prefix(prefix) => {
-                subject.len() > prefix.len() && subject.starts_with(prefix.as_str())
+                subject.strip_prefix(prefix.as_str()).is_some_and(|rest| !rest.is_empty() && clean_path(rest))
             }
         }
     }
+}
+
+/// A path of non-empty segments, none `.` or `..`, with no percent-encoding,
+/// query or fragment (the SPIFFE ID path rules).
+fn clean_path(path: &str) -> bool {
+    !path.contains(['%', '?', '#']) && path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
 impl fmt::Display for SubjectMatch {
@@ -306,9 +302,7 @@ impl CredentialKind {
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "jwt" => Ok(Self::Jwt),
-            other => Err(InvalidValue(format!(
-                "credential kind {other:?} is not supported; use \"jwt\""
-            ))),
+            other => Err(InvalidValue(format!("credential kind {other:?} is not supported; use \"jwt\""))),
         }
     }
 }
@@ -344,14 +338,7 @@ mod tests {
     #[test]
     fn slugs() {
         assert!(SystemId::parse("summarizer-1").is_ok());
-        for bad in [
-            "",
-            "Upper",
-            "-lead",
-            "a b",
-            "x'; drop table",
-            &"a".repeat(65),
-        ] {
+        for bad in ["", "Upper", "-lead", "a b", "x'; drop table", &"a".repeat(65)] {
             assert!(SystemId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -379,6 +366,17 @@ mod tests {
         let exact = SubjectMatch::parse("spiffe://td/ns/ai/sa/x").unwrap();
         assert!(exact.matches("spiffe://td/ns/ai/sa/x"));
         assert!(!exact.matches("spiffe://td/ns/ai/sa/x/y"));
+        for escape in [
+            "spiffe://td/ns/ai/../../admin",
+            "spiffe://td/ns/ai//x",
+            "spiffe://td/ns/ai/./x",
+            "spiffe://td/ns/ai/%2e%2e/admin",
+            "spiffe://td/ns/ai/x?y",
+            "spiffe://td/ns/ai/x/",
+        ] {
+            assert!(!m.matches(escape), "{escape}");
+        }
+        assert!(SubjectMatch::parse("spiffe://td/ns/../*").is_err());
         assert!(SubjectMatch::parse("spiffe://td/*/x").is_err());
         assert!(SubjectMatch::parse("spiffe:///*").is_err());
         assert!(SubjectMatch::parse("a*").is_err());

@@ -38,16 +38,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/systems/{id}/reinstate", post(reinstate))
         .route("/v1/systems/{id}/retire", post(retire))
         .route("/v1/systems/{id}/revoke", post(revoke_system))
-        .route(
-            "/v1/systems/{id}/grants",
-            get(list_grants)
-                .post(create_grant)
-                .delete(delete_grant_by_query),
-        )
-        .route(
-            "/v1/systems/{id}/grants/{grant}",
-            axum::routing::delete(delete_grant),
-        )
+        .route("/v1/systems/{id}/grants", get(list_grants).post(create_grant).delete(delete_grant_by_query))
+        .route("/v1/systems/{id}/grants/{grant}", axum::routing::delete(delete_grant))
         .route("/v1/systems/{id}/credentials", get(credentials))
         .route("/v1/owners", get(list_owners).post(create_owner))
         .route("/v1/owners/{id}", get(show_owner))
@@ -74,17 +66,9 @@ async fn allow(
     }
     state
         .broker
-        .record_access_denied(
-            &caller.actor(),
-            route,
-            &format!("role {} may not call this route", caller.role),
-            meta,
-        )
+        .record_access_denied(&caller.actor(), route, &format!("role {} may not call this route", caller.role), meta)
         .await?;
-    Err(ApiError::Forbidden(format!(
-        "role {} may not call this route",
-        caller.role
-    )))
+    Err(ApiError::Forbidden(format!("role {} may not call this route", caller.role)))
 }
 
 fn system_id(raw: &str) -> Result<SystemId, ApiError> {
@@ -95,14 +79,8 @@ fn owner_id(raw: &str) -> Result<OwnerId, ApiError> {
     OwnerId::parse(raw).map_err(|e| ApiError::NotFound(e.0))
 }
 
-fn field<T>(
-    name: &str,
-    parsed: Result<T, crate::domain::values::InvalidValue>,
-) -> Result<T, ApiError> {
-    parsed.map_err(|e| ApiError::Invalid {
-        field: name.to_owned(),
-        message: e.0,
-    })
+fn field<T>(name: &str, parsed: Result<T, crate::domain::values::InvalidValue>) -> Result<T, ApiError> {
+    parsed.map_err(|e| ApiError::Invalid { field: name.to_owned(), message: e.0 })
 }
 
 fn time_field(name: &str, raw: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
@@ -227,25 +205,19 @@ struct NewAdminTokenBody {
 /// An optional JSON body: an empty body means the defaults.
 struct OptionalBody<T>(T);
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<S>
-    for OptionalBody<T>
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<S> for OptionalBody<T>
 where
     AppState: axum::extract::FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let empty = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v == "0")
+        let empty = req.headers().get(axum::http::header::CONTENT_LENGTH).is_some_and(|v| v == "0")
             || !req.headers().contains_key(axum::http::header::CONTENT_TYPE);
         if empty {
             return Ok(Self(T::default()));
         }
-        JsonBody::<T>::from_request(req, state)
-            .await
-            .map(|JsonBody(v)| Self(v))
+        JsonBody::<T>::from_request(req, state).await.map(|JsonBody(v)| Self(v))
     }
 }
 
@@ -255,13 +227,7 @@ async fn list_systems(
     Meta(meta): Meta,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, READ, "/v1/systems", &meta).await?;
-    let systems: Vec<_> = state
-        .broker
-        .systems()
-        .await?
-        .into_iter()
-        .map(|v| v.system)
-        .collect();
+    let systems: Vec<_> = state.broker.systems().await?.into_iter().map(|v| v.system).collect();
     Ok(Json(json!({ "systems": systems })).into_response())
 }
 
@@ -315,21 +281,12 @@ async fn update_system(
     let patch = SystemPatch {
         name: body.name,
         purpose: body.purpose,
-        business_owner: body
-            .business_owner
-            .map(|o| field("business_owner", OwnerId::parse(&o)))
-            .transpose()?,
-        technical_owner: body
-            .technical_owner
-            .map(|o| field("technical_owner", OwnerId::parse(&o)))
-            .transpose()?,
+        business_owner: body.business_owner.map(|o| field("business_owner", OwnerId::parse(&o))).transpose()?,
+        technical_owner: body.technical_owner.map(|o| field("technical_owner", OwnerId::parse(&o))).transpose()?,
         pilot_ends_at: time_field("pilot_ends_at", body.pilot_ends_at.as_deref())?,
         data_classification: body.data_classification,
     };
-    let system = state
-        .broker
-        .update_system(&system_id(&id)?, patch, &caller, &meta)
-        .await?;
+    let system = state.broker.update_system(&system_id(&id)?, patch, &caller, &meta).await?;
     Ok(Json(json!(system)).into_response())
 }
 
@@ -342,10 +299,7 @@ async fn promote(
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/systems/{id}/promote", &meta).await?;
     let end = time_field("pilot_ends_at", body.pilot_ends_at.as_deref())?;
-    let (system, gate) = state
-        .broker
-        .promote_system(&system_id(&id)?, end, &caller, &meta)
-        .await?;
+    let (system, gate) = state.broker.promote_system(&system_id(&id)?, end, &caller, &meta).await?;
     Ok(Json(json!({"system": system, "gate": gate})).into_response())
 }
 
@@ -357,10 +311,7 @@ async fn suspend(
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/systems/{id}/suspend", &meta).await?;
-    let (system, outcome) = state
-        .broker
-        .suspend_system(&system_id(&id)?, &body.reason, &caller, &meta)
-        .await?;
+    let (system, outcome) = state.broker.suspend_system(&system_id(&id)?, &body.reason, &caller, &meta).await?;
     Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
 }
 
@@ -372,10 +323,7 @@ async fn retire(
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/systems/{id}/retire", &meta).await?;
-    let (system, outcome) = state
-        .broker
-        .retire_system(&system_id(&id)?, &body.reason, &caller, &meta)
-        .await?;
+    let (system, outcome) = state.broker.retire_system(&system_id(&id)?, &body.reason, &caller, &meta).await?;
     Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
 }
 
@@ -388,10 +336,7 @@ async fn reinstate(
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/systems/{id}/reinstate", &meta).await?;
     let end = time_field("pilot_ends_at", body.pilot_ends_at.as_deref())?;
-    let system = state
-        .broker
-        .reinstate_system(&system_id(&id)?, end, &caller, &meta)
-        .await?;
+    let system = state.broker.reinstate_system(&system_id(&id)?, end, &caller, &meta).await?;
     Ok(Json(json!(system)).into_response())
 }
 
@@ -403,10 +348,7 @@ async fn revoke_system(
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/systems/{id}/revoke", &meta).await?;
-    let revocation = state
-        .broker
-        .revoke_system(&system_id(&id)?, &body.reason, &caller, &meta)
-        .await?;
+    let revocation = state.broker.revoke_system(&system_id(&id)?, &body.reason, &caller, &meta).await?;
     Ok(Json(json!(revocation)).into_response())
 }
 
@@ -440,20 +382,9 @@ async fn create_grant(
         kinds: body.kinds,
         max_ttl: body.max_ttl,
     };
-    let grant = apply::grant(
-        entry,
-        &state.broker.issuer_names,
-        state.broker.limits.ceiling,
-    )
-    .map_err(|errs| {
-        let (field, message) = errs
-            .into_iter()
-            .next()
-            .unwrap_or(("grant", "invalid".into()));
-        ApiError::Invalid {
-            field: field.to_owned(),
-            message,
-        }
+    let grant = apply::grant(entry, &state.broker.issuer_names, state.broker.limits.ceiling).map_err(|errs| {
+        let (field, message) = errs.into_iter().next().unwrap_or(("grant", "invalid".into()));
+        ApiError::Invalid { field: field.to_owned(), message }
     })?;
     let grant = state.broker.create_grant(grant, &caller, &meta).await?;
     Ok((StatusCode::CREATED, Json(json!(grant))).into_response())
@@ -468,10 +399,7 @@ async fn delete_grant_by_query(
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/systems/{id}/grants", &meta).await?;
     let grant = GrantId::parse(&query.id).map_err(|e| ApiError::NotFound(e.0))?;
-    state
-        .broker
-        .delete_grant(&system_id(&id)?, &grant, &caller, &meta)
-        .await?;
+    state.broker.delete_grant(&system_id(&id)?, &grant, &caller, &meta).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -481,19 +409,9 @@ async fn delete_grant(
     Meta(meta): Meta,
     Path((id, grant)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    allow(
-        &state,
-        &caller,
-        WRITE,
-        "/v1/systems/{id}/grants/{grant}",
-        &meta,
-    )
-    .await?;
+    allow(&state, &caller, WRITE, "/v1/systems/{id}/grants/{grant}", &meta).await?;
     let grant = GrantId::parse(&grant).map_err(|e| ApiError::NotFound(e.0))?;
-    state
-        .broker
-        .delete_grant(&system_id(&id)?, &grant, &caller, &meta)
-        .await?;
+    state.broker.delete_grant(&system_id(&id)?, &grant, &caller, &meta).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -537,10 +455,7 @@ async fn create_owner(
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/owners", &meta).await?;
     let id = field("id", OwnerId::parse(&body.id))?;
-    let owner = state
-        .broker
-        .create_owner(id, body.display_name, body.email, &caller, &meta)
-        .await?;
+    let owner = state.broker.create_owner(id, body.display_name, body.email, &caller, &meta).await?;
     Ok((StatusCode::CREATED, Json(json!(owner))).into_response())
 }
 
@@ -551,10 +466,7 @@ async fn recertify(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/owners/{id}/recertify", &meta).await?;
-    let owner = state
-        .broker
-        .recertify_owner(&owner_id(&id)?, &caller, &meta)
-        .await?;
+    let owner = state.broker.recertify_owner(&owner_id(&id)?, &caller, &meta).await?;
     Ok(Json(json!(owner)).into_response())
 }
 
@@ -566,10 +478,7 @@ async fn depart(
     OptionalBody(body): OptionalBody<DepartBody>,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/owners/{id}/depart", &meta).await?;
-    let owner = state
-        .broker
-        .depart_owner(&owner_id(&id)?, body.reason.as_deref(), &caller, &meta)
-        .await?;
+    let owner = state.broker.depart_owner(&owner_id(&id)?, body.reason.as_deref(), &caller, &meta).await?;
     Ok(Json(json!(owner)).into_response())
 }
 
@@ -581,10 +490,7 @@ async fn revoke_owner(
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/owners/{id}/revoke", &meta).await?;
-    let revocation = state
-        .broker
-        .revoke_owner(&owner_id(&id)?, &body.reason, &caller, &meta)
-        .await?;
+    let revocation = state.broker.revoke_owner(&owner_id(&id)?, &body.reason, &caller, &meta).await?;
     Ok(Json(json!(revocation)).into_response())
 }
 
@@ -598,17 +504,9 @@ async fn revoke(
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/revoke", &meta).await?;
     let revocation = match (body.jti, body.issuer, body.subject) {
-        (Some(jti), None, None) => {
-            state
-                .broker
-                .revoke_jti(&jti, &body.reason, &caller, &meta)
-                .await?
-        }
+        (Some(jti), None, None) => state.broker.revoke_jti(&jti, &body.reason, &caller, &meta).await?,
         (None, Some(issuer), Some(subject)) => {
-            state
-                .broker
-                .revoke_workload(&issuer, &subject, &body.reason, &caller, &meta)
-                .await?
+            state.broker.revoke_workload(&issuer, &subject, &body.reason, &caller, &meta).await?
         }
         _ => {
             return Err(ApiError::Invalid {
@@ -620,11 +518,7 @@ async fn revoke(
     Ok(Json(json!(revocation)).into_response())
 }
 
-async fn expiring(
-    State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
-) -> Result<Response, ApiError> {
+async fn expiring(State(state): State<AppState>, Admin(caller): Admin, Meta(meta): Meta) -> Result<Response, ApiError> {
     allow(&state, &caller, READ, "/v1/expiring", &meta).await?;
     let now = state.broker.clock.now();
     let deadlines = state.broker.deadlines(now).await?;
@@ -644,12 +538,7 @@ async fn jobs(
     Query(query): Query<JobsQuery>,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, READ, "/v1/jobs", &meta).await?;
-    let jobs = state
-        .broker
-        .jobs
-        .list_jobs(query.all)
-        .await
-        .map_err(crate::broker::Unavailable)?;
+    let jobs = state.broker.jobs.list_jobs(query.all).await.map_err(crate::broker::Unavailable)?;
     let jobs: Vec<_> = jobs
         .into_iter()
         .map(|j| {
@@ -683,10 +572,7 @@ async fn create_admin_token(
     })?;
     let name = body.name.trim();
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(ApiError::Invalid {
-            field: "name".into(),
-            message: "must be 1-128 printable characters".into(),
-        });
+        return Err(ApiError::Invalid { field: "name".into(), message: "must be 1-128 printable characters".into() });
     }
     let (record, token) = crate::broker::admin::create_admin_token(
         state.broker.admin_tokens.as_ref(),
@@ -700,9 +586,6 @@ async fn create_admin_token(
     use secrecy::ExposeSecret;
     let body = json!({"id": record.id, "name": record.name, "role": record.role, "token": token.expose_secret()});
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    response.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("no-store"),
-    );
+    response.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
     Ok(response)
 }

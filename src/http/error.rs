@@ -45,10 +45,7 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid_request(description: impl Into<String>) -> Self {
-        Self::OAuth {
-            code: "invalid_request",
-            description: description.into(),
-        }
+        Self::OAuth { code: "invalid_request", description: description.into() }
     }
 }
 
@@ -75,10 +72,9 @@ impl From<crate::broker::operator::OpError> for ApiError {
 impl From<ExchangeError> for ApiError {
     fn from(e: ExchangeError) -> Self {
         match e {
-            ExchangeError::Denied(denial) => Self::OAuth {
-                code: denial.code.as_str(),
-                description: denial.description,
-            },
+            ExchangeError::Denied(denial) => {
+                Self::OAuth { code: denial.code.as_str(), description: denial.description }
+            }
             ExchangeError::Unavailable(u) => u.into(),
         }
     }
@@ -103,11 +99,9 @@ impl IntoResponse for ApiError {
                 (StatusCode::CONFLICT, "promotion_refused", description)
             }
             Self::NotFound(d) => (StatusCode::NOT_FOUND, "not_found", d),
-            Self::MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request",
-                "method not allowed on this endpoint".to_owned(),
-            ),
+            Self::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "method not allowed on this endpoint".to_owned())
+            }
             Self::UnsupportedMediaType(d) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request", d),
             Self::PayloadTooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

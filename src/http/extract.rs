@@ -15,9 +15,6 @@ use super::error::ApiError;
 use crate::broker::admin::AdminCaller;
 use crate::store::RequestMeta;
 
-/// Longest request id accepted from a client; longer ones are replaced.
-const MAX_REQUEST_ID: usize = 128;
-
 /// `application/x-www-form-urlencoded` parameters. A repeated parameter is
 /// an error (RFC 6749 §3.2 forbids repeats); unknown ones are kept and
 /// ignored by handlers, as RFC 6749 §3.1 requires.
@@ -32,9 +29,7 @@ impl Form {
     pub fn require(&mut self, name: &str) -> Result<String, ApiError> {
         match self.take(name) {
             Some(v) if !v.is_empty() => Ok(v),
-            _ => Err(ApiError::invalid_request(format!(
-                "missing required parameter {name}"
-            ))),
+            _ => Err(ApiError::invalid_request(format!("missing required parameter {name}"))),
         }
     }
 }
@@ -47,29 +42,18 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let limit = AppState::from_ref(state).max_body_bytes;
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let essence = content_type.split(';').next().unwrap_or_default().trim();
         if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
             return Err(ApiError::UnsupportedMediaType(
                 "Content-Type must be application/x-www-form-urlencoded".into(),
             ));
         }
-        let body = Bytes::from_request(req, state)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        let body = Bytes::from_request(req, state).await.map_err(|_| ApiError::PayloadTooLarge(limit))?;
         let mut params = HashMap::new();
         for (key, value) in form_urlencoded::parse(&body) {
-            if params
-                .insert(key.clone().into_owned(), value.into_owned())
-                .is_some()
-            {
-                return Err(ApiError::invalid_request(format!(
-                    "parameter {key} is repeated"
-                )));
+            if params.insert(key.clone().into_owned(), value.into_owned()).is_some() {
+                return Err(ApiError::invalid_request(format!("parameter {key} is repeated")));
             }
         }
         Ok(Self(params))
@@ -83,16 +67,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let request_id = parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
-            .map(str::to_owned);
-        let source = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let source = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string());
         Ok(Self(RequestMeta { request_id, source }))
     }
 }
@@ -112,16 +88,12 @@ where
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("this endpoint requires an admin bearer token".into())
-            })?;
+            .ok_or_else(|| ApiError::Unauthorized("this endpoint requires an admin bearer token".into()))?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::Unauthorized("use Authorization: Bearer <admin token>".into())
-            })?;
+            .ok_or_else(|| ApiError::Unauthorized("use Authorization: Bearer <admin token>".into()))?;
         if let Some(caller) = state.broker.authenticate_admin(token).await? {
             return Ok(Self(caller));
         }
@@ -142,9 +114,7 @@ where
                 "workload access tokens cannot call admin routes; use an admin token".into(),
             ));
         }
-        Err(ApiError::Unauthorized(
-            "the bearer token is not a valid admin token".into(),
-        ))
+        Err(ApiError::Unauthorized("the bearer token is not a valid admin token".into()))
     }
 }
 
@@ -161,20 +131,12 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let limit = AppState::from_ref(state).max_body_bytes;
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let essence = content_type.split(';').next().unwrap_or_default().trim();
         if !essence.eq_ignore_ascii_case("application/json") {
-            return Err(ApiError::UnsupportedMediaType(
-                "Content-Type must be application/json".into(),
-            ));
+            return Err(ApiError::UnsupportedMediaType("Content-Type must be application/json".into()));
         }
-        let body = Bytes::from_request(req, state)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        let body = Bytes::from_request(req, state).await.map_err(|_| ApiError::PayloadTooLarge(limit))?;
         serde_json::from_slice(&body)
             .map(Self)
             .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))

@@ -44,6 +44,7 @@ pub struct Limits {
 pub fn router(state: AppState, limits: &Limits) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let middleware = ServiceBuilder::new()
+        .layer(axum::middleware::map_request(drop_unusable_request_id))
         .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // The path only: a query string could carry something secret.
@@ -51,19 +52,11 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
                 .extensions()
                 .get::<MatchedPath>()
                 .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
             tracing::info_span!("request", method = %req.method(), route, request_id = id)
         }))
         .layer(PropagateRequestIdLayer::new(request_id))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            limits.request_timeout,
-        ));
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
 
     Router::new()
         .merge(oauth::router())
@@ -78,6 +71,23 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware)
         .with_state(state)
+}
+
+/// Longest client-supplied request id kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Removes a client's `x-request-id` that is too long or not plain
+/// printable ASCII, so a fresh one is generated: the id lands in logs and
+/// audit events and must not be a vector for junk.
+async fn drop_unusable_request_id(mut req: Request) -> Request {
+    let usable = req.headers().get("x-request-id").is_none_or(|v| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic())
+    });
+    if !usable {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
 }
 
 /// RFC 8414 authorization server metadata.
@@ -105,10 +115,9 @@ async fn metadata(State(state): State<AppState>) -> Json<Value> {
 
 async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = Json(state.broker.keys.jwks().clone()).into_response();
-    response.headers_mut().insert(
-        axum::http::header::CACHE_CONTROL,
-        axum::http::HeaderValue::from_static("public, max-age=300"),
-    );
+    response
+        .headers_mut()
+        .insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("public, max-age=300"));
     response
 }
 
@@ -139,10 +148,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "jwks_pending": pending,
         }
     });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }

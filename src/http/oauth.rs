@@ -44,8 +44,7 @@ fn no_store(mut response: Response) -> Response {
 
 /// `requested_ttl`: a positive whole number of seconds, digits only.
 fn parse_ttl(text: &str) -> Result<Duration, ApiError> {
-    let invalid =
-        || ApiError::invalid_request("requested_ttl must be a positive whole number of seconds");
+    let invalid = || ApiError::invalid_request("requested_ttl must be a positive whole number of seconds");
     if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid());
     }
@@ -59,9 +58,7 @@ fn exchange_request(mut form: Form) -> Result<(ExchangeRequest, &'static str), A
     match form.take("grant_type").as_deref() {
         Some(GRANT_TOKEN_EXCHANGE) => {}
         Some("") | None => {
-            return Err(ApiError::invalid_request(
-                "missing required parameter grant_type",
-            ));
+            return Err(ApiError::invalid_request("missing required parameter grant_type"));
         }
         Some(_) => {
             return Err(ApiError::OAuth {
@@ -79,15 +76,12 @@ fn exchange_request(mut form: Form) -> Result<(ExchangeRequest, &'static str), A
         )));
     }
     if form.take("actor_token").is_some() || form.take("actor_token_type").is_some() {
-        return Err(ApiError::invalid_request(
-            "actor_token (delegation) is not supported",
-        ));
+        return Err(ApiError::invalid_request("actor_token (delegation) is not supported"));
     }
     if form.take("resource").is_some() {
         return Err(ApiError::OAuth {
             code: "invalid_target",
-            description: "resource is not supported for this token type; name the audience instead"
-                .into(),
+            description: "resource is not supported for this token type; name the audience instead".into(),
         });
     }
     let issued_token_type = match form.take("requested_token_type").as_deref() {
@@ -102,40 +96,34 @@ fn exchange_request(mut form: Form) -> Result<(ExchangeRequest, &'static str), A
     };
     let audience = match form.take("audience") {
         None => None,
-        Some(a) => Some(Audience::parse(&a).map_err(|e| ApiError::OAuth {
-            code: "invalid_target",
-            description: e.0,
-        })?),
+        Some(a) => Some(Audience::parse(&a).map_err(|e| ApiError::OAuth { code: "invalid_target", description: e.0 })?),
     };
     let scopes = match form.take("scope") {
         None => None,
         Some(s) => Some(
-            ScopeSet::parse_space_separated(&s).map_err(|e| ApiError::OAuth {
-                code: "invalid_scope",
-                description: e.0,
-            })?,
+            ScopeSet::parse_space_separated(&s)
+                .map_err(|e| ApiError::OAuth { code: "invalid_scope", description: e.0 })?,
         ),
     };
-    let requested_ttl = form
-        .take("requested_ttl")
-        .map(|t| parse_ttl(&t))
-        .transpose()?;
-    let ask = Ask {
-        audience,
-        scopes,
-        requested_ttl,
-        kind: Some(CredentialKind::Jwt),
-    };
+    let requested_ttl = form.take("requested_ttl").map(|t| parse_ttl(&t)).transpose()?;
+    let ask = Ask { audience, scopes, requested_ttl, kind: Some(CredentialKind::Jwt) };
     Ok((ExchangeRequest { subject_token, ask }, issued_token_type))
 }
 
 /// `POST /oauth2/token`
-async fn token(
-    State(state): State<AppState>,
-    Meta(meta): Meta,
-    form: Form,
-) -> Result<Response, ApiError> {
-    let (request, issued_token_type) = exchange_request(form)?;
+async fn token(State(state): State<AppState>, Meta(meta): Meta, form: Form) -> Result<Response, ApiError> {
+    let subject_token = form.0.get("subject_token").map(|t| SecretString::from(t.clone()));
+    let (request, issued_token_type) = match exchange_request(form) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            // A malformed exchange is a refused exchange: record it too.
+            if let ApiError::OAuth { code, description } = &error {
+                let token = subject_token.as_ref().map(ExposeSecret::expose_secret);
+                state.broker.record_refused_request(code, description, token, &meta).await?;
+            }
+            return Err(error);
+        }
+    };
     let issued = state.broker.exchange(request, &meta).await?;
     let body = json!({
         "access_token": issued.access_token.expose_secret(),
@@ -148,23 +136,15 @@ async fn token(
 }
 
 /// `POST /oauth2/introspect`
-async fn introspect(
-    State(state): State<AppState>,
-    Admin(caller): Admin,
-    mut form: Form,
-) -> Result<Response, ApiError> {
+async fn introspect(State(state): State<AppState>, Admin(caller): Admin, mut form: Form) -> Result<Response, ApiError> {
     if !caller.role.may_introspect() {
-        return Err(ApiError::Forbidden(format!(
-            "role {} may not introspect tokens",
-            caller.role
-        )));
+        return Err(ApiError::Forbidden(format!("role {} may not introspect tokens", caller.role)));
     }
     let token = SecretString::from(form.require("token")?);
     let body = match state.broker.introspect(token.expose_secret()).await? {
         None => json!({"active": false}),
         Some(claims) => {
-            let mut value =
-                serde_json::to_value(&claims).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mut value = serde_json::to_value(&claims).map_err(|e| ApiError::Internal(e.to_string()))?;
             if let Value::Object(map) = &mut value {
                 map.insert("active".into(), Value::Bool(true));
                 map.insert("token_type".into(), Value::String("Bearer".into()));
@@ -176,16 +156,9 @@ async fn introspect(
 }
 
 /// `POST /oauth2/revoke`: the token authenticates its own revocation.
-async fn revoke(
-    State(state): State<AppState>,
-    Meta(meta): Meta,
-    mut form: Form,
-) -> Result<Response, ApiError> {
+async fn revoke(State(state): State<AppState>, Meta(meta): Meta, mut form: Form) -> Result<Response, ApiError> {
     let token = SecretString::from(form.require("token")?);
-    state
-        .broker
-        .revoke_by_holder(token.expose_secret(), &meta)
-        .await?;
+    state.broker.revoke_by_holder(token.expose_secret(), &meta).await?;
     Ok(no_store(axum::http::StatusCode::OK.into_response()))
 }
 
@@ -196,16 +169,7 @@ mod tests {
     #[test]
     fn ttl_accepts_only_positive_whole_seconds() {
         assert_eq!(parse_ttl("60").unwrap(), Duration::from_secs(60));
-        for bad in [
-            "0",
-            "-1",
-            "1.5",
-            " 60",
-            "60s",
-            "",
-            "18446744073709551616",
-            "99999999999",
-        ] {
+        for bad in ["0", "-1", "1.5", " 60", "60s", "", "18446744073709551616", "99999999999"] {
             assert!(parse_ttl(bad).is_err(), "{bad:?}");
         }
     }

@@ -37,8 +37,7 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, St
     if certs.is_empty() {
         return Err(format!("{}: no certificates found", cert_file.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -68,7 +67,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // Typically out of file descriptors: pause rather than
+                    // spin until some close.
+                    tracing::warn!(error = %e, "accept failed; pausing");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -88,12 +90,8 @@ pub async fn serve(
             match tls {
                 None => serve_connection(stream, peer, router, &options, watcher).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(options.header_read_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            serve_connection(tls_stream, peer, router, &options, watcher).await
-                        }
+                    match tokio::time::timeout(options.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, peer, router, &options, watcher).await,
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
                         }

@@ -42,18 +42,15 @@ pub enum KeyError {
 /// seed follows. ring generates PKCS#8 v2 (with the public key appended),
 /// which jsonwebtoken and several other libraries refuse, so keys are stored
 /// in v1 form, which everything accepts.
-const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 /// The same fields as they open ring's v2 document.
-const ED25519_PKCS8_V2_PREFIX: [u8; 16] = [
-    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
+const ED25519_PKCS8_V2_PREFIX: [u8; 16] =
+    [0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// Generates an Ed25519 private key as a PKCS#8 v1 document.
 pub fn generate_ed25519_pkcs8_v1() -> Result<Zeroizing<Vec<u8>>, KeyError> {
-    let v2 =
-        rsig::Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Random)?;
+    let v2 = rsig::Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Random)?;
     let v2 = Zeroizing::new(v2.as_ref().to_vec());
     match v2.get(..16) {
         Some(prefix) if prefix == ED25519_PKCS8_V2_PREFIX && v2.len() >= 48 => {
@@ -84,10 +81,7 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -103,32 +97,19 @@ struct KeyFile {
 
 impl SigningKey {
     /// Parses a PKCS#8 document (v1 for Ed25519).
-    pub fn from_pkcs8(
-        alg: SigningAlgorithm,
-        der: &[u8],
-        created_at: OffsetDateTime,
-    ) -> Result<Self, KeyError> {
+    pub fn from_pkcs8(alg: SigningAlgorithm, der: &[u8], created_at: OffsetDateTime) -> Result<Self, KeyError> {
         let rng = SystemRandom::new();
         let malformed = || KeyError::Malformed("private key".into());
         let (pair, public_jwk, decoding) = match alg {
             SigningAlgorithm::EdDSA => {
-                let pair = rsig::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-                    .map_err(|_| malformed())?;
+                let pair = rsig::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| malformed())?;
                 let x = crypto::b64url(pair.public_key().as_ref());
                 let decoding = DecodingKey::from_ed_der(pair.public_key().as_ref());
-                (
-                    Pair::Ed25519(pair),
-                    json!({"kty": "OKP", "crv": "Ed25519", "x": x}),
-                    decoding,
-                )
+                (Pair::Ed25519(pair), json!({"kty": "OKP", "crv": "Ed25519", "x": x}), decoding)
             }
             SigningAlgorithm::ES256 => {
-                let pair = rsig::EcdsaKeyPair::from_pkcs8(
-                    &rsig::ECDSA_P256_SHA256_FIXED_SIGNING,
-                    der,
-                    &rng,
-                )
-                .map_err(|_| malformed())?;
+                let pair = rsig::EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+                    .map_err(|_| malformed())?;
                 let point = pair.public_key().as_ref();
                 let (x, y) = match point.split_first() {
                     Some((4, rest)) if rest.len() == 64 => rest.split_at(32),
@@ -149,31 +130,17 @@ impl SigningKey {
             map.insert("alg".into(), Value::String(alg.as_str().into()));
             map.insert("use".into(), Value::String("sig".into()));
         }
-        Ok(Self {
-            kid,
-            alg,
-            created_at,
-            pair,
-            public_jwk,
-            decoding,
-            rng,
-        })
+        Ok(Self { kid, alg, created_at, pair, public_jwk, decoding, rng })
     }
 
-    pub fn generate(
-        alg: SigningAlgorithm,
-        now: OffsetDateTime,
-    ) -> Result<(Self, Zeroizing<Vec<u8>>), KeyError> {
+    pub fn generate(alg: SigningAlgorithm, now: OffsetDateTime) -> Result<(Self, Zeroizing<Vec<u8>>), KeyError> {
         let der = match alg {
             SigningAlgorithm::EdDSA => generate_ed25519_pkcs8_v1()?,
             SigningAlgorithm::ES256 => Zeroizing::new(
-                rsig::EcdsaKeyPair::generate_pkcs8(
-                    &rsig::ECDSA_P256_SHA256_FIXED_SIGNING,
-                    &SystemRandom::new(),
-                )
-                .map_err(|_| KeyError::Random)?
-                .as_ref()
-                .to_vec(),
+                rsig::EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                    .map_err(|_| KeyError::Random)?
+                    .as_ref()
+                    .to_vec(),
             ),
         };
         Ok((Self::from_pkcs8(alg, &der, now)?, der))
@@ -205,11 +172,7 @@ impl SigningKey {
     pub fn sign_bytes(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.pair {
             Pair::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
-            Pair::Es256(pair) => Ok(pair
-                .sign(&self.rng, message)
-                .map_err(|_| KeyError::Sign)?
-                .as_ref()
-                .to_vec()),
+            Pair::Es256(pair) => Ok(pair.sign(&self.rng, message).map_err(|_| KeyError::Sign)?.as_ref().to_vec()),
         }
     }
 
@@ -241,8 +204,7 @@ impl SigningKey {
     pub fn load(path: &Path, kek: &Kek) -> Result<Self, KeyError> {
         let name = path.display().to_string();
         let text = std::fs::read(path).map_err(|e| KeyError::Io(format!("{name}: {e}")))?;
-        let file: KeyFile =
-            serde_json::from_slice(&text).map_err(|_| KeyError::Malformed(name.clone()))?;
+        let file: KeyFile = serde_json::from_slice(&text).map_err(|_| KeyError::Malformed(name.clone()))?;
         let alg = match file.alg.as_str() {
             "EdDSA" => SigningAlgorithm::EdDSA,
             "ES256" => SigningAlgorithm::ES256,
@@ -287,22 +249,14 @@ pub struct Keyring {
 impl Keyring {
     /// Loads every `sig-*.json` key in `dir`; creates a key of `alg` when
     /// none of that algorithm exists. The newest key of `alg` signs.
-    pub fn load_or_create(
-        dir: &Path,
-        alg: SigningAlgorithm,
-        kek: &Kek,
-        now: OffsetDateTime,
-    ) -> Result<Self, KeyError> {
+    pub fn load_or_create(dir: &Path, alg: SigningAlgorithm, kek: &Kek, now: OffsetDateTime) -> Result<Self, KeyError> {
         seal::create_private_dir(dir)?;
         let mut keys = Vec::new();
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| KeyError::Io(format!("{}: {e}", dir.display())))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| KeyError::Io(format!("{}: {e}", dir.display())))?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("sig-") && n.ends_with(".json"))
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("sig-") && n.ends_with(".json"))
             })
             .collect();
         paths.sort();
@@ -318,10 +272,7 @@ impl Keyring {
         Self::from_keys(keys, alg)
     }
 
-    pub fn from_keys(
-        mut keys: Vec<Arc<SigningKey>>,
-        alg: SigningAlgorithm,
-    ) -> Result<Self, KeyError> {
+    pub fn from_keys(mut keys: Vec<Arc<SigningKey>>, alg: SigningAlgorithm) -> Result<Self, KeyError> {
         keys.sort_by_key(|k| k.created_at);
         let current = keys
             .iter()
@@ -330,11 +281,7 @@ impl Keyring {
             .cloned()
             .ok_or_else(|| KeyError::Malformed("no signing key".into()))?;
         let jwks = json!({"keys": keys.iter().map(|k| k.public_jwk.clone()).collect::<Vec<_>>()});
-        Ok(Self {
-            current,
-            all: keys,
-            jwks: Arc::new(jwks),
-        })
+        Ok(Self { current, all: keys, jwks: Arc::new(jwks) })
     }
 
     pub fn current(&self) -> &SigningKey {
@@ -375,30 +322,19 @@ mod tests {
         crypto::install();
         let der = generate_ed25519_pkcs8_v1().unwrap();
         assert_eq!(der.len(), 48);
-        let key = SigningKey::from_pkcs8(
-            SigningAlgorithm::EdDSA,
-            &der,
-            datetime!(2026-01-01 0:00 UTC),
-        )
-        .unwrap();
+        let key = SigningKey::from_pkcs8(SigningAlgorithm::EdDSA, &der, datetime!(2026-01-01 0:00 UTC)).unwrap();
         // jsonwebtoken accepts the stored form as an encoding key and signs
         // with it; our own signature verifies through jsonwebtoken too.
         let encoding = jsonwebtoken::EncodingKey::from_ed_der(&der);
         let claims = json!({"sub": "x"});
-        let theirs = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(Algorithm::EdDSA),
-            &claims,
-            &encoding,
-        )
-        .unwrap();
+        let theirs = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::EdDSA), &claims, &encoding).unwrap();
         let ours = key.sign_jwt("at+jwt", &claims).unwrap();
         let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);
         validation.required_spec_claims.clear();
         validation.validate_exp = false;
         validation.validate_aud = false;
         for token in [theirs, ours] {
-            let data =
-                jsonwebtoken::decode::<Value>(&token, key.decoding_key(), &validation).unwrap();
+            let data = jsonwebtoken::decode::<Value>(&token, key.decoding_key(), &validation).unwrap();
             assert_eq!(data.claims["sub"], "x");
         }
     }
@@ -406,8 +342,7 @@ mod tests {
     #[test]
     fn es256_tokens_verify_with_jsonwebtoken() {
         crypto::install();
-        let (key, _) =
-            SigningKey::generate(SigningAlgorithm::ES256, datetime!(2026-01-01 0:00 UTC)).unwrap();
+        let (key, _) = SigningKey::generate(SigningAlgorithm::ES256, datetime!(2026-01-01 0:00 UTC)).unwrap();
         let token = key.sign_jwt("at+jwt", &json!({"sub": "y"})).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
@@ -424,38 +359,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kek = kek();
         let now = datetime!(2026-01-01 0:00 UTC);
-        let ring1 =
-            Keyring::load_or_create(dir.path(), SigningAlgorithm::EdDSA, &kek, now).unwrap();
-        let ring2 =
-            Keyring::load_or_create(dir.path(), SigningAlgorithm::EdDSA, &kek, now).unwrap();
-        assert_eq!(
-            ring1.current().kid(),
-            ring2.current().kid(),
-            "key must be reused, not recreated"
-        );
-        let file = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let ring1 = Keyring::load_or_create(dir.path(), SigningAlgorithm::EdDSA, &kek, now).unwrap();
+        let ring2 = Keyring::load_or_create(dir.path(), SigningAlgorithm::EdDSA, &kek, now).unwrap();
+        assert_eq!(ring1.current().kid(), ring2.current().kid(), "key must be reused, not recreated");
+        let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(!text.contains("PRIVATE"), "key must be sealed");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         }
         let jwk = &ring1.jwks()["keys"][0];
         assert_eq!(jwk["use"], "sig");
         assert_eq!(jwk["alg"], "EdDSA");
         assert_eq!(jwk["kid"], ring1.current().kid());
         // Switching algorithm adds a key and keeps the old one published.
-        let ring3 =
-            Keyring::load_or_create(dir.path(), SigningAlgorithm::ES256, &kek, now).unwrap();
+        let ring3 = Keyring::load_or_create(dir.path(), SigningAlgorithm::ES256, &kek, now).unwrap();
         assert_eq!(ring3.jwks()["keys"].as_array().unwrap().len(), 2);
         assert_eq!(ring3.current().algorithm(), SigningAlgorithm::ES256);
         assert!(ring3.by_kid(ring1.current().kid()).is_some());

@@ -29,29 +29,37 @@ pub enum KekSource<'a> {
 impl Kek {
     pub fn load(source: KekSource<'_>) -> Result<Self, KeyError> {
         match source {
-            KekSource::Inline(text) => Self::from_text(text.expose_secret().as_bytes())
+            KekSource::Inline(text) => Self::from_base64(text.expose_secret())
                 .ok_or_else(|| KeyError::Kek("keys.kek must be 32 bytes, base64-encoded".into())),
             KekSource::File(path) => {
-                let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
-                    KeyError::Kek(format!("cannot read keys.kek_file {}: {e}", path.display()))
-                })?);
+                let bytes = Zeroizing::new(
+                    std::fs::read(path)
+                        .map_err(|e| KeyError::Kek(format!("cannot read keys.kek_file {}: {e}", path.display())))?,
+                );
                 Self::from_text(&bytes).ok_or_else(|| {
-                    KeyError::Kek(format!(
-                        "{} must hold 32 random bytes, raw or base64-encoded",
-                        path.display()
-                    ))
+                    KeyError::Kek(format!("{} must hold 32 random bytes, raw or base64-encoded", path.display()))
                 })
             }
             KekSource::DevGenerated(path) => {
                 if !path.exists() {
-                    let fresh =
-                        Zeroizing::new(crypto::random_bytes::<32>().map_err(|_| KeyError::Random)?);
+                    let fresh = Zeroizing::new(crypto::random_bytes::<32>().map_err(|_| KeyError::Random)?);
                     let text = Zeroizing::new(STANDARD.encode(fresh.as_slice()));
                     write_private(&path, text.as_bytes())?;
                 }
                 Self::load(KekSource::File(&path))
             }
         }
+    }
+
+    /// Base64 only: 32 typed characters are a passphrase, not a key.
+    fn from_base64(text: &str) -> Option<Self> {
+        let decoded = Zeroizing::new(STANDARD.decode(text.trim()).ok()?);
+        if decoded.len() != 32 {
+            return None;
+        }
+        let mut key = Box::new([0u8; 32]);
+        key.copy_from_slice(&decoded);
+        Some(Self(SecretBox::new(key)))
     }
 
     fn from_text(bytes: &[u8]) -> Option<Self> {
@@ -137,9 +145,7 @@ pub fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(|e| KeyError::Io(format!("{}: {e}", dir.display())))
+    builder.create(dir).map_err(|e| KeyError::Io(format!("{}: {e}", dir.display())))
 }
 
 #[cfg(test)]
@@ -151,22 +157,10 @@ mod tests {
         let secret = SecretString::from(STANDARD.encode([7u8; 32]));
         let kek = Kek::load(KekSource::Inline(&secret)).unwrap();
         let sealed = kek.seal("kid-1:EdDSA", b"private").unwrap();
-        assert_eq!(
-            kek.open("kid-1:EdDSA", &sealed).unwrap().as_slice(),
-            b"private"
-        );
-        assert!(
-            kek.open("kid-2:EdDSA", &sealed).is_err(),
-            "context must be bound"
-        );
-        let other = Kek::load(KekSource::Inline(&SecretString::from(
-            STANDARD.encode([8u8; 32]),
-        )))
-        .unwrap();
-        assert!(
-            other.open("kid-1:EdDSA", &sealed).is_err(),
-            "wrong KEK must fail"
-        );
+        assert_eq!(kek.open("kid-1:EdDSA", &sealed).unwrap().as_slice(), b"private");
+        assert!(kek.open("kid-2:EdDSA", &sealed).is_err(), "context must be bound");
+        let other = Kek::load(KekSource::Inline(&SecretString::from(STANDARD.encode([8u8; 32])))).unwrap();
+        assert!(other.open("kid-1:EdDSA", &sealed).is_err(), "wrong KEK must fail");
     }
 
     #[test]

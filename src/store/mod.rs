@@ -166,9 +166,7 @@ pub struct CredentialRecord {
 impl CredentialRecord {
     /// Revoked singly, with its system, or with its workload.
     pub fn is_revoked(&self) -> bool {
-        self.revoked_at.is_some()
-            || self.id <= self.system_revoked_through
-            || self.id <= self.workload_revoked_through
+        self.revoked_at.is_some() || self.id <= self.system_revoked_through || self.id <= self.workload_revoked_through
     }
 }
 
@@ -209,12 +207,7 @@ pub enum RevokeTarget {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobSpec {
     /// Mark the rows an epoch revoked (`id <= through`) as revoked.
-    MarkRevoked {
-        target: RevokeTarget,
-        through: i64,
-        reason: String,
-        at: i64,
-    },
+    MarkRevoked { target: RevokeTarget, through: i64, reason: String, at: i64 },
     /// POST a lifecycle notice to the configured webhook.
     Webhook { body: serde_json::Value },
 }
@@ -325,12 +318,7 @@ pub trait IssuanceLog: Send + Sync {
     async fn record_event(&self, event: AuditEvent) -> Result<(), StoreError>;
     /// Marks one credential revoked (with its event). Returns whether it was
     /// active before: `false` for unknown or already revoked credentials.
-    async fn revoke_credential(
-        &self,
-        jti: &str,
-        reason: &str,
-        event: AuditEvent,
-    ) -> Result<bool, StoreError>;
+    async fn revoke_credential(&self, jti: &str, reason: &str, event: AuditEvent) -> Result<bool, StoreError>;
 }
 
 #[async_trait]
@@ -348,10 +336,7 @@ pub trait AdminTokenStore: Send + Sync {
         hash: [u8; 32],
         event: AuditEvent,
     ) -> Result<(), StoreError>;
-    async fn admin_token_by_hash(
-        &self,
-        hash: [u8; 32],
-    ) -> Result<Option<AdminTokenRecord>, StoreError>;
+    async fn admin_token_by_hash(&self, hash: [u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError>;
 }
 
 #[async_trait]
@@ -373,10 +358,7 @@ pub trait CatalogStore: Send + Sync {
 #[async_trait]
 pub trait LifecycleStore: Send + Sync {
     async fn list_systems(&self) -> Result<Vec<crate::domain::lifecycle::SystemView>, StoreError>;
-    async fn system(
-        &self,
-        id: &SystemId,
-    ) -> Result<Option<crate::domain::lifecycle::SystemView>, StoreError>;
+    async fn system(&self, id: &SystemId) -> Result<Option<crate::domain::lifecycle::SystemView>, StoreError>;
     /// Conflict if the id exists, NotFound if an owner does not.
     async fn create_system(&self, system: &System, event: AuditEvent) -> Result<(), StoreError>;
     /// Writes the system's new state. With `revoke`, also raises its
@@ -402,24 +384,15 @@ pub trait LifecycleStore: Send + Sync {
     async fn grants(&self, system: &SystemId) -> Result<Vec<Grant>, StoreError>;
     /// Conflict if the grant id exists.
     async fn create_grant(&self, grant: &Grant, event: AuditEvent) -> Result<(), StoreError>;
-    async fn delete_grant(
-        &self,
-        system: &SystemId,
-        grant: &GrantId,
-        event: AuditEvent,
-    ) -> Result<bool, StoreError>;
+    async fn delete_grant(&self, system: &SystemId, grant: &GrantId, event: AuditEvent) -> Result<bool, StoreError>;
     async fn outstanding_credentials(
         &self,
         system: &SystemId,
         now: OffsetDateTime,
     ) -> Result<Vec<CredentialSummary>, StoreError>;
     /// Records a notice once; returns false if it was already recorded.
-    async fn record_notice(
-        &self,
-        notice: &Notice,
-        event: AuditEvent,
-        job: Option<JobSpec>,
-    ) -> Result<bool, StoreError>;
+    async fn record_notice(&self, notice: &Notice, event: AuditEvent, job: Option<JobSpec>)
+    -> Result<bool, StoreError>;
     async fn list_notices(&self, since: OffsetDateTime) -> Result<Vec<Notice>, StoreError>;
 }
 

@@ -9,10 +9,7 @@ async fn rs256_attestation_gets_a_scoped_short_lived_jwt() {
     let body = app.exchange_ok(&attestation, &[]).await;
 
     assert_eq!(body["token_type"], "Bearer");
-    assert_eq!(
-        body["issued_token_type"],
-        "urn:ietf:params:oauth:token-type:access_token"
-    );
+    assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token");
     assert_eq!(body["expires_in"], 300, "default lifetime is 5 minutes");
     assert_eq!(body["scope"], "reports:read", "default scopes of the grant");
 
@@ -23,15 +20,9 @@ async fn rs256_attestation_gets_a_scoped_short_lived_jwt() {
     assert_eq!(claims["iss"], app.base);
     assert_eq!(claims["sub"], RSA_SUBJECT);
     assert_eq!(claims["client_id"], RSA_SUBJECT);
-    assert_eq!(
-        claims["aud"], "reports-api",
-        "the grant's only audience is used when none is asked"
-    );
+    assert_eq!(claims["aud"], "reports-api", "the grant's only audience is used when none is asked");
     assert_eq!(claims["system"], "summarizer");
-    assert_eq!(
-        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
-        300
-    );
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 300);
     assert_eq!(claims["nbf"], claims["iat"]);
     let jti = claims["jti"].as_str().unwrap();
     assert_eq!(uuid::Uuid::parse_str(jti).unwrap().get_version_num(), 7);
@@ -48,10 +39,7 @@ async fn rs256_attestation_gets_a_scoped_short_lived_jwt() {
     assert_eq!(issued[0].system_id.as_deref(), Some("summarizer"));
     assert_eq!(issued[0].subject.as_deref(), Some(RSA_SUBJECT));
     let (_, attestation_claims) = parts(&attestation);
-    assert_eq!(
-        issued[0].attestation_id.as_deref(),
-        attestation_claims["jti"].as_str()
-    );
+    assert_eq!(issued[0].attestation_id.as_deref(), attestation_claims["jti"].as_str());
     assert_eq!(issued[0].source.as_deref(), Some("127.0.0.1"));
     assert!(issued[0].request_id.is_some());
     assert_eq!(app.credential_count().await, 1);
@@ -64,21 +52,14 @@ async fn es256_attestation_with_explicit_audience_scope_and_ttl() {
     let body = app
         .exchange_ok(
             &attestation,
-            &[
-                ("audience", "docs-api"),
-                ("scope", "search:write docs:read"),
-                ("requested_ttl", "900"),
-            ],
+            &[("audience", "docs-api"), ("scope", "search:write docs:read"), ("requested_ttl", "900")],
         )
         .await;
     assert_eq!(body["expires_in"], 900);
     assert_eq!(body["scope"], "docs:read search:write");
     let (_, claims) = parts(body["access_token"].as_str().unwrap());
     assert_eq!(claims["aud"], "docs-api");
-    assert_eq!(
-        claims["sub"], EC_SUBJECT,
-        "prefix grant covers the workload"
-    );
+    assert_eq!(claims["sub"], EC_SUBJECT, "prefix grant covers the workload");
     assert_eq!(claims["system"], "indexer");
     verify_with_jwks(&app, body["access_token"].as_str().unwrap()).await;
 }
@@ -92,15 +73,9 @@ async fn requested_jwt_type_is_echoed_and_id_token_subjects_are_accepted() {
         .post(app.url("/oauth2/token"))
         .form(&[
             ("grant_type", TOKEN_EXCHANGE),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:id_token",
-            ),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token"),
             ("subject_token", attestation.as_str()),
-            (
-                "requested_token_type",
-                "urn:ietf:params:oauth:token-type:jwt",
-            ),
+            ("requested_token_type", "urn:ietf:params:oauth:token-type:jwt"),
         ])
         .send()
         .await
@@ -108,10 +83,7 @@ async fn requested_jwt_type_is_echoed_and_id_token_subjects_are_accepted() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["cache-control"], "no-store");
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(
-        body["issued_token_type"],
-        "urn:ietf:params:oauth:token-type:jwt"
-    );
+    assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:jwt");
 }
 
 #[tokio::test]
@@ -130,8 +102,7 @@ async fn reusable_issuer_accepts_the_same_token_twice() {
 async fn expiry_never_passes_the_pilot_end() {
     let app = spawn_app().await;
     // The pilot ends 30 days after creation; move to 2 minutes before.
-    app.clock
-        .advance(std::time::Duration::from_secs(30 * 86400 - 120));
+    app.clock.advance(std::time::Duration::from_secs(30 * 86400 - 120));
     let attestation = app.rsa.token(RSA_SUBJECT, app.now());
     let body = app.exchange_ok(&attestation, &[]).await;
     assert_eq!(body["expires_in"], 120);
@@ -159,27 +130,17 @@ async fn concurrent_exchanges_each_get_a_committed_record() {
                 .unwrap();
             assert_eq!(r.status(), 200);
             let body: serde_json::Value = r.json().await.unwrap();
-            parts(body["access_token"].as_str().unwrap()).1["jti"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+            parts(body["access_token"].as_str().unwrap()).1["jti"].as_str().unwrap().to_owned()
         }));
     }
     let mut jtis = Vec::new();
     for t in tasks {
         jtis.push(t.await.unwrap());
     }
-    let recorded: std::collections::HashSet<_> = app
-        .events("credential.issued")
-        .await
-        .into_iter()
-        .filter_map(|e| e.jti)
-        .collect();
+    let recorded: std::collections::HashSet<_> =
+        app.events("credential.issued").await.into_iter().filter_map(|e| e.jti).collect();
     for jti in &jtis {
-        assert!(
-            recorded.contains(jti),
-            "{jti} was returned without an issuance record"
-        );
+        assert!(recorded.contains(jti), "{jti} was returned without an issuance record");
     }
     assert_eq!(app.credential_count().await, 40);
 }

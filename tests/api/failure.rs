@@ -6,54 +6,32 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn database_unavailable_means_503_and_no_token_then_recovery() {
-    let app = spawn_with(Options {
-        busy_timeout: "200ms",
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_with(Options { busy_timeout: "200ms", ..Options::default() }).await;
     // Another process holds the database's write lock: the broker cannot
     // commit an issuance record, so it must not issue.
     let lock = app.lock_database().await;
-    let response = app
-        .exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
+    let response = app.exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable");
     assert!(body.get("access_token").is_none());
-    assert!(
-        !body.to_string().contains("eyJ"),
-        "no token material in the error: {body}"
-    );
+    assert!(!body.to_string().contains("eyJ"), "no token material in the error: {body}");
 
     // Denials cannot be recorded either, so they are 503 too (fail closed).
     let forged = TestIssuer::rsa("https://stranger.example").token(RSA_SUBJECT, app.now());
     assert_eq!(app.exchange(&forged, &[]).await.status(), 503);
 
     drop(lock);
-    assert_eq!(
-        app.credential_count().await,
-        0,
-        "nothing was stored during the outage"
-    );
-    let body = app
-        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
-    assert!(
-        body["access_token"].is_string(),
-        "service resumes by itself"
-    );
+    assert_eq!(app.credential_count().await, 0, "nothing was stored during the outage");
+    let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    assert!(body["access_token"].is_string(), "service resumes by itself");
     assert_eq!(app.events("credential.issued").await.len(), 1);
 }
 
 #[tokio::test]
 async fn health_endpoints_answer_and_start_fails_without_a_database() {
-    let app = spawn_with(Options {
-        busy_timeout: "200ms",
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_with(Options { busy_timeout: "200ms", ..Options::default() }).await;
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();

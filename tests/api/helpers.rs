@@ -41,58 +41,28 @@ impl TestIssuer {
     /// replace: ring does not generate RSA keys).
     pub fn rsa(iss: &str) -> Self {
         let out = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-outform",
-                "DER",
-            ])
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-outform", "DER"])
             .output()
             .expect("openssl is needed to create RSA test keys");
-        assert!(
-            out.status.success(),
-            "openssl failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "openssl failed: {}", String::from_utf8_lossy(&out.stderr));
         let pkcs8 = out.stdout;
         let pair = rsig::RsaKeyPair::from_der(&pkcs8).expect("openssl produced an RSA private key");
         let c = rsig::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
         let kid = format!("rsa-{}", &hex8(&c.n));
         let public_jwk = json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
             "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)});
-        Self {
-            iss: iss.into(),
-            kid,
-            alg: Algorithm::RS256,
-            pkcs8,
-            public_jwk,
-        }
+        Self { iss: iss.into(), kid, alg: Algorithm::RS256, pkcs8, public_jwk }
     }
 
     pub fn ec(iss: &str) -> Self {
         let rng = SystemRandom::new();
-        let doc = rsig::EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .unwrap();
-        let pair = rsig::EcdsaKeyPair::from_pkcs8(
-            &rsig::ECDSA_P256_SHA256_FIXED_SIGNING,
-            doc.as_ref(),
-            &rng,
-        )
-        .unwrap();
+        let doc = rsig::EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = rsig::EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).unwrap();
         let point = pair.public_key().as_ref();
         let kid = format!("ec-{}", hex8(point));
         let public_jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
             "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])});
-        Self {
-            iss: iss.into(),
-            kid,
-            alg: Algorithm::ES256,
-            pkcs8: doc.as_ref().to_vec(),
-            public_jwk,
-        }
+        Self { iss: iss.into(), kid, alg: Algorithm::ES256, pkcs8: doc.as_ref().to_vec(), public_jwk }
     }
 
     pub fn jwks(&self) -> Value {
@@ -120,14 +90,9 @@ impl TestIssuer {
 
     /// Signs with an explicit header object (for hostile-header tests).
     pub fn sign_raw(&self, header: &Value, claims: &Value) -> String {
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig =
-            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &self.encoding_key(), self.alg)
-                .unwrap();
+        let signing_input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let sig = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &self.encoding_key(), self.alg).unwrap();
         format!("{signing_input}.{sig}")
     }
 
@@ -137,12 +102,7 @@ impl TestIssuer {
 }
 
 fn hex8(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .rev()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    bytes.iter().rev().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn uuid_like() -> String {
@@ -161,12 +121,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            extra_config: String::new(),
-            busy_timeout: "5s",
-            catalog: default_catalog(),
-            algorithm: "EdDSA",
-        }
+        Self { extra_config: String::new(), busy_timeout: "5s", catalog: default_catalog(), algorithm: "EdDSA" }
     }
 }
 
@@ -318,10 +273,7 @@ max_token_age = "1h"
     );
     let config = Config::from_toml(&text).unwrap();
     let clock = ManualClock::starting_now();
-    let app = App::build(config, Arc::new(clock.clone()))
-        .await
-        .unwrap()
-        .without_background_lifecycle();
+    let app = App::build(config, Arc::new(clock.clone())).await.unwrap().without_background_lifecycle();
     let addr = app.local_addr();
     let base = app.base_url().to_owned();
     let broker = app.broker().clone();
@@ -362,18 +314,10 @@ impl TestApp {
 
     /// POSTs a token exchange with `subject_token` and extra parameters.
     pub async fn exchange(&self, subject_token: &str, extra: &[(&str, &str)]) -> reqwest::Response {
-        let mut form = vec![
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token_type", JWT_TYPE),
-            ("subject_token", subject_token),
-        ];
+        let mut form =
+            vec![("grant_type", TOKEN_EXCHANGE), ("subject_token_type", JWT_TYPE), ("subject_token", subject_token)];
         form.extend_from_slice(extra);
-        self.client
-            .post(self.url("/oauth2/token"))
-            .form(&form)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(self.url("/oauth2/token")).form(&form).send().await.unwrap()
     }
 
     /// Exchanges and expects success; returns the response body.
@@ -401,39 +345,20 @@ impl TestApp {
     }
 
     /// Calls the operator API; returns the status and the JSON body (Null when empty).
-    pub async fn api(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut request = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(token);
+    pub async fn api(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (
-            status,
-            if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap()
-            },
-        )
+        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
     }
 
     /// Runs one lifecycle pass at the current (manual) time.
     pub async fn reap(&self) -> halflife::broker::lifecycle::ReaperReport {
-        self.broker
-            .run_lifecycle_once(self.clock.now())
-            .await
-            .unwrap()
+        self.broker.run_lifecycle_once(self.clock.now()).await.unwrap()
     }
 
     /// Executes SQL against the database from another connection.
@@ -461,9 +386,7 @@ impl TestApp {
     }
 
     async fn db(&self) -> sqlx::SqliteConnection {
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.db_path().display()))
-            .await
-            .unwrap()
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.db_path().display())).await.unwrap()
     }
 
     /// Audit events of `kind`, oldest first, as (reason, jti, attestation_id, system_id).
@@ -481,20 +404,14 @@ impl TestApp {
 
     pub async fn credential_count(&self) -> i64 {
         let mut db = self.db().await;
-        sqlx::query_scalar("SELECT COUNT(*) FROM credentials")
-            .fetch_one(&mut db)
-            .await
-            .unwrap()
+        sqlx::query_scalar("SELECT COUNT(*) FROM credentials").fetch_one(&mut db).await.unwrap()
     }
 
     /// Holds SQLite's write lock from another connection until dropped
     /// (the database is "unavailable" for writers meanwhile).
     pub async fn lock_database(&self) -> sqlx::SqliteConnection {
         let mut db = self.db().await;
-        sqlx::query("BEGIN EXCLUSIVE")
-            .execute(&mut db)
-            .await
-            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE").execute(&mut db).await.unwrap();
         db
     }
 }
@@ -515,35 +432,21 @@ pub fn parts(token: &str) -> (Value, Value) {
     let mut it = token.split('.');
     let h = URL_SAFE_NO_PAD.decode(it.next().unwrap()).unwrap();
     let c = URL_SAFE_NO_PAD.decode(it.next().unwrap()).unwrap();
-    (
-        serde_json::from_slice(&h).unwrap(),
-        serde_json::from_slice(&c).unwrap(),
-    )
+    (serde_json::from_slice(&h).unwrap(), serde_json::from_slice(&c).unwrap())
 }
 
 /// Verifies an issued token against the server's published JWKS.
 pub async fn verify_with_jwks(app: &TestApp, token: &str) -> Value {
-    let jwks: jsonwebtoken::jwk::JwkSet = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        app.client.get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
     let header = jsonwebtoken::decode_header(token).unwrap();
-    let jwk = jwks
-        .find(header.kid.as_deref().unwrap())
-        .expect("kid published in JWKS");
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid published in JWKS");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
     let mut validation = jsonwebtoken::Validation::new(header.alg);
     validation.set_audience(&["reports-api", "search-api", "docs-api"]);
     validation.set_issuer(&[&app.base]);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-    jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .unwrap()
-        .claims
+    jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap().claims
 }
 
 pub fn repo_root() -> &'static Path {

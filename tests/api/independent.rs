@@ -18,41 +18,22 @@ print(json.dumps(claims))
 
 /// Whether PyJWT can run here; in CI (`HALFLIFE_REQUIRE_PYJWT=1`) its absence fails the test.
 fn pyjwt_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import jwt, cryptography"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok =
+        Command::new("python3").args(["-c", "import jwt, cryptography"]).output().is_ok_and(|o| o.status.success());
     if !ok {
         assert!(
             std::env::var("HALFLIFE_REQUIRE_PYJWT").is_err(),
             "PyJWT is required here: pip install 'pyjwt[crypto]'"
         );
-        eprintln!(
-            "SKIPPED: python3 with PyJWT and cryptography is not installed (pip install 'pyjwt[crypto]')"
-        );
+        eprintln!("SKIPPED: python3 with PyJWT and cryptography is not installed (pip install 'pyjwt[crypto]')");
     }
     ok
 }
 
 async fn check_with_pyjwt(app: &TestApp, audience: &str, token: &str) -> serde_json::Value {
-    let jwks = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let out = Command::new("python3")
-        .args(["-c", SCRIPT, &jwks, token, &app.base, audience])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "PyJWT rejected the token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let jwks = app.client.get(app.url("/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap();
+    let out = Command::new("python3").args(["-c", SCRIPT, &jwks, token, &app.base, audience]).output().unwrap();
+    assert!(out.status.success(), "PyJWT rejected the token: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -62,11 +43,8 @@ async fn pyjwt_verifies_eddsa_tokens() {
         return;
     }
     let app = spawn_app().await;
-    let body = app
-        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
-    let claims =
-        check_with_pyjwt(&app, "reports-api", body["access_token"].as_str().unwrap()).await;
+    let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    let claims = check_with_pyjwt(&app, "reports-api", body["access_token"].as_str().unwrap()).await;
     assert_eq!(claims["sub"], RSA_SUBJECT);
     assert_eq!(claims["system"], "summarizer");
 }
@@ -76,17 +54,8 @@ async fn pyjwt_verifies_es256_tokens() {
     if !pyjwt_available() {
         return;
     }
-    let app = spawn_with(Options {
-        algorithm: "ES256",
-        ..Options::default()
-    })
-    .await;
-    let body = app
-        .exchange_ok(
-            &app.ec.token(EC_SUBJECT, app.now()),
-            &[("audience", "docs-api")],
-        )
-        .await;
+    let app = spawn_with(Options { algorithm: "ES256", ..Options::default() }).await;
+    let body = app.exchange_ok(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
     let (header, _) = parts(body["access_token"].as_str().unwrap());
     assert_eq!(header["alg"], "ES256");
     let claims = check_with_pyjwt(&app, "docs-api", body["access_token"].as_str().unwrap()).await;

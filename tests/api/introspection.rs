@@ -10,45 +10,22 @@ use halflife::clock::Clock;
 async fn introspection_reports_active_then_inactive_after_revocation() {
     let app = spawn_app().await;
     let admin = app.admin_token(Role::Introspector).await;
-    let body = app
-        .exchange_ok(
-            &app.rsa.token(RSA_SUBJECT, app.now()),
-            &[("scope", "reports:read reports:write")],
-        )
-        .await;
+    let body =
+        app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[("scope", "reports:read reports:write")]).await;
     let token = body["access_token"].as_str().unwrap();
     let (_, claims) = parts(token);
 
     let active = app.introspect(&admin, token).await;
     assert_eq!(active["active"], true);
-    for claim in [
-        "iss",
-        "sub",
-        "aud",
-        "exp",
-        "iat",
-        "nbf",
-        "jti",
-        "client_id",
-        "system",
-    ] {
+    for claim in ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "system"] {
         assert_eq!(active[claim], claims[claim], "{claim}");
     }
     assert_eq!(active["scope"], "reports:read reports:write");
 
     // The holder revokes it with the token itself.
-    let response = app
-        .client
-        .post(app.url("/oauth2/revoke"))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.post(app.url("/oauth2/revoke")).form(&[("token", token)]).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        app.introspect(&admin, token).await,
-        json!({"active": false})
-    );
+    assert_eq!(app.introspect(&admin, token).await, json!({"active": false}));
 
     let revoked = app.events("credential.revoked").await;
     assert_eq!(revoked.len(), 1);
@@ -56,13 +33,7 @@ async fn introspection_reports_active_then_inactive_after_revocation() {
 
     // Revoking again, or revoking garbage, is still 200 and changes nothing.
     for t in [token, "garbage", "a.b.c"] {
-        let response = app
-            .client
-            .post(app.url("/oauth2/revoke"))
-            .form(&[("token", t)])
-            .send()
-            .await
-            .unwrap();
+        let response = app.client.post(app.url("/oauth2/revoke")).form(&[("token", t)]).send().await.unwrap();
         assert_eq!(response.status(), 200, "{t}");
     }
 }
@@ -71,15 +42,11 @@ async fn introspection_reports_active_then_inactive_after_revocation() {
 async fn expired_unknown_malformed_and_foreign_tokens_are_exactly_inactive() {
     let app = spawn_app().await;
     let admin = app.admin_token(Role::Admin).await;
-    let body = app
-        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
+    let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     let token = body["access_token"].as_str().unwrap().to_owned();
 
     let other = spawn_app().await;
-    let foreign = other
-        .exchange_ok(&other.rsa.token(RSA_SUBJECT, other.now()), &[])
-        .await;
+    let foreign = other.exchange_ok(&other.rsa.token(RSA_SUBJECT, other.now()), &[]).await;
     let (head, _) = token.rsplit_once('.').unwrap();
     for t in [
         "not-a-token",
@@ -100,43 +67,23 @@ async fn expired_unknown_malformed_and_foreign_tokens_are_exactly_inactive() {
             assert_eq!(response.status(), 400);
             continue;
         }
-        assert_eq!(
-            response.json::<Value>().await.unwrap(),
-            json!({"active": false}),
-            "{t}"
-        );
+        assert_eq!(response.json::<Value>().await.unwrap(), json!({"active": false}), "{t}");
     }
 
     assert_eq!(app.introspect(&admin, &token).await["active"], true);
     app.clock.advance(std::time::Duration::from_secs(301));
-    assert_eq!(
-        app.introspect(&admin, &token).await,
-        json!({"active": false})
-    );
+    assert_eq!(app.introspect(&admin, &token).await, json!({"active": false}));
 }
 
 #[tokio::test]
 async fn introspection_requires_an_authorised_caller() {
     let app = spawn_app().await;
-    let body = app
-        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
+    let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     let token = body["access_token"].as_str().unwrap();
 
-    let anonymous = app
-        .client
-        .post(app.url("/oauth2/introspect"))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
+    let anonymous = app.client.post(app.url("/oauth2/introspect")).form(&[("token", token)]).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
-    assert!(
-        anonymous.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .starts_with("Bearer")
-    );
+    assert!(anonymous.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
 
     // A workload's own access token is no admin credential: 403, recorded.
     let as_workload = app
@@ -163,11 +110,7 @@ async fn introspection_requires_an_authorised_caller() {
 
     for role in [Role::Introspector, Role::Operator, Role::Admin] {
         let admin = app.admin_token(role).await;
-        assert_eq!(
-            app.introspect(&admin, token).await["active"],
-            true,
-            "{role}"
-        );
+        assert_eq!(app.introspect(&admin, token).await["active"], true, "{role}");
     }
 }
 
@@ -175,9 +118,7 @@ async fn introspection_requires_an_authorised_caller() {
 async fn an_owner_departing_makes_the_systems_credentials_inactive_at_once() {
     let app = spawn_app().await;
     let admin = app.admin_token(Role::Introspector).await;
-    let body = app
-        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
+    let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     let token = body["access_token"].as_str().unwrap();
     assert_eq!(app.introspect(&admin, token).await["active"], true);
 
@@ -201,25 +142,12 @@ async fn an_owner_departing_makes_the_systems_credentials_inactive_at_once() {
         "[dev]\nenabled = true\n[[issuers]]\nname = \"k8s\"\nissuer = \"{RSA_ISS}\"\njwks_file = \"x\"\naudience = \"{AUD}\"\n[[issuers]]\nname = \"spire\"\nissuer = \"{EC_ISS}\"\njwks_file = \"y\"\naudience = \"{AUD}\"\n"
     ))
     .unwrap();
-    let report = halflife::app::apply_file(&store, &config, &path, "test", app.clock.now(), false)
-        .await
-        .unwrap();
+    let report = halflife::app::apply_file(&store, &config, &path, "test", app.clock.now(), false).await.unwrap();
     assert_eq!(report.updated, vec!["owner/tech".to_owned()]);
 
-    assert_eq!(
-        app.introspect(&admin, token).await,
-        json!({"active": false})
-    );
-    let response = app
-        .exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
+    assert_eq!(app.introspect(&admin, token).await, json!({"active": false}));
+    let response = app.exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "access_denied");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("departed"),
-        "{body}"
-    );
+    assert!(body["error_description"].as_str().unwrap().contains("departed"), "{body}");
 }

@@ -37,11 +37,7 @@ async fn upstream(initial: Value) -> Upstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    Upstream {
-        url: format!("http://{addr}/jwks"),
-        jwks,
-        hits,
-    }
+    Upstream { url: format!("http://{addr}/jwks"), jwks, hits }
 }
 
 fn remote_catalog() -> String {
@@ -57,7 +53,7 @@ async fn keys_are_fetched_refreshed_on_unknown_kid_and_rate_limited() {
     let up = upstream(first.jwks()).await;
     let app = spawn_with(Options {
         extra_config: format!(
-            "[[issuers]]\nname = \"remote\"\nissuer = \"{REMOTE_ISS}\"\njwks_uri = \"{}\"\nalgorithms = [\"ES256\"]\naudience = \"{AUD}\"\njwks_refresh_interval = \"1h\"\njwks_refresh_cooldown = \"1h\"\n",
+            "[[issuers]]\nname = \"remote\"\nissuer = \"{REMOTE_ISS}\"\njwks_uri = \"{}\"\nalgorithms = [\"ES256\"]\naudience = \"{AUD}\"\njwks_refresh_interval = \"1h\"\njwks_refresh_cooldown = \"1h\"\njwks_max_stale = \"2h\"\n",
             up.url
         ),
         catalog: remote_catalog(),
@@ -67,46 +63,57 @@ async fn keys_are_fetched_refreshed_on_unknown_kid_and_rate_limited() {
 
     // Ready only once the JWKS has been fetched.
     let ready = eventually(Duration::from_secs(10), || async {
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
+        app.client.get(app.url("/readyz")).send().await.unwrap().status() == 200
     })
     .await;
     assert!(ready, "readyz never became ready");
-    app.exchange_ok(&first.token(REMOTE_SUBJECT, app.now()), &[])
-        .await;
+    app.exchange_ok(&first.token(REMOTE_SUBJECT, app.now()), &[]).await;
     let after_start = up.hits.load(Ordering::SeqCst);
 
     // The issuer rotates: a token with a new kid triggers one refetch.
     let second = TestIssuer::ec(REMOTE_ISS);
     *up.jwks.write().await = serde_json::json!({"keys": [first.public_jwk, second.public_jwk]});
-    app.exchange_ok(&second.token(REMOTE_SUBJECT, app.now()), &[])
-        .await;
+    app.exchange_ok(&second.token(REMOTE_SUBJECT, app.now()), &[]).await;
     assert_eq!(up.hits.load(Ordering::SeqCst), after_start + 1);
 
     // A flood of unknown kids within the cooldown causes no further fetches.
     for i in 0..20 {
         let mut stranger = TestIssuer::ec(REMOTE_ISS);
         stranger.kid = format!("random-{i}");
-        let response = app
-            .exchange(&stranger.token(REMOTE_SUBJECT, app.now()), &[])
-            .await;
+        let response = app.exchange(&stranger.token(REMOTE_SUBJECT, app.now()), &[]).await;
         assert_eq!(response.status(), 400);
     }
-    assert_eq!(
-        up.hits.load(Ordering::SeqCst),
-        after_start + 1,
-        "refetches must be rate limited"
-    );
+    assert_eq!(up.hits.load(Ordering::SeqCst), after_start + 1, "refetches must be rate limited");
 
-    // The upstream breaks: the last good keys keep working.
+    // The upstream breaks: a refresh fails, and the last good keys keep working.
     *up.jwks.write().await = serde_json::json!({"nonsense": true});
-    app.exchange_ok(&first.token(REMOTE_SUBJECT, app.now()), &[])
-        .await;
+    let remote = app
+        .broker
+        .verifier
+        .issuers()
+        .find_map(|i| match &i.keys {
+            halflife::attest::jwt::IssuerKeys::Remote(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let hits = up.hits.load(Ordering::SeqCst);
+    assert!(remote.refresh().await.is_err());
+    assert_eq!(up.hits.load(Ordering::SeqCst), hits + 1);
+    app.exchange_ok(&first.token(REMOTE_SUBJECT, app.now()), &[]).await;
+
+    // Past jwks_max_stale without a good fetch, the cached keys are no longer
+    // trusted: verification fails closed and the broker reports not ready.
+    app.clock.advance(Duration::from_secs(2 * 3600 + 1));
+    let response = app.exchange(&first.token(REMOTE_SUBJECT, app.now()), &[]).await;
+    assert_eq!(response.status(), 400);
+    let denials = app.events("credential.denied").await;
+    assert!(denials.last().unwrap().reason.as_deref().unwrap().contains("unavailable"), "{denials:?}");
+    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 503);
+
+    // The upstream recovers: the next refresh restores service.
+    *up.jwks.write().await = serde_json::json!({"keys": [first.public_jwk, second.public_jwk]});
+    remote.refresh().await.unwrap();
+    app.exchange_ok(&first.token(REMOTE_SUBJECT, app.now()), &[]).await;
 }
 
 #[tokio::test]

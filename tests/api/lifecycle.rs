@@ -42,9 +42,7 @@ async fn other_system(app: &TestApp, operator: &str, id: &str, ends_in: Duration
 }
 
 async fn state_of(app: &TestApp, operator: &str, id: &str) -> Value {
-    let (status, body) = app
-        .api(Method::GET, &format!("/v1/systems/{id}"), operator, None)
-        .await;
+    let (status, body) = app.api(Method::GET, &format!("/v1/systems/{id}"), operator, None).await;
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -54,12 +52,7 @@ async fn ended_pilot_is_suspended_and_its_credentials_revoked_by_one_pass() {
     let app = spawn_app().await;
     let operator = app.admin_token(Role::Operator).await;
     let introspector = app.admin_token(Role::Introspector).await;
-    let body = app
-        .exchange_ok(
-            &app.rsa.token(RSA_SUBJECT, app.now()),
-            &[("requested_ttl", "900")],
-        )
-        .await;
+    let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[("requested_ttl", "900")]).await;
     let token = body["access_token"].as_str().unwrap().to_owned();
     // The operator pulls the pilot end in: the credential would outlive it.
     let (status, body) = app
@@ -74,60 +67,27 @@ async fn ended_pilot_is_suspended_and_its_credentials_revoked_by_one_pass() {
 
     app.clock.advance(Duration::from_secs(301));
     // Before the reaper runs, the exchange path already refuses.
-    let response = app
-        .exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
+    let response = app.exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     let refused: Value = response.json().await.unwrap();
     assert_eq!(refused["error"], "access_denied");
-    assert!(
-        refused["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("pilot ended"),
-        "{refused}"
-    );
+    assert!(refused["error_description"].as_str().unwrap().contains("pilot ended"), "{refused}");
 
     let report = app.reap().await;
     assert_eq!(report.suspended.len(), 1, "{report:?}");
     assert_eq!(report.suspended[0].0, "summarizer");
     assert_eq!(report.revoked, 1);
-    assert_eq!(
-        app.introspect(&introspector, &token).await,
-        json!({"active": false})
-    );
+    assert_eq!(app.introspect(&introspector, &token).await, json!({"active": false}));
     let system = state_of(&app, &operator, "summarizer").await;
     assert_eq!(system["state"], "suspended");
-    assert_eq!(
-        system["tier"], "pilot",
-        "a suspended pilot stays recognisably a pilot"
-    );
-    assert!(
-        system["suspended_reason"]
-            .as_str()
-            .unwrap()
-            .contains("pilot ended")
-    );
+    assert_eq!(system["tier"], "pilot", "a suspended pilot stays recognisably a pilot");
+    assert!(system["suspended_reason"].as_str().unwrap().contains("pilot ended"));
 
     let suspended = app.events("system.suspended").await;
     assert_eq!(suspended.len(), 1);
-    assert!(
-        suspended[0]
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("pilot ended")
-    );
-    let response = app
-        .exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
+    assert!(suspended[0].reason.as_deref().unwrap().contains("pilot ended"));
+    let response = app.exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     let refused: Value = response.json().await.unwrap();
-    assert!(
-        refused["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("suspended"),
-        "{refused}"
-    );
+    assert!(refused["error_description"].as_str().unwrap().contains("suspended"), "{refused}");
 
     // Idempotent: a second pass changes nothing.
     let again = app.reap().await;
@@ -140,14 +100,8 @@ async fn a_departed_owner_suspends_exactly_their_systems() {
     let app = spawn_app().await;
     let operator = app.admin_token(Role::Operator).await;
     other_system(&app, &operator, "bystander", 60 * DAY).await;
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/owners/tech/depart",
-            &operator,
-            Some(json!({"reason": "left"})),
-        )
-        .await;
+    let (status, body) =
+        app.api(Method::POST, "/v1/owners/tech/depart", &operator, Some(json!({"reason": "left"}))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "departed");
 
@@ -155,16 +109,8 @@ async fn a_departed_owner_suspends_exactly_their_systems() {
     let mut suspended: Vec<_> = report.suspended.iter().map(|(s, _)| s.as_str()).collect();
     suspended.sort_unstable();
     assert_eq!(suspended, ["indexer", "summarizer"]);
-    assert!(
-        report
-            .suspended
-            .iter()
-            .all(|(_, why)| why.contains("departed"))
-    );
-    assert_eq!(
-        state_of(&app, &operator, "bystander").await["state"],
-        "active"
-    );
+    assert!(report.suspended.iter().all(|(_, why)| why.contains("departed")));
+    assert_eq!(state_of(&app, &operator, "bystander").await["state"], "active");
     assert_eq!(app.events("owner.departed").await.len(), 1);
 }
 
@@ -177,31 +123,16 @@ async fn a_lapsed_recertification_suspends_that_owners_systems_only() {
     other_system(&app, &operator, "newcomer", 80 * DAY).await;
     // Catalog owners were attested for 90 days from the start; recertify one
     // of the newcomers' owners to show recertification extends attestation.
-    let (status, owner) = app
-        .api(
-            Method::POST,
-            "/v1/owners/newcomer-biz/recertify",
-            &operator,
-            None,
-        )
-        .await;
+    let (status, owner) = app.api(Method::POST, "/v1/owners/newcomer-biz/recertify", &operator, None).await;
     assert_eq!(status, 200, "{owner}");
     app.clock.advance(60 * DAY + Duration::from_secs(1));
     let report = app.reap().await;
     let suspended: Vec<_> = report.suspended.iter().map(|(s, _)| s.as_str()).collect();
     assert!(suspended.contains(&"indexer"), "{report:?}");
     assert!(!suspended.contains(&"newcomer"), "{report:?}");
-    let indexer = report
-        .suspended
-        .iter()
-        .find(|(s, _)| s == "indexer")
-        .unwrap();
+    let indexer = report.suspended.iter().find(|(s, _)| s == "indexer").unwrap();
     assert!(indexer.1.contains("attestation lapsed"), "{indexer:?}");
-    assert_eq!(
-        app.events("owner.lapsed").await.len(),
-        2,
-        "biz and tech lapse, each recorded once"
-    );
+    assert_eq!(app.events("owner.lapsed").await.len(), 2, "biz and tech lapse, each recorded once");
     app.reap().await;
     assert_eq!(app.events("owner.lapsed").await.len(), 2);
 }
@@ -212,12 +143,7 @@ async fn revoking_a_system_writes_the_same_whatever_it_holds() {
         let app = spawn_app().await;
         let operator = app.admin_token(Role::Operator).await;
         let introspector = app.admin_token(Role::Introspector).await;
-        let body = app
-            .exchange_ok(
-                &app.ec.token(EC_SUBJECT, app.now()),
-                &[("audience", "docs-api")],
-            )
-            .await;
+        let body = app.exchange_ok(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
         let token = body["access_token"].as_str().unwrap().to_owned();
         let exp = app.now() + 600;
         app.sql(&format!(
@@ -228,36 +154,20 @@ async fn revoking_a_system_writes_the_same_whatever_it_holds() {
             app.now()
         ))
         .await;
-        let writes_before = app.scalar("SELECT COUNT(*) FROM jobs").await
-            + app.scalar("SELECT COUNT(*) FROM audit_events").await;
+        let writes_before =
+            app.scalar("SELECT COUNT(*) FROM jobs").await + app.scalar("SELECT COUNT(*) FROM audit_events").await;
 
         let (status, body) = app
-            .api(
-                Method::POST,
-                "/v1/systems/indexer/revoke",
-                &operator,
-                Some(json!({"reason": "key leak drill"})),
-            )
+            .api(Method::POST, "/v1/systems/indexer/revoke", &operator, Some(json!({"reason": "key leak drill"})))
             .await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(
-            body["revoked"], outstanding,
-            "the count of credentials made inactive"
-        );
+        assert_eq!(body["revoked"], outstanding, "the count of credentials made inactive");
         // The request path touched no credential row: one epoch, one job,
         // one event, whatever the number of credentials.
-        assert_eq!(
-            app.scalar("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL")
-                .await,
-            0
-        );
-        let writes_after = app.scalar("SELECT COUNT(*) FROM jobs").await
-            + app.scalar("SELECT COUNT(*) FROM audit_events").await;
-        assert_eq!(
-            writes_after - writes_before,
-            2,
-            "one job and one event for {outstanding} credentials"
-        );
+        assert_eq!(app.scalar("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL").await, 0);
+        let writes_after =
+            app.scalar("SELECT COUNT(*) FROM jobs").await + app.scalar("SELECT COUNT(*) FROM audit_events").await;
+        assert_eq!(writes_after - writes_before, 2, "one job and one event for {outstanding} credentials");
         assert_eq!(
             app.introspect(&introspector, &token).await,
             json!({"active": false}),
@@ -266,14 +176,8 @@ async fn revoking_a_system_writes_the_same_whatever_it_holds() {
 
         // The background job then marks every row.
         app.reap().await;
-        assert_eq!(
-            app.scalar("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL")
-                .await,
-            outstanding
-        );
-        let (_, jobs) = app
-            .api(Method::GET, "/v1/jobs?all=true", &operator, None)
-            .await;
+        assert_eq!(app.scalar("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL").await, outstanding);
+        let (_, jobs) = app.api(Method::GET, "/v1/jobs?all=true", &operator, None).await;
         assert_eq!(jobs["jobs"][0]["status"], "done", "{jobs}");
     }
 }
@@ -297,86 +201,28 @@ async fn the_promotion_gate_names_each_missing_condition() {
     };
 
     // summarizer is a pilot without a data classification.
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/systems/summarizer/promote",
-            &operator,
-            None,
-        )
-        .await;
+    let (status, body) = app.api(Method::POST, "/v1/systems/summarizer/promote", &operator, None).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"], "promotion_refused");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("data_classification"),
-        "{body}"
-    );
+    assert!(body["error_description"].as_str().unwrap().contains("data_classification"), "{body}");
 
     let (status, _) = app
-        .api(
-            Method::PATCH,
-            "/v1/systems/summarizer",
-            &operator,
-            Some(json!({"data_classification": "internal"})),
-        )
+        .api(Method::PATCH, "/v1/systems/summarizer", &operator, Some(json!({"data_classification": "internal"})))
         .await;
     assert_eq!(status, 200);
     // An owner cannot approve their own system.
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/systems/summarizer/promote",
-            &owner_operator,
-            None,
-        )
-        .await;
+    let (status, body) = app.api(Method::POST, "/v1/systems/summarizer/promote", &owner_operator, None).await;
     assert_eq!(status, 409);
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("approver"),
-        "{body}"
-    );
+    assert!(body["error_description"].as_str().unwrap().contains("approver"), "{body}");
 
     // Without grants the gate refuses too.
-    let (status, _) = app
-        .api(
-            Method::DELETE,
-            "/v1/systems/summarizer/grants/summarizer-k8s",
-            &operator,
-            None,
-        )
-        .await;
+    let (status, _) = app.api(Method::DELETE, "/v1/systems/summarizer/grants/summarizer-k8s", &operator, None).await;
     assert_eq!(status, 204);
-    let (status, _) = app
-        .api(
-            Method::DELETE,
-            "/v1/systems/summarizer/grants?id=summarizer-dev",
-            &operator,
-            None,
-        )
-        .await;
+    let (status, _) = app.api(Method::DELETE, "/v1/systems/summarizer/grants?id=summarizer-dev", &operator, None).await;
     assert_eq!(status, 204);
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/systems/summarizer/promote",
-            &operator,
-            None,
-        )
-        .await;
+    let (status, body) = app.api(Method::POST, "/v1/systems/summarizer/promote", &operator, None).await;
     assert_eq!(status, 409);
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("grants"),
-        "{body}"
-    );
+    assert!(body["error_description"].as_str().unwrap().contains("grants"), "{body}");
     let (status, body) = app
         .api(
             Method::POST,
@@ -388,37 +234,17 @@ async fn the_promotion_gate_names_each_missing_condition() {
         .await;
     assert_eq!(status, 201, "{body}");
 
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/systems/summarizer/promote",
-            &operator,
-            None,
-        )
-        .await;
+    let (status, body) = app.api(Method::POST, "/v1/systems/summarizer/promote", &operator, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["system"]["tier"], "production");
     assert_eq!(body["system"]["pilot_ends_at"], Value::Null);
-    assert!(
-        body["gate"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["passed"] == true)
-    );
+    assert!(body["gate"].as_array().unwrap().iter().all(|c| c["passed"] == true));
     assert_eq!(app.events("system.promoted").await.len(), 1);
     assert_eq!(app.events("system.promotion_refused").await.len(), 3);
 
     // Sandbox → pilot needs an end date.
     other_system(&app, &operator, "sandboxed", 10 * DAY).await;
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/systems/sandboxed/promote",
-            &operator,
-            None,
-        )
-        .await;
+    let (status, body) = app.api(Method::POST, "/v1/systems/sandboxed/promote", &operator, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["system"]["tier"], "pilot");
 }
@@ -428,36 +254,17 @@ async fn reinstatement_keeps_old_credentials_revoked() {
     let app = spawn_app().await;
     let operator = app.admin_token(Role::Operator).await;
     let introspector = app.admin_token(Role::Introspector).await;
-    let old = app
-        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let old =
+        app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await["access_token"].as_str().unwrap().to_owned();
 
     let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/systems/summarizer/suspend",
-            &operator,
-            Some(json!({"reason": "incident 42"})),
-        )
+        .api(Method::POST, "/v1/systems/summarizer/suspend", &operator, Some(json!({"reason": "incident 42"})))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["revoked"], 1);
-    assert_eq!(
-        app.introspect(&introspector, &old).await,
-        json!({"active": false})
-    );
+    assert_eq!(app.introspect(&introspector, &old).await, json!({"active": false}));
 
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/systems/summarizer/reinstate",
-            &operator,
-            None,
-        )
-        .await;
+    let (status, body) = app.api(Method::POST, "/v1/systems/summarizer/reinstate", &operator, None).await;
     assert_eq!(status, 400, "a pilot needs a new end date: {body}");
     assert_eq!(body["field"], "pilot_ends_at");
     let (status, body) = app
@@ -471,17 +278,9 @@ async fn reinstatement_keeps_old_credentials_revoked() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "active");
 
-    assert_eq!(
-        app.introspect(&introspector, &old).await,
-        json!({"active": false}),
-        "old credentials stay revoked"
-    );
-    let new = app
-        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    assert_eq!(app.introspect(&introspector, &old).await, json!({"active": false}), "old credentials stay revoked");
+    let new =
+        app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await["access_token"].as_str().unwrap().to_owned();
     assert_eq!(app.introspect(&introspector, &new).await["active"], true);
     assert_eq!(app.events("system.reinstated").await.len(), 1);
 }
@@ -493,30 +292,16 @@ async fn revocation_by_workload_jti_and_owner_reports_counts() {
     let introspector = app.admin_token(Role::Introspector).await;
     let mut tokens = Vec::new();
     for _ in 0..3 {
-        let body = app
-            .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-            .await;
+        let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
         tokens.push(body["access_token"].as_str().unwrap().to_owned());
     }
     let jti = parts(&tokens[0]).1["jti"].as_str().unwrap().to_owned();
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/revoke",
-            &operator,
-            Some(json!({"jti": jti, "reason": "lost"})),
-        )
-        .await;
+    let (status, body) =
+        app.api(Method::POST, "/v1/revoke", &operator, Some(json!({"jti": jti, "reason": "lost"}))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["revoked"], 1);
-    assert_eq!(
-        app.introspect(&introspector, &tokens[0]).await["active"],
-        false
-    );
-    assert_eq!(
-        app.introspect(&introspector, &tokens[1]).await["active"],
-        true
-    );
+    assert_eq!(app.introspect(&introspector, &tokens[0]).await["active"], false);
+    assert_eq!(app.introspect(&introspector, &tokens[1]).await["active"], true);
 
     let (status, body) = app
         .api(
@@ -527,63 +312,25 @@ async fn revocation_by_workload_jti_and_owner_reports_counts() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["revoked"], 2,
-        "the one revoked by jti is not counted twice"
-    );
+    assert_eq!(body["revoked"], 2, "the one revoked by jti is not counted twice");
     for t in &tokens {
         assert_eq!(app.introspect(&introspector, t).await["active"], false);
     }
     // New credentials for that workload are active again.
-    let fresh = app
-        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
-    assert_eq!(
-        app.introspect(&introspector, fresh["access_token"].as_str().unwrap())
-            .await["active"],
-        true
-    );
+    let fresh = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    assert_eq!(app.introspect(&introspector, fresh["access_token"].as_str().unwrap()).await["active"], true);
 
-    let ec = app
-        .exchange_ok(
-            &app.ec.token(EC_SUBJECT, app.now()),
-            &[("audience", "docs-api")],
-        )
-        .await;
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/owners/biz/revoke",
-            &operator,
-            Some(json!({"reason": "audit"})),
-        )
-        .await;
+    let ec = app.exchange_ok(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
+    let (status, body) =
+        app.api(Method::POST, "/v1/owners/biz/revoke", &operator, Some(json!({"reason": "audit"}))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["revoked"], 2, "{body}");
     assert_eq!(body["systems"], json!(["indexer", "summarizer"]));
-    assert_eq!(
-        app.introspect(&introspector, ec["access_token"].as_str().unwrap())
-            .await["active"],
-        false
-    );
+    assert_eq!(app.introspect(&introspector, ec["access_token"].as_str().unwrap()).await["active"], false);
 
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/revoke",
-            &operator,
-            Some(json!({"jti": "x"})),
-        )
-        .await;
+    let (status, body) = app.api(Method::POST, "/v1/revoke", &operator, Some(json!({"jti": "x"}))).await;
     assert_eq!(status, 400, "a reason is required: {body}");
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/revoke",
-            &operator,
-            Some(json!({"reason": "x"})),
-        )
-        .await;
+    let (status, body) = app.api(Method::POST, "/v1/revoke", &operator, Some(json!({"reason": "x"}))).await;
     assert_eq!(status, 400);
     assert_eq!(body["field"], "jti");
     assert!(app.events("credential.revoked").await.len() >= 4);
@@ -598,65 +345,27 @@ async fn roles_are_enforced_and_refusals_recorded() {
     let (status, body) = app.api(Method::GET, "/v1/systems", &auditor, None).await;
     assert_eq!(status, 200);
     assert_eq!(body["systems"].as_array().unwrap().len(), 2);
-    let (status, _) = app
-        .api(
-            Method::POST,
-            "/v1/systems/summarizer/revoke",
-            &auditor,
-            Some(json!({"reason": "x"})),
-        )
-        .await;
+    let (status, _) =
+        app.api(Method::POST, "/v1/systems/summarizer/revoke", &auditor, Some(json!({"reason": "x"}))).await;
     assert_eq!(status, 403, "auditor cannot revoke");
-    let (status, _) = app
-        .api(Method::GET, "/v1/systems", &introspector, None)
-        .await;
+    let (status, _) = app.api(Method::GET, "/v1/systems", &introspector, None).await;
     assert_eq!(status, 403, "introspector cannot list systems");
-    let workload = app
-        .exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[])
-        .await;
-    let (status, _) = app
-        .api(
-            Method::GET,
-            "/v1/systems",
-            workload["access_token"].as_str().unwrap(),
-            None,
-        )
-        .await;
+    let workload = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    let (status, _) = app.api(Method::GET, "/v1/systems", workload["access_token"].as_str().unwrap(), None).await;
     assert_eq!(status, 403, "a workload token gets 403 on admin routes");
-    let (status, _) = app
-        .api(Method::GET, "/v1/systems", "hla_not-a-token", None)
-        .await;
+    let (status, _) = app.api(Method::GET, "/v1/systems", "hla_not-a-token", None).await;
     assert_eq!(status, 401);
     let denied = app.events("access.denied").await;
     assert_eq!(denied.len(), 3, "{denied:?}");
 
-    let (status, _) = app
-        .api(
-            Method::POST,
-            "/v1/admin-tokens",
-            &auditor,
-            Some(json!({"role": "admin", "name": "x"})),
-        )
-        .await;
+    let (status, _) =
+        app.api(Method::POST, "/v1/admin-tokens", &auditor, Some(json!({"role": "admin", "name": "x"}))).await;
     assert_eq!(status, 403, "only admins create admin tokens");
     let admin = app.admin_token(Role::Admin).await;
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/admin-tokens",
-            &admin,
-            Some(json!({"role": "auditor", "name": "eve"})),
-        )
-        .await;
+    let (status, body) =
+        app.api(Method::POST, "/v1/admin-tokens", &admin, Some(json!({"role": "auditor", "name": "eve"}))).await;
     assert_eq!(status, 201, "{body}");
-    let (status, _) = app
-        .api(
-            Method::GET,
-            "/v1/owners",
-            body["token"].as_str().unwrap(),
-            None,
-        )
-        .await;
+    let (status, _) = app.api(Method::GET, "/v1/owners", body["token"].as_str().unwrap(), None).await;
     assert_eq!(status, 200);
 }
 
@@ -690,39 +399,25 @@ async fn validation_errors_name_the_field() {
             "name",
         ),
     ] {
-        let (status, response) = app
-            .api(Method::POST, "/v1/systems", &operator, Some(body))
-            .await;
+        let (status, response) = app.api(Method::POST, "/v1/systems", &operator, Some(body)).await;
         assert_eq!(status, 400, "{response}");
         assert_eq!(response["field"], field, "{response}");
     }
+    let (status, response) =
+        app.api(Method::POST, "/v1/systems", &operator, Some(json!({"id": "ok", "nmae": "typo"}))).await;
+    assert_eq!(status, 400);
+    assert!(response["error_description"].as_str().unwrap().contains("nmae"), "{response}");
     let (status, response) = app
         .api(
             Method::POST,
             "/v1/systems",
             &operator,
-            Some(json!({"id": "ok", "nmae": "typo"})),
+            Some(json!({"id": "ok", "name": "x", "purpose": "y",
+            "business_owner": "nobody", "technical_owner": "tech", "pilot_ends_at": at(&app, DAY)})),
         )
         .await;
-    assert_eq!(status, 400);
-    assert!(
-        response["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("nmae"),
-        "{response}"
-    );
-    let (status, response) = app
-        .api(Method::POST, "/v1/systems", &operator, Some(json!({"id": "ok", "name": "x", "purpose": "y",
-            "business_owner": "nobody", "technical_owner": "tech", "pilot_ends_at": at(&app, DAY)})))
-        .await;
     assert_eq!(status, 404, "{response}");
-    assert!(
-        response["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("nobody")
-    );
+    assert!(response["error_description"].as_str().unwrap().contains("nobody"));
     let (status, _) = app
         .api(
             Method::POST,
@@ -733,18 +428,9 @@ async fn validation_errors_name_the_field() {
         )
         .await;
     assert_eq!(status, 400);
-    let (status, _) = app
-        .api(Method::GET, "/v1/systems/nope", &operator, None)
-        .await;
+    let (status, _) = app.api(Method::GET, "/v1/systems/nope", &operator, None).await;
     assert_eq!(status, 404);
-    let response = app
-        .client
-        .post(app.url("/v1/systems"))
-        .bearer_auth(&operator)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.post(app.url("/v1/systems")).bearer_auth(&operator).body("{}").send().await.unwrap();
     assert_eq!(response.status(), 415);
 }
 
@@ -775,14 +461,8 @@ async fn suspension_racing_exchanges_leaves_nothing_active() {
             ok.then(|| body["access_token"].as_str().unwrap().to_owned())
         }));
     }
-    let (status, body) = app
-        .api(
-            Method::POST,
-            "/v1/systems/indexer/suspend",
-            &operator,
-            Some(json!({"reason": "race drill"})),
-        )
-        .await;
+    let (status, body) =
+        app.api(Method::POST, "/v1/systems/indexer/suspend", &operator, Some(json!({"reason": "race drill"}))).await;
     assert_eq!(status, 200, "{body}");
     let mut issued = Vec::new();
     for t in tasks {
@@ -791,18 +471,10 @@ async fn suspension_racing_exchanges_leaves_nothing_active() {
         }
     }
     for token in &issued {
-        assert_eq!(
-            app.introspect(&introspector, token).await,
-            json!({"active": false})
-        );
+        assert_eq!(app.introspect(&introspector, token).await, json!({"active": false}));
     }
     // And nothing is issued after the suspension returned.
-    let response = app
-        .exchange(
-            &app.ec.token(EC_SUBJECT, app.now()),
-            &[("audience", "docs-api")],
-        )
-        .await;
+    let response = app.exchange(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
     assert_eq!(response.status(), 400);
 }
 
@@ -832,9 +504,7 @@ async fn notices_warn_ahead_once_and_failing_webhooks_are_retried_and_visible() 
     tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
 
     let app = spawn_with(Options {
-        extra_config: format!(
-            "[lifecycle]\nnotice_window = \"7d\"\nwebhook_url = \"{hook_url}\"\n"
-        ),
+        extra_config: format!("[lifecycle]\nnotice_window = \"7d\"\nwebhook_url = \"{hook_url}\"\n"),
         ..Options::default()
     })
     .await;
@@ -861,11 +531,7 @@ async fn notices_warn_ahead_once_and_failing_webhooks_are_retried_and_visible() 
     app.clock.advance(Duration::from_secs(3600));
     app.reap().await;
     let (_, jobs) = app.api(Method::GET, "/v1/jobs", &operator, None).await;
-    assert_eq!(
-        jobs["jobs"].as_array().unwrap().len(),
-        0,
-        "delivered: {jobs}"
-    );
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 0, "delivered: {jobs}");
     let delivered = received.lock().await;
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0]["notice"]["kind"], "pilot.ending");

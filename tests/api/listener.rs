@@ -14,24 +14,12 @@ async fn bad_requests_get_the_oauth_error_shape() {
     let token_url = app.url("/oauth2/token");
 
     let big = "x".repeat(20_000);
-    let response = app
-        .client
-        .post(&token_url)
-        .form(&[("subject_token", big.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.post(&token_url).form(&[("subject_token", big.as_str())]).send().await.unwrap();
     assert_eq!(response.status(), 413);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "invalid_request");
 
-    let response = app
-        .client
-        .post(&token_url)
-        .json(&serde_json::json!({"grant_type": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.post(&token_url).json(&serde_json::json!({"grant_type": "x"})).send().await.unwrap();
     assert_eq!(response.status(), 415);
 
     let response = app.client.get(&token_url).send().await.unwrap();
@@ -49,91 +37,67 @@ async fn bad_requests_get_the_oauth_error_shape() {
         .unwrap();
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(
-        body["error_description"],
-        "parameter grant_type is repeated"
-    );
+    assert_eq!(body["error_description"], "parameter grant_type is repeated");
 
     let response = app.client.get(app.url("/nope")).send().await.unwrap();
     assert_eq!(response.status(), 404);
     assert!(response.headers().contains_key("x-request-id"));
+
+    // A client's request id is kept when sane and replaced when not; either
+    // way the id returned is the one in the audit event.
+    for (sent, kept) in [("trace-abc-123", true), (&*"x".repeat(300), false)] {
+        let response = app
+            .client
+            .post(&token_url)
+            .header("x-request-id", sent)
+            .form(&[("grant_type", TOKEN_EXCHANGE), ("subject_token_type", JWT_TYPE), ("subject_token", "junk")])
+            .send()
+            .await
+            .unwrap();
+        let returned = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(returned == sent, kept);
+        let denials = app.events("credential.denied").await;
+        assert_eq!(denials.last().unwrap().request_id.as_deref(), Some(returned.as_str()));
+    }
 }
 
 #[tokio::test]
 async fn metadata_and_jwks_describe_the_broker() {
     let app = spawn_app().await;
-    let meta: Value = app
-        .client
-        .get(app.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value =
+        app.client.get(app.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
     assert_eq!(meta["issuer"], app.base);
     assert_eq!(meta["token_endpoint"], app.url("/oauth2/token"));
-    assert_eq!(
-        meta["introspection_endpoint"],
-        app.url("/oauth2/introspect")
-    );
+    assert_eq!(meta["introspection_endpoint"], app.url("/oauth2/introspect"));
     assert_eq!(meta["revocation_endpoint"], app.url("/oauth2/revoke"));
     assert_eq!(meta["jwks_uri"], app.url("/.well-known/jwks.json"));
     assert_eq!(meta["grant_types_supported"][0], TOKEN_EXCHANGE);
-    assert_eq!(
-        meta["access_token_signing_alg_values_supported"][0],
-        "EdDSA"
-    );
-    let jwks: Value = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(meta["access_token_signing_alg_values_supported"][0], "EdDSA");
+    let jwks: Value = app.client.get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
     let key = &jwks["keys"][0];
     assert_eq!(key["use"], "sig");
     assert_eq!(key["alg"], "EdDSA");
     assert!(key["kid"].is_string());
-    assert!(
-        key.get("d").is_none(),
-        "private key material must never be published"
-    );
+    assert!(key.get("d").is_none(), "private key material must never be published");
 }
 
 #[tokio::test]
 async fn slow_headers_are_cut_off_while_others_are_served() {
     let app = spawn_app().await;
     let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    slow.write_all(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    slow.write_all(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // Meanwhile a normal request is served.
-    assert_eq!(
-        app.client
-            .get(app.url("/livez"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.client.get(app.url("/livez")).send().await.unwrap().status(), 200);
     // The server drops the slow connection after its 1 s header timeout.
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
-    assert!(
-        read.is_ok(),
-        "slow connection was not closed by the header-read timeout"
-    );
+    assert!(read.is_ok(), "slow connection was not closed by the header-read timeout");
 }
 
 #[tokio::test]
 async fn tls_is_served_when_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     let d = dir.path().display();
@@ -143,37 +107,24 @@ async fn tls_is_served_when_configured() {
         kek_b64()
     ))
     .unwrap();
-    let app = halflife::app::App::build(config, Arc::new(halflife::clock::SystemClock))
-        .await
-        .unwrap();
+    let app = halflife::app::App::build(config, Arc::new(halflife::clock::SystemClock)).await.unwrap();
     let addr = app.local_addr();
     assert!(app.base_url().starts_with("https://"));
     tokio::spawn(app.run(std::future::pending()));
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap();
-    let url = format!(
-        "https://localhost:{}/.well-known/oauth-authorization-server",
-        addr.port()
-    );
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let client = reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap();
+    let url = format!("https://localhost:{}/.well-known/oauth-authorization-server", addr.port());
     let meta: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
     assert_eq!(meta["issuer"], format!("https://{addr}"));
 
     // Plain HTTP to the TLS port gets nothing useful.
-    let plain = reqwest::Client::new()
-        .get(format!("http://{addr}/livez"))
-        .send()
-        .await;
+    let plain = reqwest::Client::new().get(format!("http://{addr}/livez")).send().await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }

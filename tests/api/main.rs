@@ -1,13 +1,8 @@
 //! One integration binary: every module starts real servers on random ports.
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers abort the test on setup failure"
-)]
-#![expect(
-    clippy::expect_used,
-    reason = "test helpers abort the test on setup failure"
-)]
+#![expect(clippy::unwrap_used, reason = "test helpers abort the test on setup failure")]
+#![expect(clippy::expect_used, reason = "test helpers abort the test on setup failure")]
 
+mod cli;
 mod exchange;
 mod failure;
 mod helpers;

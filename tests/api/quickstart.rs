@@ -12,22 +12,14 @@ use crate::helpers::*;
 const BIN: &str = env!("CARGO_BIN_EXE_halflife");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("config")).unwrap();
     for file in ["halflife.toml", "dev-catalog.toml"] {
-        std::fs::copy(
-            repo_root().join("config").join(file),
-            dir.path().join("config").join(file),
-        )
-        .unwrap();
+        std::fs::copy(repo_root().join("config").join(file), dir.path().join("config").join(file)).unwrap();
     }
     dir
 }
@@ -43,12 +35,7 @@ fn halflife(dir: &Path, port: u16) -> Command {
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        cmd,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -66,12 +53,7 @@ async fn quickstart_from_the_readme() {
     let dir = workdir();
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    let child = halflife(dir.path(), port)
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let child = halflife(dir.path(), port).arg("serve").stdout(Stdio::null()).stderr(log).spawn().unwrap();
     let mut server = Server(child);
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
@@ -79,11 +61,7 @@ async fn quickstart_from_the_readme() {
         matches!(client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200)
     })
     .await;
-    assert!(
-        ready,
-        "server did not become ready: {}",
-        std::fs::read_to_string(dir.path().join("server.log")).unwrap()
-    );
+    assert!(ready, "server did not become ready: {}", std::fs::read_to_string(dir.path().join("server.log")).unwrap());
 
     // 1. A development attestation, printed alone on stdout.
     let attestation = run_ok(halflife(dir.path(), port).args([
@@ -113,24 +91,14 @@ async fn quickstart_from_the_readme() {
     let token = body["access_token"].as_str().unwrap().to_owned();
 
     // 3a. Offline verification against the JWKS.
-    let jwks: jsonwebtoken::jwk::JwkSet = client
-        .get(format!("{base}/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        client.get(format!("{base}/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
     let header = jsonwebtoken::decode_header(&token).unwrap();
-    let key =
-        jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap())
-            .unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap()).unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
     validation.set_audience(&["reports-api"]);
     validation.set_issuer(&[&base]);
-    let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation)
-        .unwrap()
-        .claims;
+    let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap().claims;
     assert_eq!(claims["sub"], "spiffe://dev.local/ns/ai/sa/summarizer");
     assert_eq!(claims["system"], "summarizer");
 
@@ -165,37 +133,25 @@ async fn quickstart_from_the_readme() {
     assert_eq!(introspect(token.clone()).await["active"], true);
 
     // 4. Revoke; introspection answers exactly {"active": false}.
-    let revoked = client
-        .post(format!("{base}/oauth2/revoke"))
-        .form(&[("token", &token)])
-        .send()
-        .await
-        .unwrap();
+    let revoked = client.post(format!("{base}/oauth2/revoke")).form(&[("token", &token)]).send().await.unwrap();
     assert_eq!(revoked.status(), 200);
     assert_eq!(introspect(token.clone()).await, json!({"active": false}));
 
     // The attestation was single-use.
     let replay = client
         .post(format!("{base}/oauth2/token"))
-        .form(&[
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token_type", JWT_TYPE),
-            ("subject_token", attestation),
-        ])
+        .form(&[("grant_type", TOKEN_EXCHANGE), ("subject_token_type", JWT_TYPE), ("subject_token", attestation)])
         .send()
         .await
         .unwrap();
     assert_eq!(replay.status(), 400);
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay["error"], "invalid_grant");
+    assert!(replay["error_description"].as_str().unwrap().contains("already been used"), "{replay}");
 
     // SIGTERM: graceful shutdown, exit 0.
     let pid = server.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let mut exited = None;
     for _ in 0..500 {
         if let Some(status) = server.0.try_wait().unwrap() {
@@ -207,10 +163,7 @@ async fn quickstart_from_the_readme() {
     assert!(exited.expect("server did not stop on SIGTERM").success());
 
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
-    assert!(
-        log.contains("dev issuer is ENABLED"),
-        "the dev issuer warning is missing:\n{log}"
-    );
+    assert!(log.contains("dev issuer is ENABLED"), "the dev issuer warning is missing:\n{log}");
     for secret in [token.as_str(), attestation, admin.as_str()] {
         assert!(!log.contains(secret), "a secret reached the log");
     }
@@ -222,18 +175,9 @@ async fn quickstart_from_the_readme() {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600,
-                "{}",
-                path.display()
-            );
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "{}", path.display());
         }
-        assert!(
-            !std::fs::read_to_string(&path)
-                .unwrap()
-                .contains("PRIVATE KEY")
-        );
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("PRIVATE KEY"));
     }
     let mut db = Vec::new();
     for f in ["halflife.db", "halflife.db-wal"] {
@@ -260,10 +204,7 @@ fn dev_issuer_is_refused_on_a_public_listener() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("dev.enabled"), "{stderr}");
-    assert!(
-        !dir.path().join("data/halflife.db").exists(),
-        "nothing is created before the config is valid"
-    );
+    assert!(!dir.path().join("data/halflife.db").exists(), "nothing is created before the config is valid");
 }
 
 #[test]
@@ -293,10 +234,7 @@ fn every_subcommand_explains_itself() {
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).len() > 80,
-            "{args:?} has no real help text"
-        );
+        assert!(String::from_utf8_lossy(&out.stdout).len() > 80, "{args:?} has no real help text");
     }
 }
 
@@ -309,31 +247,17 @@ fn apply_is_idempotent_and_reports_changes() {
             .args(["apply", "-f", "config/dev-catalog.toml"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     let first = apply();
     assert!(first.contains("created  system/summarizer"), "{first}");
-    assert!(
-        first.contains("4 created, 0 updated, 0 unchanged"),
-        "{first}"
-    );
+    assert!(first.contains("4 created, 0 updated, 0 unchanged"), "{first}");
     let second = apply();
-    assert!(
-        second.contains("0 created, 0 updated, 4 unchanged"),
-        "{second}"
-    );
+    assert!(second.contains("0 created, 0 updated, 4 unchanged"), "{second}");
 
     std::fs::write(dir.path().join("bad.toml"), "[[grants]]\nid = \"g\"\nsystem = \"summarizer\"\nissuer = \"nope\"\nsubject = \"x\"\naudiences = [\"a\"]\nmax_ttl = \"5m\"\n").unwrap();
-    let out = Command::new(BIN)
-        .current_dir(dir.path())
-        .args(["apply", "-f", "bad.toml"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).current_dir(dir.path()).args(["apply", "-f", "bad.toml"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("grants[0].issuer"));
 }
@@ -341,15 +265,7 @@ fn apply_is_idempotent_and_reports_changes() {
 #[test]
 fn migrate_creates_the_database() {
     let dir = workdir();
-    let out = Command::new(BIN)
-        .current_dir(dir.path())
-        .arg("migrate")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(BIN).current_dir(dir.path()).arg("migrate").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("data/halflife.db").exists());
 }

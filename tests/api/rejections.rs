@@ -9,18 +9,11 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 use halflife::clock::Clock;
 
-const GENERIC: &str =
-    "subject_token is invalid, expired, or not issued by a trusted issuer for this audience";
+const GENERIC: &str = "subject_token is invalid, expired, or not issued by a trusted issuer for this audience";
 
 /// Exchanges, expects `status`/`code`, checks nothing was issued and that a
 /// new denial record carries `reason_part`.
-async fn assert_refused(
-    app: &TestApp,
-    token: &str,
-    extra: &[(&str, &str)],
-    code: &str,
-    reason_part: &str,
-) -> Value {
+async fn assert_refused(app: &TestApp, token: &str, extra: &[(&str, &str)], code: &str, reason_part: &str) -> Value {
     let before = app.events("credential.denied").await.len();
     let credentials = app.credential_count().await;
     let response = app.exchange(token, extra).await;
@@ -28,31 +21,17 @@ async fn assert_refused(
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], code, "case {reason_part}: {body}");
     assert!(body.get("access_token").is_none());
-    assert_eq!(
-        app.credential_count().await,
-        credentials,
-        "case {reason_part}: a credential was stored"
-    );
+    assert_eq!(app.credential_count().await, credentials, "case {reason_part}: a credential was stored");
     let denials = app.events("credential.denied").await;
-    assert_eq!(
-        denials.len(),
-        before + 1,
-        "case {reason_part}: no denial record"
-    );
+    assert_eq!(denials.len(), before + 1, "case {reason_part}: no denial record");
     let reason = denials.last().unwrap().reason.clone().unwrap_or_default();
-    assert!(
-        reason.contains(reason_part),
-        "case {reason_part}: recorded reason was {reason:?}"
-    );
+    assert!(reason.contains(reason_part), "case {reason_part}: recorded reason was {reason:?}");
     body
 }
 
 async fn assert_forged(app: &TestApp, token: &str, reason_part: &str) {
     let body = assert_refused(app, token, &[], "invalid_grant", reason_part).await;
-    assert_eq!(
-        body["error_description"], GENERIC,
-        "case {reason_part} must not reveal which check failed"
-    );
+    assert_eq!(body["error_description"], GENERIC, "case {reason_part} must not reveal which check failed");
 }
 
 #[tokio::test]
@@ -64,24 +43,14 @@ async fn forged_and_invalid_attestations_are_refused_alike() {
     // Bad signature: signed by another key that claims the issuer's kid.
     let mut impostor = TestIssuer::rsa(RSA_ISS);
     impostor.kid = rsa.kid.clone();
-    assert_forged(
-        &app,
-        &impostor.token(RSA_SUBJECT, now),
-        "signature does not verify",
-    )
-    .await;
+    assert_forged(&app, &impostor.token(RSA_SUBJECT, now), "signature does not verify").await;
 
     // Flipped signature byte.
     let good = rsa.token(RSA_SUBJECT, now);
     let (head, sig) = good.rsplit_once('.').unwrap();
     let mut sig_bytes = URL_SAFE_NO_PAD.decode(sig).unwrap();
     sig_bytes[10] ^= 1;
-    assert_forged(
-        &app,
-        &format!("{head}.{}", URL_SAFE_NO_PAD.encode(sig_bytes)),
-        "signature does not verify",
-    )
-    .await;
+    assert_forged(&app, &format!("{head}.{}", URL_SAFE_NO_PAD.encode(sig_bytes)), "signature does not verify").await;
 
     // alg: none, with and without a signature.
     let claims = rsa.claims(RSA_SUBJECT, now);
@@ -92,32 +61,20 @@ async fn forged_and_invalid_attestations_are_refused_alike() {
 
     // HMAC "signed" with the issuer's public key (JWK modulus and DER bytes).
     for secret in [
-        URL_SAFE_NO_PAD
-            .decode(rsa.public_jwk["n"].as_str().unwrap())
-            .unwrap(),
+        URL_SAFE_NO_PAD.decode(rsa.public_jwk["n"].as_str().unwrap()).unwrap(),
         rsa.public_jwk.to_string().into_bytes(),
     ] {
         let header = URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "kid": rsa.kid}).to_string());
         let input = format!("{header}.{body}");
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
         let mac = ring::hmac::sign(&key, input.as_bytes());
-        assert_forged(
-            &app,
-            &format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref())),
-            "not allowed",
-        )
-        .await;
+        assert_forged(&app, &format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref())), "not allowed").await;
     }
 
     // Algorithm outside the issuer's allow-list (ES256 token claiming the RS256-only issuer).
     let mut es_for_rsa_issuer = TestIssuer::ec(RSA_ISS);
     es_for_rsa_issuer.kid = rsa.kid.clone();
-    assert_forged(
-        &app,
-        &es_for_rsa_issuer.token(RSA_SUBJECT, now),
-        "not allowed",
-    )
-    .await;
+    assert_forged(&app, &es_for_rsa_issuer.token(RSA_SUBJECT, now), "not allowed").await;
 
     // Unknown issuer, and a token signed by issuer B claiming issuer A.
     let stranger = TestIssuer::ec("https://stranger.example");
@@ -129,12 +86,7 @@ async fn forged_and_invalid_attestations_are_refused_alike() {
     // Unknown kid.
     let mut unknown_kid = TestIssuer::rsa(RSA_ISS);
     unknown_kid.kid = "no-such-key".into();
-    assert_forged(
-        &app,
-        &unknown_kid.token(RSA_SUBJECT, now),
-        "no key of issuer k8s",
-    )
-    .await;
+    assert_forged(&app, &unknown_kid.token(RSA_SUBJECT, now), "no key of issuer k8s").await;
 
     // Forbidden headers: the broker never follows a key a token points at.
     for (name, value) in [
@@ -146,12 +98,7 @@ async fn forged_and_invalid_attestations_are_refused_alike() {
     ] {
         let mut header = json!({"alg": "RS256", "kid": rsa.kid, "typ": "JWT"});
         header[name] = value;
-        assert_forged(
-            &app,
-            &rsa.sign_raw(&header, &claims),
-            &format!("header \"{name}\""),
-        )
-        .await;
+        assert_forged(&app, &rsa.sign_raw(&header, &claims), &format!("header \"{name}\"")).await;
     }
 
     // Wrong audience, and an empty audience list.
@@ -184,16 +131,21 @@ async fn forged_and_invalid_attestations_are_refused_alike() {
     assert_forged(&app, &rsa.sign(&c), "\"iss\" is missing").await;
 
     // Mistyped time claims.
-    for exp in [
-        json!("9999999999"),
-        json!(1.5e9),
-        json!(u64::MAX),
-        json!(-1),
+    for (exp, reason) in [
+        (json!("9999999999"), "claims are invalid"),
+        (json!(1.5e9), "claims are invalid"),
+        (json!(u64::MAX), "claims are invalid"),
+        (json!(-1), "exp"),
+        (json!(0), "exp"),
     ] {
         let mut c = rsa.claims(RSA_SUBJECT, now);
         c["exp"] = exp;
-        assert_forged(&app, &rsa.sign(&c), "").await;
+        assert_forged(&app, &rsa.sign(&c), reason).await;
     }
+
+    // An access token is not an attestation, even from a trusted issuer.
+    let header = json!({"alg": "RS256", "kid": rsa.kid, "typ": "at+jwt"});
+    assert_forged(&app, &rsa.sign_raw(&header, &rsa.claims(RSA_SUBJECT, now)), "header \"typ\"").await;
 
     // Lifetime longer than the issuer's max_token_age (1h for spire).
     let mut c = app.ec.claims(EC_SUBJECT, now);
@@ -229,56 +181,14 @@ async fn requests_outside_the_grant_are_refused_with_the_right_code() {
     let app = spawn_app().await;
     let token = || app.rsa.token(RSA_SUBJECT, app.now());
 
-    let body = assert_refused(
-        &app,
-        &token(),
-        &[("scope", "reports:read admin:all")],
-        "invalid_scope",
-        "admin:all",
-    )
-    .await;
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("admin:all")
-    );
-    assert_refused(
-        &app,
-        &token(),
-        &[("scope", "*")],
-        "invalid_scope",
-        "not allowed",
-    )
-    .await;
-    assert_refused(
-        &app,
-        &token(),
-        &[("audience", "billing-api")],
-        "invalid_target",
-        "billing-api",
-    )
-    .await;
-    assert_refused(
-        &app,
-        &token(),
-        &[("audience", "search-api")],
-        "invalid_target",
-        "search-api",
-    )
-    .await;
-    let body = assert_refused(
-        &app,
-        &token(),
-        &[("requested_ttl", "901")],
-        "invalid_request",
-        "exceeds",
-    )
-    .await;
-    assert!(
-        body["error_description"].as_str().unwrap().contains("900"),
-        "{body}"
-    );
+    let body =
+        assert_refused(&app, &token(), &[("scope", "reports:read admin:all")], "invalid_scope", "admin:all").await;
+    assert!(body["error_description"].as_str().unwrap().contains("admin:all"));
+    assert_refused(&app, &token(), &[("scope", "*")], "invalid_scope", "not allowed").await;
+    assert_refused(&app, &token(), &[("audience", "billing-api")], "invalid_target", "billing-api").await;
+    assert_refused(&app, &token(), &[("audience", "search-api")], "invalid_target", "search-api").await;
+    let body = assert_refused(&app, &token(), &[("requested_ttl", "901")], "invalid_request", "exceeds").await;
+    assert!(body["error_description"].as_str().unwrap().contains("900"), "{body}");
 
     // A workload with no grant.
     let body = assert_refused(
@@ -289,62 +199,39 @@ async fn requests_outside_the_grant_are_refused_with_the_right_code() {
         "no grant allows",
     )
     .await;
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("system:serviceaccount:ai:other")
-    );
+    assert!(body["error_description"].as_str().unwrap().contains("system:serviceaccount:ai:other"));
 
     // Audience required when the grant allows several.
-    assert_refused(
-        &app,
-        &app.ec.token(EC_SUBJECT, app.now()),
-        &[],
-        "invalid_target",
-        "audience is required",
-    )
-    .await;
+    assert_refused(&app, &app.ec.token(EC_SUBJECT, app.now()), &[], "invalid_target", "audience is required").await;
 }
 
 #[tokio::test]
-async fn malformed_requests_get_invalid_request_without_a_record() {
+async fn malformed_requests_are_refused_and_recorded() {
     let app = spawn_app().await;
     let token = app.rsa.token(RSA_SUBJECT, app.now());
     for (extra, needle) in [
         (vec![("requested_ttl", "0")], "requested_ttl"),
         (vec![("requested_ttl", "-1")], "requested_ttl"),
         (vec![("requested_ttl", "1.5")], "requested_ttl"),
-        (
-            vec![("requested_ttl", "18446744073709551615")],
-            "requested_ttl",
-        ),
-        (vec![("subject_token_type", "urn:x")], "subject_token_type"),
-        (
-            vec![("requested_token_type", "urn:x")],
-            "requested_token_type",
-        ),
+        (vec![("requested_ttl", "18446744073709551615")], "requested_ttl"),
+        (vec![("requested_token_type", "urn:x")], "requested_token_type"),
         (vec![("scope", "a a")], "repeated"),
     ] {
+        let before = app.events("credential.denied").await.len();
         let response = app.exchange(&token, &extra).await;
         assert_eq!(response.status(), 400, "{needle}");
+        let denials = app.events("credential.denied").await;
+        assert_eq!(denials.len(), before + 1, "{needle}: not recorded");
+        assert!(denials.last().unwrap().reason.as_deref().unwrap().contains(needle));
+        assert!(denials.last().unwrap().attestation_id.as_deref().unwrap().starts_with("sha256:"));
         let body: Value = response.json().await.unwrap();
-        assert!(
-            body["error"] == "invalid_request" || body["error"] == "invalid_scope",
-            "{needle}: {body}"
-        );
-        assert!(
-            body["error_description"].as_str().unwrap().contains(needle),
-            "{needle}: {body}"
-        );
+        assert!(body["error"] == "invalid_request" || body["error"] == "invalid_scope", "{needle}: {body}");
+        assert!(body["error_description"].as_str().unwrap().contains(needle), "{needle}: {body}");
     }
     let response = app
         .client
         .post(app.url("/oauth2/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("subject_token", token.as_str()),
-        ])
+        .form(&[("grant_type", "client_credentials"), ("subject_token", token.as_str())])
         .send()
         .await
         .unwrap();
@@ -353,18 +240,12 @@ async fn malformed_requests_get_invalid_request_without_a_record() {
     let response = app
         .client
         .post(app.url("/oauth2/token"))
-        .form(&[
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token_type", JWT_TYPE),
-        ])
+        .form(&[("grant_type", TOKEN_EXCHANGE), ("subject_token_type", JWT_TYPE)])
         .send()
         .await
         .unwrap();
     let body: Value = response.json().await.unwrap();
-    assert_eq!(
-        body["error_description"],
-        "missing required parameter subject_token"
-    );
+    assert_eq!(body["error_description"], "missing required parameter subject_token");
     assert_eq!(app.credential_count().await, 0);
 }
 
@@ -373,29 +254,14 @@ async fn single_use_issuer_refuses_a_replay() {
     let app = spawn_app().await;
     let dev = halflife::attest::dev::DevIssuer::load_or_create(
         &dev_config(&app),
-        &halflife::keys::Kek::load(halflife::keys::KekSource::Inline(
-            &secrecy::SecretString::from(kek_b64()),
-        ))
-        .unwrap(),
+        &halflife::keys::Kek::load(halflife::keys::KekSource::Inline(&secrecy::SecretString::from(kek_b64()))).unwrap(),
         app.clock.now(),
     )
     .unwrap();
-    let token = dev
-        .mint(
-            "spiffe://dev.local/ns/ai/sa/summarizer",
-            None,
-            None,
-            app.clock.now(),
-        )
-        .unwrap();
+    let token = dev.mint("spiffe://dev.local/ns/ai/sa/summarizer", None, None, app.clock.now()).unwrap();
     app.exchange_ok(&token, &[]).await;
     let body = assert_refused(&app, &token, &[], "invalid_grant", "replay").await;
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("already been used")
-    );
+    assert!(body["error_description"].as_str().unwrap().contains("already been used"));
 }
 
 #[tokio::test]
@@ -403,21 +269,11 @@ async fn concurrent_uses_of_one_single_use_token_issue_exactly_once() {
     let app = spawn_app().await;
     let dev = halflife::attest::dev::DevIssuer::load_or_create(
         &dev_config(&app),
-        &halflife::keys::Kek::load(halflife::keys::KekSource::Inline(
-            &secrecy::SecretString::from(kek_b64()),
-        ))
-        .unwrap(),
+        &halflife::keys::Kek::load(halflife::keys::KekSource::Inline(&secrecy::SecretString::from(kek_b64()))).unwrap(),
         app.clock.now(),
     )
     .unwrap();
-    let token = dev
-        .mint(
-            "spiffe://dev.local/ns/ai/sa/summarizer",
-            None,
-            None,
-            app.clock.now(),
-        )
-        .unwrap();
+    let token = dev.mint("spiffe://dev.local/ns/ai/sa/summarizer", None, None, app.clock.now()).unwrap();
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let client = app.client.clone();
@@ -451,22 +307,9 @@ async fn concurrent_uses_of_one_single_use_token_issue_exactly_once() {
 #[tokio::test]
 async fn system_past_its_pilot_end_is_refused() {
     let app = spawn_app().await;
-    app.clock
-        .advance(std::time::Duration::from_secs(30 * 86400 + 1));
-    let body = assert_refused(
-        &app,
-        &app.rsa.token(RSA_SUBJECT, app.now()),
-        &[],
-        "access_denied",
-        "pilot ended",
-    )
-    .await;
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("pilot ended")
-    );
+    app.clock.advance(std::time::Duration::from_secs(30 * 86400 + 1));
+    let body = assert_refused(&app, &app.rsa.token(RSA_SUBJECT, app.now()), &[], "access_denied", "pilot ended").await;
+    assert!(body["error_description"].as_str().unwrap().contains("pilot ended"));
 }
 
 /// The config the test app runs with, for minting dev tokens in-process.

@@ -19,21 +19,13 @@ async fn write_tx<T, F>(store: &SqliteStore, work: F) -> Result<T, StoreError>
 where
     F: for<'c> FnOnce(
         &'c mut SqliteConnection,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'c>,
-    >,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'c>>,
 {
     let mut conn: PoolConnection<Sqlite> = store.pool.acquire().await.map_err(unavailable)?;
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(unavailable)?;
     let result = work(&mut conn).await;
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    let ended = sqlx::query(end)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable);
+    let ended = sqlx::query(end).execute(&mut *conn).await.map_err(unavailable);
     match (result, ended) {
         (Ok(v), Ok(_)) => Ok(v),
         (Err(e), _) | (Ok(_), Err(e)) => Err(e),
@@ -103,9 +95,7 @@ async fn raise_epoch(
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(unavailable)?
-                .ok_or_else(|| {
-                    StoreError::NotFound(format!("system {system_id} does not exist"))
-                })?;
+                .ok_or_else(|| StoreError::NotFound(format!("system {system_id} does not exist")))?;
             let (count,): (i64,) = sqlx::query_as(
                 "SELECT COUNT(*) FROM credentials c \
                  LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
@@ -128,14 +118,13 @@ async fn raise_epoch(
             count
         }
         RevokeTarget::Workload { issuer, subject } => {
-            let old: Option<(i64,)> = sqlx::query_as(
-                "SELECT revoked_through FROM workload_revocations WHERE issuer = ? AND subject = ?",
-            )
-            .bind(issuer)
-            .bind(subject)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+            let old: Option<(i64,)> =
+                sqlx::query_as("SELECT revoked_through FROM workload_revocations WHERE issuer = ? AND subject = ?")
+                    .bind(issuer)
+                    .bind(subject)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
             let old = old.map_or(0, |(o,)| o);
             let (count,): (i64,) = sqlx::query_as(
                 "SELECT COUNT(*) FROM credentials c JOIN systems s ON s.id = c.system_id \
@@ -163,16 +152,9 @@ async fn raise_epoch(
             count
         }
     };
-    let job = JobSpec::MarkRevoked {
-        target: target.clone(),
-        through,
-        reason: reason.to_owned(),
-        at: ts(now),
-    };
+    let job = JobSpec::MarkRevoked { target: target.clone(), through, reason: reason.to_owned(), at: ts(now) };
     enqueue(conn, &job, ts(now)).await?;
-    Ok(RevocationOutcome {
-        revoked: u64::try_from(revoked).unwrap_or(0),
-    })
+    Ok(RevocationOutcome { revoked: u64::try_from(revoked).unwrap_or(0) })
 }
 
 fn with_count(mut event: AuditEvent, outcome: &RevocationOutcome) -> AuditEvent {
@@ -206,10 +188,7 @@ fn to_json_list(items: impl Iterator<Item = String>) -> String {
 #[async_trait]
 impl LifecycleStore for SqliteStore {
     async fn list_systems(&self) -> Result<Vec<SystemView>, StoreError> {
-        let rows = sqlx::query(&system_query(""))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let rows = sqlx::query(&system_query("")).fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(system_view_from).collect()
     }
 
@@ -324,9 +303,7 @@ impl LifecycleStore for SqliteStore {
         write_tx(self, move |conn| {
             Box::pin(async move {
                 let outcome = raise_epoch(conn, &target, &reason, event.time).await?;
-                insert_event(conn, &with_count(event, &outcome))
-                    .await
-                    .map_err(unavailable)?;
+                insert_event(conn, &with_count(event, &outcome)).await.map_err(unavailable)?;
                 Ok(outcome)
             })
         })
@@ -457,12 +434,7 @@ impl LifecycleStore for SqliteStore {
         .await
     }
 
-    async fn delete_grant(
-        &self,
-        system: &SystemId,
-        grant: &GrantId,
-        event: AuditEvent,
-    ) -> Result<bool, StoreError> {
+    async fn delete_grant(&self, system: &SystemId, grant: &GrantId, event: AuditEvent) -> Result<bool, StoreError> {
         let (system, grant) = (system.to_string(), grant.to_string());
         write_tx(self, move |conn| {
             Box::pin(async move {
@@ -501,9 +473,7 @@ impl LifecycleStore for SqliteStore {
         .map_err(unavailable)?;
         rows.iter()
             .map(|r| {
-                let get = |c: &str| -> Result<String, StoreError> {
-                    r.try_get(c).map_err(corrupt("credential"))
-                };
+                let get = |c: &str| -> Result<String, StoreError> { r.try_get(c).map_err(corrupt("credential")) };
                 Ok(CredentialSummary {
                     jti: get("jti")?,
                     kind: get("kind")?,
@@ -592,12 +562,14 @@ impl JobStore for SqliteStore {
     }
 
     async fn job_done(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ? WHERE id = ?")
-            .bind(ts(now))
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(ts(now))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
         Ok(())
     }
 
@@ -622,11 +594,7 @@ impl JobStore for SqliteStore {
     }
 
     async fn list_jobs(&self, include_done: bool) -> Result<Vec<Job>, StoreError> {
-        let filter = if include_done {
-            ""
-        } else {
-            "WHERE state = 'pending'"
-        };
+        let filter = if include_done { "" } else { "WHERE state = 'pending'" };
         let rows = sqlx::query(&format!(
             "SELECT id, kind, payload, state, attempts, next_attempt_at, last_error, created_at FROM jobs {filter} \
              ORDER BY id DESC LIMIT 1000"

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use time::OffsetDateTime;
@@ -40,18 +39,13 @@ fn ts(t: OffsetDateTime) -> i64 {
 }
 
 fn from_ts(secs: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(secs)
-        .map_err(|_| StoreError::Corrupt(format!("timestamp {secs} out of range")))
+    OffsetDateTime::from_unix_timestamp(secs).map_err(|_| StoreError::Corrupt(format!("timestamp {secs} out of range")))
 }
 
 enum WriteOp {
     Issue(Box<Issuance>),
     Event(Box<AuditEvent>),
-    Revoke {
-        jti: String,
-        reason: String,
-        event: Box<AuditEvent>,
-    },
+    Revoke { jti: String, reason: String, event: Box<AuditEvent> },
 }
 
 enum WriteResult {
@@ -74,11 +68,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `url`, and
     /// starts the writer task.
-    pub async fn open(
-        url: &str,
-        busy_timeout: Duration,
-        max_connections: u32,
-    ) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, busy_timeout: Duration, max_connections: u32) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("invalid database.url: {e}")))?
             .create_if_missing(true)
@@ -92,9 +82,8 @@ impl SqliteStore {
             && !dir.as_os_str().is_empty()
             && !dir.exists()
         {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
@@ -102,10 +91,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run_writer(options, rx));
         Ok(Self { pool, writer: tx })
@@ -113,12 +99,8 @@ impl SqliteStore {
 
     async fn submit(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteJob { op, reply })
-            .await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+        self.writer.send(WriteJob { op, reply }).await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
 }
 
@@ -163,10 +145,7 @@ fn unavailable_msg(e: &sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-async fn write_batch(
-    conn: &mut SqliteConnection,
-    ops: &[&WriteOp],
-) -> Result<Vec<WriteResult>, sqlx::Error> {
+async fn write_batch(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
     match apply_ops(conn, ops).await {
         Ok(results) => match sqlx::query("COMMIT").execute(&mut *conn).await {
@@ -183,10 +162,7 @@ async fn write_batch(
     }
 }
 
-async fn apply_ops(
-    conn: &mut SqliteConnection,
-    ops: &[&WriteOp],
-) -> Result<Vec<WriteResult>, sqlx::Error> {
+async fn apply_ops(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         let result = match op {
@@ -216,10 +192,7 @@ async fn apply_ops(
     Ok(results)
 }
 
-async fn insert_issuance(
-    conn: &mut SqliteConnection,
-    i: &Issuance,
-) -> Result<IssueOutcome, sqlx::Error> {
+async fn insert_issuance(conn: &mut SqliteConnection, i: &Issuance) -> Result<IssueOutcome, sqlx::Error> {
     if let Some(guard) = &i.replay {
         // The primary key decides: of two uses of one token, exactly one
         // inserts a row.
@@ -299,20 +272,15 @@ fn corrupt(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
 }
 
 fn json_list<T: FromStr>(text: &str, what: &str) -> Result<Vec<T>, StoreError> {
-    let items: Vec<String> =
-        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+    let items: Vec<String> = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
     items
         .iter()
-        .map(|s| {
-            s.parse::<T>()
-                .map_err(|_| StoreError::Corrupt(format!("{what}: invalid item {s:?}")))
-        })
+        .map(|s| s.parse::<T>().map_err(|_| StoreError::Corrupt(format!("{what}: invalid item {s:?}"))))
         .collect()
 }
 
 fn scope_set(text: &str, what: &str) -> Result<ScopeSet, StoreError> {
-    let items: Vec<String> =
-        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+    let items: Vec<String> = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
     ScopeSet::from_list(&items).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
@@ -320,23 +288,13 @@ fn scope_set(text: &str, what: &str) -> Result<ScopeSet, StoreError> {
 fn owner_from(row: &SqliteRow, p: &str) -> Result<Owner, StoreError> {
     let col = |c: &str| format!("{p}{c}");
     let id: String = row.try_get(col("id").as_str()).map_err(corrupt("owner"))?;
-    let status: String = row
-        .try_get(col("status").as_str())
-        .map_err(corrupt("owner"))?;
+    let status: String = row.try_get(col("status").as_str()).map_err(corrupt("owner"))?;
     Ok(Owner {
         id: OwnerId::parse(&id).map_err(|e| StoreError::Corrupt(e.0))?,
-        display_name: row
-            .try_get(col("display_name").as_str())
-            .map_err(corrupt("owner"))?,
-        email: row
-            .try_get(col("email").as_str())
-            .map_err(corrupt("owner"))?,
-        status: OwnerStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("owner status {status:?}")))?,
-        attested_until: from_ts(
-            row.try_get(col("attested_until").as_str())
-                .map_err(corrupt("owner"))?,
-        )?,
+        display_name: row.try_get(col("display_name").as_str()).map_err(corrupt("owner"))?,
+        email: row.try_get(col("email").as_str()).map_err(corrupt("owner"))?,
+        status: OwnerStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("owner status {status:?}")))?,
+        attested_until: from_ts(row.try_get(col("attested_until").as_str()).map_err(corrupt("owner"))?)?,
     })
 }
 
@@ -350,20 +308,13 @@ fn system_from(row: &SqliteRow) -> Result<System, StoreError> {
         id: SystemId::parse(&get("s_id")?).map_err(|e| StoreError::Corrupt(e.0))?,
         name: get("s_name")?,
         purpose: get("s_purpose")?,
-        business_owner: OwnerId::parse(&get("s_business_owner")?)
-            .map_err(|e| StoreError::Corrupt(e.0))?,
-        technical_owner: OwnerId::parse(&get("s_technical_owner")?)
-            .map_err(|e| StoreError::Corrupt(e.0))?,
+        business_owner: OwnerId::parse(&get("s_business_owner")?).map_err(|e| StoreError::Corrupt(e.0))?,
+        technical_owner: OwnerId::parse(&get("s_technical_owner")?).map_err(|e| StoreError::Corrupt(e.0))?,
         tier: Tier::parse(&tier).ok_or_else(|| StoreError::Corrupt(format!("tier {tier:?}")))?,
-        state: SystemState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
+        state: SystemState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
         pilot_ends_at: pilot_ends_at.map(from_ts).transpose()?,
-        data_classification: row
-            .try_get("s_data_classification")
-            .map_err(corrupt("system"))?,
-        suspended_reason: row
-            .try_get("s_suspended_reason")
-            .map_err(corrupt("system"))?,
+        data_classification: row.try_get("s_data_classification").map_err(corrupt("system"))?,
+        suspended_reason: row.try_get("s_suspended_reason").map_err(corrupt("system"))?,
     })
 }
 
@@ -379,9 +330,7 @@ fn grant_from(row: &SqliteRow) -> Result<Grant, StoreError> {
         scopes: scope_set(&get("g_scopes")?, "grant scopes")?,
         default_scopes: scope_set(&get("g_default_scopes")?, "grant default scopes")?,
         kinds: json_list(&get("g_kinds")?, "grant kinds")?,
-        max_ttl: Duration::from_secs(
-            u64::try_from(max_ttl).map_err(|_| StoreError::Corrupt("grant max_ttl".into()))?,
-        ),
+        max_ttl: Duration::from_secs(u64::try_from(max_ttl).map_err(|_| StoreError::Corrupt("grant max_ttl".into()))?),
     })
 }
 
@@ -394,8 +343,7 @@ const SYSTEM_COLUMNS: &str = "s.id AS s_id, s.name AS s_name, s.purpose AS s_pur
     tecn.id AS to_id, tecn.display_name AS to_display_name, tecn.email AS to_email, tecn.status AS to_status, \
     tecn.attested_until AS to_attested_until";
 
-const SYSTEM_JOINS: &str =
-    "JOIN owners bo ON bo.id = s.business_owner JOIN owners tecn ON tecn.id = s.technical_owner";
+const SYSTEM_JOINS: &str = "JOIN owners bo ON bo.id = s.business_owner JOIN owners tecn ON tecn.id = s.technical_owner";
 
 #[async_trait]
 impl PolicyStore for SqliteStore {
@@ -406,11 +354,7 @@ impl PolicyStore for SqliteStore {
              g.kinds AS g_kinds, g.max_ttl AS g_max_ttl, {SYSTEM_COLUMNS} \
              FROM grants g JOIN systems s ON s.id = g.system_id {SYSTEM_JOINS} WHERE g.issuer = ?"
         );
-        let rows = sqlx::query(&sql)
-            .bind(issuer)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let rows = sqlx::query(&sql).bind(issuer).fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter()
             .map(|row| {
                 Ok(GrantContext {
@@ -429,37 +373,22 @@ impl IssuanceLog for SqliteStore {
     async fn record_issuance(&self, issuance: Issuance) -> Result<IssueOutcome, StoreError> {
         match self.submit(WriteOp::Issue(Box::new(issuance))).await? {
             WriteResult::Issue(outcome) => Ok(outcome),
-            _ => Err(StoreError::Corrupt(
-                "writer answered the wrong request".into(),
-            )),
+            _ => Err(StoreError::Corrupt("writer answered the wrong request".into())),
         }
     }
 
     async fn record_event(&self, event: AuditEvent) -> Result<(), StoreError> {
         match self.submit(WriteOp::Event(Box::new(event))).await? {
             WriteResult::Event => Ok(()),
-            _ => Err(StoreError::Corrupt(
-                "writer answered the wrong request".into(),
-            )),
+            _ => Err(StoreError::Corrupt("writer answered the wrong request".into())),
         }
     }
 
-    async fn revoke_credential(
-        &self,
-        jti: &str,
-        reason: &str,
-        event: AuditEvent,
-    ) -> Result<bool, StoreError> {
-        let op = WriteOp::Revoke {
-            jti: jti.to_owned(),
-            reason: reason.to_owned(),
-            event: Box::new(event),
-        };
+    async fn revoke_credential(&self, jti: &str, reason: &str, event: AuditEvent) -> Result<bool, StoreError> {
+        let op = WriteOp::Revoke { jti: jti.to_owned(), reason: reason.to_owned(), event: Box::new(event) };
         match self.submit(op).await? {
             WriteResult::Revoke(done) => Ok(done),
-            _ => Err(StoreError::Corrupt(
-                "writer answered the wrong request".into(),
-            )),
+            _ => Err(StoreError::Corrupt("writer answered the wrong request".into())),
         }
     }
 }
@@ -474,12 +403,7 @@ impl CredentialStore for SqliteStore {
              LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
              WHERE c.jti = ?"
         );
-        let Some(row) = sqlx::query(&sql)
-            .bind(jti)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?
-        else {
+        let Some(row) = sqlx::query(&sql).bind(jti).fetch_optional(&self.pool).await.map_err(unavailable)? else {
             return Ok(None);
         };
         let revoked_at: Option<i64> = row.try_get("c_revoked_at").map_err(corrupt("credential"))?;
@@ -487,12 +411,8 @@ impl CredentialStore for SqliteStore {
             jti: row.try_get("c_jti").map_err(corrupt("credential"))?,
             id: row.try_get("c_id").map_err(corrupt("credential"))?,
             revoked_at: revoked_at.map(from_ts).transpose()?,
-            system_revoked_through: row
-                .try_get("s_revoked_through")
-                .map_err(corrupt("credential"))?,
-            workload_revoked_through: row
-                .try_get("w_revoked_through")
-                .map_err(corrupt("credential"))?,
+            system_revoked_through: row.try_get("s_revoked_through").map_err(corrupt("credential"))?,
+            workload_revoked_through: row.try_get("w_revoked_through").map_err(corrupt("credential"))?,
             system: system_from(&row)?,
             business_owner: owner_from(&row, "bo_")?,
             technical_owner: owner_from(&row, "to_")?,
@@ -532,23 +452,19 @@ impl AdminTokenStore for SqliteStore {
         tx.commit().await.map_err(unavailable)
     }
 
-    async fn admin_token_by_hash(
-        &self,
-        hash: [u8; 32],
-    ) -> Result<Option<AdminTokenRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, name, role, token_hash FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL")
-            .bind(hash.as_slice())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+    async fn admin_token_by_hash(&self, hash: [u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, role, token_hash FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(hash.as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
         let Some(row) = row else { return Ok(None) };
         let stored: Vec<u8> = row.try_get("token_hash").map_err(corrupt("admin token"))?;
         // The lookup is by hash; compare again in constant time so no code
         // path decides on a secret-derived value with early exit.
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            stored.as_slice(),
-            hash.as_slice(),
-        )) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(stored.as_slice(), hash.as_slice())) {
             return Ok(None);
         }
         Ok(Some(AdminTokenRecord {
@@ -562,10 +478,7 @@ impl AdminTokenStore for SqliteStore {
 #[async_trait]
 impl Health for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
         Ok(())
     }
 }
@@ -588,20 +501,10 @@ impl CatalogStore for SqliteStore {
         dry_run: bool,
     ) -> Result<ApplyReport, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(unavailable)?;
         let result = apply_catalog(&mut conn, catalog, actor, now).await;
-        let end = if result.is_ok() && !dry_run {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        };
-        sqlx::query(end)
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+        let end = if result.is_ok() && !dry_run { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(end).execute(&mut *conn).await.map_err(unavailable)?;
         result
     }
 }
@@ -623,20 +526,14 @@ async fn apply_catalog(
     };
 
     for o in &catalog.owners {
-        let existing: Option<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT display_name, email, status, attested_until FROM owners WHERE id = ?",
-        )
-        .bind(o.id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+        let existing: Option<(String, String, String, i64)> =
+            sqlx::query_as("SELECT display_name, email, status, attested_until FROM owners WHERE id = ?")
+                .bind(o.id.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
         let attested_until = resolve(o.attested_until, existing.as_ref().map(|e| e.3), now);
-        let wanted = (
-            o.display_name.clone(),
-            o.email.clone(),
-            o.status.as_str().to_owned(),
-            attested_until,
-        );
+        let wanted = (o.display_name.clone(), o.email.clone(), o.status.as_str().to_owned(), attested_until);
         let label = format!("owner/{}", o.id);
         let detail = serde_json::json!({"id": o.id, "display_name": o.display_name, "email": o.email,
             "status": o.status, "attested_until": attested_until});
@@ -646,49 +543,31 @@ async fn apply_catalog(
                 sqlx::query("UPDATE owners SET display_name = ?, email = ?, status = ?, attested_until = ?, updated_at = ? WHERE id = ?")
                     .bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(wanted.3).bind(ts(now)).bind(o.id.as_str())
                     .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(conn, &event("owner.changed", None, detail))
-                    .await
-                    .map_err(unavailable)?;
+                insert_event(conn, &event("owner.changed", None, detail)).await.map_err(unavailable)?;
                 report.updated.push(label);
             }
             None => {
                 sqlx::query("INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
                     .bind(o.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(wanted.3).bind(ts(now)).bind(ts(now))
                     .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(conn, &event("owner.created", None, detail))
-                    .await
-                    .map_err(unavailable)?;
+                insert_event(conn, &event("owner.created", None, detail)).await.map_err(unavailable)?;
                 report.created.push(label);
             }
         }
     }
 
     for s in &catalog.systems {
-        for (field, owner) in [
-            ("business_owner", &s.business_owner),
-            ("technical_owner", &s.technical_owner),
-        ] {
+        for (field, owner) in [("business_owner", &s.business_owner), ("technical_owner", &s.technical_owner)] {
             let found: Option<(String,)> = sqlx::query_as("SELECT id FROM owners WHERE id = ?")
                 .bind(owner.as_str())
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(unavailable)?;
             if found.is_none() {
-                return Err(StoreError::NotFound(format!(
-                    "system {}: {field} {owner} does not exist",
-                    s.id
-                )));
+                return Err(StoreError::NotFound(format!("system {}: {field} {owner} does not exist", s.id)));
             }
         }
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            Option<i64>,
-            Option<String>,
-        );
+        type Row = (String, String, String, String, String, Option<i64>, Option<String>);
         let existing: Option<Row> = sqlx::query_as(
             "SELECT name, purpose, business_owner, technical_owner, tier, pilot_ends_at, data_classification FROM systems WHERE id = ?",
         )
@@ -696,9 +575,7 @@ async fn apply_catalog(
         .fetch_optional(&mut *conn)
         .await
         .map_err(unavailable)?;
-        let pilot_ends_at = s
-            .pilot_ends_at
-            .map(|spec| resolve(spec, existing.as_ref().and_then(|e| e.5), now));
+        let pilot_ends_at = s.pilot_ends_at.map(|spec| resolve(spec, existing.as_ref().and_then(|e| e.5), now));
         let wanted: Row = (
             s.name.clone(),
             s.purpose.clone(),
@@ -718,18 +595,14 @@ async fn apply_catalog(
                 sqlx::query("UPDATE systems SET name = ?, purpose = ?, business_owner = ?, technical_owner = ?, tier = ?, pilot_ends_at = ?, data_classification = ?, updated_at = ? WHERE id = ?")
                     .bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(wanted.5).bind(&wanted.6).bind(ts(now)).bind(s.id.as_str())
                     .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(conn, &event("system.changed", Some(s.id.as_str()), detail))
-                    .await
-                    .map_err(unavailable)?;
+                insert_event(conn, &event("system.changed", Some(s.id.as_str()), detail)).await.map_err(unavailable)?;
                 report.updated.push(label);
             }
             None => {
                 sqlx::query("INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, pilot_ends_at, data_classification, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)")
                     .bind(s.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(wanted.5).bind(&wanted.6).bind(ts(now)).bind(ts(now))
                     .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(conn, &event("system.created", Some(s.id.as_str()), detail))
-                    .await
-                    .map_err(unavailable)?;
+                insert_event(conn, &event("system.created", Some(s.id.as_str()), detail)).await.map_err(unavailable)?;
                 report.created.push(label);
             }
         }
@@ -742,24 +615,10 @@ async fn apply_catalog(
             .await
             .map_err(unavailable)?;
         if found.is_none() {
-            return Err(StoreError::NotFound(format!(
-                "grant {}: system {} does not exist",
-                g.id, g.system
-            )));
+            return Err(StoreError::NotFound(format!("grant {}: system {} does not exist", g.id, g.system)));
         }
-        let to_json =
-            |items: Vec<String>| serde_json::to_string(&items).unwrap_or_else(|_| "[]".into());
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            i64,
-        );
+        let to_json = |items: Vec<String>| serde_json::to_string(&items).unwrap_or_else(|_| "[]".into());
+        type Row = (String, String, String, String, String, String, String, String, i64);
         let wanted: Row = (
             g.system.to_string(),
             g.issuer.clone(),
@@ -792,24 +651,18 @@ async fn apply_catalog(
                 sqlx::query("UPDATE grants SET issuer = ?, subject = ?, audiences = ?, scopes = ?, default_scopes = ?, kinds = ?, max_ttl = ?, updated_at = ? WHERE id = ?")
                     .bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(g.id.as_str())
                     .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(
-                    conn,
-                    &event("grant.changed", Some(g.system.as_str()), detail),
-                )
-                .await
-                .map_err(unavailable)?;
+                insert_event(conn, &event("grant.changed", Some(g.system.as_str()), detail))
+                    .await
+                    .map_err(unavailable)?;
                 report.updated.push(label);
             }
             None => {
                 sqlx::query("INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
                     .bind(g.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(ts(now))
                     .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(
-                    conn,
-                    &event("grant.created", Some(g.system.as_str()), detail),
-                )
-                .await
-                .map_err(unavailable)?;
+                insert_event(conn, &event("grant.created", Some(g.system.as_str()), detail))
+                    .await
+                    .map_err(unavailable)?;
                 report.created.push(label);
             }
         }

@@ -1,0 +1,135 @@
+//! The operator CLI against a running server.
+
+use std::process::Command;
+
+use halflife::domain::model::Role;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_halflife");
+
+fn cli(app: &TestApp, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out =
+        Command::new(BIN).args(args).env("HALFLIFE_SERVER", &app.base).env("HALFLIFE_TOKEN", token).output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_manage_systems_from_the_command_line() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    let auditor = app.admin_token(Role::Auditor).await;
+
+    let (ok, out, err) = tokio::task::block_in_place(|| cli(&app, &auditor, &["systems", "list"]));
+    assert!(ok, "{err}");
+    let header = out.lines().next().unwrap();
+    assert!(header.starts_with("ID") && header.contains("STATE"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("summarizer") && l.contains("pilot") && l.contains("active")), "{out}");
+
+    let (ok, out, _) = tokio::task::block_in_place(|| cli(&app, &auditor, &["systems", "show", "indexer", "--json"]));
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tier"], "production");
+
+    // Auditors cannot change anything; the server's message reaches stderr.
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| cli(&app, &auditor, &["systems", "suspend", "summarizer", "--reason", "x"]));
+    assert!(!ok);
+    assert!(err.contains("may not"), "{err}");
+
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        cli(
+            &app,
+            &operator,
+            &["owners", "create", "--id", "ana", "--display-name", "Ana", "--email", "ana@example.com"],
+        )
+    });
+    assert!(ok, "{err}");
+    assert!(out.contains("ana@example.com"));
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        cli(
+            &app,
+            &operator,
+            &[
+                "systems",
+                "create",
+                "--id",
+                "drafts",
+                "--name",
+                "Drafts",
+                "--purpose",
+                "Drafts replies",
+                "--business-owner",
+                "ana",
+                "--technical-owner",
+                "tech",
+                "--pilot-ends-at",
+                "14d",
+            ],
+        )
+    });
+    assert!(ok, "{err}");
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        cli(
+            &app,
+            &operator,
+            &[
+                "grants",
+                "add",
+                "drafts",
+                "--id",
+                "drafts-k8s",
+                "--issuer",
+                "k8s",
+                "--subject",
+                "system:serviceaccount:ai:drafts",
+                "--audience",
+                "mail-api",
+                "--scope",
+                "mail:draft",
+                "--max-ttl",
+                "10m",
+            ],
+        )
+    });
+    assert!(ok, "{err}");
+    let (ok, out, _) = tokio::task::block_in_place(|| cli(&app, &operator, &["grants", "list", "drafts"]));
+    assert!(ok);
+    assert!(out.contains("drafts-k8s") && out.contains("mail-api"), "{out}");
+
+    let token = app.exchange_ok(&app.rsa.token("system:serviceaccount:ai:drafts", app.now()), &[]).await;
+    let jti = parts(token["access_token"].as_str().unwrap()).1["jti"].as_str().unwrap().to_owned();
+    let (ok, out, _) = tokio::task::block_in_place(|| cli(&app, &operator, &["systems", "credentials", "drafts"]));
+    assert!(ok);
+    assert!(out.contains(&jti), "{out}");
+    assert!(!out.contains(token["access_token"].as_str().unwrap()), "never the token itself");
+
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| cli(&app, &operator, &["revoke", "--jti", &jti, "--reason", "rotated"]));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "1 credential(s) revoked");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        cli(
+            &app,
+            &operator,
+            &["revoke", "--workload", "system:serviceaccount:ai:drafts", "--issuer", "k8s", "--reason", "x", "--json"],
+        )
+    });
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["revoked"], 0);
+
+    let (ok, out, _) = tokio::task::block_in_place(|| cli(&app, &operator, &["owners", "recertify", "ana"]));
+    assert!(ok);
+    assert!(out.contains("attested until"));
+    let (ok, out, _) = tokio::task::block_in_place(|| cli(&app, &operator, &["systems", "expiring"]));
+    assert!(ok);
+    assert!(out.starts_with("DUE_AT"), "{out}");
+    let (ok, out, _) = tokio::task::block_in_place(|| cli(&app, &operator, &["jobs", "list", "--all"]));
+    assert!(ok);
+    assert!(out.contains("mark_revoked"), "{out}");
+
+    let out = Command::new(BIN).args(["systems", "list"]).env_remove("HALFLIFE_TOKEN").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HALFLIFE_TOKEN"));
+}

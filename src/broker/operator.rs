@@ -234,14 +234,7 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<(System, RevocationOutcome), OpError> {
-        let reason = require_reason(reason)?;
-        let now = self.clock.now();
-        let view = self.system_view(id).await?;
-        let suspended = lifecycle::suspend(&view.system, &format!("suspended by {}: {reason}", actor.name))?;
-        let mut e = system_event("system.suspended", actor, &suspended, now, meta);
-        e.reason = Some(reason.clone());
-        let outcome = self.lifecycle.save_system(&suspended, Some(&reason), e).await?;
-        Ok((suspended, outcome))
+        self.stop_system(id, reason, actor, meta, "system.suspended", lifecycle::suspend).await
     }
 
     pub async fn retire_system(
@@ -251,14 +244,27 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<(System, RevocationOutcome), OpError> {
+        self.stop_system(id, reason, actor, meta, "system.retired", lifecycle::retire).await
+    }
+
+    /// Suspends or retires a system and revokes everything it holds.
+    async fn stop_system(
+        &self,
+        id: &SystemId,
+        reason: &str,
+        actor: &AdminCaller,
+        meta: &RequestMeta,
+        kind: &str,
+        transition: fn(&System, &str) -> Result<System, LifecycleError>,
+    ) -> Result<(System, RevocationOutcome), OpError> {
         let reason = require_reason(reason)?;
         let now = self.clock.now();
         let view = self.system_view(id).await?;
-        let retired = lifecycle::retire(&view.system, &format!("retired by {}: {reason}", actor.name))?;
-        let mut e = system_event("system.retired", actor, &retired, now, meta);
+        let stopped = transition(&view.system, &format!("{reason} (by {})", actor.name))?;
+        let mut e = system_event(kind, actor, &stopped, now, meta);
         e.reason = Some(reason.clone());
-        let outcome = self.lifecycle.save_system(&retired, Some(&reason), e).await?;
-        Ok((retired, outcome))
+        let outcome = self.lifecycle.save_system(&stopped, Some(&reason), e).await?;
+        Ok((stopped, outcome))
     }
 
     pub async fn reinstate_system(

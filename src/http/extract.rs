@@ -34,6 +34,21 @@ impl Form {
     }
 }
 
+/// The request body, if its media type is `expected` (else 415) and it fits
+/// the body limit (else 413).
+async fn body_of_type<S: Send + Sync>(req: Request, state: &S, expected: &str) -> Result<Bytes, ApiError>
+where
+    AppState: FromRef<S>,
+{
+    let limit = AppState::from_ref(state).max_body_bytes;
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case(expected) {
+        return Err(ApiError::UnsupportedMediaType(format!("Content-Type must be {expected}")));
+    }
+    Bytes::from_request(req, state).await.map_err(|_| ApiError::PayloadTooLarge(limit))
+}
+
 impl<S: Send + Sync> FromRequest<S> for Form
 where
     AppState: FromRef<S>,
@@ -41,15 +56,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = AppState::from_ref(state).max_body_bytes;
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let essence = content_type.split(';').next().unwrap_or_default().trim();
-        if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-            return Err(ApiError::UnsupportedMediaType(
-                "Content-Type must be application/x-www-form-urlencoded".into(),
-            ));
-        }
-        let body = Bytes::from_request(req, state).await.map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        let body = body_of_type(req, state, "application/x-www-form-urlencoded").await?;
         let mut params = HashMap::new();
         for (key, value) in form_urlencoded::parse(&body) {
             if params.insert(key.clone().into_owned(), value.into_owned()).is_some() {
@@ -130,13 +137,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = AppState::from_ref(state).max_body_bytes;
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let essence = content_type.split(';').next().unwrap_or_default().trim();
-        if !essence.eq_ignore_ascii_case("application/json") {
-            return Err(ApiError::UnsupportedMediaType("Content-Type must be application/json".into()));
-        }
-        let body = Bytes::from_request(req, state).await.map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        let body = body_of_type(req, state, "application/json").await?;
         serde_json::from_slice(&body)
             .map(Self)
             .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))

@@ -252,13 +252,7 @@ async fn malformed_requests_are_refused_and_recorded() {
 #[tokio::test]
 async fn single_use_issuer_refuses_a_replay() {
     let app = spawn_app().await;
-    let dev = halflife::attest::dev::DevIssuer::load_or_create(
-        &dev_config(&app),
-        &halflife::keys::Kek::load(halflife::keys::KekSource::Inline(&secrecy::SecretString::from(kek_b64()))).unwrap(),
-        app.clock.now(),
-    )
-    .unwrap();
-    let token = dev.mint("spiffe://dev.local/ns/ai/sa/summarizer", None, None, app.clock.now()).unwrap();
+    let token = dev_token(&app);
     app.exchange_ok(&token, &[]).await;
     let body = assert_refused(&app, &token, &[], "invalid_grant", "replay").await;
     assert!(body["error_description"].as_str().unwrap().contains("already been used"));
@@ -267,13 +261,7 @@ async fn single_use_issuer_refuses_a_replay() {
 #[tokio::test]
 async fn concurrent_uses_of_one_single_use_token_issue_exactly_once() {
     let app = spawn_app().await;
-    let dev = halflife::attest::dev::DevIssuer::load_or_create(
-        &dev_config(&app),
-        &halflife::keys::Kek::load(halflife::keys::KekSource::Inline(&secrecy::SecretString::from(kek_b64()))).unwrap(),
-        app.clock.now(),
-    )
-    .unwrap();
-    let token = dev.mint("spiffe://dev.local/ns/ai/sa/summarizer", None, None, app.clock.now()).unwrap();
+    let token = dev_token(&app);
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let client = app.client.clone();
@@ -310,6 +298,13 @@ async fn system_past_its_pilot_end_is_refused() {
     app.clock.advance(std::time::Duration::from_secs(30 * 86400 + 1));
     let body = assert_refused(&app, &app.rsa.token(RSA_SUBJECT, app.now()), &[], "access_denied", "pilot ended").await;
     assert!(body["error_description"].as_str().unwrap().contains("pilot ended"));
+}
+
+/// A single-use dev attestation for the summarizer, minted in-process.
+fn dev_token(app: &TestApp) -> String {
+    let kek = halflife::keys::Kek::load(halflife::keys::KekSource::Inline(&secrecy::SecretString::from(kek_b64())));
+    let dev = halflife::attest::dev::DevIssuer::load_or_create(&dev_config(app), &kek.unwrap(), app.clock.now());
+    dev.unwrap().mint("spiffe://dev.local/ns/ai/sa/summarizer", None, None, app.clock.now()).unwrap()
 }
 
 /// The config the test app runs with, for minting dev tokens in-process.

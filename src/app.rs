@@ -16,6 +16,7 @@ use url::Url;
 use crate::attest::dev::DevIssuer;
 use crate::attest::jwt::{IssuerKeys, TrustedIssuer, Verifier};
 use crate::attest::{issuer_from_config, jwks};
+use crate::broker::audit::CheckpointPolicy;
 use crate::broker::{Broker, Webhook, apply};
 use crate::clock::SharedClock;
 use crate::config::{Config, DevConfig};
@@ -24,7 +25,10 @@ use crate::http::serve::{ServeOptions, serve, tls_acceptor};
 use crate::http::{AppState, Limits, metadata_document, router};
 use crate::keys::{Kek, KekSource, Keyring};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{ApplyReport, CatalogStore};
+use crate::store::{ApplyReport, AuditEvent, CatalogStore, IssuanceLog, Outcome, RequestMeta};
+
+/// How often the checkpoint writer looks at the audit head.
+const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
 
 /// How often expired single-use records are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -40,8 +44,9 @@ pub struct App {
     broker: Broker,
     store: Arc<SqliteStore>,
     remote_issuers: Vec<(Arc<TrustedIssuer>, Duration)>,
-    /// `None` when the caller drives lifecycle passes itself.
+    /// `None` when the caller drives lifecycle passes and checkpoints itself.
     lifecycle_tick: Option<Duration>,
+    checkpoints: CheckpointPolicy,
 }
 
 /// Loads the key-encryption key the configuration names.
@@ -124,6 +129,12 @@ impl App {
             .context("failed to load signing keys")?;
 
         let store = Arc::new(open_store(&config).await?);
+        if let Some(kid) = &keys.created {
+            let mut event = AuditEvent::new("key.created", Outcome::Success, now, &RequestMeta::default());
+            event.actor = Some("startup".into());
+            event.detail = Some(serde_json::json!({"kid": kid, "alg": config.keys.algorithm.as_str()}));
+            IssuanceLog::record_event(store.as_ref(), event).await.context("failed to record the new signing key")?;
+        }
         for path in &config.bootstrap.apply {
             let report = apply_file(store.as_ref(), &config, path, "bootstrap", now, false).await?;
             if !report.created.is_empty() || !report.updated.is_empty() {
@@ -168,6 +179,8 @@ impl App {
             admin_tokens: store.clone(),
             lifecycle: store.clone(),
             jobs: store.clone(),
+            audit: store.clone(),
+            checkpoints: store.clone(),
             issuer: base_url.clone(),
             limits: TtlPolicy { default_ttl: config.tokens.default_ttl.get(), ceiling: config.tokens.max_ttl.get() },
             lifecycle_policy: config.lifecycle.policy(),
@@ -203,6 +216,10 @@ impl App {
             store,
             remote_issuers,
             lifecycle_tick: Some(config.lifecycle.tick.get()),
+            checkpoints: CheckpointPolicy {
+                every_events: i64::from(config.audit.checkpoint_events),
+                every: config.audit.checkpoint_interval.get(),
+            },
         })
     }
 
@@ -219,9 +236,10 @@ impl App {
         &self.broker
     }
 
-    /// Runs no background lifecycle passes: the caller calls
-    /// [`Broker::run_lifecycle_once`] itself (tests with a manual clock).
-    pub fn without_background_lifecycle(mut self) -> Self {
+    /// Runs no background lifecycle passes or checkpoints: the caller calls
+    /// [`Broker::run_lifecycle_once`] and [`Broker::write_checkpoint`]
+    /// itself (tests with a manual clock).
+    pub fn without_background_jobs(mut self) -> Self {
         self.lifecycle_tick = None;
         self
     }
@@ -260,6 +278,19 @@ impl App {
                         Err(e) => {
                             tracing::error!(error = %e.0, "lifecycle pass failed; will retry next tick")
                         }
+                    }
+                }
+            }));
+            let broker = self.broker.clone();
+            let policy = self.checkpoints;
+            tasks.push(tokio::spawn(async move {
+                let mut state = broker.last_checkpoint().await.unwrap_or_default();
+                let mut interval = tokio::time::interval(CHECKPOINT_POLL);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    if let Err(e) = broker.checkpoint_if_due(&mut state, policy, broker.clock.now()).await {
+                        tracing::error!(error = %e.0, "writing an audit checkpoint failed; will retry");
                     }
                 }
             }));

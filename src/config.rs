@@ -21,7 +21,8 @@ use url::Url;
 /// The top-level sections that environment variables may override. Other
 /// `HALFLIFE_*` variables (such as `HALFLIFE_TOKEN` for the CLI) are not
 /// configuration keys and are ignored here.
-const SECTIONS: &[&str] = &["server", "database", "keys", "tokens", "dev", "issuers", "bootstrap"];
+const SECTIONS: &[&str] =
+    &["server", "database", "keys", "tokens", "dev", "issuers", "bootstrap", "lifecycle", "audit"];
 
 /// Clock-skew leeway accepted on attestation tokens when none is configured.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -53,6 +54,24 @@ pub struct Config {
     pub bootstrap: BootstrapConfig,
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// Signed checkpoints of the audit chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Write a checkpoint after this many new events…
+    pub checkpoint_events: u32,
+    /// …or this long after the last one, whichever comes first.
+    pub checkpoint_interval: HumanDuration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { checkpoint_events: 1000, checkpoint_interval: HumanDuration::secs(60) }
+    }
 }
 
 /// The lifecycle reaper, notices and owner recertification.
@@ -493,6 +512,12 @@ impl Config {
 
         if self.lifecycle.tick.get().is_zero() {
             problem("lifecycle.tick", "must be greater than zero".to_owned());
+        }
+        if self.audit.checkpoint_events == 0 {
+            problem("audit.checkpoint_events", "must be at least 1".to_owned());
+        }
+        if self.audit.checkpoint_interval.get().is_zero() {
+            problem("audit.checkpoint_interval", "must be greater than zero".to_owned());
         }
         for (key, d) in [
             ("lifecycle.notice_window", self.lifecycle.notice_window),

@@ -16,6 +16,7 @@
 
 pub mod app;
 pub mod attest;
+pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod clock;

@@ -234,6 +234,7 @@ fn fill_attestation(event: &mut AuditEvent, attestation: &Attestation, ctx: Opti
     if let Some(ctx) = ctx {
         event.system_id = Some(ctx.system.id.to_string());
         event.grant_id = Some(ctx.grant.id.to_string());
+        event.owners = Some(ctx.system.owners_label());
     }
 }
 

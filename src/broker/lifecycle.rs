@@ -71,6 +71,7 @@ impl Broker {
             let mut event = AuditEvent::new("system.suspended", Outcome::Success, now, &RequestMeta::default());
             event.actor = Some(LIFECYCLE_ACTOR.into());
             event.system_id = Some(view.system.id.to_string());
+            event.owners = Some(view.system.owners_label());
             event.reason = Some(why.clone());
             event.detail = Some(serde_json::json!({
                 "system": suspended,

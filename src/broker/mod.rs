@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod audit;
 pub mod exchange;
 pub mod introspect;
 pub mod lifecycle;
@@ -16,7 +17,10 @@ use crate::clock::SharedClock;
 use crate::domain::lifecycle::LifecyclePolicy;
 use crate::domain::policy::TtlPolicy;
 use crate::keys::Keyring;
-use crate::store::{AdminTokenStore, CredentialStore, IssuanceLog, JobStore, LifecycleStore, PolicyStore, StoreError};
+use crate::store::{
+    AdminTokenStore, AuditReader, CheckpointStore, CredentialStore, IssuanceLog, JobStore, LifecycleStore, PolicyStore,
+    StoreError,
+};
 
 /// Everything the use cases need, cheap to clone.
 #[derive(Clone)]
@@ -30,6 +34,9 @@ pub struct Broker {
     pub admin_tokens: Arc<dyn AdminTokenStore>,
     pub lifecycle: Arc<dyn LifecycleStore>,
     pub jobs: Arc<dyn JobStore>,
+    /// Read-only audit access.
+    pub audit: Arc<dyn AuditReader>,
+    pub checkpoints: Arc<dyn CheckpointStore>,
     /// The `iss` of issued tokens (the public URL).
     pub issuer: String,
     pub limits: TtlPolicy,

@@ -99,6 +99,7 @@ fn event(kind: &str, actor: &AdminCaller, now: OffsetDateTime, meta: &RequestMet
 fn system_event(kind: &str, actor: &AdminCaller, view: &System, now: OffsetDateTime, meta: &RequestMeta) -> AuditEvent {
     let mut e = event(kind, actor, now, meta);
     e.system_id = Some(view.id.to_string());
+    e.owners = Some(view.owners_label());
     e.detail = Some(serde_json::json!({
         "system": view,
         "business_owner": view.business_owner,

@@ -249,6 +249,24 @@ impl Client {
         Ok(value)
     }
 
+    /// Starts a streamed GET; errors as in `call`.
+    async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(self.token.expose_secret())
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let value: Value = response.json().await.unwrap_or(Value::Null);
+            bail!("{} ({status})", value.get("error_description").and_then(Value::as_str).unwrap_or("request failed"));
+        }
+        Ok(response)
+    }
+
     fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
@@ -527,5 +545,229 @@ pub async fn jobs(remote: &Remote, command: JobsCommand) -> anyhow::Result<()> {
     let JobsCommand::List { all } = command;
     let v = c.call(Method::GET, &format!("/v1/jobs?all={all}"), None).await?;
     c.print(&v, |v| table(list(v, "jobs"), &["id", "kind", "status", "attempts", "next_attempt_at", "last_error"]));
+    Ok(())
+}
+
+#[derive(Debug, Args, Default)]
+pub struct AuditFilterArgs {
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Events whose system had this owner at the time.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Workload subject.
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// The workload's attestation issuer (iss).
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// An event kind, or a family such as system.*
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// success, denied or failure.
+    #[arg(long)]
+    pub outcome: Option<String>,
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// RFC 3339, or a duration before now such as 24h.
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+impl AuditFilterArgs {
+    fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("system", &self.system),
+            ("owner", &self.owner),
+            ("workload", &self.workload),
+            ("issuer", &self.issuer),
+            ("kind", &self.kind),
+            ("outcome", &self.outcome),
+            ("jti", &self.jti),
+            ("since", &self.since),
+            ("until", &self.until),
+        ] {
+            if let Some(v) = v {
+                q.append_pair(k, v);
+            }
+        }
+        q.finish()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Query events (a table; --json, or --csv for every match).
+    Query {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// Events per page (at most 1000); the table shows one page.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this sequence number.
+        #[arg(long)]
+        cursor: Option<i64>,
+        /// Every matching event as CSV.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+    },
+    /// Export matching events to a file as JSONL (default) or CSV, streamed.
+    Export {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Also save the signed checkpoints here (for offline verification).
+        #[arg(long)]
+        checkpoints: Option<std::path::PathBuf>,
+    },
+    /// Verify the chain: on the server, or offline from an unfiltered JSONL export.
+    Verify {
+        #[arg(long)]
+        from: Option<i64>,
+        #[arg(long)]
+        to: Option<i64>,
+        /// Offline: a JSONL export of the whole log.
+        #[arg(long, requires = "jwks")]
+        file: Option<std::path::PathBuf>,
+        /// Offline: the saved checkpoints (from `audit export --checkpoints`).
+        #[arg(long, requires = "file")]
+        checkpoints: Option<std::path::PathBuf>,
+        /// Offline: the server's JWKS (GET /.well-known/jwks.json).
+        #[arg(long, requires = "file")]
+        jwks: Option<std::path::PathBuf>,
+    },
+}
+
+fn print_report(report: &Value, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+    } else if report["ok"] == true {
+        println!(
+            "ok: {} events and {} checkpoints verified (head {})",
+            cell(report, "events_checked"),
+            cell(report, "checkpoints_checked"),
+            cell(report, "head_seq")
+        );
+    } else {
+        println!(
+            "FAILED at event {}: {}",
+            cell(&report["first_problem"], "seq"),
+            cell(&report["first_problem"], "what")
+        );
+    }
+    if report["ok"] == true { Ok(()) } else { bail!("the audit log does not verify") }
+}
+
+/// Verifies an exported JSONL file against checkpoints and a JWKS, offline.
+fn verify_offline(
+    file: &std::path::Path,
+    checkpoints: Option<&std::path::Path>,
+    jwks: &std::path::Path,
+) -> anyhow::Result<Value> {
+    use std::io::BufRead;
+    let jwks: Value =
+        serde_json::from_slice(&std::fs::read(jwks).with_context(|| format!("reading {}", jwks.display()))?)
+            .context("the JWKS file is not JSON")?;
+    let checkpoints: Vec<crate::audit::Checkpoint> = match checkpoints {
+        None => Vec::new(),
+        Some(path) => {
+            let v: Value =
+                serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+                    .context("the checkpoints file is not JSON")?;
+            serde_json::from_value(v.get("checkpoints").cloned().unwrap_or(v)).context("malformed checkpoints")?
+        }
+    };
+    for c in &checkpoints {
+        if let Err(why) = crate::audit::verify_checkpoint(c, &jwks) {
+            return Ok(json!({"ok": false, "events_checked": 0, "checkpoints_checked": 0,
+                             "first_problem": {"seq": c.seq, "what": format!("checkpoint: {why}")}}));
+        }
+    }
+    let reader =
+        std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?);
+    let mut verifier = crate::audit::ChainVerifier::new(1, crate::audit::GENESIS.to_owned(), &checkpoints);
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.context("reading the export")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: crate::audit::AuditRecord =
+            serde_json::from_str(&line).with_context(|| format!("line {} is not an audit event", n + 1))?;
+        if !verifier.push(&record) {
+            break;
+        }
+    }
+    Ok(json!(verifier.finish()))
+}
+
+pub async fn audit(remote: &Remote, command: AuditCommand) -> anyhow::Result<()> {
+    if let AuditCommand::Verify { file: Some(file), checkpoints, jwks: Some(jwks), .. } = &command {
+        return print_report(&verify_offline(file, checkpoints.as_deref(), jwks)?, remote.json);
+    }
+    let c = Client::new(remote)?;
+    match command {
+        AuditCommand::Query { filter, limit, cursor, csv } => {
+            let mut path = format!("/v1/audit/events?{}", filter.query());
+            if csv {
+                path.push_str("&format=csv");
+                let mut response = c.stream(&path).await?;
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                while let Some(chunk) = response.chunk().await.context("reading the export")? {
+                    out.write_all(&chunk)?;
+                }
+                return Ok(());
+            }
+            path.push_str(&format!("&limit={limit}"));
+            if let Some(cursor) = cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let v = c.call(Method::GET, &path, None).await?;
+            c.print(&v, |v| {
+                table(list(v, "events"), &["seq", "time", "kind", "outcome", "system_id", "actor", "jti", "reason"]);
+                if let Some(next) = v.get("next_cursor").filter(|n| !n.is_null()) {
+                    println!("(more: --cursor {next})");
+                }
+            });
+        }
+        AuditCommand::Export { filter, out, format, checkpoints } => {
+            if !matches!(format.as_str(), "jsonl" | "csv") {
+                bail!("--format must be jsonl or csv");
+            }
+            let mut response = c.stream(&format!("/v1/audit/events?{}&format={format}", filter.query())).await?;
+            let mut file =
+                tokio::fs::File::create(&out).await.with_context(|| format!("creating {}", out.display()))?;
+            use tokio::io::AsyncWriteExt;
+            let mut bytes = 0usize;
+            while let Some(chunk) = response.chunk().await.context("reading the export")? {
+                bytes += chunk.len();
+                file.write_all(&chunk).await?;
+            }
+            file.flush().await?;
+            if let Some(path) = checkpoints {
+                let v = c.call(Method::GET, "/v1/audit/checkpoints", None).await?;
+                std::fs::write(&path, serde_json::to_vec_pretty(&v)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            eprintln!("wrote {bytes} bytes to {}", out.display());
+        }
+        AuditCommand::Verify { from, to, .. } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(from) = from {
+                q.append_pair("from", &from.to_string());
+            }
+            if let Some(to) = to {
+                q.append_pair("to", &to.to_string());
+            }
+            let v = c.call(Method::GET, &format!("/v1/audit/verify?{}", q.finish()), None).await?;
+            print_report(&v, c.json)?;
+        }
+    }
     Ok(())
 }

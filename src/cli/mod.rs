@@ -51,7 +51,7 @@ pub enum Command {
     #[command(flatten)]
     Local(LocalCommand),
     #[command(flatten)]
-    Remote(RemoteCommand),
+    Remote(Box<RemoteCommand>),
 }
 
 /// Commands that work on the local configuration, database and keys.
@@ -101,6 +101,13 @@ pub enum RemoteCommand {
         remote: client::Remote,
         #[command(flatten)]
         args: client::RevokeArgs,
+    },
+    /// Query, export and verify the audit log (needs HALFLIFE_TOKEN, except offline verify).
+    Audit {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: client::AuditCommand,
     },
     /// The background job queue on a running server (needs HALFLIFE_TOKEN).
     Jobs {
@@ -181,7 +188,7 @@ pub fn init_tracing(format: LogFormat) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::crypto::install();
     match cli.command {
-        Command::Remote(command) => run_remote(command).await,
+        Command::Remote(command) => run_remote(*command).await,
         Command::Local(command) => run_local(command, &cli.config).await,
     }
 }
@@ -193,6 +200,7 @@ async fn run_remote(command: RemoteCommand) -> anyhow::Result<()> {
         RemoteCommand::Grants { remote, command } => client::grants(&remote, command).await,
         RemoteCommand::Revoke { remote, args } => client::revoke(&remote, args).await,
         RemoteCommand::Jobs { remote, command } => client::jobs(&remote, command).await,
+        RemoteCommand::Audit { remote, command } => client::audit(&remote, command).await,
     }
 }
 

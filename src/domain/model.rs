@@ -116,6 +116,13 @@ fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::
     s.collect_str(&humantime::format_duration(*d))
 }
 
+impl System {
+    /// The owners as audit events record them: "business technical".
+    pub fn owners_label(&self) -> String {
+        format!("{} {}", self.business_owner, self.technical_owner)
+    }
+}
+
 impl Grant {
     pub fn covers(&self, issuer: &str, subject: &str) -> bool {
         self.issuer == issuer && self.subject.matches(subject)

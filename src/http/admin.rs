@@ -5,7 +5,7 @@
 //! `introspector` token and a workload's access token get 403 here, and the
 //! attempt is recorded as `access.denied`.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Admin, JsonBody, Meta};
+use super::extract::{Admin, JsonBody, Meta, Params};
 use crate::broker::admin::AdminCaller;
 use crate::broker::apply::{self, GrantEntry};
 use crate::broker::operator::{NewSystem, SystemPatch};
@@ -395,7 +395,7 @@ async fn delete_grant_by_query(
     Admin(caller): Admin,
     Meta(meta): Meta,
     Path(id): Path<String>,
-    Query(query): Query<GrantQuery>,
+    Params(query): Params<GrantQuery>,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/systems/{id}/grants", &meta).await?;
     let grant = GrantId::parse(&query.id).map_err(|e| ApiError::NotFound(e.0))?;
@@ -535,7 +535,7 @@ async fn jobs(
     State(state): State<AppState>,
     Admin(caller): Admin,
     Meta(meta): Meta,
-    Query(query): Query<JobsQuery>,
+    Params(query): Params<JobsQuery>,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, READ, "/v1/jobs", &meta).await?;
     let jobs = state.broker.jobs.list_jobs(query.all).await.map_err(crate::broker::Unavailable)?;

@@ -143,3 +143,17 @@ where
             .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
     }
 }
+
+/// Query-string parameters, parsed strictly: unknown or malformed
+/// parameters are a 400 in the usual error shape.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(v)| Self(v))
+            .map_err(|e| ApiError::invalid_request(e.body_text()))
+    }
+}

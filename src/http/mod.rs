@@ -2,6 +2,7 @@
 //! and the listener (timeouts, connection limit, TLS).
 
 pub mod admin;
+pub mod audit;
 pub mod error;
 pub mod extract;
 pub mod oauth;
@@ -66,6 +67,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/healthz", get(livez))
         .route("/readyz", get(readyz))
         .merge(admin::router())
+        .merge(audit::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))

@@ -241,6 +241,8 @@ fn seal_context(kid: &str, alg: SigningAlgorithm) -> String {
 /// The broker's signing keys: the current one signs, all are published.
 #[derive(Debug, Clone)]
 pub struct Keyring {
+    /// The key id created by this load, if one was (for the audit log).
+    pub created: Option<String>,
     current: Arc<SigningKey>,
     all: Vec<Arc<SigningKey>>,
     jwks: Arc<Value>,
@@ -263,13 +265,17 @@ impl Keyring {
         for path in paths {
             keys.push(Arc::new(SigningKey::load(&path, kek)?));
         }
+        let mut created = None;
         if !keys.iter().any(|k| k.alg == alg) {
             let (key, der) = SigningKey::generate(alg, now)?;
             key.store(&der, kek, &dir.join(format!("sig-{}.json", key.kid)))?;
             tracing::info!(key.kid = %key.kid, key.alg = alg.as_str(), "created signing key");
+            created = Some(key.kid.clone());
             keys.push(Arc::new(key));
         }
-        Self::from_keys(keys, alg)
+        let mut ring = Self::from_keys(keys, alg)?;
+        ring.created = created;
+        Ok(ring)
     }
 
     pub fn from_keys(mut keys: Vec<Arc<SigningKey>>, alg: SigningAlgorithm) -> Result<Self, KeyError> {
@@ -281,7 +287,7 @@ impl Keyring {
             .cloned()
             .ok_or_else(|| KeyError::Malformed("no signing key".into()))?;
         let jwks = json!({"keys": keys.iter().map(|k| k.public_jwk.clone()).collect::<Vec<_>>()});
-        Ok(Self { current, all: keys, jwks: Arc::new(jwks) })
+        Ok(Self { created: None, current, all: keys, jwks: Arc::new(jwks) })
     }
 
     pub fn current(&self) -> &SigningKey {

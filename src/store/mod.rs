@@ -82,6 +82,8 @@ pub struct AuditEvent {
     pub iat: Option<i64>,
     pub exp: Option<i64>,
     pub detail: Option<serde_json::Value>,
+    /// The system's owners at that moment, space-separated.
+    pub owners: Option<String>,
 }
 
 impl AuditEvent {
@@ -105,6 +107,7 @@ impl AuditEvent {
             iat: None,
             exp: None,
             detail: None,
+            owners: None,
         }
     }
 }
@@ -418,6 +421,53 @@ pub trait JobStore: Send + Sync {
         at: i64,
         limit: u32,
     ) -> Result<u64, StoreError>;
+}
+
+/// Which audit events to return. Every value is bound as a parameter.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub system: Option<String>,
+    /// Events whose system had this owner at the time.
+    pub owner: Option<String>,
+    /// Workload subject.
+    pub workload: Option<String>,
+    /// Attestation issuer (`iss`) of the workload.
+    pub issuer: Option<String>,
+    /// An exact kind, or a family written `system.*`.
+    pub kind: Option<String>,
+    pub outcome: Option<String>,
+    pub jti: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only events with a sequence number at least this.
+    pub from_seq: Option<i64>,
+    /// Only events with a sequence number at most this.
+    pub to_seq: Option<i64>,
+}
+
+/// Read-only access to the audit log: what auditors get.
+#[async_trait]
+pub trait AuditReader: Send + Sync {
+    /// Events matching `filter` with `seq > after`, oldest first.
+    async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<crate::audit::AuditRecord>, StoreError>;
+    /// The hash of event `seq`, if it exists.
+    async fn audit_hash(&self, seq: i64) -> Result<Option<String>, StoreError>;
+    /// The newest event's sequence number and hash.
+    async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError>;
+    async fn checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError>;
+    /// The stored credential row behind a `jti`, for its story.
+    async fn credential_row(&self, jti: &str) -> Result<Option<serde_json::Value>, StoreError>;
+}
+
+/// Writes signed checkpoints.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    async fn write_checkpoint(&self, checkpoint: &crate::audit::Checkpoint) -> Result<(), StoreError>;
 }
 
 #[async_trait]

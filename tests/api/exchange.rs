@@ -143,4 +143,8 @@ async fn concurrent_exchanges_each_get_a_committed_record() {
         assert!(recorded.contains(jti), "{jti} was returned without an issuance record");
     }
     assert_eq!(app.credential_count().await, 40);
+    // Concurrent appends kept one linear, verifiable chain.
+    let auditor = app.admin_token(halflife::domain::model::Role::Auditor).await;
+    let (_, report) = app.api(reqwest::Method::GET, "/v1/audit/verify", &auditor, None).await;
+    assert_eq!(report["ok"], true, "{report}");
 }

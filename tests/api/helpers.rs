@@ -273,7 +273,7 @@ max_token_age = "1h"
     );
     let config = Config::from_toml(&text).unwrap();
     let clock = ManualClock::starting_now();
-    let app = App::build(config, Arc::new(clock.clone())).await.unwrap().without_background_lifecycle();
+    let app = App::build(config, Arc::new(clock.clone())).await.unwrap().without_background_jobs();
     let addr = app.local_addr();
     let base = app.base_url().to_owned();
     let broker = app.broker().clone();

@@ -285,6 +285,16 @@ impl LifecycleStore for SqliteStore {
                     }
                     None => RevocationOutcome::default(),
                 };
+                if revoke.is_some() {
+                    // The revocation is an event of its own, tied to the
+                    // system change that caused it.
+                    let mut revoked = with_count(event.clone(), &outcome);
+                    revoked.kind = "credential.revoked".into();
+                    if let Some(serde_json::Value::Object(map)) = &mut revoked.detail {
+                        map.insert("by".into(), serde_json::json!(event.kind.clone()));
+                    }
+                    insert_event(conn, &revoked).await.map_err(unavailable)?;
+                }
                 insert_event(conn, &with_count(event, &outcome)).await.map_err(unavailable)?;
                 Ok(outcome)
             })

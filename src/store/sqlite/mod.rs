@@ -17,7 +17,10 @@ use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+mod audit;
 mod lifecycle;
+
+use audit::insert_event;
 
 use super::*;
 use crate::domain::model::{OwnerStatus, SystemState};
@@ -94,7 +97,9 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run_writer(options, rx));
-        Ok(Self { pool, writer: tx })
+        let store = Self { pool, writer: tx };
+        store.seal_unhashed().await?;
+        Ok(store)
     }
 
     async fn submit(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
@@ -235,36 +240,6 @@ async fn insert_issuance(conn: &mut SqliteConnection, i: &Issuance) -> Result<Is
     .await?;
     insert_event(conn, &i.event).await?;
     Ok(IssueOutcome::Committed)
-}
-
-async fn insert_event(conn: &mut SqliteConnection, e: &AuditEvent) -> Result<(), sqlx::Error> {
-    let time_ms = i64::try_from(e.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-    sqlx::query(
-        "INSERT INTO audit_events (time_ms, kind, outcome, reason, actor, system_id, grant_id, jti, request_id, source, \
-         attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(time_ms)
-    .bind(&e.kind)
-    .bind(e.outcome.as_str())
-    .bind(&e.reason)
-    .bind(&e.actor)
-    .bind(&e.system_id)
-    .bind(&e.grant_id)
-    .bind(&e.jti)
-    .bind(&e.request_id)
-    .bind(&e.source)
-    .bind(&e.attestation_issuer)
-    .bind(&e.subject)
-    .bind(&e.attestation_id)
-    .bind(&e.audience)
-    .bind(&e.scopes)
-    .bind(e.iat)
-    .bind(e.exp)
-    .bind(e.detail.as_ref().map(|d| d.to_string()))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 fn corrupt(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {

@@ -1,0 +1,143 @@
+//! Audit use cases: signed checkpoints, verification, a credential's story.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::{Broker, Unavailable};
+use crate::audit::{CHECKPOINT_TYP, ChainVerifier, Checkpoint, CheckpointClaims, GENESIS, VerifyReport};
+use crate::store::AuditFilter;
+
+/// Events fetched per page while verifying or exporting.
+pub const PAGE: u32 = 1000;
+
+/// When checkpoints are written.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    /// After this many new events…
+    pub every_events: i64,
+    /// …or this long since the last checkpoint, whichever comes first.
+    pub every: Duration,
+}
+
+/// The checkpoint writer's memory of the last checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointState {
+    pub seq: i64,
+    pub at: Option<OffsetDateTime>,
+}
+
+impl Broker {
+    /// Signs and stores a checkpoint of the current head, if the head moved.
+    pub async fn write_checkpoint(&self, now: OffsetDateTime) -> Result<Option<Checkpoint>, Unavailable> {
+        let Some((seq, hash)) = self.audit.audit_head().await.map_err(Unavailable)? else {
+            return Ok(None);
+        };
+        let claims =
+            CheckpointClaims { iss: self.issuer.clone(), seq, hash: hash.clone(), time: crate::domain::rfc3339(now) };
+        let signature = self.keys.current().sign_jwt(CHECKPOINT_TYP, &claims).map_err(|e| {
+            Unavailable(crate::store::StoreError::Unavailable(format!("checkpoint signing failed: {e}")))
+        })?;
+        let checkpoint = Checkpoint { seq, hash, time: claims.time, signature };
+        self.checkpoints.write_checkpoint(&checkpoint).await.map_err(Unavailable)?;
+        Ok(Some(checkpoint))
+    }
+
+    /// Writes a checkpoint when `policy` says one is due.
+    pub async fn checkpoint_if_due(
+        &self,
+        state: &mut CheckpointState,
+        policy: CheckpointPolicy,
+        now: OffsetDateTime,
+    ) -> Result<(), Unavailable> {
+        let Some((head, _)) = self.audit.audit_head().await.map_err(Unavailable)? else { return Ok(()) };
+        let grown = head - state.seq;
+        let stale = state.at.is_none_or(|at| now - at >= policy.every);
+        if (grown >= policy.every_events || (grown > 0 && stale))
+            && let Some(c) = self.write_checkpoint(now).await?
+        {
+            state.seq = c.seq;
+            state.at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// The last checkpoint written, to resume the writer's state.
+    pub async fn last_checkpoint(&self) -> Result<CheckpointState, Unavailable> {
+        let all = self.audit.checkpoints().await.map_err(Unavailable)?;
+        Ok(all.last().map_or_else(CheckpointState::default, |c| CheckpointState {
+            seq: c.seq,
+            at: time::OffsetDateTime::parse(&c.time, &time::format_description::well_known::Rfc3339).ok(),
+        }))
+    }
+
+    /// Verifies the chain from `from` (default 1) to `to` (default the
+    /// head) and every checkpoint signature; names the first problem.
+    pub async fn verify_audit(&self, from: Option<i64>, to: Option<i64>) -> Result<VerifyReport, Unavailable> {
+        let from = from.unwrap_or(1).max(1);
+        let checkpoints = self.audit.checkpoints().await.map_err(Unavailable)?;
+        let jwks = self.keys.jwks();
+        for c in &checkpoints {
+            if let Err(why) = crate::audit::verify_checkpoint(c, jwks) {
+                return Ok(VerifyReport {
+                    ok: false,
+                    first_problem: Some(crate::audit::Problem { seq: c.seq, what: format!("checkpoint: {why}") }),
+                    ..VerifyReport::default()
+                });
+            }
+        }
+        let relevant: Vec<Checkpoint> =
+            checkpoints.into_iter().filter(|c| c.seq >= from && to.is_none_or(|t| c.seq <= t)).collect();
+        let prev = if from == 1 {
+            GENESIS.to_owned()
+        } else {
+            self.audit.audit_hash(from - 1).await.map_err(Unavailable)?.unwrap_or_default()
+        };
+        let mut verifier = ChainVerifier::new(from, prev, &relevant);
+        let filter = AuditFilter { from_seq: Some(from), to_seq: to, ..AuditFilter::default() };
+        let mut after = None;
+        loop {
+            let page = self.audit.audit_events(&filter, after, PAGE).await.map_err(Unavailable)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.seq);
+            let full = page.len() == PAGE as usize;
+            if !page.iter().all(|e| verifier.push(e)) || !full {
+                break;
+            }
+        }
+        Ok(verifier.finish())
+    }
+
+    /// Everything known about one credential: its row (never the token),
+    /// its own events, and later revocations that covered it.
+    pub async fn credential_story(&self, jti: &str) -> Result<Option<Value>, Unavailable> {
+        let Some(credential) = self.audit.credential_row(jti).await.map_err(Unavailable)? else {
+            return Ok(None);
+        };
+        let own = AuditFilter { jti: Some(jti.to_owned()), ..AuditFilter::default() };
+        let events = self.audit.audit_events(&own, None, PAGE).await.map_err(Unavailable)?;
+        let issued_at = events.iter().find(|e| e.kind == "credential.issued").map_or(0, |e| e.seq);
+        let system = credential["system"].as_str().map(str::to_owned);
+        let subject = credential["subject"].as_str().map(str::to_owned);
+        let mut related = Vec::new();
+        for filter in [
+            AuditFilter { system: system.clone(), kind: Some("credential.revoked".into()), ..AuditFilter::default() },
+            AuditFilter { workload: subject, kind: Some("credential.revoked".into()), ..AuditFilter::default() },
+            AuditFilter { system, kind: Some("system.*".into()), ..AuditFilter::default() },
+        ] {
+            let found = self.audit.audit_events(&filter, Some(issued_at), PAGE).await.map_err(Unavailable)?;
+            related.extend(found.into_iter().filter(|e| e.jti.is_none()));
+        }
+        related.sort_by_key(|e| e.seq);
+        related.dedup_by_key(|e| e.seq);
+        let grant = match credential["system"].as_str().and_then(|s| crate::domain::values::SystemId::parse(s).ok()) {
+            Some(system) => {
+                let grants = self.lifecycle.grants(&system).await.map_err(Unavailable)?;
+                grants.into_iter().find(|g| credential["grant"] == g.id.as_str())
+            }
+            None => None,
+        };
+        Ok(Some(json!({"credential": credential, "grant": grant, "events": events, "related": related})))
+    }
+}

@@ -1,0 +1,272 @@
+//! The audit API: query, streamed export, checkpoints, verification, and
+//! one credential's story. Read-only: auditors, operators and admins.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Admin, Meta, Params};
+use crate::audit::AuditRecord;
+use crate::broker::Unavailable;
+use crate::broker::audit::PAGE;
+use crate::domain::model::Role;
+use crate::store::AuditFilter;
+
+const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Auditor];
+/// Most events one page of the JSON API returns.
+pub const MAX_LIMIT: u32 = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/audit/events", get(events))
+        .route("/v1/audit/checkpoints", get(checkpoints))
+        .route("/v1/audit/verify", get(verify))
+        .route("/v1/credentials/{jti}", get(credential))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    system: Option<String>,
+    owner: Option<String>,
+    workload: Option<String>,
+    issuer: Option<String>,
+    kind: Option<String>,
+    outcome: Option<String>,
+    jti: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<i64>,
+    limit: Option<u32>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyQuery {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+/// RFC 3339, or a duration before now such as `24h`.
+fn instant(field: &str, raw: &str, now: OffsetDateTime) -> Result<i64, ApiError> {
+    let invalid = || ApiError::Invalid {
+        field: field.to_owned(),
+        message: format!("{raw:?} is neither an RFC 3339 time nor a duration such as 24h"),
+    };
+    let t = match OffsetDateTime::parse(raw, &Rfc3339) {
+        Ok(t) => t,
+        Err(_) => {
+            let d = humantime::parse_duration(raw).map_err(|_| invalid())?;
+            now.checked_sub(time::Duration::try_from(d).map_err(|_| invalid())?).ok_or_else(invalid)?
+        }
+    };
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| invalid())
+}
+
+fn filter_of(q: &EventsQuery, now: OffsetDateTime) -> Result<AuditFilter, ApiError> {
+    if let Some(outcome) = &q.outcome
+        && !matches!(outcome.as_str(), "success" | "denied" | "failure")
+    {
+        return Err(ApiError::Invalid {
+            field: "outcome".into(),
+            message: "must be success, denied or failure".into(),
+        });
+    }
+    Ok(AuditFilter {
+        system: q.system.clone(),
+        owner: q.owner.clone(),
+        workload: q.workload.clone(),
+        issuer: q.issuer.clone(),
+        kind: q.kind.clone(),
+        outcome: q.outcome.clone(),
+        jti: q.jti.clone(),
+        since_ms: q.since.as_deref().map(|s| instant("since", s, now)).transpose()?,
+        until_ms: q.until.as_deref().map(|s| instant("until", s, now)).transpose()?,
+        from_seq: None,
+        to_seq: None,
+    })
+}
+
+async fn allow(
+    state: &AppState,
+    caller: &crate::broker::admin::AdminCaller,
+    route: &str,
+    meta: &crate::store::RequestMeta,
+) -> Result<(), ApiError> {
+    if READ.contains(&caller.role) {
+        return Ok(());
+    }
+    let why = format!("role {} may not read the audit log", caller.role);
+    state.broker.record_access_denied(&caller.actor(), route, &why, meta).await?;
+    Err(ApiError::Forbidden(why))
+}
+
+const CSV_HEADER: &[&str] = &[
+    "seq",
+    "time",
+    "kind",
+    "outcome",
+    "reason",
+    "actor",
+    "system_id",
+    "owners",
+    "grant_id",
+    "jti",
+    "request_id",
+    "source",
+    "attestation_issuer",
+    "subject",
+    "attestation_id",
+    "audience",
+    "scopes",
+    "iat",
+    "exp",
+    "detail",
+    "prev_hash",
+    "hash",
+];
+
+fn csv_rows(events: &[AuditRecord], header: bool) -> Result<Vec<u8>, String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    if header {
+        w.write_record(CSV_HEADER).map_err(|e| e.to_string())?;
+    }
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
+    for e in events {
+        w.write_record([
+            e.seq.to_string(),
+            e.time.clone(),
+            e.kind.clone(),
+            e.outcome.clone(),
+            opt(&e.reason),
+            opt(&e.actor),
+            opt(&e.system_id),
+            opt(&e.owners),
+            opt(&e.grant_id),
+            opt(&e.jti),
+            opt(&e.request_id),
+            opt(&e.source),
+            opt(&e.attestation_issuer),
+            opt(&e.subject),
+            opt(&e.attestation_id),
+            opt(&e.audience),
+            opt(&e.scopes),
+            num(e.iat),
+            num(e.exp),
+            e.detail.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+            e.prev_hash.clone(),
+            e.hash.clone(),
+        ])
+        .map_err(|e| e.to_string())?;
+    }
+    w.into_inner().map_err(|e| e.to_string())
+}
+
+fn jsonl_rows(events: &[AuditRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        if serde_json::to_writer(&mut out, e).is_ok() {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// `GET /v1/audit/events`: a page as JSON, or the whole result streamed as
+/// JSONL or CSV (page by page: constant memory however large).
+async fn events(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Params(q): Params<EventsQuery>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, "/v1/audit/events", &meta).await?;
+    let filter = filter_of(&q, state.broker.clock.now())?;
+    let format = q.format.as_deref().unwrap_or("json");
+    if !matches!(format, "json" | "jsonl" | "csv") {
+        return Err(ApiError::Invalid { field: "format".into(), message: "must be json, jsonl or csv".into() });
+    }
+    if format == "json" {
+        let limit = q.limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(ApiError::Invalid {
+                field: "limit".into(),
+                message: format!("must be between 1 and {MAX_LIMIT}"),
+            });
+        }
+        let events = state.broker.audit.audit_events(&filter, q.cursor, limit).await.map_err(Unavailable)?;
+        let next = (events.len() == limit as usize).then(|| events.last().map(|e| e.seq)).flatten();
+        return Ok(Json(json!({"events": events, "next_cursor": next})).into_response());
+    }
+    let csv = format == "csv";
+    let reader = state.broker.audit.clone();
+    let stream = futures_util::stream::unfold((q.cursor, false, true), move |(after, done, first)| {
+        let reader = reader.clone();
+        let filter = filter.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let page = match reader.audit_events(&filter, after, PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit export failed mid-stream");
+                    return Some((Err(std::io::Error::other("storage unavailable")), (after, true, false)));
+                }
+            };
+            let finished = page.len() < PAGE as usize;
+            let next = page.last().map(|e| e.seq).or(after);
+            let chunk = if csv { csv_rows(&page, first).map_err(std::io::Error::other) } else { Ok(jsonl_rows(&page)) };
+            Some((chunk.map(Bytes::from), (next, finished, false)))
+        }
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    let content_type = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(response)
+}
+
+async fn checkpoints(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, "/v1/audit/checkpoints", &meta).await?;
+    let checkpoints = state.broker.audit.checkpoints().await.map_err(Unavailable)?;
+    Ok(Json(json!({"checkpoints": checkpoints})).into_response())
+}
+
+async fn verify(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Params(q): Params<VerifyQuery>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, "/v1/audit/verify", &meta).await?;
+    let report = state.broker.verify_audit(q.from, q.to).await?;
+    Ok(Json(json!(report)).into_response())
+}
+
+async fn credential(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(jti): Path<String>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, "/v1/credentials/{jti}", &meta).await?;
+    match state.broker.credential_story(&jti).await? {
+        Some(story) => Ok(Json(story).into_response()),
+        None => Err(ApiError::NotFound(format!("no credential with jti {jti}"))),
+    }
+}

@@ -1,0 +1,312 @@
+//! The hash-chained audit log on SQLite.
+//!
+//! Appends happen inside write transactions, and SQLite has one writer at a
+//! time, so reading the head and appending after it keeps one linear chain
+//! however many requests (or processes) write concurrently. On the request
+//! path the group-commit writer shares one transaction among many appends.
+
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use time::format_description::well_known::Rfc3339;
+
+use super::*;
+use crate::audit::{AuditRecord, Canonical, Checkpoint, GENESIS, chain_hash};
+
+async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), sqlx::Error> {
+    let row: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(match row {
+        Some((seq, Some(hash))) => (seq, hash),
+        Some((seq, None)) => (seq, GENESIS.to_owned()),
+        None => (0, GENESIS.to_owned()),
+    })
+}
+
+/// Appends `e` after the current head, chained to it. Must run inside a
+/// write transaction.
+pub(super) async fn insert_event(conn: &mut SqliteConnection, e: &AuditEvent) -> Result<(), sqlx::Error> {
+    let (last, prev_hash) = head(conn).await?;
+    let seq = last + 1;
+    let time_ms = i64::try_from(e.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let canonical = Canonical {
+        seq,
+        time_ms,
+        kind: &e.kind,
+        outcome: e.outcome.as_str(),
+        reason: e.reason.as_deref(),
+        actor: e.actor.as_deref(),
+        system_id: e.system_id.as_deref(),
+        owners: e.owners.as_deref(),
+        grant_id: e.grant_id.as_deref(),
+        jti: e.jti.as_deref(),
+        request_id: e.request_id.as_deref(),
+        source: e.source.as_deref(),
+        attestation_issuer: e.attestation_issuer.as_deref(),
+        subject: e.subject.as_deref(),
+        attestation_id: e.attestation_id.as_deref(),
+        audience: e.audience.as_deref(),
+        scopes: e.scopes.as_deref(),
+        iat: e.iat,
+        exp: e.exp,
+        detail: e.detail.as_ref(),
+    };
+    let hash = chain_hash(&prev_hash, &canonical);
+    sqlx::query(
+        "INSERT INTO audit_events (seq, time_ms, kind, outcome, reason, actor, system_id, owners, grant_id, jti, \
+         request_id, source, attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail, \
+         prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(seq)
+    .bind(time_ms)
+    .bind(&e.kind)
+    .bind(e.outcome.as_str())
+    .bind(&e.reason)
+    .bind(&e.actor)
+    .bind(&e.system_id)
+    .bind(&e.owners)
+    .bind(&e.grant_id)
+    .bind(&e.jti)
+    .bind(&e.request_id)
+    .bind(&e.source)
+    .bind(&e.attestation_issuer)
+    .bind(&e.subject)
+    .bind(&e.attestation_id)
+    .bind(&e.audience)
+    .bind(&e.scopes)
+    .bind(e.iat)
+    .bind(e.exp)
+    .bind(e.detail.as_ref().map(|d| d.to_string()))
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+const COLUMNS: &str = "seq, time_ms, kind, outcome, reason, actor, system_id, owners, grant_id, jti, request_id, \
+    source, attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail, prev_hash, hash";
+
+fn record_from(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+    let c = corrupt("audit event");
+    let time_ms: i64 = row.try_get("time_ms").map_err(&c)?;
+    let detail: Option<String> = row.try_get("detail").map_err(&c)?;
+    let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default();
+    Ok(AuditRecord {
+        seq: row.try_get("seq").map_err(&c)?,
+        time,
+        time_ms,
+        kind: row.try_get("kind").map_err(&c)?,
+        outcome: row.try_get("outcome").map_err(&c)?,
+        reason: row.try_get("reason").map_err(&c)?,
+        actor: row.try_get("actor").map_err(&c)?,
+        system_id: row.try_get("system_id").map_err(&c)?,
+        owners: row.try_get("owners").map_err(&c)?,
+        grant_id: row.try_get("grant_id").map_err(&c)?,
+        jti: row.try_get("jti").map_err(&c)?,
+        request_id: row.try_get("request_id").map_err(&c)?,
+        source: row.try_get("source").map_err(&c)?,
+        attestation_issuer: row.try_get("attestation_issuer").map_err(&c)?,
+        subject: row.try_get("subject").map_err(&c)?,
+        attestation_id: row.try_get("attestation_id").map_err(&c)?,
+        audience: row.try_get("audience").map_err(&c)?,
+        scopes: row.try_get("scopes").map_err(&c)?,
+        iat: row.try_get("iat").map_err(&c)?,
+        exp: row.try_get("exp").map_err(&c)?,
+        detail: detail.map(|d| serde_json::from_str(&d).unwrap_or(serde_json::Value::String(d))),
+        prev_hash: row.try_get::<Option<String>, _>("prev_hash").map_err(&c)?.unwrap_or_default(),
+        hash: row.try_get::<Option<String>, _>("hash").map_err(&c)?.unwrap_or_default(),
+    })
+}
+
+impl SqliteStore {
+    /// Chains events written before the chain existed (older databases),
+    /// in sequence order. A no-op once every event carries a hash.
+    pub(super) async fn seal_unhashed(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(unavailable)?;
+        let result = async {
+            let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM audit_events WHERE hash IS NULL ORDER BY seq"))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            for row in &rows {
+                let mut record = record_from(row)?;
+                let prev: Option<(Option<String>,)> =
+                    sqlx::query_as("SELECT hash FROM audit_events WHERE seq < ? ORDER BY seq DESC LIMIT 1")
+                        .bind(record.seq)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(unavailable)?;
+                record.prev_hash = prev.and_then(|(h,)| h).unwrap_or_else(|| GENESIS.to_owned());
+                record.hash = chain_hash(&record.prev_hash, &record.canonical());
+                sqlx::query("UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?")
+                    .bind(&record.prev_hash)
+                    .bind(&record.hash)
+                    .bind(record.seq)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(end).execute(&mut *conn).await.map_err(unavailable)?;
+        result
+    }
+}
+
+fn push_filter(q: &mut QueryBuilder<'_, Sqlite>, filter: &AuditFilter, after: Option<i64>) {
+    q.push(" WHERE 1 = 1");
+    if let Some(v) = &filter.system {
+        q.push(" AND system_id = ").push_bind(v.clone());
+    }
+    if let Some(v) = &filter.owner {
+        // Whole-word match in the space-separated owners, without LIKE, so
+        // '%' and '_' in the value are plain characters.
+        q.push(" AND instr(' ' || owners || ' ', ").push_bind(format!(" {v} ")).push(") > 0");
+    }
+    if let Some(v) = &filter.workload {
+        q.push(" AND subject = ").push_bind(v.clone());
+    }
+    if let Some(v) = &filter.issuer {
+        q.push(" AND attestation_issuer = ").push_bind(v.clone());
+    }
+    if let Some(v) = &filter.kind {
+        match v.strip_suffix('*') {
+            Some(prefix) => {
+                q.push(" AND substr(kind, 1, ")
+                    .push_bind(i64::try_from(prefix.len()).unwrap_or(0))
+                    .push(") = ")
+                    .push_bind(prefix.to_owned());
+            }
+            None => {
+                q.push(" AND kind = ").push_bind(v.clone());
+            }
+        }
+    }
+    if let Some(v) = &filter.outcome {
+        q.push(" AND outcome = ").push_bind(v.clone());
+    }
+    if let Some(v) = &filter.jti {
+        q.push(" AND jti = ").push_bind(v.clone());
+    }
+    if let Some(v) = filter.since_ms {
+        q.push(" AND time_ms >= ").push_bind(v);
+    }
+    if let Some(v) = filter.until_ms {
+        q.push(" AND time_ms < ").push_bind(v);
+    }
+    if let Some(v) = filter.from_seq {
+        q.push(" AND seq >= ").push_bind(v);
+    }
+    if let Some(v) = filter.to_seq {
+        q.push(" AND seq <= ").push_bind(v);
+    }
+    if let Some(v) = after {
+        q.push(" AND seq > ").push_bind(v);
+    }
+}
+
+#[async_trait]
+impl AuditReader for SqliteStore {
+    async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM audit_events"));
+        push_filter(&mut q, filter, after);
+        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.pool).await.map_err(unavailable)?;
+        rows.iter().map(record_from).collect()
+    }
+
+    async fn audit_hash(&self, seq: i64) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT hash FROM audit_events WHERE seq = ?")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(row.and_then(|(h,)| h))
+    }
+
+    async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        let row: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(row.map(|(seq, hash)| (seq, hash.unwrap_or_default())))
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows: Vec<(i64, String, String, String)> =
+            sqlx::query_as("SELECT seq, hash, time, signature FROM audit_checkpoints ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(rows.into_iter().map(|(seq, hash, time, signature)| Checkpoint { seq, hash, time, signature }).collect())
+    }
+
+    async fn credential_row(&self, jti: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let row = sqlx::query(
+            "SELECT c.id, c.jti, c.kind, c.system_id, c.grant_id, c.issuer, c.subject, c.audience, c.scopes, c.iat, \
+             c.exp, c.revoked_at, c.revoked_reason, s.revoked_through AS system_revoked_through, \
+             COALESCE(w.revoked_through, 0) AS workload_revoked_through \
+             FROM credentials c JOIN systems s ON s.id = c.system_id \
+             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject WHERE c.jti = ?",
+        )
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(r) = row else { return Ok(None) };
+        let c = corrupt("credential");
+        let id: i64 = r.try_get("id").map_err(&c)?;
+        let revoked_at: Option<i64> = r.try_get("revoked_at").map_err(&c)?;
+        let by_system = id <= r.try_get::<i64, _>("system_revoked_through").map_err(&c)?;
+        let by_workload = id <= r.try_get::<i64, _>("workload_revoked_through").map_err(&c)?;
+        let get = |col: &str| -> Result<String, StoreError> { r.try_get(col).map_err(corrupt("credential")) };
+        Ok(Some(serde_json::json!({
+            "jti": get("jti")?,
+            "kind": get("kind")?,
+            "system": get("system_id")?,
+            "grant": get("grant_id")?,
+            "issuer": get("issuer")?,
+            "subject": get("subject")?,
+            "audience": get("audience")?,
+            "scopes": get("scopes")?,
+            "iat": from_ts(r.try_get("iat").map_err(&c)?).map(crate::domain::rfc3339)?,
+            "exp": from_ts(r.try_get("exp").map_err(&c)?).map(crate::domain::rfc3339)?,
+            "revoked": revoked_at.is_some() || by_system || by_workload,
+            "revoked_by": match (revoked_at.is_some(), by_system, by_workload) {
+                (true, _, _) => Some("credential"),
+                (_, true, _) => Some("system"),
+                (_, _, true) => Some("workload"),
+                _ => None,
+            },
+            "revoked_reason": r.try_get::<Option<String>, _>("revoked_reason").map_err(&c)?,
+        })))
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for SqliteStore {
+    async fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, time, signature) VALUES (?, ?, ?, ?) ON CONFLICT (seq) DO NOTHING")
+            .bind(checkpoint.seq)
+            .bind(&checkpoint.hash)
+            .bind(&checkpoint.time)
+            .bind(&checkpoint.signature)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

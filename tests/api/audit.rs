@@ -1,0 +1,374 @@
+//! The audit trail: every decision recorded, hash-chained, queryable,
+//! exportable and verifiable — and any tampering named by sequence number.
+
+use std::process::Command;
+
+use halflife::clock::Clock;
+use halflife::domain::model::Role;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_halflife");
+
+async fn verify(app: &TestApp, auditor: &str) -> Value {
+    let (status, report) = app.api(Method::GET, "/v1/audit/verify", auditor, None).await;
+    assert_eq!(status, 200, "{report}");
+    report
+}
+
+/// Some traffic: issued, denied and revoked credentials.
+async fn traffic(app: &TestApp, n: usize) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for _ in 0..n {
+        let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+        let _ = app.exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[("scope", "admin")]).await;
+    }
+    tokens
+}
+
+#[tokio::test]
+async fn operator_actions_are_recorded_with_their_actor_and_owners() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    let auditor = app.admin_token(Role::Auditor).await;
+    let kinds = |v: &Value| -> Vec<String> {
+        v["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
+    };
+
+    // Start-up and bootstrap events.
+    let (_, page) = app.api(Method::GET, "/v1/audit/events?limit=1000", &auditor, None).await;
+    let startup = kinds(&page);
+    for kind in ["key.created", "owner.created", "system.created", "grant.created", "admin_token.created"] {
+        assert!(startup.contains(&kind.to_owned()), "{kind} missing from {startup:?}");
+    }
+
+    let now = halflife::domain::rfc3339(app.clock.now() + std::time::Duration::from_secs(86400));
+    app.api(
+        Method::POST,
+        "/v1/owners",
+        &operator,
+        Some(json!({"id": "ana", "display_name": "Ana", "email": "ana@example.com"})),
+    )
+    .await;
+    app.api(Method::POST, "/v1/owners/ana/recertify", &operator, None).await;
+    app.api(
+        Method::POST,
+        "/v1/systems",
+        &operator,
+        Some(json!({"id": "tmp", "name": "Tmp", "purpose": "p", "business_owner": "ana", "technical_owner": "tech", "pilot_ends_at": now})),
+    )
+    .await;
+    app.api(Method::PATCH, "/v1/systems/tmp", &operator, Some(json!({"purpose": "q"}))).await;
+    app.api(
+        Method::POST,
+        "/v1/systems/tmp/grants",
+        &operator,
+        Some(json!({"id": "tmp-g", "issuer": "k8s", "subject": "x", "audiences": ["a"], "max_ttl": "5m"})),
+    )
+    .await;
+    app.api(Method::DELETE, "/v1/systems/tmp/grants/tmp-g", &operator, None).await;
+    let (status, _) = app.api(Method::POST, "/v1/systems/tmp/retire", &operator, Some(json!({"reason": "done"}))).await;
+    assert_eq!(status, 200);
+
+    for (kind, actor_part) in [
+        ("owner.created", "operator"),
+        ("owner.recertified", "operator"),
+        ("system.changed", "operator"),
+        ("grant.deleted", "operator"),
+        ("system.retired", "operator"),
+    ] {
+        let (_, page) = app.api(Method::GET, &format!("/v1/audit/events?kind={kind}"), &auditor, None).await;
+        let last = page["events"].as_array().unwrap().last().unwrap_or_else(|| panic!("no {kind}")).clone();
+        assert!(last["actor"].as_str().unwrap().contains(actor_part), "{kind}: {last}");
+    }
+    let (_, page) = app.api(Method::GET, "/v1/audit/events?kind=system.retired", &auditor, None).await;
+    assert_eq!(page["events"][0]["owners"], "ana tech", "the owners at that moment");
+    assert_eq!(page["events"][0]["reason"], "done");
+    let (_, page) = app.api(Method::GET, "/v1/audit/events?kind=credential.revoked", &auditor, None).await;
+    assert_eq!(page["events"][0]["detail"]["by"], "system.retired");
+
+    // Issuance names the owners too; the whole log verifies.
+    app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    let (_, page) = app.api(Method::GET, "/v1/audit/events?kind=credential.issued", &auditor, None).await;
+    assert_eq!(page["events"][0]["owners"], "biz tech");
+    assert_eq!(verify(&app, &auditor).await["ok"], true);
+}
+
+#[tokio::test]
+async fn verification_names_the_first_altered_deleted_swapped_or_truncated_event() {
+    type Tamper = (&'static str, &'static str, i64);
+    let cases: [Tamper; 4] = [
+        ("altered", "UPDATE audit_events SET actor = 'mallory' WHERE seq = 12", 12),
+        ("deleted", "DELETE FROM audit_events WHERE seq = 12", 12),
+        (
+            "swapped",
+            "UPDATE audit_events SET seq = CASE seq WHEN 12 THEN -13 WHEN 13 THEN -12 END WHERE seq IN (12, 13); \
+             UPDATE audit_events SET seq = -seq WHERE seq < 0",
+            12,
+        ),
+        ("truncated", "DELETE FROM audit_events WHERE seq > 14", 15),
+    ];
+    for (name, sql, seq) in cases {
+        let app = spawn_app().await;
+        let auditor = app.admin_token(Role::Auditor).await;
+        traffic(&app, 5).await;
+        let checkpoint = app.broker.write_checkpoint(app.clock.now()).await.unwrap().unwrap();
+        assert!(checkpoint.seq > 15, "the checkpoint must cover the tail");
+        let report = verify(&app, &auditor).await;
+        assert_eq!(report["ok"], true, "untouched log must verify: {report}");
+        assert_eq!(report["checkpoints_checked"], 1);
+
+        for statement in sql.split("; ") {
+            app.sql(statement).await;
+        }
+        let report = verify(&app, &auditor).await;
+        assert_eq!(report["ok"], false, "{name} went unnoticed");
+        assert_eq!(report["first_problem"]["seq"], seq, "{name}: {report}");
+    }
+}
+
+#[tokio::test]
+async fn filters_match_exactly_resist_injection_and_paginate_once() {
+    let app = spawn_app().await;
+    let auditor = app.admin_token(Role::Auditor).await;
+    let tokens = traffic(&app, 3).await;
+    app.exchange_ok(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
+    let jti = parts(&tokens[1]).1["jti"].as_str().unwrap().to_owned();
+
+    let all_events = {
+        let (_, page) = app.api(Method::GET, "/v1/audit/events?limit=1000", &auditor, None).await;
+        page["events"].as_array().unwrap().clone()
+    };
+    let expect = |pred: &dyn Fn(&Value) -> bool| -> Vec<i64> {
+        all_events.iter().filter(|e| pred(e)).map(|e| e["seq"].as_i64().unwrap()).collect()
+    };
+    let got = |page: &Value| -> Vec<i64> {
+        page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect()
+    };
+
+    for (query, pred) in [
+        ("system=indexer", Box::new(|e: &Value| e["system_id"] == "indexer") as Box<dyn Fn(&Value) -> bool>),
+        ("owner=biz", Box::new(|e: &Value| e["owners"].as_str().is_some_and(|o| o.split(' ').any(|x| x == "biz")))),
+        ("workload=system:serviceaccount:ai:summarizer", Box::new(|e: &Value| e["subject"] == RSA_SUBJECT)),
+        ("kind=credential.denied", Box::new(|e: &Value| e["kind"] == "credential.denied")),
+        ("kind=credential.*", Box::new(|e: &Value| e["kind"].as_str().unwrap().starts_with("credential."))),
+        ("outcome=denied", Box::new(|e: &Value| e["outcome"] == "denied")),
+        (&*format!("jti={jti}"), Box::new(|e: &Value| e["jti"] == jti.as_str())),
+        (
+            &*format!("issuer={}&workload={}", RSA_ISS, RSA_SUBJECT),
+            Box::new(|e: &Value| e["subject"] == RSA_SUBJECT && e["attestation_issuer"] == RSA_ISS),
+        ),
+        ("since=1h&until=2999-01-01T00:00:00Z", Box::new(|_: &Value| true)),
+    ] {
+        let (status, page) =
+            app.api(Method::GET, &format!("/v1/audit/events?limit=1000&{query}"), &auditor, None).await;
+        assert_eq!(status, 200, "{query}: {page}");
+        let want = expect(&pred);
+        assert!(!want.is_empty(), "{query} matches nothing: a useless check");
+        assert_eq!(got(&page), want, "{query}");
+    }
+    for evil in ["' OR 1=1--", "%", "_", "biz%", "\" OR \"\"=\""] {
+        let encoded: String = form_urlencoded::byte_serialize(evil.as_bytes()).collect();
+        for field in ["system", "owner", "workload", "kind", "jti"] {
+            let (status, page) =
+                app.api(Method::GET, &format!("/v1/audit/events?{field}={encoded}"), &auditor, None).await;
+            assert_eq!(status, 200);
+            assert_eq!(page["events"].as_array().unwrap().len(), 0, "{field}={evil} returned events");
+        }
+    }
+    let (status, body) = app.api(Method::GET, "/v1/audit/events?bogus=1", &auditor, None).await;
+    assert_eq!(status, 400, "unknown filters are rejected: {body}");
+    let (status, _) = app.api(Method::GET, "/v1/audit/events?limit=1001", &auditor, None).await;
+    assert_eq!(status, 400);
+    let (status, _) = app.api(Method::GET, "/v1/audit/events?since=yesterday", &auditor, None).await;
+    assert_eq!(status, 400);
+
+    // Keyset pagination returns every event exactly once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = app.api(Method::GET, &format!("/v1/audit/events?limit=3{cursor}"), &auditor, None).await;
+        seen.extend(got(&page));
+        match page["next_cursor"].as_i64() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expect(&|_| true));
+
+    // Introspectors and workloads cannot read the log.
+    let introspector = app.admin_token(Role::Introspector).await;
+    assert_eq!(app.api(Method::GET, "/v1/audit/events", &introspector, None).await.0, 403);
+}
+
+#[tokio::test]
+async fn a_credentials_story_shows_issuance_attestation_and_revocation() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    let auditor = app.admin_token(Role::Auditor).await;
+    let attestation = app.rsa.token(RSA_SUBJECT, app.now());
+    let body = app.exchange_ok(&attestation, &[]).await;
+    let jti = parts(body["access_token"].as_str().unwrap()).1["jti"].as_str().unwrap().to_owned();
+    app.api(Method::POST, "/v1/systems/summarizer/suspend", &operator, Some(json!({"reason": "incident 7"}))).await;
+
+    let (status, story) = app.api(Method::GET, &format!("/v1/credentials/{jti}"), &auditor, None).await;
+    assert_eq!(status, 200, "{story}");
+    assert_eq!(story["credential"]["jti"], jti);
+    assert_eq!(story["credential"]["revoked"], true);
+    assert_eq!(story["credential"]["revoked_by"], "system");
+    assert_eq!(story["grant"]["id"], "summarizer-k8s");
+    assert_eq!(story["events"][0]["kind"], "credential.issued");
+    assert_eq!(story["events"][0]["attestation_id"], parts(&attestation).1["jti"]);
+    let related: Vec<&str> = story["related"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(related.contains(&"system.suspended") && related.contains(&"credential.revoked"), "{related:?}");
+    assert!(story["related"].as_array().unwrap().iter().any(|e| e["reason"] == "incident 7"));
+    assert_eq!(app.api(Method::GET, "/v1/credentials/nope", &auditor, None).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_parse_back_and_verify_offline() {
+    let app = spawn_app().await;
+    let auditor = app.admin_token(Role::Auditor).await;
+    traffic(&app, 3).await;
+    app.broker.write_checkpoint(app.clock.now()).await.unwrap();
+    // Bulk history: 100,000 more events (their hashes are not a chain; this
+    // part checks export volume and fidelity, the verify part runs first).
+    let dir = app.dir.path();
+    let (jsonl, checkpoints, jwks) = (dir.join("audit.jsonl"), dir.join("checkpoints.json"), dir.join("jwks.json"));
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("HALFLIFE_SERVER", &app.base)
+            .env("HALFLIFE_TOKEN", &auditor)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        run(&["audit", "export", "--out", jsonl.to_str().unwrap(), "--checkpoints", checkpoints.to_str().unwrap()])
+    });
+    assert!(ok, "{err}");
+    let keys = app.client.get(app.url("/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap();
+    std::fs::write(&jwks, keys).unwrap();
+    let offline = |file: &std::path::Path| {
+        let args = [
+            "audit",
+            "verify",
+            "--file",
+            file.to_str().unwrap(),
+            "--checkpoints",
+            checkpoints.to_str().unwrap(),
+            "--jwks",
+            jwks.to_str().unwrap(),
+        ];
+        let out = Command::new(BIN).args(args).env_remove("HALFLIFE_TOKEN").output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, out) = tokio::task::block_in_place(|| offline(&jsonl));
+    assert!(ok, "{out}");
+    assert!(out.starts_with("ok:"), "{out}");
+    // Alter one exported event: offline verification names it.
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut event: Value = serde_json::from_str(&lines[6]).unwrap();
+    event["reason"] = json!("nothing to see");
+    lines[6] = event.to_string();
+    let altered = dir.join("altered.jsonl");
+    std::fs::write(&altered, lines.join("\n")).unwrap();
+    let (ok, out) = tokio::task::block_in_place(|| offline(&altered));
+    assert!(!ok);
+    assert!(out.contains(&format!("FAILED at event {}", event["seq"])), "{out}");
+    // Drop the tail below the checkpoint: detected as truncation.
+    let cut = dir.join("cut.jsonl");
+    let original: Vec<&str> = text.lines().collect();
+    std::fs::write(&cut, original[..original.len() - 2].join("\n")).unwrap();
+    let (ok, out) = tokio::task::block_in_place(|| offline(&cut));
+    assert!(!ok && out.contains("truncated"), "{out}");
+
+    app.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
+         INSERT INTO audit_events (seq, time_ms, kind, outcome, reason, actor, system_id, jti, detail, prev_hash, hash) \
+         SELECT 1000 + i, 1700000000000 + i, 'credential.issued', 'success', 'bulk, \"quoted\"' || char(10) || 'line', \
+         'bulk actor', 'indexer', 'jti-' || i, '{\"n\":' || i || '}', 'p', 'h' FROM n",
+    )
+    .await;
+    let total = app.scalar("SELECT COUNT(*) FROM audit_events").await;
+    for format in ["jsonl", "csv"] {
+        let file = dir.join(format!("all.{format}"));
+        let (ok, _, err) = tokio::task::block_in_place(|| {
+            run(&["audit", "export", "--out", file.to_str().unwrap(), "--format", format])
+        });
+        assert!(ok, "{err}");
+        let records: Vec<Value> = if format == "jsonl" {
+            std::fs::read_to_string(&file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        } else {
+            let mut reader = csv::Reader::from_path(&file).unwrap();
+            let headers = reader.headers().unwrap().clone();
+            reader
+                .records()
+                .map(|r| {
+                    let r = r.unwrap();
+                    Value::Object(headers.iter().zip(r.iter()).map(|(h, v)| (h.to_owned(), json!(v))).collect())
+                })
+                .collect()
+        };
+        assert_eq!(records.len() as i64, total, "{format}");
+        let bulk = records.iter().find(|r| r["seq"] == json!(1500) || r["seq"] == json!("1500")).unwrap();
+        assert_eq!(bulk["reason"], "bulk, \"quoted\"\nline", "{format}");
+        assert_eq!(bulk["jti"], "jti-500", "{format}");
+        let seqs: std::collections::BTreeSet<String> =
+            records.iter().map(|r| r["seq"].to_string().replace('"', "")).collect();
+        assert_eq!(seqs.len() as i64, total, "{format}: every event exactly once");
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_audit_log_or_its_exports() {
+    let app = spawn_app().await;
+    let admin = app.admin_token(Role::Admin).await;
+    let attestation = app.rsa.token(RSA_SUBJECT, app.now());
+    let token = app.exchange_ok(&attestation, &[]).await["access_token"].as_str().unwrap().to_owned();
+    let _ = app.introspect(&admin, &token).await;
+    app.client.post(app.url("/oauth2/revoke")).form(&[("token", &token)]).send().await.unwrap();
+    let forged = TestIssuer::rsa(RSA_ISS).token(RSA_SUBJECT, app.now());
+    let _ = app.exchange(&forged, &[]).await;
+    let (_, created) =
+        app.api(Method::POST, "/v1/admin-tokens", &admin, Some(json!({"role": "auditor", "name": "canary"}))).await;
+    let canary_admin = created["token"].as_str().unwrap().to_owned();
+
+    let export = app
+        .client
+        .get(app.url("/v1/audit/events?format=jsonl"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut dump = String::new();
+    for f in ["halflife.db", "halflife.db-wal"] {
+        if let Ok(bytes) = std::fs::read(app.dir.path().join(f)) {
+            dump.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    let signature_of = |t: &str| t.rsplit('.').next().unwrap().to_owned();
+    for (name, secret) in [
+        ("access token", signature_of(&token)),
+        ("attestation", signature_of(&attestation)),
+        ("forged attestation", signature_of(&forged)),
+        ("admin token", admin.trim_start_matches("hla_").to_owned()),
+        ("new admin token", canary_admin.trim_start_matches("hla_").to_owned()),
+    ] {
+        assert!(!export.contains(&secret), "{name} in the export");
+        assert!(!dump.contains(&secret), "{name} in the database");
+    }
+    assert!(export.lines().count() > 5);
+}

@@ -111,31 +111,11 @@ async fn expiry_never_passes_the_pilot_end() {
 #[tokio::test]
 async fn concurrent_exchanges_each_get_a_committed_record() {
     let app = spawn_app().await;
-    let mut tasks = Vec::new();
-    for _ in 0..40 {
-        let attestation = app.ec.token(EC_SUBJECT, app.now());
-        let client = app.client.clone();
-        let url = app.url("/oauth2/token");
-        tasks.push(tokio::spawn(async move {
-            let r = client
-                .post(url)
-                .form(&[
-                    ("grant_type", TOKEN_EXCHANGE),
-                    ("subject_token_type", JWT_TYPE),
-                    ("subject_token", attestation.as_str()),
-                    ("audience", "docs-api"),
-                ])
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let body: serde_json::Value = r.json().await.unwrap();
-            parts(body["access_token"].as_str().unwrap()).1["jti"].as_str().unwrap().to_owned()
-        }));
-    }
+    let tasks = app.spawn_exchanges(40);
     let mut jtis = Vec::new();
     for t in tasks {
-        jtis.push(t.await.unwrap());
+        let token = t.await.unwrap().expect("every exchange succeeds");
+        jtis.push(parts(&token).1["jti"].as_str().unwrap().to_owned());
     }
     let recorded: std::collections::HashSet<_> =
         app.events("credential.issued").await.into_iter().filter_map(|e| e.jti).collect();

@@ -329,6 +329,30 @@ impl TestApp {
         body
     }
 
+    /// Starts `n` concurrent exchanges of fresh indexer attestations for
+    /// `docs-api`; each task yields the access token, or `None` if refused.
+    pub fn spawn_exchanges(&self, n: usize) -> Vec<tokio::task::JoinHandle<Option<String>>> {
+        (0..n)
+            .map(|_| {
+                let attestation = self.ec.token(EC_SUBJECT, self.now());
+                let client = self.client.clone();
+                let url = self.url("/oauth2/token");
+                tokio::spawn(async move {
+                    let form = [
+                        ("grant_type", TOKEN_EXCHANGE),
+                        ("subject_token_type", JWT_TYPE),
+                        ("subject_token", attestation.as_str()),
+                        ("audience", "docs-api"),
+                    ];
+                    let r = client.post(url).form(&form).send().await.unwrap();
+                    let ok = r.status() == 200;
+                    let body: Value = r.json().await.unwrap();
+                    ok.then(|| body["access_token"].as_str().unwrap().to_owned())
+                })
+            })
+            .collect()
+    }
+
     /// Creates an admin token with `role` directly through the broker's store.
     pub async fn admin_token(&self, role: halflife::domain::model::Role) -> String {
         use secrecy::ExposeSecret;

@@ -439,28 +439,7 @@ async fn suspension_racing_exchanges_leaves_nothing_active() {
     let app = spawn_app().await;
     let operator = app.admin_token(Role::Operator).await;
     let introspector = app.admin_token(Role::Introspector).await;
-    let mut tasks = Vec::new();
-    for _ in 0..100 {
-        let attestation = app.ec.token(EC_SUBJECT, app.now());
-        let client = app.client.clone();
-        let url = app.url("/oauth2/token");
-        tasks.push(tokio::spawn(async move {
-            let r = client
-                .post(url)
-                .form(&[
-                    ("grant_type", TOKEN_EXCHANGE),
-                    ("subject_token_type", JWT_TYPE),
-                    ("subject_token", attestation.as_str()),
-                    ("audience", "docs-api"),
-                ])
-                .send()
-                .await
-                .unwrap();
-            let ok = r.status() == 200;
-            let body: Value = r.json().await.unwrap();
-            ok.then(|| body["access_token"].as_str().unwrap().to_owned())
-        }));
-    }
+    let tasks = app.spawn_exchanges(100);
     let (status, body) =
         app.api(Method::POST, "/v1/systems/indexer/suspend", &operator, Some(json!({"reason": "race drill"}))).await;
     assert_eq!(status, 200, "{body}");

@@ -9,7 +9,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use time::format_description::well_known::Rfc3339;
 
 use super::*;
-use crate::audit::{AuditRecord, Canonical, Checkpoint, GENESIS, chain_hash};
+use crate::audit::{AuditRecord, Checkpoint, GENESIS, chain_hash};
 
 async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), sqlx::Error> {
     let row: Option<(i64, Option<String>)> =
@@ -29,56 +29,59 @@ pub(super) async fn insert_event(conn: &mut SqliteConnection, e: &AuditEvent) ->
     let (last, prev_hash) = head(conn).await?;
     let seq = last + 1;
     let time_ms = i64::try_from(e.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-    let canonical = Canonical {
+    let mut record = AuditRecord {
         seq,
+        time: String::new(),
         time_ms,
-        kind: &e.kind,
-        outcome: e.outcome.as_str(),
-        reason: e.reason.as_deref(),
-        actor: e.actor.as_deref(),
-        system_id: e.system_id.as_deref(),
-        owners: e.owners.as_deref(),
-        grant_id: e.grant_id.as_deref(),
-        jti: e.jti.as_deref(),
-        request_id: e.request_id.as_deref(),
-        source: e.source.as_deref(),
-        attestation_issuer: e.attestation_issuer.as_deref(),
-        subject: e.subject.as_deref(),
-        attestation_id: e.attestation_id.as_deref(),
-        audience: e.audience.as_deref(),
-        scopes: e.scopes.as_deref(),
+        kind: e.kind.clone(),
+        outcome: e.outcome.as_str().to_owned(),
+        reason: e.reason.clone(),
+        actor: e.actor.clone(),
+        system_id: e.system_id.clone(),
+        owners: e.owners.clone(),
+        grant_id: e.grant_id.clone(),
+        jti: e.jti.clone(),
+        request_id: e.request_id.clone(),
+        source: e.source.clone(),
+        attestation_issuer: e.attestation_issuer.clone(),
+        subject: e.subject.clone(),
+        attestation_id: e.attestation_id.clone(),
+        audience: e.audience.clone(),
+        scopes: e.scopes.clone(),
         iat: e.iat,
         exp: e.exp,
-        detail: e.detail.as_ref(),
+        detail: e.detail.clone(),
+        prev_hash,
+        hash: String::new(),
     };
-    let hash = chain_hash(&prev_hash, &canonical);
+    record.hash = chain_hash(&record.prev_hash, &record.canonical());
     sqlx::query(
         "INSERT INTO audit_events (seq, time_ms, kind, outcome, reason, actor, system_id, owners, grant_id, jti, \
          request_id, source, attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail, \
          prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(seq)
-    .bind(time_ms)
-    .bind(&e.kind)
-    .bind(e.outcome.as_str())
-    .bind(&e.reason)
-    .bind(&e.actor)
-    .bind(&e.system_id)
-    .bind(&e.owners)
-    .bind(&e.grant_id)
-    .bind(&e.jti)
-    .bind(&e.request_id)
-    .bind(&e.source)
-    .bind(&e.attestation_issuer)
-    .bind(&e.subject)
-    .bind(&e.attestation_id)
-    .bind(&e.audience)
-    .bind(&e.scopes)
-    .bind(e.iat)
-    .bind(e.exp)
-    .bind(e.detail.as_ref().map(|d| d.to_string()))
-    .bind(&prev_hash)
-    .bind(&hash)
+    .bind(record.seq)
+    .bind(record.time_ms)
+    .bind(&record.kind)
+    .bind(&record.outcome)
+    .bind(&record.reason)
+    .bind(&record.actor)
+    .bind(&record.system_id)
+    .bind(&record.owners)
+    .bind(&record.grant_id)
+    .bind(&record.jti)
+    .bind(&record.request_id)
+    .bind(&record.source)
+    .bind(&record.attestation_issuer)
+    .bind(&record.subject)
+    .bind(&record.attestation_id)
+    .bind(&record.audience)
+    .bind(&record.scopes)
+    .bind(record.iat)
+    .bind(record.exp)
+    .bind(record.detail.as_ref().map(|d| d.to_string()))
+    .bind(&record.prev_hash)
+    .bind(&record.hash)
     .execute(&mut *conn)
     .await?;
     Ok(())

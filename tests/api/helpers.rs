@@ -197,6 +197,7 @@ pub struct TestApp {
     pub rsa: Arc<TestIssuer>,
     pub ec: Arc<TestIssuer>,
     pub broker: halflife::broker::Broker,
+    config_text: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -271,8 +272,17 @@ max_token_age = "1h"
         alg = options.algorithm,
         extra = options.extra_config,
     );
-    let config = Config::from_toml(&text).unwrap();
-    let clock = ManualClock::starting_now();
+    start(text, ManualClock::starting_now(), dir, Arc::new(rsa), Arc::new(ec)).await
+}
+
+async fn start(
+    config_text: String,
+    clock: ManualClock,
+    dir: TempDir,
+    rsa: Arc<TestIssuer>,
+    ec: Arc<TestIssuer>,
+) -> TestApp {
+    let config = Config::from_toml(&config_text).unwrap();
     let app = App::build(config, Arc::new(clock.clone())).await.unwrap().without_background_jobs();
     let addr = app.local_addr();
     let base = app.base_url().to_owned();
@@ -291,11 +301,27 @@ max_token_age = "1h"
         client: reqwest::Client::new(),
         clock,
         dir,
-        rsa: Arc::new(rsa),
-        ec: Arc::new(ec),
+        rsa,
+        ec,
         broker,
+        config_text,
         stop: Some(stop),
         task: Some(task),
+    }
+}
+
+impl TestApp {
+    /// Stops this server and starts a new one on the same database, keys
+    /// and clock (a restart).
+    pub async fn restart(mut self) -> TestApp {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        start(self.config_text.clone(), self.clock.clone(), dir, self.rsa.clone(), self.ec.clone()).await
     }
 }
 

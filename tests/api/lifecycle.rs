@@ -515,3 +515,24 @@ async fn notices_warn_ahead_once_and_failing_webhooks_are_retried_and_visible() 
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0]["notice"]["kind"], "pilot.ending");
 }
+
+#[tokio::test]
+async fn revocation_jobs_resume_after_a_restart() {
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let (status, _) =
+        app.api(Method::POST, "/v1/systems/summarizer/revoke", &operator, Some(json!({"reason": "drill"}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'pending'").await, 1);
+
+    // The broker stops before the job ran; a new process picks it up.
+    let app = app.restart().await;
+    let introspector = app.admin_token(Role::Introspector).await;
+    assert_eq!(app.introspect(&introspector, &token).await, json!({"active": false}), "the epoch survived the restart");
+    let report = app.reap().await;
+    assert_eq!(report.jobs_done, 1, "{report:?}");
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL").await, 1);
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'pending'").await, 0);
+}

@@ -175,6 +175,10 @@ impl Broker {
                 "subject_token has already been used; its issuer is single-use, so fetch a fresh one",
                 "single-use attestation was already used (replay)",
             ))),
+            IssueOutcome::SystemStopped => Err(ExchangeError::Denied(Denial::new(
+                DenyCode::AccessDenied,
+                format!("system {} was suspended or retired while the request was decided", ctx.system.id),
+            ))),
         }
     }
 

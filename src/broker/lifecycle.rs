@@ -56,8 +56,22 @@ pub fn backoff(attempts: i64) -> Duration {
 }
 
 impl Broker {
-    /// One reaper pass at `now`.
+    /// One reaper pass at `now`: suspensions, notices, then due jobs.
     pub async fn run_lifecycle_once(&self, now: OffsetDateTime) -> Result<ReaperReport, Unavailable> {
+        let mut report = self.suspend_lapsed(now).await?;
+        report.notices = self.record_notices(now).await?;
+        let (done, failed) = self.run_jobs_once(now).await?;
+        report.jobs_done = done;
+        report.jobs_failed = failed;
+        Ok(report)
+    }
+
+    /// Suspends every active system whose pilot ended or whose owner lapsed
+    /// at `now`, revoking what it holds. Operator actions that could cure a
+    /// lapse (recertifying, promoting, changing dates or owners) run this
+    /// first, so a lapse is never quietly undone: the system stays suspended
+    /// and its old credentials revoked until someone reinstates it.
+    pub async fn suspend_lapsed(&self, now: OffsetDateTime) -> Result<ReaperReport, Unavailable> {
         let mut report = ReaperReport::default();
         let systems = self.lifecycle.list_systems().await.map_err(Unavailable)?;
         for view in &systems {
@@ -78,11 +92,22 @@ impl Broker {
                 "business_owner": view.system.business_owner,
                 "technical_owner": view.system.technical_owner,
             }));
-            let outcome = self.lifecycle.save_system(&suspended, Some(&why), event).await.map_err(Unavailable)?;
+            let outcome = match self.lifecycle.save_system(&suspended, view.version, Some(&why), event).await {
+                Ok(outcome) => outcome,
+                // Changed meanwhile by an operator: judged again next pass.
+                Err(crate::store::StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(Unavailable(e)),
+            };
             tracing::warn!(system.id = %view.system.id, reason = %why, revoked = outcome.revoked, "system suspended");
             report.revoked += outcome.revoked;
             report.suspended.push((view.system.id.to_string(), why));
         }
+        Ok(report)
+    }
+
+    /// Records notices for deadlines within the window (once each).
+    async fn record_notices(&self, now: OffsetDateTime) -> Result<usize, Unavailable> {
+        let mut recorded = 0;
 
         for deadline in self.deadlines(now).await? {
             let lapsed = deadline.due_at <= now;
@@ -106,14 +131,11 @@ impl Broker {
                 .as_ref()
                 .map(|_| JobSpec::Webhook { body: serde_json::json!({"notice": notice, "systems": deadline.systems}) });
             if self.lifecycle.record_notice(&notice, event, job).await.map_err(Unavailable)? {
-                report.notices += 1;
+                recorded += 1;
             }
         }
 
-        let (done, failed) = self.run_jobs_once(now).await?;
-        report.jobs_done = done;
-        report.jobs_failed = failed;
-        Ok(report)
+        Ok(recorded)
     }
 
     /// Pilot ends and attestation lapses within the notice window, and

@@ -170,7 +170,10 @@ impl Broker {
         meta: &RequestMeta,
     ) -> Result<System, OpError> {
         let now = self.clock.now();
-        let mut system = self.system_view(id).await?.system;
+        self.suspend_lapsed(now).await?;
+        let view = self.system_view(id).await?;
+        let version = view.version;
+        let mut system = view.system;
         if let Some(name) = patch.name {
             system.name = non_empty("name", name)?;
         }
@@ -193,7 +196,8 @@ impl Broker {
         if let Some(c) = patch.data_classification {
             system.data_classification = Some(c).filter(|d| !d.trim().is_empty());
         }
-        self.lifecycle.save_system(&system, None, system_event("system.changed", actor, &system, now, meta)).await?;
+        let event = system_event("system.changed", actor, &system, now, meta);
+        self.lifecycle.save_system(&system, version, None, event).await?;
         Ok(system)
     }
 
@@ -205,6 +209,7 @@ impl Broker {
         meta: &RequestMeta,
     ) -> Result<(System, Vec<GateCheck>), OpError> {
         let now = self.clock.now();
+        self.suspend_lapsed(now).await?;
         let view = self.system_view(id).await?;
         let (promoted, checks) =
             match lifecycle::promote(&view, &actor.name, pilot_ends_at, now, &self.lifecycle_policy) {
@@ -224,7 +229,7 @@ impl Broker {
             map.insert("gate".into(), serde_json::json!(checks));
             map.insert("approver".into(), serde_json::json!(actor.actor()));
         }
-        self.lifecycle.save_system(&promoted, None, e).await?;
+        self.lifecycle.save_system(&promoted, view.version, None, e).await?;
         Ok((promoted, checks))
     }
 
@@ -264,7 +269,7 @@ impl Broker {
         let stopped = transition(&view.system, &format!("{reason} (by {})", actor.name))?;
         let mut e = system_event(kind, actor, &stopped, now, meta);
         e.reason = Some(reason.clone());
-        let outcome = self.lifecycle.save_system(&stopped, Some(&reason), e).await?;
+        let outcome = self.lifecycle.save_system(&stopped, view.version, Some(&reason), e).await?;
         Ok((stopped, outcome))
     }
 
@@ -280,7 +285,7 @@ impl Broker {
         let reinstated = lifecycle::reinstate(&view, pilot_ends_at, now, &self.lifecycle_policy)?;
         let mut e = system_event("system.reinstated", actor, &reinstated, now, meta);
         e.reason = view.system.suspended_reason.clone().map(|r| format!("was: {r}"));
-        self.lifecycle.save_system(&reinstated, None, e).await?;
+        self.lifecycle.save_system(&reinstated, view.version, None, e).await?;
         Ok(reinstated)
     }
 
@@ -424,6 +429,9 @@ impl Broker {
         meta: &RequestMeta,
     ) -> Result<Owner, OpError> {
         let now = self.clock.now();
+        // A lapse that already happened is settled first: recertifying
+        // revives no credential; lapsed systems need reinstatement.
+        self.suspend_lapsed(now).await?;
         let mut owner = self.owner(id).await?;
         if owner.status == OwnerStatus::Departed {
             return Err(OpError::Conflict(format!("owner {id} has departed and cannot be recertified")));
@@ -454,6 +462,8 @@ impl Broker {
         e.reason = reason.map(str::to_owned);
         e.detail = Some(serde_json::json!(owner));
         self.lifecycle.save_owner(&owner, e).await?;
+        // Their systems stop at once, not at the next reaper tick.
+        self.suspend_lapsed(now).await?;
         Ok(owner)
     }
 

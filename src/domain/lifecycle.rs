@@ -42,6 +42,10 @@ pub struct SystemView {
     pub technical_owner: Owner,
     #[serde(skip)]
     pub grants: usize,
+    /// The stored row's version: writes name it, so a stale copy can never
+    /// overwrite a newer state.
+    #[serde(skip)]
+    pub version: i64,
 }
 
 /// A refused lifecycle step, with the reason phrased for the operator.
@@ -306,6 +310,7 @@ mod tests {
             business_owner: owner("biz"),
             technical_owner: owner("tech"),
             grants: 1,
+            version: 0,
         }
     }
 

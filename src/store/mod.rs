@@ -148,6 +148,9 @@ pub enum IssueOutcome {
     /// A single-use attestation was already used; nothing was issued and a
     /// `credential.denied` event was committed instead.
     Replayed,
+    /// The system was suspended or retired after the decision; nothing was
+    /// issued and a `credential.denied` event was committed instead.
+    SystemStopped,
 }
 
 /// What the store knows about an issued credential.
@@ -367,9 +370,12 @@ pub trait LifecycleStore: Send + Sync {
     /// Writes the system's new state. With `revoke`, also raises its
     /// revocation epoch (every credential it holds becomes inactive) and
     /// queues the job that marks the rows.
+    /// `version` is the version the caller read; a newer stored version
+    /// makes this a Conflict and changes nothing.
     async fn save_system(
         &self,
         system: &System,
+        version: i64,
         revoke: Option<&str>,
         event: AuditEvent,
     ) -> Result<RevocationOutcome, StoreError>;

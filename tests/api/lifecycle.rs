@@ -76,6 +76,8 @@ async fn ended_pilot_is_suspended_and_its_credentials_revoked_by_one_pass() {
     assert_eq!(report.suspended.len(), 1, "{report:?}");
     assert_eq!(report.suspended[0].0, "summarizer");
     assert_eq!(report.revoked, 1);
+    let (_, events) = app.api(Method::GET, "/v1/audit/events?kind=system.suspended", &operator, None).await;
+    assert_eq!(events["events"][0]["detail"]["revoked"], 1, "the revocation count is recorded");
     assert_eq!(app.introspect(&introspector, &token).await, json!({"active": false}));
     let system = state_of(&app, &operator, "summarizer").await;
     assert_eq!(system["state"], "suspended");
@@ -99,19 +101,32 @@ async fn ended_pilot_is_suspended_and_its_credentials_revoked_by_one_pass() {
 async fn a_departed_owner_suspends_exactly_their_systems() {
     let app = spawn_app().await;
     let operator = app.admin_token(Role::Operator).await;
+    let introspector = app.admin_token(Role::Introspector).await;
     other_system(&app, &operator, "bystander", 60 * DAY).await;
+    let token =
+        app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await["access_token"].as_str().unwrap().to_owned();
     let (status, body) =
         app.api(Method::POST, "/v1/owners/tech/depart", &operator, Some(json!({"reason": "left"}))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "departed");
 
-    let report = app.reap().await;
-    let mut suspended: Vec<_> = report.suspended.iter().map(|(s, _)| s.as_str()).collect();
-    suspended.sort_unstable();
-    assert_eq!(suspended, ["indexer", "summarizer"]);
-    assert!(report.suspended.iter().all(|(_, why)| why.contains("departed")));
+    // At once, not at the next tick: both of tech's systems are suspended,
+    // their credentials inactive, new exchanges refused saying why.
+    for id in ["indexer", "summarizer"] {
+        let system = state_of(&app, &operator, id).await;
+        assert_eq!(system["state"], "suspended", "{system}");
+        assert!(system["suspended_reason"].as_str().unwrap().contains("departed"), "{system}");
+    }
     assert_eq!(state_of(&app, &operator, "bystander").await["state"], "active");
+    assert_eq!(app.introspect(&introspector, &token).await, json!({"active": false}));
+    let refused: Value = app.exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await.json().await.unwrap();
+    assert_eq!(refused["error"], "access_denied");
+    assert!(refused["error_description"].as_str().unwrap().contains("suspended"), "{refused}");
+    let (_, events) =
+        app.api(Method::GET, "/v1/audit/events?kind=system.suspended&system=summarizer", &operator, None).await;
+    assert_eq!(events["events"][0]["detail"]["revoked"], 1, "the revocation count is recorded");
     assert_eq!(app.events("owner.departed").await.len(), 1);
+    assert!(app.reap().await.suspended.is_empty(), "nothing left for the reaper");
 }
 
 #[tokio::test]
@@ -455,6 +470,16 @@ async fn suspension_racing_exchanges_leaves_nothing_active() {
     // And nothing is issued after the suspension returned.
     let response = app.exchange(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
     assert_eq!(response.status(), 400);
+
+    // Reinstating brings none of them back: each was either committed
+    // before the suspension (under its epoch) or refused at commit.
+    let (status, body) = app.api(Method::POST, "/v1/systems/indexer/reinstate", &operator, None).await;
+    assert_eq!(status, 200, "{body}");
+    for token in &issued {
+        assert_eq!(app.introspect(&introspector, token).await, json!({"active": false}));
+    }
+    let fresh = app.exchange_ok(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
+    assert_eq!(app.introspect(&introspector, fresh["access_token"].as_str().unwrap()).await["active"], true);
 }
 
 #[tokio::test]

@@ -39,6 +39,7 @@ fn system_view_from(row: &SqliteRow) -> Result<SystemView, StoreError> {
         business_owner: owner_from(row, "bo_")?,
         technical_owner: owner_from(row, "to_")?,
         grants: usize::try_from(grants).unwrap_or(0),
+        version: row.try_get("s_version").map_err(corrupt("system"))?,
     })
 }
 
@@ -244,6 +245,7 @@ impl LifecycleStore for SqliteStore {
     async fn save_system(
         &self,
         system: &System,
+        version: i64,
         revoke: Option<&str>,
         event: AuditEvent,
     ) -> Result<RevocationOutcome, StoreError> {
@@ -258,7 +260,8 @@ impl LifecycleStore for SqliteStore {
                 }
                 let updated = sqlx::query(
                     "UPDATE systems SET name = ?, purpose = ?, business_owner = ?, technical_owner = ?, tier = ?, state = ?, \
-                     pilot_ends_at = ?, data_classification = ?, suspended_reason = ?, updated_at = ? WHERE id = ?",
+                     pilot_ends_at = ?, data_classification = ?, suspended_reason = ?, updated_at = ?, \
+                     version = version + 1 WHERE id = ? AND version = ?",
                 )
                 .bind(&system.name)
                 .bind(&system.purpose)
@@ -271,12 +274,24 @@ impl LifecycleStore for SqliteStore {
                 .bind(&system.suspended_reason)
                 .bind(ts(event.time))
                 .bind(system.id.as_str())
+                .bind(version)
                 .execute(&mut *conn)
                 .await
                 .map_err(unavailable)?
                 .rows_affected();
                 if updated == 0 {
-                    return Err(StoreError::NotFound(format!("system {} does not exist", system.id)));
+                    let exists: Option<(i64,)> = sqlx::query_as("SELECT version FROM systems WHERE id = ?")
+                        .bind(system.id.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(unavailable)?;
+                    return Err(match exists {
+                        None => StoreError::NotFound(format!("system {} does not exist", system.id)),
+                        Some(_) => StoreError::Conflict(format!(
+                            "system {} was changed by another request meanwhile; read it again and retry",
+                            system.id
+                        )),
+                    });
                 }
                 let outcome = match &revoke {
                     Some(reason) => {

@@ -197,7 +197,32 @@ async fn apply_ops(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<
     Ok(results)
 }
 
+/// The `credential.denied` event recorded instead of an issuance.
+fn denial_of(i: &Issuance, reason: &str) -> AuditEvent {
+    let mut denial = i.event.clone();
+    denial.kind = "credential.denied".into();
+    denial.outcome = Outcome::Denied;
+    denial.reason = Some(reason.to_owned());
+    denial.jti = None;
+    denial.iat = None;
+    denial.exp = None;
+    denial
+}
+
 async fn insert_issuance(conn: &mut SqliteConnection, i: &Issuance) -> Result<IssueOutcome, sqlx::Error> {
+    // The decision was taken before this transaction; a suspension or
+    // retirement may have committed since. Checked here, under the write
+    // lock, no credential can be committed for a system that is no longer
+    // active, so none can reappear when it is reinstated.
+    let state: Option<(String,)> = sqlx::query_as("SELECT state FROM systems WHERE id = ?")
+        .bind(i.system_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if !matches!(state.as_ref().map(|(s,)| s.as_str()), Some("active")) {
+        insert_event(conn, &denial_of(i, "access_denied: the system stopped operating while the request was decided"))
+            .await?;
+        return Ok(IssueOutcome::SystemStopped);
+    }
     if let Some(guard) = &i.replay {
         // The primary key decides: of two uses of one token, exactly one
         // inserts a row.
@@ -211,14 +236,7 @@ async fn insert_issuance(conn: &mut SqliteConnection, i: &Issuance) -> Result<Is
         .await?
         .rows_affected();
         if inserted == 0 {
-            let mut denial = i.event.clone();
-            denial.kind = "credential.denied".into();
-            denial.outcome = Outcome::Denied;
-            denial.reason = Some("single-use attestation was already used (replay)".into());
-            denial.jti = None;
-            denial.iat = None;
-            denial.exp = None;
-            insert_event(conn, &denial).await?;
+            insert_event(conn, &denial_of(i, "single-use attestation was already used (replay)")).await?;
             return Ok(IssueOutcome::Replayed);
         }
     }
@@ -312,7 +330,7 @@ fn grant_from(row: &SqliteRow) -> Result<Grant, StoreError> {
 const SYSTEM_COLUMNS: &str = "s.id AS s_id, s.name AS s_name, s.purpose AS s_purpose, \
     s.business_owner AS s_business_owner, s.technical_owner AS s_technical_owner, s.tier AS s_tier, \
     s.state AS s_state, s.pilot_ends_at AS s_pilot_ends_at, s.data_classification AS s_data_classification, \
-    s.suspended_reason AS s_suspended_reason, \
+    s.suspended_reason AS s_suspended_reason, s.version AS s_version, \
     bo.id AS bo_id, bo.display_name AS bo_display_name, bo.email AS bo_email, bo.status AS bo_status, \
     bo.attested_until AS bo_attested_until, \
     tecn.id AS to_id, tecn.display_name AS to_display_name, tecn.email AS to_email, tecn.status AS to_status, \

@@ -270,14 +270,25 @@ impl App {
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     interval.tick().await;
-                    match broker.run_lifecycle_once(broker.clock.now()).await {
-                        Ok(report) if !report.suspended.is_empty() || report.jobs_failed > 0 => {
+                    match broker.run_reaper_once(broker.clock.now()).await {
+                        Ok(report) if !report.suspended.is_empty() => {
                             tracing::info!(?report, "lifecycle pass");
                         }
                         Ok(_) => {}
                         Err(e) => {
                             tracing::error!(error = %e.0, "lifecycle pass failed; will retry next tick")
                         }
+                    }
+                }
+            }));
+            let broker = self.broker.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut interval = tokio::time::interval(tick);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    if let Err(e) = broker.run_jobs_once(broker.clock.now()).await {
+                        tracing::error!(error = %e.0, "running jobs failed; will retry next tick");
                     }
                 }
             }));

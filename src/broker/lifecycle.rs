@@ -58,11 +58,18 @@ pub fn backoff(attempts: i64) -> Duration {
 impl Broker {
     /// One reaper pass at `now`: suspensions, notices, then due jobs.
     pub async fn run_lifecycle_once(&self, now: OffsetDateTime) -> Result<ReaperReport, Unavailable> {
-        let mut report = self.suspend_lapsed(now).await?;
-        report.notices = self.record_notices(now).await?;
+        let mut report = self.run_reaper_once(now).await?;
         let (done, failed) = self.run_jobs_once(now).await?;
         report.jobs_done = done;
         report.jobs_failed = failed;
+        Ok(report)
+    }
+
+    /// Suspensions and notices, without running jobs (the server runs jobs
+    /// in their own task, so a slow webhook never delays a suspension).
+    pub async fn run_reaper_once(&self, now: OffsetDateTime) -> Result<ReaperReport, Unavailable> {
+        let mut report = self.suspend_lapsed(now).await?;
+        report.notices = self.record_notices(now).await?;
         Ok(report)
     }
 
@@ -211,10 +218,12 @@ impl Broker {
         let (mut done, mut failed) = (0, 0);
         for job in jobs {
             match self.run_job(&job).await {
-                Ok(()) => {
+                Ok(None) => {
                     self.jobs.job_done(job.id, now).await.map_err(Unavailable)?;
                     done += 1;
                 }
+                // Progress, not failure: save the cursor, continue next pass.
+                Ok(Some(next)) => self.jobs.job_continue(job.id, &next, now).await.map_err(Unavailable)?,
                 Err(error) => {
                     let retry_at = now + backoff(job.attempts);
                     tracing::warn!(job.id = job.id, job.kind = %job.kind, attempts = job.attempts + 1, error = %error, "job failed; will retry");
@@ -226,27 +235,37 @@ impl Broker {
         Ok((done, failed))
     }
 
-    async fn run_job(&self, job: &Job) -> Result<(), String> {
+    /// Runs one job step: `Ok(None)` when finished, `Ok(Some(next))` when
+    /// it made progress and should continue from `next`.
+    async fn run_job(&self, job: &Job) -> Result<Option<JobSpec>, String> {
         let Some(spec) = &job.spec else {
             return Err(format!("job {} has an unreadable payload", job.id));
         };
         match spec {
-            JobSpec::MarkRevoked { target, through, reason, at } => {
+            JobSpec::MarkRevoked { target, through, after, reason, at } => {
+                let mut cursor = *after;
                 for _ in 0..MARK_BATCHES_PER_PASS {
-                    let marked = self
+                    let step = self
                         .jobs
-                        .mark_revoked(target, *through, reason, *at, MARK_BATCH)
+                        .mark_revoked(target, *through, cursor, reason, *at, MARK_BATCH)
                         .await
                         .map_err(|e| e.to_string())?;
-                    if marked < u64::from(MARK_BATCH) {
-                        return Ok(());
+                    match step {
+                        Some(last) => cursor = last,
+                        None => return Ok(None),
                     }
                 }
-                Err("more rows remain; continuing next pass".into())
+                Ok(Some(JobSpec::MarkRevoked {
+                    target: target.clone(),
+                    through: *through,
+                    after: cursor,
+                    reason: reason.clone(),
+                    at: *at,
+                }))
             }
             JobSpec::Webhook { body } => {
                 let Some(webhook) = &self.webhook else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 let response = webhook
                     .client
@@ -256,7 +275,7 @@ impl Broker {
                     .await
                     .map_err(|e| format!("webhook: {e}"))?;
                 if response.status().is_success() {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(format!("webhook answered HTTP {}", response.status()))
                 }

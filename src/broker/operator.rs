@@ -298,10 +298,11 @@ impl Broker {
         meta: &RequestMeta,
     ) -> Result<Revocation, OpError> {
         let reason = require_reason(reason)?;
-        self.system_view(id).await?;
+        let view = self.system_view(id).await?;
         let now = self.clock.now();
         let mut e = event("credential.revoked", actor, now, meta);
         e.system_id = Some(id.to_string());
+        e.owners = Some(view.system.owners_label());
         e.reason = Some(reason.clone());
         e.detail = Some(serde_json::json!({"by": "system"}));
         let target = RevokeTarget::System { system_id: id.to_string() };
@@ -324,7 +325,10 @@ impl Broker {
         }
         let now = self.clock.now();
         let mut e = event("credential.revoked", actor, now, meta);
-        e.attestation_issuer = Some(issuer.to_owned());
+        // Events name attestation issuers by their `iss`, as issuances do.
+        e.attestation_issuer = Some(
+            self.verifier.issuers().find(|i| i.name == issuer).map_or_else(|| issuer.to_owned(), |i| i.iss.clone()),
+        );
         e.subject = Some(subject.to_owned());
         e.reason = Some(reason.clone());
         e.detail = Some(serde_json::json!({"by": "workload"}));
@@ -350,6 +354,7 @@ impl Broker {
         let mut e = event("credential.revoked", actor, now, meta);
         e.jti = Some(jti.to_owned());
         e.system_id = Some(record.system.id.to_string());
+        e.owners = Some(record.system.owners_label());
         e.reason = Some(reason.clone());
         let active = !record.is_revoked();
         let done = self.log.revoke_credential(jti, &reason, e).await.map_err(Unavailable)?;
@@ -373,6 +378,7 @@ impl Broker {
                 let now = self.clock.now();
                 let mut e = event("credential.revoked", actor, now, meta);
                 e.system_id = Some(s.id.to_string());
+                e.owners = Some(s.owners_label());
                 e.reason = Some(reason.clone());
                 e.detail = Some(serde_json::json!({"by": "owner", "owner": id}));
                 let target = RevokeTarget::System { system_id: s.id.to_string() };
@@ -416,6 +422,7 @@ impl Broker {
             attested_until: now + self.lifecycle_policy.recertify_every,
         };
         let mut e = event("owner.created", actor, now, meta);
+        e.owners = Some(owner.id.to_string());
         e.detail = Some(serde_json::json!(owner));
         self.lifecycle.create_owner(&owner, e).await?;
         Ok(owner)
@@ -438,6 +445,7 @@ impl Broker {
         }
         owner.attested_until = now + self.lifecycle_policy.recertify_every;
         let mut e = event("owner.recertified", actor, now, meta);
+        e.owners = Some(owner.id.to_string());
         e.detail = Some(serde_json::json!(owner));
         self.lifecycle.save_owner(&owner, e).await?;
         Ok(owner)
@@ -459,6 +467,7 @@ impl Broker {
         }
         owner.status = OwnerStatus::Departed;
         let mut e = event("owner.departed", actor, now, meta);
+        e.owners = Some(owner.id.to_string());
         e.reason = reason.map(str::to_owned);
         e.detail = Some(serde_json::json!(owner));
         self.lifecycle.save_owner(&owner, e).await?;
@@ -473,9 +482,10 @@ impl Broker {
     }
 
     pub async fn create_grant(&self, grant: Grant, actor: &AdminCaller, meta: &RequestMeta) -> Result<Grant, OpError> {
-        self.system_view(&grant.system).await?;
+        let view = self.system_view(&grant.system).await?;
         let now = self.clock.now();
         let mut e = event("grant.created", actor, now, meta);
+        e.owners = Some(view.system.owners_label());
         e.system_id = Some(grant.system.to_string());
         e.grant_id = Some(grant.id.to_string());
         e.detail = Some(serde_json::json!(grant));
@@ -491,7 +501,9 @@ impl Broker {
         meta: &RequestMeta,
     ) -> Result<(), OpError> {
         let now = self.clock.now();
+        let view = self.system_view(system).await?;
         let mut e = event("grant.deleted", actor, now, meta);
+        e.owners = Some(view.system.owners_label());
         e.system_id = Some(system.to_string());
         e.grant_id = Some(grant.to_string());
         if self.lifecycle.delete_grant(system, grant, e).await? {

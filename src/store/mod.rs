@@ -213,7 +213,15 @@ pub enum RevokeTarget {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobSpec {
     /// Mark the rows an epoch revoked (`id <= through`) as revoked.
-    MarkRevoked { target: RevokeTarget, through: i64, reason: String, at: i64 },
+    MarkRevoked {
+        target: RevokeTarget,
+        through: i64,
+        /// Rows up to this id are done (the job's cursor).
+        #[serde(default)]
+        after: i64,
+        reason: String,
+        at: i64,
+    },
     /// POST a lifecycle notice to the configured webhook.
     Webhook { body: serde_json::Value },
 }
@@ -418,15 +426,19 @@ pub trait JobStore: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<(), StoreError>;
     async fn list_jobs(&self, include_done: bool) -> Result<Vec<Job>, StoreError>;
-    /// Marks up to `limit` rows an epoch revoked; returns how many it marked.
+    /// Marks the next `limit` rows after `after` (up to `through`) that an
+    /// epoch revoked; returns the last id covered, or `None` when done.
     async fn mark_revoked(
         &self,
         target: &RevokeTarget,
         through: i64,
+        after: i64,
         reason: &str,
         at: i64,
         limit: u32,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Option<i64>, StoreError>;
+    /// Saves a job's progress and runs it again at once (no attempt spent).
+    async fn job_continue(&self, id: i64, spec: &JobSpec, now: OffsetDateTime) -> Result<(), StoreError>;
 }
 
 /// Which audit events to return. Every value is bound as a parameter.

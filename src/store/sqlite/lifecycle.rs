@@ -11,9 +11,6 @@ use sqlx::{Sqlite, SqliteConnection};
 use super::*;
 use crate::domain::lifecycle::SystemView;
 
-/// Rows marked per statement by the revocation job.
-const MARK_BATCH: u32 = 1000;
-
 /// Runs `work` inside `BEGIN IMMEDIATE … COMMIT` on a pool connection.
 async fn write_tx<T, F>(store: &SqliteStore, work: F) -> Result<T, StoreError>
 where
@@ -153,7 +150,8 @@ async fn raise_epoch(
             count
         }
     };
-    let job = JobSpec::MarkRevoked { target: target.clone(), through, reason: reason.to_owned(), at: ts(now) };
+    let job =
+        JobSpec::MarkRevoked { target: target.clone(), through, after: 0, reason: reason.to_owned(), at: ts(now) };
     enqueue(conn, &job, ts(now)).await?;
     Ok(RevocationOutcome { revoked: u64::try_from(revoked).unwrap_or(0) })
 }
@@ -634,35 +632,48 @@ impl JobStore for SqliteStore {
         &self,
         target: &RevokeTarget,
         through: i64,
+        after: i64,
         reason: &str,
         at: i64,
         limit: u32,
-    ) -> Result<u64, StoreError> {
-        let done = match target {
-            RevokeTarget::System { system_id } => sqlx::query(
-                "UPDATE credentials SET revoked_at = ?, revoked_reason = ? WHERE id IN \
-                 (SELECT id FROM credentials WHERE system_id = ? AND id <= ? AND revoked_at IS NULL LIMIT ?)",
-            )
-            .bind(at)
-            .bind(reason)
-            .bind(system_id)
-            .bind(through)
-            .bind(limit.min(MARK_BATCH))
-            .execute(&self.pool)
-            .await,
-            RevokeTarget::Workload { issuer, subject } => sqlx::query(
-                "UPDATE credentials SET revoked_at = ?, revoked_reason = ? WHERE id IN \
-                 (SELECT id FROM credentials WHERE issuer = ? AND subject = ? AND id <= ? AND revoked_at IS NULL LIMIT ?)",
-            )
-            .bind(at)
-            .bind(reason)
-            .bind(issuer)
-            .bind(subject)
-            .bind(through)
-            .bind(limit.min(MARK_BATCH))
-            .execute(&self.pool)
-            .await,
+    ) -> Result<Option<i64>, StoreError> {
+        // Walk the covered rows in id order from the cursor, so each pass
+        // resumes where the last stopped instead of rescanning.
+        let (scope, binds): (&str, Vec<&str>) = match target {
+            RevokeTarget::System { system_id } => ("system_id = ?", vec![system_id.as_str()]),
+            RevokeTarget::Workload { issuer, subject } => {
+                ("issuer = ? AND subject = ?", vec![issuer.as_str(), subject.as_str()])
+            }
         };
-        Ok(done.map_err(unavailable)?.rows_affected())
+        let window = format!("SELECT id FROM credentials WHERE {scope} AND id > ? AND id <= ? ORDER BY id LIMIT ?");
+        let last_sql = format!("SELECT MAX(id) FROM ({window})");
+        let mut last = sqlx::query_as::<_, (Option<i64>,)>(&last_sql);
+        for b in &binds {
+            last = last.bind(*b);
+        }
+        let (last,) = last.bind(after).bind(through).bind(limit).fetch_one(&self.pool).await.map_err(unavailable)?;
+        let Some(last) = last else { return Ok(None) };
+        let sql = format!(
+            "UPDATE credentials SET revoked_at = ?, revoked_reason = ? WHERE revoked_at IS NULL AND id IN ({window})"
+        );
+        let mut update = sqlx::query(&sql).bind(at).bind(reason);
+        for b in &binds {
+            update = update.bind(*b);
+        }
+        update.bind(after).bind(through).bind(limit).execute(&self.pool).await.map_err(unavailable)?;
+        Ok(Some(last))
+    }
+
+    async fn job_continue(&self, id: i64, spec: &JobSpec, now: OffsetDateTime) -> Result<(), StoreError> {
+        let payload = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("UPDATE jobs SET payload = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?")
+            .bind(payload)
+            .bind(ts(now))
+            .bind(ts(now))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }

@@ -532,11 +532,29 @@ async fn apply_catalog(
             "status": o.status, "attested_until": attested_until});
         match existing {
             Some(current) if current == wanted => report.unchanged.push(label),
-            Some(_) => {
+            Some(current) => {
+                // Apply describes; it does not vouch. A departure is final,
+                // and only `owners recertify` extends an attestation.
+                if current.2 == "departed" && wanted.2 != "departed" {
+                    return Err(StoreError::Conflict(format!(
+                        "owner {}: departed owners cannot return through apply; register a new owner",
+                        o.id
+                    )));
+                }
+                if wanted.3 > current.3 {
+                    return Err(StoreError::Conflict(format!(
+                        "owner {}: attested_until can only move later through `halflife owners recertify {}`",
+                        o.id, o.id
+                    )));
+                }
                 sqlx::query("UPDATE owners SET display_name = ?, email = ?, status = ?, attested_until = ?, updated_at = ? WHERE id = ?")
                     .bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(wanted.3).bind(ts(now)).bind(o.id.as_str())
                     .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(conn, &event("owner.changed", None, detail)).await.map_err(unavailable)?;
+                let kind =
+                    if current.2 != "departed" && wanted.2 == "departed" { "owner.departed" } else { "owner.changed" };
+                let mut e = event(kind, None, detail);
+                e.owners = Some(o.id.to_string());
+                insert_event(conn, &e).await.map_err(unavailable)?;
                 report.updated.push(label);
             }
             None => {
@@ -584,8 +602,25 @@ async fn apply_catalog(
             "pilot_ends_at": pilot_ends_at, "data_classification": s.data_classification});
         match existing {
             Some(current) if current == wanted => report.unchanged.push(label),
-            Some(_) => {
-                sqlx::query("UPDATE systems SET name = ?, purpose = ?, business_owner = ?, technical_owner = ?, tier = ?, pilot_ends_at = ?, data_classification = ?, updated_at = ? WHERE id = ?")
+            Some(current) => {
+                // Tiers move through promotion gates, and an ended pilot
+                // through reinstatement, never through a catalog file.
+                if current.4 != wanted.4 {
+                    return Err(StoreError::Conflict(format!(
+                        "system {}: tier {} cannot change to {} through apply; use `halflife systems promote`",
+                        s.id, current.4, wanted.4
+                    )));
+                }
+                if let (Some(old), Some(new)) = (current.5, wanted.5)
+                    && old <= ts(now)
+                    && new > old
+                {
+                    return Err(StoreError::Conflict(format!(
+                        "system {}: its pilot ended; `halflife systems reinstate` sets a new end date",
+                        s.id
+                    )));
+                }
+                sqlx::query("UPDATE systems SET name = ?, purpose = ?, business_owner = ?, technical_owner = ?, tier = ?, pilot_ends_at = ?, data_classification = ?, updated_at = ?, version = version + 1 WHERE id = ?")
                     .bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(wanted.5).bind(&wanted.6).bind(ts(now)).bind(s.id.as_str())
                     .execute(&mut *conn).await.map_err(unavailable)?;
                 insert_event(conn, &event("system.changed", Some(s.id.as_str()), detail)).await.map_err(unavailable)?;

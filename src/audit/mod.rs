@@ -76,6 +76,13 @@ pub struct Canonical<'a> {
     pub detail: Option<&'a Value>,
 }
 
+/// RFC 3339 text of a millisecond timestamp, as events show it.
+pub fn rfc3339_ms(time_ms: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+}
+
 /// The chain hash of `event` after `prev_hash`.
 pub fn chain_hash(prev_hash: &str, event: &Canonical<'_>) -> String {
     let body = serde_json::to_vec(event).unwrap_or_default();
@@ -201,6 +208,12 @@ impl ChainVerifier {
             self.fail(event.seq, "content does not match its hash (altered)".into());
             return false;
         }
+        // `time` is derived from the hashed `time_ms`; an export whose
+        // readable time was edited is altered too.
+        if !event.time.is_empty() && rfc3339_ms(event.time_ms).as_deref() != Some(event.time.as_str()) {
+            self.fail(event.seq, "time does not match time_ms (altered)".into());
+            return false;
+        }
         if let Some(expected) = self.checkpoints.get(&event.seq) {
             if *expected != event.hash {
                 self.fail(event.seq, "differs from the signed checkpoint at this sequence".into());
@@ -308,6 +321,20 @@ mod tests {
 
     fn cp(seq: i64, hash: &str) -> Checkpoint {
         Checkpoint { seq, hash: hash.into(), time: String::new(), signature: String::new() }
+    }
+
+    /// A fixed event and its hash: a re-implementation of the canonical
+    /// form elsewhere must reproduce this value.
+    #[test]
+    fn canonical_form_has_a_stable_test_vector() {
+        let event = &chain(1)[0];
+        let body = serde_json::to_string(&event.canonical()).unwrap();
+        assert_eq!(
+            body,
+            r#"{"seq":1,"time_ms":1000,"kind":"credential.issued","outcome":"success","reason":null,"actor":"a","system_id":"s","owners":"b t","grant_id":null,"jti":"j1","request_id":null,"source":null,"attestation_issuer":null,"subject":null,"attestation_id":null,"audience":null,"scopes":null,"iat":null,"exp":null,"detail":{"a":[1,2],"z":1}}"#
+        );
+        assert_eq!(event.hash, crypto::hex(&crypto::sha256(format!("{GENESIS}\n{body}").as_bytes())));
+        assert_eq!(event.hash, "3ca333896b4619b5fdcc7f9f959e96939b2ede609531bfe0c5e8db23873b2640");
     }
 
     #[test]

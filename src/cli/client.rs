@@ -708,6 +708,9 @@ fn verify_offline(
 
 pub async fn audit(remote: &Remote, command: AuditCommand) -> anyhow::Result<()> {
     if let AuditCommand::Verify { file: Some(file), checkpoints, jwks: Some(jwks), .. } = &command {
+        if checkpoints.is_none() {
+            eprintln!("warning: without --checkpoints a truncated tail cannot be detected");
+        }
         return print_report(&verify_offline(file, checkpoints.as_deref(), jwks)?, remote.json);
     }
     let c = Client::new(remote)?;
@@ -740,6 +743,13 @@ pub async fn audit(remote: &Remote, command: AuditCommand) -> anyhow::Result<()>
             if !matches!(format.as_str(), "jsonl" | "csv") {
                 bail!("--format must be jsonl or csv");
             }
+            // Checkpoints first: each then lies within the events exported
+            // after it, so none can look like a cut tail.
+            if let Some(path) = &checkpoints {
+                let v = c.call(Method::GET, "/v1/audit/checkpoints", None).await?;
+                std::fs::write(path, serde_json::to_vec_pretty(&v)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             let mut response = c.stream(&format!("/v1/audit/events?{}&format={format}", filter.query())).await?;
             let mut file =
                 tokio::fs::File::create(&out).await.with_context(|| format!("creating {}", out.display()))?;
@@ -750,11 +760,6 @@ pub async fn audit(remote: &Remote, command: AuditCommand) -> anyhow::Result<()>
                 file.write_all(&chunk).await?;
             }
             file.flush().await?;
-            if let Some(path) = checkpoints {
-                let v = c.call(Method::GET, "/v1/audit/checkpoints", None).await?;
-                std::fs::write(&path, serde_json::to_vec_pretty(&v)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
             eprintln!("wrote {bytes} bytes to {}", out.display());
         }
         AuditCommand::Verify { from, to, .. } => {

@@ -82,6 +82,10 @@ fn filter_of(q: &EventsQuery, now: OffsetDateTime) -> Result<AuditFilter, ApiErr
             message: "must be success, denied or failure".into(),
         });
     }
+    if let Some(owner) = &q.owner {
+        crate::domain::values::OwnerId::parse(owner)
+            .map_err(|e| ApiError::Invalid { field: "owner".into(), message: e.0 })?;
+    }
     Ok(AuditFilter {
         system: q.system.clone(),
         owner: q.owner.clone(),

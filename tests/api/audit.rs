@@ -7,6 +7,7 @@ use halflife::clock::Clock;
 use halflife::domain::model::Role;
 use reqwest::Method;
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 use crate::helpers::*;
 
@@ -100,8 +101,10 @@ async fn operator_actions_are_recorded_with_their_actor_and_owners() {
 #[tokio::test]
 async fn verification_names_the_first_altered_deleted_swapped_or_truncated_event() {
     type Tamper = (&'static str, &'static str, i64);
-    let cases: [Tamper; 4] = [
+    let cases: [Tamper; 6] = [
         ("altered", "UPDATE audit_events SET actor = 'mallory' WHERE seq = 12", 12),
+        ("detail altered", "UPDATE audit_events SET detail = '{\"kind\":\"jwt\"}' WHERE seq = 12", 12),
+        ("re-timed", "UPDATE audit_events SET time_ms = time_ms - 3600000 WHERE seq = 12", 12),
         ("deleted", "DELETE FROM audit_events WHERE seq = 12", 12),
         (
             "swapped",
@@ -121,6 +124,13 @@ async fn verification_names_the_first_altered_deleted_swapped_or_truncated_event
         assert_eq!(report["ok"], true, "untouched log must verify: {report}");
         assert_eq!(report["checkpoints_checked"], 1);
 
+        // The log refuses changes; an attacker with the file drops the
+        // guards first, and the chain still gives them away.
+        let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db_path().display())).await.unwrap();
+        assert!(sqlx::query("DELETE FROM audit_events WHERE seq = 3").execute(&mut db).await.is_err());
+        assert!(sqlx::query("UPDATE audit_events SET actor = 'x' WHERE seq = 3").execute(&mut db).await.is_err());
+        app.sql("DROP TRIGGER audit_events_no_update").await;
+        app.sql("DROP TRIGGER audit_events_no_delete").await;
         for statement in sql.split("; ") {
             app.sql(statement).await;
         }
@@ -175,6 +185,12 @@ async fn filters_match_exactly_resist_injection_and_paginate_once() {
         for field in ["system", "owner", "workload", "kind", "jti"] {
             let (status, page) =
                 app.api(Method::GET, &format!("/v1/audit/events?{field}={encoded}"), &auditor, None).await;
+            if field == "owner" {
+                // Not an owner id at all: refused outright.
+                assert_eq!(status, 400, "{field}={evil}");
+                assert_eq!(page["field"], "owner");
+                continue;
+            }
             assert_eq!(status, 200);
             assert_eq!(page["events"].as_array().unwrap().len(), 0, "{field}={evil} returned events");
         }

@@ -6,7 +6,6 @@
 //! path the group-commit writer shares one transaction among many appends.
 
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
-use time::format_description::well_known::Rfc3339;
 
 use super::*;
 use crate::audit::{AuditRecord, Checkpoint, GENESIS, chain_hash};
@@ -18,7 +17,9 @@ async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), sqlx::Error>
             .await?;
     Ok(match row {
         Some((seq, Some(hash))) => (seq, hash),
-        Some((seq, None)) => (seq, GENESIS.to_owned()),
+        // A head without a hash was tampered with after sealing: chain to
+        // nothing, so verification reports it rather than papering over it.
+        Some((seq, None)) => (seq, String::new()),
         None => (0, GENESIS.to_owned()),
     })
 }
@@ -94,10 +95,7 @@ fn record_from(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
     let c = corrupt("audit event");
     let time_ms: i64 = row.try_get("time_ms").map_err(&c)?;
     let detail: Option<String> = row.try_get("detail").map_err(&c)?;
-    let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default();
+    let time = crate::audit::rfc3339_ms(time_ms).unwrap_or_default();
     Ok(AuditRecord {
         seq: row.try_get("seq").map_err(&c)?,
         time,
@@ -126,12 +124,20 @@ fn record_from(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
 }
 
 impl SqliteStore {
-    /// Chains events written before the chain existed (older databases),
-    /// in sequence order. A no-op once every event carries a hash.
+    /// Chains events written before the chain existed, once: only while no
+    /// event carries a hash yet. Afterwards a missing hash is tampering, and
+    /// verification reports it.
     pub(super) async fn seal_unhashed(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(unavailable)?;
         let result = async {
+            let (chained,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE hash IS NOT NULL")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if chained > 0 {
+                return Ok(());
+            }
             let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM audit_events WHERE hash IS NULL ORDER BY seq"))
                 .fetch_all(&mut *conn)
                 .await

@@ -441,7 +441,12 @@ pub async fn systems(remote: &Remote, command: SystemsCommand) -> anyhow::Result
         }
         SystemsCommand::Expiring => {
             let v = c.call(Method::GET, "/v1/expiring", None).await?;
-            c.print(&v, |v| table(list(v, "deadlines"), &["due_at", "kind", "subject_id", "systems", "message"]));
+            c.print(&v, |v| {
+                table(list(v, "deadlines"), &["due_at", "kind", "subject_id", "systems", "message"]);
+                println!();
+                println!("Notices recorded:");
+                table(list(v, "notices"), &["created_at", "kind", "subject_id", "due_at", "message"]);
+            });
         }
     }
     Ok(())

@@ -140,7 +140,8 @@ pub fn promote(
                     Some(why) => check(role, false, why),
                 }
             }
-            let distinct = view.business_owner.id != view.technical_owner.id;
+            let distinct = view.business_owner.id != view.technical_owner.id
+                && !view.business_owner.email.eq_ignore_ascii_case(&view.technical_owner.email);
             check(
                 "distinct_owners",
                 distinct,

@@ -561,3 +561,35 @@ async fn revocation_jobs_resume_after_a_restart() {
     assert_eq!(app.scalar("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL").await, 1);
     assert_eq!(app.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'pending'").await, 0);
 }
+
+/// The commit-time check, deterministically: an issuance decided while the
+/// system was active reaches the store after a suspension committed.
+#[tokio::test]
+async fn an_issuance_decided_before_a_suspension_cannot_commit_after_it() {
+    use halflife::store::{AuditEvent, IssuanceLog, IssueOutcome, Outcome, RequestMeta};
+    let app = spawn_app().await;
+    let operator = app.admin_token(Role::Operator).await;
+    let (status, _) =
+        app.api(Method::POST, "/v1/systems/indexer/suspend", &operator, Some(json!({"reason": "drill"}))).await;
+    assert_eq!(status, 200);
+    let now = app.clock.now();
+    let issuance = halflife::store::Issuance {
+        jti: "late-jti".into(),
+        kind: halflife::domain::values::CredentialKind::Jwt,
+        system_id: halflife::domain::values::SystemId::parse("indexer").unwrap(),
+        grant_id: halflife::domain::values::GrantId::parse("indexer-spire").unwrap(),
+        issuer: "spire".into(),
+        subject: EC_SUBJECT.into(),
+        audience: "docs-api".into(),
+        scopes: String::new(),
+        iat: now,
+        exp: now + Duration::from_secs(300),
+        replay: None,
+        event: AuditEvent::new("credential.issued", Outcome::Success, now, &RequestMeta::default()),
+    };
+    let outcome = app.broker.log.record_issuance(issuance).await.unwrap();
+    assert_eq!(outcome, IssueOutcome::SystemStopped);
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM credentials WHERE jti = 'late-jti'").await, 0);
+    let denied = app.events("credential.denied").await;
+    assert!(denied.last().unwrap().reason.as_deref().unwrap().contains("stopped operating"));
+}

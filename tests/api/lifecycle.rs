@@ -566,7 +566,7 @@ async fn revocation_jobs_resume_after_a_restart() {
 /// system was active reaches the store after a suspension committed.
 #[tokio::test]
 async fn an_issuance_decided_before_a_suspension_cannot_commit_after_it() {
-    use halflife::store::{AuditEvent, IssuanceLog, IssueOutcome, Outcome, RequestMeta};
+    use halflife::store::{AuditEvent, IssueOutcome, Outcome, RequestMeta};
     let app = spawn_app().await;
     let operator = app.admin_token(Role::Operator).await;
     let (status, _) =

@@ -77,8 +77,10 @@ impl Broker {
     pub async fn verify_audit(&self, from: Option<i64>, to: Option<i64>) -> Result<VerifyReport, Unavailable> {
         let from = from.unwrap_or(1).max(1);
         let checkpoints = self.audit.checkpoints().await.map_err(Unavailable)?;
+        let relevant: Vec<Checkpoint> =
+            checkpoints.into_iter().filter(|c| c.seq >= from && to.is_none_or(|t| c.seq <= t)).collect();
         let jwks = self.keys.jwks();
-        for c in &checkpoints {
+        for c in &relevant {
             if let Err(why) = crate::audit::verify_checkpoint(c, jwks) {
                 return Ok(VerifyReport {
                     ok: false,
@@ -87,8 +89,6 @@ impl Broker {
                 });
             }
         }
-        let relevant: Vec<Checkpoint> =
-            checkpoints.into_iter().filter(|c| c.seq >= from && to.is_none_or(|t| c.seq <= t)).collect();
         let prev = if from == 1 {
             GENESIS.to_owned()
         } else {

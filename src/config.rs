@@ -529,9 +529,9 @@ impl Config {
             }
         }
         if let Some(url) = &self.lifecycle.webhook_url
-            && let Err(message) = check_jwks_uri(url)
+            && let Err(message) = check_https_url(url, "notices sent")
         {
-            problem("lifecycle.webhook_url", message.replace("keys fetched", "notices sent"));
+            problem("lifecycle.webhook_url", message);
         }
 
         let mut names = std::collections::HashSet::new();
@@ -567,7 +567,7 @@ impl Config {
                 (None, None) => problem(&key("jwks_uri"), "set jwks_uri or jwks_file".to_owned()),
                 (Some(_), Some(_)) => problem(&key("jwks_uri"), "set jwks_uri or jwks_file, not both".to_owned()),
                 (None, Some(uri)) => {
-                    if let Err(message) = check_jwks_uri(uri) {
+                    if let Err(message) = check_https_url(uri, "keys fetched") {
                         problem(&key("jwks_uri"), message);
                     }
                 }
@@ -593,13 +593,14 @@ impl Config {
     }
 }
 
-/// A JWKS URI must be HTTPS unless it points at the loopback interface.
-fn check_jwks_uri(uri: &Url) -> Result<(), String> {
+/// A URL must be HTTPS unless it points at the loopback interface; `what`
+/// names what would travel over it.
+fn check_https_url(uri: &Url, what: &str) -> Result<(), String> {
     match uri.scheme() {
         "https" => Ok(()),
         "http" if is_loopback_host(uri) => Ok(()),
         "http" => Err(format!(
-            "{uri} is plain http on a non-loopback host; keys fetched that way can be swapped in transit. Use https"
+            "{uri} is plain http on a non-loopback host; {what} that way can be read or swapped in transit. Use https"
         )),
         other => Err(format!("unsupported scheme {other:?}; use https")),
     }

@@ -48,14 +48,13 @@ impl Broker {
     pub async fn exchange(&self, request: ExchangeRequest, meta: &RequestMeta) -> Result<Issued, ExchangeError> {
         let now = self.clock.now();
         let token = request.subject_token.expose_secret();
-        let fingerprint = format!("sha256:{}", crypto::hex(&crypto::sha256(token.as_bytes())));
 
         let attestation = match self.verifier.verify(token, now).await {
             Ok(a) => a,
             Err(rejection) => {
                 let denial = Denial::with_reason(DenyCode::InvalidGrant, INVALID_SUBJECT_TOKEN, rejection.to_string());
                 let mut event = self.denial_event(&denial, &request.ask, now, meta);
-                event.attestation_id = Some(fingerprint);
+                event.attestation_id = Some(fingerprint(token));
                 return Err(self.deny(denial, event).await);
             }
         };
@@ -193,7 +192,7 @@ impl Broker {
     ) -> Result<(), Unavailable> {
         let mut event = AuditEvent::new("credential.denied", Outcome::Denied, self.clock.now(), meta);
         event.reason = Some(format!("{code}: {description}"));
-        event.attestation_id = subject_token.map(|t| format!("sha256:{}", crypto::hex(&crypto::sha256(t.as_bytes()))));
+        event.attestation_id = subject_token.map(fingerprint);
         self.log.record_event(event).await.map_err(Unavailable)
     }
 
@@ -240,6 +239,12 @@ fn fill_attestation(event: &mut AuditEvent, attestation: &Attestation, ctx: Opti
         event.grant_id = Some(ctx.grant.id.to_string());
         event.owners = Some(ctx.system.owners_label());
     }
+}
+
+/// How a token that could not be verified is named in the audit log: its
+/// SHA-256, never the token. Computed only on refusals, off the hot path.
+fn fingerprint(token: &str) -> String {
+    format!("sha256:{}", crypto::hex(&crypto::sha256(token.as_bytes())))
 }
 
 /// A UUIDv7 `jti` built from the injected clock: time-ordered (so its index

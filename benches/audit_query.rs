@@ -18,7 +18,7 @@ const EVENTS: i64 = 1_000_000;
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/bench.db", dir.path().display());
-    let store = SqliteStore::open(&url, Duration::from_secs(5), 4).await.unwrap();
+    let store = SqliteStore::open(&url, Duration::from_secs(5), 4, true).await.unwrap();
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
     let started = Instant::now();
     sqlx::query(&format!(

@@ -24,8 +24,10 @@ use crate::domain::policy::TtlPolicy;
 use crate::http::serve::{ServeOptions, serve, tls_acceptor};
 use crate::http::{AppState, Limits, metadata_document, router};
 use crate::keys::{Kek, KekSource, Keyring};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{ApplyReport, AuditEvent, CatalogStore, IssuanceLog, Outcome, RequestMeta};
+use crate::store::{
+    ApplyReport, AuditEvent, Backend, CatalogStore, Coordination, IssuanceLog, OpenOptions, Opened, Outcome,
+    RequestMeta,
+};
 
 /// How often the checkpoint writer looks at the audit head.
 const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
@@ -42,7 +44,8 @@ pub struct App {
     tls: Option<TlsAcceptor>,
     serve_options: ServeOptions,
     broker: Broker,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Backend>,
+    leader: Arc<dyn Coordination>,
     remote_issuers: Vec<(Arc<TrustedIssuer>, Duration)>,
     /// `None` when the caller drives lifecycle passes and checkpoints itself.
     lifecycle_tick: Option<Duration>,
@@ -96,10 +99,27 @@ pub async fn apply_file(
     store.apply(&catalog, actor, now, dry_run).await.with_context(|| format!("failed to apply {}", path.display()))
 }
 
-pub async fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(&config.database.url, config.database.busy_timeout.get(), config.database.max_connections)
-        .await
-        .with_context(|| format!("failed to open database {}", config.database.url))
+/// Opens the configured database; `migrate` applies pending migrations
+/// whatever `database.auto_migrate` says (`halflife migrate`).
+pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Opened> {
+    let options = OpenOptions {
+        url: config.database.url.clone(),
+        busy_timeout: config.database.busy_timeout.get(),
+        max_connections: config.database.max_connections,
+        auto_migrate: migrate || config.database.auto_migrate,
+    };
+    crate::store::open(&options).await.with_context(|| format!("failed to open database {}", redacted(&options.url)))
+}
+
+/// A database URL without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("REDACTED"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl App {
@@ -128,7 +148,7 @@ impl App {
         let keys = Keyring::load_or_create(&config.keys.dir, config.keys.algorithm, &kek, now)
             .context("failed to load signing keys")?;
 
-        let store = Arc::new(open_store(&config).await?);
+        let Opened { store, leader, .. } = open_store(&config, false).await?;
         if let Some(kid) = &keys.created {
             let mut event = AuditEvent::new("key.created", Outcome::Success, now, &RequestMeta::default());
             event.actor = Some("startup".into());
@@ -214,6 +234,7 @@ impl App {
             },
             broker,
             store,
+            leader,
             remote_issuers,
             lifecycle_tick: Some(config.lifecycle.tick.get()),
             checkpoints: CheckpointPolicy {
@@ -263,6 +284,7 @@ impl App {
         }));
         let broker = self.broker.clone();
         if let Some(tick) = self.lifecycle_tick {
+            let leader = Arc::clone(&self.leader);
             tasks.push(tokio::spawn(async move {
                 // The first pass runs at once, so a pilot that ended while the
                 // broker was down is suspended at start.
@@ -270,6 +292,9 @@ impl App {
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     interval.tick().await;
+                    if !leader.lead().await {
+                        continue;
+                    }
                     match broker.run_reaper_once(broker.clock.now()).await {
                         Ok(report) if !report.suspended.is_empty() => {
                             tracing::info!(?report, "lifecycle pass");
@@ -282,11 +307,15 @@ impl App {
                 }
             }));
             let broker = self.broker.clone();
+            let leader = Arc::clone(&self.leader);
             tasks.push(tokio::spawn(async move {
                 let mut interval = tokio::time::interval(tick);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     interval.tick().await;
+                    if !leader.lead().await {
+                        continue;
+                    }
                     if let Err(e) = broker.run_jobs_once(broker.clock.now()).await {
                         tracing::error!(error = %e.0, "running jobs failed; will retry next tick");
                     }
@@ -294,13 +323,24 @@ impl App {
             }));
             let broker = self.broker.clone();
             let policy = self.checkpoints;
+            let leader = Arc::clone(&self.leader);
             tasks.push(tokio::spawn(async move {
-                let mut state = broker.last_checkpoint().await.unwrap_or_default();
+                let mut state = None;
                 let mut interval = tokio::time::interval(CHECKPOINT_POLL);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     interval.tick().await;
-                    if let Err(e) = broker.checkpoint_if_due(&mut state, policy, broker.clock.now()).await {
+                    if !leader.lead().await {
+                        // Another replica writes checkpoints; read where it
+                        // got to when this one takes over.
+                        state = None;
+                        continue;
+                    }
+                    let state = match &mut state {
+                        Some(state) => state,
+                        None => state.insert(broker.last_checkpoint().await.unwrap_or_default()),
+                    };
+                    if let Err(e) = broker.checkpoint_if_due(state, policy, broker.clock.now()).await {
                         tracing::error!(error = %e.0, "writing an audit checkpoint failed; will retry");
                     }
                 }

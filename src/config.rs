@@ -170,18 +170,28 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// `sqlite://path/to/file.db` (created on first start).
+    /// `sqlite://path/to/file.db` (created on first start) or
+    /// `postgres://user@host:5432/db` (several replicas may share it).
     pub url: String,
-    /// How long a write waits for a lock held by another process before the
-    /// request fails with 503.
+    /// How long a write waits for a lock held by another process (SQLite)
+    /// or for a pooled connection (PostgreSQL) before the request fails
+    /// with 503. A write batch taking longer than twice this also fails.
     pub busy_timeout: HumanDuration,
     /// Read connections in the pool (writes go through one writer).
     pub max_connections: u32,
+    /// Apply pending migrations at start. With `false`, the broker refuses
+    /// to start while any is pending (run `halflife migrate` first).
+    pub auto_migrate: bool,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: "sqlite://data/halflife.db".to_owned(), busy_timeout: HumanDuration::secs(5), max_connections: 8 }
+        Self {
+            url: "sqlite://data/halflife.db".to_owned(),
+            busy_timeout: HumanDuration::secs(5),
+            max_connections: 8,
+            auto_migrate: true,
+        }
     }
 }
 
@@ -474,10 +484,10 @@ impl Config {
                 problem(key, "must be greater than zero".to_owned());
             }
         }
-        if !self.database.url.starts_with("sqlite:") {
+        if crate::store::BackendKind::of(&self.database.url).is_none() {
             problem(
                 "database.url",
-                "only sqlite:// URLs are supported by this build (e.g. sqlite://data/halflife.db)".to_owned(),
+                "must be sqlite://path (e.g. sqlite://data/halflife.db) or postgres://user@host/db".to_owned(),
             );
         }
         if self.database.max_connections == 0 {

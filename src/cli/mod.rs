@@ -14,7 +14,6 @@ use crate::app::{self, App};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, HumanDuration};
 use crate::domain::model::Role;
-use crate::store::CatalogStore;
 
 /// Default configuration file, relative to the working directory.
 pub const DEFAULT_CONFIG: &str = "config/halflife.toml";
@@ -212,22 +211,15 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
             app.run(app::shutdown_signal()).await
         }
         LocalCommand::Migrate => {
-            app::open_store(&config).await?;
-            eprintln!("database {} is up to date", config.database.url);
+            app::open_store(&config, true).await?;
+            eprintln!("database {} is up to date", app::redacted(&config.database.url));
             Ok(())
         }
         LocalCommand::Apply(args) => {
-            let store = app::open_store(&config).await?;
+            let store = app::open_store(&config, false).await?.store;
             let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
-            let report = app::apply_file(
-                &store as &dyn CatalogStore,
-                &config,
-                &args.file,
-                &actor,
-                SystemClock.now(),
-                args.dry_run,
-            )
-            .await?;
+            let report =
+                app::apply_file(store.as_ref(), &config, &args.file, &actor, SystemClock.now(), args.dry_run).await?;
             let verb = if args.dry_run { "would be " } else { "" };
             for item in &report.created {
                 println!("{verb}created  {item}");
@@ -271,10 +263,11 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
             if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
                 bail!("--name must be 1-128 printable characters");
             }
-            let store = app::open_store(&config).await?;
+            let store = app::open_store(&config, false).await?.store;
             let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
             let (record, token) =
-                crate::broker::admin::create_admin_token(&store, args.role, name, &actor, SystemClock.now()).await?;
+                crate::broker::admin::create_admin_token(store.as_ref(), args.role, name, &actor, SystemClock.now())
+                    .await?;
             eprintln!(
                 "created {} token {:?} (id {}); it is shown once and stored only as a hash:",
                 args.role, record.name, record.id

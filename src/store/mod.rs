@@ -3,11 +3,16 @@
 //! domain types.
 //!
 //! The write path is shaped for group commit: callers hand a record to the
-//! store and wait for the commit that contains it. The SQLite backend runs
-//! one writer task that gathers concurrent records into one transaction.
+//! store and wait for the commit that contains it. Each backend runs one
+//! writer task that gathers concurrent records into one transaction.
+//!
+//! Two backends share one body of SQL (`sql/`): SQLite, embedded, for one
+//! node; PostgreSQL for several replicas. `database.url` picks one.
 
+pub mod postgres;
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -492,4 +497,100 @@ pub trait CheckpointStore: Send + Sync {
 pub trait Health: Send + Sync {
     /// A cheap round trip proving the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Singleton background work (lifecycle reaper, jobs, audit checkpoints)
+/// runs on one replica at a time: the one that leads.
+#[async_trait]
+pub trait Coordination: Send + Sync {
+    /// Whether this process leads now. Called before each pass; a replica
+    /// that stops leading (its database session ended) answers `false`.
+    async fn lead(&self) -> bool;
+}
+
+/// Every capability of a store, for the composition root.
+pub trait Backend:
+    PolicyStore
+    + IssuanceLog
+    + CredentialStore
+    + AdminTokenStore
+    + CatalogStore
+    + LifecycleStore
+    + JobStore
+    + AuditReader
+    + CheckpointStore
+    + Health
+{
+}
+
+impl<T> Backend for T where
+    T: PolicyStore
+        + IssuanceLog
+        + CredentialStore
+        + AdminTokenStore
+        + CatalogStore
+        + LifecycleStore
+        + JobStore
+        + AuditReader
+        + CheckpointStore
+        + Health
+{
+}
+
+/// Which backend a `database.url` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+impl BackendKind {
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub url: String,
+    /// SQLite: how long a write waits for another process's lock.
+    /// PostgreSQL: how long to wait for a pooled connection. Both: a write
+    /// batch that takes longer than twice this fails with 503.
+    pub busy_timeout: Duration,
+    pub max_connections: u32,
+    /// Apply pending migrations; when false, refuse to open while any is
+    /// pending.
+    pub auto_migrate: bool,
+}
+
+/// An open store and the leadership that goes with it.
+pub struct Opened {
+    pub store: Arc<dyn Backend>,
+    pub leader: Arc<dyn Coordination>,
+    pub kind: BackendKind,
+}
+
+/// Opens the database `options.url` names.
+pub async fn open(options: &OpenOptions) -> Result<Opened, StoreError> {
+    let (url, timeout, max) = (options.url.as_str(), options.busy_timeout, options.max_connections);
+    match BackendKind::of(url) {
+        Some(BackendKind::Sqlite) => Ok(Opened {
+            store: Arc::new(sqlite::SqliteStore::open(url, timeout, max, options.auto_migrate).await?),
+            leader: Arc::new(sqlite::SoleLeader),
+            kind: BackendKind::Sqlite,
+        }),
+        Some(BackendKind::Postgres) => Ok(Opened {
+            store: Arc::new(postgres::PgStore::open(url, timeout, max, options.auto_migrate).await?),
+            leader: Arc::new(postgres::PgLeader::new(url, timeout)?),
+            kind: BackendKind::Postgres,
+        }),
+        None => Err(StoreError::Unavailable("database.url must start with sqlite:// or postgres://".into())),
+    }
 }

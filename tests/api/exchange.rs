@@ -4,7 +4,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn rs256_attestation_gets_a_scoped_short_lived_jwt() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let attestation = app.rsa.token(RSA_SUBJECT, app.now());
     let body = app.exchange_ok(&attestation, &[]).await;
 
@@ -47,7 +47,7 @@ async fn rs256_attestation_gets_a_scoped_short_lived_jwt() {
 
 #[tokio::test]
 async fn es256_attestation_with_explicit_audience_scope_and_ttl() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let attestation = app.ec.token(EC_SUBJECT, app.now());
     let body = app
         .exchange_ok(
@@ -66,7 +66,7 @@ async fn es256_attestation_with_explicit_audience_scope_and_ttl() {
 
 #[tokio::test]
 async fn requested_jwt_type_is_echoed_and_id_token_subjects_are_accepted() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let attestation = app.rsa.token(RSA_SUBJECT, app.now());
     let response = app
         .client
@@ -88,7 +88,7 @@ async fn requested_jwt_type_is_echoed_and_id_token_subjects_are_accepted() {
 
 #[tokio::test]
 async fn reusable_issuer_accepts_the_same_token_twice() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let attestation = app.rsa.token(RSA_SUBJECT, app.now());
     let first = app.exchange_ok(&attestation, &[]).await;
     let second = app.exchange_ok(&attestation, &[]).await;
@@ -100,7 +100,7 @@ async fn reusable_issuer_accepts_the_same_token_twice() {
 
 #[tokio::test]
 async fn expiry_never_passes_the_pilot_end() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     // The pilot ends 30 days after creation; move to 2 minutes before.
     app.clock.advance(std::time::Duration::from_secs(30 * 86400 - 120));
     let attestation = app.rsa.token(RSA_SUBJECT, app.now());
@@ -110,7 +110,7 @@ async fn expiry_never_passes_the_pilot_end() {
 
 #[tokio::test]
 async fn concurrent_exchanges_each_get_a_committed_record() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let tasks = app.spawn_exchanges(40);
     let mut jtis = Vec::new();
     for t in tasks {

@@ -1,5 +1,9 @@
-//! Test harness: real server on a random port, fresh SQLite database, test
+//! Test harness: real server on a random port, a fresh database, test
 //! attestation issuers with keys created per test, and a manual clock.
+//!
+//! The same tests run against both backends: the `api` binary on SQLite,
+//! the `api_postgres` binary (same sources) on a database of its own per
+//! test on the PostgreSQL server `HALFLIFE_TEST_DATABASE_URL` names.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,7 +19,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::rand::SystemRandom;
 use ring::signature::{self as rsig, KeyPair};
 use serde_json::{Value, json};
-use sqlx::Connection;
+use sqlx::{Connection, PgConnection, SqliteConnection};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -194,6 +198,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: ManualClock,
     pub dir: TempDir,
+    pub db: Arc<TestDb>,
     pub rsa: Arc<TestIssuer>,
     pub ec: Arc<TestIssuer>,
     pub broker: halflife::broker::Broker,
@@ -217,12 +222,106 @@ pub fn kek_b64() -> String {
     base64::engine::general_purpose::STANDARD.encode([42u8; 32])
 }
 
-pub async fn spawn_app() -> TestApp {
+/// The backend this test binary runs on.
+pub fn postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "api_postgres"
+}
+
+/// A PostgreSQL database created for one test and dropped with it.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates an empty database, or `None` (with the reason printed) when
+    /// `HALFLIFE_TEST_DATABASE_URL` is not set.
+    pub async fn create() -> Option<Self> {
+        let Ok(admin_url) = std::env::var("HALFLIFE_TEST_DATABASE_URL") else {
+            eprintln!(
+                "skipped: HALFLIFE_TEST_DATABASE_URL is not set (PostgreSQL tests need a server; .ci/run sets it)"
+            );
+            return None;
+        };
+        let name = format!("halflife_t_{}", hex8(&halflife::crypto::random_bytes::<8>().unwrap()));
+        let mut admin = PgConnection::connect(&admin_url).await.expect("HALFLIFE_TEST_DATABASE_URL must be reachable");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&format!("/{name}"));
+        Some(Self { url: url.to_string(), admin_url, name })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs outside async code: use a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Where a test's data lives.
+pub enum TestDb {
+    Sqlite(PathBuf),
+    Postgres(TestDatabase),
+}
+
+impl TestDb {
+    pub async fn create(dir: &Path) -> Option<Self> {
+        if postgres() {
+            TestDatabase::create().await.map(Self::Postgres)
+        } else {
+            Some(Self::Sqlite(dir.join("halflife.db")))
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Self::Postgres(db) => db.url.clone(),
+        }
+    }
+}
+
+/// A connection to a test's database from outside the server.
+pub enum RawDb {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl RawDb {
+    pub async fn execute(&mut self, statement: &str) -> Result<u64, sqlx::Error> {
+        Ok(match self {
+            Self::Sqlite(c) => sqlx::query(statement).execute(c).await?.rows_affected(),
+            Self::Postgres(c) => sqlx::query(statement).execute(c).await?.rows_affected(),
+        })
+    }
+
+    pub async fn scalar(&mut self, query: &str) -> i64 {
+        match self {
+            Self::Sqlite(c) => sqlx::query_scalar(query).fetch_one(c).await.unwrap(),
+            Self::Postgres(c) => sqlx::query_scalar(query).fetch_one(c).await.unwrap(),
+        }
+    }
+}
+
+pub async fn spawn_app() -> Option<TestApp> {
     spawn_with(Options::default()).await
 }
 
-pub async fn spawn_with(options: Options) -> TestApp {
+pub async fn spawn_with(options: Options) -> Option<TestApp> {
     let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create(dir.path()).await?;
     let rsa = TestIssuer::rsa(RSA_ISS);
     let ec = TestIssuer::ec(EC_ISS);
     std::fs::write(dir.path().join("k8s.jwks"), rsa.jwks().to_string()).unwrap();
@@ -237,7 +336,7 @@ header_read_timeout = "1s"
 max_body_bytes = 16384
 
 [database]
-url = "sqlite://{d}/halflife.db"
+url = "{db_url}"
 busy_timeout = "{busy}"
 
 [keys]
@@ -268,17 +367,19 @@ max_token_age = "1h"
 {extra}
 "#,
         busy = options.busy_timeout,
+        db_url = db.url(),
         kek = kek_b64(),
         alg = options.algorithm,
         extra = options.extra_config,
     );
-    start(text, ManualClock::starting_now(), dir, Arc::new(rsa), Arc::new(ec)).await
+    Some(start(text, ManualClock::starting_now(), dir, Arc::new(db), Arc::new(rsa), Arc::new(ec)).await)
 }
 
 async fn start(
     config_text: String,
     clock: ManualClock,
     dir: TempDir,
+    db: Arc<TestDb>,
     rsa: Arc<TestIssuer>,
     ec: Arc<TestIssuer>,
 ) -> TestApp {
@@ -301,6 +402,7 @@ async fn start(
         client: reqwest::Client::new(),
         clock,
         dir,
+        db,
         rsa,
         ec,
         broker,
@@ -321,7 +423,8 @@ impl TestApp {
             let _ = task.await;
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        start(self.config_text.clone(), self.clock.clone(), dir, self.rsa.clone(), self.ec.clone()).await
+        start(self.config_text.clone(), self.clock.clone(), dir, self.db.clone(), self.rsa.clone(), self.ec.clone())
+            .await
     }
 }
 
@@ -330,8 +433,8 @@ impl TestApp {
         self.clock.now().unix_timestamp()
     }
 
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("halflife.db")
+    pub fn db_url(&self) -> String {
+        self.db.url()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -413,13 +516,21 @@ impl TestApp {
 
     /// Executes SQL against the database from another connection.
     pub async fn sql(&self, statement: &str) {
-        let mut db = self.db().await;
-        sqlx::query(statement).execute(&mut db).await.unwrap();
+        self.raw().await.execute(statement).await.unwrap();
     }
 
     pub async fn scalar(&self, query: &str) -> i64 {
-        let mut db = self.db().await;
-        sqlx::query_scalar(query).fetch_one(&mut db).await.unwrap()
+        self.raw().await.scalar(query).await
+    }
+
+    /// A connection to the database, from outside the server.
+    pub async fn raw(&self) -> RawDb {
+        match self.db.as_ref() {
+            TestDb::Sqlite(path) => {
+                RawDb::Sqlite(SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap())
+            }
+            TestDb::Postgres(db) => RawDb::Postgres(PgConnection::connect(&db.url).await.unwrap()),
+        }
     }
 
     pub async fn introspect(&self, admin: &str, token: &str) -> Value {
@@ -435,33 +546,33 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
-    async fn db(&self) -> sqlx::SqliteConnection {
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.db_path().display())).await.unwrap()
-    }
-
     /// Audit events of `kind`, oldest first, as (reason, jti, attestation_id, system_id).
     pub async fn events(&self, kind: &str) -> Vec<AuditRow> {
-        let mut db = self.db().await;
-        sqlx::query_as::<_, AuditRow>(
-            "SELECT reason, jti, attestation_id, system_id, subject, source, request_id \
-             FROM audit_events WHERE kind = ? ORDER BY seq",
-        )
-        .bind(kind)
-        .fetch_all(&mut db)
-        .await
-        .unwrap()
+        const SQL: &str = "SELECT reason, jti, attestation_id, system_id, subject, source, request_id \
+             FROM audit_events WHERE kind = $1 ORDER BY seq";
+        match self.raw().await {
+            RawDb::Sqlite(mut c) => sqlx::query_as(SQL).bind(kind).fetch_all(&mut c).await.unwrap(),
+            RawDb::Postgres(mut c) => sqlx::query_as(SQL).bind(kind).fetch_all(&mut c).await.unwrap(),
+        }
     }
 
     pub async fn credential_count(&self) -> i64 {
-        let mut db = self.db().await;
-        sqlx::query_scalar("SELECT COUNT(*) FROM credentials").fetch_one(&mut db).await.unwrap()
+        self.scalar("SELECT COUNT(*) FROM credentials").await
     }
 
-    /// Holds SQLite's write lock from another connection until dropped
-    /// (the database is "unavailable" for writers meanwhile).
-    pub async fn lock_database(&self) -> sqlx::SqliteConnection {
-        let mut db = self.db().await;
-        sqlx::query("BEGIN EXCLUSIVE").execute(&mut db).await.unwrap();
+    /// Holds the database's write lock from another connection until
+    /// dropped (the database is "unavailable" for writers meanwhile).
+    pub async fn lock_database(&self) -> RawDb {
+        let mut db = self.raw().await;
+        match &mut db {
+            RawDb::Sqlite(c) => {
+                sqlx::query("BEGIN EXCLUSIVE").execute(c).await.unwrap();
+            }
+            RawDb::Postgres(c) => {
+                sqlx::query("BEGIN").execute(&mut *c).await.unwrap();
+                sqlx::query("LOCK TABLE audit_events IN EXCLUSIVE MODE").execute(c).await.unwrap();
+            }
+        }
         db
     }
 }

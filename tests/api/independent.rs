@@ -42,7 +42,7 @@ async fn pyjwt_verifies_eddsa_tokens() {
     if !pyjwt_available() {
         return;
     }
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     let claims = check_with_pyjwt(&app, "reports-api", body["access_token"].as_str().unwrap()).await;
     assert_eq!(claims["sub"], RSA_SUBJECT);
@@ -54,7 +54,7 @@ async fn pyjwt_verifies_es256_tokens() {
     if !pyjwt_available() {
         return;
     }
-    let app = spawn_with(Options { algorithm: "ES256", ..Options::default() }).await;
+    let Some(app) = spawn_with(Options { algorithm: "ES256", ..Options::default() }).await else { return };
     let body = app.exchange_ok(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
     let (header, _) = parts(body["access_token"].as_str().unwrap());
     assert_eq!(header["alg"], "ES256");

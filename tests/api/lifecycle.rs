@@ -49,7 +49,7 @@ async fn state_of(app: &TestApp, operator: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn ended_pilot_is_suspended_and_its_credentials_revoked_by_one_pass() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     let introspector = app.admin_token(Role::Introspector).await;
     let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[("requested_ttl", "900")]).await;
@@ -99,7 +99,7 @@ async fn ended_pilot_is_suspended_and_its_credentials_revoked_by_one_pass() {
 
 #[tokio::test]
 async fn a_departed_owner_suspends_exactly_their_systems() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     let introspector = app.admin_token(Role::Introspector).await;
     other_system(&app, &operator, "bystander", 60 * DAY).await;
@@ -131,7 +131,7 @@ async fn a_departed_owner_suspends_exactly_their_systems() {
 
 #[tokio::test]
 async fn a_lapsed_recertification_suspends_that_owners_systems_only() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     // Thirty days in, a second pair of owners arrives with their own system.
     app.clock.advance(30 * DAY);
@@ -155,7 +155,7 @@ async fn a_lapsed_recertification_suspends_that_owners_systems_only() {
 #[tokio::test]
 async fn revoking_a_system_writes_the_same_whatever_it_holds() {
     for outstanding in [10i64, 10_000] {
-        let app = spawn_app().await;
+        let Some(app) = spawn_app().await else { return };
         let operator = app.admin_token(Role::Operator).await;
         let introspector = app.admin_token(Role::Introspector).await;
         let body = app.exchange_ok(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
@@ -199,7 +199,7 @@ async fn revoking_a_system_writes_the_same_whatever_it_holds() {
 
 #[tokio::test]
 async fn the_promotion_gate_names_each_missing_condition() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     let owner_operator = {
         use secrecy::ExposeSecret;
@@ -266,7 +266,7 @@ async fn the_promotion_gate_names_each_missing_condition() {
 
 #[tokio::test]
 async fn reinstatement_keeps_old_credentials_revoked() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     let introspector = app.admin_token(Role::Introspector).await;
     let old =
@@ -302,7 +302,7 @@ async fn reinstatement_keeps_old_credentials_revoked() {
 
 #[tokio::test]
 async fn revocation_by_workload_jti_and_owner_reports_counts() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     let introspector = app.admin_token(Role::Introspector).await;
     let mut tokens = Vec::new();
@@ -353,7 +353,7 @@ async fn revocation_by_workload_jti_and_owner_reports_counts() {
 
 #[tokio::test]
 async fn roles_are_enforced_and_refusals_recorded() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let auditor = app.admin_token(Role::Auditor).await;
     let introspector = app.admin_token(Role::Introspector).await;
 
@@ -386,7 +386,7 @@ async fn roles_are_enforced_and_refusals_recorded() {
 
 #[tokio::test]
 async fn validation_errors_name_the_field() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     for (body, field) in [
         (
@@ -451,7 +451,7 @@ async fn validation_errors_name_the_field() {
 
 #[tokio::test]
 async fn suspension_racing_exchanges_leaves_nothing_active() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     let introspector = app.admin_token(Role::Introspector).await;
     let tasks = app.spawn_exchanges(100);
@@ -507,11 +507,14 @@ async fn notices_warn_ahead_once_and_failing_webhooks_are_retried_and_visible() 
     let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
 
-    let app = spawn_with(Options {
+    let Some(app) = spawn_with(Options {
         extra_config: format!("[lifecycle]\nnotice_window = \"7d\"\nwebhook_url = \"{hook_url}\"\n"),
         ..Options::default()
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let operator = app.admin_token(Role::Operator).await;
     app.clock.advance(24 * DAY); // summarizer's pilot ends in 6 days
     let report = app.reap().await;
@@ -543,7 +546,7 @@ async fn notices_warn_ahead_once_and_failing_webhooks_are_retried_and_visible() 
 
 #[tokio::test]
 async fn revocation_jobs_resume_after_a_restart() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     let token = body["access_token"].as_str().unwrap().to_owned();
@@ -567,7 +570,7 @@ async fn revocation_jobs_resume_after_a_restart() {
 #[tokio::test]
 async fn an_issuance_decided_before_a_suspension_cannot_commit_after_it() {
     use halflife::store::{AuditEvent, IssueOutcome, Outcome, RequestMeta};
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     let (status, _) =
         app.api(Method::POST, "/v1/systems/indexer/suspend", &operator, Some(json!({"reason": "drill"}))).await;

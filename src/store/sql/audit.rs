@@ -1,16 +1,16 @@
-//! The hash-chained audit log on SQLite.
-//!
-//! Appends happen inside write transactions, and SQLite has one writer at a
-//! time, so reading the head and appending after it keeps one linear chain
-//! however many requests (or processes) write concurrently. On the request
-//! path the group-commit writer shares one transaction among many appends.
+// The hash-chained audit log.
+//
+// Appends happen inside write transactions, and writers commit one at a time
+// (see `begin_write`), so reading the head and appending after it keeps one
+// linear chain however many requests, processes or replicas write
+// concurrently. On the request path the group-commit writer shares one
+// transaction among many appends.
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::QueryBuilder;
 
-use super::*;
 use crate::audit::{AuditRecord, Checkpoint, GENESIS, chain_hash};
 
-async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), sqlx::Error> {
+async fn head(conn: &mut Conn) -> Result<(i64, String), sqlx::Error> {
     let row: Option<(i64, Option<String>)> =
         sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *conn)
@@ -26,7 +26,7 @@ async fn head(conn: &mut SqliteConnection) -> Result<(i64, String), sqlx::Error>
 
 /// Appends `e` after the current head, chained to it. Must run inside a
 /// write transaction.
-pub(super) async fn insert_event(conn: &mut SqliteConnection, e: &AuditEvent) -> Result<(), sqlx::Error> {
+pub(super) async fn insert_event(conn: &mut Conn, e: &AuditEvent) -> Result<(), sqlx::Error> {
     let (last, prev_hash) = head(conn).await?;
     let seq = last + 1;
     let time_ms = i64::try_from(e.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
@@ -59,7 +59,7 @@ pub(super) async fn insert_event(conn: &mut SqliteConnection, e: &AuditEvent) ->
     sqlx::query(
         "INSERT INTO audit_events (seq, time_ms, kind, outcome, reason, actor, system_id, owners, grant_id, jti, \
          request_id, source, attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail, \
-         prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
     )
     .bind(record.seq)
     .bind(record.time_ms)
@@ -91,7 +91,7 @@ pub(super) async fn insert_event(conn: &mut SqliteConnection, e: &AuditEvent) ->
 const COLUMNS: &str = "seq, time_ms, kind, outcome, reason, actor, system_id, owners, grant_id, jti, request_id, \
     source, attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail, prev_hash, hash";
 
-fn record_from(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
     let c = corrupt("audit event");
     let time_ms: i64 = row.try_get("time_ms").map_err(&c)?;
     let detail: Option<String> = row.try_get("detail").map_err(&c)?;
@@ -123,13 +123,13 @@ fn record_from(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
     })
 }
 
-impl SqliteStore {
+impl Store {
     /// Chains events written before the chain existed, once: only while no
     /// event carries a hash yet. Afterwards a missing hash is tampering, and
     /// verification reports it.
     pub(super) async fn seal_unhashed(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(unavailable)?;
+        begin_write(&mut conn).await.map_err(unavailable)?;
         let result = async {
             let (chained,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE hash IS NOT NULL")
                 .fetch_one(&mut *conn)
@@ -145,14 +145,14 @@ impl SqliteStore {
             for row in &rows {
                 let mut record = record_from(row)?;
                 let prev: Option<(Option<String>,)> =
-                    sqlx::query_as("SELECT hash FROM audit_events WHERE seq < ? ORDER BY seq DESC LIMIT 1")
+                    sqlx::query_as("SELECT hash FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT 1")
                         .bind(record.seq)
                         .fetch_optional(&mut *conn)
                         .await
                         .map_err(unavailable)?;
                 record.prev_hash = prev.and_then(|(h,)| h).unwrap_or_else(|| GENESIS.to_owned());
                 record.hash = chain_hash(&record.prev_hash, &record.canonical());
-                sqlx::query("UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?")
+                sqlx::query("UPDATE audit_events SET prev_hash = $1, hash = $2 WHERE seq = $3")
                     .bind(&record.prev_hash)
                     .bind(&record.hash)
                     .bind(record.seq)
@@ -169,7 +169,7 @@ impl SqliteStore {
     }
 }
 
-fn push_filter(q: &mut QueryBuilder<'_, Sqlite>, filter: &AuditFilter, after: Option<i64>) {
+fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, after: Option<i64>) {
     q.push(" WHERE 1 = 1");
     if let Some(v) = &filter.system {
         q.push(" AND system_id = ").push_bind(v.clone());
@@ -177,7 +177,7 @@ fn push_filter(q: &mut QueryBuilder<'_, Sqlite>, filter: &AuditFilter, after: Op
     if let Some(v) = &filter.owner {
         // Whole-word match in the space-separated owners, without LIKE, so
         // '%' and '_' in the value are plain characters.
-        q.push(" AND instr(' ' || owners || ' ', ").push_bind(format!(" {v} ")).push(") > 0");
+        q.push(format!(" AND {CONTAINS_FN}(' ' || owners || ' ', ")).push_bind(format!(" {v} ")).push(") > 0");
     }
     if let Some(v) = &filter.workload {
         q.push(" AND subject = ").push_bind(v.clone());
@@ -189,7 +189,7 @@ fn push_filter(q: &mut QueryBuilder<'_, Sqlite>, filter: &AuditFilter, after: Op
         match v.strip_suffix('*') {
             Some(prefix) => {
                 q.push(" AND substr(kind, 1, ")
-                    .push_bind(i64::try_from(prefix.len()).unwrap_or(0))
+                    .push_bind(i32::try_from(prefix.len()).unwrap_or(0))
                     .push(") = ")
                     .push_bind(prefix.to_owned());
             }
@@ -222,14 +222,14 @@ fn push_filter(q: &mut QueryBuilder<'_, Sqlite>, filter: &AuditFilter, after: Op
 }
 
 #[async_trait]
-impl AuditReader for SqliteStore {
+impl AuditReader for Store {
     async fn audit_events(
         &self,
         filter: &AuditFilter,
         after: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM audit_events"));
+        let mut q = QueryBuilder::<Db>::new(format!("SELECT {COLUMNS} FROM audit_events"));
         push_filter(&mut q, filter, after);
         q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
         let rows = q.build().fetch_all(&self.pool).await.map_err(unavailable)?;
@@ -237,7 +237,7 @@ impl AuditReader for SqliteStore {
     }
 
     async fn audit_hash(&self, seq: i64) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT hash FROM audit_events WHERE seq = ?")
+        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT hash FROM audit_events WHERE seq = $1")
             .bind(seq)
             .fetch_optional(&self.pool)
             .await
@@ -269,7 +269,7 @@ impl AuditReader for SqliteStore {
              c.exp, c.revoked_at, c.revoked_reason, s.revoked_through AS system_revoked_through, \
              COALESCE(w.revoked_through, 0) AS workload_revoked_through \
              FROM credentials c JOIN systems s ON s.id = c.system_id \
-             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject WHERE c.jti = ?",
+             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject WHERE c.jti = $1",
         )
         .bind(jti)
         .fetch_optional(&self.pool)
@@ -306,9 +306,9 @@ impl AuditReader for SqliteStore {
 }
 
 #[async_trait]
-impl CheckpointStore for SqliteStore {
+impl CheckpointStore for Store {
     async fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, time, signature) VALUES (?, ?, ?, ?) ON CONFLICT (seq) DO NOTHING")
+        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, time, signature) VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO NOTHING")
             .bind(checkpoint.seq)
             .bind(&checkpoint.hash)
             .bind(&checkpoint.time)

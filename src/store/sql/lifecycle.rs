@@ -1,25 +1,23 @@
-//! Systems, owners, grants, revocation epochs, jobs and notices on SQLite.
-//!
-//! Every operator write runs in one `BEGIN IMMEDIATE` transaction together
-//! with its audit event. SQLite has one writer at a time, so an epoch read
-//! as `MAX(credentials.id)` inside such a transaction covers exactly the
-//! credentials committed before it: none can slip in between.
+// Systems, owners, grants, revocation epochs, jobs and notices.
+//
+// Every operator write runs in one write transaction (see `begin_write`)
+// together with its audit event. Writers commit one at a time, so an epoch
+// read as `MAX(credentials.id)` inside such a transaction covers exactly the
+// credentials committed before it: none can slip in between.
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Sqlite, SqliteConnection};
 
-use super::*;
 use crate::domain::lifecycle::SystemView;
 
-/// Runs `work` inside `BEGIN IMMEDIATE … COMMIT` on a pool connection.
-async fn write_tx<T, F>(store: &SqliteStore, work: F) -> Result<T, StoreError>
+/// Runs `work` inside a write transaction on a pool connection.
+pub(super) async fn write_tx<T, F>(store: &Store, work: F) -> Result<T, StoreError>
 where
     F: for<'c> FnOnce(
-        &'c mut SqliteConnection,
+        &'c mut Conn,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'c>>,
 {
-    let mut conn: PoolConnection<Sqlite> = store.pool.acquire().await.map_err(unavailable)?;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(unavailable)?;
+    let mut conn: PoolConnection<Db> = store.pool.acquire().await.map_err(unavailable)?;
+    begin_write(&mut conn).await.map_err(unavailable)?;
     let result = work(&mut conn).await;
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     let ended = sqlx::query(end).execute(&mut *conn).await.map_err(unavailable);
@@ -29,7 +27,7 @@ where
     }
 }
 
-fn system_view_from(row: &SqliteRow) -> Result<SystemView, StoreError> {
+fn system_view_from(row: &DbRow) -> Result<SystemView, StoreError> {
     let grants: i64 = row.try_get("grant_count").map_err(corrupt("system"))?;
     Ok(SystemView {
         system: system_from(row)?,
@@ -47,8 +45,8 @@ fn system_query(filter: &str) -> String {
     )
 }
 
-async fn owner_exists(conn: &mut SqliteConnection, id: &str) -> Result<bool, StoreError> {
-    let found: Option<(String,)> = sqlx::query_as("SELECT id FROM owners WHERE id = ?")
+async fn owner_exists(conn: &mut Conn, id: &str) -> Result<bool, StoreError> {
+    let found: Option<(String,)> = sqlx::query_as("SELECT id FROM owners WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await
@@ -56,11 +54,11 @@ async fn owner_exists(conn: &mut SqliteConnection, id: &str) -> Result<bool, Sto
     Ok(found.is_some())
 }
 
-async fn enqueue(conn: &mut SqliteConnection, job: &JobSpec, now: i64) -> Result<(), StoreError> {
+async fn enqueue(conn: &mut Conn, job: &JobSpec, now: i64) -> Result<(), StoreError> {
     let payload = serde_json::to_string(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
         "INSERT INTO jobs (kind, payload, state, attempts, next_attempt_at, created_at, updated_at) \
-         VALUES (?, ?, 'pending', 0, ?, ?, ?)",
+         VALUES ($1, $2, 'pending', 0, $3, $4, $5)",
     )
     .bind(job.kind())
     .bind(payload)
@@ -77,7 +75,7 @@ async fn enqueue(conn: &mut SqliteConnection, job: &JobSpec, now: i64) -> Result
 /// active credentials that covers, and queues the row-marking job. Writes
 /// two rows whatever the number of credentials.
 async fn raise_epoch(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     target: &RevokeTarget,
     reason: &str,
     now: OffsetDateTime,
@@ -88,7 +86,7 @@ async fn raise_epoch(
         .map_err(unavailable)?;
     let revoked: i64 = match target {
         RevokeTarget::System { system_id } => {
-            let (old,): (i64,) = sqlx::query_as("SELECT revoked_through FROM systems WHERE id = ?")
+            let (old,): (i64,) = sqlx::query_as("SELECT revoked_through FROM systems WHERE id = $1")
                 .bind(system_id)
                 .fetch_optional(&mut *conn)
                 .await
@@ -97,7 +95,7 @@ async fn raise_epoch(
             let (count,): (i64,) = sqlx::query_as(
                 "SELECT COUNT(*) FROM credentials c \
                  LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
-                 WHERE c.system_id = ? AND c.exp > ? AND c.id > ? AND c.id <= ? AND c.revoked_at IS NULL \
+                 WHERE c.system_id = $1 AND c.exp > $2 AND c.id > $3 AND c.id <= $4 AND c.revoked_at IS NULL \
                  AND c.id > COALESCE(w.revoked_through, 0)",
             )
             .bind(system_id)
@@ -107,7 +105,7 @@ async fn raise_epoch(
             .fetch_one(&mut *conn)
             .await
             .map_err(unavailable)?;
-            sqlx::query("UPDATE systems SET revoked_through = ? WHERE id = ?")
+            sqlx::query("UPDATE systems SET revoked_through = $1 WHERE id = $2")
                 .bind(through)
                 .bind(system_id)
                 .execute(&mut *conn)
@@ -117,7 +115,7 @@ async fn raise_epoch(
         }
         RevokeTarget::Workload { issuer, subject } => {
             let old: Option<(i64,)> =
-                sqlx::query_as("SELECT revoked_through FROM workload_revocations WHERE issuer = ? AND subject = ?")
+                sqlx::query_as("SELECT revoked_through FROM workload_revocations WHERE issuer = $1 AND subject = $2")
                     .bind(issuer)
                     .bind(subject)
                     .fetch_optional(&mut *conn)
@@ -126,7 +124,7 @@ async fn raise_epoch(
             let old = old.map_or(0, |(o,)| o);
             let (count,): (i64,) = sqlx::query_as(
                 "SELECT COUNT(*) FROM credentials c JOIN systems s ON s.id = c.system_id \
-                 WHERE c.issuer = ? AND c.subject = ? AND c.exp > ? AND c.id > ? AND c.id <= ? \
+                 WHERE c.issuer = $1 AND c.subject = $2 AND c.exp > $3 AND c.id > $4 AND c.id <= $5 \
                  AND c.revoked_at IS NULL AND c.id > s.revoked_through",
             )
             .bind(issuer)
@@ -138,7 +136,7 @@ async fn raise_epoch(
             .await
             .map_err(unavailable)?;
             sqlx::query(
-                "INSERT INTO workload_revocations (issuer, subject, revoked_through) VALUES (?, ?, ?) \
+                "INSERT INTO workload_revocations (issuer, subject, revoked_through) VALUES ($1, $2, $3) \
                  ON CONFLICT (issuer, subject) DO UPDATE SET revoked_through = excluded.revoked_through",
             )
             .bind(issuer)
@@ -166,7 +164,7 @@ fn with_count(mut event: AuditEvent, outcome: &RevocationOutcome) -> AuditEvent 
     event
 }
 
-fn job_from(row: &SqliteRow) -> Result<Job, StoreError> {
+fn job_from(row: &DbRow) -> Result<Job, StoreError> {
     let payload: String = row.try_get("payload").map_err(corrupt("job"))?;
     Ok(Job {
         id: row.try_get("id").map_err(corrupt("job"))?,
@@ -185,14 +183,14 @@ fn to_json_list(items: impl Iterator<Item = String>) -> String {
 }
 
 #[async_trait]
-impl LifecycleStore for SqliteStore {
+impl LifecycleStore for Store {
     async fn list_systems(&self) -> Result<Vec<SystemView>, StoreError> {
         let rows = sqlx::query(&system_query("")).fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(system_view_from).collect()
     }
 
     async fn system(&self, id: &SystemId) -> Result<Option<SystemView>, StoreError> {
-        let row = sqlx::query(&system_query("WHERE s.id = ?"))
+        let row = sqlx::query(&system_query("WHERE s.id = $1"))
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await
@@ -213,7 +211,7 @@ impl LifecycleStore for SqliteStore {
                 let inserted = sqlx::query(
                     "INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, pilot_ends_at, \
                      data_classification, suspended_reason, created_at, updated_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(system.id.as_str())
                 .bind(&system.name)
@@ -257,9 +255,9 @@ impl LifecycleStore for SqliteStore {
                     }
                 }
                 let updated = sqlx::query(
-                    "UPDATE systems SET name = ?, purpose = ?, business_owner = ?, technical_owner = ?, tier = ?, state = ?, \
-                     pilot_ends_at = ?, data_classification = ?, suspended_reason = ?, updated_at = ?, \
-                     version = version + 1 WHERE id = ? AND version = ?",
+                    "UPDATE systems SET name = $1, purpose = $2, business_owner = $3, technical_owner = $4, tier = $5, state = $6, \
+                     pilot_ends_at = $7, data_classification = $8, suspended_reason = $9, updated_at = $10, \
+                     version = version + 1 WHERE id = $11 AND version = $12",
                 )
                 .bind(&system.name)
                 .bind(&system.purpose)
@@ -278,7 +276,7 @@ impl LifecycleStore for SqliteStore {
                 .map_err(unavailable)?
                 .rows_affected();
                 if updated == 0 {
-                    let exists: Option<(i64,)> = sqlx::query_as("SELECT version FROM systems WHERE id = ?")
+                    let exists: Option<(i64,)> = sqlx::query_as("SELECT version FROM systems WHERE id = $1")
                         .bind(system.id.as_str())
                         .fetch_optional(&mut *conn)
                         .await
@@ -347,7 +345,7 @@ impl LifecycleStore for SqliteStore {
     async fn owner(&self, id: &OwnerId) -> Result<Option<Owner>, StoreError> {
         let row = sqlx::query(
             "SELECT id AS o_id, display_name AS o_display_name, email AS o_email, status AS o_status, \
-             attested_until AS o_attested_until FROM owners WHERE id = ?",
+             attested_until AS o_attested_until FROM owners WHERE id = $1",
         )
         .bind(id.as_str())
         .fetch_optional(&self.pool)
@@ -363,7 +361,7 @@ impl LifecycleStore for SqliteStore {
                 let now = ts(event.time);
                 let inserted = sqlx::query(
                     "INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(owner.id.as_str())
                 .bind(&owner.display_name)
@@ -390,7 +388,7 @@ impl LifecycleStore for SqliteStore {
         write_tx(self, move |conn| {
             Box::pin(async move {
                 let updated = sqlx::query(
-                    "UPDATE owners SET display_name = ?, email = ?, status = ?, attested_until = ?, updated_at = ? WHERE id = ?",
+                    "UPDATE owners SET display_name = $1, email = $2, status = $3, attested_until = $4, updated_at = $5 WHERE id = $6",
                 )
                 .bind(&owner.display_name)
                 .bind(&owner.email)
@@ -415,7 +413,7 @@ impl LifecycleStore for SqliteStore {
         let rows = sqlx::query(
             "SELECT id AS g_id, system_id AS g_system_id, issuer AS g_issuer, subject AS g_subject, audiences AS g_audiences, \
              scopes AS g_scopes, default_scopes AS g_default_scopes, kinds AS g_kinds, max_ttl AS g_max_ttl \
-             FROM grants WHERE system_id = ? ORDER BY id",
+             FROM grants WHERE system_id = $1 ORDER BY id",
         )
         .bind(system.as_str())
         .fetch_all(&self.pool)
@@ -431,7 +429,7 @@ impl LifecycleStore for SqliteStore {
                 let now = ts(event.time);
                 let inserted = sqlx::query(
                     "INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, \
-                     created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(grant.id.as_str())
                 .bind(grant.system.as_str())
@@ -461,7 +459,7 @@ impl LifecycleStore for SqliteStore {
         let (system, grant) = (system.to_string(), grant.to_string());
         write_tx(self, move |conn| {
             Box::pin(async move {
-                let deleted = sqlx::query("DELETE FROM grants WHERE id = ? AND system_id = ?")
+                let deleted = sqlx::query("DELETE FROM grants WHERE id = $1 AND system_id = $2")
                     .bind(&grant)
                     .bind(&system)
                     .execute(&mut *conn)
@@ -486,7 +484,7 @@ impl LifecycleStore for SqliteStore {
             "SELECT c.jti, c.kind, c.grant_id, c.issuer, c.subject, c.audience, c.scopes, c.iat, c.exp \
              FROM credentials c JOIN systems s ON s.id = c.system_id \
              LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
-             WHERE c.system_id = ? AND c.exp > ? AND c.revoked_at IS NULL AND c.id > s.revoked_through \
+             WHERE c.system_id = $1 AND c.exp > $2 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
              AND c.id > COALESCE(w.revoked_through, 0) ORDER BY c.id LIMIT 10000",
         )
         .bind(system.as_str())
@@ -522,7 +520,7 @@ impl LifecycleStore for SqliteStore {
         write_tx(self, move |conn| {
             Box::pin(async move {
                 let inserted = sqlx::query(
-                    "INSERT INTO notices (kind, subject_id, due_at, message, created_at) VALUES (?, ?, ?, ?, ?) \
+                    "INSERT INTO notices (kind, subject_id, due_at, message, created_at) VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT (kind, subject_id, due_at) DO NOTHING",
                 )
                 .bind(&notice.kind)
@@ -549,7 +547,7 @@ impl LifecycleStore for SqliteStore {
 
     async fn list_notices(&self, since: OffsetDateTime) -> Result<Vec<Notice>, StoreError> {
         let rows = sqlx::query(
-            "SELECT kind, subject_id, due_at, message, created_at FROM notices WHERE created_at >= ? ORDER BY due_at, id",
+            "SELECT kind, subject_id, due_at, message, created_at FROM notices WHERE created_at >= $1 ORDER BY due_at, id",
         )
         .bind(ts(since))
         .fetch_all(&self.pool)
@@ -570,14 +568,14 @@ impl LifecycleStore for SqliteStore {
 }
 
 #[async_trait]
-impl JobStore for SqliteStore {
+impl JobStore for Store {
     async fn due_jobs(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, kind, payload, state, attempts, next_attempt_at, last_error, created_at FROM jobs \
-             WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+             WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2",
         )
         .bind(ts(now))
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -586,7 +584,7 @@ impl JobStore for SqliteStore {
 
     async fn job_done(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE jobs SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ? WHERE id = ?",
+            "UPDATE jobs SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = $1 WHERE id = $2",
         )
         .bind(ts(now))
         .bind(id)
@@ -604,7 +602,7 @@ impl JobStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE jobs SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+            "UPDATE jobs SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2, updated_at = $3 WHERE id = $4",
         )
         .bind(error)
         .bind(ts(retry_at))
@@ -640,33 +638,51 @@ impl JobStore for SqliteStore {
         // Walk the covered rows in id order from the cursor, so each pass
         // resumes where the last stopped instead of rescanning.
         let (scope, binds): (&str, Vec<&str>) = match target {
-            RevokeTarget::System { system_id } => ("system_id = ?", vec![system_id.as_str()]),
+            RevokeTarget::System { system_id } => ("system_id = $1", vec![system_id.as_str()]),
             RevokeTarget::Workload { issuer, subject } => {
-                ("issuer = ? AND subject = ?", vec![issuer.as_str(), subject.as_str()])
+                ("issuer = $1 AND subject = $2", vec![issuer.as_str(), subject.as_str()])
             }
         };
-        let window = format!("SELECT id FROM credentials WHERE {scope} AND id > ? AND id <= ? ORDER BY id LIMIT ?");
-        let last_sql = format!("SELECT MAX(id) FROM ({window})");
+        let n = binds.len();
+        let window = format!(
+            "SELECT id FROM credentials WHERE {scope} AND id > ${} AND id <= ${} ORDER BY id LIMIT ${}",
+            n + 1,
+            n + 2,
+            n + 3
+        );
+        let last_sql = format!("SELECT MAX(id) FROM ({window}) AS w");
         let mut last = sqlx::query_as::<_, (Option<i64>,)>(&last_sql);
         for b in &binds {
             last = last.bind(*b);
         }
-        let (last,) = last.bind(after).bind(through).bind(limit).fetch_one(&self.pool).await.map_err(unavailable)?;
+        let (last,) =
+            last.bind(after).bind(through).bind(i64::from(limit)).fetch_one(&self.pool).await.map_err(unavailable)?;
         let Some(last) = last else { return Ok(None) };
+        // The window's placeholders come first; `at` and `reason` follow.
         let sql = format!(
-            "UPDATE credentials SET revoked_at = ?, revoked_reason = ? WHERE revoked_at IS NULL AND id IN ({window})"
+            "UPDATE credentials SET revoked_at = ${}, revoked_reason = ${} WHERE revoked_at IS NULL AND id IN ({window})",
+            n + 4,
+            n + 5
         );
-        let mut update = sqlx::query(&sql).bind(at).bind(reason);
+        let mut update = sqlx::query(&sql);
         for b in &binds {
             update = update.bind(*b);
         }
-        update.bind(after).bind(through).bind(limit).execute(&self.pool).await.map_err(unavailable)?;
+        update
+            .bind(after)
+            .bind(through)
+            .bind(i64::from(limit))
+            .bind(at)
+            .bind(reason)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(Some(last))
     }
 
     async fn job_continue(&self, id: i64, spec: &JobSpec, now: OffsetDateTime) -> Result<(), StoreError> {
         let payload = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query("UPDATE jobs SET payload = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE jobs SET payload = $1, next_attempt_at = $2, updated_at = $3 WHERE id = $4")
             .bind(payload)
             .bind(ts(now))
             .bind(ts(now))

@@ -1,28 +1,29 @@
-//! The embedded SQLite store (WAL, `synchronous = FULL`).
-//!
-//! Reads use a small pool. Writes on the request path go through one writer
-//! task that owns its own connection and commits whatever has queued up since
-//! the last commit as one transaction (group commit): each caller is answered
-//! only after the transaction holding its record is durable. One writer also
-//! avoids the lock convoy many concurrent SQLite writers produce.
+// The store body shared by both backends, compiled once per backend
+// against its concrete sqlx types (`Db`, `Conn`, `DbRow`, `DbPool`,
+// `ConnectOpts`) and its dialect hooks (`begin_write`, `CONTAINS_FN`). All SQL
+// here is portable between SQLite and PostgreSQL: `$n` placeholders, BIGINT
+// integers, `ON CONFLICT`, no backend-specific functions.
+//
+// Reads use a pool. Writes on the request path go through one writer task
+// that owns its own connection and commits whatever has queued up since the
+// last commit as one transaction (group commit): each caller is answered only
+// after the transaction holding its record is durable. Every write
+// transaction starts with `begin_write`, which takes the database-wide write
+// lock (SQLite's `BEGIN IMMEDIATE`, a PostgreSQL advisory transaction lock):
+// writers, in one process or many, commit one at a time, so row ids and the
+// audit chain follow commit order.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
+use sqlx::{ConnectOptions, Row};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-mod audit;
-mod lifecycle;
-
 use audit::insert_event;
+use lifecycle::write_tx;
 
-use super::*;
 use crate::domain::model::{OwnerStatus, SystemState};
 use crate::domain::values::{ScopeSet, SubjectMatch};
 
@@ -30,8 +31,6 @@ use crate::domain::values::{ScopeSet, SubjectMatch};
 const MAX_BATCH: usize = 512;
 /// Queue depth in front of the writer; callers wait (backpressure) beyond it.
 const QUEUE_DEPTH: usize = 4096;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -43,6 +42,37 @@ fn ts(t: OffsetDateTime) -> i64 {
 
 fn from_ts(secs: i64) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::from_unix_timestamp(secs).map_err(|_| StoreError::Corrupt(format!("timestamp {secs} out of range")))
+}
+
+/// Applies pending migrations, or with `auto_migrate = false` refuses to
+/// go on while any is pending (production deployments that migrate as a
+/// separate step).
+async fn prepare_schema(
+    pool: &DbPool,
+    migrator: &sqlx::migrate::Migrator,
+    auto_migrate: bool,
+) -> Result<(), StoreError> {
+    if auto_migrate {
+        return migrator.run(pool).await.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")));
+    }
+    // No bookkeeping table means nothing was applied yet.
+    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    let pending: Vec<String> = migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !applied.iter().any(|(v,)| *v == m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect();
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "the database has pending migrations ({}) and database.auto_migrate is false; run `halflife migrate`",
+            pending.join(", ")
+        )))
+    }
 }
 
 enum WriteOp {
@@ -63,40 +93,17 @@ struct WriteJob {
 }
 
 #[derive(Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
+pub struct Store {
+    pool: DbPool,
     writer: mpsc::Sender<WriteJob>,
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) and migrates the database at `url`, and
-    /// starts the writer task.
-    pub async fn open(url: &str, busy_timeout: Duration, max_connections: u32) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid database.url: {e}")))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(busy_timeout)
-            .pragma("temp_store", "memory")
-            .disable_statement_logging();
-        if let Some(dir) = options.get_filename().parent()
-            && !dir.as_os_str().is_empty()
-            && !dir.exists()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(busy_timeout.max(Duration::from_secs(1)))
-            .connect_with(options.clone())
-            .await
-            .map_err(unavailable)?;
-        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+impl Store {
+    /// Starts the writer task on its own connection and seals events
+    /// written before the audit chain existed.
+    async fn start(pool: DbPool, options: ConnectOpts, busy_timeout: Duration) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_writer(options, rx));
+        tokio::spawn(run_writer(options, busy_timeout.max(Duration::from_secs(1)) * 2, rx));
         let store = Self { pool, writer: tx };
         store.seal_unhashed().await?;
         Ok(store)
@@ -109,17 +116,24 @@ impl SqliteStore {
     }
 }
 
-async fn run_writer(options: SqliteConnectOptions, mut rx: mpsc::Receiver<WriteJob>) {
-    let mut conn: Option<SqliteConnection> = None;
+/// Commits queued writes in batches. A batch that fails, or does not finish
+/// within `limit` (a stalled database), fails every caller in it with
+/// `Unavailable`, and the writer starts over on a fresh connection.
+async fn run_writer(options: ConnectOpts, limit: Duration, mut rx: mpsc::Receiver<WriteJob>) {
+    let mut conn: Option<Conn> = None;
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         if conn.is_none() {
-            match options.connect().await {
-                Ok(c) => conn = Some(c),
-                Err(e) => {
-                    tracing::error!(error = %e, "database writer cannot connect");
+            match tokio::time::timeout(limit, options.connect()).await {
+                Ok(Ok(c)) => conn = Some(c),
+                failed => {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "connecting timed out".to_owned(),
+                    };
+                    tracing::error!(%error, "database writer cannot connect");
                     for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(unavailable_msg(&e)));
+                        let _ = job.reply.send(Err(StoreError::Unavailable(error.clone())));
                     }
                     continue;
                 }
@@ -127,31 +141,35 @@ async fn run_writer(options: SqliteConnectOptions, mut rx: mpsc::Receiver<WriteJ
         }
         let Some(c) = conn.as_mut() else { continue };
         let ops: Vec<&WriteOp> = jobs.iter().map(|j| &j.op).collect();
-        match write_batch(c, &ops).await {
-            Ok(results) => {
+        let error = match tokio::time::timeout(limit, write_batch(c, &ops)).await {
+            Ok(Ok(results)) => {
                 for (job, result) in jobs.drain(..).zip(results) {
                     let _ = job.reply.send(Ok(result));
                 }
+                continue;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, batch = jobs.len(), "database write failed; nothing in the batch was committed");
-                // Start over on a fresh connection: the failure may have
-                // left this one in an unknown state.
-                conn = None;
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(unavailable_msg(&e)));
-                }
+                e.to_string()
             }
+            Err(_) => {
+                // The commit may or may not have reached the database; the
+                // callers get no credential either way.
+                tracing::error!(batch = jobs.len(), ?limit, "database write timed out; answering 503");
+                "database write timed out".to_owned()
+            }
+        };
+        // Start over on a fresh connection: the failure may have left this
+        // one in an unknown state.
+        conn = None;
+        for job in jobs.drain(..) {
+            let _ = job.reply.send(Err(StoreError::Unavailable(error.clone())));
         }
     }
 }
 
-fn unavailable_msg(e: &sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-async fn write_batch(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+async fn write_batch(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
+    begin_write(conn).await?;
     match apply_ops(conn, ops).await {
         Ok(results) => match sqlx::query("COMMIT").execute(&mut *conn).await {
             Ok(_) => Ok(results),
@@ -167,7 +185,7 @@ async fn write_batch(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Ve
     }
 }
 
-async fn apply_ops(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
+async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         let result = match op {
@@ -178,7 +196,7 @@ async fn apply_ops(conn: &mut SqliteConnection, ops: &[&WriteOp]) -> Result<Vec<
             }
             WriteOp::Revoke { jti, reason, event } => {
                 let done = sqlx::query(
-                    "UPDATE credentials SET revoked_at = ?, revoked_reason = ? WHERE jti = ? AND revoked_at IS NULL",
+                    "UPDATE credentials SET revoked_at = $1, revoked_reason = $2 WHERE jti = $3 AND revoked_at IS NULL",
                 )
                 .bind(ts(event.time))
                 .bind(reason)
@@ -209,12 +227,12 @@ fn denial_of(i: &Issuance, reason: &str) -> AuditEvent {
     denial
 }
 
-async fn insert_issuance(conn: &mut SqliteConnection, i: &Issuance) -> Result<IssueOutcome, sqlx::Error> {
+async fn insert_issuance(conn: &mut Conn, i: &Issuance) -> Result<IssueOutcome, sqlx::Error> {
     // The decision was taken before this transaction; a suspension or
     // retirement may have committed since. Checked here, under the write
     // lock, no credential can be committed for a system that is no longer
     // active, so none can reappear when it is reinstated.
-    let state: Option<(String,)> = sqlx::query_as("SELECT state FROM systems WHERE id = ?")
+    let state: Option<(String,)> = sqlx::query_as("SELECT state FROM systems WHERE id = $1")
         .bind(i.system_id.as_str())
         .fetch_optional(&mut *conn)
         .await?;
@@ -227,7 +245,7 @@ async fn insert_issuance(conn: &mut SqliteConnection, i: &Issuance) -> Result<Is
         // The primary key decides: of two uses of one token, exactly one
         // inserts a row.
         let inserted = sqlx::query(
-            "INSERT INTO attestation_uses (issuer, token_id, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO attestation_uses (issuer, token_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(&guard.issuer)
         .bind(&guard.token_id)
@@ -242,7 +260,7 @@ async fn insert_issuance(conn: &mut SqliteConnection, i: &Issuance) -> Result<Is
     }
     sqlx::query(
         "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&i.jti)
     .bind(i.kind.as_str())
@@ -278,7 +296,7 @@ fn scope_set(text: &str, what: &str) -> Result<ScopeSet, StoreError> {
 }
 
 /// Reads an owner from columns prefixed with `p`.
-fn owner_from(row: &SqliteRow, p: &str) -> Result<Owner, StoreError> {
+fn owner_from(row: &DbRow, p: &str) -> Result<Owner, StoreError> {
     let col = |c: &str| format!("{p}{c}");
     let id: String = row.try_get(col("id").as_str()).map_err(corrupt("owner"))?;
     let status: String = row.try_get(col("status").as_str()).map_err(corrupt("owner"))?;
@@ -292,7 +310,7 @@ fn owner_from(row: &SqliteRow, p: &str) -> Result<Owner, StoreError> {
 }
 
 /// Reads a system from columns prefixed with `s_`.
-fn system_from(row: &SqliteRow) -> Result<System, StoreError> {
+fn system_from(row: &DbRow) -> Result<System, StoreError> {
     let get = |c: &str| -> Result<String, StoreError> { row.try_get(c).map_err(corrupt("system")) };
     let tier = get("s_tier")?;
     let state = get("s_state")?;
@@ -311,7 +329,7 @@ fn system_from(row: &SqliteRow) -> Result<System, StoreError> {
     })
 }
 
-fn grant_from(row: &SqliteRow) -> Result<Grant, StoreError> {
+fn grant_from(row: &DbRow) -> Result<Grant, StoreError> {
     let get = |c: &str| -> Result<String, StoreError> { row.try_get(c).map_err(corrupt("grant")) };
     let max_ttl: i64 = row.try_get("g_max_ttl").map_err(corrupt("grant"))?;
     Ok(Grant {
@@ -339,13 +357,13 @@ const SYSTEM_COLUMNS: &str = "s.id AS s_id, s.name AS s_name, s.purpose AS s_pur
 const SYSTEM_JOINS: &str = "JOIN owners bo ON bo.id = s.business_owner JOIN owners tecn ON tecn.id = s.technical_owner";
 
 #[async_trait]
-impl PolicyStore for SqliteStore {
+impl PolicyStore for Store {
     async fn grants_for_issuer(&self, issuer: &str) -> Result<Vec<GrantContext>, StoreError> {
         let sql = format!(
             "SELECT g.id AS g_id, g.system_id AS g_system_id, g.issuer AS g_issuer, g.subject AS g_subject, \
              g.audiences AS g_audiences, g.scopes AS g_scopes, g.default_scopes AS g_default_scopes, \
              g.kinds AS g_kinds, g.max_ttl AS g_max_ttl, {SYSTEM_COLUMNS} \
-             FROM grants g JOIN systems s ON s.id = g.system_id {SYSTEM_JOINS} WHERE g.issuer = ?"
+             FROM grants g JOIN systems s ON s.id = g.system_id {SYSTEM_JOINS} WHERE g.issuer = $1"
         );
         let rows = sqlx::query(&sql).bind(issuer).fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter()
@@ -362,7 +380,7 @@ impl PolicyStore for SqliteStore {
 }
 
 #[async_trait]
-impl IssuanceLog for SqliteStore {
+impl IssuanceLog for Store {
     async fn record_issuance(&self, issuance: Issuance) -> Result<IssueOutcome, StoreError> {
         match self.submit(WriteOp::Issue(Box::new(issuance))).await? {
             WriteResult::Issue(outcome) => Ok(outcome),
@@ -387,14 +405,14 @@ impl IssuanceLog for SqliteStore {
 }
 
 #[async_trait]
-impl CredentialStore for SqliteStore {
+impl CredentialStore for Store {
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, StoreError> {
         let sql = format!(
             "SELECT c.id AS c_id, c.jti AS c_jti, c.revoked_at AS c_revoked_at, \
              s.revoked_through AS s_revoked_through, COALESCE(w.revoked_through, 0) AS w_revoked_through, {SYSTEM_COLUMNS} \
              FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} \
              LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
-             WHERE c.jti = ?"
+             WHERE c.jti = $1"
         );
         let Some(row) = sqlx::query(&sql).bind(jti).fetch_optional(&self.pool).await.map_err(unavailable)? else {
             return Ok(None);
@@ -413,7 +431,7 @@ impl CredentialStore for SqliteStore {
     }
 
     async fn prune_replay_records(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM attestation_uses WHERE expires_at < ?")
+        let done = sqlx::query("DELETE FROM attestation_uses WHERE expires_at < $1")
             .bind(ts(now))
             .execute(&self.pool)
             .await
@@ -423,16 +441,15 @@ impl CredentialStore for SqliteStore {
 }
 
 #[async_trait]
-impl AdminTokenStore for SqliteStore {
+impl AdminTokenStore for Store {
     async fn create_admin_token(
         &self,
         record: AdminTokenRecord,
         hash: [u8; 32],
         event: AuditEvent,
     ) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let mut tx = conn.begin().await.map_err(unavailable)?;
-        sqlx::query("INSERT INTO admin_tokens (id, name, role, token_hash, created_at) VALUES (?, ?, ?, ?, ?)")
+        write_tx(self, move |tx| Box::pin(async move {
+        sqlx::query("INSERT INTO admin_tokens (id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(&record.id)
             .bind(&record.name)
             .bind(&record.role)
@@ -441,13 +458,13 @@ impl AdminTokenStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-        insert_event(&mut tx, &event).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        insert_event(tx, &event).await.map_err(unavailable)
+        })).await
     }
 
     async fn admin_token_by_hash(&self, hash: [u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, name, role, token_hash FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+            "SELECT id, name, role, token_hash FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
         )
         .bind(hash.as_slice())
         .fetch_optional(&self.pool)
@@ -469,7 +486,7 @@ impl AdminTokenStore for SqliteStore {
 }
 
 #[async_trait]
-impl Health for SqliteStore {
+impl Health for Store {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
         Ok(())
@@ -485,7 +502,7 @@ fn resolve(spec: DateSpec, existing: Option<i64>, now: OffsetDateTime) -> i64 {
 }
 
 #[async_trait]
-impl CatalogStore for SqliteStore {
+impl CatalogStore for Store {
     async fn apply(
         &self,
         catalog: &Catalog,
@@ -494,7 +511,7 @@ impl CatalogStore for SqliteStore {
         dry_run: bool,
     ) -> Result<ApplyReport, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(unavailable)?;
+        begin_write(&mut conn).await.map_err(unavailable)?;
         let result = apply_catalog(&mut conn, catalog, actor, now).await;
         let end = if result.is_ok() && !dry_run { "COMMIT" } else { "ROLLBACK" };
         sqlx::query(end).execute(&mut *conn).await.map_err(unavailable)?;
@@ -503,7 +520,7 @@ impl CatalogStore for SqliteStore {
 }
 
 async fn apply_catalog(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     catalog: &Catalog,
     actor: &str,
     now: OffsetDateTime,
@@ -520,7 +537,7 @@ async fn apply_catalog(
 
     for o in &catalog.owners {
         let existing: Option<(String, String, String, i64)> =
-            sqlx::query_as("SELECT display_name, email, status, attested_until FROM owners WHERE id = ?")
+            sqlx::query_as("SELECT display_name, email, status, attested_until FROM owners WHERE id = $1")
                 .bind(o.id.as_str())
                 .fetch_optional(&mut *conn)
                 .await
@@ -547,7 +564,7 @@ async fn apply_catalog(
                         o.id, o.id
                     )));
                 }
-                sqlx::query("UPDATE owners SET display_name = ?, email = ?, status = ?, attested_until = ?, updated_at = ? WHERE id = ?")
+                sqlx::query("UPDATE owners SET display_name = $1, email = $2, status = $3, attested_until = $4, updated_at = $5 WHERE id = $6")
                     .bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(wanted.3).bind(ts(now)).bind(o.id.as_str())
                     .execute(&mut *conn).await.map_err(unavailable)?;
                 let kind =
@@ -558,7 +575,7 @@ async fn apply_catalog(
                 report.updated.push(label);
             }
             None => {
-                sqlx::query("INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                sqlx::query("INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                     .bind(o.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(wanted.3).bind(ts(now)).bind(ts(now))
                     .execute(&mut *conn).await.map_err(unavailable)?;
                 insert_event(conn, &event("owner.created", None, detail)).await.map_err(unavailable)?;
@@ -569,7 +586,7 @@ async fn apply_catalog(
 
     for s in &catalog.systems {
         for (field, owner) in [("business_owner", &s.business_owner), ("technical_owner", &s.technical_owner)] {
-            let found: Option<(String,)> = sqlx::query_as("SELECT id FROM owners WHERE id = ?")
+            let found: Option<(String,)> = sqlx::query_as("SELECT id FROM owners WHERE id = $1")
                 .bind(owner.as_str())
                 .fetch_optional(&mut *conn)
                 .await
@@ -580,7 +597,7 @@ async fn apply_catalog(
         }
         type Row = (String, String, String, String, String, Option<i64>, Option<String>);
         let existing: Option<Row> = sqlx::query_as(
-            "SELECT name, purpose, business_owner, technical_owner, tier, pilot_ends_at, data_classification FROM systems WHERE id = ?",
+            "SELECT name, purpose, business_owner, technical_owner, tier, pilot_ends_at, data_classification FROM systems WHERE id = $1",
         )
         .bind(s.id.as_str())
         .fetch_optional(&mut *conn)
@@ -620,14 +637,14 @@ async fn apply_catalog(
                         s.id
                     )));
                 }
-                sqlx::query("UPDATE systems SET name = ?, purpose = ?, business_owner = ?, technical_owner = ?, tier = ?, pilot_ends_at = ?, data_classification = ?, updated_at = ?, version = version + 1 WHERE id = ?")
+                sqlx::query("UPDATE systems SET name = $1, purpose = $2, business_owner = $3, technical_owner = $4, tier = $5, pilot_ends_at = $6, data_classification = $7, updated_at = $8, version = version + 1 WHERE id = $9")
                     .bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(wanted.5).bind(&wanted.6).bind(ts(now)).bind(s.id.as_str())
                     .execute(&mut *conn).await.map_err(unavailable)?;
                 insert_event(conn, &event("system.changed", Some(s.id.as_str()), detail)).await.map_err(unavailable)?;
                 report.updated.push(label);
             }
             None => {
-                sqlx::query("INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, pilot_ends_at, data_classification, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?)")
+                sqlx::query("INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, pilot_ends_at, data_classification, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10)")
                     .bind(s.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(wanted.5).bind(&wanted.6).bind(ts(now)).bind(ts(now))
                     .execute(&mut *conn).await.map_err(unavailable)?;
                 insert_event(conn, &event("system.created", Some(s.id.as_str()), detail)).await.map_err(unavailable)?;
@@ -637,7 +654,7 @@ async fn apply_catalog(
     }
 
     for g in &catalog.grants {
-        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM systems WHERE id = ?")
+        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM systems WHERE id = $1")
             .bind(g.system.as_str())
             .fetch_optional(&mut *conn)
             .await
@@ -659,7 +676,7 @@ async fn apply_catalog(
             i64::try_from(g.max_ttl.as_secs()).unwrap_or(i64::MAX),
         );
         let existing: Option<Row> = sqlx::query_as(
-            "SELECT system_id, issuer, subject, audiences, scopes, default_scopes, kinds, '' AS pad, max_ttl FROM grants WHERE id = ?",
+            "SELECT system_id, issuer, subject, audiences, scopes, default_scopes, kinds, '' AS pad, max_ttl FROM grants WHERE id = $1",
         )
         .bind(g.id.as_str())
         .fetch_optional(&mut *conn)
@@ -676,7 +693,7 @@ async fn apply_catalog(
                 )));
             }
             Some(_) => {
-                sqlx::query("UPDATE grants SET issuer = ?, subject = ?, audiences = ?, scopes = ?, default_scopes = ?, kinds = ?, max_ttl = ?, updated_at = ? WHERE id = ?")
+                sqlx::query("UPDATE grants SET issuer = $1, subject = $2, audiences = $3, scopes = $4, default_scopes = $5, kinds = $6, max_ttl = $7, updated_at = $8 WHERE id = $9")
                     .bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(g.id.as_str())
                     .execute(&mut *conn).await.map_err(unavailable)?;
                 insert_event(conn, &event("grant.changed", Some(g.system.as_str()), detail))
@@ -685,7 +702,7 @@ async fn apply_catalog(
                 report.updated.push(label);
             }
             None => {
-                sqlx::query("INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                sqlx::query("INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
                     .bind(g.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(ts(now))
                     .execute(&mut *conn).await.map_err(unavailable)?;
                 insert_event(conn, &event("grant.created", Some(g.system.as_str()), detail))

@@ -1,0 +1,152 @@
+//! The PostgreSQL store: several stateless replicas share one database.
+//!
+//! The store body is shared with SQLite (`src/store/sql/`); this module
+//! supplies PostgreSQL's types and connection settings, the write lock, and
+//! what replicas need to cooperate: a leader lock for singleton background
+//! work.
+//!
+//! Every write transaction takes one transaction-scoped advisory lock first
+//! (`begin_write`). That serializes writers across all replicas the way
+//! SQLite's single writer does, which is what keeps credential ids in commit
+//! order (revocation epochs compare them), the audit chain linear, and the
+//! commit-time check of a system's state exact. Group commit keeps the cost
+//! to one lock per batch, not per request.
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::Mutex;
+
+use super::*;
+
+type Db = sqlx::Postgres;
+type Conn = PgConnection;
+type DbRow = PgRow;
+type DbPool = PgPool;
+type ConnectOpts = PgConnectOptions;
+
+/// `CONTAINS_FN(haystack, needle) > 0` when `needle` occurs in `haystack`.
+const CONTAINS_FN: &str = "strpos";
+
+/// Advisory lock held by every write transaction (`halflife` in ASCII).
+const WRITE_LOCK: i64 = 0x68616c666c696665;
+/// Advisory lock held by the replica that runs singleton background work.
+const LEADER_LOCK: i64 = WRITE_LOCK + 1;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Starts a write transaction holding the database-wide write lock.
+async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *conn).await?;
+    Ok(())
+}
+
+include!("sql/core.rs");
+
+mod lifecycle {
+    use super::*;
+    include!("sql/lifecycle.rs");
+}
+
+mod audit {
+    use super::*;
+    include!("sql/audit.rs");
+}
+
+/// The PostgreSQL store.
+pub type PgStore = Store;
+
+/// Connection settings shared by the pool, the writer and the leader lock.
+///
+/// A session that waits on a lock, or sits inside a transaction waiting
+/// for a client that stalled, is ended by the server after `limit`: a
+/// replica cut off mid-transaction cannot hold the write lock and stop the
+/// others.
+fn connect_options(url: &str, limit: Duration) -> Result<PgConnectOptions, StoreError> {
+    let ms = limit.max(Duration::from_secs(1)).as_millis().to_string();
+    Ok(PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Unavailable(format!("invalid database.url: {e}")))?
+        .application_name("halflife")
+        .options([("lock_timeout", ms.as_str()), ("idle_in_transaction_session_timeout", ms.as_str())])
+        .disable_statement_logging())
+}
+
+impl Store {
+    /// Connects to the database at `url`, applies (or, without
+    /// `auto_migrate`, requires) the migrations, and starts the writer task.
+    pub async fn open(
+        url: &str,
+        acquire_timeout: Duration,
+        max_connections: u32,
+        auto_migrate: bool,
+    ) -> Result<Self, StoreError> {
+        let options = connect_options(url, acquire_timeout * 2)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout.max(Duration::from_secs(1)))
+            .connect_with(options.clone())
+            .await
+            .map_err(unavailable)?;
+        prepare_schema(&pool, &MIGRATOR, auto_migrate).await?;
+        Self::start(pool, options, acquire_timeout).await
+    }
+}
+
+/// Leadership among replicas, by a session-level advisory lock held on a
+/// dedicated connection. When the leader dies its session ends, PostgreSQL
+/// releases the lock, and the next replica to ask takes over.
+pub struct PgLeader {
+    options: PgConnectOptions,
+    timeout: Duration,
+    /// The connection holding the lock, while this replica leads.
+    held: Mutex<Option<PgConnection>>,
+}
+
+impl PgLeader {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        Ok(Self { options: connect_options(url, timeout)?, timeout, held: Mutex::new(None) })
+    }
+
+    async fn try_acquire(&self) -> Result<Option<PgConnection>, sqlx::Error> {
+        let mut conn = PgConnection::connect_with(&self.options).await?;
+        let (got,): (bool,) =
+            sqlx::query_as("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut conn).await?;
+        if got {
+            Ok(Some(conn))
+        } else {
+            conn.close().await?;
+            Ok(None)
+        }
+    }
+}
+
+#[async_trait]
+impl Coordination for PgLeader {
+    async fn lead(&self) -> bool {
+        let mut held = self.held.lock().await;
+        if let Some(conn) = held.as_mut() {
+            // Still leading only while the session holding the lock is alive.
+            match tokio::time::timeout(self.timeout, conn.ping()).await {
+                Ok(Ok(())) => return true,
+                _ => {
+                    tracing::warn!("lost the connection holding the leader lock; stepping down");
+                    *held = None;
+                    return false;
+                }
+            }
+        }
+        match tokio::time::timeout(self.timeout, self.try_acquire()).await {
+            Ok(Ok(Some(conn))) => {
+                tracing::info!("this replica now runs the lifecycle reaper, jobs and audit checkpoints");
+                *held = Some(conn);
+                true
+            }
+            Ok(Ok(None)) => false,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot reach the database to take the leader lock");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The embedded SQLite store (WAL, `synchronous = FULL`): the default, for
+//! one node.
+//!
+//! The store body is shared with PostgreSQL (`src/store/sql/`); this module
+//! supplies SQLite's types, connection settings and write lock. SQLite
+//! allows one writer at a time, taken by `BEGIN IMMEDIATE`; the single
+//! group-commit writer also avoids the lock convoy many concurrent SQLite
+//! writers produce.
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+
+use super::*;
+
+type Db = sqlx::Sqlite;
+type Conn = sqlx::SqliteConnection;
+type DbRow = SqliteRow;
+type DbPool = SqlitePool;
+type ConnectOpts = SqliteConnectOptions;
+
+/// `CONTAINS_FN(haystack, needle) > 0` when `needle` occurs in `haystack`.
+const CONTAINS_FN: &str = "instr";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Starts a write transaction holding the database's write lock.
+async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    Ok(())
+}
+
+include!("sql/core.rs");
+
+mod lifecycle {
+    use super::*;
+    include!("sql/lifecycle.rs");
+}
+
+mod audit {
+    use super::*;
+    include!("sql/audit.rs");
+}
+
+/// The SQLite store.
+pub type SqliteStore = Store;
+
+/// One node leads itself.
+pub struct SoleLeader;
+
+#[async_trait]
+impl Coordination for SoleLeader {
+    async fn lead(&self) -> bool {
+        true
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`, and
+    /// starts the writer task.
+    pub async fn open(
+        url: &str,
+        busy_timeout: Duration,
+        max_connections: u32,
+        auto_migrate: bool,
+    ) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid database.url: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(busy_timeout)
+            .pragma("temp_store", "memory")
+            .disable_statement_logging();
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(busy_timeout.max(Duration::from_secs(1)))
+            .connect_with(options.clone())
+            .await
+            .map_err(unavailable)?;
+        prepare_schema(&pool, &MIGRATOR, auto_migrate).await?;
+        Self::start(pool, options, busy_timeout).await
+    }
+}

@@ -1,0 +1,29 @@
+//! The API suite again, on PostgreSQL: the same test sources as `tests/api`
+//! (the helpers give every test a database of its own on the server
+//! `HALFLIFE_TEST_DATABASE_URL` names), plus what only several replicas
+//! sharing one database can show. Without the variable every test is
+//! skipped with the reason printed.
+#![expect(clippy::unwrap_used, reason = "test helpers abort the test on setup failure")]
+#![expect(clippy::expect_used, reason = "test helpers abort the test on setup failure")]
+#![allow(dead_code, reason = "the shared helpers also serve modules only the SQLite binary includes")]
+
+#[path = "../api/audit.rs"]
+mod audit;
+#[path = "../api/cli.rs"]
+mod cli;
+#[path = "../api/exchange.rs"]
+mod exchange;
+#[path = "../api/failure.rs"]
+mod failure;
+#[path = "../api/helpers.rs"]
+mod helpers;
+#[path = "../api/independent.rs"]
+mod independent;
+#[path = "../api/introspection.rs"]
+mod introspection;
+#[path = "../api/jwks_remote.rs"]
+mod jwks_remote;
+#[path = "../api/lifecycle.rs"]
+mod lifecycle;
+#[path = "../api/rejections.rs"]
+mod rejections;

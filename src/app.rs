@@ -25,8 +25,7 @@ use crate::http::serve::{ServeOptions, serve, tls_acceptor};
 use crate::http::{AppState, Limits, metadata_document, router};
 use crate::keys::{Kek, KekSource, Keyring};
 use crate::store::{
-    ApplyReport, AuditEvent, Backend, CatalogStore, Coordination, IssuanceLog, OpenOptions, Opened, Outcome,
-    RequestMeta,
+    ApplyReport, AuditEvent, Backend, CatalogStore, Coordination, KeyStore, OpenOptions, Opened, Outcome, RequestMeta,
 };
 
 /// How often the checkpoint writer looks at the audit head.
@@ -68,6 +67,41 @@ pub fn load_kek(config: &Config) -> anyhow::Result<Kek> {
         (None, None) => bail!("keys.kek_file or HALFLIFE_KEYS__KEK is required outside dev mode"),
     };
     Ok(Kek::load(source)?)
+}
+
+/// The signing keys every replica shares: read from the database; key
+/// files of earlier versions are imported once; when no key of the
+/// configured algorithm exists, one is created (the first replica to ask
+/// wins, the others load its key).
+pub async fn shared_keyring(
+    store: &dyn KeyStore,
+    config: &Config,
+    kek: &Kek,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<Keyring> {
+    let alg = config.keys.algorithm;
+    let event = |kind: &str, kid: &str, key_alg: &str| {
+        let mut event = AuditEvent::new(kind, Outcome::Success, now, &RequestMeta::default());
+        event.actor = Some("startup".into());
+        event.detail = Some(serde_json::json!({"kid": kid, "alg": key_alg}));
+        event
+    };
+    let mut stored = store.signing_keys().await?;
+    for file_key in Keyring::file_keys(&config.keys.dir)? {
+        if !stored.iter().any(|k| k.kid == file_key.kid)
+            && store.add_signing_key(&file_key, false, event("key.imported", &file_key.kid, &file_key.alg)).await?
+        {
+            tracing::info!(key.kid = %file_key.kid, dir = %config.keys.dir.display(), "imported a signing key file into the database");
+        }
+    }
+    if !stored.iter().any(|k| k.alg == alg.as_str()) {
+        let key = Keyring::generate_sealed(alg, kek, now)?;
+        if store.add_signing_key(&key, true, event("key.created", &key.kid, alg.as_str())).await? {
+            tracing::info!(key.kid = %key.kid, key.alg = alg.as_str(), "created signing key");
+        }
+    }
+    stored = store.signing_keys().await?;
+    Ok(Keyring::from_sealed(&stored, alg, kek)?)
 }
 
 /// Names grants may use as `issuer`.
@@ -145,16 +179,8 @@ impl App {
 
         let now = clock.now();
         let kek = load_kek(&config)?;
-        let keys = Keyring::load_or_create(&config.keys.dir, config.keys.algorithm, &kek, now)
-            .context("failed to load signing keys")?;
-
         let Opened { store, leader, .. } = open_store(&config, false).await?;
-        if let Some(kid) = &keys.created {
-            let mut event = AuditEvent::new("key.created", Outcome::Success, now, &RequestMeta::default());
-            event.actor = Some("startup".into());
-            event.detail = Some(serde_json::json!({"kid": kid, "alg": config.keys.algorithm.as_str()}));
-            IssuanceLog::record_event(store.as_ref(), event).await.context("failed to record the new signing key")?;
-        }
+        let keys = shared_keyring(store.as_ref(), &config, &kek, now).await.context("failed to load signing keys")?;
         for path in &config.bootstrap.apply {
             let report = apply_file(store.as_ref(), &config, path, "bootstrap", now, false).await?;
             if !report.created.is_empty() || !report.updated.is_empty() {

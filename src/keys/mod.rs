@@ -85,14 +85,24 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct KeyFile {
-    kid: String,
-    alg: String,
+/// A signing key as stored: sealed under the key-encryption key, in the
+/// database (shared by every replica) or, for the dev issuer and keys
+/// written by earlier versions, in a file.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SealedKey {
+    pub kid: String,
+    pub alg: String,
     #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
-    /// AES-256-GCM(KEK, PKCS#8 DER), nonce first, base64url.
-    sealed: String,
+    pub created_at: OffsetDateTime,
+    /// AES-256-GCM(KEK, PKCS#8 DER), nonce first, base64url; the key id
+    /// and algorithm are bound in as associated data.
+    pub sealed: String,
+}
+
+impl std::fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
+    }
 }
 
 impl SigningKey {
@@ -189,33 +199,39 @@ impl SigningKey {
         Ok(out)
     }
 
-    /// Writes this key sealed under `kek` to `path` (mode 0600).
-    pub fn store(&self, der: &[u8], kek: &Kek, path: &Path) -> Result<(), KeyError> {
-        let file = KeyFile {
+    /// This key sealed under `kek`; `der` is its PKCS#8 document.
+    pub fn seal(&self, der: &[u8], kek: &Kek) -> Result<SealedKey, KeyError> {
+        Ok(SealedKey {
             kid: self.kid.clone(),
             alg: self.alg.as_str().into(),
             created_at: self.created_at,
             sealed: kek.seal(&seal_context(&self.kid, self.alg), der)?,
+        })
+    }
+
+    /// Opens a sealed key; `name` says where it came from, for errors.
+    pub fn unseal(sealed: &SealedKey, kek: &Kek, name: &str) -> Result<Self, KeyError> {
+        let alg = match sealed.alg.as_str() {
+            "EdDSA" => SigningAlgorithm::EdDSA,
+            "ES256" => SigningAlgorithm::ES256,
+            _ => return Err(KeyError::Malformed(name.to_owned())),
         };
-        let text = serde_json::to_vec_pretty(&file).map_err(|e| KeyError::Io(e.to_string()))?;
+        let der = kek.open(&seal_context(&sealed.kid, alg), &sealed.sealed)?;
+        let key = Self::from_pkcs8(alg, &der, sealed.created_at)?;
+        if key.kid != sealed.kid {
+            return Err(KeyError::Malformed(name.to_owned()));
+        }
+        Ok(key)
+    }
+
+    /// Writes this key sealed under `kek` to `path` (mode 0600).
+    pub fn store(&self, der: &[u8], kek: &Kek, path: &Path) -> Result<(), KeyError> {
+        let text = serde_json::to_vec_pretty(&self.seal(der, kek)?).map_err(|e| KeyError::Io(e.to_string()))?;
         seal::write_private(path, &text)
     }
 
     pub fn load(path: &Path, kek: &Kek) -> Result<Self, KeyError> {
-        let name = path.display().to_string();
-        let text = std::fs::read(path).map_err(|e| KeyError::Io(format!("{name}: {e}")))?;
-        let file: KeyFile = serde_json::from_slice(&text).map_err(|_| KeyError::Malformed(name.clone()))?;
-        let alg = match file.alg.as_str() {
-            "EdDSA" => SigningAlgorithm::EdDSA,
-            "ES256" => SigningAlgorithm::ES256,
-            _ => return Err(KeyError::Malformed(name)),
-        };
-        let der = kek.open(&seal_context(&file.kid, alg), &file.sealed)?;
-        let key = Self::from_pkcs8(alg, &der, file.created_at)?;
-        if key.kid != file.kid {
-            return Err(KeyError::Malformed(name));
-        }
-        Ok(key)
+        Self::unseal(&read_sealed(path)?, kek, &path.display().to_string())
     }
 
     /// Loads the key at `path`, creating and storing a new one if absent.
@@ -234,6 +250,12 @@ impl SigningKey {
     }
 }
 
+fn read_sealed(path: &Path) -> Result<SealedKey, KeyError> {
+    let name = path.display().to_string();
+    let text = std::fs::read(path).map_err(|e| KeyError::Io(format!("{name}: {e}")))?;
+    serde_json::from_slice(&text).map_err(|_| KeyError::Malformed(name))
+}
+
 fn seal_context(kid: &str, alg: SigningAlgorithm) -> String {
     format!("halflife-key-v1:{kid}:{}", alg.as_str())
 }
@@ -241,20 +263,20 @@ fn seal_context(kid: &str, alg: SigningAlgorithm) -> String {
 /// The broker's signing keys: the current one signs, all are published.
 #[derive(Debug, Clone)]
 pub struct Keyring {
-    /// The key id created by this load, if one was (for the audit log).
-    pub created: Option<String>,
     current: Arc<SigningKey>,
     all: Vec<Arc<SigningKey>>,
     jwks: Arc<Value>,
 }
 
 impl Keyring {
-    /// Loads every `sig-*.json` key in `dir`; creates a key of `alg` when
-    /// none of that algorithm exists. The newest key of `alg` signs.
-    pub fn load_or_create(dir: &Path, alg: SigningAlgorithm, kek: &Kek, now: OffsetDateTime) -> Result<Self, KeyError> {
-        seal::create_private_dir(dir)?;
-        let mut keys = Vec::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| KeyError::Io(format!("{}: {e}", dir.display())))?;
+    /// The `sig-*.json` keys earlier versions kept in `dir` (none if the
+    /// directory does not exist), so they can move into the database.
+    pub fn file_keys(dir: &Path) -> Result<Vec<SealedKey>, KeyError> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(KeyError::Io(format!("{}: {e}", dir.display()))),
+        };
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
@@ -262,20 +284,22 @@ impl Keyring {
             })
             .collect();
         paths.sort();
-        for path in paths {
-            keys.push(Arc::new(SigningKey::load(&path, kek)?));
-        }
-        let mut created = None;
-        if !keys.iter().any(|k| k.alg == alg) {
-            let (key, der) = SigningKey::generate(alg, now)?;
-            key.store(&der, kek, &dir.join(format!("sig-{}.json", key.kid)))?;
-            tracing::info!(key.kid = %key.kid, key.alg = alg.as_str(), "created signing key");
-            created = Some(key.kid.clone());
-            keys.push(Arc::new(key));
-        }
-        let mut ring = Self::from_keys(keys, alg)?;
-        ring.created = created;
-        Ok(ring)
+        paths.iter().map(|p| read_sealed(p)).collect()
+    }
+
+    /// A new key of `alg`, sealed under `kek`.
+    pub fn generate_sealed(alg: SigningAlgorithm, kek: &Kek, now: OffsetDateTime) -> Result<SealedKey, KeyError> {
+        let (key, der) = SigningKey::generate(alg, now)?;
+        key.seal(&der, kek)
+    }
+
+    /// Opens every stored key; the newest key of `alg` signs.
+    pub fn from_sealed(sealed: &[SealedKey], alg: SigningAlgorithm, kek: &Kek) -> Result<Self, KeyError> {
+        let keys = sealed
+            .iter()
+            .map(|k| SigningKey::unseal(k, kek, &format!("signing key {}", k.kid)).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_keys(keys, alg)
     }
 
     pub fn from_keys(mut keys: Vec<Arc<SigningKey>>, alg: SigningAlgorithm) -> Result<Self, KeyError> {
@@ -287,7 +311,7 @@ impl Keyring {
             .cloned()
             .ok_or_else(|| KeyError::Malformed("no signing key".into()))?;
         let jwks = json!({"keys": keys.iter().map(|k| k.public_jwk.clone()).collect::<Vec<_>>()});
-        Ok(Self { created: None, current, all: keys, jwks: Arc::new(jwks) })
+        Ok(Self { current, all: keys, jwks: Arc::new(jwks) })
     }
 
     pub fn current(&self) -> &SigningKey {
@@ -361,29 +385,53 @@ mod tests {
     }
 
     #[test]
-    fn keyring_persists_sealed_keys_with_private_permissions() {
-        let dir = tempfile::tempdir().unwrap();
+    fn sealed_keys_reopen_and_the_newest_of_the_algorithm_signs() {
         let kek = kek();
         let now = datetime!(2026-01-01 0:00 UTC);
-        let ring1 = Keyring::load_or_create(dir.path(), SigningAlgorithm::EdDSA, &kek, now).unwrap();
-        let ring2 = Keyring::load_or_create(dir.path(), SigningAlgorithm::EdDSA, &kek, now).unwrap();
-        assert_eq!(ring1.current().kid(), ring2.current().kid(), "key must be reused, not recreated");
-        let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
-        let text = std::fs::read_to_string(&file).unwrap();
-        assert!(!text.contains("PRIVATE"), "key must be sealed");
+        let ed = Keyring::generate_sealed(SigningAlgorithm::EdDSA, &kek, now).unwrap();
+        assert!(!ed.sealed.contains("PRIVATE") && ed.sealed.len() > 40, "key must be sealed");
+        let ring = Keyring::from_sealed(std::slice::from_ref(&ed), SigningAlgorithm::EdDSA, &kek).unwrap();
+        assert_eq!(ring.current().kid(), ed.kid);
+        let jwk = &ring.jwks()["keys"][0];
+        assert_eq!(jwk["use"], "sig");
+        assert_eq!(jwk["alg"], "EdDSA");
+        assert_eq!(jwk["kid"], ed.kid);
+        // Switching algorithm adds a key and keeps the old one published.
+        let es = Keyring::generate_sealed(SigningAlgorithm::ES256, &kek, now + time::Duration::DAY).unwrap();
+        let ring = Keyring::from_sealed(&[ed.clone(), es.clone()], SigningAlgorithm::ES256, &kek).unwrap();
+        assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(ring.current().kid(), es.kid);
+        assert!(ring.by_kid(&ed.kid).is_some());
+        // Another key-encryption key, or an altered key id, does not open.
+        let other = Kek::load(KekSource::Inline(&SecretString::from(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            [2u8; 32],
+        ))))
+        .unwrap();
+        assert!(matches!(
+            Keyring::from_sealed(std::slice::from_ref(&ed), SigningAlgorithm::EdDSA, &other),
+            Err(KeyError::Unseal)
+        ));
+        let mut renamed = ed.clone();
+        renamed.kid = es.kid.clone();
+        assert!(Keyring::from_sealed(&[renamed], SigningAlgorithm::EdDSA, &kek).is_err());
+    }
+
+    #[test]
+    fn key_files_of_earlier_versions_are_read_with_private_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = kek();
+        let (key, der) = SigningKey::generate(SigningAlgorithm::EdDSA, datetime!(2026-01-01 0:00 UTC)).unwrap();
+        let path = dir.path().join(format!("sig-{}.json", key.kid()));
+        key.store(&der, &kek, &path).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
-        let jwk = &ring1.jwks()["keys"][0];
-        assert_eq!(jwk["use"], "sig");
-        assert_eq!(jwk["alg"], "EdDSA");
-        assert_eq!(jwk["kid"], ring1.current().kid());
-        // Switching algorithm adds a key and keeps the old one published.
-        let ring3 = Keyring::load_or_create(dir.path(), SigningAlgorithm::ES256, &kek, now).unwrap();
-        assert_eq!(ring3.jwks()["keys"].as_array().unwrap().len(), 2);
-        assert_eq!(ring3.current().algorithm(), SigningAlgorithm::ES256);
-        assert!(ring3.by_kid(ring1.current().kid()).is_some());
+        let found = Keyring::file_keys(dir.path()).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].kid, key.kid());
+        assert!(Keyring::file_keys(&dir.path().join("absent")).unwrap().is_empty());
     }
 }

@@ -493,6 +493,23 @@ pub trait CheckpointStore: Send + Sync {
     async fn write_checkpoint(&self, checkpoint: &crate::audit::Checkpoint) -> Result<(), StoreError>;
 }
 
+/// The broker's signing keys, sealed, shared by every replica.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Every stored key, oldest first.
+    async fn signing_keys(&self) -> Result<Vec<crate::keys::SealedKey>, StoreError>;
+    /// Stores `key` with `event`, unless its key id is stored already or,
+    /// with `only_if_alg_absent`, a key of its algorithm is. Decided under
+    /// the write lock, so replicas starting together agree on one key.
+    /// Returns whether it was stored.
+    async fn add_signing_key(
+        &self,
+        key: &crate::keys::SealedKey,
+        only_if_alg_absent: bool,
+        event: AuditEvent,
+    ) -> Result<bool, StoreError>;
+}
+
 #[async_trait]
 pub trait Health: Send + Sync {
     /// A cheap round trip proving the database answers.
@@ -519,6 +536,7 @@ pub trait Backend:
     + JobStore
     + AuditReader
     + CheckpointStore
+    + KeyStore
     + Health
 {
 }
@@ -533,6 +551,7 @@ impl<T> Backend for T where
         + JobStore
         + AuditReader
         + CheckpointStore
+        + KeyStore
         + Health
 {
 }

@@ -486,6 +486,62 @@ impl AdminTokenStore for Store {
 }
 
 #[async_trait]
+impl KeyStore for Store {
+    async fn signing_keys(&self) -> Result<Vec<crate::keys::SealedKey>, StoreError> {
+        let rows: Vec<(String, String, i64, String)> =
+            sqlx::query_as("SELECT kid, alg, created_at, sealed FROM signing_keys ORDER BY created_at, kid")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(kid, alg, created_at, sealed)| {
+                Ok(crate::keys::SealedKey { kid, alg, created_at: from_ts(created_at)?, sealed })
+            })
+            .collect()
+    }
+
+    async fn add_signing_key(
+        &self,
+        key: &crate::keys::SealedKey,
+        only_if_alg_absent: bool,
+        event: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let key = key.clone();
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                if only_if_alg_absent {
+                    let found: Option<(String,)> = sqlx::query_as("SELECT kid FROM signing_keys WHERE alg = $1")
+                        .bind(&key.alg)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(unavailable)?;
+                    if found.is_some() {
+                        return Ok(false);
+                    }
+                }
+                let inserted = sqlx::query(
+                    "INSERT INTO signing_keys (kid, alg, created_at, sealed) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (kid) DO NOTHING",
+                )
+                .bind(&key.kid)
+                .bind(&key.alg)
+                .bind(ts(key.created_at))
+                .bind(&key.sealed)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+                if inserted > 0 {
+                    insert_event(conn, &event).await.map_err(unavailable)?;
+                }
+                Ok(inserted > 0)
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl Health for Store {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;

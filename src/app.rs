@@ -141,6 +141,7 @@ pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Opened
         busy_timeout: config.database.busy_timeout.get(),
         max_connections: config.database.max_connections,
         auto_migrate: migrate || config.database.auto_migrate,
+        application_name: format!("halflife {}", config.server.listen),
     };
     crate::store::open(&options).await.with_context(|| format!("failed to open database {}", redacted(&options.url)))
 }

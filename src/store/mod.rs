@@ -587,6 +587,9 @@ pub struct OpenOptions {
     /// Apply pending migrations; when false, refuse to open while any is
     /// pending.
     pub auto_migrate: bool,
+    /// Names this process's PostgreSQL sessions (`pg_stat_activity`), so an
+    /// operator can tell replicas apart, e.g. which one holds the leader lock.
+    pub application_name: String,
 }
 
 /// An open store and the leadership that goes with it.
@@ -606,8 +609,10 @@ pub async fn open(options: &OpenOptions) -> Result<Opened, StoreError> {
             kind: BackendKind::Sqlite,
         }),
         Some(BackendKind::Postgres) => Ok(Opened {
-            store: Arc::new(postgres::PgStore::open(url, timeout, max, options.auto_migrate).await?),
-            leader: Arc::new(postgres::PgLeader::new(url, timeout)?),
+            store: Arc::new(
+                postgres::PgStore::open(url, &options.application_name, timeout, max, options.auto_migrate).await?,
+            ),
+            leader: Arc::new(postgres::PgLeader::new(url, &options.application_name, timeout)?),
             kind: BackendKind::Postgres,
         }),
         None => Err(StoreError::Unavailable("database.url must start with sqlite:// or postgres://".into())),

@@ -62,11 +62,11 @@ pub type PgStore = Store;
 /// for a client that stalled, is ended by the server after `limit`: a
 /// replica cut off mid-transaction cannot hold the write lock and stop the
 /// others.
-fn connect_options(url: &str, limit: Duration) -> Result<PgConnectOptions, StoreError> {
+fn connect_options(url: &str, name: &str, limit: Duration) -> Result<PgConnectOptions, StoreError> {
     let ms = limit.max(Duration::from_secs(1)).as_millis().to_string();
     Ok(PgConnectOptions::from_str(url)
         .map_err(|e| StoreError::Unavailable(format!("invalid database.url: {e}")))?
-        .application_name("halflife")
+        .application_name(name)
         .options([("lock_timeout", ms.as_str()), ("idle_in_transaction_session_timeout", ms.as_str())])
         .disable_statement_logging())
 }
@@ -76,11 +76,12 @@ impl Store {
     /// `auto_migrate`, requires) the migrations, and starts the writer task.
     pub async fn open(
         url: &str,
+        name: &str,
         acquire_timeout: Duration,
         max_connections: u32,
         auto_migrate: bool,
     ) -> Result<Self, StoreError> {
-        let options = connect_options(url, acquire_timeout * 2)?;
+        let options = connect_options(url, name, acquire_timeout * 2)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout.max(Duration::from_secs(1)))
@@ -103,8 +104,12 @@ pub struct PgLeader {
 }
 
 impl PgLeader {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        Ok(Self { options: connect_options(url, timeout)?, timeout, held: Mutex::new(None) })
+    pub fn new(url: &str, name: &str, timeout: Duration) -> Result<Self, StoreError> {
+        Ok(Self {
+            options: connect_options(url, &format!("{name} (leader lock)"), timeout)?,
+            timeout,
+            held: Mutex::new(None),
+        })
     }
 
     async fn try_acquire(&self) -> Result<Option<PgConnection>, sqlx::Error> {

@@ -136,6 +136,7 @@ async fn an_owner_departing_makes_the_systems_credentials_inactive_at_once() {
         busy_timeout: std::time::Duration::from_secs(5),
         max_connections: 1,
         auto_migrate: false,
+        application_name: "halflife test".into(),
     })
     .await
     .unwrap()

@@ -27,3 +27,4 @@ mod jwks_remote;
 mod lifecycle;
 #[path = "../api/rejections.rs"]
 mod rejections;
+mod replicas;

@@ -54,3 +54,29 @@ async fn health_endpoints_answer_and_start_fails_without_a_database() {
         .expect("start must fail without a database");
     assert!(format!("{err:#}").contains("database"), "{err:#}");
 }
+
+#[tokio::test]
+async fn with_auto_migrate_off_start_refuses_pending_migrations_until_migrate_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = TestDb::create(dir.path()).await else { return };
+    let config_for = || {
+        let mut config = halflife::config::Config::from_toml(&format!(
+            "[database]\nauto_migrate = false\n[keys]\ndir = \"{}/keys\"\nkek = \"{}\"\n",
+            dir.path().display(),
+            kek_b64()
+        ))
+        .unwrap();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.database.url = db.url();
+        config
+    };
+    let clock = || std::sync::Arc::new(halflife::clock::SystemClock);
+    let err = halflife::app::App::build(config_for(), clock()).await.err().expect("start must refuse");
+    let message = format!("{err:#}");
+    assert!(message.contains("pending migrations") && message.contains("halflife migrate"), "{message}");
+
+    // What `halflife migrate` runs; afterwards the same config starts.
+    halflife::app::open_store(&config_for(), true).await.unwrap();
+    let app = halflife::app::App::build(config_for(), clock()).await.unwrap();
+    assert!(!app.broker().keys.jwks()["keys"].as_array().unwrap().is_empty());
+}

@@ -180,7 +180,7 @@ impl App {
 
         let now = clock.now();
         let kek = load_kek(&config)?;
-        let Opened { store, leader, .. } = open_store(&config, false).await?;
+        let Opened { store, leader } = open_store(&config, false).await?;
         let keys = shared_keyring(store.as_ref(), &config, &kek, now).await.context("failed to load signing keys")?;
         for path in &config.bootstrap.apply {
             let report = apply_file(store.as_ref(), &config, path, "bootstrap", now, false).await?;

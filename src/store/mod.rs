@@ -596,7 +596,6 @@ pub struct OpenOptions {
 pub struct Opened {
     pub store: Arc<dyn Backend>,
     pub leader: Arc<dyn Coordination>,
-    pub kind: BackendKind,
 }
 
 /// Opens the database `options.url` names.
@@ -606,14 +605,12 @@ pub async fn open(options: &OpenOptions) -> Result<Opened, StoreError> {
         Some(BackendKind::Sqlite) => Ok(Opened {
             store: Arc::new(sqlite::SqliteStore::open(url, timeout, max, options.auto_migrate).await?),
             leader: Arc::new(sqlite::SoleLeader),
-            kind: BackendKind::Sqlite,
         }),
         Some(BackendKind::Postgres) => Ok(Opened {
             store: Arc::new(
                 postgres::PgStore::open(url, &options.application_name, timeout, max, options.auto_migrate).await?,
             ),
             leader: Arc::new(postgres::PgLeader::new(url, &options.application_name, timeout)?),
-            kind: BackendKind::Postgres,
         }),
         None => Err(StoreError::Unavailable("database.url must start with sqlite:// or postgres://".into())),
     }

@@ -48,6 +48,7 @@ pub struct App {
     remote_issuers: Vec<(Arc<TrustedIssuer>, Duration)>,
     /// `None` when the caller drives lifecycle passes and checkpoints itself.
     lifecycle_tick: Option<Duration>,
+    sync_interval: Duration,
     checkpoints: CheckpointPolicy,
 }
 
@@ -264,6 +265,7 @@ impl App {
             leader,
             remote_issuers,
             lifecycle_tick: Some(config.lifecycle.tick.get()),
+            sync_interval: config.database.sync_interval.get(),
             checkpoints: CheckpointPolicy {
                 every_events: i64::from(config.audit.checkpoint_events),
                 every: config.audit.checkpoint_interval.get(),
@@ -306,6 +308,21 @@ impl App {
                 tick.tick().await;
                 if let Err(e) = crate::store::CredentialStore::prune_replay_records(store.as_ref(), clock.now()).await {
                     tracing::warn!(error = %e, "pruning single-use records failed; will retry");
+                }
+            }
+        }));
+        // Every replica, leader or not: keeps its in-memory views current
+        // with changes other processes made.
+        let store = Arc::clone(&self.store);
+        let clock = Arc::clone(&self.broker.clock);
+        let every = self.sync_interval;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.reconcile(clock.now()).await {
+                    tracing::warn!(error = %e, "checking the database for changes failed; will retry");
                 }
             }
         }));

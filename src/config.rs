@@ -182,6 +182,10 @@ pub struct DatabaseConfig {
     /// Apply pending migrations at start. With `false`, the broker refuses
     /// to start while any is pending (run `halflife migrate` first).
     pub auto_migrate: bool,
+    /// How often each broker checks the database for catalog changes made
+    /// by other processes (`halflife apply` against a live SQLite
+    /// database; on PostgreSQL, a safety net behind notifications).
+    pub sync_interval: HumanDuration,
 }
 
 impl Default for DatabaseConfig {
@@ -191,6 +195,7 @@ impl Default for DatabaseConfig {
             busy_timeout: HumanDuration::secs(5),
             max_connections: 8,
             auto_migrate: true,
+            sync_interval: HumanDuration::secs(1),
         }
     }
 }
@@ -451,6 +456,10 @@ impl Config {
                     self.server.listen
                 ),
             );
+        }
+        let sync = self.database.sync_interval.get();
+        if sync < Duration::from_millis(10) || sync > Duration::from_secs(3600) {
+            problem("database.sync_interval", "must be between 10ms and 1h".to_owned());
         }
         if self.dev.enabled && !loopback {
             problem(

@@ -60,7 +60,7 @@ impl Broker {
         };
 
         let grants = self.policy.grants_for_issuer(&attestation.issuer_name).await.map_err(Unavailable)?;
-        let mut matching = grants.into_iter().filter(|g| g.grant.subject.matches(&attestation.subject));
+        let mut matching = grants.iter().filter(|g| g.grant.subject.matches(&attestation.subject));
         let ctx = match (matching.next(), matching.next()) {
             (Some(only), None) => only,
             (None, _) => {
@@ -84,15 +84,15 @@ impl Broker {
             }
         };
 
-        let decision = match decide(&ctx, &request.ask, now, self.limits) {
+        let decision = match decide(ctx, &request.ask, now, self.limits) {
             Ok(d) => d,
             Err(denial) => {
-                let event = self.attested_denial(&denial, &request.ask, &attestation, Some(&ctx), now, meta);
+                let event = self.attested_denial(&denial, &request.ask, &attestation, Some(ctx), now, meta);
                 return Err(self.deny(denial, event).await);
             }
         };
 
-        self.issue(&attestation, &ctx, decision, now, meta).await
+        self.issue(&attestation, ctx, decision, now, meta).await
     }
 
     async fn issue(

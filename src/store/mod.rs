@@ -9,6 +9,7 @@
 //! Two backends share one body of SQL (`sql/`): SQLite, embedded, for one
 //! node; PostgreSQL for several replicas. `database.url` picks one.
 
+pub mod cache;
 pub mod postgres;
 pub mod sqlite;
 
@@ -325,8 +326,9 @@ pub struct ApplyReport {
 #[async_trait]
 pub trait PolicyStore: Send + Sync {
     /// Grants accepting tokens from the named issuer, each with its system
-    /// and the system's owners as they are now.
-    async fn grants_for_issuer(&self, issuer: &str) -> Result<Vec<GrantContext>, StoreError>;
+    /// and the system's owners as they are now. Served from memory while
+    /// the catalog view is current.
+    async fn grants_for_issuer(&self, issuer: &str) -> Result<Arc<Vec<GrantContext>>, StoreError>;
 }
 
 /// The durable write path: issuances, denials and revocations, each with its
@@ -516,6 +518,15 @@ pub trait Health: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// The in-memory views (see [`cache`]) and what keeps them current.
+#[async_trait]
+pub trait Views: Send + Sync {
+    /// One reconciliation pass: notices catalog changes made by processes
+    /// that could not notify this one, and forgets credentials expired at
+    /// `now`. Run every `database.sync_interval` on every replica.
+    async fn reconcile(&self, now: OffsetDateTime) -> Result<(), StoreError>;
+}
+
 /// Singleton background work (lifecycle reaper, jobs, audit checkpoints)
 /// runs on one replica at a time: the one that leads.
 #[async_trait]
@@ -538,6 +549,7 @@ pub trait Backend:
     + CheckpointStore
     + KeyStore
     + Health
+    + Views
 {
 }
 
@@ -553,6 +565,7 @@ impl<T> Backend for T where
         + CheckpointStore
         + KeyStore
         + Health
+        + Views
 {
 }
 

@@ -41,6 +41,9 @@ async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Starts the read transaction that loads the catalog view.
+const SNAPSHOT_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
 include!("sql/core.rs");
 
 mod lifecycle {
@@ -89,7 +92,63 @@ impl Store {
             .await
             .map_err(unavailable)?;
         prepare_schema(&pool, &MIGRATOR, auto_migrate).await?;
-        Self::start(pool, options, acquire_timeout).await
+        // The views are trusted only once the change listener is up.
+        let store = Self::start(pool, options, acquire_timeout, false).await?;
+        tokio::spawn(listen_for_changes(store.pool.clone(), Arc::clone(&store.cache), store.lifetime.subscribe()));
+        Ok(store)
+    }
+}
+
+/// The channel the migration's triggers notify: `catalog` after any
+/// change to systems, owners, grants, workload revocations or admin
+/// tokens; `jti <jti>` for each credential revoked.
+const CHANGES_CHANNEL: &str = "halflife_changes";
+
+/// Keeps this replica's views current with what every replica commits. The
+/// views are trusted only while the listener is connected; every
+/// (re)connection drops them, since notifications sent while disconnected
+/// are lost. Ends when the store is dropped.
+async fn listen_for_changes(pool: PgPool, cache: Arc<Cache>, mut lifetime: tokio::sync::watch::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = lifetime.changed() => return,
+            () = listen_once(&pool, &cache) => {}
+        }
+        cache.set_trusted(false);
+        // Not for correctness: reads go to the database meanwhile.
+        tokio::select! {
+            _ = lifetime.changed() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// One listener connection, until it fails.
+async fn listen_once(pool: &PgPool, cache: &Cache) {
+    let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for changes; reading revocation state from the database");
+            return;
+        }
+    };
+    if let Err(e) = listener.listen(CHANGES_CHANNEL).await {
+        tracing::warn!(error = %e, "cannot listen for changes; reading revocation state from the database");
+        return;
+    }
+    cache.set_trusted(true);
+    tracing::debug!("listening for changes from every replica");
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => match notification.payload().split_once(' ') {
+                Some(("jti", jti)) => cache.forget(jti),
+                _ => cache.catalog_changed(),
+            },
+            Ok(None) | Err(_) => {
+                tracing::warn!("change listener disconnected; reading revocation state from the database");
+                return;
+            }
+        }
     }
 }
 

@@ -30,6 +30,9 @@ async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Starts the read transaction that loads the catalog view.
+const SNAPSHOT_BEGIN: &str = "BEGIN";
+
 include!("sql/core.rs");
 
 mod lifecycle {
@@ -87,6 +90,8 @@ impl Store {
             .await
             .map_err(unavailable)?;
         prepare_schema(&pool, &MIGRATOR, auto_migrate).await?;
-        Self::start(pool, options, busy_timeout).await
+        // One node, so every change is made by this process (which updates
+        // its views as it commits) or seen by the reconciliation poll.
+        Self::start(pool, options, busy_timeout, true).await
     }
 }

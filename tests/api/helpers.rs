@@ -338,6 +338,7 @@ max_body_bytes = 16384
 [database]
 url = "{db_url}"
 busy_timeout = "{busy}"
+sync_interval = "100ms"
 
 [keys]
 dir = "{d}/keys"

@@ -14,6 +14,7 @@
 // audit chain follow commit order.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ use lifecycle::write_tx;
 
 use crate::domain::model::{OwnerStatus, SystemState};
 use crate::domain::values::{ScopeSet, SubjectMatch};
+use crate::store::cache::{Cache, Found, IndexedCredential, Snapshot, SystemEntry, record_from};
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -82,7 +84,8 @@ enum WriteOp {
 }
 
 enum WriteResult {
-    Issue(IssueOutcome),
+    /// With the new row's id when committed.
+    Issue(IssueOutcome, Option<i64>),
     Event,
     Revoke(bool),
 }
@@ -96,17 +99,78 @@ struct WriteJob {
 pub struct Store {
     pool: DbPool,
     writer: mpsc::Sender<WriteJob>,
+    cache: Arc<Cache>,
+    /// Dropped with the last clone of this store, which stops the tasks
+    /// that serve it (the change listener).
+    #[allow(dead_code, reason = "only the PostgreSQL store runs tasks that watch it")]
+    lifetime: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 impl Store {
     /// Starts the writer task on its own connection and seals events
-    /// written before the audit chain existed.
-    async fn start(pool: DbPool, options: ConnectOpts, busy_timeout: Duration) -> Result<Self, StoreError> {
+    /// written before the audit chain existed. `trusted`: whether the
+    /// in-memory views may be used from the start (see [`Cache`]).
+    async fn start(
+        pool: DbPool,
+        options: ConnectOpts,
+        busy_timeout: Duration,
+        trusted: bool,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_writer(options, busy_timeout.max(Duration::from_secs(1)) * 2, rx));
-        let store = Self { pool, writer: tx };
+        let cache = Arc::new(Cache::new(trusted));
+        tokio::spawn(run_writer(options, busy_timeout.max(Duration::from_secs(1)) * 2, rx, Arc::clone(&cache)));
+        let (lifetime, _) = tokio::sync::watch::channel(());
+        let store = Self { pool, writer: tx, cache, lifetime: Arc::new(lifetime) };
         store.seal_unhashed().await?;
         Ok(store)
+    }
+
+    /// The catalog view, loaded if it is not current.
+    async fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
+        self.cache.snapshot_or_load(async || load_snapshot(&self.pool).await).await
+    }
+
+    /// The full credential record, read from the database.
+    async fn credential_from_db(&self, jti: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        let sql = format!(
+            "SELECT c.id AS c_id, c.jti AS c_jti, c.revoked_at AS c_revoked_at, \
+             s.revoked_through AS s_revoked_through, COALESCE(w.revoked_through, 0) AS w_revoked_through, {SYSTEM_COLUMNS} \
+             FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} \
+             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+             WHERE c.jti = $1"
+        );
+        let Some(row) = sqlx::query(&sql).bind(jti).fetch_optional(&self.pool).await.map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let revoked_at: Option<i64> = row.try_get("c_revoked_at").map_err(corrupt("credential"))?;
+        Ok(Some(CredentialRecord {
+            jti: row.try_get("c_jti").map_err(corrupt("credential"))?,
+            id: row.try_get("c_id").map_err(corrupt("credential"))?,
+            revoked_at: revoked_at.map(from_ts).transpose()?,
+            system_revoked_through: row.try_get("s_revoked_through").map_err(corrupt("credential"))?,
+            workload_revoked_through: row.try_get("w_revoked_through").map_err(corrupt("credential"))?,
+            system: system_from(&row)?,
+            business_owner: owner_from(&row, "bo_")?,
+            technical_owner: owner_from(&row, "to_")?,
+        }))
+    }
+
+    /// Reads one credential's indexable facts and offers them to the index.
+    async fn index_from_db(&self, jti: &str) -> Result<Option<Found>, StoreError> {
+        let epoch = self.cache.epoch();
+        let row: Option<(i64, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, system_id, issuer, subject, exp, revoked_at FROM credentials WHERE jti = $1",
+        )
+        .bind(jti)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some((id, system, issuer, subject, exp, revoked_at)) = row else { return Ok(None) };
+        self.cache.index(
+            &IndexedCredential { jti, id, exp, revoked_at, system: &system, issuer: &issuer, subject: &subject },
+            Some(epoch),
+        );
+        Ok(Some(Found { id, revoked_at, system: Arc::from(system), workload: Arc::new((issuer, subject)) }))
     }
 
     async fn submit(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
@@ -119,7 +183,7 @@ impl Store {
 /// Commits queued writes in batches. A batch that fails, or does not finish
 /// within `limit` (a stalled database), fails every caller in it with
 /// `Unavailable`, and the writer starts over on a fresh connection.
-async fn run_writer(options: ConnectOpts, limit: Duration, mut rx: mpsc::Receiver<WriteJob>) {
+async fn run_writer(options: ConnectOpts, limit: Duration, mut rx: mpsc::Receiver<WriteJob>, cache: Arc<Cache>) {
     let mut conn: Option<Conn> = None;
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
@@ -143,6 +207,10 @@ async fn run_writer(options: ConnectOpts, limit: Duration, mut rx: mpsc::Receive
         let ops: Vec<&WriteOp> = jobs.iter().map(|j| &j.op).collect();
         let error = match tokio::time::timeout(limit, write_batch(c, &ops)).await {
             Ok(Ok(results)) => {
+                // Committed: the views learn of it before any caller does.
+                for (job, result) in jobs.iter().zip(&results) {
+                    remember(&cache, &job.op, result);
+                }
                 for (job, result) in jobs.drain(..).zip(results) {
                     let _ = job.reply.send(Ok(result));
                 }
@@ -168,6 +236,26 @@ async fn run_writer(options: ConnectOpts, limit: Duration, mut rx: mpsc::Receive
     }
 }
 
+/// Tells the in-memory views about one committed write.
+fn remember(cache: &Cache, op: &WriteOp, result: &WriteResult) {
+    match (op, result) {
+        (WriteOp::Issue(i), WriteResult::Issue(IssueOutcome::Committed, Some(id))) => cache.index(
+            &IndexedCredential {
+                jti: &i.jti,
+                id: *id,
+                exp: ts(i.exp),
+                revoked_at: None,
+                system: i.system_id.as_str(),
+                issuer: &i.issuer,
+                subject: &i.subject,
+            },
+            None,
+        ),
+        (WriteOp::Revoke { jti, event, .. }, WriteResult::Revoke(true)) => cache.revoked(jti, ts(event.time)),
+        _ => {}
+    }
+}
+
 async fn write_batch(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
     begin_write(conn).await?;
     match apply_ops(conn, ops).await {
@@ -189,7 +277,10 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         let result = match op {
-            WriteOp::Issue(issuance) => WriteResult::Issue(insert_issuance(conn, issuance).await?),
+            WriteOp::Issue(issuance) => {
+                let (outcome, id) = insert_issuance(conn, issuance).await?;
+                WriteResult::Issue(outcome, id)
+            }
             WriteOp::Event(event) => {
                 insert_event(conn, event).await?;
                 WriteResult::Event
@@ -227,7 +318,7 @@ fn denial_of(i: &Issuance, reason: &str) -> AuditEvent {
     denial
 }
 
-async fn insert_issuance(conn: &mut Conn, i: &Issuance) -> Result<IssueOutcome, sqlx::Error> {
+async fn insert_issuance(conn: &mut Conn, i: &Issuance) -> Result<(IssueOutcome, Option<i64>), sqlx::Error> {
     // The decision was taken before this transaction; a suspension or
     // retirement may have committed since. Checked here, under the write
     // lock, no credential can be committed for a system that is no longer
@@ -239,7 +330,7 @@ async fn insert_issuance(conn: &mut Conn, i: &Issuance) -> Result<IssueOutcome, 
     if !matches!(state.as_ref().map(|(s,)| s.as_str()), Some("active")) {
         insert_event(conn, &denial_of(i, "access_denied: the system stopped operating while the request was decided"))
             .await?;
-        return Ok(IssueOutcome::SystemStopped);
+        return Ok((IssueOutcome::SystemStopped, None));
     }
     if let Some(guard) = &i.replay {
         // The primary key decides: of two uses of one token, exactly one
@@ -255,12 +346,12 @@ async fn insert_issuance(conn: &mut Conn, i: &Issuance) -> Result<IssueOutcome, 
         .rows_affected();
         if inserted == 0 {
             insert_event(conn, &denial_of(i, "single-use attestation was already used (replay)")).await?;
-            return Ok(IssueOutcome::Replayed);
+            return Ok((IssueOutcome::Replayed, None));
         }
     }
-    sqlx::query(
+    let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
     )
     .bind(&i.jti)
     .bind(i.kind.as_str())
@@ -272,10 +363,10 @@ async fn insert_issuance(conn: &mut Conn, i: &Issuance) -> Result<IssueOutcome, 
     .bind(&i.scopes)
     .bind(ts(i.iat))
     .bind(ts(i.exp))
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
     insert_event(conn, &i.event).await?;
-    Ok(IssueOutcome::Committed)
+    Ok((IssueOutcome::Committed, Some(id)))
 }
 
 fn corrupt(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
@@ -358,7 +449,10 @@ const SYSTEM_JOINS: &str = "JOIN owners bo ON bo.id = s.business_owner JOIN owne
 
 #[async_trait]
 impl PolicyStore for Store {
-    async fn grants_for_issuer(&self, issuer: &str) -> Result<Vec<GrantContext>, StoreError> {
+    async fn grants_for_issuer(&self, issuer: &str) -> Result<Arc<Vec<GrantContext>>, StoreError> {
+        if self.cache.trusted() {
+            return Ok(self.snapshot().await?.grants_by_issuer.get(issuer).cloned().unwrap_or_default());
+        }
         let sql = format!(
             "SELECT g.id AS g_id, g.system_id AS g_system_id, g.issuer AS g_issuer, g.subject AS g_subject, \
              g.audiences AS g_audiences, g.scopes AS g_scopes, g.default_scopes AS g_default_scopes, \
@@ -366,7 +460,8 @@ impl PolicyStore for Store {
              FROM grants g JOIN systems s ON s.id = g.system_id {SYSTEM_JOINS} WHERE g.issuer = $1"
         );
         let rows = sqlx::query(&sql).bind(issuer).fetch_all(&self.pool).await.map_err(unavailable)?;
-        rows.iter()
+        let grants = rows
+            .iter()
             .map(|row| {
                 Ok(GrantContext {
                     grant: grant_from(row)?,
@@ -375,7 +470,8 @@ impl PolicyStore for Store {
                     technical_owner: owner_from(row, "to_")?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Arc::new(grants))
     }
 }
 
@@ -383,7 +479,7 @@ impl PolicyStore for Store {
 impl IssuanceLog for Store {
     async fn record_issuance(&self, issuance: Issuance) -> Result<IssueOutcome, StoreError> {
         match self.submit(WriteOp::Issue(Box::new(issuance))).await? {
-            WriteResult::Issue(outcome) => Ok(outcome),
+            WriteResult::Issue(outcome, _) => Ok(outcome),
             _ => Err(StoreError::Corrupt("writer answered the wrong request".into())),
         }
     }
@@ -407,27 +503,22 @@ impl IssuanceLog for Store {
 #[async_trait]
 impl CredentialStore for Store {
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, StoreError> {
-        let sql = format!(
-            "SELECT c.id AS c_id, c.jti AS c_jti, c.revoked_at AS c_revoked_at, \
-             s.revoked_through AS s_revoked_through, COALESCE(w.revoked_through, 0) AS w_revoked_through, {SYSTEM_COLUMNS} \
-             FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} \
-             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
-             WHERE c.jti = $1"
-        );
-        let Some(row) = sqlx::query(&sql).bind(jti).fetch_optional(&self.pool).await.map_err(unavailable)? else {
-            return Ok(None);
+        if !self.cache.trusted() {
+            return self.credential_from_db(jti).await;
+        }
+        let snapshot = self.snapshot().await?;
+        let found = match self.cache.lookup(jti) {
+            Some(found) => found,
+            None => match self.index_from_db(jti).await? {
+                Some(found) => found,
+                None => return Ok(None),
+            },
         };
-        let revoked_at: Option<i64> = row.try_get("c_revoked_at").map_err(corrupt("credential"))?;
-        Ok(Some(CredentialRecord {
-            jti: row.try_get("c_jti").map_err(corrupt("credential"))?,
-            id: row.try_get("c_id").map_err(corrupt("credential"))?,
-            revoked_at: revoked_at.map(from_ts).transpose()?,
-            system_revoked_through: row.try_get("s_revoked_through").map_err(corrupt("credential"))?,
-            workload_revoked_through: row.try_get("w_revoked_through").map_err(corrupt("credential"))?,
-            system: system_from(&row)?,
-            business_owner: owner_from(&row, "bo_")?,
-            technical_owner: owner_from(&row, "to_")?,
-        }))
+        match record_from(jti, &found, &snapshot) {
+            Some(record) => Ok(Some(record)),
+            // A system newer than the snapshot: read it all.
+            None => self.credential_from_db(jti).await,
+        }
     }
 
     async fn prune_replay_records(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
@@ -463,6 +554,13 @@ impl AdminTokenStore for Store {
     }
 
     async fn admin_token_by_hash(&self, hash: [u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError> {
+        // A token the view lacks may have been created by another process
+        // a moment ago (`halflife admin token create`): ask the database.
+        if self.cache.trusted()
+            && let Some(record) = self.snapshot().await?.admin_tokens.get(&hash)
+        {
+            return Ok(Some(record.clone()));
+        }
         let row = sqlx::query(
             "SELECT id, name, role, token_hash FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
         )
@@ -769,4 +867,75 @@ async fn apply_catalog(
         }
     }
     Ok(report)
+}
+
+/// Loads the catalog view in one read transaction, so its parts agree.
+async fn load_snapshot(pool: &DbPool) -> Result<Snapshot, StoreError> {
+    let mut tx = pool.begin_with(SNAPSHOT_BEGIN).await.map_err(unavailable)?;
+    let mut snapshot = Snapshot::default();
+    let sql = format!("SELECT {SYSTEM_COLUMNS}, s.revoked_through AS s_revoked_through FROM systems s {SYSTEM_JOINS}");
+    for row in sqlx::query(&sql).fetch_all(&mut *tx).await.map_err(unavailable)? {
+        let system = system_from(&row)?;
+        let entry = SystemEntry {
+            revoked_through: row.try_get("s_revoked_through").map_err(corrupt("system"))?,
+            business_owner: owner_from(&row, "bo_")?,
+            technical_owner: owner_from(&row, "to_")?,
+            system,
+        };
+        snapshot.systems.insert(entry.system.id.to_string(), entry);
+    }
+    let grants = sqlx::query(
+        "SELECT id AS g_id, system_id AS g_system_id, issuer AS g_issuer, subject AS g_subject, \
+         audiences AS g_audiences, scopes AS g_scopes, default_scopes AS g_default_scopes, kinds AS g_kinds, \
+         max_ttl AS g_max_ttl FROM grants ORDER BY id",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let mut by_issuer: std::collections::HashMap<String, Vec<GrantContext>> = std::collections::HashMap::new();
+    for row in &grants {
+        let grant = grant_from(row)?;
+        let system = snapshot
+            .systems
+            .get(grant.system.as_str())
+            .ok_or_else(|| StoreError::Corrupt(format!("grant {} names a missing system", grant.id)))?;
+        by_issuer.entry(grant.issuer.clone()).or_default().push(GrantContext {
+            system: system.system.clone(),
+            business_owner: system.business_owner.clone(),
+            technical_owner: system.technical_owner.clone(),
+            grant,
+        });
+    }
+    snapshot.grants_by_issuer = by_issuer.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+    let workloads: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT issuer, subject, revoked_through FROM workload_revocations")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    snapshot.workloads = workloads.into_iter().map(|(i, s, r)| ((i, s), r)).collect();
+    let tokens: Vec<(String, String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT id, name, role, token_hash FROM admin_tokens WHERE revoked_at IS NULL")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    for (id, name, role, hash) in tokens {
+        let hash: [u8; 32] =
+            hash.try_into().map_err(|_| StoreError::Corrupt(format!("admin token {id}: hash is not 32 bytes")))?;
+        snapshot.admin_tokens.insert(hash, AdminTokenRecord { id, name, role });
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(snapshot)
+}
+
+#[async_trait]
+impl Views for Store {
+    async fn reconcile(&self, now: OffsetDateTime) -> Result<(), StoreError> {
+        let (revision,): (i64,) = sqlx::query_as("SELECT revision FROM changes WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        self.cache.polled(revision);
+        self.cache.prune(ts(now));
+        Ok(())
+    }
 }

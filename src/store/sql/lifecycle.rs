@@ -22,7 +22,12 @@ where
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     let ended = sqlx::query(end).execute(&mut *conn).await.map_err(unavailable);
     match (result, ended) {
-        (Ok(v), Ok(_)) => Ok(v),
+        (Ok(v), Ok(_)) => {
+            // Any of these writes may change what the catalog view holds;
+            // drop it before the caller hears of the commit.
+            store.cache.catalog_changed();
+            Ok(v)
+        }
         (Err(e), _) | (Ok(_), Err(e)) => Err(e),
     }
 }

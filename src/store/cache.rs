@@ -1,0 +1,401 @@
+//! In-memory views in front of the database, so the hot path reads no rows:
+//! the catalog (grants with their systems and owners, revocation epochs,
+//! admin tokens) and an index of issued credentials by `jti`.
+//!
+//! Both views are caches of the database, never the other way round, and
+//! each is dropped the moment it may be stale:
+//! - a write by this process bumps the catalog generation (or marks the one
+//!   revoked credential) before the caller is answered, so a replica always
+//!   reads its own writes;
+//! - on PostgreSQL, triggers `NOTIFY` every replica of catalog changes and
+//!   of each revoked `jti`; while the listener is disconnected the views are
+//!   not trusted at all and every read goes to the database, and on
+//!   reconnect they are dropped whole;
+//! - a periodic poll of the `changes` revision (bumped by the same triggers,
+//!   on both backends) catches writes by other processes, such as
+//!   `halflife apply` run against a live SQLite database, and any
+//!   notification lost in transit.
+//!
+//! A fill that raced with an invalidation is discarded: fills carry the
+//! generation (or credential epoch) they started from.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use crate::domain::model::{GrantContext, Owner, System};
+
+use super::{AdminTokenRecord, CredentialRecord};
+
+/// Most credentials indexed; beyond it, lookups of further credentials read
+/// the database. About 50 bytes each.
+pub const MAX_INDEXED_CREDENTIALS: usize = 2_000_000;
+
+/// One system as the hot path needs it.
+#[derive(Debug, Clone)]
+pub struct SystemEntry {
+    pub system: System,
+    pub business_owner: Owner,
+    pub technical_owner: Owner,
+    pub revoked_through: i64,
+}
+
+/// Everything the catalog view holds, loaded in one go.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub grants_by_issuer: HashMap<String, Arc<Vec<GrantContext>>>,
+    pub systems: HashMap<String, SystemEntry>,
+    /// `(issuer, subject)` → revocation epoch.
+    pub workloads: HashMap<(String, String), i64>,
+    pub admin_tokens: HashMap<[u8; 32], AdminTokenRecord>,
+}
+
+impl Snapshot {
+    pub fn workload_epoch(&self, issuer: &str, subject: &str) -> i64 {
+        // Keyed by owned strings; the lookup allocates only on this path.
+        self.workloads.get(&(issuer.to_owned(), subject.to_owned())).copied().unwrap_or(0)
+    }
+}
+
+/// What the index keeps of one credential: the immutable facts plus the
+/// only mutable one, its single revocation.
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    id: i64,
+    exp: i64,
+    revoked_at: Option<i64>,
+    system: u32,
+    workload: u32,
+}
+
+/// The facts about one credential that the index records.
+#[derive(Debug, Clone)]
+pub struct IndexedCredential<'a> {
+    pub jti: &'a str,
+    pub id: i64,
+    pub exp: i64,
+    pub revoked_at: Option<i64>,
+    pub system: &'a str,
+    pub issuer: &'a str,
+    pub subject: &'a str,
+}
+
+/// A credential found in the index.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub id: i64,
+    pub revoked_at: Option<i64>,
+    pub system: Arc<str>,
+    pub workload: Arc<(String, String)>,
+}
+
+#[derive(Default)]
+struct CredentialIndex {
+    entries: HashMap<u128, IndexEntry>,
+    systems: Interner<str>,
+    workloads: Interner<(String, String)>,
+}
+
+/// Stores each distinct value once and names it by a small number.
+struct Interner<T: ?Sized> {
+    values: Vec<Arc<T>>,
+    ids: HashMap<Arc<T>, u32>,
+}
+
+impl<T: ?Sized> Default for Interner<T> {
+    fn default() -> Self {
+        Self { values: Vec::new(), ids: HashMap::new() }
+    }
+}
+
+impl<T: ?Sized + Eq + std::hash::Hash> Interner<T> {
+    fn intern(&mut self, value: &T, make: impl FnOnce(&T) -> Arc<T>) -> Option<u32> {
+        if let Some(id) = self.ids.get(value) {
+            return Some(*id);
+        }
+        let id = u32::try_from(self.values.len()).ok()?;
+        let value = make(value);
+        self.values.push(Arc::clone(&value));
+        self.ids.insert(value, id);
+        Some(id)
+    }
+
+    fn get(&self, id: u32) -> Option<&Arc<T>> {
+        self.values.get(usize::try_from(id).ok()?)
+    }
+}
+
+/// The views and their invalidation state.
+pub struct Cache {
+    /// Bumped on every catalog change; a snapshot is good for one value.
+    generation: AtomicU64,
+    snapshot: RwLock<Option<(u64, Arc<Snapshot>)>>,
+    /// Serializes snapshot loads so a burst of misses loads once.
+    loading: tokio::sync::Mutex<()>,
+    /// Bumped whenever index entries may have gone stale.
+    epoch: AtomicU64,
+    index: Mutex<CredentialIndex>,
+    /// Whether invalidations are known to reach this process. Always on
+    /// SQLite; on PostgreSQL only while the listener is connected.
+    trusted: AtomicBool,
+    /// The `changes` revision the last poll saw.
+    polled: Mutex<Option<i64>>,
+}
+
+impl Cache {
+    pub fn new(trusted: bool) -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            snapshot: RwLock::new(None),
+            loading: tokio::sync::Mutex::new(()),
+            epoch: AtomicU64::new(0),
+            index: Mutex::new(CredentialIndex::default()),
+            trusted: AtomicBool::new(trusted),
+            polled: Mutex::new(None),
+        }
+    }
+
+    pub fn trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
+    }
+
+    /// Marks the views trusted (the listener is up) or not (it is down).
+    /// Either way everything cached so far is dropped: while untrusted,
+    /// changes may have gone unseen.
+    pub fn set_trusted(&self, trusted: bool) {
+        self.trusted.store(trusted, Ordering::Release);
+        self.drop_all();
+    }
+
+    /// The catalog changed.
+    pub fn catalog_changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Everything cached may be stale.
+    pub fn drop_all(&self) {
+        self.catalog_changed();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        *self.index.lock().unwrap_or_else(PoisonError::into_inner) = CredentialIndex::default();
+    }
+
+    /// The current snapshot, if it is still good.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let guard = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
+        guard.as_ref().filter(|(g, _)| *g == generation).map(|(_, s)| Arc::clone(s))
+    }
+
+    /// Loads the snapshot with `load` unless another caller just did. The
+    /// result is installed only if no change happened while it loaded;
+    /// either way the caller gets data at least as fresh as its request.
+    pub async fn snapshot_or_load<E, F>(&self, load: F) -> Result<Arc<Snapshot>, E>
+    where
+        F: AsyncFnOnce() -> Result<Snapshot, E>,
+    {
+        if let Some(s) = self.snapshot() {
+            return Ok(s);
+        }
+        let _one_at_a_time = self.loading.lock().await;
+        if let Some(s) = self.snapshot() {
+            return Ok(s);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let snapshot = Arc::new(load().await?);
+        let mut slot = self.snapshot.write().unwrap_or_else(PoisonError::into_inner);
+        if self.generation.load(Ordering::Acquire) == generation {
+            *slot = Some((generation, Arc::clone(&snapshot)));
+        }
+        Ok(snapshot)
+    }
+
+    /// The current credential epoch, taken before a database read whose
+    /// result will be offered to [`Cache::index`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Records a credential. `epoch` is from before its row was read (or
+    /// `None` for a credential this process just committed): a read that
+    /// raced with a revocation is not recorded.
+    pub fn index(&self, credential: &IndexedCredential<'_>, epoch: Option<u64>) {
+        let Some(key) = jti_key(credential.jti) else { return };
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        if epoch.is_some_and(|e| e != self.epoch.load(Ordering::Acquire)) {
+            return;
+        }
+        if index.entries.len() >= MAX_INDEXED_CREDENTIALS && !index.entries.contains_key(&key) {
+            return;
+        }
+        let Some(system) = index.systems.intern(credential.system, |s| Arc::from(s)) else { return };
+        let workload = (credential.issuer.to_owned(), credential.subject.to_owned());
+        let Some(workload) = index.workloads.intern(&workload, |w| Arc::new(w.clone())) else { return };
+        index.entries.insert(
+            key,
+            IndexEntry { id: credential.id, exp: credential.exp, revoked_at: credential.revoked_at, system, workload },
+        );
+    }
+
+    pub fn lookup(&self, jti: &str) -> Option<Found> {
+        let key = jti_key(jti)?;
+        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = index.entries.get(&key)?;
+        Some(Found {
+            id: entry.id,
+            revoked_at: entry.revoked_at,
+            system: Arc::clone(index.systems.get(entry.system)?),
+            workload: Arc::clone(index.workloads.get(entry.workload)?),
+        })
+    }
+
+    /// This process revoked `jti` at `at`.
+    pub fn revoked(&self, jti: &str, at: i64) {
+        let Some(key) = jti_key(jti) else { return };
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(entry) = index.entries.get_mut(&key) {
+            entry.revoked_at.get_or_insert(at);
+        }
+    }
+
+    /// Another process revoked `jti`: forget it, so the next lookup reads
+    /// the database.
+    pub fn forget(&self, jti: &str) {
+        let Some(key) = jti_key(jti) else { return };
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        index.entries.remove(&key);
+    }
+
+    /// Drops credentials that expired before `now` (unix seconds); returns
+    /// how many remain.
+    pub fn prune(&self, now: i64) -> usize {
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        index.entries.retain(|_, e| e.exp >= now);
+        if index.entries.is_empty() {
+            *index = CredentialIndex::default();
+        }
+        index.entries.len()
+    }
+
+    /// Compares the database's `changes` revision with the one the last
+    /// poll saw; a difference means the catalog changed, perhaps by a
+    /// process that cannot notify this one.
+    pub fn polled(&self, revision: i64) {
+        let mut seen = self.polled.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.is_some_and(|s| s != revision) {
+            self.catalog_changed();
+        }
+        *seen = Some(revision);
+    }
+}
+
+/// Builds the record the introspection and revocation paths read, from the
+/// index and the snapshot; `None` when the snapshot lacks the system (then
+/// the caller reads the database).
+pub fn record_from(jti: &str, found: &Found, snapshot: &Snapshot) -> Option<CredentialRecord> {
+    let system = snapshot.systems.get(&*found.system)?;
+    let revoked_at = match found.revoked_at {
+        Some(t) => Some(time::OffsetDateTime::from_unix_timestamp(t).ok()?),
+        None => None,
+    };
+    Some(CredentialRecord {
+        jti: jti.to_owned(),
+        id: found.id,
+        revoked_at,
+        system_revoked_through: system.revoked_through,
+        workload_revoked_through: snapshot.workload_epoch(&found.workload.0, &found.workload.1),
+        system: system.system.clone(),
+        business_owner: system.business_owner.clone(),
+        technical_owner: system.technical_owner.clone(),
+    })
+}
+
+/// Issued `jti`s are UUIDs; anything else is not indexed.
+fn jti_key(jti: &str) -> Option<u128> {
+    uuid::Uuid::try_parse(jti).ok().map(|u| u.as_u128())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JTI: &str = "0193b8f0-7c1e-7a6b-9d55-0e1f2a3b4c5d";
+
+    fn credential(jti: &str) -> IndexedCredential<'_> {
+        IndexedCredential {
+            jti,
+            id: 7,
+            exp: 1_000,
+            revoked_at: None,
+            system: "summarizer",
+            issuer: "k8s",
+            subject: "system:serviceaccount:ai:summarizer",
+        }
+    }
+
+    #[test]
+    fn a_read_that_raced_with_a_revocation_is_not_indexed() {
+        let cache = Cache::new(true);
+        let before = cache.epoch();
+        cache.forget(JTI);
+        cache.index(&credential(JTI), Some(before));
+        assert!(cache.lookup(JTI).is_none());
+
+        cache.index(&credential(JTI), Some(cache.epoch()));
+        let found = cache.lookup(JTI).unwrap();
+        assert_eq!((found.id, &*found.system, found.revoked_at), (7, "summarizer", None));
+        assert_eq!(found.workload.1, "system:serviceaccount:ai:summarizer");
+    }
+
+    #[test]
+    fn a_local_revocation_is_recorded_and_a_remote_one_forgets() {
+        let cache = Cache::new(true);
+        cache.index(&credential(JTI), None);
+        cache.revoked(JTI, 500);
+        assert_eq!(cache.lookup(JTI).unwrap().revoked_at, Some(500));
+        cache.forget(JTI);
+        assert!(cache.lookup(JTI).is_none());
+    }
+
+    #[test]
+    fn expired_credentials_are_pruned_and_non_uuid_jtis_never_indexed() {
+        let cache = Cache::new(true);
+        cache.index(&credential(JTI), None);
+        cache.index(&credential("not-a-uuid"), None);
+        assert_eq!(cache.prune(1_000), 1);
+        assert_eq!(cache.prune(1_001), 0);
+        assert!(cache.lookup(JTI).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_loaded_across_a_change_is_used_once_but_not_kept() {
+        let cache = Cache::new(true);
+        let s = cache
+            .snapshot_or_load(async || {
+                cache.catalog_changed();
+                Ok::<_, ()>(Snapshot::default())
+            })
+            .await
+            .unwrap();
+        assert!(s.systems.is_empty());
+        assert!(cache.snapshot().is_none(), "a snapshot that raced with a change must not be kept");
+
+        cache.snapshot_or_load(async || Ok::<_, ()>(Snapshot::default())).await.unwrap();
+        assert!(cache.snapshot().is_some());
+        cache.polled(3);
+        assert!(cache.snapshot().is_some(), "the first poll only learns the revision");
+        cache.polled(4);
+        assert!(cache.snapshot().is_none(), "a new revision drops the snapshot");
+    }
+
+    #[test]
+    fn losing_trust_drops_everything() {
+        let cache = Cache::new(true);
+        cache.index(&credential(JTI), None);
+        cache.set_trusted(false);
+        assert!(!cache.trusted());
+        assert!(cache.lookup(JTI).is_none());
+    }
+}

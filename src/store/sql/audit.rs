@@ -27,65 +27,96 @@ async fn head(conn: &mut Conn) -> Result<(i64, String), sqlx::Error> {
 /// Appends `e` after the current head, chained to it. Must run inside a
 /// write transaction.
 pub(super) async fn insert_event(conn: &mut Conn, e: &AuditEvent) -> Result<(), sqlx::Error> {
-    let (last, prev_hash) = head(conn).await?;
-    let seq = last + 1;
-    let time_ms = i64::try_from(e.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-    let mut record = AuditRecord {
-        seq,
-        time: String::new(),
-        time_ms,
-        kind: e.kind.clone(),
-        outcome: e.outcome.as_str().to_owned(),
-        reason: e.reason.clone(),
-        actor: e.actor.clone(),
-        system_id: e.system_id.clone(),
-        owners: e.owners.clone(),
-        grant_id: e.grant_id.clone(),
-        jti: e.jti.clone(),
-        request_id: e.request_id.clone(),
-        source: e.source.clone(),
-        attestation_issuer: e.attestation_issuer.clone(),
-        subject: e.subject.clone(),
-        attestation_id: e.attestation_id.clone(),
-        audience: e.audience.clone(),
-        scopes: e.scopes.clone(),
-        iat: e.iat,
-        exp: e.exp,
-        detail: e.detail.clone(),
-        prev_hash,
-        hash: String::new(),
-    };
-    record.hash = chain_hash(&record.prev_hash, &record.canonical());
-    sqlx::query(
-        "INSERT INTO audit_events (seq, time_ms, kind, outcome, reason, actor, system_id, owners, grant_id, jti, \
-         request_id, source, attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail, \
-         prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-    )
-    .bind(record.seq)
-    .bind(record.time_ms)
-    .bind(&record.kind)
-    .bind(&record.outcome)
-    .bind(&record.reason)
-    .bind(&record.actor)
-    .bind(&record.system_id)
-    .bind(&record.owners)
-    .bind(&record.grant_id)
-    .bind(&record.jti)
-    .bind(&record.request_id)
-    .bind(&record.source)
-    .bind(&record.attestation_issuer)
-    .bind(&record.subject)
-    .bind(&record.attestation_id)
-    .bind(&record.audience)
-    .bind(&record.scopes)
-    .bind(record.iat)
-    .bind(record.exp)
-    .bind(record.detail.as_ref().map(|d| d.to_string()))
-    .bind(&record.prev_hash)
-    .bind(&record.hash)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    let mut chain = Chain::head(conn).await?;
+    chain.insert(conn, &[e]).await
+}
+
+/// The head of the chain, read once per write transaction and carried
+/// through a batch of appends.
+pub(super) struct Chain {
+    seq: i64,
+    hash: String,
+}
+
+/// Rows per multi-row INSERT: 22 columns each stays well inside both
+/// backends' bind-parameter limits.
+const EVENTS_PER_STATEMENT: usize = 256;
+
+impl Chain {
+    pub(super) async fn head(conn: &mut Conn) -> Result<Self, sqlx::Error> {
+        let (seq, hash) = head(conn).await?;
+        Ok(Self { seq, hash })
+    }
+
+    /// Seals `events` in order after the head and inserts them with
+    /// multi-row statements. Must run inside the write transaction the
+    /// head was read in.
+    pub(super) async fn insert(&mut self, conn: &mut Conn, events: &[&AuditEvent]) -> Result<(), sqlx::Error> {
+        for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+            let records: Vec<AuditRecord> = chunk.iter().map(|e| self.seal(e)).collect();
+            let mut q = QueryBuilder::<Db>::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
+            q.push_values(&records, |mut row, r| {
+                row.push_bind(r.seq)
+                    .push_bind(r.time_ms)
+                    .push_bind(&r.kind)
+                    .push_bind(&r.outcome)
+                    .push_bind(&r.reason)
+                    .push_bind(&r.actor)
+                    .push_bind(&r.system_id)
+                    .push_bind(&r.owners)
+                    .push_bind(&r.grant_id)
+                    .push_bind(&r.jti)
+                    .push_bind(&r.request_id)
+                    .push_bind(&r.source)
+                    .push_bind(&r.attestation_issuer)
+                    .push_bind(&r.subject)
+                    .push_bind(&r.attestation_id)
+                    .push_bind(&r.audience)
+                    .push_bind(&r.scopes)
+                    .push_bind(r.iat)
+                    .push_bind(r.exp)
+                    .push_bind(r.detail.as_ref().map(|d| d.to_string()))
+                    .push_bind(&r.prev_hash)
+                    .push_bind(&r.hash);
+            });
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The record `e` becomes as the next link.
+    fn seal(&mut self, e: &AuditEvent) -> AuditRecord {
+        self.seq += 1;
+        let time_ms = i64::try_from(e.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let mut record = AuditRecord {
+            seq: self.seq,
+            time: String::new(),
+            time_ms,
+            kind: e.kind.clone(),
+            outcome: e.outcome.as_str().to_owned(),
+            reason: e.reason.clone(),
+            actor: e.actor.clone(),
+            system_id: e.system_id.clone(),
+            owners: e.owners.clone(),
+            grant_id: e.grant_id.clone(),
+            jti: e.jti.clone(),
+            request_id: e.request_id.clone(),
+            source: e.source.clone(),
+            attestation_issuer: e.attestation_issuer.clone(),
+            subject: e.subject.clone(),
+            attestation_id: e.attestation_id.clone(),
+            audience: e.audience.clone(),
+            scopes: e.scopes.clone(),
+            iat: e.iat,
+            exp: e.exp,
+            detail: e.detail.clone(),
+            prev_hash: std::mem::take(&mut self.hash),
+            hash: String::new(),
+        };
+        record.hash = chain_hash(&record.prev_hash, &record.canonical());
+        self.hash.clone_from(&record.hash);
+        record
+    }
 }
 
 const COLUMNS: &str = "seq, time_ms, kind, outcome, reason, actor, system_id, owners, grant_id, jti, request_id, \

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use audit::insert_event;
 use lifecycle::write_tx;
+use sqlx::QueryBuilder;
 
 use crate::domain::model::{OwnerStatus, SystemState};
 use crate::domain::values::{ScopeSet, SubjectMatch};
@@ -273,16 +274,32 @@ async fn write_batch(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResul
     }
 }
 
+/// Applies one batch inside its transaction with a handful of statements
+/// whatever its size: the system states the batch needs, one multi-row
+/// INSERT of credentials and one of audit events (chained in batch order).
+/// Only single-use replay guards and revocations take a statement each.
 async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
+    let mut chain = audit::Chain::head(conn).await?;
     let mut results = Vec::with_capacity(ops.len());
+    let mut events: Vec<std::borrow::Cow<'_, AuditEvent>> = Vec::with_capacity(ops.len());
+    // (index into `results`, issuance) of each credential to insert.
+    let mut issued: Vec<(usize, &Issuance)> = Vec::with_capacity(ops.len());
+    let mut active: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
     for op in ops {
         let result = match op {
-            WriteOp::Issue(issuance) => {
-                let (outcome, id) = insert_issuance(conn, issuance).await?;
-                WriteResult::Issue(outcome, id)
-            }
+            WriteOp::Issue(i) => match admit(conn, i, &mut active).await? {
+                Ok(()) => {
+                    issued.push((results.len(), i));
+                    events.push(std::borrow::Cow::Borrowed(&i.event));
+                    WriteResult::Issue(IssueOutcome::Committed, None)
+                }
+                Err((outcome, denial)) => {
+                    events.push(std::borrow::Cow::Owned(denial));
+                    WriteResult::Issue(outcome, None)
+                }
+            },
             WriteOp::Event(event) => {
-                insert_event(conn, event).await?;
+                events.push(std::borrow::Cow::Borrowed(event));
                 WriteResult::Event
             }
             WriteOp::Revoke { jti, reason, event } => {
@@ -297,14 +314,28 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
                 .rows_affected();
                 let mut event = (**event).clone();
                 event.detail = Some(serde_json::json!({"revoked": done}));
-                insert_event(conn, &event).await?;
+                events.push(std::borrow::Cow::Owned(event));
                 WriteResult::Revoke(done > 0)
             }
         };
         results.push(result);
     }
+    for chunk in issued.chunks(CREDENTIALS_PER_STATEMENT) {
+        let ids = insert_credentials(conn, chunk.iter().map(|(_, i)| *i)).await?;
+        for (index, issuance) in chunk {
+            let id = ids.get(issuance.jti.as_str()).copied().ok_or_else(|| {
+                sqlx::Error::Protocol(format!("credential {} was inserted but not returned", issuance.jti))
+            })?;
+            results[*index] = WriteResult::Issue(IssueOutcome::Committed, Some(id));
+        }
+    }
+    let events: Vec<&AuditEvent> = events.iter().map(AsRef::as_ref).collect();
+    chain.insert(conn, &events).await?;
     Ok(results)
 }
+
+/// Rows per multi-row credential INSERT (10 columns each).
+const CREDENTIALS_PER_STATEMENT: usize = 512;
 
 /// The `credential.denied` event recorded instead of an issuance.
 fn denial_of(i: &Issuance, reason: &str) -> AuditEvent {
@@ -318,23 +349,39 @@ fn denial_of(i: &Issuance, reason: &str) -> AuditEvent {
     denial
 }
 
-async fn insert_issuance(conn: &mut Conn, i: &Issuance) -> Result<(IssueOutcome, Option<i64>), sqlx::Error> {
+/// Whether issuance `i` may still commit, under the write lock: its system
+/// is still active, and a single-use attestation has not been used. If not,
+/// the outcome and the denial to record instead.
+async fn admit<'a>(
+    conn: &mut Conn,
+    i: &'a Issuance,
+    active: &mut std::collections::HashMap<&'a str, bool>,
+) -> Result<Result<(), (IssueOutcome, AuditEvent)>, sqlx::Error> {
     // The decision was taken before this transaction; a suspension or
     // retirement may have committed since. Checked here, under the write
     // lock, no credential can be committed for a system that is no longer
-    // active, so none can reappear when it is reinstated.
-    let state: Option<(String,)> = sqlx::query_as("SELECT state FROM systems WHERE id = $1")
-        .bind(i.system_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    if !matches!(state.as_ref().map(|(s,)| s.as_str()), Some("active")) {
-        insert_event(conn, &denial_of(i, "access_denied: the system stopped operating while the request was decided"))
-            .await?;
-        return Ok((IssueOutcome::SystemStopped, None));
+    // active, so none can reappear when it is reinstated. Write
+    // transactions are serialized, so one read per system per batch holds
+    // for the whole batch.
+    let is_active = match active.get(i.system_id.as_str()) {
+        Some(a) => *a,
+        None => {
+            let state: Option<(String,)> = sqlx::query_as("SELECT state FROM systems WHERE id = $1")
+                .bind(i.system_id.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+            let a = matches!(state.as_ref().map(|(s,)| s.as_str()), Some("active"));
+            active.insert(i.system_id.as_str(), a);
+            a
+        }
+    };
+    if !is_active {
+        let denial = denial_of(i, "access_denied: the system stopped operating while the request was decided");
+        return Ok(Err((IssueOutcome::SystemStopped, denial)));
     }
     if let Some(guard) = &i.replay {
         // The primary key decides: of two uses of one token, exactly one
-        // inserts a row.
+        // inserts a row (also when both are in this batch).
         let inserted = sqlx::query(
             "INSERT INTO attestation_uses (issuer, token_id, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
@@ -345,28 +392,36 @@ async fn insert_issuance(conn: &mut Conn, i: &Issuance) -> Result<(IssueOutcome,
         .await?
         .rows_affected();
         if inserted == 0 {
-            insert_event(conn, &denial_of(i, "single-use attestation was already used (replay)")).await?;
-            return Ok((IssueOutcome::Replayed, None));
+            let denial = denial_of(i, "single-use attestation was already used (replay)");
+            return Ok(Err((IssueOutcome::Replayed, denial)));
         }
     }
-    let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-    )
-    .bind(&i.jti)
-    .bind(i.kind.as_str())
-    .bind(i.system_id.as_str())
-    .bind(i.grant_id.as_str())
-    .bind(&i.issuer)
-    .bind(&i.subject)
-    .bind(&i.audience)
-    .bind(&i.scopes)
-    .bind(ts(i.iat))
-    .bind(ts(i.exp))
-    .fetch_one(&mut *conn)
-    .await?;
-    insert_event(conn, &i.event).await?;
-    Ok((IssueOutcome::Committed, Some(id)))
+    Ok(Ok(()))
+}
+
+/// Inserts credential rows in one statement; returns their ids by `jti`.
+async fn insert_credentials<'a>(
+    conn: &mut Conn,
+    issuances: impl Iterator<Item = &'a Issuance>,
+) -> Result<std::collections::HashMap<String, i64>, sqlx::Error> {
+    let mut q = QueryBuilder::<Db>::new(
+        "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp) ",
+    );
+    q.push_values(issuances, |mut row, i| {
+        row.push_bind(&i.jti)
+            .push_bind(i.kind.as_str())
+            .push_bind(i.system_id.as_str())
+            .push_bind(i.grant_id.as_str())
+            .push_bind(&i.issuer)
+            .push_bind(&i.subject)
+            .push_bind(&i.audience)
+            .push_bind(&i.scopes)
+            .push_bind(ts(i.iat))
+            .push_bind(ts(i.exp));
+    });
+    q.push(" RETURNING jti, id");
+    let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
+    Ok(rows.into_iter().collect())
 }
 
 fn corrupt(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {

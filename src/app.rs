@@ -234,6 +234,7 @@ impl App {
             lifecycle_policy: config.lifecycle.policy(),
             webhook: config.lifecycle.webhook_url.clone().map(|url| Webhook { url, client: client.clone() }),
             issuer_names: Arc::new(known_issuers(&config)),
+            verified: Arc::default(),
         };
         let metadata = metadata_document(&base_url, &broker.keys.algorithms());
         let state = AppState {

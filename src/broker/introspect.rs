@@ -1,44 +1,94 @@
 //! RFC 7662 introspection and RFC 7009 revocation of issued tokens.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use jsonwebtoken::Validation;
 use time::OffsetDateTime;
 
 use super::{Broker, Unavailable};
 use crate::attest::jwt::MAX_TOKEN_BYTES;
+use crate::crypto::sha256;
 use crate::domain::policy::operating_refusal;
 use crate::mint::jwt::{ACCESS_TOKEN_TYP, AccessClaims};
 use crate::store::{AuditEvent, Outcome, RequestMeta};
 
+/// Most tokens [`VerifiedTokens`] remembers; about 400 bytes each.
+const MAX_VERIFIED: usize = 32_768;
+
+/// Tokens this broker has already verified, by SHA-256 of their compact
+/// form: a resource server that introspects the same token on every request
+/// pays for one signature check, not one per request. Only what the
+/// signature proves is remembered (the claims, under which key); expiry,
+/// revocation and the system's state are checked on every call, and an
+/// entry is ignored once its key leaves the keyring.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    entries: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+/// The key id a token was verified under, and its claims.
+type Verified = (Arc<str>, Arc<AccessClaims>);
+
+impl VerifiedTokens {
+    fn get(&self, hash: &[u8; 32]) -> Option<Verified> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(hash).cloned()
+    }
+
+    /// Remembers a verified token; when full, first forgets the expired
+    /// ones and, if that frees nothing, everything.
+    fn insert(&self, hash: [u8; 32], kid: Arc<str>, claims: Arc<AccessClaims>, now: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_VERIFIED {
+            entries.retain(|_, (_, c)| c.exp > now);
+            if entries.len() >= MAX_VERIFIED {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (kid, claims));
+    }
+}
+
 impl Broker {
     /// Verifies a token this broker issued: our key, our issuer, our type.
     /// Expiry is not checked here.
-    fn verify_own(&self, token: &str) -> Option<AccessClaims> {
+    fn verify_own(&self, token: &str) -> Option<Arc<AccessClaims>> {
         if token.len() > MAX_TOKEN_BYTES {
             return None;
+        }
+        let hash = sha256(token.as_bytes());
+        if let Some((kid, claims)) = self.verified.get(&hash)
+            && self.keys.by_kid(&kid).is_some()
+        {
+            return Some(claims);
         }
         let header = jsonwebtoken::decode_header(token).ok()?;
         if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
             return None;
         }
-        let key = self.keys.by_kid(header.kid.as_deref()?)?;
+        let kid = header.kid?;
+        let key = self.keys.by_kid(&kid)?;
         let mut validation = Validation::new(key.jwt_algorithm());
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.set_issuer(&[&self.issuer]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<AccessClaims>(token, key.decoding_key(), &validation).ok().map(|d| d.claims)
+        let claims =
+            Arc::new(jsonwebtoken::decode::<AccessClaims>(token, key.decoding_key(), &validation).ok()?.claims);
+        self.verified.insert(hash, Arc::from(kid), Arc::clone(&claims), self.clock.now().unix_timestamp());
+        Some(claims)
     }
 
     /// The workload (`sub`) of a token this broker issued, whatever its
     /// state; `None` for anything else.
     pub fn workload_of(&self, token: &str) -> Option<String> {
-        self.verify_own(token).map(|c| c.sub)
+        self.verify_own(token).map(|c| c.sub.clone())
     }
 
     /// The token's claims if it is active now; `None` for expired, revoked,
     /// unknown, malformed or foreign tokens alike.
-    pub async fn introspect(&self, token: &str) -> Result<Option<AccessClaims>, Unavailable> {
+    pub async fn introspect(&self, token: &str) -> Result<Option<Arc<AccessClaims>>, Unavailable> {
         let now = self.clock.now();
         let Some(claims) = self.verify_own(token) else {
             return Ok(None);
@@ -88,4 +138,48 @@ fn revocation_event(claims: &AccessClaims, reason: &str, now: OffsetDateTime, me
     event.iat = Some(claims.iat);
     event.exp = Some(claims.exp);
     event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(jti: &str, exp: i64) -> Arc<AccessClaims> {
+        Arc::new(AccessClaims {
+            iss: "https://halflife.example".into(),
+            sub: "spiffe://example/ns/ai/sa/agent".into(),
+            aud: "reports-api".into(),
+            exp,
+            iat: exp - 300,
+            nbf: exp - 300,
+            jti: jti.into(),
+            scope: "reports:read".into(),
+            client_id: "spiffe://example/ns/ai/sa/agent".into(),
+            system: "summarizer".into(),
+        })
+    }
+
+    #[test]
+    fn a_full_cache_forgets_expired_tokens_first_and_stays_bounded() {
+        let cache = VerifiedTokens::default();
+        let kid: Arc<str> = Arc::from("k1");
+        let key = |i: usize| sha256(i.to_string().as_bytes());
+        // Half of them expire at 100, half at 1000.
+        for i in 0..MAX_VERIFIED {
+            let exp = if i % 2 == 0 { 100 } else { 1_000 };
+            cache.insert(key(i), Arc::clone(&kid), claims(&i.to_string(), exp), 50);
+        }
+        assert!(cache.get(&key(0)).is_some());
+        cache.insert(key(MAX_VERIFIED), Arc::clone(&kid), claims("new", 1_000), 500);
+        assert!(cache.get(&key(0)).is_none(), "expired entries are forgotten when full");
+        assert!(cache.get(&key(1)).is_some(), "live entries stay");
+        assert!(cache.get(&key(MAX_VERIFIED)).is_some());
+        assert_eq!(cache.entries.lock().unwrap().len(), MAX_VERIFIED / 2 + 1);
+
+        // Full of live tokens: everything goes rather than growing.
+        for i in 0..MAX_VERIFIED {
+            cache.insert(key(i + 2 * MAX_VERIFIED), Arc::clone(&kid), claims("live", 1_000), 500);
+        }
+        assert!(cache.entries.lock().unwrap().len() <= MAX_VERIFIED);
+    }
 }

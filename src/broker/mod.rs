@@ -45,6 +45,8 @@ pub struct Broker {
     pub webhook: Option<Webhook>,
     /// Issuer names grants may refer to.
     pub issuer_names: Arc<Vec<String>>,
+    /// Issued tokens already verified (introspection's fast path).
+    pub verified: Arc<introspect::VerifiedTokens>,
 }
 
 /// A notice webhook and the client that calls it.

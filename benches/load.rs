@@ -1,0 +1,864 @@
+//! Load generator: a real `halflife serve` process driven over HTTP.
+//!
+//! Run: `cargo bench --bench load` (SQLite in a temporary directory), or
+//! `cargo bench --bench load -- --database postgres://postgres@127.0.0.1:5432/test`
+//! (creates and drops databases of its own on that server). Options:
+//!
+//! ```text
+//! --database URL        sqlite (default) or a PostgreSQL server to create databases on
+//! --duration SECS       length of each measured run (default 5)
+//! --algorithm ALG       issued-token algorithm, ES256 (default) or EdDSA
+//! --outstanding N,N,..  outstanding credentials for the revocation and growth runs
+//!                       (default 10,1000,1000000)
+//! --json FILE           also write the results as JSON
+//! --serve               only start a server and print a wrk command for it
+//!                       (an independent cross-check); stop with Ctrl-C
+//! ```
+//!
+//! What it measures, in this order:
+//! 1. the crypto-only limit: RS256 attestation verification plus one
+//!    signature of the issued token, in this process, on one core and on
+//!    all cores; the ceiling no exchange rate can pass;
+//! 2. start-up to ready and resident memory of an idle server;
+//! 3. durable exchanges (RS256 attestation in, signed JWT out, credential
+//!    and audit event committed before the answer) at concurrency 1, 16 and
+//!    64, then at a fixed rate of half the peak (latency measured from each
+//!    request's scheduled start, so a stall is not hidden);
+//! 4. introspection of a valid token;
+//! 5. storage per issuance record;
+//! 6. for each outstanding count: a fresh database preloaded with that many
+//!    unexpired credentials through the store, start-up to ready, resident
+//!    memory once the credential index is loaded, exchanges at concurrency 64
+//!    (cost growth), and revoke-by-system latency.
+//!
+//! The load generator shares the machine with the server: on a 2-core
+//! machine they compete for the same cores, as the targets assume.
+#![expect(clippy::unwrap_used, reason = "a benchmark aborts on setup failure")]
+#![expect(clippy::expect_used, reason = "a benchmark aborts on setup failure")]
+#![expect(clippy::panic, reason = "a benchmark aborts on setup failure")]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use halflife::clock::{Clock, SystemClock};
+use halflife::config::SigningAlgorithm;
+use halflife::domain::values::{CredentialKind, GrantId, SystemId};
+use halflife::keys::SigningKey;
+use halflife::store::{AuditEvent, Issuance, OpenOptions, Outcome, RequestMeta};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature as rsig;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const ISS: &str = "https://bench.halflife.test";
+const AUD: &str = "halflife";
+const SYSTEM: &str = "bench";
+const ATTESTATIONS: usize = 256;
+
+struct Args {
+    database: Option<String>,
+    duration: Duration,
+    algorithm: SigningAlgorithm,
+    outstanding: Vec<u64>,
+    json: Option<PathBuf>,
+    serve: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        database: None,
+        duration: Duration::from_secs(5),
+        algorithm: SigningAlgorithm::ES256,
+        outstanding: vec![10, 1_000, 1_000_000],
+        json: None,
+        serve: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--bench" => {}
+            "--database" => a.database = Some(value()),
+            "--duration" => a.duration = Duration::from_secs_f64(value().parse().expect("--duration SECS")),
+            "--algorithm" => {
+                a.algorithm = match value().as_str() {
+                    "ES256" => SigningAlgorithm::ES256,
+                    "EdDSA" => SigningAlgorithm::EdDSA,
+                    other => panic!("--algorithm ES256 or EdDSA, not {other}"),
+                }
+            }
+            "--outstanding" => {
+                a.outstanding = value()
+                    .split(',')
+                    .filter(|n| !n.trim().is_empty())
+                    .map(|n| n.trim().parse().expect("--outstanding N,N,..."))
+                    .collect();
+            }
+            "--json" => a.json = Some(PathBuf::from(value())),
+            "--serve" => a.serve = true,
+            other => panic!("unknown option {other}; see the comment at the top of benches/load.rs"),
+        }
+    }
+    a
+}
+
+/// The RS256 attestation issuer the workloads' tokens come from.
+struct Attester {
+    pkcs8: Vec<u8>,
+    kid: String,
+    jwks: Value,
+    n: Vec<u8>,
+    e: Vec<u8>,
+}
+
+impl Attester {
+    fn new() -> Self {
+        let out = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-outform", "DER"])
+            .output()
+            .expect("openssl is needed to create the RSA attestation key");
+        assert!(out.status.success(), "openssl failed: {}", String::from_utf8_lossy(&out.stderr));
+        let pair = rsig::RsaKeyPair::from_der(&out.stdout).unwrap();
+        let c = rsig::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
+        let kid = "bench-rsa".to_owned();
+        let jwks = json!({"keys": [{"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+            "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)}]});
+        Self { pkcs8: out.stdout, kid, jwks, n: c.n, e: c.e }
+    }
+
+    /// Attestations for a few workload identities, valid for an hour.
+    fn tokens(&self, count: usize) -> Vec<String> {
+        let now = unix_now();
+        let key = EncodingKey::from_rsa_der(&self.pkcs8);
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        (0..count)
+            .map(|i| {
+                let claims = json!({"iss": ISS, "sub": format!("spiffe://bench.example/ns/ai/sa/agent-{}", i % 16),
+                    "aud": [AUD], "iat": now, "nbf": now, "exp": now + 3600, "jti": uuid::Uuid::new_v4().to_string()});
+                jsonwebtoken::encode(&header, &claims, &key).unwrap()
+            })
+            .collect()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemClock.now().unix_timestamp()
+}
+
+// ---------------------------------------------------------------- crypto
+
+/// Exchanges per second if verification and signing were all there was.
+fn crypto_limit(attester: &Attester, tokens: &[String], algorithm: SigningAlgorithm, threads: usize) -> f64 {
+    let decoding = DecodingKey::from_rsa_raw_components(&attester.n, &attester.e);
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[AUD]);
+    validation.set_issuer(&[ISS]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    let (key, _) = SigningKey::generate(algorithm, SystemClock.now()).unwrap();
+    let claims = json!({"iss": "http://127.0.0.1", "sub": "spiffe://bench.example/ns/ai/sa/agent-1",
+        "aud": "reports-api", "exp": 2_000_000_000i64, "iat": 1_999_999_700i64, "nbf": 1_999_999_700i64,
+        "jti": "0193b8f0-7c1e-7a6b-9d55-0e1f2a3b4c5d", "scope": "reports:read", "client_id": "x", "system": SYSTEM});
+    let run = Duration::from_millis(1500);
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (decoding, validation, key, claims) = (&decoding, &validation, &key, &claims);
+                s.spawn(move || {
+                    let start = Instant::now();
+                    let mut ops = 0u64;
+                    while start.elapsed() < run {
+                        let token = &tokens[(ops as usize + t) % tokens.len()];
+                        std::hint::black_box(jsonwebtoken::decode::<Value>(token, decoding, validation).unwrap());
+                        std::hint::black_box(key.sign_jwt("at+jwt", claims).unwrap());
+                        ops += 1;
+                    }
+                    ops
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    total as f64 / run.as_secs_f64()
+}
+
+// ---------------------------------------------------------------- server
+
+/// A database for one server: a file in the work directory, or a database
+/// of its own on the PostgreSQL server named by `--database`.
+struct Db {
+    url: String,
+    admin: Option<(String, String)>,
+}
+
+impl Db {
+    async fn create(base: Option<&str>, dir: &Path, label: &str) -> Self {
+        match base {
+            None => Self { url: format!("sqlite://{}/{label}.db", dir.display()), admin: None },
+            Some(base) => {
+                let name = format!("halflife_bench_{}_{label}", std::process::id());
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(base).await.unwrap();
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut conn).await.unwrap();
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+                let mut url = url::Url::parse(base).unwrap();
+                url.set_path(&name);
+                Self { url: url.to_string(), admin: Some((base.to_owned(), name)) }
+            }
+        }
+    }
+
+    async fn drop_database(self) {
+        if let Some((base, name)) = self.admin {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&base).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.unwrap();
+        }
+    }
+
+    /// Bytes the credentials and audit tables take, and how many
+    /// credentials there are.
+    async fn footprint(&self, dir: &Path, label: &str) -> (u64, i64) {
+        if self.admin.is_some() {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&self.url).await.unwrap();
+            let (bytes, count): (i64, i64) = sqlx::query_as(
+                "SELECT pg_total_relation_size('credentials') + pg_total_relation_size('audit_events'), \
+                 (SELECT COUNT(*) FROM credentials)",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            (bytes as u64, count)
+        } else {
+            let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&self.url).await.unwrap();
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await.unwrap();
+            let (bytes,): (i64,) = sqlx::query_as(
+                "SELECT SUM(pgsize) FROM dbstat WHERE name IN ('credentials', 'audit_events') \
+                 OR name IN (SELECT name FROM sqlite_master WHERE type = 'index' \
+                             AND tbl_name IN ('credentials', 'audit_events'))",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|_| (std::fs::metadata(dir.join(format!("{label}.db"))).unwrap().len() as i64,));
+            let (count,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM credentials").fetch_one(&mut conn).await.unwrap();
+            (bytes as u64, count)
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    config: PathBuf,
+    log: PathBuf,
+    started_in: Duration,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn write_config(dir: &Path, label: &str, db_url: &str, algorithm: SigningAlgorithm, attester: &Attester) -> PathBuf {
+    std::fs::write(dir.join("bench.jwks"), attester.jwks.to_string()).unwrap();
+    std::fs::write(
+        dir.join("catalog.toml"),
+        format!(
+            r#"
+[[owners]]
+id = "biz"
+display_name = "Business Owner"
+email = "biz@example.com"
+
+[[owners]]
+id = "tech"
+display_name = "Technical Owner"
+email = "tech@example.com"
+
+[[systems]]
+id = "{SYSTEM}"
+name = "Bench"
+purpose = "Load generation"
+business_owner = "biz"
+technical_owner = "tech"
+tier = "production"
+
+[[grants]]
+id = "bench-agents"
+system = "{SYSTEM}"
+issuer = "bench"
+subject = "spiffe://bench.example/ns/ai/sa/*"
+audiences = ["reports-api"]
+scopes = ["reports:read", "reports:write"]
+default_scopes = ["reports:read"]
+max_ttl = "15m"
+"#
+        ),
+    )
+    .unwrap();
+    let kek = STANDARD.encode([7u8; 32]);
+    let alg = match algorithm {
+        SigningAlgorithm::ES256 => "ES256",
+        SigningAlgorithm::EdDSA => "EdDSA",
+    };
+    let d = dir.display();
+    let path = dir.join(format!("{label}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+
+[database]
+url = "{db_url}"
+
+[keys]
+dir = "{d}/keys"
+kek = "{kek}"
+algorithm = "{alg}"
+
+[bootstrap]
+apply = ["{d}/catalog.toml"]
+
+[[issuers]]
+name = "bench"
+issuer = "{ISS}"
+jwks_file = "{d}/bench.jwks"
+algorithms = ["RS256"]
+audience = "{AUD}"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+impl Server {
+    async fn start(config: &Path, http: &reqwest::Client) -> Self {
+        let port = free_port();
+        let log = config.with_extension("log");
+        let started = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_halflife"))
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("HALFLIFE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        loop {
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "server not ready; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Self { child, base, config: config.to_owned(), log, started_in: started.elapsed() }
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let pid = self.child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+
+    /// Waits until the server logs that its credential index is loaded.
+    async fn index_loaded(&self) -> Option<String> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains("credential index loaded")) {
+                return Some(line.to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    fn admin_token(&self, role: &str) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_halflife"))
+            .args(["--config", self.config.to_str().unwrap(), "admin", "token", "create"])
+            .args(["--role", role, "--name", &format!("bench-{role}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "admin token create: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
+// ---------------------------------------------------------------- load
+
+#[derive(Clone)]
+struct Target {
+    url: String,
+    bodies: Arc<Vec<String>>,
+    bearer: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct RunResult {
+    label: String,
+    concurrency: usize,
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+impl RunResult {
+    fn from_latencies(label: &str, concurrency: usize, mut micros: Vec<u32>, errors: u64, elapsed: Duration) -> Self {
+        micros.sort_unstable();
+        let pct = |p: f64| {
+            if micros.is_empty() {
+                return 0.0;
+            }
+            let i = ((micros.len() as f64 * p).ceil() as usize).clamp(1, micros.len()) - 1;
+            f64::from(micros[i]) / 1000.0
+        };
+        Self {
+            label: label.to_owned(),
+            concurrency,
+            requests: micros.len() as u64,
+            errors,
+            rps: (micros.len() as u64 - errors) as f64 / elapsed.as_secs_f64(),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            p999_ms: pct(0.999),
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "  {:<34} c={:<3} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {}",
+            self.label, self.concurrency, self.rps, self.p50_ms, self.p99_ms, self.p999_ms, self.errors
+        );
+    }
+}
+
+async fn send(http: &reqwest::Client, target: &Target, i: usize) -> bool {
+    let mut request = http
+        .post(&target.url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(target.bodies[i % target.bodies.len()].clone());
+    if let Some(bearer) = &target.bearer {
+        request = request.bearer_auth(bearer);
+    }
+    match request.send().await {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            let _ = r.bytes().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// `concurrency` clients, each sending its next request as soon as the last
+/// is answered.
+async fn closed_loop(
+    http: &reqwest::Client,
+    target: &Target,
+    label: &str,
+    concurrency: usize,
+    run: Duration,
+) -> RunResult {
+    let started = Instant::now();
+    let deadline = started + run;
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (http, target) = (http.clone(), target.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut micros, mut errors, mut i) = (Vec::with_capacity(65_536), 0u64, worker * 7919);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if !send(&http, &target, i).await {
+                    errors += 1;
+                }
+                micros.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                i += 1;
+            }
+            (micros, errors)
+        }));
+    }
+    let (mut micros, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (m, e) = t.await.unwrap();
+        micros.extend(m);
+        errors += e;
+    }
+    RunResult::from_latencies(label, concurrency, micros, errors, started.elapsed())
+}
+
+/// Requests at a fixed total rate from 64 clients; each latency counts
+/// from when the request was due, so a server stall shows up in full.
+async fn fixed_rate(http: &reqwest::Client, target: &Target, label: &str, rate: f64, run: Duration) -> RunResult {
+    const CLIENTS: usize = 64;
+    let period = Duration::from_secs_f64(CLIENTS as f64 / rate);
+    let started = tokio::time::Instant::now();
+    let deadline = started + run;
+    let mut tasks = Vec::new();
+    for worker in 0..CLIENTS {
+        let (http, target) = (http.clone(), target.clone());
+        let first = started + period.mul_f64(worker as f64 / CLIENTS as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(first, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let (mut micros, mut errors, mut i) = (Vec::new(), 0u64, worker * 7919);
+            loop {
+                let due = ticks.tick().await;
+                if due >= deadline {
+                    break;
+                }
+                if !send(&http, &target, i).await {
+                    errors += 1;
+                }
+                micros.push(u32::try_from(due.elapsed().as_micros()).unwrap_or(u32::MAX));
+                i += 1;
+            }
+            (micros, errors)
+        }));
+    }
+    let (mut micros, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (m, e) = t.await.unwrap();
+        micros.extend(m);
+        errors += e;
+    }
+    RunResult::from_latencies(label, CLIENTS, micros, errors, run)
+}
+
+fn exchange_bodies(tokens: &[String]) -> Arc<Vec<String>> {
+    Arc::new(
+        tokens
+            .iter()
+            .map(|t| {
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange")
+                    .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")
+                    .append_pair("subject_token", t)
+                    .append_pair("audience", "reports-api")
+                    .append_pair("scope", "reports:read")
+                    .finish()
+            })
+            .collect(),
+    )
+}
+
+async fn one_exchange(http: &reqwest::Client, base: &str, bodies: &[String]) -> String {
+    let r = http
+        .post(format!("{base}/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(bodies[0].clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "exchange failed: {}", r.text().await.unwrap_or_default());
+    let body: Value = r.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+// ---------------------------------------------------------------- preload
+
+/// Records `count` unexpired credentials of the bench system through the
+/// store (credential row and audit event each, as an exchange writes them).
+async fn preload(db_url: &str, count: u64) -> Duration {
+    let opened = halflife::store::open(&OpenOptions {
+        url: db_url.to_owned(),
+        busy_timeout: Duration::from_secs(30),
+        max_connections: 4,
+        auto_migrate: false,
+        application_name: "halflife-bench-preload".into(),
+    })
+    .await
+    .unwrap();
+    let store = opened.store;
+    let started = Instant::now();
+    let now = SystemClock.now();
+    let exp = now + time::Duration::hours(1);
+    let system = SystemId::parse(SYSTEM).unwrap();
+    let grant = GrantId::parse("bench-agents").unwrap();
+    let meta = RequestMeta { request_id: None, source: Some("bench preload".into()) };
+    let mut inflight = tokio::task::JoinSet::new();
+    for i in 0..count {
+        if inflight.len() >= 2048 {
+            inflight.join_next().await.unwrap().unwrap();
+        }
+        let jti = halflife::broker::exchange::new_jti(now);
+        let subject = format!("spiffe://bench.example/ns/ai/sa/agent-{}", i % 16);
+        let mut event = AuditEvent::new("credential.issued", Outcome::Success, now, &meta);
+        event.system_id = Some(SYSTEM.into());
+        event.grant_id = Some("bench-agents".into());
+        event.jti = Some(jti.clone());
+        event.attestation_issuer = Some("bench".into());
+        event.subject = Some(subject.clone());
+        event.audience = Some("reports-api".into());
+        event.scopes = Some("reports:read".into());
+        event.iat = Some(now.unix_timestamp());
+        event.exp = Some(exp.unix_timestamp());
+        event.owners = Some("biz tech".into());
+        let issuance = Issuance {
+            jti,
+            kind: CredentialKind::Jwt,
+            system_id: system.clone(),
+            grant_id: grant.clone(),
+            issuer: "bench".into(),
+            subject,
+            audience: "reports-api".into(),
+            scopes: "reports:read".into(),
+            iat: now,
+            exp,
+            replay: None,
+            event,
+        };
+        let store = Arc::clone(&store);
+        inflight.spawn(async move { store.record_issuance(issuance).await.unwrap() });
+    }
+    while let Some(r) = inflight.join_next().await {
+        r.unwrap();
+    }
+    started.elapsed()
+}
+
+// ---------------------------------------------------------------- wrk
+
+/// Starts a server, writes a wrk script that exchanges one (reusable)
+/// attestation, prints the command, and runs until Ctrl-C.
+async fn serve_for_wrk(args: &Args, dir: &Path, attester: &Attester, tokens: &[String], http: &reqwest::Client) {
+    let db = Db::create(args.database.as_deref(), dir, "wrk").await;
+    let config = write_config(dir, "wrk", &db.url, args.algorithm, attester);
+    let server = Server::start(&config, http).await;
+    let body = exchange_bodies(&tokens[..1])[0].clone();
+    let script = dir.join("exchange.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\nwrk.body = \"{body}\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("exchange.body"), &body).unwrap();
+    println!("server: {} (pid {}), database {}", server.base, server.child.id().unwrap_or(0), db.url);
+    println!("wrk -t2 -c32 -d10s --latency -s {} {}/oauth2/token", script.display(), server.base);
+    println!(
+        "oha -z 10s -c 32 -m POST -T application/x-www-form-urlencoded -D {} {}/oauth2/token",
+        dir.join("exchange.body").display(),
+        server.base
+    );
+    println!("Ctrl-C stops the server and removes {}", dir.display());
+    let _ = tokio::signal::ctrl_c().await;
+    server.stop().await;
+    db.drop_database().await;
+}
+
+// ---------------------------------------------------------------- main
+
+#[derive(serde::Serialize)]
+struct Outstanding {
+    outstanding: u64,
+    preload_s: f64,
+    startup_ms: f64,
+    index_loaded: Option<String>,
+    rss_mib: f64,
+    exchange: RunResult,
+    revoke_by_system_ms: Vec<f64>,
+    revoke_by_system_median_ms: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() {
+    halflife::crypto::install();
+    let args = args();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let backend = if args.database.is_some() { "postgres" } else { "sqlite" };
+    println!("halflife load: {backend}, {cores} cores, commit {commit}, {:?} per run", args.duration);
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+
+    let attester = Attester::new();
+    let tokens = attester.tokens(ATTESTATIONS);
+    let bodies = exchange_bodies(&tokens);
+
+    if args.serve {
+        return serve_for_wrk(&args, dir.path(), &attester, &tokens, &http).await;
+    }
+
+    // 1. Crypto-only limit.
+    let crypto_one = crypto_limit(&attester, &tokens, args.algorithm, 1);
+    let crypto_all = crypto_limit(&attester, &tokens, args.algorithm, cores);
+    println!(
+        "crypto-only limit (RS256 verify + {:?} sign): {crypto_one:.0}/s on one core, {crypto_all:.0}/s on {cores}",
+        args.algorithm
+    );
+
+    // 2. Start-up and idle memory.
+    let db = Db::create(args.database.as_deref(), dir.path(), "main").await;
+    let config = write_config(dir.path(), "main", &db.url, args.algorithm, &attester);
+    let first = Server::start(&config, &http).await;
+    let startup_new_ms = first.started_in.as_secs_f64() * 1e3;
+    first.stop().await;
+    let server = Server::start(&config, &http).await;
+    let startup_empty_ms = server.started_in.as_secs_f64() * 1e3;
+    let rss_idle = server.rss_mib();
+    println!(
+        "start-up to ready: {startup_new_ms:.0} ms on a new database (migrations, key, catalog), \
+         {startup_empty_ms:.0} ms on an empty one; idle RSS {rss_idle:.1} MiB"
+    );
+
+    // 3. Exchanges.
+    println!("durable exchanges (POST /oauth2/token):");
+    let exchange = Target { url: format!("{}/oauth2/token", server.base), bodies: Arc::clone(&bodies), bearer: None };
+    closed_loop(&http, &exchange, "warm-up", 16, Duration::from_secs(1)).await;
+    let mut exchanges = Vec::new();
+    for c in [1, 16, 64] {
+        let r = closed_loop(&http, &exchange, "exchange", c, args.duration).await;
+        r.print();
+        exchanges.push(r);
+    }
+    let peak = exchanges.iter().map(|r| r.rps).fold(0.0, f64::max);
+    let half = fixed_rate(
+        &http,
+        &exchange,
+        &format!("exchange at {:.0}/s (half peak)", peak / 2.0),
+        peak / 2.0,
+        args.duration,
+    )
+    .await;
+    half.print();
+    let rss_loaded = server.rss_mib();
+
+    // 4. Introspection.
+    println!("introspection (POST /oauth2/introspect):");
+    let introspector = server.admin_token("introspector");
+    let token = one_exchange(&http, &server.base, &bodies).await;
+    let introspect = Target {
+        url: format!("{}/oauth2/introspect", server.base),
+        bodies: Arc::new(vec![form_urlencoded::Serializer::new(String::new()).append_pair("token", &token).finish()]),
+        bearer: Some(introspector),
+    };
+    closed_loop(&http, &introspect, "warm-up", 16, Duration::from_secs(1)).await;
+    let mut introspections = Vec::new();
+    for c in [16, 64] {
+        let r = closed_loop(&http, &introspect, "introspect", c, args.duration).await;
+        r.print();
+        introspections.push(r);
+    }
+    server.stop().await;
+
+    // 5. Storage per issuance.
+    let (bytes, records) = db.footprint(dir.path(), "main").await;
+    let per_record = bytes as f64 / records.max(1) as f64;
+    println!(
+        "storage: {per_record:.0} bytes per issuance record (credential row + audit event, with indexes; {records} records); RSS after load {rss_loaded:.1} MiB"
+    );
+    db.drop_database().await;
+
+    // 6. Outstanding credentials: start-up, memory, growth, revocation.
+    let mut outstanding = Vec::new();
+    for &n in &args.outstanding {
+        let label = format!("out{n}");
+        let db = Db::create(args.database.as_deref(), dir.path(), &label).await;
+        let config = write_config(dir.path(), &label, &db.url, args.algorithm, &attester);
+        Server::start(&config, &http).await.stop().await;
+        let preload_took = preload(&db.url, n).await;
+        let server = Server::start(&config, &http).await;
+        let index_loaded = server.index_loaded().await;
+        let rss = server.rss_mib();
+        let exchange =
+            Target { url: format!("{}/oauth2/token", server.base), bodies: Arc::clone(&bodies), bearer: None };
+        closed_loop(&http, &exchange, "warm-up", 16, Duration::from_secs(1)).await;
+        let growth = closed_loop(&http, &exchange, &format!("exchange, {n} outstanding"), 64, args.duration).await;
+        let operator = server.admin_token("operator");
+        let mut revokes = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let r = http
+                .post(format!("{}/v1/systems/{SYSTEM}/revoke", server.base))
+                .bearer_auth(&operator)
+                .json(&json!({"reason": "bench"}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "revoke: {}", r.text().await.unwrap_or_default());
+            let _ = r.bytes().await;
+            revokes.push(t.elapsed().as_secs_f64() * 1e3);
+            // New credentials so the next revocation has something to do.
+            one_exchange(&http, &server.base, &bodies).await;
+        }
+        let startup_ms = server.started_in.as_secs_f64() * 1e3;
+        println!(
+            "{n} outstanding: preload {:.1} s, start-up to ready {startup_ms:.0} ms, RSS {rss:.1} MiB ({}), revoke-by-system median {:.2} ms {:?}",
+            preload_took.as_secs_f64(),
+            index_loaded.as_deref().map_or("index not reported", |l| l.trim()),
+            median(revokes.clone()),
+            revokes.iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>(),
+        );
+        growth.print();
+        server.stop().await;
+        db.drop_database().await;
+        outstanding.push(Outstanding {
+            outstanding: n,
+            preload_s: preload_took.as_secs_f64(),
+            startup_ms,
+            index_loaded,
+            rss_mib: rss,
+            exchange: growth,
+            revoke_by_system_median_ms: median(revokes.clone()),
+            revoke_by_system_ms: revokes,
+        });
+    }
+
+    if let Some(path) = &args.json {
+        let report = json!({
+            "backend": backend, "cores": cores, "commit": commit, "algorithm": format!("{:?}", args.algorithm),
+            "run_seconds": args.duration.as_secs_f64(),
+            "crypto_limit_per_s": {"one_core": crypto_one, "all_cores": crypto_all},
+            "startup_ms": {"new_database": startup_new_ms, "empty_database": startup_empty_ms},
+            "rss_mib": {"idle": rss_idle, "after_load": rss_loaded},
+            "exchanges": exchanges, "exchange_half_peak": half, "introspection": introspections,
+            "storage_bytes_per_issuance": per_record,
+            "peak_over_crypto_limit": peak / crypto_all,
+            "outstanding": outstanding,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        println!("results written to {}", path.display());
+    }
+    let mut summary = String::new();
+    let _ = write!(summary, "peak exchanges {peak:.0}/s = {:.0} % of the crypto-only limit", 100.0 * peak / crypto_all);
+    println!("{summary}");
+}

@@ -28,8 +28,12 @@ use crate::domain::model::{GrantContext, Owner, System};
 use super::{AdminTokenRecord, CredentialRecord};
 
 /// Most credentials indexed; beyond it, lookups of further credentials read
-/// the database. About 50 bytes each.
-pub const MAX_INDEXED_CREDENTIALS: usize = 2_000_000;
+/// the database. 2^21 buckets at the hash table's 7/8 load: the table never
+/// grows past about 86 MB (41 bytes a bucket).
+pub const MAX_INDEXED_CREDENTIALS: usize = 1_835_008;
+
+/// Rows per page when the index is loaded from the database.
+pub const WARM_PAGE: usize = 2_000;
 
 /// One system as the hot path needs it.
 #[derive(Debug, Clone)]
@@ -57,15 +61,29 @@ impl Snapshot {
     }
 }
 
-/// What the index keeps of one credential: the immutable facts plus the
-/// only mutable one, its single revocation.
+/// What the index keeps of one credential, in 24 bytes: the immutable
+/// facts plus the only mutable one, its single revocation. Times are unix
+/// seconds (u32 lasts until 2106; a later `exp` saturates, which only delays
+/// pruning).
 #[derive(Debug, Clone, Copy)]
 struct IndexEntry {
     id: i64,
-    exp: i64,
-    revoked_at: Option<i64>,
+    exp: u32,
+    revoked_at: Option<std::num::NonZeroU32>,
     system: u32,
     workload: u32,
+}
+
+/// A `jti` (a UUID) as the index's key; two u64s keep the entry at 8-byte
+/// alignment.
+type Key = [u64; 2];
+
+fn seconds(t: i64) -> u32 {
+    u32::try_from(t.max(0)).unwrap_or(u32::MAX)
+}
+
+fn revoked_seconds(t: Option<i64>) -> Option<std::num::NonZeroU32> {
+    t.map(|t| std::num::NonZeroU32::new(seconds(t)).unwrap_or(std::num::NonZeroU32::MIN))
 }
 
 /// The facts about one credential that the index records.
@@ -91,7 +109,7 @@ pub struct Found {
 
 #[derive(Default)]
 struct CredentialIndex {
-    entries: HashMap<u128, IndexEntry>,
+    entries: HashMap<Key, IndexEntry>,
     systems: Interner<str>,
     workloads: Interner<(String, String)>,
 }
@@ -140,6 +158,20 @@ pub struct Cache {
     trusted: AtomicBool,
     /// The `changes` revision the last poll saw.
     polled: Mutex<Option<i64>>,
+    /// Whether loading the index from the database has begun since it was
+    /// last dropped.
+    warming: AtomicBool,
+}
+
+/// What [`Cache::index_page`] did with a page of credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Indexed {
+    /// All of them are indexed.
+    All,
+    /// None: an invalidation happened since the page was read; read it again.
+    Stale,
+    /// The index is full; some or none were indexed.
+    Full,
 }
 
 impl Cache {
@@ -152,6 +184,7 @@ impl Cache {
             index: Mutex::new(CredentialIndex::default()),
             trusted: AtomicBool::new(trusted),
             polled: Mutex::new(None),
+            warming: AtomicBool::new(false),
         }
     }
 
@@ -176,8 +209,37 @@ impl Cache {
     /// Everything cached may be stale.
     pub fn drop_all(&self) {
         self.catalog_changed();
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        *self.index.lock().unwrap_or_else(PoisonError::into_inner) = CredentialIndex::default();
+        *index = CredentialIndex::default();
+        self.warming.store(false, Ordering::Release);
+    }
+
+    /// True once per trusted stretch: the caller should load the index
+    /// from the database (see [`Cache::index_page`]).
+    pub fn begin_warming(&self) -> bool {
+        self.trusted() && !self.warming.swap(true, Ordering::AcqRel)
+    }
+
+    /// Loading failed part way; a later call to [`Cache::begin_warming`]
+    /// starts it again.
+    pub fn warming_failed(&self) {
+        self.warming.store(false, Ordering::Release);
+    }
+
+    /// Records a page of credentials read from the database after `epoch`
+    /// was taken, all or none (see [`Cache::index`]).
+    pub fn index_page(&self, page: &[IndexedCredential<'_>], epoch: u64) -> Indexed {
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        if epoch != self.epoch.load(Ordering::Acquire) {
+            return Indexed::Stale;
+        }
+        for credential in page {
+            if !index.insert(credential) {
+                return Indexed::Full;
+            }
+        }
+        Indexed::All
     }
 
     /// The current snapshot, if it is still good.
@@ -220,21 +282,11 @@ impl Cache {
     /// `None` for a credential this process just committed): a read that
     /// raced with a revocation is not recorded.
     pub fn index(&self, credential: &IndexedCredential<'_>, epoch: Option<u64>) {
-        let Some(key) = jti_key(credential.jti) else { return };
         let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
         if epoch.is_some_and(|e| e != self.epoch.load(Ordering::Acquire)) {
             return;
         }
-        if index.entries.len() >= MAX_INDEXED_CREDENTIALS && !index.entries.contains_key(&key) {
-            return;
-        }
-        let Some(system) = index.systems.intern(credential.system, |s| Arc::from(s)) else { return };
-        let workload = (credential.issuer.to_owned(), credential.subject.to_owned());
-        let Some(workload) = index.workloads.intern(&workload, |w| Arc::new(w.clone())) else { return };
-        index.entries.insert(
-            key,
-            IndexEntry { id: credential.id, exp: credential.exp, revoked_at: credential.revoked_at, system, workload },
-        );
+        index.insert(credential);
     }
 
     pub fn lookup(&self, jti: &str) -> Option<Found> {
@@ -243,7 +295,7 @@ impl Cache {
         let entry = index.entries.get(&key)?;
         Some(Found {
             id: entry.id,
-            revoked_at: entry.revoked_at,
+            revoked_at: entry.revoked_at.map(|t| i64::from(t.get())),
             system: Arc::clone(index.systems.get(entry.system)?),
             workload: Arc::clone(index.workloads.get(entry.workload)?),
         })
@@ -255,7 +307,7 @@ impl Cache {
         let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if let Some(entry) = index.entries.get_mut(&key) {
-            entry.revoked_at.get_or_insert(at);
+            entry.revoked_at = entry.revoked_at.or(revoked_seconds(Some(at)));
         }
     }
 
@@ -272,6 +324,7 @@ impl Cache {
     /// how many remain.
     pub fn prune(&self, now: i64) -> usize {
         let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = seconds(now);
         index.entries.retain(|_, e| e.exp >= now);
         if index.entries.is_empty() {
             *index = CredentialIndex::default();
@@ -313,8 +366,33 @@ pub fn record_from(jti: &str, found: &Found, snapshot: &Snapshot) -> Option<Cred
 }
 
 /// Issued `jti`s are UUIDs; anything else is not indexed.
-fn jti_key(jti: &str) -> Option<u128> {
-    uuid::Uuid::try_parse(jti).ok().map(|u| u.as_u128())
+fn jti_key(jti: &str) -> Option<Key> {
+    let (high, low) = uuid::Uuid::try_parse(jti).ok()?.as_u64_pair();
+    Some([high, low])
+}
+
+impl CredentialIndex {
+    /// Indexes one credential; false when the index is full. A credential
+    /// that cannot be indexed (not a UUID) is skipped: lookups read the
+    /// database.
+    fn insert(&mut self, credential: &IndexedCredential<'_>) -> bool {
+        let Some(key) = jti_key(credential.jti) else { return true };
+        if self.entries.len() >= MAX_INDEXED_CREDENTIALS && !self.entries.contains_key(&key) {
+            return false;
+        }
+        let Some(system) = self.systems.intern(credential.system, |s| Arc::from(s)) else { return false };
+        let workload = (credential.issuer.to_owned(), credential.subject.to_owned());
+        let Some(workload) = self.workloads.intern(&workload, |w| Arc::new(w.clone())) else { return false };
+        let entry = IndexEntry {
+            id: credential.id,
+            exp: seconds(credential.exp),
+            revoked_at: revoked_seconds(credential.revoked_at),
+            system,
+            workload,
+        };
+        self.entries.insert(key, entry);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -388,6 +466,31 @@ mod tests {
         assert!(cache.snapshot().is_some(), "the first poll only learns the revision");
         cache.polled(4);
         assert!(cache.snapshot().is_none(), "a new revision drops the snapshot");
+    }
+
+    #[test]
+    fn a_page_read_before_an_invalidation_is_rejected_whole_and_warming_restarts_after_a_drop() {
+        let cache = Cache::new(true);
+        assert!(cache.begin_warming());
+        assert!(!cache.begin_warming(), "one load at a time");
+        let other = "0193b8f0-7c1e-7a6b-9d55-0e1f2a3b4c5e";
+        let epoch = cache.epoch();
+        cache.forget(other);
+        assert_eq!(cache.index_page(&[credential(JTI), credential(other)], epoch), Indexed::Stale);
+        assert!(cache.lookup(JTI).is_none());
+        assert_eq!(cache.index_page(&[credential(JTI), credential(other)], cache.epoch()), Indexed::All);
+        assert!(cache.lookup(other).is_some());
+
+        cache.drop_all();
+        assert!(cache.lookup(JTI).is_none());
+        assert!(cache.begin_warming(), "a dropped index is loaded again");
+        cache.set_trusted(false);
+        assert!(!cache.begin_warming(), "an untrusted index is not loaded");
+    }
+
+    #[test]
+    fn an_entry_stays_small() {
+        assert_eq!(std::mem::size_of::<(Key, IndexEntry)>(), 40);
     }
 
     #[test]

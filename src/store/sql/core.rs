@@ -28,7 +28,7 @@ use sqlx::QueryBuilder;
 
 use crate::domain::model::{OwnerStatus, SystemState};
 use crate::domain::values::{ScopeSet, SubjectMatch};
-use crate::store::cache::{Cache, Found, IndexedCredential, Snapshot, SystemEntry, record_from};
+use crate::store::cache::{Cache, Found, Indexed, IndexedCredential, Snapshot, SystemEntry, record_from};
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -991,6 +991,75 @@ impl Views for Store {
             .map_err(unavailable)?;
         self.cache.polled(revision);
         self.cache.prune(ts(now));
+        if self.cache.begin_warming() {
+            tokio::spawn(warm_index(self.pool.clone(), Arc::clone(&self.cache), ts(now)));
+        }
         Ok(())
     }
+}
+
+/// id, jti, system, issuer, subject, exp, revoked_at.
+type WarmRow = (i64, String, String, String, String, i64, Option<i64>);
+
+/// Loads every unexpired credential into the index, a page at a time in id
+/// order, so introspecting a token issued before this process started (or
+/// by another replica) reads no rows. Runs in the background: until it is
+/// done, lookups it has not reached read the database, as they would
+/// anyway. A page that raced with a revocation is read again.
+async fn warm_index(pool: DbPool, cache: Arc<Cache>, now: i64) {
+    let started = std::time::Instant::now();
+    let (mut after, mut loaded) = (0i64, 0usize);
+    let page_size = i64::try_from(crate::store::cache::WARM_PAGE).unwrap_or(1_000);
+    loop {
+        if !cache.trusted() {
+            return;
+        }
+        let epoch = cache.epoch();
+        let rows: Vec<WarmRow> = match sqlx::query_as(
+            "SELECT id, jti, system_id, issuer, subject, exp, revoked_at FROM credentials \
+             WHERE id > $1 AND exp > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(after)
+        .bind(now)
+        .bind(page_size)
+        .fetch_all(&pool)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, loaded, "loading the credential index failed; will retry");
+                cache.warming_failed();
+                return;
+            }
+        };
+        let Some(last) = rows.last().map(|r| r.0) else { break };
+        let page: Vec<IndexedCredential<'_>> = rows
+            .iter()
+            .map(|(id, jti, system, issuer, subject, exp, revoked_at)| IndexedCredential {
+                jti,
+                id: *id,
+                exp: *exp,
+                revoked_at: *revoked_at,
+                system,
+                issuer,
+                subject,
+            })
+            .collect();
+        match cache.index_page(&page, epoch) {
+            Indexed::All => {
+                after = last;
+                loaded += page.len();
+            }
+            Indexed::Stale => {}
+            Indexed::Full => {
+                tracing::warn!(
+                    loaded,
+                    "credential index is full; introspection of further credentials reads the database"
+                );
+                break;
+            }
+        }
+    }
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(credentials = loaded, elapsed_ms, "credential index loaded");
 }

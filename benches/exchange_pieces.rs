@@ -1,0 +1,169 @@
+//! Criterion micro-benchmarks of the pieces of one exchange: attestation
+//! verification, grant evaluation, token minting and audit event hashing.
+//!
+//! Run: `cargo bench --bench exchange_pieces` (add `-- --quick` for a
+//! shorter run). `benches/load.rs` measures them together, over HTTP.
+#![expect(clippy::unwrap_used, reason = "a benchmark aborts on setup failure")]
+#![expect(clippy::expect_used, reason = "a benchmark aborts on setup failure")]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use criterion::{Criterion, criterion_group, criterion_main};
+use halflife::attest::jwks::KeySet;
+use halflife::attest::jwt::{IssuerKeys, TrustedIssuer, Verifier};
+use halflife::audit::{AuditRecord, chain_hash};
+use halflife::config::SigningAlgorithm;
+use halflife::domain::model::{Grant, GrantContext, Owner, OwnerStatus, System, SystemState, Tier};
+use halflife::domain::policy::{Ask, TtlPolicy, decide};
+use halflife::domain::values::{Audience, CredentialKind, GrantId, OwnerId, ScopeSet, SubjectMatch, SystemId};
+use halflife::keys::SigningKey;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ring::signature as rsig;
+use serde_json::json;
+use time::OffsetDateTime;
+
+const ISS: &str = "https://bench.halflife.test";
+const SUBJECT: &str = "spiffe://bench.example/ns/ai/sa/agent-1";
+
+/// An RS256 issuer (as Kubernetes signs service-account tokens), and one of
+/// its tokens valid at `now`.
+fn rs256_issuer(now: OffsetDateTime) -> (Verifier, String) {
+    let out = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-outform", "DER"])
+        .output()
+        .expect("openssl is needed to create the RSA attestation key");
+    let pair = rsig::RsaKeyPair::from_der(&out.stdout).unwrap();
+    let c = rsig::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
+    let jwks = json!({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig",
+        "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)}]});
+    let keys = KeySet::parse(jwks.to_string().as_bytes(), "bench").unwrap();
+    let issuer = TrustedIssuer {
+        name: "bench".into(),
+        iss: ISS.into(),
+        algorithms: vec![Algorithm::RS256],
+        audience: "halflife".into(),
+        leeway: Duration::from_secs(30),
+        max_token_age: Duration::from_secs(86_400),
+        single_use: false,
+        keys: IssuerKeys::Static(Arc::new(keys)),
+    };
+    let t = now.unix_timestamp();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let claims = json!({"iss": ISS, "sub": SUBJECT, "aud": ["halflife"], "iat": t, "nbf": t, "exp": t + 3600,
+        "jti": "5f0c4f4e-2b7a-4e43-9d6f-2b0c2f7d9a11"});
+    let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_der(&out.stdout)).unwrap();
+    (Verifier::new(vec![issuer]), token)
+}
+
+fn grant_context(now: OffsetDateTime) -> GrantContext {
+    let owner = |id: &str| Owner {
+        id: OwnerId::parse(id).unwrap(),
+        display_name: id.into(),
+        email: format!("{id}@example.com"),
+        status: OwnerStatus::Active,
+        attested_until: now + time::Duration::days(90),
+    };
+    let scopes =
+        |items: &[&str]| ScopeSet::from_list(&items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+    GrantContext {
+        grant: Grant {
+            id: GrantId::parse("bench-agents").unwrap(),
+            system: SystemId::parse("bench").unwrap(),
+            issuer: "bench".into(),
+            subject: SubjectMatch::parse("spiffe://bench.example/ns/ai/sa/*").unwrap(),
+            audiences: vec![Audience::parse("reports-api").unwrap()],
+            scopes: scopes(&["reports:read", "reports:write"]),
+            default_scopes: scopes(&["reports:read"]),
+            kinds: vec![CredentialKind::Jwt],
+            max_ttl: Duration::from_secs(900),
+        },
+        system: System {
+            id: SystemId::parse("bench").unwrap(),
+            name: "Bench".into(),
+            purpose: "Load generation".into(),
+            business_owner: OwnerId::parse("biz").unwrap(),
+            technical_owner: OwnerId::parse("tech").unwrap(),
+            tier: Tier::Production,
+            state: SystemState::Active,
+            pilot_ends_at: None,
+            data_classification: None,
+            suspended_reason: None,
+        },
+        business_owner: owner("biz"),
+        technical_owner: owner("tech"),
+    }
+}
+
+fn audit_record() -> AuditRecord {
+    AuditRecord {
+        seq: 1_000_001,
+        time: String::new(),
+        time_ms: 1_800_000_000_000,
+        kind: "credential.issued".into(),
+        outcome: "success".into(),
+        reason: None,
+        actor: None,
+        system_id: Some("bench".into()),
+        owners: Some("biz tech".into()),
+        grant_id: Some("bench-agents".into()),
+        jti: Some("0193b8f0-7c1e-7a6b-9d55-0e1f2a3b4c5d".into()),
+        request_id: Some("7b0b4bb2-2f7e-4d55-a1f4-6b1bd1d5e0c3".into()),
+        source: Some("127.0.0.1".into()),
+        attestation_issuer: Some("bench".into()),
+        subject: Some(SUBJECT.into()),
+        attestation_id: Some("5f0c4f4e-2b7a-4e43-9d6f-2b0c2f7d9a11".into()),
+        audience: Some("reports-api".into()),
+        scopes: Some("reports:read".into()),
+        iat: Some(1_800_000_000),
+        exp: Some(1_800_000_300),
+        detail: Some(json!({"kind": "jwt", "business_owner": "biz", "technical_owner": "tech", "key_id": "k1"})),
+        prev_hash: "9f2b5c0e8f7a4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4".into(),
+        hash: String::new(),
+    }
+}
+
+fn pieces(c: &mut Criterion) {
+    halflife::crypto::install();
+    let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+
+    let (verifier, token) = rs256_issuer(now);
+    c.bench_function("attestation verify (RS256, static JWKS)", |b| {
+        b.iter(|| runtime.block_on(verifier.verify(black_box(&token), now)).unwrap());
+    });
+
+    let ctx = grant_context(now);
+    let ask = Ask {
+        audience: Some(Audience::parse("reports-api").unwrap()),
+        scopes: Some(ScopeSet::parse_space_separated("reports:read").unwrap()),
+        requested_ttl: Some(Duration::from_secs(300)),
+        kind: None,
+    };
+    let limits = TtlPolicy { default_ttl: Duration::from_secs(300), ceiling: Duration::from_secs(3600) };
+    c.bench_function("grant evaluation (decide)", |b| {
+        b.iter(|| decide(black_box(&ctx), black_box(&ask), now, limits).unwrap());
+    });
+
+    let claims = json!({"iss": "https://halflife.example", "sub": SUBJECT, "aud": "reports-api",
+        "exp": 1_800_000_300i64, "iat": 1_800_000_000i64, "nbf": 1_800_000_000i64,
+        "jti": "0193b8f0-7c1e-7a6b-9d55-0e1f2a3b4c5d", "scope": "reports:read", "client_id": SUBJECT, "system": "bench"});
+    for algorithm in [SigningAlgorithm::ES256, SigningAlgorithm::EdDSA] {
+        let (key, _) = SigningKey::generate(algorithm, now).unwrap();
+        c.bench_function(&format!("token mint ({algorithm:?})"), |b| {
+            b.iter(|| key.sign_jwt("at+jwt", black_box(&claims)).unwrap());
+        });
+    }
+
+    let record = audit_record();
+    c.bench_function("audit event hash (canonical JSON + SHA-256)", |b| {
+        b.iter(|| chain_hash(black_box(&record.prev_hash), &black_box(&record).canonical()));
+    });
+}
+
+criterion_group!(benches, pieces);
+criterion_main!(benches);

@@ -501,6 +501,33 @@ async fn send(http: &reqwest::Client, target: &Target, i: usize) -> bool {
     }
 }
 
+/// What one client saw: latencies in microseconds, and failures.
+#[derive(Default)]
+struct Tally {
+    micros: Vec<u32>,
+    errors: u64,
+}
+
+impl Tally {
+    /// Sends request `i` and records its latency counted from `since`.
+    async fn send(&mut self, http: &reqwest::Client, target: &Target, i: usize, since: Instant) {
+        if !send(http, target, i).await {
+            self.errors += 1;
+        }
+        self.micros.push(u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
+
+    async fn gather(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+        let mut all = Tally::default();
+        for t in tasks {
+            let one = t.await.unwrap();
+            all.micros.extend(one.micros);
+            all.errors += one.errors;
+        }
+        all
+    }
+}
+
 /// `concurrency` clients, each sending its next request as soon as the last
 /// is answered.
 async fn closed_loop(
@@ -516,25 +543,18 @@ async fn closed_loop(
     for worker in 0..concurrency {
         let (http, target) = (http.clone(), target.clone());
         tasks.push(tokio::spawn(async move {
-            let (mut micros, mut errors, mut i) = (Vec::with_capacity(65_536), 0u64, worker * 7919);
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                if !send(&http, &target, i).await {
-                    errors += 1;
+            let mut tally = Tally::default();
+            for i in worker * 7919.. {
+                if Instant::now() >= deadline {
+                    break;
                 }
-                micros.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                i += 1;
+                tally.send(&http, &target, i, Instant::now()).await;
             }
-            (micros, errors)
+            tally
         }));
     }
-    let (mut micros, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (m, e) = t.await.unwrap();
-        micros.extend(m);
-        errors += e;
-    }
-    RunResult::from_latencies(label, concurrency, micros, errors, started.elapsed())
+    let all = Tally::gather(tasks).await;
+    RunResult::from_latencies(label, concurrency, all.micros, all.errors, started.elapsed())
 }
 
 /// Requests at a fixed total rate from 64 clients; each latency counts
@@ -551,28 +571,19 @@ async fn fixed_rate(http: &reqwest::Client, target: &Target, label: &str, rate: 
         tasks.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval_at(first, period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let (mut micros, mut errors, mut i) = (Vec::new(), 0u64, worker * 7919);
-            loop {
+            let mut tally = Tally::default();
+            for i in worker * 7919.. {
                 let due = ticks.tick().await;
                 if due >= deadline {
                     break;
                 }
-                if !send(&http, &target, i).await {
-                    errors += 1;
-                }
-                micros.push(u32::try_from(due.elapsed().as_micros()).unwrap_or(u32::MAX));
-                i += 1;
+                tally.send(&http, &target, i, due.into_std()).await;
             }
-            (micros, errors)
+            tally
         }));
     }
-    let (mut micros, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (m, e) = t.await.unwrap();
-        micros.extend(m);
-        errors += e;
-    }
-    RunResult::from_latencies(label, CLIENTS, micros, errors, run)
+    let all = Tally::gather(tasks).await;
+    RunResult::from_latencies(label, CLIENTS, all.micros, all.errors, run)
 }
 
 fn exchange_bodies(tokens: &[String]) -> Arc<Vec<String>> {

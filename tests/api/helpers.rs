@@ -424,8 +424,9 @@ impl TestApp {
             let _ = task.await;
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        start(self.config_text.clone(), self.clock.clone(), dir, self.db.clone(), self.rsa.clone(), self.ec.clone())
-            .await
+        // Same address, so the `iss` of issued tokens stays the same.
+        let config = self.config_text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{}\"", self.addr), 1);
+        start(config, self.clock.clone(), dir, self.db.clone(), self.rsa.clone(), self.ec.clone()).await
     }
 }
 

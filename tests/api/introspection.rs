@@ -161,3 +161,39 @@ async fn an_owner_departing_in_another_process_makes_the_systems_credentials_ina
     assert_eq!(body["error"], "access_denied");
     assert!(body["error_description"].as_str().unwrap().contains("departed"), "{body}");
 }
+
+/// After a restart the credential index is rebuilt from the database in the
+/// background; whether a lookup comes before, during or after that load,
+/// tokens issued before the restart are active and revocations hold.
+#[tokio::test]
+async fn tokens_issued_before_a_restart_stay_active_and_their_revocations_hold() {
+    let Some(app) = spawn_app().await else { return };
+    let mut tokens = Vec::new();
+    for _ in 0..6 {
+        let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let revoked_before = tokens.pop().unwrap();
+    let response = app.client.post(app.url("/oauth2/revoke")).form(&[("token", &revoked_before)]).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let app = app.restart().await;
+    let admin = app.admin_token(Role::Admin).await;
+    assert_eq!(app.introspect(&admin, &revoked_before).await, json!({"active": false}));
+    for (i, token) in tokens.iter().enumerate() {
+        assert_eq!(app.introspect(&admin, token).await["active"], true, "token {i} after the restart");
+        if i % 2 == 0 {
+            let jti = parts(token).1["jti"].as_str().unwrap().to_owned();
+            let (status, body) =
+                app.api(reqwest::Method::POST, "/v1/revoke", &admin, Some(json!({"jti": jti, "reason": "test"}))).await;
+            assert_eq!((status, &body["revoked"]), (200, &json!(1)), "{body}");
+        }
+    }
+    // Read each several times: the background load must not resurrect any.
+    for _ in 0..5 {
+        for (i, token) in tokens.iter().enumerate() {
+            let active = app.introspect(&admin, token).await["active"] == true;
+            assert_eq!(active, i % 2 == 1, "token {i}");
+        }
+    }
+}

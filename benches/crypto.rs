@@ -12,8 +12,9 @@ use std::time::Instant;
 use halflife::config::SigningAlgorithm;
 use halflife::keys::SigningKey;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ring::signature as rsig;
 use serde_json::json;
+
+mod support;
 
 fn per_op(iterations: u32, mut f: impl FnMut()) -> f64 {
     let mut rounds: Vec<f64> = (0..7)
@@ -55,15 +56,10 @@ fn main() {
     });
 
     // RS256 attestation verification through the ring-backed provider.
-    let out = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-outform", "DER"])
-        .output()
-        .expect("openssl creates the RSA key for this benchmark");
-    let rsa = rsig::RsaKeyPair::from_der(&out.stdout).unwrap();
-    let c = rsig::RsaPublicKeyComponents::<Vec<u8>>::from(rsa.public());
+    let rsa = support::RsaKey::generate();
     let rs_token =
-        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_der(&out.stdout)).unwrap();
-    let rs_key = DecodingKey::from_rsa_raw_components(&c.n, &c.e);
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_der(&rsa.pkcs8)).unwrap();
+    let rs_key = DecodingKey::from_rsa_raw_components(&rsa.n, &rsa.e);
     let mut validation = Validation::new(Algorithm::RS256);
     validation.validate_exp = false;
     validation.set_audience(&["reports-api"]);

@@ -22,9 +22,10 @@ use halflife::domain::policy::{Ask, TtlPolicy, decide};
 use halflife::domain::values::{Audience, CredentialKind, GrantId, OwnerId, ScopeSet, SubjectMatch, SystemId};
 use halflife::keys::SigningKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ring::signature as rsig;
 use serde_json::json;
 use time::OffsetDateTime;
+
+mod support;
 
 const ISS: &str = "https://bench.halflife.test";
 const SUBJECT: &str = "spiffe://bench.example/ns/ai/sa/agent-1";
@@ -32,14 +33,9 @@ const SUBJECT: &str = "spiffe://bench.example/ns/ai/sa/agent-1";
 /// An RS256 issuer (as Kubernetes signs service-account tokens), and one of
 /// its tokens valid at `now`.
 fn rs256_issuer(now: OffsetDateTime) -> (Verifier, String) {
-    let out = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-outform", "DER"])
-        .output()
-        .expect("openssl is needed to create the RSA attestation key");
-    let pair = rsig::RsaKeyPair::from_der(&out.stdout).unwrap();
-    let c = rsig::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
+    let rsa = support::RsaKey::generate();
     let jwks = json!({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig",
-        "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)}]});
+        "n": URL_SAFE_NO_PAD.encode(&rsa.n), "e": URL_SAFE_NO_PAD.encode(&rsa.e)}]});
     let keys = KeySet::parse(jwks.to_string().as_bytes(), "bench").unwrap();
     let issuer = TrustedIssuer {
         name: "bench".into(),
@@ -56,7 +52,7 @@ fn rs256_issuer(now: OffsetDateTime) -> (Verifier, String) {
     header.kid = Some("k1".into());
     let claims = json!({"iss": ISS, "sub": SUBJECT, "aud": ["halflife"], "iat": t, "nbf": t, "exp": t + 3600,
         "jti": "5f0c4f4e-2b7a-4e43-9d6f-2b0c2f7d9a11"});
-    let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_der(&out.stdout)).unwrap();
+    let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_der(&rsa.pkcs8)).unwrap();
     (Verifier::new(vec![issuer]), token)
 }
 

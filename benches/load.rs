@@ -51,9 +51,10 @@ use halflife::domain::values::{CredentialKind, GrantId, SystemId};
 use halflife::keys::SigningKey;
 use halflife::store::{AuditEvent, Issuance, OpenOptions, Outcome, RequestMeta};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ring::signature as rsig;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
+
+mod support;
 
 const ISS: &str = "https://bench.halflife.test";
 const AUD: &str = "halflife";
@@ -109,32 +110,24 @@ fn args() -> Args {
 
 /// The RS256 attestation issuer the workloads' tokens come from.
 struct Attester {
-    pkcs8: Vec<u8>,
+    key: support::RsaKey,
     kid: String,
     jwks: Value,
-    n: Vec<u8>,
-    e: Vec<u8>,
 }
 
 impl Attester {
     fn new() -> Self {
-        let out = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-outform", "DER"])
-            .output()
-            .expect("openssl is needed to create the RSA attestation key");
-        assert!(out.status.success(), "openssl failed: {}", String::from_utf8_lossy(&out.stderr));
-        let pair = rsig::RsaKeyPair::from_der(&out.stdout).unwrap();
-        let c = rsig::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
+        let key = support::RsaKey::generate();
         let kid = "bench-rsa".to_owned();
         let jwks = json!({"keys": [{"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
-            "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e)}]});
-        Self { pkcs8: out.stdout, kid, jwks, n: c.n, e: c.e }
+            "n": URL_SAFE_NO_PAD.encode(&key.n), "e": URL_SAFE_NO_PAD.encode(&key.e)}]});
+        Self { key, kid, jwks }
     }
 
     /// Attestations for a few workload identities, valid for an hour.
     fn tokens(&self, count: usize) -> Vec<String> {
         let now = unix_now();
-        let key = EncodingKey::from_rsa_der(&self.pkcs8);
+        let key = EncodingKey::from_rsa_der(&self.key.pkcs8);
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
         (0..count)
@@ -155,7 +148,7 @@ fn unix_now() -> i64 {
 
 /// Exchanges per second if verification and signing were all there was.
 fn crypto_limit(attester: &Attester, tokens: &[String], algorithm: SigningAlgorithm, threads: usize) -> f64 {
-    let decoding = DecodingKey::from_rsa_raw_components(&attester.n, &attester.e);
+    let decoding = DecodingKey::from_rsa_raw_components(&attester.key.n, &attester.key.e);
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_audience(&[AUD]);
     validation.set_issuer(&[ISS]);

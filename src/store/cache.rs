@@ -56,7 +56,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn workload_epoch(&self, issuer: &str, subject: &str) -> i64 {
-        // Keyed by owned strings; the lookup allocates only on this path.
+        // Keyed by owned strings, so a lookup allocates: skip it when no
+        // workload was ever revoked (the common case).
+        if self.workloads.is_empty() {
+            return 0;
+        }
         self.workloads.get(&(issuer.to_owned(), subject.to_owned())).copied().unwrap_or(0)
     }
 }

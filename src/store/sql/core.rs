@@ -13,6 +13,8 @@
 // writers, in one process or many, commit one at a time, so row ids and the
 // audit chain follow commit order.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,18 +161,14 @@ impl Store {
     /// Reads one credential's indexable facts and offers them to the index.
     async fn index_from_db(&self, jti: &str) -> Result<Option<Found>, StoreError> {
         let epoch = self.cache.epoch();
-        let row: Option<(i64, String, String, String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT id, system_id, issuer, subject, exp, revoked_at FROM credentials WHERE jti = $1",
-        )
-        .bind(jti)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let Some((id, system, issuer, subject, exp, revoked_at)) = row else { return Ok(None) };
-        self.cache.index(
-            &IndexedCredential { jti, id, exp, revoked_at, system: &system, issuer: &issuer, subject: &subject },
-            Some(epoch),
-        );
+        let row: Option<IndexRow> = sqlx::query_as(&format!("SELECT {INDEX_COLUMNS} FROM credentials WHERE jti = $1"))
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        self.cache.index(&indexed(&row), Some(epoch));
+        let (id, _, system, issuer, subject, _, revoked_at) = row;
         Ok(Some(Found { id, revoked_at, system: Arc::from(system), workload: Arc::new((issuer, subject)) }))
     }
 
@@ -281,25 +279,25 @@ async fn write_batch(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResul
 async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
     let mut chain = audit::Chain::head(conn).await?;
     let mut results = Vec::with_capacity(ops.len());
-    let mut events: Vec<std::borrow::Cow<'_, AuditEvent>> = Vec::with_capacity(ops.len());
+    let mut events: Vec<Cow<'_, AuditEvent>> = Vec::with_capacity(ops.len());
     // (index into `results`, issuance) of each credential to insert.
     let mut issued: Vec<(usize, &Issuance)> = Vec::with_capacity(ops.len());
-    let mut active: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+    let mut active: HashMap<&str, bool> = HashMap::new();
     for op in ops {
         let result = match op {
             WriteOp::Issue(i) => match admit(conn, i, &mut active).await? {
                 Ok(()) => {
                     issued.push((results.len(), i));
-                    events.push(std::borrow::Cow::Borrowed(&i.event));
+                    events.push(Cow::Borrowed(&i.event));
                     WriteResult::Issue(IssueOutcome::Committed, None)
                 }
                 Err((outcome, denial)) => {
-                    events.push(std::borrow::Cow::Owned(denial));
+                    events.push(Cow::Owned(denial));
                     WriteResult::Issue(outcome, None)
                 }
             },
             WriteOp::Event(event) => {
-                events.push(std::borrow::Cow::Borrowed(event));
+                events.push(Cow::Borrowed(event));
                 WriteResult::Event
             }
             WriteOp::Revoke { jti, reason, event } => {
@@ -314,7 +312,7 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
                 .rows_affected();
                 let mut event = (**event).clone();
                 event.detail = Some(serde_json::json!({"revoked": done}));
-                events.push(std::borrow::Cow::Owned(event));
+                events.push(Cow::Owned(event));
                 WriteResult::Revoke(done > 0)
             }
         };
@@ -355,7 +353,7 @@ fn denial_of(i: &Issuance, reason: &str) -> AuditEvent {
 async fn admit<'a>(
     conn: &mut Conn,
     i: &'a Issuance,
-    active: &mut std::collections::HashMap<&'a str, bool>,
+    active: &mut HashMap<&'a str, bool>,
 ) -> Result<Result<(), (IssueOutcome, AuditEvent)>, sqlx::Error> {
     // The decision was taken before this transaction; a suspension or
     // retirement may have committed since. Checked here, under the write
@@ -403,7 +401,7 @@ async fn admit<'a>(
 async fn insert_credentials<'a>(
     conn: &mut Conn,
     issuances: impl Iterator<Item = &'a Issuance>,
-) -> Result<std::collections::HashMap<String, i64>, sqlx::Error> {
+) -> Result<HashMap<String, i64>, sqlx::Error> {
     let mut q = QueryBuilder::<Db>::new(
         "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp) ",
     );
@@ -947,7 +945,7 @@ async fn load_snapshot(pool: &DbPool) -> Result<Snapshot, StoreError> {
     .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
-    let mut by_issuer: std::collections::HashMap<String, Vec<GrantContext>> = std::collections::HashMap::new();
+    let mut by_issuer: HashMap<String, Vec<GrantContext>> = HashMap::new();
     for row in &grants {
         let grant = grant_from(row)?;
         let system = snapshot
@@ -998,8 +996,14 @@ impl Views for Store {
     }
 }
 
-/// id, jti, system, issuer, subject, exp, revoked_at.
-type WarmRow = (i64, String, String, String, String, i64, Option<i64>);
+/// What the credential index keeps of a row, as [`INDEX_COLUMNS`] reads it.
+type IndexRow = (i64, String, String, String, String, i64, Option<i64>);
+const INDEX_COLUMNS: &str = "id, jti, system_id, issuer, subject, exp, revoked_at";
+
+fn indexed(row: &IndexRow) -> IndexedCredential<'_> {
+    let (id, jti, system, issuer, subject, exp, revoked_at) = row;
+    IndexedCredential { jti, id: *id, exp: *exp, revoked_at: *revoked_at, system, issuer, subject }
+}
 
 /// Loads every unexpired credential into the index, a page at a time in id
 /// order, so introspecting a token issued before this process started (or
@@ -1015,10 +1019,8 @@ async fn warm_index(pool: DbPool, cache: Arc<Cache>, now: i64) {
             return;
         }
         let epoch = cache.epoch();
-        let rows: Vec<WarmRow> = match sqlx::query_as(
-            "SELECT id, jti, system_id, issuer, subject, exp, revoked_at FROM credentials \
-             WHERE id > $1 AND exp > $2 ORDER BY id LIMIT $3",
-        )
+        let sql = format!("SELECT {INDEX_COLUMNS} FROM credentials WHERE id > $1 AND exp > $2 ORDER BY id LIMIT $3");
+        let rows: Vec<IndexRow> = match sqlx::query_as(&sql)
         .bind(after)
         .bind(now)
         .bind(page_size)
@@ -1033,18 +1035,7 @@ async fn warm_index(pool: DbPool, cache: Arc<Cache>, now: i64) {
             }
         };
         let Some(last) = rows.last().map(|r| r.0) else { break };
-        let page: Vec<IndexedCredential<'_>> = rows
-            .iter()
-            .map(|(id, jti, system, issuer, subject, exp, revoked_at)| IndexedCredential {
-                jti,
-                id: *id,
-                exp: *exp,
-                revoked_at: *revoked_at,
-                system,
-                issuer,
-                subject,
-            })
-            .collect();
+        let page: Vec<IndexedCredential<'_>> = rows.iter().map(indexed).collect();
         match cache.index_page(&page, epoch) {
             Indexed::All => {
                 after = last;

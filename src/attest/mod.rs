@@ -1,8 +1,11 @@
 //! Attestation verifiers: who is this workload, proven by what.
 
 pub mod dev;
+pub mod dpop;
 pub mod jwks;
 pub mod jwt;
+pub mod spiffe;
+pub mod x509;
 
 use std::sync::Arc;
 

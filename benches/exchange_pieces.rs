@@ -77,6 +77,7 @@ fn grant_context(now: OffsetDateTime) -> GrantContext {
             default_scopes: scopes(&["reports:read"]),
             kinds: vec![CredentialKind::Jwt],
             max_ttl: Duration::from_secs(900),
+            binding: halflife::domain::model::Binding::Optional,
         },
         system: System {
             id: SystemId::parse("bench").unwrap(),

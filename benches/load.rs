@@ -659,7 +659,7 @@ async fn preload(db_url: &str, count: u64) -> Duration {
             scopes: "reports:read".into(),
             iat: now,
             exp,
-            replay: None,
+            replay: Vec::new(),
             event,
         };
         let store = Arc::clone(&store);

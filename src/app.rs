@@ -15,13 +15,14 @@ use url::Url;
 
 use crate::attest::dev::DevIssuer;
 use crate::attest::jwt::{IssuerKeys, TrustedIssuer, Verifier};
+use crate::attest::x509::{TrustBundles, TrustDomainSource};
 use crate::attest::{issuer_from_config, jwks};
 use crate::broker::audit::CheckpointPolicy;
 use crate::broker::{Broker, Webhook, apply};
 use crate::clock::SharedClock;
 use crate::config::{Config, DevConfig};
 use crate::domain::policy::TtlPolicy;
-use crate::http::serve::{ServeOptions, serve, tls_acceptor};
+use crate::http::serve::{ServeOptions, mtls_acceptor, serve, tls_acceptor};
 use crate::http::{AppState, Limits, metadata_document, router};
 use crate::keys::{Kek, KekSource, Keyring};
 use crate::store::{
@@ -50,6 +51,18 @@ pub struct App {
     lifecycle_tick: Option<Duration>,
     sync_interval: Duration,
     checkpoints: CheckpointPolicy,
+    mtls: Option<MtlsListener>,
+}
+
+/// The mTLS listener for X.509-SVID attestation, and its trust bundles.
+struct MtlsListener {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    base_url: String,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    bundles: Arc<TrustBundles>,
+    refresh: Duration,
 }
 
 /// Loads the key-encryption key the configuration names.
@@ -109,6 +122,11 @@ pub async fn shared_keyring(
 pub fn known_issuers(config: &Config) -> Vec<String> {
     let mut names: Vec<String> = config.issuers.iter().map(|i| i.name.clone()).collect();
     names.push(DevConfig::ISSUER_NAME.to_owned());
+    for td in config.mtls.iter().flat_map(|m| &m.trust_domains) {
+        names.push(td.issuer_name().to_owned());
+    }
+    names.sort();
+    names.dedup();
     names
 }
 
@@ -178,6 +196,30 @@ impl App {
             Some(t) => Some(tls_acceptor(&t.cert_file, &t.key_file).map_err(|e| anyhow::anyhow!(e))?),
             None => None,
         };
+        let mut mtls_parts = None;
+        if let Some(mtls) = &mut config.mtls {
+            let sources = mtls
+                .trust_domains
+                .iter()
+                .map(|td| TrustDomainSource {
+                    trust_domain: td.name.clone(),
+                    issuer: td.issuer_name().to_owned(),
+                    bundle_file: td.bundle_file.clone(),
+                })
+                .collect();
+            let bundles = Arc::new(TrustBundles::load(sources)?);
+            let acceptor = mtls_acceptor(&mtls.cert_file, &mtls.key_file, bundles.client_verifier())
+                .map_err(|e| anyhow::anyhow!("mtls: {e}"))?;
+            let listener = TcpListener::bind(mtls.listen)
+                .await
+                .with_context(|| format!("failed to bind mtls.listen {}", mtls.listen))?;
+            let addr = listener.local_addr()?;
+            if mtls.public_url.is_none() {
+                mtls.public_url = Some(Url::parse(&format!("https://{addr}"))?);
+            }
+            mtls_parts =
+                Some((listener, addr, mtls.public_base(), acceptor, bundles, mtls.bundle_refresh_interval.get()));
+        }
 
         let now = clock.now();
         let kek = load_kek(&config)?;
@@ -235,26 +277,42 @@ impl App {
             webhook: config.lifecycle.webhook_url.clone().map(|url| Webhook { url, client: client.clone() }),
             issuer_names: Arc::new(known_issuers(&config)),
             verified: Arc::default(),
+            bundles: mtls_parts.as_ref().map(|parts| Arc::clone(&parts.4)),
+            dpop_window: config.tokens.dpop_proof_window.get(),
         };
-        let metadata = metadata_document(&base_url, &broker.keys.algorithms());
-        let state = AppState {
-            broker: broker.clone(),
-            health: store.clone(),
-            metadata: Arc::new(metadata),
+        let mtls_base = mtls_parts.as_ref().map(|parts| parts.2.clone());
+        let metadata = Arc::new(metadata_document(&base_url, &broker.keys.algorithms(), mtls_base.as_deref()));
+        let limits = Limits {
             max_body_bytes: config.server.max_body_bytes,
+            request_timeout: config.server.request_timeout.get(),
         };
-        let router = router(
-            state,
-            &Limits {
+        let state_for = |base: &str| -> anyhow::Result<AppState> {
+            Ok(AppState {
+                broker: broker.clone(),
+                health: store.clone(),
+                metadata: Arc::clone(&metadata),
                 max_body_bytes: config.server.max_body_bytes,
-                request_timeout: config.server.request_timeout.get(),
-            },
-        );
+                token_endpoint: Arc::new(Url::parse(&format!("{base}/oauth2/token"))?),
+            })
+        };
+        let router_main = router(state_for(&base_url)?, &limits);
+        let mtls = match mtls_parts {
+            Some((listener, local_addr, base_url, acceptor, bundles, refresh)) => Some(MtlsListener {
+                listener,
+                local_addr,
+                router: router(state_for(&base_url)?, &limits),
+                base_url,
+                acceptor,
+                bundles,
+                refresh,
+            }),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
             base_url,
-            router,
+            router: router_main,
             tls,
             serve_options: ServeOptions {
                 header_read_timeout: config.server.header_read_timeout.get(),
@@ -271,11 +329,17 @@ impl App {
                 every_events: i64::from(config.audit.checkpoint_events),
                 every: config.audit.checkpoint_interval.get(),
             },
+            mtls,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The mTLS listener's address, if one is configured.
+    pub fn mtls_addr(&self) -> Option<SocketAddr> {
+        self.mtls.as_ref().map(|m| m.local_addr)
     }
 
     /// The public base URL (the `iss` of issued tokens).
@@ -392,7 +456,26 @@ impl App {
             }));
         }
         tracing::info!(listen = %self.local_addr, issuer = %self.base_url, tls = self.tls.is_some(), "halflife is serving");
-        serve(self.listener, self.tls, self.router, self.serve_options, shutdown).await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut mtls_server = None;
+        if let Some(mtls) = self.mtls {
+            tasks.push(tokio::spawn(reload_bundles(Arc::clone(&mtls.bundles), mtls.refresh)));
+            tracing::info!(listen = %mtls.local_addr, url = %mtls.base_url, "mTLS listener (X.509-SVID attestation) is serving");
+            let mut stopped = stopped.clone();
+            let options = ServeOptions { ..self.serve_options };
+            mtls_server =
+                Some(tokio::spawn(serve(mtls.listener, Some(mtls.acceptor), mtls.router, options, async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })));
+        }
+        serve(self.listener, self.tls, self.router, self.serve_options, async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
+        if let Some(server) = mtls_server {
+            let _ = server.await;
+        }
         for task in tasks {
             task.abort();
         }
@@ -413,6 +496,36 @@ async fn refresh_jwks(issuer: Arc<TrustedIssuer>, interval: Duration) {
             Err(_) => interval.min(Duration::from_secs(5)),
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Re-reads the trust bundles every `every`, and at once on SIGHUP.
+async fn reload_bundles(bundles: Arc<TrustBundles>, every: Duration) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        {
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = hup => tracing::info!("SIGHUP: reloading trust bundles"),
+            }
+        }
+        #[cfg(not(unix))]
+        tick.tick().await;
+        let bundles = Arc::clone(&bundles);
+        // File reads and certificate parsing stay off the async workers.
+        let _ = tokio::task::spawn_blocking(move || bundles.reload()).await;
     }
 }
 

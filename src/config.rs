@@ -22,7 +22,7 @@ use url::Url;
 /// `HALFLIFE_*` variables (such as `HALFLIFE_TOKEN` for the CLI) are not
 /// configuration keys and are ignored here.
 const SECTIONS: &[&str] =
-    &["server", "database", "keys", "tokens", "dev", "issuers", "bootstrap", "lifecycle", "audit"];
+    &["server", "mtls", "database", "keys", "tokens", "dev", "issuers", "bootstrap", "lifecycle", "audit"];
 
 /// Clock-skew leeway accepted on attestation tokens when none is configured.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -40,6 +40,9 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(120);
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
+    /// The mTLS listener for X.509-SVID attestation (RFC 8705).
+    #[serde(default)]
+    pub mtls: Option<MtlsConfig>,
     #[serde(default)]
     pub database: DatabaseConfig,
     #[serde(default)]
@@ -160,6 +163,62 @@ impl ServerConfig {
     }
 }
 
+/// A second listener that requires client certificates (X.509-SVIDs) and
+/// accepts them as attestations: `grant_type=client_credentials` with
+/// `tls_client_auth` (RFC 8705 §2), and certificate-bound tokens (§3) for
+/// every exchange made over it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsConfig {
+    pub listen: SocketAddr,
+    /// Public base URL of this listener (advertised as
+    /// `mtls_endpoint_aliases`). Defaults to `https://<listen>`.
+    pub public_url: Option<Url>,
+    /// The listener's own certificate chain and key (PEM).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// How often bundle files are checked for changes (SIGHUP reloads at
+    /// once).
+    #[serde(default = "default_bundle_refresh")]
+    pub bundle_refresh_interval: HumanDuration,
+    pub trust_domains: Vec<TrustDomainConfig>,
+}
+
+fn default_bundle_refresh() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+impl MtlsConfig {
+    /// The public base URL without a trailing slash.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => format!("https://{}", self.listen),
+        }
+    }
+}
+
+/// A SPIFFE trust domain whose X.509-SVIDs are accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomainConfig {
+    /// The trust domain, e.g. `prod.example`.
+    pub name: String,
+    /// PEM file of the domain's CA certificates (its X.509 bundle).
+    pub bundle_file: PathBuf,
+    /// The issuer name grants use for this domain's SVIDs; defaults to the
+    /// trust domain. Naming a JWT issuer here (e.g. the SPIRE server whose
+    /// JWT-SVIDs are configured in [[issuers]]) makes a JWT-SVID and an
+    /// X.509-SVID for the same SPIFFE ID match the same grant.
+    pub issuer: Option<String>,
+}
+
+impl TrustDomainConfig {
+    pub fn issuer_name(&self) -> &str {
+        self.issuer.as_deref().unwrap_or(&self.name)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -242,11 +301,17 @@ pub struct TokensConfig {
     pub default_ttl: HumanDuration,
     /// Global ceiling: no credential lives longer, whatever a grant says.
     pub max_ttl: HumanDuration,
+    /// How far a DPoP proof's `iat` may be from the broker's clock.
+    pub dpop_proof_window: HumanDuration,
 }
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        Self { default_ttl: HumanDuration::secs(300), max_ttl: HumanDuration::secs(3600) }
+        Self {
+            default_ttl: HumanDuration::secs(300),
+            max_ttl: HumanDuration::secs(3600),
+            dpop_proof_window: HumanDuration::secs(60),
+        }
     }
 }
 
@@ -517,6 +582,13 @@ impl Config {
                 format!("{} exceeds tokens.max_ttl ({})", self.tokens.default_ttl, self.tokens.max_ttl),
             );
         }
+        let window = self.tokens.dpop_proof_window.get();
+        if window.is_zero() || window > Duration::from_secs(600) {
+            problem("tokens.dpop_proof_window", "must be between 1s and 10m".to_owned());
+        }
+        if let Some(mtls) = &self.mtls {
+            self.validate_mtls(mtls, &mut problem);
+        }
         if self.keys.kek.is_some() && self.keys.kek_file.is_some() {
             problem("keys.kek", "set keys.kek or keys.kek_file, not both".to_owned());
         }
@@ -609,6 +681,42 @@ impl Config {
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    fn validate_mtls(&self, mtls: &MtlsConfig, problem: &mut impl FnMut(&str, String)) {
+        if mtls.listen == self.server.listen && mtls.listen.port() != 0 {
+            problem("mtls.listen", format!("{} is already server.listen; use another port", mtls.listen));
+        }
+        if let Some(url) = &mtls.public_url
+            && (url.scheme() != "https" || url.host().is_none() || url.query().is_some() || url.fragment().is_some())
+        {
+            problem("mtls.public_url", "must be an https URL with a host and no query or fragment".to_owned());
+        }
+        if mtls.bundle_refresh_interval.get() < Duration::from_millis(10) {
+            problem("mtls.bundle_refresh_interval", "must be at least 10ms".to_owned());
+        }
+        if mtls.trust_domains.is_empty() {
+            problem("mtls.trust_domains", "list at least one trust domain and its bundle_file".to_owned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, td) in mtls.trust_domains.iter().enumerate() {
+            let key = |field: &str| format!("mtls.trust_domains[{i}].{field}");
+            if let Err(e) = crate::attest::spiffe::validate_trust_domain(&td.name) {
+                problem(&key("name"), format!("{:?} {e}", td.name));
+            }
+            if !seen.insert(td.name.as_str()) {
+                problem(&key("name"), format!("trust domain {:?} is configured twice", td.name));
+            }
+            let issuer = td.issuer_name();
+            if issuer == DevConfig::ISSUER_NAME {
+                problem(&key("issuer"), "\"dev\" is reserved for the built-in dev issuer".to_owned());
+            } else if issuer.is_empty()
+                || issuer.len() > 255
+                || issuer.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                problem(&key("issuer"), "must be 1-255 printable characters without spaces".to_owned());
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::domain::model::{Grant, OwnerStatus, Tier};
+use crate::domain::model::{Binding, Grant, OwnerStatus, Tier};
 use crate::domain::values::{Audience, CredentialKind, GrantId, OwnerId, ScopeSet, SubjectMatch, SystemId};
 use crate::store::{Catalog, DateSpec, OwnerSpec, SystemSpec};
 
@@ -66,6 +66,9 @@ pub struct GrantEntry {
     #[serde(default)]
     pub kinds: Option<Vec<String>>,
     pub max_ttl: String,
+    /// `optional` (default), `required`, `dpop` or `mtls`.
+    #[serde(default)]
+    pub binding: Option<String>,
 }
 
 /// What a catalog must stay within.
@@ -268,11 +271,29 @@ pub fn grant(g: GrantEntry, known_issuers: &[String], ceiling: Duration) -> Resu
             None
         }
     };
+    let binding = match g.binding.as_deref() {
+        None => Binding::Optional,
+        Some(text) => Binding::parse(text).unwrap_or_else(|| {
+            errs.push(("binding", format!("{text:?} is not one of optional, required, dpop, mtls")));
+            Binding::Optional
+        }),
+    };
     match (id, system, subject, scopes, default_scopes, max_ttl) {
         (Some(id), Some(system), Some(subject), Some(scopes), Some(default_scopes), Some(max_ttl))
             if errs.is_empty() =>
         {
-            Ok(Grant { id, system, issuer: g.issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl })
+            Ok(Grant {
+                id,
+                system,
+                issuer: g.issuer,
+                subject,
+                audiences,
+                scopes,
+                default_scopes,
+                kinds,
+                max_ttl,
+                binding,
+            })
         }
         _ => Err(errs),
     }

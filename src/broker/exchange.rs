@@ -7,14 +7,17 @@
 
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
+use url::Url;
 
 use super::{Broker, Unavailable};
+use crate::attest::dpop::{self, DpopProof};
 use crate::attest::jwt::Attestation;
+use crate::attest::x509::{PeerCertificates, X509Rejection};
 use crate::crypto;
-use crate::domain::model::GrantContext;
+use crate::domain::model::{Binding, GrantContext};
 use crate::domain::policy::{Ask, Decision, Denial, DenyCode, decide};
-use crate::mint::jwt::{ACCESS_TOKEN_TYP, AccessClaims};
-use crate::store::{AuditEvent, Issuance, IssueOutcome, Outcome, ReplayGuard, RequestMeta};
+use crate::mint::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Confirmation};
+use crate::store::{AuditEvent, Issuance, IssueOutcome, Outcome, ReplayGuard, ReplayKind, RequestMeta};
 
 /// The one message every forged, expired or untrusted subject token gets, so
 /// the response is no oracle for which check failed. The precise reason is
@@ -22,9 +25,29 @@ use crate::store::{AuditEvent, Issuance, IssueOutcome, Outcome, ReplayGuard, Req
 pub const INVALID_SUBJECT_TOKEN: &str =
     "subject_token is invalid, expired, or not issued by a trusted issuer for this audience";
 
+/// The one message every client certificate that does not attest a
+/// workload gets; the precise reason is in the audit log.
+pub const INVALID_CLIENT_CERTIFICATE: &str =
+    "the client certificate is not a valid X.509-SVID of a trusted SPIFFE trust domain";
+
+/// How the workload proves who it is.
+pub enum Proof {
+    /// RFC 8693: a JWT from a trusted issuer.
+    SubjectToken(SecretString),
+    /// RFC 8705 `tls_client_auth`: the X.509-SVID the connection presented,
+    /// and the `client_id` the request named, if any (it must be the
+    /// certificate's SPIFFE ID).
+    ClientCertificate { client_id: Option<String> },
+}
+
 pub struct ExchangeRequest {
-    pub subject_token: SecretString,
+    pub proof: Proof,
     pub ask: Ask,
+    /// The certificates presented on the mTLS listener, if the request came
+    /// over it: the token is then bound to the leaf (`cnf.x5t#S256`).
+    pub peer: Option<PeerCertificates>,
+    /// The request's `DPoP` header and the endpoint URL it must name.
+    pub dpop: Option<(String, Url)>,
 }
 
 /// An issued credential, ready to return.
@@ -34,6 +57,9 @@ pub struct Issued {
     pub expires_in: i64,
     pub scope: String,
     pub system: String,
+    /// `DPoP` for a DPoP-bound token, `Bearer` otherwise (an mTLS-bound
+    /// token is still presented as a bearer token, over mTLS).
+    pub token_type: &'static str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,16 +73,62 @@ pub enum ExchangeError {
 impl Broker {
     pub async fn exchange(&self, request: ExchangeRequest, meta: &RequestMeta) -> Result<Issued, ExchangeError> {
         let now = self.clock.now();
-        let token = request.subject_token.expose_secret();
-
-        let attestation = match self.verifier.verify(token, now).await {
-            Ok(a) => a,
-            Err(rejection) => {
-                let denial = Denial::with_reason(DenyCode::InvalidGrant, INVALID_SUBJECT_TOKEN, rejection.to_string());
-                let mut event = self.denial_event(&denial, &request.ask, now, meta);
-                event.attestation_id = Some(fingerprint(token));
-                return Err(self.deny(denial, event).await);
+        let attestation = match &request.proof {
+            Proof::SubjectToken(token) => {
+                let token = token.expose_secret();
+                match self.verifier.verify(token, now).await {
+                    Ok(a) => a,
+                    Err(rejection) => {
+                        let denial =
+                            Denial::with_reason(DenyCode::InvalidGrant, INVALID_SUBJECT_TOKEN, rejection.to_string());
+                        let mut event = self.denial_event(&denial, &request.ask, now, meta);
+                        event.attestation_id = Some(fingerprint(token));
+                        return Err(self.deny(denial, event).await);
+                    }
+                }
             }
+            Proof::ClientCertificate { client_id } => {
+                let attested = match &self.bundles {
+                    Some(bundles) => bundles.attest(request.peer.as_ref(), now),
+                    None => Err((X509Rejection::NoCertificate, None)),
+                }
+                .and_then(|(attestation, svid)| match client_id {
+                    Some(id) if *id != attestation.subject => Err((
+                        X509Rejection::ClientIdMismatch(crate::domain::values::truncate(id, 80)),
+                        Some(svid.fingerprint()),
+                    )),
+                    _ => Ok((attestation, svid)),
+                });
+                match attested {
+                    Ok((attestation, _)) => attestation,
+                    Err((rejection, cert_fingerprint)) => {
+                        let denial = Denial::with_reason(
+                            DenyCode::InvalidClient,
+                            INVALID_CLIENT_CERTIFICATE,
+                            rejection.to_string(),
+                        );
+                        let mut event = self.denial_event(&denial, &request.ask, now, meta);
+                        event.attestation_id = cert_fingerprint;
+                        return Err(self.deny(denial, event).await);
+                    }
+                }
+            }
+        };
+
+        let dpop = match &request.dpop {
+            None => None,
+            Some((proof, endpoint)) => match dpop::verify_proof(proof, "POST", endpoint, now, self.dpop_window) {
+                Ok(proof) => Some(proof),
+                Err(e) => {
+                    let denial = Denial::new(DenyCode::InvalidDpopProof, e.to_string());
+                    let event = self.attested_denial(&denial, &request.ask, &attestation, None, now, meta);
+                    return Err(self.deny(denial, event).await);
+                }
+            },
+        };
+        let cnf = Confirmation {
+            x5t_s256: request.peer.as_ref().and_then(|p| p.0.first()).map(|leaf| crypto::b64url(crypto::sha256(leaf))),
+            jkt: dpop.as_ref().map(|p| p.jkt.clone()),
         };
 
         let grants = self.policy.grants_for_issuer(&attestation.issuer_name).await.map_err(Unavailable)?;
@@ -84,7 +156,9 @@ impl Broker {
             }
         };
 
-        let decision = match decide(ctx, &request.ask, now, self.limits) {
+        let decision = match binding_refusal(ctx.grant.binding, &cnf)
+            .map_or_else(|| decide(ctx, &request.ask, now, self.limits), Err)
+        {
             Ok(d) => d,
             Err(denial) => {
                 let event = self.attested_denial(&denial, &request.ask, &attestation, Some(ctx), now, meta);
@@ -92,9 +166,10 @@ impl Broker {
             }
         };
 
-        self.issue(&attestation, ctx, decision, now, meta).await
+        self.issue(&attestation, ctx, decision, now, meta, cnf, dpop.as_ref()).await
     }
 
+    #[expect(clippy::too_many_arguments, reason = "one private step of exchange, called once")]
     async fn issue(
         &self,
         attestation: &Attestation,
@@ -102,6 +177,8 @@ impl Broker {
         decision: Decision,
         now: OffsetDateTime,
         meta: &RequestMeta,
+        cnf: Confirmation,
+        dpop: Option<&DpopProof>,
     ) -> Result<Issued, ExchangeError> {
         let jti = new_jti(now);
         let claims = AccessClaims {
@@ -115,7 +192,9 @@ impl Broker {
             scope: decision.scopes.joined(),
             client_id: attestation.subject.clone(),
             system: ctx.system.id.to_string(),
+            cnf: (!cnf.is_empty()).then_some(cnf),
         };
+        let token_type = if dpop.is_some() { "DPoP" } else { "Bearer" };
         let access_token = self.keys.current().sign_jwt(ACCESS_TOKEN_TYP, &claims).map_err(|e| {
             tracing::error!(error = %e, "signing failed");
             ExchangeError::Unavailable(Unavailable(crate::store::StoreError::Unavailable("signing failed".into())))
@@ -134,6 +213,33 @@ impl Broker {
             "technical_owner": ctx.system.technical_owner,
             "key_id": self.keys.current().kid(),
         }));
+        if let (Some(detail), Some(cnf)) = (event.detail.as_mut(), &claims.cnf) {
+            detail["cnf"] = serde_json::json!(cnf);
+        }
+        let mut replay = Vec::new();
+        if let Some(proof) = dpop {
+            // Checked first: a replayed proof must not use up a single-use
+            // attestation presented with it.
+            replay.push(ReplayGuard {
+                kind: ReplayKind::DpopProof,
+                issuer: DPOP_REPLAY_ISSUER.to_owned(),
+                token_id: format!("{}:{}", proof.jkt, proof.jti),
+                // A proof verifies while its iat is within the window of
+                // the clock: remember it at least that long.
+                keep_until: OffsetDateTime::from_unix_timestamp(proof.iat)
+                    .unwrap_or(now)
+                    .saturating_add(time::Duration::try_from(self.dpop_window).unwrap_or(time::Duration::HOUR))
+                    .max(now),
+            });
+        }
+        if attestation.single_use {
+            replay.push(ReplayGuard {
+                kind: ReplayKind::Attestation,
+                issuer: attestation.issuer_name.clone(),
+                token_id: attestation.token_id.clone(),
+                keep_until: attestation.replay_until,
+            });
+        }
         let issuance = Issuance {
             jti: jti.clone(),
             kind: decision.kind,
@@ -145,11 +251,7 @@ impl Broker {
             scopes: claims.scope.clone(),
             iat: decision.iat,
             exp: decision.exp,
-            replay: attestation.single_use.then(|| ReplayGuard {
-                issuer: attestation.issuer_name.clone(),
-                token_id: attestation.token_id.clone(),
-                keep_until: attestation.replay_until,
-            }),
+            replay,
             event,
         };
         match self.log.record_issuance(issuance).await.map_err(Unavailable)? {
@@ -170,12 +272,18 @@ impl Broker {
                     expires_in: claims.exp - claims.iat,
                     scope: claims.scope,
                     system: claims.system,
+                    token_type,
                 })
             }
-            IssueOutcome::Replayed => Err(ExchangeError::Denied(Denial::with_reason(
+            IssueOutcome::Replayed(ReplayKind::Attestation) => Err(ExchangeError::Denied(Denial::with_reason(
                 DenyCode::InvalidGrant,
                 "subject_token has already been used; its issuer is single-use, so fetch a fresh one",
-                "single-use attestation was already used (replay)",
+                ReplayKind::Attestation.reason(),
+            ))),
+            IssueOutcome::Replayed(ReplayKind::DpopProof) => Err(ExchangeError::Denied(Denial::with_reason(
+                DenyCode::InvalidDpopProof,
+                "DPoP proof has already been used; sign a fresh proof (new jti) for every request",
+                ReplayKind::DpopProof.reason(),
             ))),
             IssueOutcome::SystemStopped => Err(ExchangeError::Denied(Denial::new(
                 DenyCode::AccessDenied,
@@ -242,6 +350,31 @@ fn fill_attestation(event: &mut AuditEvent, attestation: &Attestation, ctx: Opti
         event.grant_id = Some(ctx.grant.id.to_string());
         event.owners = Some(ctx.system.owners_label());
     }
+}
+
+/// The replay-record namespace of DPoP proofs; `#` never appears in an
+/// issuer name, so it cannot collide with a single-use issuer's records.
+const DPOP_REPLAY_ISSUER: &str = "#dpop";
+
+/// Why a grant's binding requirement refuses a token with confirmation
+/// `cnf`, if it does.
+fn binding_refusal(binding: Binding, cnf: &Confirmation) -> Option<Denial> {
+    let (code, description) = match binding {
+        Binding::Optional => return None,
+        Binding::Required if cnf.is_empty() => (
+            DenyCode::InvalidRequest,
+            "this grant issues only sender-constrained tokens: send a DPoP proof or exchange over the mTLS listener",
+        ),
+        Binding::Dpop if cnf.jkt.is_none() => {
+            (DenyCode::InvalidDpopProof, "this grant issues only DPoP-bound tokens: send a DPoP proof (RFC 9449)")
+        }
+        Binding::Mtls if cnf.x5t_s256.is_none() => (
+            DenyCode::InvalidRequest,
+            "this grant issues only certificate-bound tokens: exchange over the mTLS listener (RFC 8705)",
+        ),
+        Binding::Required | Binding::Dpop | Binding::Mtls => return None,
+    };
+    Some(Denial::new(code, description))
 }
 
 /// How a token that could not be verified is named in the audit log: its

@@ -156,6 +156,7 @@ mod tests {
             scope: "reports:read".into(),
             client_id: "spiffe://example/ns/ai/sa/agent".into(),
             system: "summarizer".into(),
+            cnf: None,
         })
     }
 

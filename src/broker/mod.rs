@@ -13,6 +13,7 @@ pub mod operator;
 use std::sync::Arc;
 
 use crate::attest::jwt::Verifier;
+use crate::attest::x509::TrustBundles;
 use crate::clock::SharedClock;
 use crate::domain::lifecycle::LifecyclePolicy;
 use crate::domain::policy::TtlPolicy;
@@ -47,6 +48,11 @@ pub struct Broker {
     pub issuer_names: Arc<Vec<String>>,
     /// Issued tokens already verified (introspection's fast path).
     pub verified: Arc<introspect::VerifiedTokens>,
+    /// SPIFFE trust bundles for X.509-SVID attestation over mTLS, if
+    /// configured.
+    pub bundles: Option<Arc<TrustBundles>>,
+    /// How far a DPoP proof's `iat` may be from now.
+    pub dpop_window: std::time::Duration,
 }
 
 /// A notice webhook and the client that calls it.

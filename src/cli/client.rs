@@ -178,6 +178,9 @@ pub struct AddGrant {
     /// Longest credential lifetime, e.g. 15m.
     #[arg(long)]
     pub max_ttl: String,
+    /// Sender-constraint: optional (default), required, dpop or mtls.
+    #[arg(long)]
+    pub binding: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -344,7 +347,7 @@ fn record(value: &Value) {
 
 const SYSTEM_COLUMNS: &[&str] = &["id", "tier", "state", "business_owner", "technical_owner", "pilot_ends_at", "name"];
 const OWNER_COLUMNS: &[&str] = &["id", "status", "attested_until", "email", "display_name"];
-const GRANT_COLUMNS: &[&str] = &["id", "issuer", "subject", "audiences", "scopes", "max_ttl"];
+const GRANT_COLUMNS: &[&str] = &["id", "issuer", "subject", "audiences", "scopes", "max_ttl", "binding"];
 
 fn path_segment(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -511,6 +514,9 @@ pub async fn grants(remote: &Remote, command: GrantsCommand) -> anyhow::Result<(
             });
             if !a.kinds.is_empty() {
                 body["kinds"] = json!(a.kinds);
+            }
+            if let Some(binding) = a.binding {
+                body["binding"] = json!(binding);
             }
             let v =
                 c.call(Method::POST, &format!("/v1/systems/{}/grants", path_segment(&a.system)), Some(body)).await?;

@@ -55,6 +55,24 @@ text_enum!(Tier { Sandbox => "sandbox", Pilot => "pilot", Production => "product
 text_enum!(SystemState { Active => "active", Suspended => "suspended", Retired => "retired" });
 text_enum!(OwnerStatus { Active => "active", Departed => "departed" });
 
+/// Whether a grant's credentials must be sender-constrained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Binding {
+    /// Bound when the exchange offers a binding (an mTLS client
+    /// certificate or a DPoP proof), bearer otherwise.
+    #[default]
+    Optional,
+    /// Refused unless the token can be bound (mTLS or DPoP).
+    Required,
+    /// Refused without a DPoP proof (RFC 9449).
+    Dpop,
+    /// Refused unless the exchange came over mTLS (RFC 8705).
+    Mtls,
+}
+
+text_enum!(Binding { Optional => "optional", Required => "required", Dpop => "dpop", Mtls => "mtls" });
+
 /// A person accountable for systems.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Owner {
@@ -110,6 +128,8 @@ pub struct Grant {
     /// Longest lifetime a credential from this grant may have.
     #[serde(serialize_with = "serialize_secs")]
     pub max_ttl: Duration,
+    /// Whether issued tokens must be sender-constrained.
+    pub binding: Binding,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -21,6 +21,10 @@ pub enum DenyCode {
     InvalidTarget,
     UnauthorizedClient,
     AccessDenied,
+    /// The client certificate is not a valid X.509-SVID (RFC 6749 §5.2).
+    InvalidClient,
+    /// A DPoP proof is missing, invalid or replayed (RFC 9449 §5).
+    InvalidDpopProof,
 }
 
 impl DenyCode {
@@ -32,6 +36,8 @@ impl DenyCode {
             Self::InvalidTarget => "invalid_target",
             Self::UnauthorizedClient => "unauthorized_client",
             Self::AccessDenied => "access_denied",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
         }
     }
 }
@@ -211,6 +217,7 @@ mod tests {
                 default_scopes: ScopeSet::parse_space_separated("read").unwrap(),
                 kinds: vec![CredentialKind::Jwt],
                 max_ttl: Duration::from_secs(900),
+                binding: crate::domain::model::Binding::Optional,
             },
             system: System {
                 id: SystemId::parse("s1").unwrap(),

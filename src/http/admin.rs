@@ -168,6 +168,8 @@ struct NewGrantBody {
     #[serde(default)]
     kinds: Option<Vec<String>>,
     max_ttl: String,
+    #[serde(default)]
+    binding: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -381,6 +383,7 @@ async fn create_grant(
         default_scopes: body.default_scopes,
         kinds: body.kinds,
         max_ttl: body.max_ttl,
+        binding: body.binding,
     };
     let grant = apply::grant(entry, &state.broker.issuer_names, state.broker.limits.ceiling).map_err(|errs| {
         let (field, message) = errs.into_iter().next().unwrap_or(("grant", "invalid".into()));

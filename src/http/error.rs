@@ -84,6 +84,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut extra = serde_json::Map::new();
         let (status, code, description) = match self {
+            // A client certificate that authenticates nothing (RFC 6749 §5.2).
+            Self::OAuth { code: "invalid_client", description } => {
+                (StatusCode::UNAUTHORIZED, "invalid_client", description)
+            }
             Self::OAuth { code, description } => (StatusCode::BAD_REQUEST, code, description),
             Self::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "invalid_token", d),
             Self::Forbidden(d) => (StatusCode::FORBIDDEN, "insufficient_scope", d),
@@ -130,6 +134,9 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match status {
+            StatusCode::UNAUTHORIZED if code == "invalid_client" => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"halflife\""));
+            }
             StatusCode::UNAUTHORIZED => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,

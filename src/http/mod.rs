@@ -34,6 +34,8 @@ pub struct AppState {
     pub health: Arc<dyn Health>,
     pub metadata: Arc<Value>,
     pub max_body_bytes: usize,
+    /// This listener's token endpoint: what a DPoP proof's `htu` must name.
+    pub token_endpoint: Arc<url::Url>,
 }
 
 pub struct Limits {
@@ -93,22 +95,41 @@ async fn drop_unusable_request_id(mut req: Request) -> Request {
 }
 
 /// RFC 8414 authorization server metadata.
-pub fn metadata_document(issuer: &str, signing_algs: &[&str]) -> Value {
-    json!({
+/// RFC 8414 metadata. `mtls_base` is the mTLS listener's base URL when one
+/// is configured: it is advertised as `mtls_endpoint_aliases` (RFC 8705 §5)
+/// together with `tls_client_auth`.
+pub fn metadata_document(issuer: &str, signing_algs: &[&str], mtls_base: Option<&str>) -> Value {
+    let mut auth_methods = vec!["none"];
+    let mut grant_types = vec![oauth::GRANT_TOKEN_EXCHANGE];
+    if mtls_base.is_some() {
+        auth_methods.push("tls_client_auth");
+        grant_types.push(oauth::GRANT_CLIENT_CREDENTIALS);
+    }
+    let mut document = json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth2/token"),
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-        "grant_types_supported": [oauth::GRANT_TOKEN_EXCHANGE],
+        "grant_types_supported": grant_types,
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint_auth_methods_supported": ["bearer"],
         "subject_token_types_supported": oauth::SUBJECT_TOKEN_TYPES,
         "requested_token_types_supported": oauth::REQUESTED_TOKEN_TYPES,
         "access_token_signing_alg_values_supported": signing_algs,
-    })
+        "tls_client_certificate_bound_access_tokens": true,
+        "dpop_signing_alg_values_supported": crate::attest::dpop::DPOP_ALGORITHMS,
+    });
+    if let Some(base) = mtls_base {
+        document["mtls_endpoint_aliases"] = json!({
+            "token_endpoint": format!("{base}/oauth2/token"),
+            "introspection_endpoint": format!("{base}/oauth2/introspect"),
+            "revocation_endpoint": format!("{base}/oauth2/revoke"),
+        });
+    }
+    document
 }
 
 async fn metadata(State(state): State<AppState>) -> Json<Value> {

@@ -4,21 +4,24 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Admin, Form, Meta};
-use crate::broker::exchange::ExchangeRequest;
+use crate::attest::x509::PeerCertificates;
+use crate::broker::exchange::{ExchangeRequest, Proof};
 use crate::domain::policy::Ask;
 use crate::domain::values::{Audience, CredentialKind, ScopeSet};
 
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8705 `tls_client_auth`: the X.509-SVID is the attestation.
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -54,30 +57,46 @@ fn parse_ttl(text: &str) -> Result<Duration, ApiError> {
     }
 }
 
-fn exchange_request(mut form: Form) -> Result<(ExchangeRequest, &'static str), ApiError> {
-    match form.take("grant_type").as_deref() {
-        Some(GRANT_TOKEN_EXCHANGE) => {}
+/// Parses a token request. Over mTLS, `client_credentials` takes the
+/// client certificate as the attestation; otherwise a `subject_token` is
+/// exchanged.
+fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), ApiError> {
+    let proof = match form.take("grant_type").as_deref() {
+        Some(GRANT_TOKEN_EXCHANGE) => {
+            let subject_token = SecretString::from(form.require("subject_token")?);
+            let subject_token_type = form.require("subject_token_type")?;
+            if !SUBJECT_TOKEN_TYPES.contains(&subject_token_type.as_str()) {
+                return Err(ApiError::invalid_request(format!(
+                    "subject_token_type must be one of {}",
+                    SUBJECT_TOKEN_TYPES.join(", ")
+                )));
+            }
+            if form.take("actor_token").is_some() || form.take("actor_token_type").is_some() {
+                return Err(ApiError::invalid_request("actor_token (delegation) is not supported"));
+            }
+            Proof::SubjectToken(subject_token)
+        }
+        Some(GRANT_CLIENT_CREDENTIALS) => {
+            if form.0.contains_key("subject_token") || form.0.contains_key("client_secret") {
+                return Err(ApiError::invalid_request(
+                    "client_credentials authenticates with the TLS client certificate alone \
+                     (tls_client_auth); send no subject_token or client_secret",
+                ));
+            }
+            Proof::ClientCertificate { client_id: form.take("client_id").filter(|c| !c.is_empty()) }
+        }
         Some("") | None => {
             return Err(ApiError::invalid_request("missing required parameter grant_type"));
         }
         Some(_) => {
             return Err(ApiError::OAuth {
                 code: "unsupported_grant_type",
-                description: format!("grant_type must be {GRANT_TOKEN_EXCHANGE}"),
+                description: format!(
+                    "grant_type must be {GRANT_TOKEN_EXCHANGE}, or {GRANT_CLIENT_CREDENTIALS} over the mTLS listener"
+                ),
             });
         }
-    }
-    let subject_token = SecretString::from(form.require("subject_token")?);
-    let subject_token_type = form.require("subject_token_type")?;
-    if !SUBJECT_TOKEN_TYPES.contains(&subject_token_type.as_str()) {
-        return Err(ApiError::invalid_request(format!(
-            "subject_token_type must be one of {}",
-            SUBJECT_TOKEN_TYPES.join(", ")
-        )));
-    }
-    if form.take("actor_token").is_some() || form.take("actor_token_type").is_some() {
-        return Err(ApiError::invalid_request("actor_token (delegation) is not supported"));
-    }
+    };
     if form.take("resource").is_some() {
         return Err(ApiError::OAuth {
             code: "invalid_target",
@@ -107,13 +126,39 @@ fn exchange_request(mut form: Form) -> Result<(ExchangeRequest, &'static str), A
     };
     let requested_ttl = form.take("requested_ttl").map(|t| parse_ttl(&t)).transpose()?;
     let ask = Ask { audience, scopes, requested_ttl, kind: Some(CredentialKind::Jwt) };
-    Ok((ExchangeRequest { subject_token, ask }, issued_token_type))
+    Ok((proof, ask, issued_token_type))
+}
+
+/// The request's one `DPoP` header, if any (RFC 9449 §4.3: more than one
+/// is an error).
+fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("dpop").iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => match value.to_str() {
+            Ok(text) => Ok(Some(text.to_owned())),
+            Err(_) => Err(ApiError::OAuth {
+                code: "invalid_dpop_proof",
+                description: "DPoP header is not visible ASCII".into(),
+            }),
+        },
+        (Some(_), Some(_)) => {
+            Err(ApiError::OAuth { code: "invalid_dpop_proof", description: "send exactly one DPoP header".into() })
+        }
+    }
 }
 
 /// `POST /oauth2/token`
-async fn token(State(state): State<AppState>, Meta(meta): Meta, form: Form) -> Result<Response, ApiError> {
+async fn token(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    peer: Option<Extension<PeerCertificates>>,
+    headers: HeaderMap,
+    form: Form,
+) -> Result<Response, ApiError> {
     let subject_token = form.0.get("subject_token").map(|t| SecretString::from(t.clone()));
-    let (request, issued_token_type) = match exchange_request(form) {
+    let parsed = dpop_header(&headers).and_then(|dpop| Ok((dpop, exchange_request(form)?)));
+    let (dpop, (proof, ask, issued_token_type)) = match parsed {
         Ok(parsed) => parsed,
         Err(error) => {
             // A malformed exchange is a refused exchange: record it too.
@@ -124,11 +169,17 @@ async fn token(State(state): State<AppState>, Meta(meta): Meta, form: Form) -> R
             return Err(error);
         }
     };
+    let request = ExchangeRequest {
+        proof,
+        ask,
+        peer: peer.map(|Extension(p)| p),
+        dpop: dpop.map(|proof| (proof, state.token_endpoint.as_ref().clone())),
+    };
     let issued = state.broker.exchange(request, &meta).await?;
     let body = json!({
         "access_token": issued.access_token.expose_secret(),
         "issued_token_type": issued_token_type,
-        "token_type": "Bearer",
+        "token_type": issued.token_type,
         "expires_in": issued.expires_in,
         "scope": issued.scope,
     });
@@ -145,9 +196,10 @@ async fn introspect(State(state): State<AppState>, Admin(caller): Admin, mut for
         None => json!({"active": false}),
         Some(claims) => {
             let mut value = serde_json::to_value(&claims).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let token_type = if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some()) { "DPoP" } else { "Bearer" };
             if let Value::Object(map) = &mut value {
                 map.insert("active".into(), Value::Bool(true));
-                map.insert("token_type".into(), Value::String("Bearer".into()));
+                map.insert("token_type".into(), Value::String(token_type.into()));
             }
             value
         }

@@ -16,11 +16,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+use crate::attest::x509::PeerCertificates;
 
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
@@ -30,6 +33,24 @@ pub struct ServeOptions {
 
 /// Builds a TLS acceptor (TLS 1.2 and 1.3 only, ring provider) from PEM files.
 pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
+    acceptor(cert_file, key_file, None)
+}
+
+/// Like [`tls_acceptor`], but every client must present a certificate that
+/// `verifier` accepts (the mTLS listener).
+pub fn mtls_acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<TlsAcceptor, String> {
+    acceptor(cert_file, key_file, Some(verifier))
+}
+
+fn acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .map_err(|e| format!("{}: {e}", cert_file.display()))?
         .collect::<Result<_, _>>()
@@ -39,12 +60,14 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, St
     }
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("server.tls: {e}"))?;
+        .map_err(|e| e.to_string())?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| format!("{}: {e}", cert_file.display()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -88,10 +111,16 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => serve_connection(stream, peer, router, &options, watcher).await,
+                None => serve_connection(stream, peer, None, router, &options, watcher).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(options.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, peer, router, &options, watcher).await,
+                        Ok(Ok(tls_stream)) => {
+                            let certs =
+                                tls_stream.get_ref().1.peer_certificates().map(|chain| {
+                                    PeerCertificates(chain.iter().map(|c| c.clone().into_owned()).collect())
+                                });
+                            serve_connection(tls_stream, peer, certs, router, &options, watcher).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
                         }
@@ -113,6 +142,7 @@ pub async fn serve(
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
+    certs: Option<PeerCertificates>,
     router: Router,
     options: &ServeOptions,
     watcher: hyper_util::server::graceful::Watcher,
@@ -121,6 +151,9 @@ async fn serve_connection<I>(
 {
     let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(certs) = &certs {
+            req.extensions_mut().insert(certs.clone());
+        }
         router.clone().oneshot(req)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -24,4 +24,25 @@ pub struct AccessClaims {
     pub client_id: String,
     /// The system the credential belongs to.
     pub system: String,
+    /// What the token is bound to (RFC 8705 §3, RFC 9449 §6); absent for a
+    /// bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim: the key or certificate a token is bound to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// base64url SHA-256 of the client certificate (RFC 8705 §3.1).
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+    /// base64url SHA-256 JWK thumbprint of the DPoP key (RFC 9449 §6.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+}
+
+impl Confirmation {
+    pub fn is_empty(&self) -> bool {
+        self.x5t_s256.is_none() && self.jkt.is_none()
+    }
 }

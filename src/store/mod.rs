@@ -118,13 +118,32 @@ impl AuditEvent {
     }
 }
 
-/// Guards a single-use attestation: the store refuses the issuance when a
-/// record with the same issuer and token id exists.
+/// Guards something that works once (a single-use attestation, a DPoP
+/// proof): the store refuses the issuance when a record with the same
+/// issuer and token id exists.
 #[derive(Debug, Clone)]
 pub struct ReplayGuard {
+    pub kind: ReplayKind,
     pub issuer: String,
     pub token_id: String,
     pub keep_until: OffsetDateTime,
+}
+
+/// What a replay guard protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayKind {
+    Attestation,
+    DpopProof,
+}
+
+impl ReplayKind {
+    /// The audit reason when a replay is refused.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Attestation => "single-use attestation was already used (replay)",
+            Self::DpopProof => "DPoP proof was already used (replay)",
+        }
+    }
 }
 
 /// A credential about to be released, with its issuance event. The store
@@ -142,7 +161,8 @@ pub struct Issuance {
     pub scopes: String,
     pub iat: OffsetDateTime,
     pub exp: OffsetDateTime,
-    pub replay: Option<ReplayGuard>,
+    /// Checked in order; the first replayed one refuses the issuance.
+    pub replay: Vec<ReplayGuard>,
     /// The `credential.issued` event.
     pub event: AuditEvent,
 }
@@ -151,9 +171,9 @@ pub struct Issuance {
 pub enum IssueOutcome {
     /// Credential and event are durably committed.
     Committed,
-    /// A single-use attestation was already used; nothing was issued and a
-    /// `credential.denied` event was committed instead.
-    Replayed,
+    /// A single-use attestation or a DPoP proof was already used; nothing
+    /// was issued and a `credential.denied` event was committed instead.
+    Replayed(ReplayKind),
     /// The system was suspended or retired after the decision; nothing was
     /// issued and a `credential.denied` event was committed instead.
     SystemStopped,

@@ -194,6 +194,8 @@ max_ttl = "10m"
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The mTLS listener, when the config has `[mtls]`.
+    pub mtls: Option<SocketAddr>,
     pub base: String,
     pub client: reqwest::Client,
     pub clock: ManualClock,
@@ -387,6 +389,7 @@ async fn start(
     let config = Config::from_toml(&config_text).unwrap();
     let app = App::build(config, Arc::new(clock.clone())).await.unwrap().without_background_jobs();
     let addr = app.local_addr();
+    let mtls = app.mtls_addr();
     let base = app.base_url().to_owned();
     let broker = app.broker().clone();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -399,6 +402,7 @@ async fn start(
     });
     TestApp {
         addr,
+        mtls,
         base,
         client: reqwest::Client::new(),
         clock,

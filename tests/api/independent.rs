@@ -17,7 +17,7 @@ print(json.dumps(claims))
 "#;
 
 /// Whether PyJWT can run here; in CI (`HALFLIFE_REQUIRE_PYJWT=1`) its absence fails the test.
-fn pyjwt_available() -> bool {
+pub fn pyjwt_available() -> bool {
     let ok =
         Command::new("python3").args(["-c", "import jwt, cryptography"]).output().is_ok_and(|o| o.status.success());
     if !ok {

@@ -587,7 +587,7 @@ async fn an_issuance_decided_before_a_suspension_cannot_commit_after_it() {
         scopes: String::new(),
         iat: now,
         exp: now + Duration::from_secs(300),
-        replay: None,
+        replay: Vec::new(),
         event: AuditEvent::new("credential.issued", Outcome::Success, now, &RequestMeta::default()),
     };
     let outcome = app.broker.log.record_issuance(issuance).await.unwrap();

@@ -12,5 +12,6 @@ mod introspection;
 mod jwks_remote;
 mod lifecycle;
 mod listener;
+mod mtls;
 mod quickstart;
 mod rejections;

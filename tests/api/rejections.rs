@@ -231,12 +231,24 @@ async fn malformed_requests_are_refused_and_recorded() {
     let response = app
         .client
         .post(app.url("/oauth2/token"))
-        .form(&[("grant_type", "client_credentials"), ("subject_token", token.as_str())])
+        .form(&[("grant_type", "password"), ("subject_token", token.as_str())])
         .send()
         .await
         .unwrap();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "unsupported_grant_type");
+    // client_credentials authenticates with the TLS client certificate
+    // alone; a subject_token with it is a malformed request.
+    let response = app
+        .client
+        .post(app.url("/oauth2/token"))
+        .form(&[("grant_type", "client_credentials"), ("subject_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    assert!(body["error_description"].as_str().unwrap().contains("tls_client_auth"), "{body}");
     let response = app
         .client
         .post(app.url("/oauth2/token"))

@@ -28,7 +28,7 @@ use audit::insert_event;
 use lifecycle::write_tx;
 use sqlx::QueryBuilder;
 
-use crate::domain::model::{OwnerStatus, SystemState};
+use crate::domain::model::{Binding, OwnerStatus, SystemState};
 use crate::domain::values::{ScopeSet, SubjectMatch};
 use crate::store::cache::{Cache, Found, Indexed, IndexedCredential, Snapshot, SystemEntry, record_from};
 
@@ -377,7 +377,7 @@ async fn admit<'a>(
         let denial = denial_of(i, "access_denied: the system stopped operating while the request was decided");
         return Ok(Err((IssueOutcome::SystemStopped, denial)));
     }
-    if let Some(guard) = &i.replay {
+    for guard in &i.replay {
         // The primary key decides: of two uses of one token, exactly one
         // inserts a row (also when both are in this batch).
         let inserted = sqlx::query(
@@ -390,8 +390,8 @@ async fn admit<'a>(
         .await?
         .rows_affected();
         if inserted == 0 {
-            let denial = denial_of(i, "single-use attestation was already used (replay)");
-            return Ok(Err((IssueOutcome::Replayed, denial)));
+            let denial = denial_of(i, guard.kind.reason());
+            return Ok(Err((IssueOutcome::Replayed(guard.kind), denial)));
         }
     }
     Ok(Ok(()))
@@ -486,6 +486,10 @@ fn grant_from(row: &DbRow) -> Result<Grant, StoreError> {
         default_scopes: scope_set(&get("g_default_scopes")?, "grant default scopes")?,
         kinds: json_list(&get("g_kinds")?, "grant kinds")?,
         max_ttl: Duration::from_secs(u64::try_from(max_ttl).map_err(|_| StoreError::Corrupt("grant max_ttl".into()))?),
+        binding: {
+            let binding = get("g_binding")?;
+            Binding::parse(&binding).ok_or_else(|| StoreError::Corrupt(format!("grant binding {binding:?}")))?
+        },
     })
 }
 
@@ -509,7 +513,7 @@ impl PolicyStore for Store {
         let sql = format!(
             "SELECT g.id AS g_id, g.system_id AS g_system_id, g.issuer AS g_issuer, g.subject AS g_subject, \
              g.audiences AS g_audiences, g.scopes AS g_scopes, g.default_scopes AS g_default_scopes, \
-             g.kinds AS g_kinds, g.max_ttl AS g_max_ttl, {SYSTEM_COLUMNS} \
+             g.kinds AS g_kinds, g.max_ttl AS g_max_ttl, g.binding AS g_binding, {SYSTEM_COLUMNS} \
              FROM grants g JOIN systems s ON s.id = g.system_id {SYSTEM_JOINS} WHERE g.issuer = $1"
         );
         let rows = sqlx::query(&sql).bind(issuer).fetch_all(&self.pool).await.map_err(unavailable)?;
@@ -879,11 +883,11 @@ async fn apply_catalog(
             to_json(g.scopes.to_vec()),
             to_json(g.default_scopes.to_vec()),
             to_json(g.kinds.iter().map(|k| k.as_str().to_owned()).collect()),
-            String::new(),
+            g.binding.as_str().to_owned(),
             i64::try_from(g.max_ttl.as_secs()).unwrap_or(i64::MAX),
         );
         let existing: Option<Row> = sqlx::query_as(
-            "SELECT system_id, issuer, subject, audiences, scopes, default_scopes, kinds, '' AS pad, max_ttl FROM grants WHERE id = $1",
+            "SELECT system_id, issuer, subject, audiences, scopes, default_scopes, kinds, binding, max_ttl FROM grants WHERE id = $1",
         )
         .bind(g.id.as_str())
         .fetch_optional(&mut *conn)
@@ -900,8 +904,8 @@ async fn apply_catalog(
                 )));
             }
             Some(_) => {
-                sqlx::query("UPDATE grants SET issuer = $1, subject = $2, audiences = $3, scopes = $4, default_scopes = $5, kinds = $6, max_ttl = $7, updated_at = $8 WHERE id = $9")
-                    .bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(g.id.as_str())
+                sqlx::query("UPDATE grants SET issuer = $1, subject = $2, audiences = $3, scopes = $4, default_scopes = $5, kinds = $6, max_ttl = $7, updated_at = $8, binding = $9 WHERE id = $10")
+                    .bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(&wanted.7).bind(g.id.as_str())
                     .execute(&mut *conn).await.map_err(unavailable)?;
                 insert_event(conn, &event("grant.changed", Some(g.system.as_str()), detail))
                     .await
@@ -909,8 +913,8 @@ async fn apply_catalog(
                 report.updated.push(label);
             }
             None => {
-                sqlx::query("INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
-                    .bind(g.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(ts(now))
+                sqlx::query("INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, created_at, updated_at, binding) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+                    .bind(g.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(ts(now)).bind(&wanted.7)
                     .execute(&mut *conn).await.map_err(unavailable)?;
                 insert_event(conn, &event("grant.created", Some(g.system.as_str()), detail))
                     .await
@@ -940,7 +944,7 @@ async fn load_snapshot(pool: &DbPool) -> Result<Snapshot, StoreError> {
     let grants = sqlx::query(
         "SELECT id AS g_id, system_id AS g_system_id, issuer AS g_issuer, subject AS g_subject, \
          audiences AS g_audiences, scopes AS g_scopes, default_scopes AS g_default_scopes, kinds AS g_kinds, \
-         max_ttl AS g_max_ttl FROM grants ORDER BY id",
+         max_ttl AS g_max_ttl, binding AS g_binding FROM grants ORDER BY id",
     )
     .fetch_all(&mut *tx)
     .await

@@ -417,8 +417,8 @@ impl LifecycleStore for Store {
     async fn grants(&self, system: &SystemId) -> Result<Vec<Grant>, StoreError> {
         let rows = sqlx::query(
             "SELECT id AS g_id, system_id AS g_system_id, issuer AS g_issuer, subject AS g_subject, audiences AS g_audiences, \
-             scopes AS g_scopes, default_scopes AS g_default_scopes, kinds AS g_kinds, max_ttl AS g_max_ttl \
-             FROM grants WHERE system_id = $1 ORDER BY id",
+             scopes AS g_scopes, default_scopes AS g_default_scopes, kinds AS g_kinds, max_ttl AS g_max_ttl, \
+             binding AS g_binding FROM grants WHERE system_id = $1 ORDER BY id",
         )
         .bind(system.as_str())
         .fetch_all(&self.pool)
@@ -434,7 +434,8 @@ impl LifecycleStore for Store {
                 let now = ts(event.time);
                 let inserted = sqlx::query(
                     "INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, \
-                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+                     created_at, updated_at, binding) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(grant.id.as_str())
                 .bind(grant.system.as_str())
@@ -447,6 +448,7 @@ impl LifecycleStore for Store {
                 .bind(i64::try_from(grant.max_ttl.as_secs()).unwrap_or(i64::MAX))
                 .bind(now)
                 .bind(now)
+                .bind(grant.binding.as_str())
                 .execute(&mut *conn)
                 .await
                 .map_err(unavailable)?

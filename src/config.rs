@@ -712,9 +712,9 @@ impl Config {
                 problem(&key("issuer"), "\"dev\" is reserved for the built-in dev issuer".to_owned());
             } else if issuer.is_empty()
                 || issuer.len() > 255
-                || issuer.chars().any(|c| c.is_control() || c.is_whitespace())
+                || !issuer.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             {
-                problem(&key("issuer"), "must be 1-255 printable characters without spaces".to_owned());
+                problem(&key("issuer"), "must be 1-255 letters, digits, '-', '_' or '.'".to_owned());
             }
         }
     }
@@ -813,6 +813,56 @@ mod tests {
         assert!(keys.contains(&"issuers[0].jwks_uri"), "{problems:?}");
         assert!(keys.contains(&"issuers[0].audience"), "{problems:?}");
         assert!(keys.contains(&"issuers[0].leeway"), "{problems:?}");
+    }
+
+    #[test]
+    fn mtls_rules_name_the_key() {
+        let text = r##"
+            [dev]
+            enabled = true
+            [tokens]
+            dpop_proof_window = "0s"
+            [mtls]
+            listen = "127.0.0.1:8443"
+            public_url = "http://mtls.example"
+            cert_file = "c.pem"
+            key_file = "k.pem"
+            [[mtls.trust_domains]]
+            name = "Prod.Example"
+            bundle_file = "a.pem"
+            [[mtls.trust_domains]]
+            name = "td"
+            bundle_file = "b.pem"
+            issuer = "dev"
+            [[mtls.trust_domains]]
+            name = "td"
+            bundle_file = "c.pem"
+            issuer = "#dpop"
+        "##;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
+            panic!("expected problems");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tokens.dpop_proof_window",
+                "mtls.public_url",
+                "mtls.trust_domains[0].name",
+                "mtls.trust_domains[1].issuer",
+                "mtls.trust_domains[2].name",
+                "mtls.trust_domains[2].issuer",
+            ],
+            "{problems:?}"
+        );
+        let ok = Config::from_toml(
+            "[dev]\nenabled = true\n[mtls]\nlisten = \"127.0.0.1:8443\"\ncert_file = \"c\"\nkey_file = \"k\"\n\
+             [[mtls.trust_domains]]\nname = \"prod.example\"\nbundle_file = \"b\"\n",
+        )
+        .unwrap();
+        let mtls = ok.mtls.unwrap();
+        assert_eq!(mtls.public_base(), "https://127.0.0.1:8443");
+        assert_eq!(mtls.trust_domains[0].issuer_name(), "prod.example");
     }
 
     #[test]

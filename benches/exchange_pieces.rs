@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the pieces of one exchange: attestation
-//! verification, grant evaluation, token minting and audit event hashing.
+//! verification (JWT and X.509-SVID), DPoP proof verification, grant
+//! evaluation, token minting and audit event hashing.
 //!
 //! Run: `cargo bench --bench exchange_pieces` (add `-- --quick` for a
 //! shorter run). `benches/load.rs` measures them together, over HTTP.
@@ -15,6 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use halflife::attest::jwks::KeySet;
 use halflife::attest::jwt::{IssuerKeys, TrustedIssuer, Verifier};
+use halflife::attest::x509::{PeerCertificates, TrustBundles, TrustDomainSource};
 use halflife::audit::{AuditRecord, chain_hash};
 use halflife::config::SigningAlgorithm;
 use halflife::domain::model::{Grant, GrantContext, Owner, OwnerStatus, System, SystemState, Tier};
@@ -54,6 +56,49 @@ fn rs256_issuer(now: OffsetDateTime) -> (Verifier, String) {
         "jti": "5f0c4f4e-2b7a-4e43-9d6f-2b0c2f7d9a11"});
     let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_der(&rsa.pkcs8)).unwrap();
     (Verifier::new(vec![issuer]), token)
+}
+
+/// A trust bundle for `bench.example` and an X.509-SVID it signed.
+fn x509_svid(now: OffsetDateTime) -> (TrustBundles, PeerCertificates) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names = vec![SanType::URI(SUBJECT.try_into().unwrap())];
+    leaf.not_before = now - time::Duration::hours(1);
+    leaf.not_after = now + time::Duration::hours(1);
+    let leaf = leaf.signed_by(&KeyPair::generate().unwrap(), &ca).unwrap();
+    let dir = std::env::temp_dir().join(format!("halflife-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle_file = dir.join("bench.example.pem");
+    std::fs::write(&bundle_file, ca.pem()).unwrap();
+    let bundles = TrustBundles::load(vec![TrustDomainSource {
+        trust_domain: "bench.example".into(),
+        issuer: "bench".into(),
+        bundle_file,
+    }])
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (bundles, PeerCertificates(Arc::from(vec![leaf.der().clone()])))
+}
+
+/// A DPoP proof (ES256) for the token endpoint at `now`.
+fn dpop_proof(now: OffsetDateTime) -> (String, url::Url) {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = pair.public_key().as_ref();
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": {"kty": "EC", "crv": "P-256",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])}});
+    let claims = json!({"jti": "p-1", "htm": "POST", "htu": "https://halflife.example/oauth2/token",
+        "iat": now.unix_timestamp()});
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = pair.sign(&rng, input.as_bytes()).unwrap();
+    let proof = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()));
+    (proof, url::Url::parse("https://halflife.example/oauth2/token").unwrap())
 }
 
 fn grant_context(now: OffsetDateTime) -> GrantContext {
@@ -155,6 +200,19 @@ fn pieces(c: &mut Criterion) {
             b.iter(|| key.sign_jwt("at+jwt", black_box(&claims)).unwrap());
         });
     }
+
+    let (bundles, peer) = x509_svid(now);
+    c.bench_function("attestation verify (X.509-SVID: leaf rules + chain)", |b| {
+        b.iter(|| bundles.attest(Some(black_box(&peer)), now).unwrap());
+    });
+
+    let (proof, endpoint) = dpop_proof(now);
+    c.bench_function("DPoP proof verify (ES256)", |b| {
+        b.iter(|| {
+            halflife::attest::dpop::verify_proof(black_box(&proof), "POST", &endpoint, now, Duration::from_secs(60))
+                .unwrap()
+        });
+    });
 
     let record = audit_record();
     c.bench_function("audit event hash (canonical JSON + SHA-256)", |b| {

@@ -660,6 +660,7 @@ async fn preload(db_url: &str, count: u64) -> Duration {
             iat: now,
             exp,
             replay: Vec::new(),
+            secret_hash: None,
             event,
         };
         let store = Arc::clone(&store);

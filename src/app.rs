@@ -279,6 +279,7 @@ impl App {
             verified: Arc::default(),
             bundles: mtls_parts.as_ref().map(|parts| Arc::clone(&parts.4)),
             dpop_window: config.tokens.dpop_proof_window.get(),
+            secret_key: Arc::new(kek.derive_hmac_key("halflife credential secrets v1")?),
         };
         let mtls_base = mtls_parts.as_ref().map(|parts| parts.2.clone());
         let metadata = Arc::new(metadata_document(&base_url, &broker.keys.algorithms(), mtls_base.as_deref()));

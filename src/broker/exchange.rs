@@ -16,6 +16,8 @@ use crate::attest::x509::{PeerCertificates, X509Rejection};
 use crate::crypto;
 use crate::domain::model::{Binding, GrantContext};
 use crate::domain::policy::{Ask, Decision, Denial, DenyCode, decide};
+use crate::domain::values::CredentialKind;
+use crate::mint;
 use crate::mint::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Confirmation};
 use crate::store::{AuditEvent, Issuance, IssueOutcome, Outcome, ReplayGuard, ReplayKind, RequestMeta};
 
@@ -156,7 +158,7 @@ impl Broker {
             }
         };
 
-        let decision = match binding_refusal(ctx.grant.binding, &cnf)
+        let decision = match binding_refusal(ctx.grant.binding, request.ask.kind, &cnf)
             .map_or_else(|| decide(ctx, &request.ask, now, self.limits), Err)
         {
             Ok(d) => d,
@@ -181,6 +183,11 @@ impl Broker {
         dpop: Option<&DpopProof>,
     ) -> Result<Issued, ExchangeError> {
         let jti = new_jti(now);
+        // An opaque secret carries no claims a resource server could check
+        // a binding against: it is a bearer credential (grants that require
+        // binding refuse secrets before this point).
+        let is_secret = decision.kind == CredentialKind::Secret;
+        let (cnf, dpop) = if is_secret { (Confirmation::default(), None) } else { (cnf, dpop) };
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             sub: attestation.subject.clone(),
@@ -195,10 +202,18 @@ impl Broker {
             cnf: (!cnf.is_empty()).then_some(cnf),
         };
         let token_type = if dpop.is_some() { "DPoP" } else { "Bearer" };
-        let access_token = self.keys.current().sign_jwt(ACCESS_TOKEN_TYP, &claims).map_err(|e| {
-            tracing::error!(error = %e, "signing failed");
-            ExchangeError::Unavailable(Unavailable(crate::store::StoreError::Unavailable("signing failed".into())))
-        })?;
+        let failed = |what: &str| {
+            tracing::error!(what, "minting failed");
+            ExchangeError::Unavailable(Unavailable(crate::store::StoreError::Unavailable(format!("{what} failed"))))
+        };
+        let (access_token, secret_hash) = if is_secret {
+            let secret = mint::secret::generate().map_err(|_| failed("secret generation"))?;
+            let hash = mint::secret::stored_hash(&self.secret_key, secret.expose_secret());
+            (secret, Some(hash))
+        } else {
+            let jwt = self.keys.current().sign_jwt(ACCESS_TOKEN_TYP, &claims).map_err(|_| failed("signing"))?;
+            (SecretString::from(jwt), None)
+        };
 
         let mut event = AuditEvent::new("credential.issued", Outcome::Success, now, meta);
         fill_attestation(&mut event, attestation, Some(ctx));
@@ -252,6 +267,7 @@ impl Broker {
             iat: decision.iat,
             exp: decision.exp,
             replay,
+            secret_hash,
             event,
         };
         match self.log.record_issuance(issuance).await.map_err(Unavailable)? {
@@ -267,7 +283,7 @@ impl Broker {
                     "credential issued"
                 );
                 Ok(Issued {
-                    access_token: SecretString::from(access_token),
+                    access_token,
                     jti,
                     expires_in: claims.exp - claims.iat,
                     scope: claims.scope,
@@ -358,9 +374,13 @@ const DPOP_REPLAY_ISSUER: &str = "#dpop";
 
 /// Why a grant's binding requirement refuses a token with confirmation
 /// `cnf`, if it does.
-fn binding_refusal(binding: Binding, cnf: &Confirmation) -> Option<Denial> {
+fn binding_refusal(binding: Binding, kind: Option<CredentialKind>, cnf: &Confirmation) -> Option<Denial> {
     let (code, description) = match binding {
         Binding::Optional => return None,
+        _ if kind == Some(CredentialKind::Secret) => (
+            DenyCode::InvalidRequest,
+            "this grant issues only sender-constrained tokens, and an opaque secret cannot be bound: request a JWT",
+        ),
         Binding::Required if cnf.is_empty() => (
             DenyCode::InvalidRequest,
             "this grant issues only sender-constrained tokens: send a DPoP proof or exchange over the mTLS listener",

@@ -53,6 +53,8 @@ pub struct Broker {
     pub bundles: Option<Arc<TrustBundles>>,
     /// How far a DPoP proof's `iat` may be from now.
     pub dpop_window: std::time::Duration,
+    /// Keys the stored hashes of opaque secrets (derived from the KEK).
+    pub secret_key: Arc<ring::hmac::Key>,
 }
 
 /// A notice webhook and the client that calls it.

@@ -290,19 +290,25 @@ impl<'de> Deserialize<'de> for SubjectMatch {
 pub enum CredentialKind {
     /// A signed JWT access token (RFC 9068).
     Jwt,
+    /// An opaque `hlf_` secret, stored only as a keyed hash.
+    Secret,
 }
 
 impl CredentialKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Jwt => "jwt",
+            Self::Secret => "secret",
         }
     }
 
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "jwt" => Ok(Self::Jwt),
-            other => Err(InvalidValue(format!("credential kind {other:?} is not supported; use \"jwt\""))),
+            "secret" => Ok(Self::Secret),
+            other => {
+                Err(InvalidValue(format!("credential kind {other:?} is not supported; use \"jwt\" or \"secret\"")))
+            }
         }
     }
 }

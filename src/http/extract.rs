@@ -106,7 +106,7 @@ where
         }
         // A workload's own access token is a valid credential, just not for
         // this: refuse with 403 and record the attempt.
-        if let Some(subject) = state.broker.workload_of(token) {
+        if let Some(subject) = state.broker.workload_of(token).await? {
             let Meta(meta) = Meta::from_request_parts(parts, &()).await?;
             state
                 .broker

@@ -25,11 +25,13 @@ pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// An opaque `hlf_` secret instead of a JWT.
+pub const TOKEN_TYPE_SECRET: &str = "urn:halflife:token-type:secret";
 
 /// Subject token types accepted.
 pub const SUBJECT_TOKEN_TYPES: &[&str] = &[TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN];
 /// Token types that can be requested.
-pub const REQUESTED_TOKEN_TYPES: &[&str] = &[TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT];
+pub const REQUESTED_TOKEN_TYPES: &[&str] = &[TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET];
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -106,6 +108,7 @@ fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), ApiErr
     let issued_token_type = match form.take("requested_token_type").as_deref() {
         None | Some(TOKEN_TYPE_ACCESS_TOKEN) => TOKEN_TYPE_ACCESS_TOKEN,
         Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
+        Some(TOKEN_TYPE_SECRET) => TOKEN_TYPE_SECRET,
         Some(_) => {
             return Err(ApiError::invalid_request(format!(
                 "requested_token_type must be one of {}",
@@ -125,7 +128,8 @@ fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), ApiErr
         ),
     };
     let requested_ttl = form.take("requested_ttl").map(|t| parse_ttl(&t)).transpose()?;
-    let ask = Ask { audience, scopes, requested_ttl, kind: Some(CredentialKind::Jwt) };
+    let kind = if issued_token_type == TOKEN_TYPE_SECRET { CredentialKind::Secret } else { CredentialKind::Jwt };
+    let ask = Ask { audience, scopes, requested_ttl, kind: Some(kind) };
     Ok((proof, ask, issued_token_type))
 }
 

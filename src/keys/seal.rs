@@ -77,6 +77,18 @@ impl Kek {
         Some(Self(SecretBox::new(key)))
     }
 
+    /// An HMAC-SHA256 key for `purpose`, derived with HKDF: every replica
+    /// with the same key-encryption key derives the same key, and nothing
+    /// derived for one purpose is usable for another.
+    pub fn derive_hmac_key(&self, purpose: &str) -> Result<ring::hmac::Key, KeyError> {
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"halflife kek derivation");
+        let prk = salt.extract(self.0.expose_secret());
+        let info = [purpose.as_bytes()];
+        let okm =
+            prk.expand(&info, ring::hmac::HMAC_SHA256).map_err(|_| KeyError::Kek("key derivation failed".into()))?;
+        Ok(ring::hmac::Key::from(okm))
+    }
+
     fn aead(&self) -> Result<LessSafeKey, KeyError> {
         UnboundKey::new(&AES_256_GCM, self.0.expose_secret())
             .map(LessSafeKey::new)

@@ -1,3 +1,4 @@
 //! Credential minting.
 
 pub mod jwt;
+pub mod secret;

@@ -163,6 +163,8 @@ pub struct Issuance {
     pub exp: OffsetDateTime,
     /// Checked in order; the first replayed one refuses the issuance.
     pub replay: Vec<ReplayGuard>,
+    /// For an opaque secret: its keyed hash (never the secret).
+    pub secret_hash: Option<String>,
     /// The `credential.issued` event.
     pub event: AuditEvent,
 }
@@ -200,6 +202,19 @@ impl CredentialRecord {
     pub fn is_revoked(&self) -> bool {
         self.revoked_at.is_some() || self.id <= self.system_revoked_through || self.id <= self.workload_revoked_through
     }
+}
+
+/// What was issued as an opaque secret: the claims a JWT would carry.
+#[derive(Debug, Clone)]
+pub struct StoredSecret {
+    pub jti: String,
+    pub secret_hash: String,
+    pub system_id: String,
+    pub subject: String,
+    pub audience: String,
+    pub scopes: String,
+    pub iat: i64,
+    pub exp: i64,
 }
 
 /// An outstanding credential as operators see it: never the token.
@@ -365,6 +380,8 @@ pub trait IssuanceLog: Send + Sync {
 #[async_trait]
 pub trait CredentialStore: Send + Sync {
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, StoreError>;
+    /// The opaque secret stored under `hash`, whatever its state.
+    async fn secret_credential(&self, hash: &str) -> Result<Option<StoredSecret>, StoreError>;
     /// Forgets single-use records whose tokens can no longer verify.
     async fn prune_replay_records(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
 }

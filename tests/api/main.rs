@@ -15,3 +15,4 @@ mod listener;
 mod mtls;
 mod quickstart;
 mod rejections;
+mod secrets;

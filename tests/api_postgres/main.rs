@@ -30,3 +30,5 @@ mod mtls;
 #[path = "../api/rejections.rs"]
 mod rejections;
 mod replicas;
+#[path = "../api/secrets.rs"]
+mod secrets;

@@ -403,7 +403,7 @@ async fn insert_credentials<'a>(
     issuances: impl Iterator<Item = &'a Issuance>,
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
     let mut q = QueryBuilder::<Db>::new(
-        "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp) ",
+        "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp, secret_hash) ",
     );
     q.push_values(issuances, |mut row, i| {
         row.push_bind(&i.jti)
@@ -415,7 +415,8 @@ async fn insert_credentials<'a>(
             .push_bind(&i.audience)
             .push_bind(&i.scopes)
             .push_bind(ts(i.iat))
-            .push_bind(ts(i.exp));
+            .push_bind(ts(i.exp))
+            .push_bind(i.secret_hash.as_deref());
     });
     q.push(" RETURNING jti, id");
     let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
@@ -576,6 +577,28 @@ impl CredentialStore for Store {
             // A system newer than the snapshot: read it all.
             None => self.credential_from_db(jti).await,
         }
+    }
+
+    async fn secret_credential(&self, hash: &str) -> Result<Option<StoredSecret>, StoreError> {
+        type Row = (String, String, String, String, String, String, i64, i64);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT jti, secret_hash, system_id, subject, audience, scopes, iat, exp FROM credentials \
+             WHERE secret_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.map(|(jti, secret_hash, system_id, subject, audience, scopes, iat, exp)| StoredSecret {
+            jti,
+            secret_hash,
+            system_id,
+            subject,
+            audience,
+            scopes,
+            iat,
+            exp,
+        }))
     }
 
     async fn prune_replay_records(&self, now: OffsetDateTime) -> Result<u64, StoreError> {

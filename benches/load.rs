@@ -661,6 +661,7 @@ async fn preload(db_url: &str, count: u64) -> Duration {
             exp,
             replay: Vec::new(),
             secret_hash: None,
+            db_role: None,
             event,
         };
         let store = Arc::clone(&store);

@@ -25,9 +25,11 @@ use crate::domain::policy::TtlPolicy;
 use crate::http::serve::{ServeOptions, mtls_acceptor, serve, tls_acceptor};
 use crate::http::{AppState, Limits, metadata_document, router};
 use crate::keys::{Kek, KekSource, Keyring};
+use crate::store::logins::{BackendSpec, PgLogins};
 use crate::store::{
     ApplyReport, AuditEvent, Backend, CatalogStore, Coordination, KeyStore, OpenOptions, Opened, Outcome, RequestMeta,
 };
+use secrecy::SecretString;
 
 /// How often the checkpoint writer looks at the audit head.
 const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
@@ -118,6 +120,39 @@ pub async fn shared_keyring(
     Ok(Keyring::from_sealed(&stored, alg, kek)?)
 }
 
+/// The configured database backends, their admin passwords read from
+/// their files or environment variables.
+pub fn database_logins(config: &Config) -> anyhow::Result<PgLogins> {
+    let mut specs = Vec::new();
+    for b in &config.postgres_backends {
+        let url = Url::parse(&b.admin_url).with_context(|| format!("postgres_backends {}: admin_url", b.name))?;
+        let admin_password = match (&b.admin_password_file, &b.admin_password_env) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("postgres_backends {}: cannot read {}", b.name, path.display()))?;
+                Some(SecretString::from(text.trim_end_matches(['\n', '\r']).to_owned()))
+            }
+            (None, Some(var)) => Some(SecretString::from(
+                std::env::var(var).with_context(|| format!("postgres_backends {}: ${var} is not set", b.name))?,
+            )),
+            (None, None) => None,
+        };
+        specs.push(BackendSpec {
+            name: b.name.clone(),
+            admin_url: b.admin_url.clone(),
+            admin_password,
+            grants: b.grants.clone(),
+            connection_limit: b.connection_limit,
+            max_ttl: b.max_ttl.get(),
+            role_prefix: b.role_prefix.clone(),
+            host: b.connect_host.clone().unwrap_or_else(|| url.host_str().unwrap_or("localhost").to_owned()),
+            port: b.connect_port.unwrap_or_else(|| url.port().unwrap_or(5432)),
+            database: url.path().trim_start_matches('/').to_owned(),
+        });
+    }
+    PgLogins::new(specs).map_err(|e| anyhow::anyhow!(e))
+}
+
 /// Names grants may use as `issuer`.
 pub fn known_issuers(config: &Config) -> Vec<String> {
     let mut names: Vec<String> = config.issuers.iter().map(|i| i.name.clone()).collect();
@@ -143,6 +178,7 @@ pub async fn apply_file(
     let file = apply::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let limits = apply::Limits {
         issuers: known_issuers(config),
+        backends: config.postgres_backends.iter().map(|b| b.name.clone()).collect(),
         ceiling: config.tokens.max_ttl.get(),
         max_pilot: config.lifecycle.max_pilot.get(),
         recertify_every: config.lifecycle.recertify_every.get(),
@@ -280,6 +316,7 @@ impl App {
             bundles: mtls_parts.as_ref().map(|parts| Arc::clone(&parts.4)),
             dpop_window: config.tokens.dpop_proof_window.get(),
             secret_key: Arc::new(kek.derive_hmac_key("halflife credential secrets v1")?),
+            logins: Arc::new(database_logins(&config)?),
         };
         let mtls_base = mtls_parts.as_ref().map(|parts| parts.2.clone());
         let metadata = Arc::new(metadata_document(&base_url, &broker.keys.algorithms(), mtls_base.as_deref()));
@@ -287,6 +324,7 @@ impl App {
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout.get(),
         };
+        let metrics = Arc::new(crate::http::metrics::Metrics::default());
         let state_for = |base: &str| -> anyhow::Result<AppState> {
             Ok(AppState {
                 broker: broker.clone(),
@@ -294,6 +332,7 @@ impl App {
                 metadata: Arc::clone(&metadata),
                 max_body_bytes: config.server.max_body_bytes,
                 token_endpoint: Arc::new(Url::parse(&format!("{base}/oauth2/token"))?),
+                metrics: Arc::clone(&metrics),
             })
         };
         let router_main = router(state_for(&base_url)?, &limits);
@@ -421,10 +460,17 @@ impl App {
             tasks.push(tokio::spawn(async move {
                 let mut interval = tokio::time::interval(tick);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut swept = false;
                 loop {
                     interval.tick().await;
                     if !leader.lead().await {
                         continue;
+                    }
+                    if !swept {
+                        match broker.sweep_logins().await {
+                            Ok(_) => swept = true,
+                            Err(e) => tracing::error!(error = %e.0, "login sweep failed; will retry"),
+                        }
                     }
                     if let Err(e) = broker.run_jobs_once(broker.clock.now()).await {
                         tracing::error!(error = %e.0, "running jobs failed; will retry next tick");

@@ -21,8 +21,19 @@ use url::Url;
 /// The top-level sections that environment variables may override. Other
 /// `HALFLIFE_*` variables (such as `HALFLIFE_TOKEN` for the CLI) are not
 /// configuration keys and are ignored here.
-const SECTIONS: &[&str] =
-    &["server", "mtls", "database", "keys", "tokens", "dev", "issuers", "bootstrap", "lifecycle", "audit"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "mtls",
+    "database",
+    "keys",
+    "tokens",
+    "dev",
+    "issuers",
+    "bootstrap",
+    "lifecycle",
+    "audit",
+    "postgres_backends",
+];
 
 /// Clock-skew leeway accepted on attestation tokens when none is configured.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -59,6 +70,52 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Databases on which workloads get dynamic logins.
+    #[serde(default)]
+    pub postgres_backends: Vec<PostgresBackendConfig>,
+}
+
+/// A PostgreSQL database on which halflife creates a role per login.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresBackendConfig {
+    /// What grants name: kind `postgres:<name>`.
+    pub name: String,
+    /// The admin connection, without a password:
+    /// `postgres://halflife_admin@db.internal:5432/reports`. The role needs
+    /// CREATEROLE.
+    pub admin_url: String,
+    /// File holding the admin password…
+    pub admin_password_file: Option<PathBuf>,
+    /// …or the environment variable holding it.
+    pub admin_password_env: Option<String>,
+    /// SQL run for each new role; `{{role}}` is replaced by its quoted name.
+    #[serde(default)]
+    pub grants: Vec<String>,
+    #[serde(default = "default_connection_limit")]
+    pub connection_limit: u32,
+    /// Longest a login may live (also capped by the grant and tokens.max_ttl).
+    #[serde(default = "default_login_ttl")]
+    pub max_ttl: HumanDuration,
+    /// Host and port clients are told to connect to; default: admin_url's.
+    pub connect_host: Option<String>,
+    pub connect_port: Option<u16>,
+    /// Prefix of the roles this deployment creates (and the only roles its
+    /// sweep drops): `hlf_` or a longer one starting with it, so several
+    /// deployments can share one database cluster.
+    #[serde(default = "default_role_prefix")]
+    pub role_prefix: String,
+}
+
+fn default_role_prefix() -> String {
+    crate::store::logins::ROLE_PREFIX.to_owned()
+}
+
+fn default_connection_limit() -> u32 {
+    2
+}
+fn default_login_ttl() -> HumanDuration {
+    HumanDuration::secs(3600)
 }
 
 /// Signed checkpoints of the audit chain.
@@ -589,6 +646,59 @@ impl Config {
         if let Some(mtls) = &self.mtls {
             self.validate_mtls(mtls, &mut problem);
         }
+        let mut backend_names = std::collections::HashSet::new();
+        for (i, b) in self.postgres_backends.iter().enumerate() {
+            let key = |field: &str| format!("postgres_backends[{i}].{field}");
+            if !crate::domain::values::is_backend_name(&b.name) {
+                problem(&key("name"), "must be 1-32 lower-case letters, digits or '_'".to_owned());
+            }
+            if !backend_names.insert(b.name.as_str()) {
+                problem(&key("name"), format!("backend {:?} is configured twice", b.name));
+            }
+            match Url::parse(&b.admin_url) {
+                Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") && url.host().is_some() => {
+                    if url.password().is_some() {
+                        problem(
+                            &key("admin_url"),
+                            "must not carry a password; put it in admin_password_file or admin_password_env".to_owned(),
+                        );
+                    }
+                    if url.path().trim_start_matches('/').is_empty() {
+                        problem(
+                            &key("admin_url"),
+                            "must name the database, e.g. postgres://admin@db:5432/reports".to_owned(),
+                        );
+                    }
+                }
+                _ => problem(&key("admin_url"), "must be a postgres://user@host:port/database URL".to_owned()),
+            }
+            if b.admin_password_file.is_some() && b.admin_password_env.is_some() {
+                problem(
+                    &key("admin_password_file"),
+                    "set admin_password_file or admin_password_env, not both".to_owned(),
+                );
+            }
+            for (j, grant) in b.grants.iter().enumerate() {
+                if !grant.contains("{{role}}") {
+                    problem(
+                        &format!("postgres_backends[{i}].grants[{j}]"),
+                        "must name the new role as {{role}}".to_owned(),
+                    );
+                }
+            }
+            if !b.role_prefix.starts_with(crate::store::logins::ROLE_PREFIX)
+                || b.role_prefix.len() > 16
+                || !b.role_prefix.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+            {
+                problem(&key("role_prefix"), "must start with hlf_, be at most 16 of a-z, 0-9 and _".to_owned());
+            }
+            if b.connection_limit == 0 {
+                problem(&key("connection_limit"), "must be at least 1".to_owned());
+            }
+            if b.max_ttl.get().is_zero() || b.max_ttl > self.tokens.max_ttl {
+                problem(&key("max_ttl"), format!("must be between 1s and tokens.max_ttl ({})", self.tokens.max_ttl));
+            }
+        }
         if self.keys.kek.is_some() && self.keys.kek_file.is_some() {
             problem("keys.kek", "set keys.kek or keys.kek_file, not both".to_owned());
         }
@@ -863,6 +973,43 @@ mod tests {
         let mtls = ok.mtls.unwrap();
         assert_eq!(mtls.public_base(), "https://127.0.0.1:8443");
         assert_eq!(mtls.trust_domains[0].issuer_name(), "prod.example");
+    }
+
+    #[test]
+    fn postgres_backend_rules_name_the_key() {
+        let text = r#"
+            [dev]
+            enabled = true
+            [[postgres_backends]]
+            name = "Reports"
+            admin_url = "postgres://admin:hunter2@db/reports"
+            grants = ["GRANT SELECT ON reports.daily TO somebody"]
+            role_prefix = "app_"
+            max_ttl = "2h"
+            [[postgres_backends]]
+            name = "ok"
+            admin_url = "postgres://admin@db"
+            admin_password_file = "p"
+            admin_password_env = "P"
+        "#;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
+            panic!("expected problems");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "postgres_backends[0].name",
+                "postgres_backends[0].admin_url",
+                "postgres_backends[0].grants[0]",
+                "postgres_backends[0].role_prefix",
+                "postgres_backends[0].max_ttl",
+                "postgres_backends[1].admin_url",
+                "postgres_backends[1].admin_password_file",
+            ],
+            "{problems:?}"
+        );
+        assert!(!format!("{problems:?}").contains("hunter2"), "a password was echoed");
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct GrantEntry {
 pub struct Limits {
     /// Issuer names grants may refer to.
     pub issuers: Vec<String>,
+    /// Database backends `postgres:<name>` kinds may refer to.
+    pub backends: Vec<String>,
     /// The global credential lifetime ceiling.
     pub ceiling: Duration,
     /// Longest pilot; also bounds how far ahead an end date may be.
@@ -196,7 +198,7 @@ pub fn validate(file: ApplyFile, limits: &Limits, now: OffsetDateTime) -> Result
     }
 
     for (i, g) in file.grants.into_iter().enumerate() {
-        match grant(g, known_issuers, ceiling) {
+        match grant(g, known_issuers, &limits.backends, ceiling) {
             Ok(grant) => {
                 if !seen.insert(format!("grant/{}", grant.id)) {
                     problems.push(format!("grants[{i}].id: grant {} appears twice", grant.id));
@@ -209,7 +211,12 @@ pub fn validate(file: ApplyFile, limits: &Limits, now: OffsetDateTime) -> Result
     if problems.is_empty() { Ok(catalog) } else { Err(problems) }
 }
 
-pub fn grant(g: GrantEntry, known_issuers: &[String], ceiling: Duration) -> Result<Grant, Vec<(&'static str, String)>> {
+pub fn grant(
+    g: GrantEntry,
+    known_issuers: &[String],
+    known_backends: &[String],
+    ceiling: Duration,
+) -> Result<Grant, Vec<(&'static str, String)>> {
     let mut errs = Vec::new();
     let id = GrantId::parse(&g.id).map_err(|e| errs.push(("id", e.0))).ok();
     let system = SystemId::parse(&g.system).map_err(|e| errs.push(("system", e.0))).ok();
@@ -245,9 +252,20 @@ pub fn grant(g: GrantEntry, known_issuers: &[String], ceiling: Duration) -> Resu
             errs.push(("kinds", "list at least one credential kind".into()));
             Vec::new()
         }
-        Some(list) => {
-            list.iter().filter_map(|k| CredentialKind::parse(k).map_err(|e| errs.push(("kinds", e.0))).ok()).collect()
-        }
+        Some(list) => list
+            .iter()
+            .filter_map(|k| match CredentialKind::parse(k) {
+                Ok(CredentialKind::Postgres(backend)) if !known_backends.contains(&backend) => {
+                    errs.push(("kinds", format!("{k:?} names no configured [[postgres_backends]] entry")));
+                    None
+                }
+                Ok(kind) => Some(kind),
+                Err(e) => {
+                    errs.push(("kinds", e.0));
+                    None
+                }
+            })
+            .collect(),
     };
     let max_ttl = match humantime::parse_duration(&g.max_ttl) {
         Ok(d) if d.is_zero() => {
@@ -320,6 +338,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             issuers: vec!["dev".into()],
+            backends: Vec::new(),
             ceiling: Duration::from_secs(3600),
             max_pilot: Duration::from_secs(90 * 86400),
             recertify_every: Duration::from_secs(90 * 86400),

@@ -19,6 +19,7 @@ use crate::domain::policy::{Ask, Decision, Denial, DenyCode, decide};
 use crate::domain::values::CredentialKind;
 use crate::mint;
 use crate::mint::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Confirmation};
+use crate::store::logins::LoginTarget;
 use crate::store::{AuditEvent, Issuance, IssueOutcome, Outcome, ReplayGuard, ReplayKind, RequestMeta};
 
 /// The one message every forged, expired or untrusted subject token gets, so
@@ -62,6 +63,20 @@ pub struct Issued {
     /// `DPoP` for a DPoP-bound token, `Bearer` otherwise (an mTLS-bound
     /// token is still presented as a bearer token, over mTLS).
     pub token_type: &'static str,
+    /// For a database login: where and as whom to connect (the password
+    /// is `access_token`).
+    pub login: Option<IssuedLogin>,
+}
+
+/// A dynamic database login, without its password.
+#[derive(Debug, Clone)]
+pub struct IssuedLogin {
+    pub username: String,
+    pub backend: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub expires_at: OffsetDateTime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +173,7 @@ impl Broker {
             }
         };
 
-        let decision = match binding_refusal(ctx.grant.binding, request.ask.kind, &cnf)
+        let decision = match binding_refusal(ctx.grant.binding, request.ask.kind.as_ref(), &cnf)
             .map_or_else(|| decide(ctx, &request.ask, now, self.limits), Err)
         {
             Ok(d) => d,
@@ -168,7 +183,25 @@ impl Broker {
             }
         };
 
-        self.issue(&attestation, ctx, decision, now, meta, cnf, dpop.as_ref()).await
+        let mut decision = decision;
+        let login = match &decision.kind {
+            CredentialKind::Postgres(backend) => match self.logins.target(backend) {
+                Some(target) => {
+                    let cap = time::Duration::try_from(target.max_ttl).unwrap_or(time::Duration::HOUR);
+                    decision.exp = decision.exp.min(decision.iat + cap);
+                    Some(target)
+                }
+                None => {
+                    let denial =
+                        Denial::new(DenyCode::InvalidTarget, format!("database backend {backend} is not configured"));
+                    let event = self.attested_denial(&denial, &request.ask, &attestation, Some(ctx), now, meta);
+                    return Err(self.deny(denial, event).await);
+                }
+            },
+            _ => None,
+        };
+
+        self.issue(&attestation, ctx, decision, now, meta, cnf, dpop.as_ref(), login).await
     }
 
     #[expect(clippy::too_many_arguments, reason = "one private step of exchange, called once")]
@@ -181,12 +214,13 @@ impl Broker {
         meta: &RequestMeta,
         cnf: Confirmation,
         dpop: Option<&DpopProof>,
+        login: Option<LoginTarget>,
     ) -> Result<Issued, ExchangeError> {
         let jti = new_jti(now);
         // An opaque secret carries no claims a resource server could check
         // a binding against: it is a bearer credential (grants that require
         // binding refuse secrets before this point).
-        let is_secret = decision.kind == CredentialKind::Secret;
+        let is_secret = decision.kind != CredentialKind::Jwt;
         let (cnf, dpop) = if is_secret { (Confirmation::default(), None) } else { (cnf, dpop) };
         let claims = AccessClaims {
             iss: self.issuer.clone(),
@@ -206,13 +240,40 @@ impl Broker {
             tracing::error!(what, "minting failed");
             ExchangeError::Unavailable(Unavailable(crate::store::StoreError::Unavailable(format!("{what} failed"))))
         };
-        let (access_token, secret_hash) = if is_secret {
-            let secret = mint::secret::generate().map_err(|_| failed("secret generation"))?;
-            let hash = mint::secret::stored_hash(&self.secret_key, secret.expose_secret());
-            (secret, Some(hash))
-        } else {
-            let jwt = self.keys.current().sign_jwt(ACCESS_TOKEN_TYP, &claims).map_err(|_| failed("signing"))?;
-            (SecretString::from(jwt), None)
+        let (access_token, secret_hash, issued_login) = match (&decision.kind, login) {
+            (CredentialKind::Postgres(backend), Some(target)) => {
+                let random = crypto::random_bytes::<4>().map_err(|_| failed("role name"))?;
+                let role = crate::store::logins::role_name(&target.role_prefix, ctx.system.id.as_str(), random);
+                let password = crypto::random_bytes::<32>().map_err(|_| failed("password generation"))?;
+                let password = SecretString::from(crypto::b64url(zeroize::Zeroizing::new(password).as_slice()));
+                if let Err(e) = self.logins.create_login(backend, &role, &password, decision.exp).await {
+                    // Fail closed, and say so in the audit trail.
+                    tracing::error!(error = %e, "creating a database login failed");
+                    let mut event = AuditEvent::new("credential.denied", Outcome::Denied, now, meta);
+                    fill_attestation(&mut event, attestation, Some(ctx));
+                    event.reason = Some(format!("temporarily_unavailable: {e}"));
+                    self.log.record_event(event).await.map_err(Unavailable)?;
+                    return Err(failed("database login creation"));
+                }
+                let issued = IssuedLogin {
+                    username: role,
+                    backend: backend.clone(),
+                    host: target.host,
+                    port: target.port,
+                    database: target.database,
+                    expires_at: decision.exp,
+                };
+                (password, None, Some(issued))
+            }
+            (CredentialKind::Secret, _) => {
+                let secret = mint::secret::generate().map_err(|_| failed("secret generation"))?;
+                let hash = mint::secret::stored_hash(&self.secret_key, secret.expose_secret());
+                (secret, Some(hash), None)
+            }
+            _ => {
+                let jwt = self.keys.current().sign_jwt(ACCESS_TOKEN_TYP, &claims).map_err(|_| failed("signing"))?;
+                (SecretString::from(jwt), None, None)
+            }
         };
 
         let mut event = AuditEvent::new("credential.issued", Outcome::Success, now, meta);
@@ -223,13 +284,19 @@ impl Broker {
         event.iat = Some(claims.iat);
         event.exp = Some(claims.exp);
         event.detail = Some(serde_json::json!({
-            "kind": decision.kind.as_str(),
+            "kind": decision.kind.to_string(),
             "business_owner": ctx.system.business_owner,
             "technical_owner": ctx.system.technical_owner,
             "key_id": self.keys.current().kid(),
         }));
         if let (Some(detail), Some(cnf)) = (event.detail.as_mut(), &claims.cnf) {
             detail["cnf"] = serde_json::json!(cnf);
+        }
+        // An auditor goes from a database log line (the role) to the
+        // workload, system and owners.
+        if let (Some(detail), Some(login)) = (event.detail.as_mut(), &issued_login) {
+            detail["db_role"] = serde_json::json!(login.username);
+            detail["db_backend"] = serde_json::json!(login.backend);
         }
         let mut replay = Vec::new();
         if let Some(proof) = dpop {
@@ -257,7 +324,7 @@ impl Broker {
         }
         let issuance = Issuance {
             jti: jti.clone(),
-            kind: decision.kind,
+            kind: decision.kind.clone(),
             system_id: ctx.system.id.clone(),
             grant_id: ctx.grant.id.clone(),
             issuer: attestation.issuer_name.clone(),
@@ -268,9 +335,21 @@ impl Broker {
             exp: decision.exp,
             replay,
             secret_hash,
+            db_role: issued_login.as_ref().map(|l| l.username.clone()),
             event,
         };
-        match self.log.record_issuance(issuance).await.map_err(Unavailable)? {
+        let outcome = self.log.record_issuance(issuance).await;
+        if let Some(login) = &issued_login
+            && !matches!(outcome, Ok(IssueOutcome::Committed))
+        {
+            // The role exists but its record does not: it must not outlive
+            // this answer. If the drop fails too, the startup sweep drops
+            // every prefixed role without a live record.
+            if let Err(e) = self.logins.drop_login(&login.backend, &login.username).await {
+                tracing::error!(error = %e, db.role = %login.username, "dropping an unrecorded database login failed");
+            }
+        }
+        match outcome.map_err(Unavailable)? {
             IssueOutcome::Committed => {
                 // The audit trail is the record of every issuance; a log line
                 // per issuance at info cost a fifth of the peak exchange rate
@@ -289,6 +368,7 @@ impl Broker {
                     scope: claims.scope,
                     system: claims.system,
                     token_type,
+                    login: issued_login,
                 })
             }
             IssueOutcome::Replayed(ReplayKind::Attestation) => Err(ExchangeError::Denied(Denial::with_reason(
@@ -374,12 +454,13 @@ const DPOP_REPLAY_ISSUER: &str = "#dpop";
 
 /// Why a grant's binding requirement refuses a token with confirmation
 /// `cnf`, if it does.
-fn binding_refusal(binding: Binding, kind: Option<CredentialKind>, cnf: &Confirmation) -> Option<Denial> {
+fn binding_refusal(binding: Binding, kind: Option<&CredentialKind>, cnf: &Confirmation) -> Option<Denial> {
     let (code, description) = match binding {
         Binding::Optional => return None,
-        _ if kind == Some(CredentialKind::Secret) => (
+        _ if !matches!(kind, None | Some(CredentialKind::Jwt)) => (
             DenyCode::InvalidRequest,
-            "this grant issues only sender-constrained tokens, and an opaque secret cannot be bound: request a JWT",
+            "this grant issues only sender-constrained tokens, and an opaque secret or database login cannot be \
+             bound: request a JWT",
         ),
         Binding::Required if cnf.is_empty() => (
             DenyCode::InvalidRequest,

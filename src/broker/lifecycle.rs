@@ -34,6 +34,8 @@ pub struct ReaperReport {
     /// Credentials those suspensions made inactive.
     pub revoked: u64,
     pub notices: usize,
+    /// Database logins whose destruction was queued.
+    pub logins_queued: usize,
     pub jobs_done: usize,
     pub jobs_failed: usize,
 }
@@ -70,6 +72,8 @@ impl Broker {
     pub async fn run_reaper_once(&self, now: OffsetDateTime) -> Result<ReaperReport, Unavailable> {
         let mut report = self.suspend_lapsed(now).await?;
         report.notices = self.record_notices(now).await?;
+        // Database logins that are revoked or expired get a drop_login job.
+        report.logins_queued = self.jobs.queue_login_drops(now).await.map_err(Unavailable)?;
         Ok(report)
     }
 
@@ -212,6 +216,40 @@ impl Broker {
         Ok(out)
     }
 
+    /// Drops every role with the halflife prefix on every backend that no
+    /// live or dropping login record names: roles a crash left between
+    /// creation and record. Run once at start by the leader. Returns how
+    /// many were dropped; a backend that cannot be reached is skipped.
+    pub async fn sweep_logins(&self) -> Result<usize, Unavailable> {
+        let kept: std::collections::HashSet<String> =
+            self.jobs.kept_login_roles().await.map_err(Unavailable)?.into_iter().collect();
+        let mut dropped = 0;
+        for backend in self.logins.backends() {
+            let roles = match self.logins.prefixed_roles(&backend).await {
+                Ok(roles) => roles,
+                Err(e) => {
+                    tracing::warn!(error = %e, "login sweep skipped a backend");
+                    continue;
+                }
+            };
+            for role in roles.iter().filter(|r| !kept.contains(*r)) {
+                match self.logins.drop_login(&backend, role).await {
+                    Ok(()) => {
+                        tracing::warn!(db.role = %role, db.backend = %backend, "dropped a database login without a record");
+                        dropped += 1;
+                    }
+                    Err(e) => tracing::warn!(error = %e, db.role = %role, "login sweep could not drop a role"),
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Pending jobs by kind, failing or not (for metrics).
+    pub async fn job_stats(&self) -> Result<Vec<crate::store::JobStat>, Unavailable> {
+        self.jobs.job_stats(FAILING_AFTER).await.map_err(Unavailable)
+    }
+
     /// Runs due jobs once; returns (done, failed).
     pub async fn run_jobs_once(&self, now: OffsetDateTime) -> Result<(usize, usize), Unavailable> {
         let jobs = self.jobs.due_jobs(now, JOBS_PER_PASS).await.map_err(Unavailable)?;
@@ -262,6 +300,12 @@ impl Broker {
                     reason: reason.clone(),
                     at: *at,
                 }))
+            }
+            JobSpec::DropLogin { backend, role, jti } => {
+                self.logins.drop_login(backend, role).await.map_err(|e| e.to_string())?;
+                self.jobs.login_dropped(jti).await.map_err(|e| e.to_string())?;
+                tracing::info!(credential.jti = %jti, db.role = %role, db.backend = %backend, "database login dropped");
+                Ok(None)
             }
             JobSpec::Webhook { body } => {
                 let Some(webhook) = &self.webhook else {

@@ -55,6 +55,8 @@ pub struct Broker {
     pub dpop_window: std::time::Duration,
     /// Keys the stored hashes of opaque secrets (derived from the KEK).
     pub secret_key: Arc<ring::hmac::Key>,
+    /// The database backends on which logins are created.
+    pub logins: Arc<dyn crate::store::logins::DatabaseLogins>,
 }
 
 /// A notice webhook and the client that calls it.

@@ -122,11 +122,11 @@ pub fn decide(ctx: &GrantContext, ask: &Ask, now: OffsetDateTime, limits: TtlPol
         return Err(Denial::new(DenyCode::AccessDenied, why));
     }
 
-    let kind = ask.kind.unwrap_or(CredentialKind::Jwt);
+    let kind = ask.kind.clone().unwrap_or(CredentialKind::Jwt);
     if !grant.kinds.contains(&kind) {
         return Err(Denial::new(
             DenyCode::UnauthorizedClient,
-            format!("grant {} does not allow credential kind {}", grant.id, kind.as_str()),
+            format!("grant {} does not allow credential kind {}", grant.id, kind),
         ));
     }
 

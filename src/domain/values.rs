@@ -285,31 +285,59 @@ impl<'de> Deserialize<'de> for SubjectMatch {
 }
 
 /// The kinds of credential a grant can allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CredentialKind {
     /// A signed JWT access token (RFC 9068).
     Jwt,
     /// An opaque `hlf_` secret, stored only as a keyed hash.
     Secret,
+    /// A dynamic login on the named PostgreSQL backend (`postgres:<name>`).
+    Postgres(String),
 }
 
 impl CredentialKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Jwt => "jwt",
-            Self::Secret => "secret",
-        }
-    }
-
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "jwt" => Ok(Self::Jwt),
             "secret" => Ok(Self::Secret),
-            other => {
-                Err(InvalidValue(format!("credential kind {other:?} is not supported; use \"jwt\" or \"secret\"")))
-            }
+            other => match other.strip_prefix("postgres:") {
+                Some(backend) if is_backend_name(backend) => Ok(Self::Postgres(backend.to_owned())),
+                _ => Err(InvalidValue(format!(
+                    "credential kind {:?} is not supported; use \"jwt\", \"secret\" or \"postgres:<backend>\"",
+                    truncate(other, 60)
+                ))),
+            },
         }
+    }
+}
+
+/// A database backend's name: 1-32 lower-case letters, digits and `_`.
+pub fn is_backend_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Jwt => f.write_str("jwt"),
+            Self::Secret => f.write_str("secret"),
+            Self::Postgres(backend) => write!(f, "postgres:{backend}"),
+        }
+    }
+}
+
+impl Serialize for CredentialKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CredentialKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -385,10 +385,12 @@ async fn create_grant(
         max_ttl: body.max_ttl,
         binding: body.binding,
     };
-    let grant = apply::grant(entry, &state.broker.issuer_names, state.broker.limits.ceiling).map_err(|errs| {
-        let (field, message) = errs.into_iter().next().unwrap_or(("grant", "invalid".into()));
-        ApiError::Invalid { field: field.to_owned(), message }
-    })?;
+    let grant =
+        apply::grant(entry, &state.broker.issuer_names, &state.broker.logins.backends(), state.broker.limits.ceiling)
+            .map_err(|errs| {
+            let (field, message) = errs.into_iter().next().unwrap_or(("grant", "invalid".into()));
+            ApiError::Invalid { field: field.to_owned(), message }
+        })?;
     let grant = state.broker.create_grant(grant, &caller, &meta).await?;
     Ok((StatusCode::CREATED, Json(json!(grant))).into_response())
 }

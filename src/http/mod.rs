@@ -5,6 +5,7 @@ pub mod admin;
 pub mod audit;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod oauth;
 pub mod serve;
 
@@ -36,6 +37,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// This listener's token endpoint: what a DPoP proof's `htu` must name.
     pub token_endpoint: Arc<url::Url>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 pub struct Limits {
@@ -68,6 +70,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/livez", get(livez))
         .route("/healthz", get(livez))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
         .merge(admin::router())
         .merge(audit::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

@@ -27,11 +27,14 @@ pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// An opaque `hlf_` secret instead of a JWT.
 pub const TOKEN_TYPE_SECRET: &str = "urn:halflife:token-type:secret";
+/// A dynamic PostgreSQL login (`resource=postgres:<backend>`).
+pub const TOKEN_TYPE_POSTGRES_LOGIN: &str = "urn:halflife:token-type:postgres-login";
 
 /// Subject token types accepted.
 pub const SUBJECT_TOKEN_TYPES: &[&str] = &[TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN];
 /// Token types that can be requested.
-pub const REQUESTED_TOKEN_TYPES: &[&str] = &[TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET];
+pub const REQUESTED_TOKEN_TYPES: &[&str] =
+    &[TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TOKEN_TYPE_POSTGRES_LOGIN];
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -99,16 +102,12 @@ fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), ApiErr
             });
         }
     };
-    if form.take("resource").is_some() {
-        return Err(ApiError::OAuth {
-            code: "invalid_target",
-            description: "resource is not supported for this token type; name the audience instead".into(),
-        });
-    }
+    let resource = form.take("resource");
     let issued_token_type = match form.take("requested_token_type").as_deref() {
         None | Some(TOKEN_TYPE_ACCESS_TOKEN) => TOKEN_TYPE_ACCESS_TOKEN,
         Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
         Some(TOKEN_TYPE_SECRET) => TOKEN_TYPE_SECRET,
+        Some(TOKEN_TYPE_POSTGRES_LOGIN) => TOKEN_TYPE_POSTGRES_LOGIN,
         Some(_) => {
             return Err(ApiError::invalid_request(format!(
                 "requested_token_type must be one of {}",
@@ -128,7 +127,29 @@ fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), ApiErr
         ),
     };
     let requested_ttl = form.take("requested_ttl").map(|t| parse_ttl(&t)).transpose()?;
-    let kind = if issued_token_type == TOKEN_TYPE_SECRET { CredentialKind::Secret } else { CredentialKind::Jwt };
+    let kind = match (issued_token_type, resource) {
+        (TOKEN_TYPE_POSTGRES_LOGIN, Some(resource)) => match CredentialKind::parse(&resource) {
+            Ok(kind @ CredentialKind::Postgres(_)) => kind,
+            _ => {
+                return Err(ApiError::OAuth {
+                    code: "invalid_target",
+                    description: "resource must be postgres:<backend> for a postgres-login".into(),
+                });
+            }
+        },
+        (TOKEN_TYPE_POSTGRES_LOGIN, None) => {
+            return Err(ApiError::invalid_request("a postgres-login needs resource=postgres:<backend>"));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::OAuth {
+                code: "invalid_target",
+                description:
+                    "resource is only used with requested_token_type postgres-login; name the audience instead".into(),
+            });
+        }
+        (TOKEN_TYPE_SECRET, None) => CredentialKind::Secret,
+        (_, None) => CredentialKind::Jwt,
+    };
     let ask = Ask { audience, scopes, requested_ttl, kind: Some(kind) };
     Ok((proof, ask, issued_token_type))
 }
@@ -180,13 +201,21 @@ async fn token(
         dpop: dpop.map(|proof| (proof, state.token_endpoint.as_ref().clone())),
     };
     let issued = state.broker.exchange(request, &meta).await?;
-    let body = json!({
+    let mut body = json!({
         "access_token": issued.access_token.expose_secret(),
         "issued_token_type": issued_token_type,
         "token_type": issued.token_type,
         "expires_in": issued.expires_in,
         "scope": issued.scope,
     });
+    if let Some(login) = &issued.login {
+        body["username"] = json!(login.username);
+        body["password"] = json!(issued.access_token.expose_secret());
+        body["host"] = json!(login.host);
+        body["port"] = json!(login.port);
+        body["database"] = json!(login.database);
+        body["expires_at"] = json!(crate::domain::rfc3339(login.expires_at));
+    }
     Ok(no_store(Json(body).into_response()))
 }
 

@@ -10,6 +10,7 @@
 //! node; PostgreSQL for several replicas. `database.url` picks one.
 
 pub mod cache;
+pub mod logins;
 pub mod postgres;
 pub mod sqlite;
 
@@ -165,6 +166,8 @@ pub struct Issuance {
     pub replay: Vec<ReplayGuard>,
     /// For an opaque secret: its keyed hash (never the secret).
     pub secret_hash: Option<String>,
+    /// For a database login: the role created on the backend.
+    pub db_role: Option<String>,
     /// The `credential.issued` event.
     pub event: AuditEvent,
 }
@@ -265,6 +268,9 @@ pub enum JobSpec {
     },
     /// POST a lifecycle notice to the configured webhook.
     Webhook { body: serde_json::Value },
+    /// Destroy a dynamic database login: end its sessions, drop what it
+    /// owns, drop the role.
+    DropLogin { backend: String, role: String, jti: String },
 }
 
 impl JobSpec {
@@ -272,8 +278,17 @@ impl JobSpec {
         match self {
             Self::MarkRevoked { .. } => "mark_revoked",
             Self::Webhook { .. } => "webhook",
+            Self::DropLogin { .. } => "drop_login",
         }
     }
+}
+
+/// How many pending jobs of a kind are (or are not) failing.
+#[derive(Debug, Clone)]
+pub struct JobStat {
+    pub kind: String,
+    pub failing: bool,
+    pub count: i64,
 }
 
 /// A queued job and its progress.
@@ -460,6 +475,18 @@ pub trait LifecycleStore: Send + Sync {
 /// The durable job queue.
 #[async_trait]
 pub trait JobStore: Send + Sync {
+    /// Pending jobs counted by kind and whether they have failed at least
+    /// `failing_after` times.
+    async fn job_stats(&self, failing_after: i64) -> Result<Vec<JobStat>, StoreError>;
+    /// Queues a `drop_login` job for every live database login that is
+    /// revoked (singly, by epoch, or because its system stopped) or expired
+    /// at `now`, in the same transaction as marking it `dropping`. Returns
+    /// how many were queued.
+    async fn queue_login_drops(&self, now: OffsetDateTime) -> Result<usize, StoreError>;
+    /// Records that a login's role is gone.
+    async fn login_dropped(&self, jti: &str) -> Result<(), StoreError>;
+    /// Roles of logins not yet dropped (what a sweep must keep).
+    async fn kept_login_roles(&self) -> Result<Vec<String>, StoreError>;
     async fn due_jobs(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Job>, StoreError>;
     async fn job_done(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError>;
     async fn job_failed(

@@ -589,6 +589,7 @@ async fn an_issuance_decided_before_a_suspension_cannot_commit_after_it() {
         exp: now + Duration::from_secs(300),
         replay: Vec::new(),
         secret_hash: None,
+        db_role: None,
         event: AuditEvent::new("credential.issued", Outcome::Success, now, &RequestMeta::default()),
     };
     let outcome = app.broker.log.record_issuance(issuance).await.unwrap();

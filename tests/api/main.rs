@@ -12,6 +12,7 @@ mod introspection;
 mod jwks_remote;
 mod lifecycle;
 mod listener;
+mod logins;
 mod mtls;
 mod quickstart;
 mod rejections;

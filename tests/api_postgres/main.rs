@@ -25,6 +25,8 @@ mod introspection;
 mod jwks_remote;
 #[path = "../api/lifecycle.rs"]
 mod lifecycle;
+#[path = "../api/logins.rs"]
+mod logins;
 #[path = "../api/mtls.rs"]
 mod mtls;
 #[path = "../api/rejections.rs"]

@@ -403,11 +403,12 @@ async fn insert_credentials<'a>(
     issuances: impl Iterator<Item = &'a Issuance>,
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
     let mut q = QueryBuilder::<Db>::new(
-        "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp, secret_hash) ",
+        "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp, secret_hash, \
+         db_role, role_state) ",
     );
     q.push_values(issuances, |mut row, i| {
         row.push_bind(&i.jti)
-            .push_bind(i.kind.as_str())
+            .push_bind(i.kind.to_string())
             .push_bind(i.system_id.as_str())
             .push_bind(i.grant_id.as_str())
             .push_bind(&i.issuer)
@@ -416,7 +417,9 @@ async fn insert_credentials<'a>(
             .push_bind(&i.scopes)
             .push_bind(ts(i.iat))
             .push_bind(ts(i.exp))
-            .push_bind(i.secret_hash.as_deref());
+            .push_bind(i.secret_hash.as_deref())
+            .push_bind(i.db_role.as_deref())
+            .push_bind(i.db_role.as_ref().map(|_| "live"));
     });
     q.push(" RETURNING jti, id");
     let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
@@ -905,7 +908,7 @@ async fn apply_catalog(
             to_json(g.audiences.iter().map(|a| a.to_string()).collect()),
             to_json(g.scopes.to_vec()),
             to_json(g.default_scopes.to_vec()),
-            to_json(g.kinds.iter().map(|k| k.as_str().to_owned()).collect()),
+            to_json(g.kinds.iter().map(ToString::to_string).collect()),
             g.binding.as_str().to_owned(),
             i64::try_from(g.max_ttl.as_secs()).unwrap_or(i64::MAX),
         );

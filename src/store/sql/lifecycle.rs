@@ -444,7 +444,7 @@ impl LifecycleStore for Store {
                 .bind(to_json_list(grant.audiences.iter().map(|a| a.to_string())))
                 .bind(to_json_list(grant.scopes.to_vec().into_iter()))
                 .bind(to_json_list(grant.default_scopes.to_vec().into_iter()))
-                .bind(to_json_list(grant.kinds.iter().map(|k| k.as_str().to_owned())))
+                .bind(to_json_list(grant.kinds.iter().map(ToString::to_string)))
                 .bind(i64::try_from(grant.max_ttl.as_secs()).unwrap_or(i64::MAX))
                 .bind(now)
                 .bind(now)
@@ -587,6 +587,66 @@ impl JobStore for Store {
         .await
         .map_err(unavailable)?;
         rows.iter().map(job_from).collect()
+    }
+
+    async fn queue_login_drops(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
+        let at = ts(now);
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                let due: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT c.jti, c.kind, c.db_role FROM credentials c JOIN systems s ON s.id = c.system_id \
+                     LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+                     WHERE c.role_state = 'live' AND (c.revoked_at IS NOT NULL OR c.exp <= $1 \
+                       OR c.id <= s.revoked_through OR c.id <= COALESCE(w.revoked_through, 0) OR s.state <> 'active') \
+                     ORDER BY c.id LIMIT 500",
+                )
+                .bind(at)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+                for (jti, kind, role) in &due {
+                    let backend = kind.strip_prefix("postgres:").unwrap_or(kind).to_owned();
+                    let job = JobSpec::DropLogin { backend, role: role.clone(), jti: jti.clone() };
+                    enqueue(conn, &job, at).await?;
+                    sqlx::query("UPDATE credentials SET role_state = 'dropping' WHERE jti = $1")
+                        .bind(jti)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                Ok(due.len())
+            })
+        })
+        .await
+    }
+
+    async fn job_stats(&self, failing_after: i64) -> Result<Vec<JobStat>, StoreError> {
+        let rows: Vec<(String, bool, i64)> = sqlx::query_as(
+            "SELECT kind, attempts >= $1 AS failing, COUNT(*) FROM jobs WHERE state = 'pending' GROUP BY kind, attempts >= $1",
+        )
+        .bind(failing_after)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows.into_iter().map(|(kind, failing, count)| JobStat { kind, failing, count }).collect())
+    }
+
+    async fn login_dropped(&self, jti: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE credentials SET role_state = 'dropped' WHERE jti = $1")
+            .bind(jti)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn kept_login_roles(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT db_role FROM credentials WHERE role_state IN ('live', 'dropping')")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(rows.into_iter().map(|(r,)| r).collect())
     }
 
     async fn job_done(&self, id: i64, now: OffsetDateTime) -> Result<(), StoreError> {

@@ -231,6 +231,16 @@ async fn expired_logins_are_dropped_and_the_sweep_drops_unrecorded_roles() {
     assert_eq!(app.broker.sweep_logins().await.unwrap(), 1);
     assert!(!backend.role_exists(&stray).await);
     assert!(backend.role_exists(long_role).await, "the sweep dropped a live login");
+
+    // A single revocation by jti destroys that login and no other.
+    let single = login(&app, &[]).await;
+    let jti = app.events("credential.issued").await.last().unwrap().jti.clone().unwrap();
+    let admin = app.admin_token(halflife::domain::model::Role::Admin).await;
+    let (status, _) = app.api(Method::POST, "/v1/revoke", &admin, Some(json!({"jti": jti, "reason": "leaked"}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(app.reap().await.logins_queued, 1);
+    assert!(!backend.role_exists(single["username"].as_str().unwrap()).await);
+    assert!(backend.role_exists(long_role).await);
 }
 
 #[tokio::test]

@@ -217,11 +217,11 @@ impl Broker {
         login: Option<LoginTarget>,
     ) -> Result<Issued, ExchangeError> {
         let jti = new_jti(now);
-        // An opaque secret carries no claims a resource server could check
-        // a binding against: it is a bearer credential (grants that require
-        // binding refuse secrets before this point).
-        let is_secret = decision.kind != CredentialKind::Jwt;
-        let (cnf, dpop) = if is_secret { (Confirmation::default(), None) } else { (cnf, dpop) };
+        // An opaque secret or a database login carries no claims a resource
+        // server could check a binding against: it is a bearer credential
+        // (grants that require binding refuse them before this point).
+        let bearer_only = decision.kind != CredentialKind::Jwt;
+        let (cnf, dpop) = if bearer_only { (Confirmation::default(), None) } else { (cnf, dpop) };
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             sub: attestation.subject.clone(),

@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the pieces of one exchange: attestation
 //! verification (JWT and X.509-SVID), DPoP proof verification, grant
-//! evaluation, token minting and audit event hashing.
+//! evaluation, token and opaque secret minting, and audit event hashing.
 //!
 //! Run: `cargo bench --bench exchange_pieces` (add `-- --quick` for a
 //! shorter run). `benches/load.rs` measures them together, over HTTP.
@@ -200,6 +200,15 @@ fn pieces(c: &mut Criterion) {
             b.iter(|| key.sign_jwt("at+jwt", black_box(&claims)).unwrap());
         });
     }
+
+    let secret_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7; 32]);
+    c.bench_function("opaque secret mint (256 random bits + checksum + HMAC)", |b| {
+        b.iter(|| {
+            use secrecy::ExposeSecret as _;
+            let secret = halflife::mint::secret::generate().unwrap();
+            halflife::mint::secret::stored_hash(&secret_key, black_box(secret.expose_secret()))
+        });
+    });
 
     let (bundles, peer) = x509_svid(now);
     c.bench_function("attestation verify (X.509-SVID: leaf rules + chain)", |b| {

@@ -53,7 +53,8 @@ pub struct App {
     lifecycle_tick: Option<Duration>,
     sync_interval: Duration,
     checkpoints: CheckpointPolicy,
-    mtls: Option<MtlsListener>,
+    /// The mTLS listener and the router it serves.
+    mtls: Option<(MtlsListener, axum::Router)>,
 }
 
 /// The mTLS listener for X.509-SVID attestation, and its trust bundles.
@@ -62,7 +63,6 @@ struct MtlsListener {
     local_addr: SocketAddr,
     base_url: String,
     acceptor: TlsAcceptor,
-    router: axum::Router,
     bundles: Arc<TrustBundles>,
     refresh: Duration,
 }
@@ -232,7 +232,7 @@ impl App {
             Some(t) => Some(tls_acceptor(&t.cert_file, &t.key_file).map_err(|e| anyhow::anyhow!(e))?),
             None => None,
         };
-        let mut mtls_parts = None;
+        let mut mtls_listener = None;
         if let Some(mtls) = &mut config.mtls {
             let sources = mtls
                 .trust_domains
@@ -249,12 +249,18 @@ impl App {
             let listener = TcpListener::bind(mtls.listen)
                 .await
                 .with_context(|| format!("failed to bind mtls.listen {}", mtls.listen))?;
-            let addr = listener.local_addr()?;
+            let local_addr = listener.local_addr()?;
             if mtls.public_url.is_none() {
-                mtls.public_url = Some(Url::parse(&format!("https://{addr}"))?);
+                mtls.public_url = Some(Url::parse(&format!("https://{local_addr}"))?);
             }
-            mtls_parts =
-                Some((listener, addr, mtls.public_base(), acceptor, bundles, mtls.bundle_refresh_interval.get()));
+            mtls_listener = Some(MtlsListener {
+                listener,
+                local_addr,
+                base_url: mtls.public_base(),
+                acceptor,
+                bundles,
+                refresh: mtls.bundle_refresh_interval.get(),
+            });
         }
 
         let now = clock.now();
@@ -313,13 +319,13 @@ impl App {
             webhook: config.lifecycle.webhook_url.clone().map(|url| Webhook { url, client: client.clone() }),
             issuer_names: Arc::new(known_issuers(&config)),
             verified: Arc::default(),
-            bundles: mtls_parts.as_ref().map(|parts| Arc::clone(&parts.4)),
+            bundles: mtls_listener.as_ref().map(|m| Arc::clone(&m.bundles)),
             dpop_window: config.tokens.dpop_proof_window.get(),
             secret_key: Arc::new(kek.derive_hmac_key("halflife credential secrets v1")?),
             logins: Arc::new(database_logins(&config)?),
         };
-        let mtls_base = mtls_parts.as_ref().map(|parts| parts.2.clone());
-        let metadata = Arc::new(metadata_document(&base_url, &broker.keys.algorithms(), mtls_base.as_deref()));
+        let mtls_base = mtls_listener.as_ref().map(|m| m.base_url.as_str());
+        let metadata = Arc::new(metadata_document(&base_url, &broker.keys.algorithms(), mtls_base));
         let limits = Limits {
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout.get(),
@@ -336,16 +342,11 @@ impl App {
             })
         };
         let router_main = router(state_for(&base_url)?, &limits);
-        let mtls = match mtls_parts {
-            Some((listener, local_addr, base_url, acceptor, bundles, refresh)) => Some(MtlsListener {
-                listener,
-                local_addr,
-                router: router(state_for(&base_url)?, &limits),
-                base_url,
-                acceptor,
-                bundles,
-                refresh,
-            }),
+        let mtls = match mtls_listener {
+            Some(m) => {
+                let mtls_router = router(state_for(&m.base_url)?, &limits);
+                Some((m, mtls_router))
+            }
             None => None,
         };
         Ok(Self {
@@ -379,7 +380,7 @@ impl App {
 
     /// The mTLS listener's address, if one is configured.
     pub fn mtls_addr(&self) -> Option<SocketAddr> {
-        self.mtls.as_ref().map(|m| m.local_addr)
+        self.mtls.as_ref().map(|(m, _)| m.local_addr)
     }
 
     /// The public base URL (the `iss` of issued tokens).
@@ -505,13 +506,13 @@ impl App {
         tracing::info!(listen = %self.local_addr, issuer = %self.base_url, tls = self.tls.is_some(), "halflife is serving");
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut mtls_server = None;
-        if let Some(mtls) = self.mtls {
+        if let Some((mtls, mtls_router)) = self.mtls {
             tasks.push(tokio::spawn(reload_bundles(Arc::clone(&mtls.bundles), mtls.refresh)));
             tracing::info!(listen = %mtls.local_addr, url = %mtls.base_url, "mTLS listener (X.509-SVID attestation) is serving");
             let mut stopped = stopped.clone();
             let options = ServeOptions { ..self.serve_options };
             mtls_server =
-                Some(tokio::spawn(serve(mtls.listener, Some(mtls.acceptor), mtls.router, options, async move {
+                Some(tokio::spawn(serve(mtls.listener, Some(mtls.acceptor), mtls_router, options, async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 })));
         }

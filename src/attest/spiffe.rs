@@ -77,10 +77,6 @@ impl SpiffeId {
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }
-
-    pub fn path(&self) -> &str {
-        &self.path
-    }
 }
 
 impl fmt::Display for SpiffeId {
@@ -106,22 +102,12 @@ pub fn validate_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
 #[derive(Debug, Clone)]
 pub struct X509Svid {
     pub id: SpiffeId,
-    /// SHA-256 of the certificate's DER: what RFC 8705's `x5t#S256` and the
-    /// audit trail name it by.
-    pub sha256: [u8; 32],
     pub not_after: OffsetDateTime,
 }
 
-impl X509Svid {
-    /// `x5t#S256`: the base64url SHA-256 thumbprint (RFC 8705 §3.1).
-    pub fn thumbprint(&self) -> String {
-        crypto::b64url(self.sha256)
-    }
-
-    /// How the audit trail names the certificate.
-    pub fn fingerprint(&self) -> String {
-        format!("x509-sha256:{}", crypto::hex(&self.sha256))
-    }
+/// How the audit trail names a certificate: SHA-256 of its DER.
+pub fn fingerprint(der: &[u8]) -> String {
+    format!("x509-sha256:{}", crypto::hex(&crypto::sha256(der)))
 }
 
 /// Why a leaf is not a valid X.509-SVID.
@@ -181,7 +167,7 @@ pub fn validate_svid(der: &[u8], now: OffsetDateTime) -> Result<X509Svid, SvidEr
     }
     let not_after =
         OffsetDateTime::from_unix_timestamp(validity.not_after.timestamp()).map_err(|_| SvidError::Malformed)?;
-    Ok(X509Svid { id, sha256: crypto::sha256(der), not_after })
+    Ok(X509Svid { id, not_after })
 }
 
 fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, SvidError> {
@@ -208,7 +194,6 @@ mod tests {
     fn parses_workload_ids() {
         let id = SpiffeId::parse("spiffe://prod.example/ns/ai/sa/summarizer").unwrap();
         assert_eq!(id.trust_domain(), "prod.example");
-        assert_eq!(id.path(), "/ns/ai/sa/summarizer");
         assert_eq!(id.to_string(), "spiffe://prod.example/ns/ai/sa/summarizer");
     }
 

@@ -24,7 +24,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCer
 use time::OffsetDateTime;
 
 use super::jwt::Attestation;
-use super::spiffe::{self, SvidError, X509Svid};
+use super::spiffe::{self, SvidError};
 use crate::crypto;
 
 /// One trust domain as configured.
@@ -146,11 +146,6 @@ impl TrustBundles {
         changed
     }
 
-    /// The trust domains and the issuer names grants use for them.
-    pub fn issuers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.sources.iter().map(|s| (s.trust_domain.as_str(), s.issuer.as_str()))
-    }
-
     /// Turns the certificates a connection presented into an attestation:
     /// re-verifies the chain against the current bundle of the trust domain
     /// the leaf claims, then checks the leaf as an X.509-SVID.
@@ -158,12 +153,12 @@ impl TrustBundles {
         &self,
         peer: Option<&PeerCertificates>,
         now: OffsetDateTime,
-    ) -> Result<(Attestation, X509Svid), (X509Rejection, Option<String>)> {
+    ) -> Result<Attestation, (X509Rejection, Option<String>)> {
         let chain = peer.map(|p| &p.0[..]).unwrap_or_default();
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err((X509Rejection::NoCertificate, None));
         };
-        let fingerprint = format!("x509-sha256:{}", crypto::hex(&crypto::sha256(leaf)));
+        let fingerprint = spiffe::fingerprint(leaf);
         let fail = |r: X509Rejection| (r, Some(fingerprint.clone()));
         let svid = spiffe::validate_svid(leaf, now).map_err(|e| fail(e.into()))?;
         let td = svid.id.trust_domain();
@@ -180,12 +175,12 @@ impl TrustBundles {
             issuer_name: domain.issuer.clone(),
             iss: format!("spiffe://{td}"),
             subject: svid.id.to_string(),
-            token_id: svid.fingerprint(),
+            token_id: fingerprint,
             expires_at: svid.not_after,
             single_use: false,
             replay_until: svid.not_after,
         };
-        Ok((attestation, svid))
+        Ok(attestation)
     }
 
     /// The rustls verifier for the mTLS listener, backed by these bundles.

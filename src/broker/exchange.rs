@@ -109,15 +109,15 @@ impl Broker {
                     Some(bundles) => bundles.attest(request.peer.as_ref(), now),
                     None => Err((X509Rejection::NoCertificate, None)),
                 }
-                .and_then(|(attestation, svid)| match client_id {
+                .and_then(|attestation| match client_id {
                     Some(id) if *id != attestation.subject => Err((
                         X509Rejection::ClientIdMismatch(crate::domain::values::truncate(id, 80)),
-                        Some(svid.fingerprint()),
+                        Some(attestation.token_id),
                     )),
-                    _ => Ok((attestation, svid)),
+                    _ => Ok(attestation),
                 });
                 match attested {
-                    Ok((attestation, _)) => attestation,
+                    Ok(attestation) => attestation,
                     Err((rejection, cert_fingerprint)) => {
                         let denial = Denial::with_reason(
                             DenyCode::InvalidClient,

@@ -302,6 +302,7 @@ impl App {
         }
 
         let broker = Broker {
+            throttle: Arc::new(crate::broker::throttle::Throttle::new(config.rate_limits.limits(), Arc::clone(&clock))),
             clock,
             verifier: Arc::new(verifier),
             keys: Arc::new(keys),
@@ -330,7 +331,7 @@ impl App {
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout.get(),
         };
-        let metrics = Arc::new(crate::http::metrics::Metrics::default());
+        let metrics = Arc::new(crate::http::metrics::Metrics::new(&broker));
         let state_for = |base: &str| -> anyhow::Result<AppState> {
             Ok(AppState {
                 broker: broker.clone(),
@@ -408,10 +409,12 @@ impl App {
         }
         let store = Arc::clone(&self.store);
         let clock = Arc::clone(&self.broker.clock);
+        let throttle = Arc::clone(&self.broker.throttle);
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(PRUNE_EVERY);
             loop {
                 tick.tick().await;
+                throttle.prune();
                 if let Err(e) = crate::store::CredentialStore::prune_replay_records(store.as_ref(), clock.now()).await {
                     tracing::warn!(error = %e, "pruning single-use records failed; will retry");
                 }

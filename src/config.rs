@@ -33,6 +33,7 @@ const SECTIONS: &[&str] = &[
     "lifecycle",
     "audit",
     "postgres_backends",
+    "rate_limits",
 ];
 
 /// Clock-skew leeway accepted on attestation tokens when none is configured.
@@ -73,6 +74,9 @@ pub struct Config {
     /// Databases on which workloads get dynamic logins.
     #[serde(default)]
     pub postgres_backends: Vec<PostgresBackendConfig>,
+    /// Token-endpoint rate limits.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
 }
 
 /// A PostgreSQL database on which halflife creates a role per login.
@@ -368,6 +372,33 @@ impl Default for TokensConfig {
             default_ttl: HumanDuration::secs(300),
             max_ttl: HumanDuration::secs(3600),
             dpop_proof_window: HumanDuration::secs(60),
+        }
+    }
+}
+
+/// Token-endpoint rate limits; 0 turns a limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Exchanges per minute one workload (issuer and subject) may make,
+    /// also the burst it may make at once.
+    pub per_workload_per_minute: u32,
+    /// Failed attestations per minute one source address may send before
+    /// its requests are refused unchecked.
+    pub failures_per_source_per_minute: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self { per_workload_per_minute: 600, failures_per_source_per_minute: 60 }
+    }
+}
+
+impl RateLimitsConfig {
+    pub fn limits(&self) -> crate::broker::throttle::Limits {
+        crate::broker::throttle::Limits {
+            per_workload: std::num::NonZeroU32::new(self.per_workload_per_minute),
+            failures_per_source: std::num::NonZeroU32::new(self.failures_per_source_per_minute),
         }
     }
 }

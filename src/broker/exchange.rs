@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use url::Url;
 
+use super::throttle::Throttled;
 use super::{Broker, Unavailable};
 use crate::attest::dpop::{self, DpopProof};
 use crate::attest::jwt::Attestation;
@@ -85,17 +86,23 @@ pub enum ExchangeError {
     Denied(Denial),
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+    /// Over a rate limit: nothing checked further, nothing issued.
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
 }
 
 impl Broker {
     pub async fn exchange(&self, request: ExchangeRequest, meta: &RequestMeta) -> Result<Issued, ExchangeError> {
         let now = self.clock.now();
+        let source = meta.source.as_deref().and_then(|s| s.parse::<std::net::IpAddr>().ok());
+        self.throttle.source(source)?;
         let attestation = match &request.proof {
             Proof::SubjectToken(token) => {
                 let token = token.expose_secret();
                 match self.verifier.verify(token, now).await {
                     Ok(a) => a,
                     Err(rejection) => {
+                        self.throttle.failed(source);
                         let denial =
                             Denial::with_reason(DenyCode::InvalidGrant, INVALID_SUBJECT_TOKEN, rejection.to_string());
                         let mut event = self.denial_event(&denial, &request.ask, now, meta);
@@ -119,6 +126,7 @@ impl Broker {
                 match attested {
                     Ok(attestation) => attestation,
                     Err((rejection, cert_fingerprint)) => {
+                        self.throttle.failed(source);
                         let denial = Denial::with_reason(
                             DenyCode::InvalidClient,
                             INVALID_CLIENT_CERTIFICATE,
@@ -131,6 +139,8 @@ impl Broker {
                 }
             }
         };
+
+        self.throttle.workload(&attestation.issuer_name, &attestation.subject)?;
 
         let dpop = match &request.dpop {
             None => None,

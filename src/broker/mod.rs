@@ -9,6 +9,7 @@ pub mod exchange;
 pub mod introspect;
 pub mod lifecycle;
 pub mod operator;
+pub mod throttle;
 
 use std::sync::Arc;
 
@@ -57,6 +58,8 @@ pub struct Broker {
     pub secret_key: Arc<ring::hmac::Key>,
     /// The database backends on which logins are created.
     pub logins: Arc<dyn crate::store::logins::DatabaseLogins>,
+    /// Token-endpoint rate limits.
+    pub throttle: Arc<throttle::Throttle>,
 }
 
 /// A notice webhook and the client that calls it.

@@ -37,6 +37,8 @@ pub enum ApiError {
     MethodNotAllowed,
     UnsupportedMediaType(String),
     PayloadTooLarge(usize),
+    /// Over a rate limit (429, with `Retry-After`).
+    TooManyRequests(crate::broker::throttle::Throttled),
     /// Storage or another dependency is down: 503, nothing issued.
     Unavailable,
     /// A bug: logged, generic body.
@@ -76,6 +78,7 @@ impl From<ExchangeError> for ApiError {
                 Self::OAuth { code: denial.code.as_str(), description: denial.description }
             }
             ExchangeError::Unavailable(u) => u.into(),
+            ExchangeError::Throttled(t) => Self::TooManyRequests(t),
         }
     }
 }
@@ -83,6 +86,7 @@ impl From<ExchangeError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut extra = serde_json::Map::new();
+        let mut retry_after = None;
         let (status, code, description) = match self {
             // A client certificate that authenticates nothing (RFC 6749 §5.2).
             Self::OAuth { code: "invalid_client", description } => {
@@ -112,6 +116,22 @@ impl IntoResponse for ApiError {
                 "invalid_request",
                 format!("request body exceeds the limit of {limit} bytes"),
             ),
+            Self::TooManyRequests(throttled) => {
+                retry_after = Some(throttled.retry_after.as_secs());
+                extra.insert("retry_after".into(), json!(throttled.retry_after.as_secs()));
+                let whose = match throttled.limit {
+                    crate::broker::throttle::Limit::Workload => "this workload",
+                    crate::broker::throttle::Limit::Source => "this address after too many failed attestations",
+                };
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "too many requests from {whose}; nothing was issued. Retry after {} s",
+                        throttled.retry_after.as_secs()
+                    ),
+                )
+            }
             Self::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -145,6 +165,11 @@ impl IntoResponse for ApiError {
             }
             StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after.unwrap_or(1).to_string()) {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
             }
             _ => {}
         }

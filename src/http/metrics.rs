@@ -28,9 +28,16 @@ pub struct Metrics {
     scrape: Mutex<()>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The registry, with the counters the broker keeps itself.
+    pub fn new(broker: &crate::broker::Broker) -> Self {
         let mut registry = Registry::with_prefix("halflife");
+        registry.register(
+            "rate_limited",
+            "Token requests refused by a rate limit: limit=workload (exchanges per workload) or limit=source \
+             (failed attestations per source address)",
+            broker.throttle.refused_counter(),
+        );
         let jobs = Family::<JobLabels, Gauge>::default();
         registry.register(
             "jobs",

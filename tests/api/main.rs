@@ -17,3 +17,4 @@ mod mtls;
 mod quickstart;
 mod rejections;
 mod secrets;
+mod throttle;

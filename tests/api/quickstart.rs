@@ -56,6 +56,7 @@ async fn quickstart_from_the_readme() {
     let child = halflife(dir.path(), port).arg("serve").stdout(Stdio::null()).stderr(log).spawn().unwrap();
     let mut server = Server(child);
     let base = format!("http://127.0.0.1:{port}");
+    halflife::crypto::install();
     let client = reqwest::Client::new();
     let ready = eventually(Duration::from_secs(30), || async {
         matches!(client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200)

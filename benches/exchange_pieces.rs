@@ -47,6 +47,7 @@ fn rs256_issuer(now: OffsetDateTime) -> (Verifier, String) {
         leeway: Duration::from_secs(30),
         max_token_age: Duration::from_secs(86_400),
         single_use: false,
+        single_audience: false,
         keys: IssuerKeys::Static(Arc::new(keys)),
     };
     let t = now.unix_timestamp();

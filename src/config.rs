@@ -452,6 +452,10 @@ pub struct IssuerConfig {
     /// Each token (by `jti`, or its SHA-256 when it has none) works once.
     #[serde(default)]
     pub single_use: bool,
+    /// Refuse tokens whose `aud` names more than one audience (a list of
+    /// exactly one, as Kubernetes issues, stays valid).
+    #[serde(default)]
+    pub single_audience: bool,
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_interval: HumanDuration,
     /// Minimum time between refetches triggered by an unknown `kid`.

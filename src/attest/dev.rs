@@ -94,6 +94,7 @@ impl DevIssuer {
             leeway: crate::config::DEFAULT_LEEWAY,
             max_token_age: MAX_DEV_TOKEN_TTL,
             single_use: true,
+            single_audience: true,
             keys: IssuerKeys::Static(Arc::new(KeySet::from_entries(vec![entry]))),
         }
     }

@@ -25,6 +25,40 @@ use crate::domain::values::MAX_SUBJECT_LEN;
 /// this is hostile.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 const MAX_JTI_LEN: usize = 256;
+/// Deepest JSON nesting accepted in a header or claims set. Real tokens
+/// nest two or three levels; serde skips unknown members without a depth
+/// limit, so the bound is checked before parsing.
+const MAX_JSON_DEPTH: usize = 16;
+
+/// Whether the arrays and objects in `json` nest at most `max` levels
+/// (brackets inside strings do not count). Malformed JSON is left to the
+/// parser.
+fn nesting_at_most(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
 
 /// Where an issuer's keys come from.
 pub enum IssuerKeys {
@@ -43,6 +77,8 @@ pub struct TrustedIssuer {
     pub leeway: Duration,
     pub max_token_age: Duration,
     pub single_use: bool,
+    /// `aud` must name exactly one audience.
+    pub single_audience: bool,
     pub keys: IssuerKeys,
 }
 
@@ -114,6 +150,10 @@ struct Claims {
     nbf: Option<i64>,
     #[serde(default)]
     jti: Option<String>,
+    /// Already checked by jsonwebtoken to include the issuer's audience;
+    /// read again only to count the audiences.
+    #[serde(default)]
+    aud: serde_json::Value,
 }
 
 /// All trusted issuers, by exact `iss`.
@@ -136,13 +176,17 @@ impl Verifier {
             return Err(Rejection::TooLarge);
         }
         let mut parts = token.split('.');
-        let (Some(_header), Some(payload_b64), Some(_signature), None) =
+        let (Some(header_b64), Some(payload_b64), Some(_signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(Rejection::Malformed("a JWS in compact form has exactly three parts"));
         };
         if !token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
             return Err(Rejection::Malformed("characters outside base64url"));
+        }
+        let header_json = crypto::b64url_decode(header_b64).ok_or(Rejection::Malformed("header encoding"))?;
+        if !nesting_at_most(&header_json, MAX_JSON_DEPTH) {
+            return Err(Rejection::Malformed("header nested too deeply"));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed("header"))?;
         for (name, present) in [
@@ -171,6 +215,9 @@ impl Verifier {
         }
 
         let payload = crypto::b64url_decode(payload_b64).ok_or(Rejection::Malformed("payload encoding"))?;
+        if !nesting_at_most(&payload, MAX_JSON_DEPTH) {
+            return Err(Rejection::Malformed("claims nested too deeply"));
+        }
         let peek: Peek =
             serde_json::from_slice(&payload).map_err(|_| Rejection::Malformed("payload is not a JSON object"))?;
         let iss = peek.iss.ok_or_else(|| Rejection::MissingClaim("iss".into()))?;
@@ -187,6 +234,16 @@ impl Verifier {
         let keys = issuer.key_set(kid, header.alg).await?;
         let claims = verify_with(issuer, &keys, token, kid, header.alg)?;
         check_times(issuer, &claims, now)?;
+        if issuer.single_audience
+            && let serde_json::Value::Array(audiences) = &claims.aud
+            && audiences.len() != 1
+        {
+            return Err(Rejection::BadClaims(format!(
+                "aud names {} audiences; issuer {} requires exactly one",
+                audiences.len(),
+                issuer.name
+            )));
+        }
 
         if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_LEN || claims.sub.chars().any(char::is_control) {
             return Err(Rejection::BadClaims("sub must be 1-2048 printable characters".into()));
@@ -312,4 +369,19 @@ fn check_times(issuer: &TrustedIssuer, claims: &Claims, now: OffsetDateTime) -> 
         return Err(Rejection::TooLong(lifetime, max));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nesting_at_most;
+
+    #[test]
+    fn nesting_counts_brackets_outside_strings_only() {
+        assert!(nesting_at_most(br#"{"aud":["a"],"cnf":{"jkt":"x"}}"#, 2));
+        assert!(!nesting_at_most(br#"{"a":[[1]]}"#, 2));
+        assert!(nesting_at_most(br#"{"a":"[[[[{{{{\"]]]"}"#, 1));
+        assert!(!nesting_at_most(br#"{"a":"\\","b":[[]]}"#, 2));
+        assert!(nesting_at_most(&[b'['; 16].iter().chain([b']'; 16].iter()).copied().collect::<Vec<_>>(), 16));
+        assert!(!nesting_at_most(&[b'['; 17], 16));
+    }
 }

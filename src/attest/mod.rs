@@ -41,6 +41,7 @@ pub fn issuer_from_config(
         leeway: config.leeway.get(),
         max_token_age: config.max_token_age.get(),
         single_use: config.single_use,
+        single_audience: config.single_audience,
         keys,
     })
 }

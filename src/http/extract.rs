@@ -57,8 +57,15 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let body = body_of_type(req, state, "application/x-www-form-urlencoded").await?;
+        Self::parse(&body)
+    }
+}
+
+impl Form {
+    /// Parses a form body; a repeated parameter is an error.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let mut params = HashMap::new();
-        for (key, value) in form_urlencoded::parse(&body) {
+        for (key, value) in form_urlencoded::parse(body) {
             if params.insert(key.clone().into_owned(), value.into_owned()).is_some() {
                 return Err(ApiError::invalid_request(format!("parameter {key} is repeated")));
             }

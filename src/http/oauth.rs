@@ -65,7 +65,7 @@ fn parse_ttl(text: &str) -> Result<Duration, ApiError> {
 /// Parses a token request. Over mTLS, `client_credentials` takes the
 /// client certificate as the attestation; otherwise a `subject_token` is
 /// exchanged.
-fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), ApiError> {
+pub fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), ApiError> {
     let proof = match form.take("grant_type").as_deref() {
         Some(GRANT_TOKEN_EXCHANGE) => {
             let subject_token = SecretString::from(form.require("subject_token")?);

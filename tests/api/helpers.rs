@@ -100,9 +100,47 @@ impl TestIssuer {
         format!("{signing_input}.{sig}")
     }
 
+    /// Signs claims given as raw JSON text (duplicate keys, numbers serde
+    /// cannot hold).
+    pub fn sign_text(&self, header: &Value, claims: &str) -> String {
+        let signing_input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims));
+        let sig = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &self.encoding_key(), self.alg).unwrap();
+        format!("{signing_input}.{sig}")
+    }
+
+    /// The standard header: `alg` and `kid`.
+    pub fn header(&self) -> Value {
+        json!({"alg": format!("{:?}", self.alg), "kid": self.kid, "typ": "JWT"})
+    }
+
     pub fn token(&self, subject: &str, now: i64) -> String {
         self.sign(&self.claims(subject, now))
     }
+}
+
+/// One line per test area for `scripts/scoreboard`: how many hostile cases
+/// were tried and how many got something they should not have. The test
+/// itself asserts `bad == 0`; the line only makes the count visible.
+pub fn scoreboard(area: &str, tried: usize, bad: usize) {
+    println!("SCOREBOARD {area} tried={tried} bad={bad}");
+}
+
+thread_local! {
+    /// Hostile cases refused so far by the test on this thread (every
+    /// `#[tokio::test]` runs on its own thread).
+    static REFUSED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one hostile case that was refused as it should be.
+pub fn refused_one() {
+    REFUSED.with(|c| c.set(c.get() + 1));
+}
+
+/// Prints this test's scoreboard line: every counted case was refused (a
+/// case that was not would have failed the test before this line).
+pub fn report_refused(area: &str) {
+    scoreboard(area, REFUSED.with(|c| c.replace(0)), 0);
 }
 
 fn hex8(bytes: &[u8]) -> String {
@@ -121,11 +159,18 @@ pub struct Options {
     pub catalog: String,
     /// Signing algorithm of issued tokens.
     pub algorithm: &'static str,
+    pub max_body_bytes: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { extra_config: String::new(), busy_timeout: "5s", catalog: default_catalog(), algorithm: "EdDSA" }
+        Self {
+            extra_config: String::new(),
+            busy_timeout: "5s",
+            catalog: default_catalog(),
+            algorithm: "EdDSA",
+            max_body_bytes: 16384,
+        }
     }
 }
 
@@ -335,7 +380,7 @@ pub async fn spawn_with(options: Options) -> Option<TestApp> {
 [server]
 listen = "127.0.0.1:0"
 header_read_timeout = "1s"
-max_body_bytes = 16384
+max_body_bytes = {max_body}
 
 [database]
 url = "{db_url}"
@@ -359,6 +404,7 @@ issuer = "{RSA_ISS}"
 jwks_file = "{d}/k8s.jwks"
 algorithms = ["RS256"]
 audience = "{AUD}"
+single_audience = true
 
 [[issuers]]
 name = "spire"
@@ -374,6 +420,7 @@ max_token_age = "1h"
         kek = kek_b64(),
         alg = options.algorithm,
         extra = options.extra_config,
+        max_body = options.max_body_bytes,
     );
     Some(start(text, ManualClock::starting_now(), dir, Arc::new(db), Arc::new(rsa), Arc::new(ec)).await)
 }

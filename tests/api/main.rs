@@ -7,6 +7,7 @@ mod cli;
 mod exchange;
 mod failure;
 mod helpers;
+mod hostile;
 mod independent;
 mod introspection;
 mod jwks_remote;

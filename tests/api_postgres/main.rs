@@ -17,6 +17,8 @@ mod exchange;
 mod failure;
 #[path = "../api/helpers.rs"]
 mod helpers;
+#[path = "../api/hostile.rs"]
+mod hostile;
 #[path = "../api/independent.rs"]
 mod independent;
 #[path = "../api/introspection.rs"]

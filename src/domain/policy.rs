@@ -302,4 +302,141 @@ mod tests {
         assert_eq!(denial.code, DenyCode::InvalidTarget);
         assert!(denial.description.contains("billing"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const UNIVERSE: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+        const AUDIENCES: [&str; 3] = ["x", "y", "z"];
+
+        fn scopes(mask: u8) -> ScopeSet {
+            let picked: Vec<String> = UNIVERSE
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, s)| (*s).to_owned())
+                .collect();
+            ScopeSet::from_list(&picked).unwrap()
+        }
+
+        fn state(n: u8) -> SystemState {
+            match n % 3 {
+                0 => SystemState::Active,
+                1 => SystemState::Suspended,
+                _ => SystemState::Retired,
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        struct Case {
+            grant_scopes: u8,
+            default_scopes: u8,
+            asked_scopes: Option<u8>,
+            grant_audiences: u8,
+            asked_audience: Option<usize>,
+            max_ttl: u64,
+            ceiling: u64,
+            default_ttl: u64,
+            requested_ttl: Option<u64>,
+            pilot_end: Option<i64>,
+            state: u8,
+            owner_attested: i64,
+            owner_departed: bool,
+        }
+
+        fn cases() -> impl Strategy<Value = Case> {
+            (
+                (0u8..64, 0u8..64, proptest::option::of(0u8..64), 1u8..8, proptest::option::of(0usize..3)),
+                (1u64..7200, 1u64..86_400, 1u64..3600, proptest::option::of(1u64..10_000)),
+                (proptest::option::of(-100i64..100_000), 0u8..3, -10i64..1_000_000, proptest::bool::weighted(0.1)),
+            )
+                .prop_map(
+                    |((gs, ds, asked, ga, aa), (max, ceiling, default, ttl), (end, st, attested, departed))| Case {
+                        grant_scopes: gs,
+                        default_scopes: ds & gs,
+                        asked_scopes: asked,
+                        grant_audiences: ga,
+                        asked_audience: aa,
+                        max_ttl: max,
+                        ceiling,
+                        default_ttl: default,
+                        requested_ttl: ttl,
+                        pilot_end: end,
+                        state: st,
+                        owner_attested: attested,
+                        owner_departed: departed,
+                    },
+                )
+        }
+
+        proptest! {
+            /// Whatever the grant and the request, what is issued is within
+            /// both, ends by the pilot's end and the lifetime limits, and
+            /// nothing is issued to a system that may not operate.
+            #[test]
+            fn issued_credentials_stay_within_grant_request_and_lifecycle(case in cases()) {
+                let mut c = ctx(NOW);
+                c.grant.scopes = scopes(case.grant_scopes);
+                c.grant.default_scopes = scopes(case.default_scopes);
+                c.grant.audiences = AUDIENCES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| case.grant_audiences & (1 << i) != 0)
+                    .map(|(_, a)| Audience::parse(a).unwrap())
+                    .collect();
+                c.grant.max_ttl = Duration::from_secs(case.max_ttl);
+                c.system.state = state(case.state);
+                c.system.pilot_ends_at = case.pilot_end.map(|s| NOW + time::Duration::seconds(s));
+                c.technical_owner.attested_until = NOW + time::Duration::seconds(case.owner_attested);
+                if case.owner_departed {
+                    c.business_owner.status = OwnerStatus::Departed;
+                }
+                let limits = TtlPolicy {
+                    default_ttl: Duration::from_secs(case.default_ttl),
+                    ceiling: Duration::from_secs(case.ceiling),
+                };
+                let ask = Ask {
+                    audience: case.asked_audience.map(|i| Audience::parse(AUDIENCES[i]).unwrap()),
+                    scopes: case.asked_scopes.map(scopes),
+                    requested_ttl: case.requested_ttl.map(Duration::from_secs),
+                    kind: None,
+                };
+                let may_operate = c.system.state == SystemState::Active
+                    && case.pilot_end.is_none_or(|s| s > 0)
+                    && case.owner_attested > 0
+                    && !case.owner_departed;
+                match decide(&c, &ask, NOW, limits) {
+                    Ok(d) => {
+                        prop_assert!(may_operate, "issued to a system that may not operate: {case:?}");
+                        prop_assert_eq!(d.scopes.outside(&c.grant.scopes).count(), 0);
+                        if let Some(asked) = &ask.scopes {
+                            prop_assert_eq!(d.scopes.outside(asked).count(), 0);
+                        }
+                        prop_assert!(c.grant.audiences.contains(&d.audience));
+                        if let Some(asked) = &ask.audience {
+                            prop_assert_eq!(&d.audience, asked);
+                        }
+                        let ttl_cap = case.max_ttl.min(case.ceiling);
+                        prop_assert!(d.exp <= NOW + Duration::from_secs(ttl_cap));
+                        if let Some(asked) = case.requested_ttl {
+                            prop_assert!(d.exp <= NOW + Duration::from_secs(asked));
+                        }
+                        if let Some(end) = c.system.pilot_ends_at {
+                            prop_assert!(d.exp <= end);
+                        }
+                        prop_assert!(d.exp > NOW && d.iat == NOW);
+                    }
+                    Err(denial) => {
+                        if !may_operate {
+                            prop_assert_eq!(denial.code, DenyCode::AccessDenied);
+                        } else {
+                            prop_assert_ne!(denial.code, DenyCode::AccessDenied);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -20,3 +20,4 @@ mod quickstart;
 mod rejections;
 mod secrets;
 mod throttle;
+mod tls_scan;

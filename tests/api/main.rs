@@ -7,6 +7,7 @@ mod canary;
 mod cli;
 mod exchange;
 mod failure;
+mod faults;
 mod helpers;
 mod hostile;
 mod independent;

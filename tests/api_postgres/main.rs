@@ -15,6 +15,8 @@ mod cli;
 mod exchange;
 #[path = "../api/failure.rs"]
 mod failure;
+#[path = "../api/faults.rs"]
+mod faults;
 #[path = "../api/helpers.rs"]
 mod helpers;
 #[path = "../api/hostile.rs"]

@@ -74,7 +74,7 @@ impl Faulty {
         if roll % 100 >= self.percent {
             return None;
         }
-        let strike = if (roll / 100) % 2 == 0 { Strike::Before } else { Strike::After };
+        let strike = if (roll / 100).is_multiple_of(2) { Strike::Before } else { Strike::After };
         self.injected.fetch_add(1, Ordering::Relaxed);
         self.log_of_strikes.lock().unwrap().push((call, strike));
         Some(strike)

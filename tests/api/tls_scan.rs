@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use crate::helpers::*;
 
-/// `(protocol, enabled)` and accepted `(version, cipher)` from sslscan's XML.
-fn scan(port: u16) -> Option<(Vec<(String, bool)>, Vec<(String, String)>)> {
+/// What sslscan saw: `(protocol, enabled)` and accepted `(version, cipher)`.
+type Scan = (Vec<(String, bool)>, Vec<(String, String)>);
+
+/// Runs sslscan against the port and reads its XML.
+fn scan(port: u16) -> Option<Scan> {
     let out = match std::process::Command::new("sslscan")
         .args(["--no-colour", "--no-heartbleed", "--xml=-", &format!("127.0.0.1:{port}")])
         .output()

@@ -4,7 +4,7 @@
 //! "unavailable" and no credential. Nothing else.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use halflife::broker::exchange::{ExchangeError, ExchangeRequest, Proof};
@@ -38,7 +38,6 @@ struct Faulty {
     percent: u64,
     state: AtomicU64,
     injected: AtomicUsize,
-    log_of_strikes: Mutex<Vec<(&'static str, Strike)>>,
 }
 
 impl Faulty {
@@ -50,7 +49,6 @@ impl Faulty {
             percent,
             state: AtomicU64::new(seed.max(1)),
             injected: AtomicUsize::new(0),
-            log_of_strikes: Mutex::default(),
         }
     }
 
@@ -69,14 +67,13 @@ impl Faulty {
         }
     }
 
-    fn strike(&self, call: &'static str) -> Option<Strike> {
+    fn strike(&self) -> Option<Strike> {
         let roll = self.roll();
         if roll % 100 >= self.percent {
             return None;
         }
         let strike = if (roll / 100).is_multiple_of(2) { Strike::Before } else { Strike::After };
         self.injected.fetch_add(1, Ordering::Relaxed);
-        self.log_of_strikes.lock().unwrap().push((call, strike));
         Some(strike)
     }
 
@@ -85,7 +82,7 @@ impl Faulty {
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
         let injected = || StoreError::Unavailable(format!("injected fault in {call}"));
-        match self.strike(call) {
+        match self.strike() {
             Some(Strike::Before) => Err(injected()),
             Some(Strike::After) => {
                 let _ = real.await;

@@ -338,6 +338,16 @@ impl TestDb {
             Self::Postgres(db) => db.url.clone(),
         }
     }
+
+    /// A connection from outside the server.
+    pub async fn raw(&self) -> RawDb {
+        match self {
+            Self::Sqlite(path) => {
+                RawDb::Sqlite(SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap())
+            }
+            Self::Postgres(db) => RawDb::Postgres(PgConnection::connect(&db.url).await.unwrap()),
+        }
+    }
 }
 
 /// A connection to a test's database from outside the server.
@@ -578,12 +588,7 @@ impl TestApp {
 
     /// A connection to the database, from outside the server.
     pub async fn raw(&self) -> RawDb {
-        match self.db.as_ref() {
-            TestDb::Sqlite(path) => {
-                RawDb::Sqlite(SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap())
-            }
-            TestDb::Postgres(db) => RawDb::Postgres(PgConnection::connect(&db.url).await.unwrap()),
-        }
+        self.db.raw().await
     }
 
     pub async fn introspect(&self, admin: &str, token: &str) -> Value {

@@ -5,6 +5,7 @@
 mod audit;
 mod canary;
 mod cli;
+mod crash;
 mod exchange;
 mod failure;
 mod faults;

@@ -11,6 +11,8 @@
 mod audit;
 #[path = "../api/cli.rs"]
 mod cli;
+#[path = "../api/crash.rs"]
+mod crash;
 #[path = "../api/exchange.rs"]
 mod exchange;
 #[path = "../api/failure.rs"]

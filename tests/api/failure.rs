@@ -27,6 +27,7 @@ async fn database_unavailable_means_503_and_no_token_then_recovery() {
     let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     assert!(body["access_token"].is_string(), "service resumes by itself");
     assert_eq!(app.events("credential.issued").await.len(), 1);
+    scoreboard("outage", 2, 0);
 }
 
 #[tokio::test]

@@ -3,8 +3,8 @@
 //! either with a credential whose issuance record is committed, or with
 //! "unavailable" and no credential. Nothing else.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use halflife::broker::exchange::{ExchangeError, ExchangeRequest, Proof};

@@ -160,6 +160,11 @@ pub struct Options {
     /// Signing algorithm of issued tokens.
     pub algorithm: &'static str,
     pub max_body_bytes: usize,
+    /// Where the SQLite file lives (ignored on PostgreSQL); default the
+    /// test's temporary directory.
+    pub sqlite_path: Option<PathBuf>,
+    /// On PostgreSQL: connect through this local port (a [`Proxy`]).
+    pub postgres_via: Option<u16>,
 }
 
 impl Default for Options {
@@ -170,6 +175,8 @@ impl Default for Options {
             catalog: default_catalog(),
             algorithm: "EdDSA",
             max_body_bytes: 16384,
+            sqlite_path: None,
+            postgres_via: None,
         }
     }
 }
@@ -378,7 +385,10 @@ pub async fn spawn_app() -> Option<TestApp> {
 
 pub async fn spawn_with(options: Options) -> Option<TestApp> {
     let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::create(dir.path()).await?;
+    let db = match &options.sqlite_path {
+        Some(path) if !postgres() => TestDb::Sqlite(path.clone()),
+        _ => TestDb::create(dir.path()).await?,
+    };
     let rsa = TestIssuer::rsa(RSA_ISS);
     let ec = TestIssuer::ec(EC_ISS);
     std::fs::write(dir.path().join("k8s.jwks"), rsa.jwks().to_string()).unwrap();
@@ -426,7 +436,15 @@ max_token_age = "1h"
 {extra}
 "#,
         busy = options.busy_timeout,
-        db_url = db.url(),
+        db_url = match options.postgres_via {
+            Some(port) if postgres() => {
+                let mut url = url::Url::parse(&db.url()).unwrap();
+                url.set_host(Some("127.0.0.1")).unwrap();
+                url.set_port(Some(port)).unwrap();
+                url.to_string()
+            }
+            _ => db.url(),
+        },
         kek = kek_b64(),
         alg = options.algorithm,
         extra = options.extra_config,
@@ -690,11 +708,37 @@ where
     }
 }
 
-/// A TCP proxy in front of PostgreSQL that a test can cut.
+/// A TCP proxy in front of PostgreSQL that a test can cut or stall.
 pub struct Proxy {
     pub port: u16,
     up: Arc<std::sync::atomic::AtomicBool>,
     links: Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+/// Copies one direction, holding whatever it read while the link is
+/// stalled (a hung server: connections stay open, nothing answers).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while *stalled.borrow_and_update() {
+            if stalled.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -704,19 +748,25 @@ impl Proxy {
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let links: Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         let (flag, held) = (Arc::clone(&up), Arc::clone(&links));
+        let (stalled, watch) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if !flag.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: the database is unreachable
                 }
+                let watch = watch.clone();
                 held.lock().await.push(tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = tokio::net::TcpStream::connect(target).await {
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
+                        let up = tokio::spawn(pump(client_read, server_write, watch.clone()));
+                        pump(server_read, client_write, watch).await;
+                        up.abort();
                     }
                 }));
             }
         });
-        Self { port, up, links }
+        Self { port, up, links, stalled }
     }
 
     /// Drops every open connection and refuses new ones.
@@ -729,5 +779,15 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections stay open and new ones are accepted, but nothing the
+    /// database is sent arrives until `resume`.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
     }
 }

@@ -6,6 +6,7 @@ mod audit;
 mod canary;
 mod cli;
 mod crash;
+mod disk;
 mod exchange;
 mod failure;
 mod faults;

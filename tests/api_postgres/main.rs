@@ -35,6 +35,7 @@ mod lifecycle;
 mod logins;
 #[path = "../api/mtls.rs"]
 mod mtls;
+mod outage;
 #[path = "../api/rejections.rs"]
 mod rejections;
 mod replicas;

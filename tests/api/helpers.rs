@@ -713,6 +713,7 @@ pub struct Proxy {
     pub port: u16,
     up: Arc<std::sync::atomic::AtomicBool>,
     links: Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    #[allow(dead_code, reason = "only the PostgreSQL binary stalls the proxy")]
     stalled: tokio::sync::watch::Sender<bool>,
 }
 
@@ -783,10 +784,12 @@ impl Proxy {
 
     /// Connections stay open and new ones are accepted, but nothing the
     /// database is sent arrives until `resume`.
+    #[allow(dead_code, reason = "only the PostgreSQL binary stalls the proxy")]
     pub fn stall(&self) {
         self.stalled.send_replace(true);
     }
 
+    #[allow(dead_code, reason = "only the PostgreSQL binary stalls the proxy")]
     pub fn resume(&self) {
         self.stalled.send_replace(false);
     }

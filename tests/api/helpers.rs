@@ -165,6 +165,8 @@ pub struct Options {
     pub sqlite_path: Option<PathBuf>,
     /// On PostgreSQL: connect through this local port (a [`Proxy`]).
     pub postgres_via: Option<u16>,
+    /// More `[server]` keys.
+    pub server_extra: String,
 }
 
 impl Default for Options {
@@ -177,6 +179,7 @@ impl Default for Options {
             max_body_bytes: 16384,
             sqlite_path: None,
             postgres_via: None,
+            server_extra: String::new(),
         }
     }
 }
@@ -401,6 +404,7 @@ pub async fn spawn_with(options: Options) -> Option<TestApp> {
 listen = "127.0.0.1:0"
 header_read_timeout = "1s"
 max_body_bytes = {max_body}
+{server_extra}
 
 [database]
 url = "{db_url}"
@@ -449,6 +453,7 @@ max_token_age = "1h"
         alg = options.algorithm,
         extra = options.extra_config,
         max_body = options.max_body_bytes,
+        server_extra = options.server_extra,
     );
     Some(start(text, ManualClock::starting_now(), dir, Arc::new(db), Arc::new(rsa), Arc::new(ec)).await)
 }

@@ -128,3 +128,70 @@ async fn tls_is_served_when_configured() {
     let plain = reqwest::Client::new().get(format!("http://{addr}/livez")).send().await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
+
+/// Opens a connection that sends part of a request and then nothing.
+async fn slow_connection(addr: std::net::SocketAddr, body: bool) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let partial: &[u8] = if body {
+        b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+          Content-Length: 4000\r\n\r\ngrant_type="
+    } else {
+        b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-"
+    };
+    // A connection over the limit may already be closed: that is fine.
+    let _ = stream.write_all(partial).await;
+    stream
+}
+
+/// Waits (bounded) for the server to close the connection; returns what it
+/// sent before closing.
+async fn closed_by_server(mut stream: tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&buf).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_bounded_while_others_are_served() {
+    let options =
+        Options { server_extra: "request_timeout = \"1s\"\nmax_connections = 24\n".into(), ..Options::default() };
+    let Some(app) = spawn_with(options).await else { return };
+
+    // Twenty slow clients, some stuck in their headers, some in their body.
+    let mut slow = Vec::new();
+    for i in 0..20 {
+        slow.push((i % 2 == 0, slow_connection(app.addr, i % 2 == 0).await));
+    }
+    // Legitimate exchanges are served meanwhile.
+    for _ in 0..3 {
+        app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    }
+    // Every slow client is cut off by a timeout: a slow body gets 408.
+    let mut tried = 0;
+    for (body, stream) in slow {
+        let sent = closed_by_server(stream).await.expect("a slow client was never cut off");
+        if body {
+            assert!(sent.starts_with("HTTP/1.1 408"), "slow body got: {sent:?}");
+        }
+        tried += 1;
+    }
+
+    // A flood beyond the connection limit: the excess is dropped at once,
+    // the rest time out, and the server serves again afterwards.
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        flood.push(slow_connection(app.addr, true).await);
+    }
+    let mut answered_408 = 0;
+    for stream in flood {
+        let sent = closed_by_server(stream).await.expect("a flooding connection was never closed");
+        answered_408 += usize::from(sent.starts_with("HTTP/1.1 408"));
+        tried += 1;
+    }
+    assert!(answered_408 <= 24, "more than max_connections were held: {answered_408}");
+    assert!(answered_408 > 0);
+    app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    scoreboard("slow", tried, 0);
+}

@@ -454,32 +454,43 @@ async fn suspension_racing_exchanges_leaves_nothing_active() {
     let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
     let introspector = app.admin_token(Role::Introspector).await;
-    let tasks = app.spawn_exchanges(100);
-    let (status, body) =
-        app.api(Method::POST, "/v1/systems/indexer/suspend", &operator, Some(json!({"reason": "race drill"}))).await;
-    assert_eq!(status, 200, "{body}");
-    let mut issued = Vec::new();
-    for t in tasks {
-        if let Some(token) = t.await.unwrap() {
-            issued.push(token);
+    const ROUNDS: usize = 4;
+    let mut active_after = 0;
+    for round in 0..ROUNDS {
+        let tasks = app.spawn_exchanges(60);
+        let (status, body) = app
+            .api(Method::POST, "/v1/systems/indexer/suspend", &operator, Some(json!({"reason": "race drill"})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let mut issued = Vec::new();
+        for t in tasks {
+            if let Some(token) = t.await.unwrap() {
+                issued.push(token);
+            }
         }
-    }
-    for token in &issued {
-        assert_eq!(app.introspect(&introspector, token).await, json!({"active": false}));
-    }
-    // And nothing is issued after the suspension returned.
-    let response = app.exchange(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
-    assert_eq!(response.status(), 400);
+        for token in &issued {
+            if app.introspect(&introspector, token).await != json!({"active": false}) {
+                active_after += 1;
+            }
+        }
+        // And nothing is issued after the suspension returned.
+        let response = app.exchange(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
+        assert_eq!(response.status(), 400, "round {round}");
 
-    // Reinstating brings none of them back: each was either committed
-    // before the suspension (under its epoch) or refused at commit.
-    let (status, body) = app.api(Method::POST, "/v1/systems/indexer/reinstate", &operator, None).await;
-    assert_eq!(status, 200, "{body}");
-    for token in &issued {
-        assert_eq!(app.introspect(&introspector, token).await, json!({"active": false}));
+        // Reinstating brings none of them back: each was either committed
+        // before the suspension (under its epoch) or refused at commit.
+        let (status, body) = app.api(Method::POST, "/v1/systems/indexer/reinstate", &operator, None).await;
+        assert_eq!(status, 200, "{body}");
+        for token in &issued {
+            if app.introspect(&introspector, token).await != json!({"active": false}) {
+                active_after += 1;
+            }
+        }
+        let fresh = app.exchange_ok(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
+        assert_eq!(app.introspect(&introspector, fresh["access_token"].as_str().unwrap()).await["active"], true);
     }
-    let fresh = app.exchange_ok(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
-    assert_eq!(app.introspect(&introspector, fresh["access_token"].as_str().unwrap()).await["active"], true);
+    scoreboard("revocation", ROUNDS, active_after);
+    assert_eq!(active_after, 0, "credentials active after their system was suspended");
 }
 
 #[tokio::test]

@@ -110,7 +110,7 @@ pub async fn shared_keyring(
             tracing::info!(key.kid = %file_key.kid, dir = %config.keys.dir.display(), "imported a signing key file into the database");
         }
     }
-    if !stored.iter().any(|k| k.alg == alg.as_str()) {
+    if !stored.iter().any(|k| k.alg == alg.as_str() && k.retired_at.is_none()) {
         let key = Keyring::generate_sealed(alg, kek, now)?;
         if store.add_signing_key(&key, true, event("key.created", &key.kid, alg.as_str())).await? {
             tracing::info!(key.kid = %key.kid, key.alg = alg.as_str(), "created signing key");
@@ -301,11 +301,15 @@ impl App {
             }
         }
 
+        let secret_key = Arc::new(kek.derive_hmac_key("halflife credential secrets v1")?);
         let broker = Broker {
             throttle: Arc::new(crate::broker::throttle::Throttle::new(config.rate_limits.limits(), Arc::clone(&clock))),
+            key_store: store.clone(),
+            kek: Arc::new(kek),
+            key_policy: config.keys.policy(),
             clock,
             verifier: Arc::new(verifier),
-            keys: Arc::new(keys),
+            keys: Arc::new(crate::keys::KeyringHandle::new(keys)),
             policy: store.clone(),
             log: store.clone(),
             credentials: store.clone(),
@@ -322,11 +326,11 @@ impl App {
             verified: Arc::default(),
             bundles: mtls_listener.as_ref().map(|m| Arc::clone(&m.bundles)),
             dpop_window: config.tokens.dpop_proof_window.get(),
-            secret_key: Arc::new(kek.derive_hmac_key("halflife credential secrets v1")?),
+            secret_key,
             logins: Arc::new(database_logins(&config)?),
         };
         let mtls_base = mtls_listener.as_ref().map(|m| m.base_url.as_str());
-        let metadata = Arc::new(metadata_document(&base_url, &broker.keys.algorithms(), mtls_base));
+        let metadata = Arc::new(metadata_document(&base_url, &broker.keys.get().algorithms(), mtls_base));
         let limits = Limits {
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout.get(),
@@ -423,15 +427,20 @@ impl App {
         // Every replica, leader or not: keeps its in-memory views current
         // with changes other processes made.
         let store = Arc::clone(&self.store);
-        let clock = Arc::clone(&self.broker.clock);
+        let broker = self.broker.clone();
         let every = self.sync_interval;
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = store.reconcile(clock.now()).await {
+                if let Err(e) = store.reconcile(broker.clock.now()).await {
                     tracing::warn!(error = %e, "checking the database for changes failed; will retry");
+                }
+                // A key rotated or retired on any replica is published (or
+                // withdrawn) here within one interval.
+                if let Err(e) = broker.reload_keys().await {
+                    tracing::warn!(error = %e.0, "reloading signing keys failed; will retry");
                 }
             }
         }));
@@ -478,6 +487,11 @@ impl App {
                     }
                     if let Err(e) = broker.run_jobs_once(broker.clock.now()).await {
                         tracing::error!(error = %e.0, "running jobs failed; will retry next tick");
+                    }
+                    match broker.maintain_keys(broker.clock.now()).await {
+                        Ok((None, retired)) if retired.is_empty() => {}
+                        Ok((rotated, retired)) => tracing::info!(?rotated, ?retired, "scheduled key maintenance"),
+                        Err(e) => tracing::error!(error = %e.0, "key maintenance failed; will retry next tick"),
                     }
                 }
             }));

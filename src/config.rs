@@ -331,11 +331,36 @@ pub struct KeysConfig {
     pub kek: Option<SecretString>,
     /// File holding the key-encryption key (32 raw bytes or base64 text).
     pub kek_file: Option<PathBuf>,
+    /// Rotate the signing key after it has signed this long; `0s` rotates
+    /// only by hand (`halflife keys rotate`).
+    pub rotation_interval: HumanDuration,
+    /// How long a new key is published in the JWKS before it signs.
+    pub pre_publish: HumanDuration,
 }
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("data/keys"), algorithm: SigningAlgorithm::EdDSA, kek: None, kek_file: None }
+        Self {
+            dir: PathBuf::from("data/keys"),
+            algorithm: SigningAlgorithm::EdDSA,
+            kek: None,
+            kek_file: None,
+            rotation_interval: HumanDuration::secs(30 * 86400),
+            pre_publish: HumanDuration::secs(600),
+        }
+    }
+}
+
+/// Longest pre-publish window a rotation may ask for.
+pub const MAX_PRE_PUBLISH: Duration = Duration::from_secs(7 * 86400);
+
+impl KeysConfig {
+    pub fn policy(&self) -> crate::broker::keys::KeyPolicy {
+        crate::broker::keys::KeyPolicy {
+            algorithm: self.algorithm,
+            rotation_interval: (!self.rotation_interval.get().is_zero()).then(|| self.rotation_interval.get()),
+            pre_publish: self.pre_publish.get(),
+        }
     }
 }
 
@@ -733,6 +758,16 @@ impl Config {
             if b.max_ttl.get().is_zero() || b.max_ttl > self.tokens.max_ttl {
                 problem(&key("max_ttl"), format!("must be between 1s and tokens.max_ttl ({})", self.tokens.max_ttl));
             }
+        }
+        if self.keys.pre_publish.get() > MAX_PRE_PUBLISH {
+            problem("keys.pre_publish", "at most 7d".to_owned());
+        }
+        let interval = self.keys.rotation_interval.get();
+        if !interval.is_zero() && (interval < Duration::from_secs(3600) || interval <= self.keys.pre_publish.get()) {
+            problem(
+                "keys.rotation_interval",
+                "0s (rotate by hand), or at least 1h and longer than keys.pre_publish".to_owned(),
+            );
         }
         if self.keys.kek.is_some() && self.keys.kek_file.is_some() {
             problem("keys.kek", "set keys.kek or keys.kek_file, not both".to_owned());

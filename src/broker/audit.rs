@@ -36,7 +36,7 @@ impl Broker {
         };
         let claims =
             CheckpointClaims { iss: self.issuer.clone(), seq, hash: hash.clone(), time: crate::domain::rfc3339(now) };
-        let signature = self.keys.current().sign_jwt(CHECKPOINT_TYP, &claims).map_err(|e| {
+        let signature = self.keys.get().signing(now).sign_jwt(CHECKPOINT_TYP, &claims).map_err(|e| {
             Unavailable(crate::store::StoreError::Unavailable(format!("checkpoint signing failed: {e}")))
         })?;
         let checkpoint = Checkpoint { seq, hash, time: claims.time, signature };
@@ -79,9 +79,11 @@ impl Broker {
         let checkpoints = self.audit.checkpoints().await.map_err(Unavailable)?;
         let relevant: Vec<Checkpoint> =
             checkpoints.into_iter().filter(|c| c.seq >= from && to.is_none_or(|t| c.seq <= t)).collect();
-        let jwks = self.keys.jwks();
+        // Old checkpoints were signed by keys since retired: every key the
+        // broker ever stored checks its own signatures.
+        let jwks = self.keys.get().all_jwks();
         for c in &relevant {
-            if let Err(why) = crate::audit::verify_checkpoint(c, jwks) {
+            if let Err(why) = crate::audit::verify_checkpoint(c, &jwks) {
                 return Ok(VerifyReport {
                     ok: false,
                     first_problem: Some(crate::audit::Problem { seq: c.seq, what: format!("checkpoint: {why}") }),

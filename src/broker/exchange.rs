@@ -246,6 +246,8 @@ impl Broker {
             cnf: (!cnf.is_empty()).then_some(cnf),
         };
         let token_type = if dpop.is_some() { "DPoP" } else { "Bearer" };
+        let keys = self.keys.get();
+        let signing_key = keys.signing(now);
         let failed = |what: &str| {
             tracing::error!(what, "minting failed");
             ExchangeError::Unavailable(Unavailable(crate::store::StoreError::Unavailable(format!("{what} failed"))))
@@ -281,7 +283,7 @@ impl Broker {
                 (secret, Some(hash), None)
             }
             _ => {
-                let jwt = self.keys.current().sign_jwt(ACCESS_TOKEN_TYP, &claims).map_err(|_| failed("signing"))?;
+                let jwt = signing_key.sign_jwt(ACCESS_TOKEN_TYP, &claims).map_err(|_| failed("signing"))?;
                 (SecretString::from(jwt), None, None)
             }
         };
@@ -297,7 +299,7 @@ impl Broker {
             "kind": decision.kind.to_string(),
             "business_owner": ctx.system.business_owner,
             "technical_owner": ctx.system.technical_owner,
-            "key_id": self.keys.current().kid(),
+            "key_id": signing_key.kid(),
         }));
         if let (Some(detail), Some(cnf)) = (event.detail.as_mut(), &claims.cnf) {
             detail["cnf"] = serde_json::json!(cnf);

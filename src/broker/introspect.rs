@@ -58,8 +58,9 @@ impl Broker {
             return None;
         }
         let hash = sha256(token.as_bytes());
+        let (keys, now) = (self.keys.get(), self.clock.now());
         if let Some((kid, claims)) = self.verified.get(&hash)
-            && self.keys.by_kid(&kid).is_some()
+            && keys.verifying(&kid, now).is_some()
         {
             return Some(claims);
         }
@@ -68,7 +69,7 @@ impl Broker {
             return None;
         }
         let kid = header.kid?;
-        let key = self.keys.by_kid(&kid)?;
+        let key = keys.verifying(&kid, now)?;
         let mut validation = Validation::new(key.jwt_algorithm());
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -77,7 +78,7 @@ impl Broker {
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         let claims =
             Arc::new(jsonwebtoken::decode::<AccessClaims>(token, key.decoding_key(), &validation).ok()?.claims);
-        self.verified.insert(hash, Arc::from(kid), Arc::clone(&claims), self.clock.now().unix_timestamp());
+        self.verified.insert(hash, Arc::from(kid), Arc::clone(&claims), now.unix_timestamp());
         Some(claims)
     }
 

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod audit;
 pub mod exchange;
 pub mod introspect;
+pub mod keys;
 pub mod lifecycle;
 pub mod operator;
 pub mod throttle;
@@ -18,7 +19,7 @@ use crate::attest::x509::TrustBundles;
 use crate::clock::SharedClock;
 use crate::domain::lifecycle::LifecyclePolicy;
 use crate::domain::policy::TtlPolicy;
-use crate::keys::Keyring;
+use crate::keys::KeyringHandle;
 use crate::store::{
     AdminTokenStore, AuditReader, CheckpointStore, CredentialStore, IssuanceLog, JobStore, LifecycleStore, PolicyStore,
     StoreError,
@@ -29,7 +30,7 @@ use crate::store::{
 pub struct Broker {
     pub clock: SharedClock,
     pub verifier: Arc<Verifier>,
-    pub keys: Arc<Keyring>,
+    pub keys: Arc<KeyringHandle>,
     pub policy: Arc<dyn PolicyStore>,
     pub log: Arc<dyn IssuanceLog>,
     pub credentials: Arc<dyn CredentialStore>,
@@ -60,6 +61,11 @@ pub struct Broker {
     pub logins: Arc<dyn crate::store::logins::DatabaseLogins>,
     /// Token-endpoint rate limits.
     pub throttle: Arc<throttle::Throttle>,
+    /// Where signing keys are stored, the key that seals them, and the
+    /// rotation schedule.
+    pub key_store: Arc<dyn crate::store::KeyStore>,
+    pub kek: Arc<crate::keys::Kek>,
+    pub key_policy: keys::KeyPolicy,
 }
 
 /// A notice webhook and the client that calls it.

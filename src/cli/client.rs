@@ -208,6 +208,25 @@ pub enum JobsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Every signing key: pending, signing, verifying or retired, and when.
+    List,
+    /// Publish the next key now; it signs after the pre-publish time (admin).
+    Rotate {
+        /// How long the new key is published before it signs (default: keys.pre_publish).
+        #[arg(long)]
+        pre_publish: Option<String>,
+    },
+    /// Withdraw a key from the JWKS; tokens it signed stop verifying (admin).
+    Retire {
+        kid: String,
+        /// Retire even though tokens it signed may still be valid.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -556,6 +575,35 @@ pub async fn jobs(remote: &Remote, command: JobsCommand) -> anyhow::Result<()> {
     let JobsCommand::List { all } = command;
     let v = c.call(Method::GET, &format!("/v1/jobs?all={all}"), None).await?;
     c.print(&v, |v| table(list(v, "jobs"), &["id", "kind", "status", "attempts", "next_attempt_at", "last_error"]));
+    Ok(())
+}
+
+pub async fn keys(remote: &Remote, command: KeysCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    let columns = ["kid", "alg", "state", "activates_at", "superseded_at", "retire_at"];
+    match command {
+        KeysCommand::List => {
+            let v = c.call(Method::GET, "/v1/keys", None).await?;
+            c.print(&v, |v| table(list(v, "keys"), &columns));
+        }
+        KeysCommand::Rotate { pre_publish } => {
+            let body = pre_publish.map_or_else(|| json!({}), |p| json!({"pre_publish": p}));
+            let v = c.call(Method::POST, "/v1/keys/rotate", Some(body)).await?;
+            c.print(&v, |v| {
+                println!(
+                    "key {} is published and signs from {}",
+                    cell(&v["key"], "kid"),
+                    cell(&v["key"], "activates_at")
+                )
+            });
+        }
+        KeysCommand::Retire { kid, force } => {
+            let path =
+                format!("/v1/keys/{}/retire", form_urlencoded::byte_serialize(kid.as_bytes()).collect::<String>());
+            let v = c.call(Method::POST, &path, Some(json!({"force": force}))).await?;
+            c.print(&v, |v| println!("key {} is retired", cell(&v["key"], "kid")));
+        }
+    }
     Ok(())
 }
 

@@ -115,6 +115,13 @@ pub enum RemoteCommand {
         #[command(subcommand)]
         command: client::JobsCommand,
     },
+    /// Signing keys on a running server: list, rotate, retire (needs HALFLIFE_TOKEN).
+    Keys {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: client::KeysCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +206,7 @@ async fn run_remote(command: RemoteCommand) -> anyhow::Result<()> {
         RemoteCommand::Grants { remote, command } => client::grants(&remote, command).await,
         RemoteCommand::Revoke { remote, args } => client::revoke(&remote, args).await,
         RemoteCommand::Jobs { remote, command } => client::jobs(&remote, command).await,
+        RemoteCommand::Keys { remote, command } => client::keys(&remote, command).await,
         RemoteCommand::Audit { remote, command } => client::audit(&remote, command).await,
     }
 }

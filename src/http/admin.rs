@@ -50,6 +50,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/expiring", get(expiring))
         .route("/v1/jobs", get(jobs))
         .route("/v1/admin-tokens", post(create_admin_token))
+        .route("/v1/keys", get(list_keys))
+        .route("/v1/keys/rotate", post(rotate_key))
+        .route("/v1/keys/{kid}/retire", post(retire_key))
 }
 
 /// Allows the call if the caller's role is in `roles`; otherwise records
@@ -593,4 +596,68 @@ async fn create_admin_token(
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     response.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// How long the new key is published before it signs, e.g. "10m".
+    #[serde(default)]
+    pre_publish: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetireKeyBody {
+    /// Retire even though tokens it signed may still be valid.
+    #[serde(default)]
+    force: bool,
+}
+
+/// `GET /v1/keys`: every signing key and what it does now.
+async fn list_keys(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, READ, "/v1/keys", &meta).await?;
+    let now = state.broker.clock.now();
+    Ok(Json(json!({"keys": state.broker.key_list(now)})).into_response())
+}
+
+/// `POST /v1/keys/rotate`: the next key, published now, signing after the
+/// pre-publish time.
+async fn rotate_key(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    OptionalBody(body): OptionalBody<RotateBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, ADMIN, "/v1/keys/rotate", &meta).await?;
+    let pre_publish = body
+        .pre_publish
+        .map(|text| {
+            humantime::parse_duration(&text).map_err(|_| ApiError::Invalid {
+                field: "pre_publish".into(),
+                message: format!("{text:?} is not a duration such as 10m"),
+            })
+        })
+        .transpose()?;
+    let now = state.broker.clock.now();
+    let key = state.broker.rotate_key(now, pre_publish, &caller.actor(), &meta).await?;
+    Ok((StatusCode::CREATED, Json(json!({"key": key}))).into_response())
+}
+
+/// `POST /v1/keys/{kid}/retire`
+async fn retire_key(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Path(kid): Path<String>,
+    OptionalBody(body): OptionalBody<RetireKeyBody>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, ADMIN, "/v1/keys/{kid}/retire", &meta).await?;
+    let now = state.broker.clock.now();
+    let key = state.broker.retire_key(&kid, now, body.force, &caller.actor(), &meta).await?;
+    Ok(Json(json!({"key": key})).into_response())
 }

@@ -140,7 +140,8 @@ async fn metadata(State(state): State<AppState>) -> Json<Value> {
 }
 
 async fn jwks(State(state): State<AppState>) -> Response {
-    let mut response = Json(state.broker.keys.jwks().clone()).into_response();
+    let now = state.broker.clock.now();
+    let mut response = Json(state.broker.keys.get().jwks(now)).into_response();
     response
         .headers_mut()
         .insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("public, max-age=300"));
@@ -170,7 +171,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
             "database": if database { "ok" } else { "unavailable" },
-            "signing_key": state.broker.keys.current().kid(),
+            "signing_key": state.broker.keys.get().signing(state.broker.clock.now()).kid(),
             "jwks_pending": pending,
         }
     });

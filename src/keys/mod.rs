@@ -97,6 +97,20 @@ pub struct SealedKey {
     /// AES-256-GCM(KEK, PKCS#8 DER), nonce first, base64url; the key id
     /// and algorithm are bound in as associated data.
     pub sealed: String,
+    /// When it starts signing; `None`: from `created_at`.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub activates_at: Option<OffsetDateTime>,
+    /// When it was withdrawn: no longer published, signs and verifies
+    /// nothing.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<OffsetDateTime>,
+}
+
+impl SealedKey {
+    /// When this key signs from.
+    pub fn activation(&self) -> OffsetDateTime {
+        self.activates_at.unwrap_or(self.created_at)
+    }
 }
 
 impl std::fmt::Debug for SealedKey {
@@ -206,6 +220,8 @@ impl SigningKey {
             alg: self.alg.as_str().into(),
             created_at: self.created_at,
             sealed: kek.seal(&seal_context(&self.kid, self.alg), der)?,
+            activates_at: None,
+            retired_at: None,
         })
     }
 
@@ -260,12 +276,46 @@ fn seal_context(kid: &str, alg: SigningAlgorithm) -> String {
     format!("halflife-key-v1:{kid}:{}", alg.as_str())
 }
 
-/// The broker's signing keys: the current one signs, all are published.
+/// One key with its schedule: published from when it is stored, signing
+/// from `activates_at`, withdrawn at `retired_at`.
+#[derive(Debug, Clone)]
+pub struct ScheduledKey {
+    pub key: Arc<SigningKey>,
+    pub activates_at: OffsetDateTime,
+    pub retired_at: Option<OffsetDateTime>,
+}
+
+impl ScheduledKey {
+    fn live(&self, now: OffsetDateTime) -> bool {
+        self.retired_at.is_none_or(|r| r > now)
+    }
+}
+
+/// What a key is doing at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Published, not signing yet (a rotation's pre-publish window).
+    Pending,
+    /// Signs what is issued now.
+    Signing,
+    /// Superseded; published until the tokens it signed have expired.
+    Verifying,
+    /// Withdrawn: not published, verifies nothing.
+    Retired,
+}
+
+/// The broker's signing keys and their schedule: at any time exactly one
+/// key of the configured algorithm signs, and every key not retired is
+/// published.
 #[derive(Debug, Clone)]
 pub struct Keyring {
-    current: Arc<SigningKey>,
-    all: Vec<Arc<SigningKey>>,
-    jwks: Arc<Value>,
+    alg: SigningAlgorithm,
+    /// By activation time, oldest first.
+    keys: Vec<ScheduledKey>,
+    /// The last key of `alg`: signs if every key has been retired since
+    /// this keyring was built.
+    fallback: usize,
 }
 
 impl Keyring {
@@ -293,45 +343,137 @@ impl Keyring {
         key.seal(&der, kek)
     }
 
-    /// Opens every stored key; the newest key of `alg` signs.
+    /// Opens every stored key. `known` supplies keys already opened (by
+    /// kid), so a reload parses only new ones.
     pub fn from_sealed(sealed: &[SealedKey], alg: SigningAlgorithm, kek: &Kek) -> Result<Self, KeyError> {
+        Self::reopen(sealed, alg, kek, None)
+    }
+
+    /// Like [`Keyring::from_sealed`], reusing the parsed keys of `previous`.
+    pub fn reopen(
+        sealed: &[SealedKey],
+        alg: SigningAlgorithm,
+        kek: &Kek,
+        previous: Option<&Keyring>,
+    ) -> Result<Self, KeyError> {
         let keys = sealed
             .iter()
-            .map(|k| SigningKey::unseal(k, kek, &format!("signing key {}", k.kid)).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|k| {
+                let key = match previous.and_then(|p| p.find(&k.kid)) {
+                    Some(known) => Arc::clone(&known.key),
+                    None => Arc::new(SigningKey::unseal(k, kek, &format!("signing key {}", k.kid))?),
+                };
+                Ok(ScheduledKey { key, activates_at: k.activation(), retired_at: k.retired_at })
+            })
+            .collect::<Result<Vec<_>, KeyError>>()?;
         Self::from_keys(keys, alg)
     }
 
-    pub fn from_keys(mut keys: Vec<Arc<SigningKey>>, alg: SigningAlgorithm) -> Result<Self, KeyError> {
-        keys.sort_by_key(|k| k.created_at);
-        let current = keys
-            .iter()
-            .rev()
-            .find(|k| k.alg == alg)
-            .cloned()
-            .ok_or_else(|| KeyError::Malformed("no signing key".into()))?;
-        let jwks = json!({"keys": keys.iter().map(|k| k.public_jwk.clone()).collect::<Vec<_>>()});
-        Ok(Self { current, all: keys, jwks: Arc::new(jwks) })
+    pub fn from_keys(mut keys: Vec<ScheduledKey>, alg: SigningAlgorithm) -> Result<Self, KeyError> {
+        keys.sort_by(|a, b| a.activates_at.cmp(&b.activates_at).then_with(|| a.key.kid.cmp(&b.key.kid)));
+        if !keys.iter().any(|k| k.key.alg == alg && k.retired_at.is_none()) {
+            return Err(KeyError::Malformed(format!("no {} signing key that is not retired", alg.as_str())));
+        }
+        let fallback = keys.iter().rposition(|k| k.key.alg == alg && k.retired_at.is_none()).unwrap_or_default();
+        Ok(Self { alg, keys, fallback })
     }
 
-    pub fn current(&self) -> &SigningKey {
-        &self.current
+    fn find(&self, kid: &str) -> Option<&ScheduledKey> {
+        self.keys.iter().find(|k| k.key.kid == kid)
     }
 
-    pub fn by_kid(&self, kid: &str) -> Option<&SigningKey> {
-        self.all.iter().find(|k| k.kid == kid).map(Arc::as_ref)
+    /// The key that signs at `now`: of the configured algorithm, not
+    /// retired, the latest to have activated (before any has, the first
+    /// that will).
+    pub fn signing(&self, now: OffsetDateTime) -> &SigningKey {
+        let candidates = || self.keys.iter().filter(|k| k.key.alg == self.alg && k.live(now));
+        let chosen = candidates().rfind(|k| k.activates_at <= now).or_else(|| candidates().next());
+        // Every key retired since this keyring was built: the last one of
+        // the algorithm keeps signing until a reload replaces the keyring
+        // (`from_keys` refuses to build one without a live key).
+        chosen.map_or_else(|| self.keys[self.fallback].key.as_ref(), |k| k.key.as_ref())
     }
 
-    /// The RFC 7517 key set.
-    pub fn jwks(&self) -> &Value {
-        &self.jwks
+    /// A published key by kid: what tokens it signed verify against.
+    pub fn verifying(&self, kid: &str, now: OffsetDateTime) -> Option<&SigningKey> {
+        self.find(kid).filter(|k| k.live(now)).map(|k| k.key.as_ref())
+    }
+
+    /// Any key this broker ever stored, retired or not: for checking the
+    /// broker's own old signatures (audit checkpoints).
+    pub fn any(&self, kid: &str) -> Option<&SigningKey> {
+        self.find(kid).map(|k| k.key.as_ref())
+    }
+
+    /// The RFC 7517 key set published at `now`: every key not retired.
+    pub fn jwks(&self, now: OffsetDateTime) -> Value {
+        json!({"keys": self.keys.iter().filter(|k| k.live(now)).map(|k| k.key.public_jwk.clone()).collect::<Vec<_>>()})
+    }
+
+    /// Every key ever stored, retired ones too (to verify old checkpoints).
+    pub fn all_jwks(&self) -> Value {
+        json!({"keys": self.keys.iter().map(|k| k.key.public_jwk.clone()).collect::<Vec<_>>()})
     }
 
     pub fn algorithms(&self) -> Vec<&'static str> {
-        let mut algs: Vec<_> = self.all.iter().map(|k| k.alg.as_str()).collect();
+        let mut algs: Vec<_> = self.keys.iter().map(|k| k.key.alg.as_str()).collect();
         algs.sort_unstable();
         algs.dedup();
         algs
+    }
+
+    /// Each key with what it does at `now`, oldest first.
+    pub fn schedule(&self, now: OffsetDateTime) -> Vec<(&ScheduledKey, KeyState)> {
+        let signing = self.signing(now).kid.clone();
+        self.keys
+            .iter()
+            .map(|k| {
+                let state = if !k.live(now) {
+                    KeyState::Retired
+                } else if k.key.kid == signing {
+                    KeyState::Signing
+                } else if k.activates_at > now && k.key.alg == self.alg {
+                    KeyState::Pending
+                } else {
+                    KeyState::Verifying
+                };
+                (k, state)
+            })
+            .collect()
+    }
+
+    /// When the key `kid` stopped signing: the activation of the next key
+    /// of its algorithm, if one has activated by `now`. Unknown (`None`)
+    /// for a key of another algorithm than the configured one: it signed
+    /// until the configuration changed.
+    pub fn superseded_at(&self, kid: &str, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let key = self.find(kid)?;
+        self.keys
+            .iter()
+            .filter(|k| k.key.alg == key.key.alg && k.activates_at > key.activates_at && k.activates_at <= now)
+            .map(|k| k.activates_at)
+            .min()
+    }
+}
+
+/// The keyring in use, replaced as keys are rotated: readers take a
+/// snapshot, cheap to clone.
+#[derive(Debug)]
+pub struct KeyringHandle {
+    current: std::sync::RwLock<Arc<Keyring>>,
+}
+
+impl KeyringHandle {
+    pub fn new(keyring: Keyring) -> Self {
+        Self { current: std::sync::RwLock::new(Arc::new(keyring)) }
+    }
+
+    pub fn get(&self) -> Arc<Keyring> {
+        Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn set(&self, keyring: Keyring) {
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keyring);
     }
 }
 
@@ -391,17 +533,18 @@ mod tests {
         let ed = Keyring::generate_sealed(SigningAlgorithm::EdDSA, &kek, now).unwrap();
         assert!(!ed.sealed.contains("PRIVATE") && ed.sealed.len() > 40, "key must be sealed");
         let ring = Keyring::from_sealed(std::slice::from_ref(&ed), SigningAlgorithm::EdDSA, &kek).unwrap();
-        assert_eq!(ring.current().kid(), ed.kid);
-        let jwk = &ring.jwks()["keys"][0];
+        assert_eq!(ring.signing(now).kid(), ed.kid);
+        let jwk = &ring.jwks(now)["keys"][0];
         assert_eq!(jwk["use"], "sig");
         assert_eq!(jwk["alg"], "EdDSA");
         assert_eq!(jwk["kid"], ed.kid);
         // Switching algorithm adds a key and keeps the old one published.
         let es = Keyring::generate_sealed(SigningAlgorithm::ES256, &kek, now + time::Duration::DAY).unwrap();
         let ring = Keyring::from_sealed(&[ed.clone(), es.clone()], SigningAlgorithm::ES256, &kek).unwrap();
-        assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 2);
-        assert_eq!(ring.current().kid(), es.kid);
-        assert!(ring.by_kid(&ed.kid).is_some());
+        let later = now + time::Duration::DAY * 2;
+        assert_eq!(ring.jwks(later)["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(ring.signing(later).kid(), es.kid);
+        assert!(ring.verifying(&ed.kid, later).is_some());
         // Another key-encryption key, or an altered key id, does not open.
         let other = Kek::load(KekSource::Inline(&SecretString::from(base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
@@ -415,6 +558,52 @@ mod tests {
         let mut renamed = ed.clone();
         renamed.kid = es.kid.clone();
         assert!(Keyring::from_sealed(&[renamed], SigningAlgorithm::EdDSA, &kek).is_err());
+    }
+
+    #[test]
+    fn a_rotation_publishes_first_signs_at_activation_and_a_retired_key_verifies_nothing() {
+        let kek = kek();
+        let t0 = datetime!(2026-01-01 0:00 UTC);
+        let old = Keyring::generate_sealed(SigningAlgorithm::EdDSA, &kek, t0).unwrap();
+        let mut next = Keyring::generate_sealed(SigningAlgorithm::EdDSA, &kek, t0 + time::Duration::DAY).unwrap();
+        let activation = t0 + time::Duration::DAY + time::Duration::minutes(10);
+        next.activates_at = Some(activation);
+        let ring = Keyring::from_sealed(&[old.clone(), next.clone()], SigningAlgorithm::EdDSA, &kek).unwrap();
+        let kids = |at| -> Vec<String> {
+            ring.jwks(at)["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect()
+        };
+
+        // Pre-publish: both published, the old key still signs.
+        let before = activation - time::Duration::SECOND;
+        assert_eq!(ring.signing(before).kid(), old.kid);
+        assert_eq!(kids(before), [old.kid.clone(), next.kid.clone()]);
+        let states: Vec<KeyState> = ring.schedule(before).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(states, [KeyState::Signing, KeyState::Pending]);
+        assert_eq!(ring.superseded_at(&old.kid, before), None);
+
+        // From activation the new key signs; the old one still verifies.
+        assert_eq!(ring.signing(activation).kid(), next.kid);
+        assert!(ring.verifying(&old.kid, activation).is_some());
+        assert_eq!(ring.superseded_at(&old.kid, activation), Some(activation));
+        let states: Vec<KeyState> = ring.schedule(activation).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(states, [KeyState::Verifying, KeyState::Signing]);
+
+        // Retired: unpublished and refused, but still known for checking
+        // the broker's own old signatures.
+        let retired_at = activation + time::Duration::HOUR;
+        let mut retired = old.clone();
+        retired.retired_at = Some(retired_at);
+        let ring = Keyring::from_sealed(&[retired, next.clone()], SigningAlgorithm::EdDSA, &kek).unwrap();
+        assert!(ring.verifying(&old.kid, retired_at).is_none());
+        assert!(ring.verifying(&old.kid, retired_at - time::Duration::SECOND).is_some());
+        assert!(ring.any(&old.kid).is_some());
+        assert_eq!(ring.all_jwks()["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(ring.jwks(retired_at)["keys"].as_array().unwrap().len(), 1);
+
+        // A keyring whose every key of the algorithm is retired is refused.
+        let mut only = next;
+        only.retired_at = Some(retired_at);
+        assert!(Keyring::from_sealed(&[only], SigningAlgorithm::EdDSA, &kek).is_err());
     }
 
     #[test]

@@ -574,6 +574,9 @@ pub trait KeyStore: Send + Sync {
         only_if_alg_absent: bool,
         event: AuditEvent,
     ) -> Result<bool, StoreError>;
+    /// Withdraws a key from `at`, with `event`; `false` if it is unknown or
+    /// already retired.
+    async fn retire_signing_key(&self, kid: &str, at: OffsetDateTime, event: AuditEvent) -> Result<bool, StoreError>;
 }
 
 #[async_trait]

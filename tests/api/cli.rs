@@ -133,3 +133,35 @@ async fn operators_manage_systems_from_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("HALFLIFE_TOKEN"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_rotate_and_retire_signing_keys_from_the_command_line() {
+    let Some(app) = spawn_app().await else { return };
+    let admin = app.admin_token(Role::Admin).await;
+    // The server runs on this runtime's other worker while the CLI blocks.
+    let run = |app: &TestApp, token: &str, args: &[&str]| tokio::task::block_in_place(|| cli(app, token, args));
+    let (ok, out, err) = run(&app, &admin, &["keys", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("signing"), "{out}");
+    let (ok, out, err) = run(&app, &admin, &["keys", "rotate", "--pre-publish", "5m"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("is published and signs from"), "{out}");
+    let (ok, out, _) = run(&app, &admin, &["keys", "list", "--json"]);
+    assert!(ok);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pending = listed["keys"].as_array().unwrap().iter().find(|k| k["state"] == "pending").unwrap();
+    let kid = pending["kid"].as_str().unwrap();
+    // Retiring the pending key cancels the rotation.
+    let (ok, out, err) = run(&app, &admin, &["keys", "retire", kid]);
+    assert!(ok, "{err}");
+    assert!(out.contains("is retired"), "{out}");
+    // The signing key cannot be retired; the error says what to do.
+    let signing = listed["keys"].as_array().unwrap().iter().find(|k| k["state"] == "signing").unwrap();
+    let (ok, _, err) = run(&app, &admin, &["keys", "retire", signing["kid"].as_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("rotate first"), "{err}");
+    let operator = app.admin_token(Role::Operator).await;
+    let (ok, _, err) = run(&app, &operator, &["keys", "rotate"]);
+    assert!(!ok);
+    assert!(err.contains("may not call"), "{err}");
+}

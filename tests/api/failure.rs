@@ -79,5 +79,5 @@ async fn with_auto_migrate_off_start_refuses_pending_migrations_until_migrate_ru
     // What `halflife migrate` runs; afterwards the same config starts.
     halflife::app::open_store(&config_for(), true).await.unwrap();
     let app = halflife::app::App::build(config_for(), clock()).await.unwrap();
-    assert!(!app.broker().keys.jwks()["keys"].as_array().unwrap().is_empty());
+    assert!(!app.broker().keys.get().all_jwks()["keys"].as_array().unwrap().is_empty());
 }

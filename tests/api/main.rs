@@ -21,6 +21,7 @@ mod logins;
 mod mtls;
 mod quickstart;
 mod rejections;
+mod rotation;
 mod secrets;
 mod throttle;
 mod tls_scan;

@@ -39,5 +39,7 @@ mod outage;
 #[path = "../api/rejections.rs"]
 mod rejections;
 mod replicas;
+#[path = "../api/rotation.rs"]
+mod rotation;
 #[path = "../api/secrets.rs"]
 mod secrets;

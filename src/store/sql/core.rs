@@ -669,16 +669,44 @@ impl AdminTokenStore for Store {
 #[async_trait]
 impl KeyStore for Store {
     async fn signing_keys(&self) -> Result<Vec<crate::keys::SealedKey>, StoreError> {
-        let rows: Vec<(String, String, i64, String)> =
-            sqlx::query_as("SELECT kid, alg, created_at, sealed FROM signing_keys ORDER BY created_at, kid")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
+        let rows: Vec<(String, String, i64, String, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT kid, alg, created_at, sealed, activates_at, retired_at FROM signing_keys ORDER BY created_at, kid",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
         rows.into_iter()
-            .map(|(kid, alg, created_at, sealed)| {
-                Ok(crate::keys::SealedKey { kid, alg, created_at: from_ts(created_at)?, sealed })
+            .map(|(kid, alg, created_at, sealed, activates_at, retired_at)| {
+                Ok(crate::keys::SealedKey {
+                    kid,
+                    alg,
+                    created_at: from_ts(created_at)?,
+                    sealed,
+                    activates_at: activates_at.map(from_ts).transpose()?,
+                    retired_at: retired_at.map(from_ts).transpose()?,
+                })
             })
             .collect()
+    }
+
+    async fn retire_signing_key(&self, kid: &str, at: OffsetDateTime, event: AuditEvent) -> Result<bool, StoreError> {
+        let kid = kid.to_owned();
+        write_tx(self, move |conn| {
+            Box::pin(async move {
+                let retired = sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE kid = $2 AND retired_at IS NULL")
+                    .bind(ts(at))
+                    .bind(&kid)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+                if retired > 0 {
+                    insert_event(conn, &event).await.map_err(unavailable)?;
+                }
+                Ok(retired > 0)
+            })
+        })
+        .await
     }
 
     async fn add_signing_key(
@@ -691,7 +719,8 @@ impl KeyStore for Store {
         write_tx(self, move |conn| {
             Box::pin(async move {
                 if only_if_alg_absent {
-                    let found: Option<(String,)> = sqlx::query_as("SELECT kid FROM signing_keys WHERE alg = $1")
+                    let found: Option<(String,)> =
+                        sqlx::query_as("SELECT kid FROM signing_keys WHERE alg = $1 AND retired_at IS NULL")
                         .bind(&key.alg)
                         .fetch_optional(&mut *conn)
                         .await
@@ -701,13 +730,14 @@ impl KeyStore for Store {
                     }
                 }
                 let inserted = sqlx::query(
-                    "INSERT INTO signing_keys (kid, alg, created_at, sealed) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (kid) DO NOTHING",
+                    "INSERT INTO signing_keys (kid, alg, created_at, sealed, activates_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kid) DO NOTHING",
                 )
                 .bind(&key.kid)
                 .bind(&key.alg)
                 .bind(ts(key.created_at))
                 .bind(&key.sealed)
+                .bind(key.activates_at.map(ts))
                 .execute(&mut *conn)
                 .await
                 .map_err(unavailable)?

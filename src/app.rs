@@ -307,6 +307,7 @@ impl App {
             key_store: store.clone(),
             kek: Arc::new(kek),
             key_policy: config.keys.policy(),
+            stats: Arc::default(),
             clock,
             verifier: Arc::new(verifier),
             keys: Arc::new(crate::keys::KeyringHandle::new(keys)),

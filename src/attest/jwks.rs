@@ -147,6 +147,9 @@ pub struct RemoteJwks {
     /// Scheduled refreshes do not count against this budget. The lock also
     /// makes concurrent unknown-`kid` requests wait for one fetch.
     last_on_demand: tokio::sync::Mutex<Option<OffsetDateTime>>,
+    /// Fetch attempts and failed fetches, exported at `/metrics`.
+    fetches: prometheus_client::metrics::counter::Counter,
+    failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl RemoteJwks {
@@ -159,6 +162,8 @@ impl RemoteJwks {
             clock,
             cached: RwLock::new(None),
             last_on_demand: tokio::sync::Mutex::new(None),
+            fetches: prometheus_client::metrics::counter::Counter::default(),
+            failures: prometheus_client::metrics::counter::Counter::default(),
         }
     }
 
@@ -195,8 +200,19 @@ impl RemoteJwks {
         self.fetch_now().await
     }
 
+    /// The fetch counters: attempts, and attempts that failed.
+    pub fn counters(
+        &self,
+    ) -> (prometheus_client::metrics::counter::Counter, prometheus_client::metrics::counter::Counter) {
+        (self.fetches.clone(), self.failures.clone())
+    }
+
     async fn fetch_now(&self) -> Result<usize, JwksError> {
+        self.fetches.inc();
         let result = self.fetch().await;
+        if result.is_err() {
+            self.failures.inc();
+        }
         match &result {
             Ok(set) => {
                 let n = set.len();

@@ -92,7 +92,20 @@ pub enum ExchangeError {
 }
 
 impl Broker {
+    /// Decides, records and issues; counts the outcome.
     pub async fn exchange(&self, request: ExchangeRequest, meta: &RequestMeta) -> Result<Issued, ExchangeError> {
+        let started = std::time::Instant::now();
+        let result = self.exchange_uncounted(request, meta).await;
+        match &result {
+            Ok(_) => self.stats.issued(started.elapsed()),
+            Err(ExchangeError::Denied(denial)) => self.stats.refused("denied", denial.code.as_str()),
+            Err(ExchangeError::Unavailable(_)) => self.stats.refused("unavailable", "temporarily_unavailable"),
+            Err(ExchangeError::Throttled(_)) => self.stats.refused("rate_limited", "rate_limited"),
+        }
+        result
+    }
+
+    async fn exchange_uncounted(&self, request: ExchangeRequest, meta: &RequestMeta) -> Result<Issued, ExchangeError> {
         let now = self.clock.now();
         let source = meta.source.as_deref().and_then(|s| s.parse::<std::net::IpAddr>().ok());
         self.throttle.source(source)?;
@@ -404,11 +417,12 @@ impl Broker {
     /// malformed or unsupported request).
     pub async fn record_refused_request(
         &self,
-        code: &str,
+        code: &'static str,
         description: &str,
         subject_token: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<(), Unavailable> {
+        self.stats.refused("denied", code);
         let mut event = AuditEvent::new("credential.denied", Outcome::Denied, self.clock.now(), meta);
         event.reason = Some(format!("{code}: {description}"));
         event.attestation_id = subject_token.map(fingerprint);

@@ -127,6 +127,14 @@ impl Broker {
     /// unknown, malformed or foreign tokens alike. Opaque secrets answer
     /// with the claims a JWT would carry.
     pub async fn introspect(&self, token: &str) -> Result<Option<Arc<AccessClaims>>, Unavailable> {
+        let result = self.introspect_uncounted(token).await;
+        if let Ok(found) = &result {
+            self.stats.introspected(found.is_some());
+        }
+        result
+    }
+
+    async fn introspect_uncounted(&self, token: &str) -> Result<Option<Arc<AccessClaims>>, Unavailable> {
         let now = self.clock.now();
         let Some(claims) = self.claims_of(token).await? else {
             return Ok(None);
@@ -157,6 +165,7 @@ impl Broker {
         let event = revocation_event(&claims, "revoked by its holder (RFC 7009)", now, meta);
         let revoked =
             self.log.revoke_credential(&claims.jti, "revoked by its holder", event).await.map_err(Unavailable)?;
+        self.stats.revoked(super::stats::RevocationKind::Holder);
         if revoked {
             tracing::info!(credential.jti = %claims.jti, system.id = %claims.system, "credential revoked by holder");
         }

@@ -74,6 +74,7 @@ impl Broker {
         report.notices = self.record_notices(now).await?;
         // Database logins that are revoked or expired get a drop_login job.
         report.logins_queued = self.jobs.queue_login_drops(now).await.map_err(Unavailable)?;
+        self.stats.reaper_ran(report.suspended.len());
         Ok(report)
     }
 

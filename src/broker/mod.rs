@@ -10,6 +10,7 @@ pub mod introspect;
 pub mod keys;
 pub mod lifecycle;
 pub mod operator;
+pub mod stats;
 pub mod throttle;
 
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct Broker {
     pub key_store: Arc<dyn crate::store::KeyStore>,
     pub kek: Arc<crate::keys::Kek>,
     pub key_policy: keys::KeyPolicy,
+    /// Counters exported at `/metrics`.
+    pub stats: Arc<stats::Stats>,
 }
 
 /// A notice webhook and the client that calls it.

@@ -240,7 +240,9 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<(System, RevocationOutcome), OpError> {
-        self.stop_system(id, reason, actor, meta, "system.suspended", lifecycle::suspend).await
+        let stopped = self.stop_system(id, reason, actor, meta, "system.suspended", lifecycle::suspend).await?;
+        self.stats.revoked(super::stats::RevocationKind::Suspension);
+        Ok(stopped)
     }
 
     pub async fn retire_system(
@@ -250,7 +252,9 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<(System, RevocationOutcome), OpError> {
-        self.stop_system(id, reason, actor, meta, "system.retired", lifecycle::retire).await
+        let stopped = self.stop_system(id, reason, actor, meta, "system.retired", lifecycle::retire).await?;
+        self.stats.revoked(super::stats::RevocationKind::Retirement);
+        Ok(stopped)
     }
 
     /// Suspends or retires a system and revokes everything it holds.
@@ -307,6 +311,7 @@ impl Broker {
         e.detail = Some(serde_json::json!({"by": "system"}));
         let target = RevokeTarget::System { system_id: id.to_string() };
         let outcome = self.lifecycle.revoke(&target, &reason, e).await?;
+        self.stats.revoked(super::stats::RevocationKind::System);
         Ok(Revocation { revoked: outcome.revoked, systems: vec![id.to_string()] })
     }
 
@@ -334,6 +339,7 @@ impl Broker {
         e.detail = Some(serde_json::json!({"by": "workload"}));
         let target = RevokeTarget::Workload { issuer: issuer.to_owned(), subject: subject.to_owned() };
         let outcome = self.lifecycle.revoke(&target, &reason, e).await?;
+        self.stats.revoked(super::stats::RevocationKind::Workload);
         Ok(Revocation { revoked: outcome.revoked, systems: Vec::new() })
     }
 
@@ -358,6 +364,7 @@ impl Broker {
         e.reason = Some(reason.clone());
         let active = !record.is_revoked();
         let done = self.log.revoke_credential(jti, &reason, e).await.map_err(Unavailable)?;
+        self.stats.revoked(super::stats::RevocationKind::Jti);
         Ok(Revocation { revoked: u64::from(done && active), systems: vec![record.system.id.to_string()] })
     }
 
@@ -386,6 +393,7 @@ impl Broker {
                 total.systems.push(s.id.to_string());
             }
         }
+        self.stats.revoked(super::stats::RevocationKind::Owner);
         Ok(total)
     }
 

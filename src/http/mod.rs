@@ -76,8 +76,15 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::map_response_with_state(Arc::clone(&state.metrics), count_response))
         .layer(middleware)
         .with_state(state)
+}
+
+/// Counts answers the metrics care about (503s) on their way out.
+async fn count_response(State(metrics): State<Arc<metrics::Metrics>>, response: Response) -> Response {
+    metrics.count_response(response.status());
+    response
 }
 
 /// Longest client-supplied request id kept.

@@ -466,6 +466,9 @@ pub trait LifecycleStore: Send + Sync {
         system: &SystemId,
         now: OffsetDateTime,
     ) -> Result<Vec<CredentialSummary>, StoreError>;
+    /// How many credentials each system holds that are still active at
+    /// `now` (not expired, not revoked by any means).
+    async fn active_credentials_by_system(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>, StoreError>;
     /// Records a notice once; returns false if it was already recorded.
     async fn record_notice(&self, notice: &Notice, event: AuditEvent, job: Option<JobSpec>)
     -> Result<bool, StoreError>;

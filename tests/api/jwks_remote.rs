@@ -103,6 +103,10 @@ async fn keys_are_fetched_refreshed_on_unknown_kid_and_rate_limited() {
     assert!(remote.refresh().await.is_err());
     assert_eq!(up.hits.load(Ordering::SeqCst), hits + 1);
     app.exchange_ok(&first.token(REMOTE_SUBJECT, app.now()), &[]).await;
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let fetches = format!("halflife_jwks_fetches_total{{issuer=\"remote\"}} {}", hits + 1);
+    assert!(metrics.contains(&fetches), "{metrics}");
+    assert!(metrics.contains("halflife_jwks_fetch_failures_total{issuer=\"remote\"} 1"), "{metrics}");
 
     // Past jwks_max_stale without a good fetch, the cached keys are no longer
     // trusted: verification fails closed and the broker reports not ready.

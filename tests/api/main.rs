@@ -18,6 +18,7 @@ mod jwks_remote;
 mod lifecycle;
 mod listener;
 mod logins;
+mod metrics;
 mod mtls;
 mod quickstart;
 mod rejections;

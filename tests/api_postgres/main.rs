@@ -33,6 +33,8 @@ mod jwks_remote;
 mod lifecycle;
 #[path = "../api/logins.rs"]
 mod logins;
+#[path = "../api/metrics.rs"]
+mod metrics;
 #[path = "../api/mtls.rs"]
 mod mtls;
 mod outage;

@@ -482,6 +482,19 @@ impl LifecycleStore for Store {
         .await
     }
 
+    async fn active_credentials_by_system(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT c.system_id, COUNT(*) FROM credentials c JOIN systems s ON s.id = c.system_id \
+             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+             WHERE c.exp > $1 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
+             AND c.id > COALESCE(w.revoked_through, 0) GROUP BY c.system_id ORDER BY c.system_id",
+        )
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)
+    }
+
     async fn outstanding_credentials(
         &self,
         system: &SystemId,

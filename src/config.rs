@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 use url::Url;
@@ -602,18 +602,69 @@ pub enum ConfigError {
 impl Config {
     /// Loads `path` (if it exists) and applies `HALFLIFE_*` overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::load_unvalidated(path)?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Like [`Config::load`], without the safety checks: for reporting
+    /// every problem at once (`halflife config check`).
+    pub fn load_unvalidated(path: &Path) -> Result<Self, ConfigError> {
         let mut figment = Figment::new();
         if path.exists() {
             figment = figment.merge(Toml::file(path));
         } else if path != Path::new(crate::cli::DEFAULT_CONFIG) {
             return Err(ConfigError::Load(format!("{} does not exist", path.display())));
         }
-        Self::extract(figment.merge(env_overrides()))
+        file_overrides(figment.merge(env_overrides()))?
+            .extract()
+            .map_err(|e| ConfigError::Load(flatten_figment_error(e)))
     }
 
     /// Parses a configuration from TOML text plus environment overrides.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::extract(Figment::new().merge(Toml::string(text)).merge(env_overrides()))
+        Self::extract(file_overrides(Figment::new().merge(Toml::string(text)).merge(env_overrides()))?)
+    }
+
+    /// Problems `validate` cannot see: files the configuration names that
+    /// cannot be read. `halflife config check` reports them with the rest.
+    pub fn unreadable_files(&self) -> Vec<ConfigProblem> {
+        let mut files: Vec<(String, &Path)> = Vec::new();
+        if let Some(path) = &self.keys.kek_file {
+            files.push(("keys.kek_file".into(), path));
+        }
+        if let Some(tls) = &self.server.tls {
+            files.push(("server.tls.cert_file".into(), &tls.cert_file));
+            files.push(("server.tls.key_file".into(), &tls.key_file));
+        }
+        if let Some(mtls) = &self.mtls {
+            files.push(("mtls.cert_file".into(), &mtls.cert_file));
+            files.push(("mtls.key_file".into(), &mtls.key_file));
+            for (i, domain) in mtls.trust_domains.iter().enumerate() {
+                files.push((format!("mtls.trust_domains[{i}].bundle_file"), &domain.bundle_file));
+            }
+        }
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            if let Some(path) = &issuer.jwks_file {
+                files.push((format!("issuers[{i}].jwks_file"), path));
+            }
+        }
+        for (i, backend) in self.postgres_backends.iter().enumerate() {
+            if let Some(path) = &backend.admin_password_file {
+                files.push((format!("postgres_backends[{i}].admin_password_file"), path));
+            }
+        }
+        for (i, path) in self.bootstrap.apply.iter().enumerate() {
+            files.push((format!("bootstrap.apply[{i}]"), path));
+        }
+        files
+            .into_iter()
+            .filter_map(|(key, path)| {
+                std::fs::File::open(path)
+                    .err()
+                    .map(|e| ConfigProblem { key, message: format!("cannot read {}: {e}", path.display()) })
+            })
+            .collect()
     }
 
     fn extract(figment: Figment) -> Result<Self, ConfigError> {
@@ -922,11 +973,39 @@ pub fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
+/// Keys whose value may be a secret, so they may also be given as the
+/// contents of a file: `HALFLIFE_DATABASE__URL_FILE=/run/secrets/db-url`.
+/// (`keys.kek_file` and `admin_password_file` are file keys already.)
+pub const FILE_VARIANTS: &[&str] = &["database.url", "lifecycle.webhook_url"];
+
+fn env_name(key: &str) -> String {
+    format!("HALFLIFE_{}", key.to_ascii_uppercase().replace('.', "__"))
+}
+
 fn env_overrides() -> Env {
     Env::prefixed("HALFLIFE_").split("__").filter(|key| {
         let first = key.as_str().split('.').next().unwrap_or_default();
-        SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
+        let file_variant = FILE_VARIANTS.iter().any(|k| key.as_str().eq_ignore_ascii_case(&format!("{k}_file")));
+        SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first)) && !file_variant
     })
+}
+
+/// Applies `HALFLIFE_<KEY>_FILE` variables: the file's contents (without a
+/// trailing newline) become the key's value. Setting both the variable and
+/// its `_FILE` form is an error, as is a file that cannot be read; neither
+/// error repeats the value.
+fn file_overrides(mut figment: Figment) -> Result<Figment, ConfigError> {
+    for key in FILE_VARIANTS {
+        let var = format!("{}_FILE", env_name(key));
+        let Some(path) = std::env::var_os(&var) else { continue };
+        if std::env::var_os(env_name(key)).is_some() {
+            return Err(ConfigError::Load(format!("set {} or {var}, not both", env_name(key))));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::Load(format!("{var}: cannot read {}: {e}", Path::new(&path).display())))?;
+        figment = figment.merge(Serialized::default(key, text.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Ok(figment)
 }
 
 fn flatten_figment_error(e: figment::Error) -> String {
@@ -938,7 +1017,7 @@ fn flatten_figment_error(e: figment::Error) -> String {
             if path.is_empty() { format!("{}{source}", e.kind) } else { format!("{path}: {}{source}", e.kind) }
         })
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -1110,5 +1189,85 @@ mod tests {
             assert_eq!(text.parse::<HumanDuration>().unwrap().get().as_secs(), secs);
         }
         assert!("ten minutes".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/halflife.example.toml");
+        let config = Config::load(&path).unwrap();
+        assert!(!config.dev.enabled && config.keys.kek_file.is_some());
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Every leaf key of every section, by the name it has in the file.
+        // A key added to the configuration must be added here and there.
+        let keys = [
+            "listen",
+            "public_url",
+            "allow_plain_http",
+            "max_body_bytes",
+            "request_timeout",
+            "header_read_timeout",
+            "max_connections",
+            "shutdown_grace",
+            "cert_file",
+            "key_file",
+            "bundle_refresh_interval",
+            "name",
+            "bundle_file",
+            "issuer",
+            "url",
+            "busy_timeout",
+            "auto_migrate",
+            "sync_interval",
+            "dir",
+            "algorithm",
+            "kek_file",
+            "kek",
+            "rotation_interval",
+            "pre_publish",
+            "default_ttl",
+            "max_ttl",
+            "dpop_proof_window",
+            "per_workload_per_minute",
+            "failures_per_source_per_minute",
+            "enabled",
+            "audience",
+            "token_ttl",
+            "apply",
+            "tick",
+            "notice_window",
+            "recertify_every",
+            "max_pilot",
+            "webhook_url",
+            "checkpoint_events",
+            "checkpoint_interval",
+            "jwks_uri",
+            "jwks_file",
+            "algorithms",
+            "leeway",
+            "max_token_age",
+            "single_use",
+            "single_audience",
+            "jwks_refresh_interval",
+            "jwks_refresh_cooldown",
+            "jwks_max_stale",
+            "admin_url",
+            "admin_password_file",
+            "admin_password_env",
+            "grants",
+            "connection_limit",
+            "role_prefix",
+            "connect_host",
+            "connect_port",
+        ];
+        for key in keys {
+            let documented = text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+            });
+            assert!(documented, "{key} is not in config/halflife.example.toml");
+        }
+        for section in SECTIONS {
+            assert!(text.contains(&format!("[{section}]")) || text.contains(&format!("[[{section}]]")), "{section}");
+        }
     }
 }

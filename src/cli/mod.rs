@@ -68,6 +68,16 @@ pub enum LocalCommand {
     /// Administrative tokens.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (file plus HALFLIFE_* variables) and print every problem with its
+    /// key; exits 1 if there is any.
+    Check,
 }
 
 /// Commands that talk to a running server's `/v1/` API.
@@ -211,7 +221,32 @@ async fn run_remote(command: RemoteCommand) -> anyhow::Result<()> {
     }
 }
 
+/// `halflife config check`: every problem, each with its key.
+fn check_config(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let problems: Vec<String> = match Config::load_unvalidated(config_path) {
+        Ok(config) => {
+            let mut problems = config.validate().err().unwrap_or_default();
+            problems.extend(config.unreadable_files());
+            problems.iter().map(ToString::to_string).collect()
+        }
+        Err(crate::config::ConfigError::Invalid(problems)) => problems.iter().map(ToString::to_string).collect(),
+        Err(crate::config::ConfigError::Load(why)) => why.lines().map(str::to_owned).collect(),
+    };
+    if problems.is_empty() {
+        println!("{}: ok", config_path.display());
+        return Ok(());
+    }
+    println!("{}: {} problem{}", config_path.display(), problems.len(), if problems.len() == 1 { "" } else { "s" });
+    for problem in &problems {
+        println!("  - {problem}");
+    }
+    bail!("the configuration is not usable")
+}
+
 async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyhow::Result<()> {
+    if let LocalCommand::Config(ConfigCommand::Check) = command {
+        return check_config(config_path);
+    }
     let config = Config::load(config_path)?;
     match command {
         LocalCommand::Serve => {
@@ -266,6 +301,7 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
             println!("{token}");
             Ok(())
         }
+        LocalCommand::Config(ConfigCommand::Check) => check_config(config_path),
         LocalCommand::Admin(AdminCommand::Token(AdminTokenCommand::Create(args))) => {
             let name = args.name.trim();
             if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {

@@ -270,3 +270,53 @@ fn migrate_creates_the_database() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("data/halflife.db").exists());
 }
+
+#[test]
+fn config_check_names_every_problem_with_its_key() {
+    let dir = workdir();
+    let check = |envs: &[(&str, &str)]| {
+        let mut cmd = halflife(dir.path(), free_port());
+        cmd.args(["config", "check"]);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (ok, out) = check(&[]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "config/halflife.toml: ok");
+
+    let (ok, out) = check(&[
+        ("HALFLIFE_SERVER__LISTEN", "0.0.0.0:8080"),
+        ("HALFLIFE_KEYS__KEK_FILE", "/nonexistent/kek"),
+        ("HALFLIFE_KEYS__ROTATION_INTERVAL", "5m"),
+    ]);
+    assert!(!ok);
+    for key in ["server.listen", "dev.enabled", "keys.kek_file", "keys.rotation_interval"] {
+        assert!(out.contains(&format!("  - {key}: ")), "{key} missing from:\n{out}");
+    }
+    assert!(out.contains("4 problems"), "{out}");
+
+    // A secret given as a file: HALFLIFE_<KEY>_FILE.
+    let url_file = dir.path().join("db-url");
+    std::fs::write(&url_file, format!("sqlite://{}/from-file.db\n", dir.path().display())).unwrap();
+    let (ok, out) = check(&[("HALFLIFE_DATABASE__URL_FILE", url_file.to_str().unwrap())]);
+    assert!(ok, "{out}");
+    let (ok, out) = check(&[
+        ("HALFLIFE_DATABASE__URL_FILE", url_file.to_str().unwrap()),
+        ("HALFLIFE_DATABASE__URL", "sqlite://other.db"),
+    ]);
+    assert!(!ok && out.contains("not both"), "{out}");
+    let (ok, out) = check(&[("HALFLIFE_DATABASE__URL_FILE", "/nonexistent/url")]);
+    assert!(!ok && out.contains("HALFLIFE_DATABASE__URL_FILE: cannot read /nonexistent/url"), "{out}");
+
+    // The server uses the file's value.
+    let out = halflife(dir.path(), free_port())
+        .env("HALFLIFE_DATABASE__URL_FILE", url_file.to_str().unwrap())
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("from-file.db").exists());
+}

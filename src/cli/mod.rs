@@ -71,6 +71,12 @@ pub enum LocalCommand {
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Exit 0 if the broker at --url answers ready (for container HEALTHCHECKs, which have no curl).
+    Healthcheck {
+        /// The readiness endpoint to ask.
+        #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,6 +227,23 @@ async fn run_remote(command: RemoteCommand) -> anyhow::Result<()> {
     }
 }
 
+/// `halflife healthcheck`: asks the readiness endpoint, briefly.
+async fn healthcheck(url: &str) -> anyhow::Result<()> {
+    crate::crypto::install();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building an HTTP client")?;
+    let response = client.get(url).send().await.with_context(|| format!("{url} did not answer"))?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("{url} answered {status}: not ready");
+    }
+    println!("{url}: ready");
+    Ok(())
+}
+
 /// `halflife config check`: every problem, each with its key.
 fn check_config(config_path: &std::path::Path) -> anyhow::Result<()> {
     let problems: Vec<String> = match Config::load_unvalidated(config_path) {
@@ -244,8 +267,10 @@ fn check_config(config_path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyhow::Result<()> {
-    if let LocalCommand::Config(ConfigCommand::Check) = command {
-        return check_config(config_path);
+    match command {
+        LocalCommand::Config(ConfigCommand::Check) => return check_config(config_path),
+        LocalCommand::Healthcheck { url } => return healthcheck(&url).await,
+        _ => {}
     }
     let config = Config::load(config_path)?;
     match command {
@@ -302,6 +327,7 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
             Ok(())
         }
         LocalCommand::Config(ConfigCommand::Check) => check_config(config_path),
+        LocalCommand::Healthcheck { url } => healthcheck(&url).await,
         LocalCommand::Admin(AdminCommand::Token(AdminTokenCommand::Create(args))) => {
             let name = args.name.trim();
             if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {

@@ -6,6 +6,7 @@ mod audit;
 mod canary;
 mod cli;
 mod crash;
+mod deploy;
 mod disk;
 mod exchange;
 mod failure;

@@ -18,6 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Admin, JsonBody, Meta, Params};
+use super::openapi::ErrorBody;
 use crate::broker::admin::AdminCaller;
 use crate::broker::apply::{self, GrantEntry};
 use crate::broker::operator::{NewSystem, SystemPatch};
@@ -96,70 +97,87 @@ fn time_field(name: &str, raw: Option<&str>) -> Result<Option<OffsetDateTime>, A
     .transpose()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewSystemBody {
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     id: String,
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     name: String,
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     purpose: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     business_owner: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     technical_owner: String,
     #[serde(default)]
+    #[schema(pattern = "^(sandbox|pilot)$")]
     tier: Option<String>,
     #[serde(default)]
+    #[schema(format = DateTime)]
     pilot_ends_at: Option<String>,
     #[serde(default)]
     data_classification: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchSystemBody {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     name: Option<String>,
     #[serde(default)]
     purpose: Option<String>,
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     business_owner: Option<String>,
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     technical_owner: Option<String>,
     #[serde(default)]
+    #[schema(format = DateTime)]
     pilot_ends_at: Option<String>,
     #[serde(default)]
     data_classification: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReasonBody {
+    #[schema(min_length = 1, max_length = 500)]
     reason: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EndDateBody {
     #[serde(default)]
+    #[schema(format = DateTime)]
     pilot_ends_at: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewOwnerBody {
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     id: String,
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     display_name: String,
+    #[schema(format = Email)]
     email: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DepartBody {
     #[serde(default)]
     reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewGrantBody {
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     id: String,
     issuer: String,
     subject: String,
@@ -175,7 +193,7 @@ struct NewGrantBody {
     binding: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
     #[serde(default)]
@@ -187,23 +205,31 @@ struct RevokeBody {
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct GrantQuery {
     id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct JobsQuery {
     #[serde(default)]
     all: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewAdminTokenBody {
+    #[schema(pattern = "^(admin|operator|auditor|introspector)$")]
     role: String,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u001f\\u007f-\\u009f\\s][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: String,
 }
 
@@ -222,10 +248,12 @@ where
         if empty {
             return Ok(Self(T::default()));
         }
-        JsonBody::<T>::from_request(req, state).await.map(|JsonBody(v)| Self(v))
+        // JSON `null` is no body too.
+        JsonBody::<Option<T>>::from_request(req, state).await.map(|JsonBody(v)| Self(v.unwrap_or_default()))
     }
 }
 
+#[utoipa::path(get, path = "/v1/systems", tag = "systems", security(("admin_token" = [])), responses((status = 200, description = "`{\"systems\": [System]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn list_systems(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -236,6 +264,7 @@ async fn list_systems(
     Ok(Json(json!({ "systems": systems })).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/systems", tag = "systems", request_body(content = NewSystemBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "The new System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn create_system(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -264,6 +293,7 @@ async fn create_system(
     Ok((StatusCode::CREATED, Json(json!(system))).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/systems/{id}", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn show_system(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -275,6 +305,7 @@ async fn show_system(
     Ok(Json(json!(view.system)).into_response())
 }
 
+#[utoipa::path(patch, path = "/v1/systems/{id}", tag = "systems", request_body(content = PatchSystemBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn update_system(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -295,6 +326,7 @@ async fn update_system(
     Ok(Json(json!(system)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/systems/{id}/promote", tag = "systems", request_body(content = Option<EndDateBody>, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{system, gate}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn promote(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -308,6 +340,7 @@ async fn promote(
     Ok(Json(json!({"system": system, "gate": gate})).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/systems/{id}/suspend", tag = "systems", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{system, revoked}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn suspend(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -320,6 +353,7 @@ async fn suspend(
     Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/systems/{id}/retire", tag = "systems", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{system, revoked}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn retire(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -332,6 +366,7 @@ async fn retire(
     Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/systems/{id}/reinstate", tag = "systems", request_body(content = Option<EndDateBody>, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn reinstate(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -345,6 +380,7 @@ async fn reinstate(
     Ok(Json(json!(system)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/systems/{id}/revoke", tag = "systems", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{revoked, systems}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn revoke_system(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -357,6 +393,7 @@ async fn revoke_system(
     Ok(Json(json!(revocation)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{\"grants\": [Grant]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn list_grants(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -368,6 +405,7 @@ async fn list_grants(
     Ok(Json(json!({ "grants": grants })).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/systems/{id}/grants", tag = "systems", request_body(content = NewGrantBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 201, description = "The new Grant", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn create_grant(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -398,6 +436,7 @@ async fn create_grant(
     Ok((StatusCode::CREATED, Json(json!(grant))).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id"), GrantQuery), security(("admin_token" = [])), responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn delete_grant_by_query(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -411,6 +450,7 @@ async fn delete_grant_by_query(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/systems/{id}/grants/{grant}", tag = "systems", params(("id" = String, Path, description = "System id"), ("grant" = String, Path, description = "Grant id")), security(("admin_token" = [])), responses((status = 204, description = "Deleted"), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn delete_grant(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -423,6 +463,7 @@ async fn delete_grant(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(get, path = "/v1/systems/{id}/credentials", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "Outstanding credentials (never the token)", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn credentials(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -434,6 +475,7 @@ async fn credentials(
     Ok(Json(json!({ "credentials": credentials })).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/owners", tag = "owners", security(("admin_token" = [])), responses((status = 200, description = "`{\"owners\": [Owner]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn list_owners(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -444,6 +486,7 @@ async fn list_owners(
     Ok(Json(json!({ "owners": owners })).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/owners/{id}", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn show_owner(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -455,6 +498,7 @@ async fn show_owner(
     Ok(Json(json!(owner)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/owners", tag = "owners", request_body(content = NewOwnerBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "The new Owner", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn create_owner(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -467,6 +511,7 @@ async fn create_owner(
     Ok((StatusCode::CREATED, Json(json!(owner))).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/owners/{id}/recertify", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner with a new attested_until", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn recertify(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -478,6 +523,7 @@ async fn recertify(
     Ok(Json(json!(owner)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/owners/{id}/depart", tag = "owners", request_body(content = Option<DepartBody>, content_type = "application/json"), params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn depart(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -490,6 +536,7 @@ async fn depart(
     Ok(Json(json!(owner)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/owners/{id}/revoke", tag = "owners", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "`{revoked, systems}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn revoke_owner(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -504,6 +551,7 @@ async fn revoke_owner(
 
 /// `POST /v1/revoke`: one credential by `jti`, or every credential of a
 /// workload identity by `issuer` + `subject`.
+#[utoipa::path(post, path = "/v1/revoke", tag = "operations", request_body(content = RevokeBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn revoke(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -526,6 +574,7 @@ async fn revoke(
     Ok(Json(json!(revocation)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/expiring", tag = "operations", security(("admin_token" = [])), responses((status = 200, description = "`{deadlines, notices}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn expiring(State(state): State<AppState>, Admin(caller): Admin, Meta(meta): Meta) -> Result<Response, ApiError> {
     allow(&state, &caller, READ, "/v1/expiring", &meta).await?;
     let now = state.broker.clock.now();
@@ -539,6 +588,7 @@ async fn expiring(State(state): State<AppState>, Admin(caller): Admin, Meta(meta
     Ok(Json(json!({ "deadlines": deadlines, "notices": notices })).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/jobs", tag = "operations", params(JobsQuery), security(("admin_token" = [])), responses((status = 200, description = "`{\"jobs\": [...]}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn jobs(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -567,6 +617,7 @@ async fn jobs(
     Ok(Json(json!({ "jobs": jobs })).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/admin-tokens", tag = "operations", request_body(content = NewAdminTokenBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "`{id, name, role, token}`: the token is shown once", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn create_admin_token(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -598,15 +649,16 @@ async fn create_admin_token(
     Ok(response)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
     /// How long the new key is published before it signs, e.g. "10m".
     #[serde(default)]
+    #[schema(pattern = "^[0-9]+(ms|s|m|h|d)$")]
     pre_publish: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RetireKeyBody {
     /// Retire even though tokens it signed may still be valid.
@@ -615,6 +667,7 @@ struct RetireKeyBody {
 }
 
 /// `GET /v1/keys`: every signing key and what it does now.
+#[utoipa::path(get, path = "/v1/keys", tag = "operations", security(("admin_token" = [])), responses((status = 200, description = "`{\"keys\": [Key]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn list_keys(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -627,6 +680,7 @@ async fn list_keys(
 
 /// `POST /v1/keys/rotate`: the next key, published now, signing after the
 /// pre-publish time.
+#[utoipa::path(post, path = "/v1/keys/rotate", tag = "operations", request_body(content = Option<RotateBody>, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "`{\"key\": Key}` (pending)", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn rotate_key(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -649,6 +703,7 @@ async fn rotate_key(
 }
 
 /// `POST /v1/keys/{kid}/retire`
+#[utoipa::path(post, path = "/v1/keys/{kid}/retire", tag = "operations", request_body(content = Option<RetireKeyBody>, content_type = "application/json"), params(("kid" = String, Path, description = "Key id")), security(("admin_token" = [])), responses((status = 200, description = "`{\"key\": Key}` (retired)", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn retire_key(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -661,3 +716,51 @@ async fn retire_key(
     let key = state.broker.retire_key(&kid, now, body.force, &caller.actor(), &meta).await?;
     Ok(Json(json!({"key": key})).into_response())
 }
+
+/// The operator API's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        list_systems,
+        create_system,
+        show_system,
+        update_system,
+        promote,
+        suspend,
+        retire,
+        reinstate,
+        revoke_system,
+        list_grants,
+        create_grant,
+        delete_grant_by_query,
+        delete_grant,
+        credentials,
+        list_owners,
+        create_owner,
+        show_owner,
+        recertify,
+        depart,
+        revoke_owner,
+        revoke,
+        expiring,
+        jobs,
+        create_admin_token,
+        list_keys,
+        rotate_key,
+        retire_key
+    ),
+    components(schemas(
+        NewSystemBody,
+        PatchSystemBody,
+        ReasonBody,
+        EndDateBody,
+        NewOwnerBody,
+        DepartBody,
+        NewGrantBody,
+        RevokeBody,
+        NewAdminTokenBody,
+        RotateBody,
+        RetireKeyBody
+    ))
+)]
+pub struct Api;

@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Admin, Meta, Params};
+use super::openapi::ErrorBody;
 use crate::audit::AuditRecord;
 use crate::broker::Unavailable;
 use crate::broker::audit::PAGE;
@@ -33,25 +34,31 @@ pub fn router() -> Router<AppState> {
         .route("/v1/credentials/{jti}", get(credential))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     system: Option<String>,
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     owner: Option<String>,
     workload: Option<String>,
     issuer: Option<String>,
     kind: Option<String>,
+    #[param(pattern = "^(success|denied|failure)$")]
     outcome: Option<String>,
     jti: Option<String>,
     since: Option<String>,
     until: Option<String>,
     cursor: Option<i64>,
     limit: Option<u32>,
+    #[param(pattern = "^(json|jsonl|csv)$")]
     format: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct VerifyQuery {
     from: Option<i64>,
     to: Option<i64>,
@@ -189,6 +196,7 @@ fn jsonl_rows(events: &[AuditRecord]) -> Vec<u8> {
 
 /// `GET /v1/audit/events`: a page as JSON, or the whole result streamed as
 /// JSONL or CSV (page by page: constant memory however large).
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(EventsQuery), security(("admin_token" = [])), responses((status = 200, description = "`{events, next_cursor}` (json); JSON lines (jsonl) or CSV (csv), streamed", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn events(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -241,6 +249,7 @@ async fn events(
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/v1/audit/checkpoints", tag = "audit", security(("admin_token" = [])), responses((status = 200, description = "`{\"checkpoints\": [...]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn checkpoints(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -251,6 +260,7 @@ async fn checkpoints(
     Ok(Json(json!({"checkpoints": checkpoints})).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", params(VerifyQuery), security(("admin_token" = [])), responses((status = 200, description = "`{ok, events_checked, checkpoints_checked, head_seq, first_problem}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn verify(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -262,6 +272,7 @@ async fn verify(
     Ok(Json(json!(report)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/credentials/{jti}", tag = "audit", params(("jti" = String, Path, description = "Credential id")), security(("admin_token" = [])), responses((status = 200, description = "A credential and its events", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn credential(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -274,3 +285,8 @@ async fn credential(
         None => Err(ApiError::NotFound(format!("no credential with jti {jti}"))),
     }
 }
+
+/// The audit API's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(events, checkpoints, verify, credential))]
+pub struct Api;

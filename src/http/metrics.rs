@@ -89,6 +89,9 @@ impl Metrics {
 }
 
 /// `GET /metrics`
+#[utoipa::path(get, path = "/metrics", tag = "discovery",
+    responses((status = 200, description = "Prometheus metrics (OpenMetrics text)", body = String, content_type = "application/openmetrics-text"),
+        (status = 503, description = "Storage unavailable", body = super::openapi::ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let stats = state.broker.job_stats().await?;
     let now = state.broker.clock.now();

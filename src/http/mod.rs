@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod oauth;
+pub mod openapi;
 pub mod serve;
 
 use std::sync::Arc;
@@ -68,7 +69,8 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/livez", get(livez))
-        .route("/healthz", get(livez))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
         .merge(admin::router())
@@ -142,10 +144,12 @@ pub fn metadata_document(issuer: &str, signing_algs: &[&str], mtls_base: Option<
     document
 }
 
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "discovery", responses((status = 200, description = "RFC 8414 metadata", body = Object)))]
 async fn metadata(State(state): State<AppState>) -> Json<Value> {
     Json(state.metadata.as_ref().clone())
 }
 
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "discovery", responses((status = 200, description = "RFC 7517 key set: every published signing key", body = Object)))]
 async fn jwks(State(state): State<AppState>) -> Response {
     let now = state.broker.clock.now();
     let mut response = Json(state.broker.keys.get().jwks(now)).into_response();
@@ -156,12 +160,14 @@ async fn jwks(State(state): State<AppState>) -> Response {
 }
 
 /// Process is up; no dependency checks.
+#[utoipa::path(get, path = "/livez", tag = "discovery", responses((status = 200, description = "The process is up", body = Object)))]
 async fn livez() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready to serve: database reachable, signing key loaded, every remote
 /// JWKS fetched at least once.
+#[utoipa::path(get, path = "/readyz", tag = "discovery", responses((status = 200, description = "Ready: database, signing key, remote JWKS", body = Object), (status = 503, description = "Not ready; checks say which", body = Object)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let database = state.health.ping().await.is_ok();
     let mut pending: Vec<String> = Vec::new();
@@ -185,3 +191,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
+
+/// `GET /healthz`: an alias of `/livez`.
+#[utoipa::path(get, path = "/healthz", tag = "discovery", responses((status = 200, description = "The process is up", body = Object)))]
+async fn healthz() -> Json<Value> {
+    livez().await
+}
+
+/// Discovery, health and metrics in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(metadata, jwks, livez, healthz, readyz, metrics::metrics, openapi::openapi_json))]
+pub struct DiscoveryApi;

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Admin, Form, Meta};
+#[allow(unused_imports, reason = "named by the OpenAPI annotations")]
+use super::openapi::{ErrorBody, IntrospectionResponse, TokenForm, TokenOnlyForm, TokenResponse};
 use crate::attest::x509::PeerCertificates;
 use crate::broker::exchange::{ExchangeRequest, Proof};
 use crate::domain::policy::Ask;
@@ -174,6 +176,17 @@ fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// `POST /oauth2/token`
+#[utoipa::path(post, path = "/oauth2/token", tag = "oauth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    params(("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449) to bind the token to its key")),
+    responses(
+        (status = 200, description = "Issued (RFC 8693 §2.2.1)", body = TokenResponse),
+        (status = 400, description = "Refused: invalid_request, invalid_grant, invalid_scope, invalid_target, unauthorized_client, access_denied, unsupported_grant_type, invalid_dpop_proof", body = ErrorBody),
+        (status = 401, description = "invalid_client: no valid X.509-SVID (client_credentials)", body = ErrorBody),
+        (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = ErrorBody),
+        (status = 429, description = "rate_limited; Retry-After says when to retry", body = ErrorBody),
+        (status = 503, description = "The decision could not be recorded; nothing was issued", body = ErrorBody)))]
 async fn token(
     State(state): State<AppState>,
     Meta(meta): Meta,
@@ -220,6 +233,16 @@ async fn token(
 }
 
 /// `POST /oauth2/introspect`
+#[utoipa::path(post, path = "/oauth2/introspect", tag = "oauth",
+    request_body(content = TokenOnlyForm, content_type = "application/x-www-form-urlencoded"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "RFC 7662: exactly {\"active\": false} for anything not active", body = IntrospectionResponse),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "No or invalid admin token", body = ErrorBody),
+        (status = 403, description = "The role may not introspect", body = ErrorBody),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
 async fn introspect(State(state): State<AppState>, Admin(caller): Admin, mut form: Form) -> Result<Response, ApiError> {
     if !caller.role.may_introspect() {
         return Err(ApiError::Forbidden(format!("role {} may not introspect tokens", caller.role)));
@@ -241,6 +264,13 @@ async fn introspect(State(state): State<AppState>, Admin(caller): Admin, mut for
 }
 
 /// `POST /oauth2/revoke`: the token authenticates its own revocation.
+#[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth",
+    request_body(content = TokenOnlyForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Revoked, or nothing to revoke (RFC 7009)"),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
 async fn revoke(State(state): State<AppState>, Meta(meta): Meta, mut form: Form) -> Result<Response, ApiError> {
     let token = SecretString::from(form.require("token")?);
     state.broker.revoke_by_holder(token.expose_secret(), &meta).await?;
@@ -259,3 +289,8 @@ mod tests {
         }
     }
 }
+
+/// The OAuth endpoints' part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(token, introspect, revoke))]
+pub struct Api;

@@ -21,6 +21,7 @@ mod listener;
 mod logins;
 mod metrics;
 mod mtls;
+mod openapi;
 mod quickstart;
 mod rejections;
 mod rotation;

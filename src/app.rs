@@ -522,6 +522,8 @@ impl App {
             }));
         }
         tracing::info!(listen = %self.local_addr, issuer = %self.base_url, tls = self.tls.is_some(), "halflife is serving");
+        let grace = self.serve_options.shutdown_grace;
+        let final_checkpoint = self.lifecycle_tick.is_some().then(|| (self.broker.clone(), Arc::clone(&self.leader)));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut mtls_server = None;
         if let Some((mtls, mtls_router)) = self.mtls {
@@ -544,6 +546,24 @@ impl App {
         }
         for task in tasks {
             task.abort();
+        }
+        // Every request has been answered, so everything it recorded is
+        // committed; the leader signs the head of the audit chain on the way
+        // out, so the last events are under a checkpoint too.
+        if let Some((broker, leader)) = final_checkpoint {
+            let flush = async {
+                if leader.lead().await {
+                    broker.write_checkpoint(broker.clock.now()).await.map(|c| c.map(|c| c.seq))
+                } else {
+                    Ok(None)
+                }
+            };
+            match tokio::time::timeout(grace, flush).await {
+                Ok(Ok(Some(seq))) => tracing::info!(audit.seq = seq, "signed a final audit checkpoint"),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e.0, "could not sign a final audit checkpoint"),
+                Err(_) => tracing::warn!("signing a final audit checkpoint timed out"),
+            }
         }
         tracing::info!("halflife stopped");
         Ok(())

@@ -190,6 +190,14 @@ async fn quickstart_from_the_readme() {
     for secret in [token.as_str(), attestation, admin.as_str()] {
         assert!(!db.contains(secret), "a secret was stored in the database");
     }
+
+    // The graceful stop signed the head of the audit chain.
+    let url = format!("sqlite://{}", dir.path().join("data/halflife.db").display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let head: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events").fetch_one(&mut conn).await.unwrap();
+    let signed: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(seq) FROM audit_checkpoints").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(signed, Some(head), "the last events are not under a checkpoint");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = halflife::cli::Cli::parse();
-    halflife::cli::init_tracing(cli.log_format);
+    let _tracing = halflife::cli::init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

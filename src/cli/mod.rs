@@ -197,13 +197,91 @@ fn parse_role(s: &str) -> Result<Role, String> {
 }
 
 /// Sets up logging to stderr (stdout is reserved for command output).
-pub fn init_tracing(format: LogFormat) {
+/// Keeps trace export running; dropping it flushes what is pending.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TracingGuard {
+    #[cfg(feature = "otel")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        #[cfg(feature = "otel")]
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: flushing traces failed: {e}");
+        }
+    }
+}
+
+/// Logs to stderr, as text or JSON lines, filtered by `RUST_LOG` (default
+/// `info`). Built with the `otel` feature, spans are also exported over
+/// OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set.
+pub fn init_tracing(format: LogFormat) -> TracingGuard {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    // The trace exporter's HTTP client needs the one crypto provider.
+    crate::crypto::install();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    let output = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(output).with(filter);
+    #[cfg(feature = "otel")]
+    {
+        let provider = otel::provider();
+        let layer = provider.as_ref().map(otel::layer);
+        registry.with(layer).init();
+        TracingGuard { provider }
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        registry.init();
+        TracingGuard {}
+    }
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// An OTLP/HTTP exporter configured by the standard `OTEL_*` variables,
+    /// if an endpoint is set.
+    pub fn provider() -> Option<SdkTracerProvider> {
+        let configured = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|e| !e.is_empty()));
+        if !configured {
+            return None;
+        }
+        let exporter = match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+            Ok(exporter) => exporter,
+            Err(e) => {
+                eprintln!("warning: OpenTelemetry export is off: {e}");
+                return None;
+            }
+        };
+        let resource = opentelemetry_sdk::Resource::builder().with_service_name("halflife").build();
+        Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+    }
+
+    pub fn layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("halflife"))
     }
 }
 

@@ -189,7 +189,9 @@ async fn canary_secrets_reach_no_log_response_event_export_or_database() {
     let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db_url).await.unwrap();
     let keys: Vec<(String, String, String)> =
         sqlx::query_as("SELECT kid, alg, sealed FROM signing_keys").fetch_all(&mut db).await.unwrap();
-    drop(db);
+    // Closed before the files are read: the last connection's close folds
+    // the WAL into the database file and removes it.
+    sqlx::Connection::close(db).await.unwrap();
     assert!(!keys.is_empty());
 
     let mut canaries = Vec::new();

@@ -799,3 +799,19 @@ impl Proxy {
         self.stalled.send_replace(false);
     }
 }
+
+/// A broker (SQLite in `dir`) serving HTTPS with a self-signed certificate
+/// for localhost and 127.0.0.1; not yet running.
+pub async fn tls_app(dir: &Path) -> (halflife::app::App, rcgen::CertifiedKey<rcgen::KeyPair>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let d = dir.display();
+    let config = Config::from_toml(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = \"{d}/cert.pem\"\nkey_file = \"{d}/key.pem\"\n\
+         [database]\nurl = \"sqlite://{d}/h.db\"\n[keys]\ndir = \"{d}/keys\"\nkek = \"{}\"\n",
+        kek_b64()
+    ))
+    .unwrap();
+    (App::build(config, Arc::new(halflife::clock::SystemClock)).await.unwrap(), cert)
+}

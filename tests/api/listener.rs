@@ -97,17 +97,7 @@ async fn slow_headers_are_cut_off_while_others_are_served() {
 #[tokio::test]
 async fn tls_is_served_when_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-    let d = dir.path().display();
-    let config = halflife::config::Config::from_toml(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = \"{d}/cert.pem\"\nkey_file = \"{d}/key.pem\"\n\
-         [database]\nurl = \"sqlite://{d}/h.db\"\n[keys]\ndir = \"{d}/keys\"\nkek = \"{}\"\n",
-        kek_b64()
-    ))
-    .unwrap();
-    let app = halflife::app::App::build(config, Arc::new(halflife::clock::SystemClock)).await.unwrap();
+    let (app, cert) = tls_app(dir.path()).await;
     let addr = app.local_addr();
     assert!(app.base_url().starts_with("https://"));
     tokio::spawn(app.run(std::future::pending()));

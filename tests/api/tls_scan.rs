@@ -2,8 +2,6 @@
 //! suites (no CBC, no SHA-1 MAC). Uses Debian's `sslscan`, which `.ci/run`
 //! installs; without it the test says so and passes nothing off as checked.
 
-use std::sync::Arc;
-
 use crate::helpers::*;
 
 /// What sslscan saw: `(protocol, enabled)` and accepted `(version, cipher)`.
@@ -45,17 +43,7 @@ fn scan(port: u16) -> Option<Scan> {
 #[tokio::test]
 async fn only_tls_1_2_and_1_3_with_aead_suites_are_offered() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-    let d = dir.path().display();
-    let config = halflife::config::Config::from_toml(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = \"{d}/cert.pem\"\nkey_file = \"{d}/key.pem\"\n\
-         [database]\nurl = \"sqlite://{d}/h.db\"\n[keys]\ndir = \"{d}/keys\"\nkek = \"{}\"\n",
-        kek_b64()
-    ))
-    .unwrap();
-    let app = halflife::app::App::build(config, Arc::new(halflife::clock::SystemClock)).await.unwrap();
+    let (app, _cert) = tls_app(dir.path()).await;
     let port = app.local_addr().port();
     tokio::spawn(app.run(std::future::pending()));
 

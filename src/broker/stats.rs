@@ -106,11 +106,6 @@ impl Stats {
         self.reaper_suspensions.inc_by(u64::try_from(suspended).unwrap_or(u64::MAX));
     }
 
-    /// Exchanges counted so far with these labels (for tests and tools).
-    pub fn exchanges(&self, outcome: &'static str, code: &'static str) -> u64 {
-        self.exchanges.get_or_create(&ExchangeLabels { outcome, code }).get()
-    }
-
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "exchanges",

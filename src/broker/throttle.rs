@@ -116,11 +116,6 @@ impl Throttle {
         }
     }
 
-    /// No limits at all.
-    pub fn off(clock: SharedClock) -> Self {
-        Self::new(Limits::default(), clock)
-    }
-
     /// Takes one exchange from the workload's allowance.
     pub fn workload(&self, issuer: &str, subject: &str) -> Result<(), Throttled> {
         let Some(limiter) = &self.per_workload else { return Ok(()) };

@@ -90,7 +90,10 @@ struct SourceLimit {
 /// The token endpoint's rate limiters and their counters.
 pub struct Throttle {
     clock: GovernorClock,
-    per_workload: Option<Keyed<(String, String)>>,
+    /// Keyed by a hash of issuer and subject, so the hot path allocates
+    /// nothing; the hasher's random key makes collisions unforgeable.
+    per_workload: Option<Keyed<u64>>,
+    workload_hasher: std::hash::RandomState,
     per_source: Option<SourceLimit>,
     /// Requests refused, by limit (exported at `/metrics`).
     refused: Family<LimitLabel, Counter>,
@@ -112,6 +115,7 @@ impl Throttle {
                 blocked: Mutex::default(),
             }),
             clock,
+            workload_hasher: std::hash::RandomState::new(),
             refused: Family::default(),
         }
     }
@@ -120,7 +124,8 @@ impl Throttle {
     pub fn workload(&self, issuer: &str, subject: &str) -> Result<(), Throttled> {
         let Some(limiter) = &self.per_workload else { return Ok(()) };
         let now = governor::clock::Clock::now(&self.clock);
-        limiter.check_key(&(issuer.to_owned(), subject.to_owned())).map_err(|not_until| {
+        let key = std::hash::BuildHasher::hash_one(&self.workload_hasher, (issuer, subject));
+        limiter.check_key(&key).map_err(|not_until| {
             self.count(Limit::Workload);
             Throttled { limit: Limit::Workload, retry_after: whole_seconds(not_until.wait_time_from(now)) }
         })

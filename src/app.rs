@@ -420,8 +420,8 @@ impl App {
             loop {
                 tick.tick().await;
                 throttle.prune();
-                if let Err(e) = crate::store::CredentialStore::prune_replay_records(store.as_ref(), clock.now()).await {
-                    tracing::warn!(error = %e, "pruning single-use records failed; will retry");
+                if let Err(e) = crate::store::CredentialStore::prune_expired(store.as_ref(), clock.now()).await {
+                    tracing::warn!(error = %e, "pruning expired records failed; will retry");
                 }
             }
         }));

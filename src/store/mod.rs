@@ -397,8 +397,10 @@ pub trait CredentialStore: Send + Sync {
     async fn credential(&self, jti: &str) -> Result<Option<CredentialRecord>, StoreError>;
     /// The opaque secret stored under `hash`, whatever its state.
     async fn secret_credential(&self, hash: &str) -> Result<Option<StoredSecret>, StoreError>;
-    /// Forgets single-use records whose tokens can no longer verify.
-    async fn prune_replay_records(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
+    /// Forgets what expiry has made moot: single-use records whose tokens
+    /// can no longer verify, and active-credential counts past their expiry.
+    /// Returns the number of single-use records removed.
+    async fn prune_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
 }
 
 #[async_trait]

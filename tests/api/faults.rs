@@ -121,8 +121,8 @@ impl CredentialStore for Faulty {
     async fn secret_credential(&self, hash: &str) -> Result<Option<StoredSecret>, StoreError> {
         self.around("secret_credential", self.credentials.secret_credential(hash)).await
     }
-    async fn prune_replay_records(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
-        self.around("prune_replay_records", self.credentials.prune_replay_records(now)).await
+    async fn prune_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        self.around("prune_expired", self.credentials.prune_expired(now)).await
     }
 }
 

@@ -169,6 +169,12 @@ async fn revoking_a_system_writes_the_same_whatever_it_holds() {
             app.now()
         ))
         .await;
+        // Counted as issuance counts them, in the same write.
+        app.sql(&format!(
+            "INSERT INTO credential_counts (system_id, exp, n) VALUES ('indexer', {exp}, {})",
+            outstanding - 1
+        ))
+        .await;
         let writes_before =
             app.scalar("SELECT COUNT(*) FROM jobs").await + app.scalar("SELECT COUNT(*) FROM audit_events").await;
 
@@ -298,6 +304,51 @@ async fn reinstatement_keeps_old_credentials_revoked() {
         app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await["access_token"].as_str().unwrap().to_owned();
     assert_eq!(app.introspect(&introspector, &new).await["active"], true);
     assert_eq!(app.events("system.reinstated").await.len(), 1);
+}
+
+#[tokio::test]
+async fn revoking_a_system_counts_only_what_is_still_active() {
+    let Some(app) = spawn_app().await else { return };
+    let operator = app.admin_token(Role::Operator).await;
+    let revoke_system = async || {
+        let (status, body) =
+            app.api(Method::POST, "/v1/systems/summarizer/revoke", &operator, Some(json!({"reason": "drill"}))).await;
+        assert_eq!(status, 200, "{body}");
+        body["revoked"].as_i64().unwrap()
+    };
+    // Two that expire (5 minutes), then three that do not yet.
+    for _ in 0..2 {
+        app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    }
+    app.clock.advance(Duration::from_secs(301));
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[("requested_ttl", "900")]).await;
+        live.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let jti = parts(&live[0]).1["jti"].as_str().unwrap().to_owned();
+    let (status, body) =
+        app.api(Method::POST, "/v1/revoke", &operator, Some(json!({"jti": jti, "reason": "lost"}))).await;
+    assert_eq!((status, &body["revoked"]), (200, &json!(1)), "{body}");
+    // Revoking it again changes nothing, here or in the system's count.
+    let (_, body) = app.api(Method::POST, "/v1/revoke", &operator, Some(json!({"jti": jti, "reason": "lost"}))).await;
+    assert_eq!(body["revoked"], 0, "{body}");
+
+    assert_eq!(revoke_system().await, 2, "neither the expired nor the one revoked by jti");
+    assert_eq!(revoke_system().await, 0, "a second revocation covers nothing new");
+    // Marking the rows afterwards does not count them again.
+    app.reap().await;
+    app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    assert_eq!(revoke_system().await, 1, "only the credential issued since");
+
+    // Counts past their expiry are pruned; the live ones stay.
+    app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    app.clock.advance(Duration::from_secs(301));
+    app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    let before = app.scalar("SELECT COUNT(*) FROM credential_counts").await;
+    app.broker.credentials.prune_expired(app.clock.now()).await.unwrap();
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM credential_counts").await, 1, "{before} rows before pruning");
+    assert_eq!(revoke_system().await, 1);
 }
 
 #[tokio::test]

@@ -301,6 +301,24 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
                 WriteResult::Event
             }
             WriteOp::Revoke { jti, reason, event } => {
+                // Its count bucket, if the credential is still active (not
+                // already revoked, by itself or by an epoch).
+                let bucket: Option<(String, i64)> = sqlx::query_as(
+                    "SELECT c.system_id, c.exp FROM credentials c JOIN systems s ON s.id = c.system_id \
+                     LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+                     WHERE c.jti = $1 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
+                     AND c.id > COALESCE(w.revoked_through, 0)",
+                )
+                .bind(jti)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if let Some((system, exp)) = &bucket {
+                    sqlx::query("UPDATE credential_counts SET n = n - 1 WHERE system_id = $1 AND exp = $2")
+                        .bind(system)
+                        .bind(exp)
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 let done = sqlx::query(
                     "UPDATE credentials SET revoked_at = $1, revoked_reason = $2 WHERE jti = $3 AND revoked_at IS NULL",
                 )
@@ -327,6 +345,7 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
             results[*index] = WriteResult::Issue(IssueOutcome::Committed, Some(id));
         }
     }
+    count_issued(conn, issued.iter().map(|(_, i)| *i)).await?;
     let events: Vec<&AuditEvent> = events.iter().map(AsRef::as_ref).collect();
     chain.insert(conn, &events).await?;
     Ok(results)
@@ -424,6 +443,26 @@ async fn insert_credentials<'a>(
     q.push(" RETURNING jti, id");
     let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
     Ok(rows.into_iter().collect())
+}
+
+/// Adds the batch's credentials to their systems' count buckets: one row
+/// per system and expiry second, so a batch issued within one second for
+/// one system touches one row.
+async fn count_issued<'a>(conn: &mut Conn, issuances: impl Iterator<Item = &'a Issuance>) -> Result<(), sqlx::Error> {
+    let mut counts: HashMap<(&str, i64), i64> = HashMap::new();
+    for i in issuances {
+        *counts.entry((i.system_id.as_str(), ts(i.exp))).or_default() += 1;
+    }
+    let buckets: Vec<(&str, i64, i64)> = counts.into_iter().map(|((s, e), n)| (s, e, n)).collect();
+    for chunk in buckets.chunks(CREDENTIALS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Db>::new("INSERT INTO credential_counts (system_id, exp, n) ");
+        q.push_values(chunk, |mut row, (system, exp, n)| {
+            row.push_bind(*system).push_bind(*exp).push_bind(*n);
+        });
+        q.push(" ON CONFLICT (system_id, exp) DO UPDATE SET n = credential_counts.n + excluded.n");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 fn corrupt(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
@@ -604,8 +643,13 @@ impl CredentialStore for Store {
         }))
     }
 
-    async fn prune_replay_records(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+    async fn prune_expired(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM attestation_uses WHERE expires_at < $1")
+            .bind(ts(now))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query("DELETE FROM credential_counts WHERE exp <= $1")
             .bind(ts(now))
             .execute(&self.pool)
             .await

@@ -77,8 +77,9 @@ async fn enqueue(conn: &mut Conn, job: &JobSpec, now: i64) -> Result<(), StoreEr
 }
 
 /// Raises the epoch of `target` to the newest credential id, counts the
-/// active credentials that covers, and queues the row-marking job. Writes
-/// two rows whatever the number of credentials.
+/// active credentials that covers, and queues the row-marking job. For a
+/// system this reads and deletes its count buckets (one per distinct expiry
+/// second) and writes two rows, whatever the number of credentials.
 async fn raise_epoch(
     conn: &mut Conn,
     target: &RevokeTarget,
@@ -91,25 +92,29 @@ async fn raise_epoch(
         .map_err(unavailable)?;
     let revoked: i64 = match target {
         RevokeTarget::System { system_id } => {
-            let (old,): (i64,) = sqlx::query_as("SELECT revoked_through FROM systems WHERE id = $1")
+            let found: Option<(String,)> = sqlx::query_as("SELECT id FROM systems WHERE id = $1")
                 .bind(system_id)
                 .fetch_optional(&mut *conn)
                 .await
-                .map_err(unavailable)?
-                .ok_or_else(|| StoreError::NotFound(format!("system {system_id} does not exist")))?;
+                .map_err(unavailable)?;
+            if found.is_none() {
+                return Err(StoreError::NotFound(format!("system {system_id} does not exist")));
+            }
+            // Everything still counted for the system is covered: credentials
+            // revoked one by one or by workload were taken off already.
             let (count,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM credentials c \
-                 LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
-                 WHERE c.system_id = $1 AND c.exp > $2 AND c.id > $3 AND c.id <= $4 AND c.revoked_at IS NULL \
-                 AND c.id > COALESCE(w.revoked_through, 0)",
+                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM credential_counts WHERE system_id = $1 AND exp > $2",
             )
             .bind(system_id)
             .bind(ts(now))
-            .bind(old)
-            .bind(through)
             .fetch_one(&mut *conn)
             .await
             .map_err(unavailable)?;
+            sqlx::query("DELETE FROM credential_counts WHERE system_id = $1")
+                .bind(system_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
             sqlx::query("UPDATE systems SET revoked_through = $1 WHERE id = $2")
                 .bind(through)
                 .bind(system_id)
@@ -127,19 +132,21 @@ async fn raise_epoch(
                     .await
                     .map_err(unavailable)?;
             let old = old.map_or(0, |(o,)| o);
-            let (count,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM credentials c JOIN systems s ON s.id = c.system_id \
+            let covered: Vec<(String, i64, i64)> = sqlx::query_as(
+                "SELECT c.system_id, c.exp, COUNT(*) FROM credentials c JOIN systems s ON s.id = c.system_id \
                  WHERE c.issuer = $1 AND c.subject = $2 AND c.exp > $3 AND c.id > $4 AND c.id <= $5 \
-                 AND c.revoked_at IS NULL AND c.id > s.revoked_through",
+                 AND c.revoked_at IS NULL AND c.id > s.revoked_through GROUP BY c.system_id, c.exp",
             )
             .bind(issuer)
             .bind(subject)
             .bind(ts(now))
             .bind(old)
             .bind(through)
-            .fetch_one(&mut *conn)
+            .fetch_all(&mut *conn)
             .await
             .map_err(unavailable)?;
+            uncount(conn, &covered).await?;
+            let count = covered.iter().map(|(_, _, n)| n).sum();
             sqlx::query(
                 "INSERT INTO workload_revocations (issuer, subject, revoked_through) VALUES ($1, $2, $3) \
                  ON CONFLICT (issuer, subject) DO UPDATE SET revoked_through = excluded.revoked_through",
@@ -157,6 +164,24 @@ async fn raise_epoch(
         JobSpec::MarkRevoked { target: target.clone(), through, after: 0, reason: reason.to_owned(), at: ts(now) };
     enqueue(conn, &job, ts(now)).await?;
     Ok(RevocationOutcome { revoked: u64::try_from(revoked).unwrap_or(0) })
+}
+
+/// Takes revoked credentials off their (system, expiry) count buckets.
+async fn uncount(conn: &mut Conn, covered: &[(String, i64, i64)]) -> Result<(), StoreError> {
+    // Three binds per bucket, well under either database's limit.
+    for chunk in covered.chunks(1000) {
+        let mut q = QueryBuilder::<Db>::new("UPDATE credential_counts SET n = credential_counts.n - d.n FROM (");
+        for (i, (system, exp, n)) in chunk.iter().enumerate() {
+            if i > 0 {
+                q.push(" UNION ALL ");
+            }
+            q.push("SELECT ").push_bind(system).push(" AS system_id, ").push_bind(exp);
+            q.push(" AS exp, ").push_bind(n).push(" AS n");
+        }
+        q.push(") AS d WHERE credential_counts.system_id = d.system_id AND credential_counts.exp = d.exp");
+        q.build().execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 fn with_count(mut event: AuditEvent, outcome: &RevocationOutcome) -> AuditEvent {
@@ -484,10 +509,8 @@ impl LifecycleStore for Store {
 
     async fn active_credentials_by_system(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>, StoreError> {
         sqlx::query_as(
-            "SELECT c.system_id, COUNT(*) FROM credentials c JOIN systems s ON s.id = c.system_id \
-             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
-             WHERE c.exp > $1 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
-             AND c.id > COALESCE(w.revoked_through, 0) GROUP BY c.system_id ORDER BY c.system_id",
+            "SELECT system_id, CAST(SUM(n) AS BIGINT) FROM credential_counts WHERE exp > $1 \
+             GROUP BY system_id HAVING SUM(n) > 0 ORDER BY system_id",
         )
         .bind(ts(now))
         .fetch_all(&self.pool)

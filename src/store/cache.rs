@@ -28,9 +28,18 @@ use crate::domain::model::{GrantContext, Owner, System};
 use super::{AdminTokenRecord, CredentialRecord};
 
 /// Most credentials indexed; beyond it, lookups of further credentials read
-/// the database. 2^21 buckets at the hash table's 7/8 load: the table never
-/// grows past about 86 MB (41 bytes a bucket).
+/// the database. 2^21 buckets at the hash tables' 7/8 load: the shards
+/// never grow past about 86 MB together (41 bytes a bucket).
 pub const MAX_INDEXED_CREDENTIALS: usize = 1_835_008;
+
+/// Independently locked parts of the credential index, chosen by random
+/// bits of the `jti`. Pruning scans every entry; one lock at a time, it
+/// holds none of them for long (a whole-index lock held for a scan of a
+/// million entries stalled every exchange for 10 ms or more).
+const SHARDS: usize = 64;
+
+/// Most credentials in one shard: 2^15 buckets at 7/8 load.
+const MAX_PER_SHARD: usize = MAX_INDEXED_CREDENTIALS / SHARDS;
 
 /// Rows per page when the index is loaded from the database.
 pub const WARM_PAGE: usize = 2_000;
@@ -111,11 +120,42 @@ pub struct Found {
     pub workload: Arc<(String, String)>,
 }
 
+/// One shard of the credential index.
 #[derive(Default)]
-struct CredentialIndex {
+struct Shard {
     entries: HashMap<Key, IndexEntry>,
+    /// The [`Names`] generation its entries' `system` and `workload`
+    /// numbers refer to.
+    names: u64,
+}
+
+/// The systems and workloads that index entries name by number, shared by
+/// all shards. Reset only while every shard is locked and emptied, which
+/// starts a new generation: numbers from an older one are never resolved.
+#[derive(Default)]
+struct Names {
+    generation: u64,
     systems: Interner<str>,
     workloads: Interner<(String, String)>,
+}
+
+impl Names {
+    /// Like [`Names::of`], for names already known.
+    fn find(&self, credential: &IndexedCredential<'_>) -> Option<(u64, u32, u32)> {
+        let system = *self.systems.ids.get(credential.system)?;
+        let workload = (credential.issuer.to_owned(), credential.subject.to_owned());
+        let workload = *self.workloads.ids.get(&workload)?;
+        Some((self.generation, system, workload))
+    }
+
+    /// The numbers of `credential`'s system and workload, and the
+    /// generation they belong to.
+    fn of(&mut self, credential: &IndexedCredential<'_>) -> Option<(u64, u32, u32)> {
+        let system = self.systems.intern(credential.system, |s| Arc::from(s))?;
+        let workload = (credential.issuer.to_owned(), credential.subject.to_owned());
+        let workload = self.workloads.intern(&workload, |w| Arc::new(w.clone()))?;
+        Some((self.generation, system, workload))
+    }
 }
 
 /// Stores each distinct value once and names it by a small number.
@@ -156,7 +196,9 @@ pub struct Cache {
     loading: tokio::sync::Mutex<()>,
     /// Bumped whenever index entries may have gone stale.
     epoch: AtomicU64,
-    index: Mutex<CredentialIndex>,
+    /// Lock order: `names` before any shard, shards in index order.
+    shards: Box<[Mutex<Shard>]>,
+    names: RwLock<Names>,
     /// Whether invalidations are known to reach this process. Always on
     /// SQLite; on PostgreSQL only while the listener is connected.
     trusted: AtomicBool,
@@ -185,7 +227,8 @@ impl Cache {
             snapshot: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
-            index: Mutex::new(CredentialIndex::default()),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            names: RwLock::new(Names::default()),
             trusted: AtomicBool::new(trusted),
             polled: Mutex::new(None),
             warming: AtomicBool::new(false),
@@ -213,10 +256,37 @@ impl Cache {
     /// Everything cached may be stale.
     pub fn drop_all(&self) {
         self.catalog_changed();
-        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        *index = CredentialIndex::default();
+        self.clear_index(false);
         self.warming.store(false, Ordering::Release);
+    }
+
+    /// Empties the index and forgets the names its entries used; with
+    /// `if_empty`, only when no shard holds an entry.
+    fn clear_index(&self, if_empty: bool) {
+        let mut names = self.names.write().unwrap_or_else(PoisonError::into_inner);
+        if if_empty && names.systems.values.is_empty() {
+            return;
+        }
+        let mut shards: Vec<_> = self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner)).collect();
+        if if_empty {
+            if shards.iter().any(|s| !s.entries.is_empty()) {
+                return;
+            }
+        } else {
+            // Entries are dropped: fills read before now are stale.
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        let generation = names.generation.wrapping_add(1);
+        *names = Names { generation, ..Names::default() };
+        for shard in &mut shards {
+            **shard = Shard { entries: HashMap::new(), names: generation };
+        }
+    }
+
+    fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, Shard> {
+        // UUIDs end in random bits (UUIDv7's `rand_b`).
+        let i = usize::try_from(key[1] % SHARDS as u64).unwrap_or(0);
+        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// True once per trusted stretch: the caller should load the index
@@ -234,13 +304,28 @@ impl Cache {
     /// Records a page of credentials read from the database after `epoch`
     /// was taken, all or none (see [`Cache::index`]).
     pub fn index_page(&self, page: &[IndexedCredential<'_>], epoch: u64) -> Indexed {
-        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut numbered = Vec::with_capacity(page.len());
+        {
+            let mut names = self.names.write().unwrap_or_else(PoisonError::into_inner);
+            for credential in page {
+                let Some(key) = jti_key(credential.jti) else { continue };
+                let Some(numbers) = names.of(credential) else { return Indexed::Full };
+                numbered.push((key, credential, numbers));
+            }
+        }
+        // All shards at once, so the page is indexed whole or not at all.
+        let mut shards: Vec<_> = self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner)).collect();
         if epoch != self.epoch.load(Ordering::Acquire) {
             return Indexed::Stale;
         }
-        for credential in page {
-            if !index.insert(credential) {
-                return Indexed::Full;
+        for (key, credential, numbers) in numbered {
+            let i = usize::try_from(key[1] % SHARDS as u64).unwrap_or(0);
+            let Some(shard) = shards.get_mut(i) else { continue };
+            match shard.insert(key, credential, numbers) {
+                Inserted::Yes => {}
+                Inserted::Full => return Indexed::Full,
+                // The names were reset since: the epoch moved too.
+                Inserted::Stale => return Indexed::Stale,
             }
         }
         Indexed::All
@@ -286,31 +371,47 @@ impl Cache {
     /// `None` for a credential this process just committed): a read that
     /// raced with a revocation is not recorded.
     pub fn index(&self, credential: &IndexedCredential<'_>, epoch: Option<u64>) {
-        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(key) = jti_key(credential.jti) else { return };
+        let known = self.names.read().unwrap_or_else(PoisonError::into_inner).find(credential);
+        let numbers = match known {
+            Some(n) => n,
+            None => match self.names.write().unwrap_or_else(PoisonError::into_inner).of(credential) {
+                Some(n) => n,
+                None => return,
+            },
+        };
+        let mut shard = self.shard(&key);
         if epoch.is_some_and(|e| e != self.epoch.load(Ordering::Acquire)) {
             return;
         }
-        index.insert(credential);
+        // Full or stale: lookups of this one read the database.
+        let _ = shard.insert(key, credential, numbers);
     }
 
     pub fn lookup(&self, jti: &str) -> Option<Found> {
         let key = jti_key(jti)?;
-        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = index.entries.get(&key)?;
+        let (entry, generation) = {
+            let shard = self.shard(&key);
+            (*shard.entries.get(&key)?, shard.names)
+        };
+        let names = self.names.read().unwrap_or_else(PoisonError::into_inner);
+        if names.generation != generation {
+            return None;
+        }
         Some(Found {
             id: entry.id,
             revoked_at: entry.revoked_at.map(|t| i64::from(t.get())),
-            system: Arc::clone(index.systems.get(entry.system)?),
-            workload: Arc::clone(index.workloads.get(entry.workload)?),
+            system: Arc::clone(names.systems.get(entry.system)?),
+            workload: Arc::clone(names.workloads.get(entry.workload)?),
         })
     }
 
     /// This process revoked `jti` at `at`.
     pub fn revoked(&self, jti: &str, at: i64) {
         let Some(key) = jti_key(jti) else { return };
-        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self.shard(&key);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        if let Some(entry) = index.entries.get_mut(&key) {
+        if let Some(entry) = shard.entries.get_mut(&key) {
             entry.revoked_at = entry.revoked_at.or(revoked_seconds(Some(at)));
         }
     }
@@ -319,21 +420,29 @@ impl Cache {
     /// the database.
     pub fn forget(&self, jti: &str) {
         let Some(key) = jti_key(jti) else { return };
-        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self.shard(&key);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        index.entries.remove(&key);
+        shard.entries.remove(&key);
     }
 
-    /// Drops credentials that expired before `now` (unix seconds); returns
-    /// how many remain.
+    /// Drops credentials that expired before `now` (unix seconds), one
+    /// shard at a time; returns how many remain. A scan of the whole index:
+    /// run it off the async workers.
     pub fn prune(&self, now: i64) -> usize {
-        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
         let now = seconds(now);
-        index.entries.retain(|_, e| e.exp >= now);
-        if index.entries.is_empty() {
-            *index = CredentialIndex::default();
+        let mut remaining = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.entries.retain(|_, e| e.exp >= now);
+            if shard.entries.is_empty() {
+                shard.entries = HashMap::new();
+            }
+            remaining += shard.entries.len();
         }
-        index.entries.len()
+        if remaining == 0 {
+            self.clear_index(true);
+        }
+        remaining
     }
 
     /// Compares the database's `changes` revision with the one the last
@@ -375,18 +484,24 @@ fn jti_key(jti: &str) -> Option<Key> {
     Some([high, low])
 }
 
-impl CredentialIndex {
-    /// Indexes one credential; false when the index is full. A credential
-    /// that cannot be indexed (not a UUID) is skipped: lookups read the
-    /// database.
-    fn insert(&mut self, credential: &IndexedCredential<'_>) -> bool {
-        let Some(key) = jti_key(credential.jti) else { return true };
-        if self.entries.len() >= MAX_INDEXED_CREDENTIALS && !self.entries.contains_key(&key) {
-            return false;
+/// What [`Shard::insert`] did.
+enum Inserted {
+    Yes,
+    /// The shard is full.
+    Full,
+    /// The numbers are from a generation of names that has been reset.
+    Stale,
+}
+
+impl Shard {
+    fn insert(&mut self, key: Key, credential: &IndexedCredential<'_>, numbers: (u64, u32, u32)) -> Inserted {
+        let (generation, system, workload) = numbers;
+        if generation != self.names {
+            return Inserted::Stale;
         }
-        let Some(system) = self.systems.intern(credential.system, |s| Arc::from(s)) else { return false };
-        let workload = (credential.issuer.to_owned(), credential.subject.to_owned());
-        let Some(workload) = self.workloads.intern(&workload, |w| Arc::new(w.clone())) else { return false };
+        if self.entries.len() >= MAX_PER_SHARD && !self.entries.contains_key(&key) {
+            return Inserted::Full;
+        }
         let entry = IndexEntry {
             id: credential.id,
             exp: seconds(credential.exp),
@@ -395,7 +510,7 @@ impl CredentialIndex {
             workload,
         };
         self.entries.insert(key, entry);
-        true
+        Inserted::Yes
     }
 }
 
@@ -490,6 +605,57 @@ mod tests {
         assert!(cache.begin_warming(), "a dropped index is loaded again");
         cache.set_trusted(false);
         assert!(!cache.begin_warming(), "an untrusted index is not loaded");
+    }
+
+    #[test]
+    fn every_shard_is_looked_up_and_pruned() {
+        let cache = Cache::new(true);
+        let jtis: Vec<String> = (0..1_000u64).map(|i| uuid::Uuid::from_u64_pair(i, i * 7919).to_string()).collect();
+        for (i, jti) in jtis.iter().enumerate() {
+            let subject = format!("agent-{}", i % 3);
+            let system = if i % 2 == 0 { "even" } else { "odd" };
+            let exp = if i < 500 { 1_000 } else { 2_000 };
+            let c = IndexedCredential {
+                jti,
+                id: i as i64,
+                exp,
+                revoked_at: None,
+                system,
+                issuer: "k8s",
+                subject: &subject,
+            };
+            cache.index(&c, None);
+        }
+        assert!(cache.shards.iter().all(|s| !s.lock().unwrap().entries.is_empty()), "1,000 keys reach every shard");
+        for (i, jti) in jtis.iter().enumerate() {
+            let found = cache.lookup(jti).unwrap();
+            assert_eq!(found.id, i as i64);
+            assert_eq!(&*found.system, if i % 2 == 0 { "even" } else { "odd" });
+            assert_eq!(found.workload.1, format!("agent-{}", i % 3));
+        }
+        assert_eq!(cache.prune(1_500), 500);
+        assert!(jtis[..500].iter().all(|j| cache.lookup(j).is_none()));
+        assert!(jtis[500..].iter().all(|j| cache.lookup(j).is_some()));
+        assert_eq!(cache.prune(2_001), 0);
+    }
+
+    #[test]
+    fn names_are_forgotten_with_the_last_entry_and_older_numbers_never_resolve() {
+        let cache = Cache::new(true);
+        let other = "0193b8f0-7c1e-7a6b-9d55-0e1f2a3b4c5e";
+        cache.index(&credential(JTI), None);
+        // Numbers taken now, used after the reset below.
+        let stale = cache.names.write().unwrap().of(&credential(other)).unwrap();
+        assert_eq!(cache.prune(2_000), 0);
+        assert!(cache.names.read().unwrap().systems.values.is_empty(), "names go with the last entry");
+
+        let mut renamed = credential(other);
+        renamed.system = "indexer";
+        cache.index(&renamed, None);
+        assert_eq!(&*cache.lookup(other).unwrap().system, "indexer");
+        let key = jti_key(other).unwrap();
+        assert!(matches!(cache.shard(&key).insert(key, &credential(other), stale), Inserted::Stale));
+        assert_eq!(&*cache.lookup(other).unwrap().system, "indexer", "a stale number is refused, not misread");
     }
 
     #[test]

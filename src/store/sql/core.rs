@@ -1092,7 +1092,10 @@ impl Views for Store {
             .await
             .map_err(unavailable)?;
         self.cache.polled(revision);
-        self.cache.prune(ts(now));
+        // A scan of every indexed credential: kept off the async workers.
+        let cache = Arc::clone(&self.cache);
+        let at = ts(now);
+        let _ = tokio::task::spawn_blocking(move || cache.prune(at)).await;
         if self.cache.begin_warming() {
             tokio::spawn(warm_index(self.pool.clone(), Arc::clone(&self.cache), ts(now)));
         }

@@ -95,3 +95,34 @@ impl Store {
         Self::start(pool, options, busy_timeout, true).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Background passes run these against a table of every credential
+    /// ever issued: each must reach its rows through an index, or it holds
+    /// the write lock (and stalls every exchange) for a scan that grows
+    /// with the table.
+    #[tokio::test]
+    async fn background_queries_do_not_scan_the_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/plan.db", dir.path().display());
+        let store = Store::open(&url, Duration::from_secs(5), 2, true).await.unwrap();
+        let queries = [
+            format!("SELECT c.jti, c.kind, c.db_role {} LIMIT 500", lifecycle::DUE_LOGINS),
+            "SELECT db_role FROM credentials WHERE role_state IN ('live', 'dropping')".to_owned(),
+            ACTIVE_CREDENTIAL.to_owned(),
+            lifecycle::COVERED_BY_WORKLOAD.to_owned(),
+        ];
+        for sql in queries {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}")).fetch_all(&store.pool).await.unwrap();
+            let steps: Vec<&str> = plan.iter().map(|(_, _, _, detail)| detail.as_str()).collect();
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN c") || s.starts_with("SCAN credentials")),
+                "{sql}\n{steps:#?}"
+            );
+        }
+    }
+}

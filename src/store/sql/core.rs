@@ -303,12 +303,7 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
             WriteOp::Revoke { jti, reason, event } => {
                 // Its count bucket, if the credential is still active (not
                 // already revoked, by itself or by an epoch).
-                let bucket: Option<(String, i64)> = sqlx::query_as(
-                    "SELECT c.system_id, c.exp FROM credentials c JOIN systems s ON s.id = c.system_id \
-                     LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
-                     WHERE c.jti = $1 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
-                     AND c.id > COALESCE(w.revoked_through, 0)",
-                )
+                let bucket: Option<(String, i64)> = sqlx::query_as(ACTIVE_CREDENTIAL)
                 .bind(jti)
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -350,6 +345,13 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
     chain.insert(conn, &events).await?;
     Ok(results)
 }
+
+/// The count bucket (system, expiry) of credential `$1`, if it is still
+/// active: revoked neither by itself nor by an epoch.
+const ACTIVE_CREDENTIAL: &str = "SELECT c.system_id, c.exp FROM credentials c JOIN systems s ON s.id = c.system_id \
+     LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+     WHERE c.jti = $1 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
+     AND c.id > COALESCE(w.revoked_through, 0)";
 
 /// Rows per multi-row credential INSERT (10 columns each).
 const CREDENTIALS_PER_STATEMENT: usize = 512;

@@ -132,11 +132,7 @@ async fn raise_epoch(
                     .await
                     .map_err(unavailable)?;
             let old = old.map_or(0, |(o,)| o);
-            let covered: Vec<(String, i64, i64)> = sqlx::query_as(
-                "SELECT c.system_id, c.exp, COUNT(*) FROM credentials c JOIN systems s ON s.id = c.system_id \
-                 WHERE c.issuer = $1 AND c.subject = $2 AND c.exp > $3 AND c.id > $4 AND c.id <= $5 \
-                 AND c.revoked_at IS NULL AND c.id > s.revoked_through GROUP BY c.system_id, c.exp",
-            )
+            let covered: Vec<(String, i64, i64)> = sqlx::query_as(COVERED_BY_WORKLOAD)
             .bind(issuer)
             .bind(subject)
             .bind(ts(now))
@@ -183,6 +179,24 @@ async fn uncount(conn: &mut Conn, covered: &[(String, i64, i64)]) -> Result<(), 
     }
     Ok(())
 }
+
+/// The active credentials of workload (`$1`, `$2`) at `$3` with ids in
+/// (`$4`, `$5`], counted per (system, expiry) bucket.
+pub(crate) const COVERED_BY_WORKLOAD: &str = "SELECT c.system_id, c.exp, COUNT(*) FROM credentials c \
+     JOIN systems s ON s.id = c.system_id \
+     WHERE c.issuer = $1 AND c.subject = $2 AND c.exp > $3 AND c.id > $4 AND c.id <= $5 \
+     AND c.revoked_at IS NULL AND c.id > s.revoked_through GROUP BY c.system_id, c.exp";
+
+/// Database logins to drop at `$1`: revoked (one by one, or by system or
+/// workload epoch), expired, or of a system no longer active. The repeated
+/// `role_state IN (...)` term is the partial index's own condition, which
+/// SQLite needs spelled out to use the index rather than scan every
+/// credential.
+pub(crate) const DUE_LOGINS: &str = "FROM credentials c JOIN systems s ON s.id = c.system_id \
+     LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+     WHERE c.role_state IN ('live', 'dropping') AND c.role_state = 'live' \
+     AND (c.revoked_at IS NOT NULL OR c.exp <= $1 OR c.id <= s.revoked_through \
+     OR c.id <= COALESCE(w.revoked_through, 0) OR s.state <> 'active') ORDER BY c.id";
 
 fn with_count(mut event: AuditEvent, outcome: &RevocationOutcome) -> AuditEvent {
     let mut detail = match event.detail.take() {
@@ -627,15 +641,20 @@ impl JobStore for Store {
 
     async fn queue_login_drops(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
         let at = ts(now);
+        // Checked first outside a write transaction: most passes find
+        // nothing, and then take no write lock at all.
+        let any: Option<(String,)> = sqlx::query_as(&format!("SELECT c.jti {DUE_LOGINS} LIMIT 1"))
+            .bind(at)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        if any.is_none() {
+            return Ok(0);
+        }
         write_tx(self, move |conn| {
             Box::pin(async move {
-                let due: Vec<(String, String, String)> = sqlx::query_as(
-                    "SELECT c.jti, c.kind, c.db_role FROM credentials c JOIN systems s ON s.id = c.system_id \
-                     LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
-                     WHERE c.role_state = 'live' AND (c.revoked_at IS NOT NULL OR c.exp <= $1 \
-                       OR c.id <= s.revoked_through OR c.id <= COALESCE(w.revoked_through, 0) OR s.state <> 'active') \
-                     ORDER BY c.id LIMIT 500",
-                )
+                let due: Vec<(String, String, String)> =
+                    sqlx::query_as(&format!("SELECT c.jti, c.kind, c.db_role {DUE_LOGINS} LIMIT 500"))
                 .bind(at)
                 .fetch_all(&mut *conn)
                 .await

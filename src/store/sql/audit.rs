@@ -339,14 +339,9 @@ impl AuditReader for Store {
 #[async_trait]
 impl CheckpointStore for Store {
     async fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, time, signature) VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO NOTHING")
-            .bind(checkpoint.seq)
-            .bind(&checkpoint.hash)
-            .bind(&checkpoint.time)
-            .bind(&checkpoint.signature)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        match self.submit(WriteOp::Checkpoint(Box::new(checkpoint.clone()))).await? {
+            WriteResult::Checkpoint => Ok(()),
+            _ => Err(StoreError::Corrupt("writer answered the wrong request".into())),
+        }
     }
 }

@@ -220,6 +220,8 @@ pub enum KeysCommand {
     },
     /// Withdraw a key from the JWKS; tokens it signed stop verifying (admin).
     Retire {
+        /// A key id: base64url, so it may begin with `-`.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         /// Retire even though tokens it signed may still be valid.
         #[arg(long)]

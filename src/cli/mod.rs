@@ -425,3 +425,22 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_id_that_starts_with_a_hyphen_is_a_key_id() {
+        for args in [
+            &["halflife", "keys", "retire", "-Iq3x_kid", "--force"][..],
+            &["halflife", "keys", "retire", "--force", "-Iq3x_kid"][..],
+            &["halflife", "keys", "retire", "-Iq3x_kid"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let shown = format!("{:?}", cli.command);
+            assert!(shown.contains("\"-Iq3x_kid\""), "{args:?}: {shown}");
+            assert_eq!(shown.contains("force: true"), args.contains(&"--force"), "{args:?}: {shown}");
+        }
+    }
+}

@@ -75,6 +75,9 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(busy_timeout)
             .pragma("temp_store", "memory")
+            // Checkpoints run in their own task (see `checkpoint_wal`), never
+            // inside a commit the group-commit writer is waiting on.
+            .pragma("wal_autocheckpoint", "0")
             .disable_statement_logging();
         if let Some(dir) = options.get_filename().parent()
             && !dir.as_os_str().is_empty()
@@ -92,7 +95,34 @@ impl Store {
         prepare_schema(&pool, &MIGRATOR, auto_migrate).await?;
         // One node, so every change is made by this process (which updates
         // its views as it commits) or seen by the reconciliation poll.
-        Self::start(pool, options, busy_timeout, true).await
+        let store = Self::start(pool, options, busy_timeout, true).await?;
+        tokio::spawn(checkpoint_wal(store.pool.clone(), store.lifetime.subscribe()));
+        Ok(store)
+    }
+}
+
+/// How often the write-ahead log is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies committed pages from the write-ahead log into the database file,
+/// on a pool connection, until the store is dropped. With SQLite's
+/// automatic checkpoints, the connection whose commit crosses 1,000 pages
+/// does this work (and an fsync of the database file) before its commit
+/// returns; that connection is usually the group-commit writer, so every
+/// exchange in the batch waited. A passive checkpoint here waits for no
+/// writer and no writer waits for it; the log is reused from its start once
+/// a checkpoint has caught up.
+async fn checkpoint_wal(pool: SqlitePool, mut lifetime: tokio::sync::watch::Receiver<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = lifetime.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            tracing::warn!(error = %e, "write-ahead log checkpoint failed; will retry");
+        }
     }
 }
 

@@ -109,8 +109,7 @@ pub struct Store {
     writer: mpsc::Sender<WriteJob>,
     cache: Arc<Cache>,
     /// Dropped with the last clone of this store, which stops the tasks
-    /// that serve it (the change listener).
-    #[allow(dead_code, reason = "only the PostgreSQL store runs tasks that watch it")]
+    /// that serve it (PostgreSQL's change listener, SQLite's checkpoints).
     lifetime: Arc<tokio::sync::watch::Sender<()>>,
 }
 

@@ -267,7 +267,7 @@ impl Cache {
         if if_empty && names.systems.values.is_empty() {
             return;
         }
-        let mut shards: Vec<_> = self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner)).collect();
+        let mut shards = self.lock_all();
         if if_empty {
             if shards.iter().any(|s| !s.entries.is_empty()) {
                 return;
@@ -284,9 +284,12 @@ impl Cache {
     }
 
     fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, Shard> {
-        // UUIDs end in random bits (UUIDv7's `rand_b`).
-        let i = usize::try_from(key[1] % SHARDS as u64).unwrap_or(0);
-        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[shard_of(key)].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every shard, locked in index order.
+    fn lock_all(&self) -> Vec<std::sync::MutexGuard<'_, Shard>> {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner)).collect()
     }
 
     /// True once per trusted stretch: the caller should load the index
@@ -314,13 +317,12 @@ impl Cache {
             }
         }
         // All shards at once, so the page is indexed whole or not at all.
-        let mut shards: Vec<_> = self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner)).collect();
+        let mut shards = self.lock_all();
         if epoch != self.epoch.load(Ordering::Acquire) {
             return Indexed::Stale;
         }
         for (key, credential, numbers) in numbered {
-            let i = usize::try_from(key[1] % SHARDS as u64).unwrap_or(0);
-            let Some(shard) = shards.get_mut(i) else { continue };
+            let Some(shard) = shards.get_mut(shard_of(&key)) else { continue };
             match shard.insert(key, credential, numbers) {
                 Inserted::Yes => {}
                 Inserted::Full => return Indexed::Full,
@@ -476,6 +478,11 @@ pub fn record_from(jti: &str, found: &Found, snapshot: &Snapshot) -> Option<Cred
         business_owner: system.business_owner.clone(),
         technical_owner: system.technical_owner.clone(),
     })
+}
+
+/// The shard that holds `key`: UUIDs end in random bits (UUIDv7's `rand_b`).
+fn shard_of(key: &Key) -> usize {
+    usize::try_from(key[1] % SHARDS as u64).unwrap_or(0)
 }
 
 /// Issued `jti`s are UUIDs; anything else is not indexed.

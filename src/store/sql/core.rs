@@ -125,7 +125,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let cache = Arc::new(Cache::new(trusted));
-        tokio::spawn(run_writer(options, busy_timeout.max(Duration::from_secs(1)) * 2, rx, Arc::clone(&cache)));
+        spawn_writer(options, busy_timeout.max(Duration::from_secs(1)) * 2, rx, Arc::clone(&cache))?;
         let (lifetime, _) = tokio::sync::watch::channel(());
         let store = Self { pool, writer: tx, cache, lifetime: Arc::new(lifetime) };
         store.seal_unhashed().await?;
@@ -186,6 +186,29 @@ impl Store {
 /// Commits queued writes in batches. A batch that fails, or does not finish
 /// within `limit` (a stalled database), fails every caller in it with
 /// `Unavailable`, and the writer starts over on a fresh connection.
+/// Starts the group-commit writer on a thread and runtime of its own. On
+/// the shared runtime each of a batch's statements waited behind request
+/// handlers to be polled again (its wake-ups come from the database
+/// driver's thread, so they land in the global queue), which stretched
+/// every batch and so every caller's wait. It stops when the last sender
+/// is dropped.
+fn spawn_writer(
+    options: ConnectOpts,
+    limit: Duration,
+    rx: mpsc::Receiver<WriteJob>,
+    cache: Arc<Cache>,
+) -> Result<(), StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("starting the database writer: {e}")))?;
+    std::thread::Builder::new()
+        .name("halflife-writer".to_owned())
+        .spawn(move || runtime.block_on(run_writer(options, limit, rx, cache)))
+        .map_err(|e| StoreError::Unavailable(format!("starting the database writer: {e}")))?;
+    Ok(())
+}
+
 async fn run_writer(options: ConnectOpts, limit: Duration, mut rx: mpsc::Receiver<WriteJob>, cache: Arc<Cache>) {
     let mut conn: Option<Conn> = None;
     let mut jobs = Vec::with_capacity(MAX_BATCH);

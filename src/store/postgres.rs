@@ -41,6 +41,11 @@ async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Work the group-commit writer does between batches: none here.
+async fn after_batch(_conn: &mut Conn, _wal_frames: &AtomicU64) -> Result<(), sqlx::Error> {
+    Ok(())
+}
+
 /// Starts the read transaction that loads the catalog view.
 const SNAPSHOT_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
@@ -93,7 +98,7 @@ impl Store {
             .map_err(unavailable)?;
         prepare_schema(&pool, &MIGRATOR, auto_migrate).await?;
         // The views are trusted only once the change listener is up.
-        let store = Self::start(pool, options, acquire_timeout, false).await?;
+        let store = Self::start(pool, options, acquire_timeout, false, Arc::default()).await?;
         tokio::spawn(listen_for_changes(store.pool.clone(), Arc::clone(&store.cache), store.lifetime.subscribe()));
         Ok(store)
     }

@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -116,16 +117,24 @@ pub struct Store {
 impl Store {
     /// Starts the writer task on its own connection and seals events
     /// written before the audit chain existed. `trusted`: whether the
-    /// in-memory views may be used from the start (see [`Cache`]).
+    /// in-memory views may be used from the start (see [`Cache`]);
+    /// `wal_frames`: see [`Writer`].
     async fn start(
         pool: DbPool,
         options: ConnectOpts,
         busy_timeout: Duration,
         trusted: bool,
+        wal_frames: Arc<AtomicU64>,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let cache = Arc::new(Cache::new(trusted));
-        spawn_writer(options, busy_timeout.max(Duration::from_secs(1)) * 2, rx, Arc::clone(&cache))?;
+        let writer = Writer {
+            options,
+            limit: busy_timeout.max(Duration::from_secs(1)) * 2,
+            cache: Arc::clone(&cache),
+            wal_frames,
+        };
+        spawn_writer(writer, rx)?;
         let (lifetime, _) = tokio::sync::watch::channel(());
         let store = Self { pool, writer: tx, cache, lifetime: Arc::new(lifetime) };
         store.seal_unhashed().await?;
@@ -192,24 +201,31 @@ impl Store {
 /// driver's thread, so they land in the global queue), which stretched
 /// every batch and so every caller's wait. It stops when the last sender
 /// is dropped.
-fn spawn_writer(
-    options: ConnectOpts,
-    limit: Duration,
-    rx: mpsc::Receiver<WriteJob>,
-    cache: Arc<Cache>,
-) -> Result<(), StoreError> {
+fn spawn_writer(writer: Writer, rx: mpsc::Receiver<WriteJob>) -> Result<(), StoreError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| StoreError::Unavailable(format!("starting the database writer: {e}")))?;
     std::thread::Builder::new()
         .name("halflife-writer".to_owned())
-        .spawn(move || runtime.block_on(run_writer(options, limit, rx, cache)))
+        .spawn(move || runtime.block_on(run_writer(writer, rx)))
         .map_err(|e| StoreError::Unavailable(format!("starting the database writer: {e}")))?;
     Ok(())
 }
 
-async fn run_writer(options: ConnectOpts, limit: Duration, mut rx: mpsc::Receiver<WriteJob>, cache: Arc<Cache>) {
+/// What the group-commit writer works with.
+struct Writer {
+    options: ConnectOpts,
+    /// Longest a batch may take before its callers are answered 503.
+    limit: Duration,
+    cache: Arc<Cache>,
+    /// Frames in SQLite's write-ahead log at the last background
+    /// checkpoint; the writer catches up when it is large (`after_batch`).
+    wal_frames: Arc<AtomicU64>,
+}
+
+async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
+    let Writer { options, limit, cache, wal_frames } = writer;
     let mut conn: Option<Conn> = None;
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
@@ -239,6 +255,9 @@ async fn run_writer(options: ConnectOpts, limit: Duration, mut rx: mpsc::Receive
                 }
                 for (job, result) in jobs.drain(..).zip(results) {
                     let _ = job.reply.send(Ok(result));
+                }
+                if let Err(e) = after_batch(c, &wal_frames).await {
+                    tracing::warn!(error = %e, "write-ahead log catch-up failed; will retry");
                 }
                 continue;
             }

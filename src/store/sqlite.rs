@@ -37,6 +37,12 @@ async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
 /// at the peak rate.
 const CATCH_UP_FRAMES: u64 = 4096;
 
+/// Frames the background checkpoint may have left uncopied for the writer
+/// to finish: the writer copies them while batches queue behind it, so it
+/// finishes only a checkpoint that is nearly done (a reader holding an old
+/// snapshot can keep the background one far behind).
+const LEFT_FOR_THE_WRITER: i64 = 1024;
+
 /// The log file is cut back to this size when it is reused from its start.
 const WAL_SIZE_LIMIT: u64 = 64 << 20;
 
@@ -168,11 +174,13 @@ async fn checkpoint_wal(pool: SqlitePool, wal_frames: Arc<AtomicU64>, mut lifeti
     }
 }
 
-/// One passive checkpoint; records how many frames the log held.
+/// One passive checkpoint; records how many frames the log held if the
+/// writer may finish the checkpoint, else 0.
 async fn checkpoint_once(pool: &SqlitePool, wal_frames: &AtomicU64) -> Result<(), sqlx::Error> {
     // (busy, frames in the log, frames copied into the database)
-    let (_, frames, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await?;
-    wal_frames.store(u64::try_from(frames).unwrap_or(0), Ordering::Relaxed);
+    let (_, frames, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await?;
+    let hint = if frames - copied <= LEFT_FOR_THE_WRITER { frames } else { 0 };
+    wal_frames.store(u64::try_from(hint).unwrap_or(0), Ordering::Relaxed);
     Ok(())
 }
 
@@ -232,6 +240,33 @@ mod tests {
         assert_eq!(wal_frames.load(Ordering::Relaxed), 0, "the writer took the hint");
         let frames = log_frames(&pool).await;
         assert!(u64::try_from(frames).unwrap() * 10 < long, "the log started over: {frames} frames now, {long} before");
+    }
+
+    /// A checkpoint held far behind by a reader is left to the background
+    /// task: the writer would copy all of it while batches wait.
+    #[tokio::test]
+    async fn the_writer_leaves_a_checkpoint_that_is_far_behind_to_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/wal.db", dir.path().display());
+        let (pool, options) = connect(&url, Duration::from_secs(5), 4, true).await.unwrap();
+        let wal_frames = Arc::new(AtomicU64::new(0));
+        let store =
+            Store::start(pool.clone(), options, Duration::from_secs(5), true, Arc::clone(&wal_frames)).await.unwrap();
+        let mut reader = pool.acquire().await.unwrap();
+        sqlx::query("BEGIN").execute(&mut *reader).await.unwrap();
+        sqlx::query("SELECT COUNT(*) FROM audit_events").execute(&mut *reader).await.unwrap();
+        loop {
+            record(&store, 20).await;
+            checkpoint_once(&pool, &wal_frames).await.unwrap();
+            let (_, frames, copied): (i64, i64, i64) =
+                sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await.unwrap();
+            let hint = wal_frames.load(Ordering::Relaxed);
+            if frames - copied > LEFT_FOR_THE_WRITER {
+                assert_eq!(hint, 0, "{} frames behind", frames - copied);
+                break;
+            }
+            assert_eq!(hint, u64::try_from(frames).unwrap(), "nearly done: {} frames behind", frames - copied);
+        }
     }
 
     /// Background passes run these against a table of every credential

@@ -493,11 +493,27 @@ async fn send(http: &reqwest::Client, target: &Target, i: usize) -> bool {
     }
     match request.send().await {
         Ok(r) => {
-            let ok = r.status().is_success();
-            let _ = r.bytes().await;
-            ok
+            let status = r.status();
+            let body = r.bytes().await;
+            if !status.is_success() {
+                let body = body.map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned());
+                report_failure(&format!("{status}: {}", body.unwrap_or_else(|e| e.to_string())));
+            }
+            status.is_success()
         }
-        Err(_) => false,
+        Err(e) => {
+            report_failure(&format!("{e:?}"));
+            false
+        }
+    }
+}
+
+/// Prints the first few failed requests, so an error count says what went
+/// wrong.
+fn report_failure(what: &str) {
+    static REPORTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if REPORTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+        eprintln!("  request failed: {what}");
     }
 }
 

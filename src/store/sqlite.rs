@@ -197,6 +197,18 @@ mod tests {
         frames
     }
 
+    /// A store on a new database with no background checkpoint task (the
+    /// test plays its part), its pool, and the writer's hint.
+    async fn without_background_checkpoints() -> (tempfile::TempDir, SqlitePool, Store, Arc<AtomicU64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/wal.db", dir.path().display());
+        let (pool, options) = connect(&url, Duration::from_secs(5), 4, true).await.unwrap();
+        let wal_frames = Arc::new(AtomicU64::new(0));
+        let store =
+            Store::start(pool.clone(), options, Duration::from_secs(5), true, Arc::clone(&wal_frames)).await.unwrap();
+        (dir, pool, store, wal_frames)
+    }
+
     async fn record(store: &Store, n: usize) {
         for _ in 0..n {
             let event =
@@ -212,13 +224,7 @@ mod tests {
     /// writer then catches up between batches, and the log starts over.
     #[tokio::test]
     async fn the_writer_catches_up_a_long_write_ahead_log_so_it_starts_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/wal.db", dir.path().display());
-        let (pool, options) = connect(&url, Duration::from_secs(5), 4, true).await.unwrap();
-        // No background task: this test plays its part.
-        let wal_frames = Arc::new(AtomicU64::new(0));
-        let store =
-            Store::start(pool.clone(), options, Duration::from_secs(5), true, Arc::clone(&wal_frames)).await.unwrap();
+        let (_dir, pool, store, wal_frames) = without_background_checkpoints().await;
         record(&store, 20).await;
         let mut reader = pool.acquire().await.unwrap();
         sqlx::query("BEGIN").execute(&mut *reader).await.unwrap();
@@ -246,12 +252,7 @@ mod tests {
     /// task: the writer would copy all of it while batches wait.
     #[tokio::test]
     async fn the_writer_leaves_a_checkpoint_that_is_far_behind_to_the_background() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/wal.db", dir.path().display());
-        let (pool, options) = connect(&url, Duration::from_secs(5), 4, true).await.unwrap();
-        let wal_frames = Arc::new(AtomicU64::new(0));
-        let store =
-            Store::start(pool.clone(), options, Duration::from_secs(5), true, Arc::clone(&wal_frames)).await.unwrap();
+        let (_dir, pool, store, wal_frames) = without_background_checkpoints().await;
         let mut reader = pool.acquire().await.unwrap();
         sqlx::query("BEGIN").execute(&mut *reader).await.unwrap();
         sqlx::query("SELECT COUNT(*) FROM audit_events").execute(&mut *reader).await.unwrap();

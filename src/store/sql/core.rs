@@ -35,6 +35,9 @@ use crate::store::cache::{Cache, Found, Indexed, IndexedCredential, Snapshot, Sy
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// A batch (or the work between two batches) that takes this long is
+/// logged: the callers queued behind it all waited.
+const SLOW_BATCH: Duration = Duration::from_millis(50);
 /// Queue depth in front of the writer; callers wait (backpressure) beyond it.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -247,8 +250,15 @@ async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
         }
         let Some(c) = conn.as_mut() else { continue };
         let ops: Vec<&WriteOp> = jobs.iter().map(|j| &j.op).collect();
+        let started = std::time::Instant::now();
         let error = match tokio::time::timeout(limit, write_batch(c, &ops)).await {
             Ok(Ok(results)) => {
+                let took = started.elapsed();
+                if took >= SLOW_BATCH {
+                    // Every caller in the batch, and every one queued behind
+                    // it, waited this long.
+                    tracing::warn!(batch = jobs.len(), took_ms = took.as_millis(), "slow database commit");
+                }
                 // Committed: the views learn of it before any caller does.
                 for (job, result) in jobs.iter().zip(&results) {
                     remember(&cache, &job.op, result);
@@ -256,8 +266,13 @@ async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
                 for (job, result) in jobs.drain(..).zip(results) {
                     let _ = job.reply.send(Ok(result));
                 }
+                let started = std::time::Instant::now();
                 if let Err(e) = after_batch(c, &wal_frames).await {
                     tracing::warn!(error = %e, "write-ahead log catch-up failed; will retry");
+                }
+                let took = started.elapsed();
+                if took >= SLOW_BATCH {
+                    tracing::warn!(took_ms = took.as_millis(), "slow write-ahead log catch-up");
                 }
                 continue;
             }

@@ -429,6 +429,17 @@ impl Server {
             let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        // What the server warned of during the run (a slow commit, a failed
+        // checkpoint) explains a latency spike or an error count.
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let warnings: Vec<String> =
+            log.lines().map(strip_ansi).filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+        for line in warnings.iter().take(10) {
+            println!("  server: {line}");
+        }
+        if warnings.len() > 10 {
+            println!("  server: ... {} more warnings in all", warnings.len() - 10);
+        }
     }
 }
 
@@ -770,7 +781,14 @@ async fn main() {
     let backend = if args.database.is_some() { "postgres" } else { "sqlite" };
     println!("halflife load: {backend}, {cores} cores, commit {commit}, {:?} per run", args.duration);
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    // Idle connections are dropped before the server closes them (after
+    // `server.header_read_timeout`, 5 s): a request sent on a connection the
+    // server is closing at that moment fails.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
 
     let attester = Attester::new();
     let tokens = attester.tokens(ATTESTATIONS);

@@ -7,11 +7,11 @@
 //! group-commit writer also avoids the lock convoy many concurrent SQLite
 //! writers produce.
 
+use std::sync::atomic::Ordering;
+
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-
-use std::sync::atomic::Ordering;
 
 use super::*;
 
@@ -47,8 +47,8 @@ const LEFT_FOR_THE_WRITER: i64 = 1024;
 const WAL_SIZE_LIMIT: u64 = 64 << 20;
 
 /// Work the group-commit writer does between batches: when the background
-/// checkpoint found a long log, finish the checkpoint on the writer's own
-/// connection. The background checkpoint runs while batches commit, so
+/// checkpoint found a long log and nearly caught up with it, finish the
+/// checkpoint on the writer's own connection. The background checkpoint runs while batches commit, so
 /// under sustained load it never catches up with the last frame, and
 /// SQLite only reuses the log from its start once one has: the log grew
 /// without bound (1.8 GB in 30 seconds at peak). Here no batch commits

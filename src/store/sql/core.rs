@@ -195,9 +195,6 @@ impl Store {
     }
 }
 
-/// Commits queued writes in batches. A batch that fails, or does not finish
-/// within `limit` (a stalled database), fails every caller in it with
-/// `Unavailable`, and the writer starts over on a fresh connection.
 /// Starts the group-commit writer on a thread and runtime of its own. On
 /// the shared runtime each of a batch's statements waited behind request
 /// handlers to be polled again (its wake-ups come from the database
@@ -227,6 +224,9 @@ struct Writer {
     wal_frames: Arc<AtomicU64>,
 }
 
+/// Commits queued writes in batches. A batch that fails, or does not finish
+/// within `limit` (a stalled database), fails every caller in it with
+/// `Unavailable`, and the writer starts over on a fresh connection.
 async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
     let Writer { options, limit, cache, wal_frames } = writer;
     let mut conn: Option<Conn> = None;

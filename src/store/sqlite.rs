@@ -67,6 +67,14 @@ async fn after_batch(conn: &mut Conn, wal_frames: &AtomicU64) -> Result<(), sqlx
 /// Starts the read transaction that loads the catalog view.
 const SNAPSHOT_BEGIN: &str = "BEGIN";
 
+/// A batch's closing statements (and COMMIT) go to SQLite's connection
+/// thread as one execution.
+const ONE_EXECUTION: bool = true;
+/// Credential ids are given in the INSERT, counted on from the largest
+/// one read under the write lock: no RETURNING rows to wait for, which
+/// SQLite's driver hands back one message, and one wake-up, at a time.
+const EXPLICIT_CREDENTIAL_IDS: bool = true;
+
 include!("sql/core.rs");
 
 mod lifecycle {
@@ -187,6 +195,7 @@ async fn checkpoint_once(pool: &SqlitePool, wal_frames: &AtomicU64) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock as _;
     use crate::store::{Outcome, RequestMeta};
 
     /// Frames in the write-ahead log (the second column of a checkpoint's
@@ -267,6 +276,71 @@ mod tests {
                 break;
             }
             assert_eq!(hint, u64::try_from(frames).unwrap(), "nearly done: {} frames behind", frames - copied);
+        }
+    }
+
+    /// A batch gives its credentials ids counted on from the largest one
+    /// (`EXPLICIT_CREDENTIAL_IDS`); the index must hold each credential
+    /// under the id its row has, or epochs misjudge it.
+    #[tokio::test]
+    async fn credentials_committed_in_one_batch_are_indexed_under_their_own_ids() {
+        let (_dir, pool, store, _) = without_background_checkpoints().await;
+        sqlx::query(
+            "INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) \
+             VALUES ('o', 'O', 'o@example.com', 'active', 4000000000, 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, created_at, \
+             updated_at) VALUES ('batch', 'Batch', 'test', 'o', 'o', 'pilot', 'active', 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let now = crate::clock::SystemClock.now();
+        let issuance = |n: usize| {
+            let jti = crate::broker::exchange::new_jti(now);
+            let mut event = AuditEvent::new("credential.issued", Outcome::Success, now, &RequestMeta::default());
+            event.system_id = Some("batch".into());
+            event.jti = Some(jti.clone());
+            Issuance {
+                jti,
+                kind: CredentialKind::Jwt,
+                system_id: SystemId::parse("batch").unwrap(),
+                grant_id: GrantId::parse("g").unwrap(),
+                issuer: "https://issuer.example".into(),
+                subject: format!("workload-{n}"),
+                audience: "api".into(),
+                scopes: "read".into(),
+                iat: now,
+                exp: now + time::Duration::hours(1),
+                replay: Vec::new(),
+                secret_hash: None,
+                db_role: None,
+                event,
+            }
+        };
+        let store = Arc::new(store);
+        let mut jtis = Vec::new();
+        for round in 0..3 {
+            let mut inflight = tokio::task::JoinSet::new();
+            for n in 0..40 {
+                let i = issuance(round * 40 + n);
+                jtis.push(i.jti.clone());
+                let store = Arc::clone(&store);
+                inflight.spawn(async move { store.record_issuance(i).await.unwrap() });
+            }
+            while let Some(outcome) = inflight.join_next().await {
+                assert!(matches!(outcome.unwrap(), IssueOutcome::Committed));
+            }
+        }
+        for jti in &jtis {
+            let (id,): (i64,) =
+                sqlx::query_as("SELECT id FROM credentials WHERE jti = $1").bind(jti).fetch_one(&pool).await.unwrap();
+            let indexed = store.cache.lookup(jti).map(|found| found.id);
+            assert_eq!(indexed, Some(id), "{jti}");
         }
     }
 

@@ -30,6 +30,41 @@ async fn database_unavailable_means_503_and_no_token_then_recovery() {
     scoreboard("outage", 2, 0);
 }
 
+/// A batch's credential rows and audit events are written by separate
+/// statements (on SQLite in one execution with the COMMIT): when the audit
+/// events cannot be written, the credential rows written before them must
+/// not commit either, and no token leaves.
+#[tokio::test]
+async fn an_issuance_whose_audit_event_cannot_be_written_leaves_no_credential() {
+    let Some(app) = spawn_app().await else { return };
+    let refuse = if postgres() {
+        app.sql(
+            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$",
+        )
+        .await;
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_audit()"
+    } else {
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'audit refused'); END"
+    };
+    app.sql(refuse).await;
+    let events_before = app.scalar("SELECT COUNT(*) FROM audit_events").await;
+
+    let response = app.exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert!(body.get("access_token").is_none(), "{body}");
+    assert_eq!(app.credential_count().await, 0, "the credential row rolled back with its audit event");
+    assert_eq!(app.scalar("SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM credential_counts").await, 0);
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM audit_events").await, events_before);
+
+    app.sql(if postgres() { "DROP TRIGGER refuse_audit ON audit_events" } else { "DROP TRIGGER refuse_audit" }).await;
+    let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    assert!(body["access_token"].is_string(), "service resumes by itself");
+    assert_eq!(app.credential_count().await, 1);
+    assert_eq!(app.events("credential.issued").await.len(), 1);
+}
+
 #[tokio::test]
 async fn health_endpoints_answer_and_start_fails_without_a_database() {
     let Some(app) = spawn_with(Options { busy_timeout: "200ms", ..Options::default() }).await else { return };

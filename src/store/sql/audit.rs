@@ -28,7 +28,9 @@ async fn head(conn: &mut Conn) -> Result<(i64, String), sqlx::Error> {
 /// write transaction.
 pub(super) async fn insert_event(conn: &mut Conn, e: &AuditEvent) -> Result<(), sqlx::Error> {
     let mut chain = Chain::head(conn).await?;
-    chain.insert(conn, &[e]).await
+    let mut statements = Statements::new();
+    chain.push_inserts(&mut statements, &[e]);
+    statements.run(conn).await
 }
 
 /// The head of the chain, read once per write transaction and carried
@@ -48,40 +50,51 @@ impl Chain {
         Ok(Self { seq, hash })
     }
 
-    /// Seals `events` in order after the head and inserts them with
-    /// multi-row statements. Must run inside the write transaction the
-    /// head was read in.
-    pub(super) async fn insert(&mut self, conn: &mut Conn, events: &[&AuditEvent]) -> Result<(), sqlx::Error> {
+    /// The chain of an empty log.
+    pub(super) fn empty() -> Self {
+        Self { seq: 0, hash: GENESIS.to_owned() }
+    }
+
+    /// The chain after event `seq` with `hash`. A head without a hash was
+    /// tampered with after sealing: chain to nothing, so verification
+    /// reports it rather than papering over it.
+    pub(super) fn after(seq: i64, hash: Option<String>) -> Self {
+        Self { seq, hash: hash.unwrap_or_default() }
+    }
+
+    /// Seals `events` in order after the head and adds their multi-row
+    /// INSERTs to `statements`, which must run inside the write transaction
+    /// the head was read in.
+    pub(super) fn push_inserts(&mut self, statements: &mut Statements<'_>, events: &[&AuditEvent]) {
         for chunk in events.chunks(EVENTS_PER_STATEMENT) {
             let records: Vec<AuditRecord> = chunk.iter().map(|e| self.seal(e)).collect();
-            let mut q = QueryBuilder::<Db>::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
-            q.push_values(&records, |mut row, r| {
+            let q = statements.next();
+            q.push(format!("INSERT INTO audit_events ({COLUMNS}) "));
+            q.push_values(records, |mut row, r| {
                 row.push_bind(r.seq)
                     .push_bind(r.time_ms)
-                    .push_bind(&r.kind)
-                    .push_bind(&r.outcome)
-                    .push_bind(&r.reason)
-                    .push_bind(&r.actor)
-                    .push_bind(&r.system_id)
-                    .push_bind(&r.owners)
-                    .push_bind(&r.grant_id)
-                    .push_bind(&r.jti)
-                    .push_bind(&r.request_id)
-                    .push_bind(&r.source)
-                    .push_bind(&r.attestation_issuer)
-                    .push_bind(&r.subject)
-                    .push_bind(&r.attestation_id)
-                    .push_bind(&r.audience)
-                    .push_bind(&r.scopes)
+                    .push_bind(r.kind)
+                    .push_bind(r.outcome)
+                    .push_bind(r.reason)
+                    .push_bind(r.actor)
+                    .push_bind(r.system_id)
+                    .push_bind(r.owners)
+                    .push_bind(r.grant_id)
+                    .push_bind(r.jti)
+                    .push_bind(r.request_id)
+                    .push_bind(r.source)
+                    .push_bind(r.attestation_issuer)
+                    .push_bind(r.subject)
+                    .push_bind(r.attestation_id)
+                    .push_bind(r.audience)
+                    .push_bind(r.scopes)
                     .push_bind(r.iat)
                     .push_bind(r.exp)
-                    .push_bind(r.detail.as_ref().map(|d| d.to_string()))
-                    .push_bind(&r.prev_hash)
-                    .push_bind(&r.hash);
+                    .push_bind(r.detail.map(|d| d.to_string()))
+                    .push_bind(r.prev_hash)
+                    .push_bind(r.hash);
             });
-            q.build().execute(&mut *conn).await?;
         }
-        Ok(())
     }
 
     /// The record `e` becomes as the next link.

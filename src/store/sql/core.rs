@@ -318,35 +318,120 @@ fn remember(cache: &Cache, op: &WriteOp, result: &WriteResult) {
 
 async fn write_batch(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
     begin_write(conn).await?;
-    match apply_ops(conn, ops).await {
-        Ok(results) => match sqlx::query("COMMIT").execute(&mut *conn).await {
-            Ok(_) => Ok(results),
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                Err(e)
+    let applied = apply_ops(conn, ops).await;
+    if applied.is_err() {
+        // Nothing of the batch is committed (its closing statements stop
+        // at the first error, before COMMIT).
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    applied
+}
+
+/// Statements to run in order. Where the backend can (`ONE_EXECUTION`),
+/// they reach the database as one multi-statement execution, which stops at
+/// the first failing statement: for SQLite one hop to its connection's
+/// thread, and one wake-up of the writer, instead of one per statement.
+struct Statements<'a> {
+    done: Vec<QueryBuilder<'a, Db>>,
+    current: QueryBuilder<'a, Db>,
+    empty: bool,
+}
+
+impl<'a> Statements<'a> {
+    fn new() -> Self {
+        Self { done: Vec::new(), current: QueryBuilder::new(""), empty: true }
+    }
+
+    /// The next statement, to be written.
+    fn next(&mut self) -> &mut QueryBuilder<'a, Db> {
+        if !self.empty {
+            if ONE_EXECUTION {
+                self.current.push("; ");
+            } else {
+                self.done.push(std::mem::replace(&mut self.current, QueryBuilder::new("")));
             }
-        },
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(e)
         }
+        self.empty = false;
+        &mut self.current
+    }
+
+    async fn run(mut self, conn: &mut Conn) -> Result<(), sqlx::Error> {
+        if !self.empty {
+            self.done.push(self.current);
+        }
+        for mut q in self.done {
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
     }
 }
 
-/// Applies one batch inside its transaction with a handful of statements
-/// whatever its size: the system states the batch needs, one multi-row
-/// INSERT of credentials and one of audit events (chained in batch order).
-/// Only single-use replay guards and revocations take a statement each.
+/// What a batch reads first, in one statement: the audit chain's head, the
+/// largest credential id, and the state of each system it issues for.
+struct BatchStart {
+    chain: audit::Chain,
+    last_credential_id: i64,
+    active: HashMap<String, bool>,
+}
+
+impl BatchStart {
+    async fn read(conn: &mut Conn, systems: &[&str]) -> Result<Self, sqlx::Error> {
+        let mut q = QueryBuilder::<Db>::new(
+            "SELECT 0 AS part, seq AS n, hash AS name, NULL AS state \
+             FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS head \
+             UNION ALL SELECT 1, COALESCE(MAX(id), 0), NULL, NULL FROM credentials",
+        );
+        if !systems.is_empty() {
+            q.push(" UNION ALL SELECT 2, NULL, id, state FROM systems WHERE id IN (");
+            let mut ids = q.separated(", ");
+            for id in systems {
+                ids.push_bind(*id);
+            }
+            q.push(")");
+        }
+        // (part, head seq or largest id, head hash or system id, state)
+        type Row = (i32, Option<i64>, Option<String>, Option<String>);
+        let rows: Vec<Row> = q.build_query_as().fetch_all(&mut *conn).await?;
+        let mut start = Self { chain: audit::Chain::empty(), last_credential_id: 0, active: HashMap::new() };
+        for (part, n, name, state) in rows {
+            match (part, n) {
+                (0, Some(seq)) => start.chain = audit::Chain::after(seq, name),
+                (1, Some(id)) => start.last_credential_id = id,
+                _ => {
+                    if let Some(id) = name {
+                        start.active.insert(id, state.as_deref() == Some("active"));
+                    }
+                }
+            }
+        }
+        Ok(start)
+    }
+}
+
+/// Applies one batch inside its transaction, and commits it, with a
+/// handful of statements whatever its size: one read (`BatchStart`), then
+/// multi-row INSERTs of credentials, count buckets and audit events
+/// (chained in batch order) and COMMIT, which SQLite runs as one execution.
+/// Only single-use replay guards and revocations take statements of their
+/// own.
 async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
-    let mut chain = audit::Chain::head(conn).await?;
+    let mut systems: Vec<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Issue(i) => Some(i.system_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    systems.sort_unstable();
+    systems.dedup();
+    let BatchStart { mut chain, last_credential_id, active } = BatchStart::read(conn, &systems).await?;
     let mut results = Vec::with_capacity(ops.len());
     let mut events: Vec<Cow<'_, AuditEvent>> = Vec::with_capacity(ops.len());
     // (index into `results`, issuance) of each credential to insert.
     let mut issued: Vec<(usize, &Issuance)> = Vec::with_capacity(ops.len());
-    let mut active: HashMap<&str, bool> = HashMap::new();
     for op in ops {
         let result = match op {
-            WriteOp::Issue(i) => match admit(conn, i, &mut active).await? {
+            WriteOp::Issue(i) => match admit(conn, i, &active).await? {
                 Ok(()) => {
                     issued.push((results.len(), i));
                     events.push(Cow::Borrowed(&i.event));
@@ -405,18 +490,37 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
         };
         results.push(result);
     }
+    let mut closing = Statements::new();
+    let mut id = last_credential_id;
     for chunk in issued.chunks(CREDENTIALS_PER_STATEMENT) {
-        let ids = insert_credentials(conn, chunk.iter().map(|(_, i)| *i)).await?;
-        for (index, issuance) in chunk {
-            let id = ids.get(issuance.jti.as_str()).copied().ok_or_else(|| {
-                sqlx::Error::Protocol(format!("credential {} was inserted but not returned", issuance.jti))
-            })?;
-            results[*index] = WriteResult::Issue(IssueOutcome::Committed, Some(id));
+        let issuances = chunk.iter().map(|(_, i)| *i);
+        if EXPLICIT_CREDENTIAL_IDS {
+            // The batch holds the write lock: ids counted on from the
+            // largest one are the next ones, in issuance order.
+            push_credentials(closing.next(), issuances, Some(id));
+            for (index, _) in chunk {
+                id += 1;
+                results[*index] = WriteResult::Issue(IssueOutcome::Committed, Some(id));
+            }
+        } else {
+            let mut q = QueryBuilder::new("");
+            push_credentials(&mut q, issuances, None);
+            q.push(" RETURNING jti, id");
+            let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
+            let ids: HashMap<String, i64> = rows.into_iter().collect();
+            for (index, issuance) in chunk {
+                let id = ids.get(issuance.jti.as_str()).copied().ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("credential {} was inserted but not returned", issuance.jti))
+                })?;
+                results[*index] = WriteResult::Issue(IssueOutcome::Committed, Some(id));
+            }
         }
     }
-    count_issued(conn, issued.iter().map(|(_, i)| *i)).await?;
+    count_issued(&mut closing, issued.iter().map(|(_, i)| *i));
     let events: Vec<&AuditEvent> = events.iter().map(AsRef::as_ref).collect();
-    chain.insert(conn, &events).await?;
+    chain.push_inserts(&mut closing, &events);
+    closing.next().push("COMMIT");
+    closing.run(conn).await?;
     Ok(results)
 }
 
@@ -445,29 +549,18 @@ fn denial_of(i: &Issuance, reason: &str) -> AuditEvent {
 /// Whether issuance `i` may still commit, under the write lock: its system
 /// is still active, and a single-use attestation has not been used. If not,
 /// the outcome and the denial to record instead.
-async fn admit<'a>(
+async fn admit(
     conn: &mut Conn,
-    i: &'a Issuance,
-    active: &mut HashMap<&'a str, bool>,
+    i: &Issuance,
+    active: &HashMap<String, bool>,
 ) -> Result<Result<(), (IssueOutcome, AuditEvent)>, sqlx::Error> {
     // The decision was taken before this transaction; a suspension or
-    // retirement may have committed since. Checked here, under the write
-    // lock, no credential can be committed for a system that is no longer
-    // active, so none can reappear when it is reinstated. Write
-    // transactions are serialized, so one read per system per batch holds
-    // for the whole batch.
-    let is_active = match active.get(i.system_id.as_str()) {
-        Some(a) => *a,
-        None => {
-            let state: Option<(String,)> = sqlx::query_as("SELECT state FROM systems WHERE id = $1")
-                .bind(i.system_id.as_str())
-                .fetch_optional(&mut *conn)
-                .await?;
-            let a = matches!(state.as_ref().map(|(s,)| s.as_str()), Some("active"));
-            active.insert(i.system_id.as_str(), a);
-            a
-        }
-    };
+    // retirement may have committed since. Checked here, with the states
+    // read under the write lock (`BatchStart`), no credential can be
+    // committed for a system that is no longer active, so none can reappear
+    // when it is reinstated. Write transactions are serialized, so one read
+    // per batch holds for the whole batch.
+    let is_active = active.get(i.system_id.as_str()).copied().unwrap_or(false);
     if !is_active {
         let denial = denial_of(i, "access_denied: the system stopped operating while the request was decided");
         return Ok(Err((IssueOutcome::SystemStopped, denial)));
@@ -492,16 +585,17 @@ async fn admit<'a>(
     Ok(Ok(()))
 }
 
-/// Inserts credential rows in one statement; returns their ids by `jti`.
-async fn insert_credentials<'a>(
-    conn: &mut Conn,
-    issuances: impl Iterator<Item = &'a Issuance>,
-) -> Result<HashMap<String, i64>, sqlx::Error> {
-    let mut q = QueryBuilder::<Db>::new(
-        "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp, secret_hash, \
-         db_role, role_state) ",
-    );
+/// Writes the multi-row INSERT of `issuances` into `q`, with ids counted on
+/// from `after` when given (else the database picks them).
+fn push_credentials<'a>(q: &mut QueryBuilder<'a, Db>, issuances: impl Iterator<Item = &'a Issuance>, after: Option<i64>) {
+    q.push(if after.is_some() { "INSERT INTO credentials (id, " } else { "INSERT INTO credentials (" });
+    q.push("jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp, secret_hash, db_role, role_state) ");
+    let mut next = after.unwrap_or(0);
     q.push_values(issuances, |mut row, i| {
+        if after.is_some() {
+            next += 1;
+            row.push_bind(next);
+        }
         row.push_bind(&i.jti)
             .push_bind(i.kind.to_string())
             .push_bind(i.system_id.as_str())
@@ -516,29 +610,25 @@ async fn insert_credentials<'a>(
             .push_bind(i.db_role.as_deref())
             .push_bind(i.db_role.as_ref().map(|_| "live"));
     });
-    q.push(" RETURNING jti, id");
-    let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
-    Ok(rows.into_iter().collect())
 }
 
 /// Adds the batch's credentials to their systems' count buckets: one row
 /// per system and expiry second, so a batch issued within one second for
 /// one system touches one row.
-async fn count_issued<'a>(conn: &mut Conn, issuances: impl Iterator<Item = &'a Issuance>) -> Result<(), sqlx::Error> {
+fn count_issued<'a>(closing: &mut Statements<'a>, issuances: impl Iterator<Item = &'a Issuance>) {
     let mut counts: HashMap<(&str, i64), i64> = HashMap::new();
     for i in issuances {
         *counts.entry((i.system_id.as_str(), ts(i.exp))).or_default() += 1;
     }
     let buckets: Vec<(&str, i64, i64)> = counts.into_iter().map(|((s, e), n)| (s, e, n)).collect();
     for chunk in buckets.chunks(CREDENTIALS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Db>::new("INSERT INTO credential_counts (system_id, exp, n) ");
-        q.push_values(chunk, |mut row, (system, exp, n)| {
-            row.push_bind(*system).push_bind(*exp).push_bind(*n);
+        let q = closing.next();
+        q.push("INSERT INTO credential_counts (system_id, exp, n) ");
+        q.push_values(chunk.iter().copied(), |mut row, (system, exp, n)| {
+            row.push_bind(system).push_bind(exp).push_bind(n);
         });
         q.push(" ON CONFLICT (system_id, exp) DO UPDATE SET n = credential_counts.n + excluded.n");
-        q.build().execute(&mut *conn).await?;
     }
-    Ok(())
 }
 
 fn corrupt(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {

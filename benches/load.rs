@@ -147,6 +147,31 @@ fn unix_now() -> i64 {
     SystemClock.now().unix_timestamp()
 }
 
+// ---------------------------------------------------------------- disk
+
+/// How long this machine's disk takes to make a small write durable, as
+/// every commit does (SQLite's `synchronous = FULL`, PostgreSQL's WAL
+/// flush): 8 KiB appended and `fdatasync`ed in a loop for `run`, in `dir`.
+/// A commit can be no faster than this floor, and a stall here stalls every
+/// request waiting on that commit.
+fn disk_sync_latency(dir: &Path, run: Duration) -> RunResult {
+    use std::io::Write as _;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let block = [0x5a_u8; 8192];
+    let mut micros = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < run {
+        file.write_all(&block).unwrap();
+        let t = Instant::now();
+        file.sync_data().unwrap();
+        micros.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    RunResult::from_latencies("write + fdatasync, 8 KiB", 1, micros, 0, started.elapsed(), None)
+}
+
 // ---------------------------------------------------------------- crypto
 
 /// Exchanges per second if verification and signing were all there was.
@@ -521,6 +546,7 @@ struct RunResult {
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
+    max_ms: f64,
     /// CPU per request, in microseconds: the server's and the load
     /// generator's (which shares the machine).
     server_cpu_us: f64,
@@ -534,9 +560,9 @@ impl RunResult {
         mut micros: Vec<u32>,
         errors: u64,
         elapsed: Duration,
-        cpu: &CpuMeter,
+        cpu: Option<&CpuMeter>,
     ) -> Self {
-        let (server_cpu_us, generator_cpu_us) = cpu.per_request(micros.len());
+        let (server_cpu_us, generator_cpu_us) = cpu.map_or((0.0, 0.0), |c| c.per_request(micros.len()));
         micros.sort_unstable();
         let pct = |p: f64| {
             if micros.is_empty() {
@@ -554,6 +580,7 @@ impl RunResult {
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
             p999_ms: pct(0.999),
+            max_ms: micros.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
             server_cpu_us,
             generator_cpu_us,
         }
@@ -698,7 +725,7 @@ async fn closed_loop(target: &Target, label: &str, concurrency: usize, run: Dura
         }));
     }
     let all = Tally::gather(tasks).await;
-    RunResult::from_latencies(label, concurrency, all.micros, all.errors, started.elapsed(), &cpu)
+    RunResult::from_latencies(label, concurrency, all.micros, all.errors, started.elapsed(), Some(&cpu))
 }
 
 /// Requests at a fixed total rate from 64 clients; each latency counts
@@ -728,7 +755,7 @@ async fn fixed_rate(target: &Target, label: &str, rate: f64, run: Duration) -> R
         }));
     }
     let all = Tally::gather(tasks).await;
-    RunResult::from_latencies(label, CLIENTS, all.micros, all.errors, run, &cpu)
+    RunResult::from_latencies(label, CLIENTS, all.micros, all.errors, run, Some(&cpu))
 }
 
 fn exchange_bodies(tokens: &[String]) -> Arc<Vec<String>> {
@@ -924,6 +951,12 @@ async fn main() {
         args.algorithm
     );
 
+    let disk = disk_sync_latency(dir.path(), Duration::from_secs(3));
+    println!(
+        "disk: {:.0} durable 8 KiB writes/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, slowest {:.1} ms",
+        disk.rps, disk.p50_ms, disk.p99_ms, disk.p999_ms, disk.max_ms
+    );
+
     // 2. Start-up and idle memory.
     let db = Db::create(args.database.as_deref(), dir.path(), "main").await;
     let config = write_config(dir.path(), "main", &db.url, args.algorithm, &attester);
@@ -1049,6 +1082,7 @@ async fn main() {
             "backend": backend, "cores": cores, "commit": commit, "algorithm": format!("{:?}", args.algorithm),
             "run_seconds": args.duration.as_secs_f64(),
             "crypto_limit_per_s": {"one_core": crypto_one, "all_cores": crypto_all},
+            "disk_sync": disk,
             "startup_ms": {"new_database": startup_new_ms, "empty_database": startup_empty_ms},
             "rss_mib": {"idle": rss_idle, "after_load": rss_loaded},
             "exchanges": exchanges, "exchange_half_peak": half, "introspection": introspections,

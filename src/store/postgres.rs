@@ -29,15 +29,18 @@ const CONTAINS_FN: &str = "strpos";
 
 /// Advisory lock held by every write transaction (`halflife` in ASCII).
 const WRITE_LOCK: i64 = 0x68616c666c696665;
+/// `BEGIN` and taking `WRITE_LOCK`, as one simple query.
+const BEGIN_WRITE: &str = "BEGIN; SELECT pg_advisory_xact_lock(7521412039846749797)";
 /// Advisory lock held by the replica that runs singleton background work.
 const LEADER_LOCK: i64 = WRITE_LOCK + 1;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Starts a write transaction holding the database-wide write lock.
+/// Starts a write transaction holding the database-wide write lock, in one
+/// round trip (both statements in one simple query).
 async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
-    sqlx::query("BEGIN").execute(&mut *conn).await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *conn).await?;
+    use sqlx::Executor as _;
+    conn.execute(BEGIN_WRITE).await?;
     Ok(())
 }
 
@@ -223,5 +226,16 @@ impl Coordination for PgLeader {
             }
             Err(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-round-trip BEGIN takes the same lock as every other writer.
+    #[test]
+    fn begin_write_takes_the_write_lock() {
+        assert_eq!(BEGIN_WRITE, format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"));
     }
 }

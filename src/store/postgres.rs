@@ -53,7 +53,7 @@ async fn after_batch(_conn: &mut Conn, _wal_frames: &AtomicU64) -> Result<(), sq
 const SNAPSHOT_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// PostgreSQL prepares one statement at a time: a batch's closing
-/// statements run in turn.
+/// statements become the data-modifying CTEs of one (see `Statements`).
 const ONE_EXECUTION: bool = false;
 /// The database picks credential ids; the INSERT returns them.
 const EXPLICIT_CREDENTIAL_IDS: bool = false;

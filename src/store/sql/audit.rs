@@ -30,7 +30,7 @@ pub(super) async fn insert_event(conn: &mut Conn, e: &AuditEvent) -> Result<(), 
     let mut chain = Chain::head(conn).await?;
     let mut statements = Statements::new();
     chain.push_inserts(&mut statements, &[e]);
-    statements.run(conn).await
+    statements.run(conn).await.map(|_| ())
 }
 
 /// The head of the chain, read once per write transaction and carried

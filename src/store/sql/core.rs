@@ -327,42 +327,64 @@ async fn write_batch(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResul
     applied
 }
 
-/// Statements to run in order. Where the backend can (`ONE_EXECUTION`),
-/// they reach the database as one multi-statement execution, which stops at
-/// the first failing statement: for SQLite one hop to its connection's
-/// thread, and one wake-up of the writer, instead of one per statement.
+/// Statements to run in order, sent to the database as one: SQLite runs
+/// them as one multi-statement execution (`ONE_EXECUTION`), which stops at
+/// the first failing statement, in one hop to its connection's thread;
+/// PostgreSQL, which prepares one statement at a time, runs them as the
+/// data-modifying CTEs of one statement, in one round trip.
 struct Statements<'a> {
-    done: Vec<QueryBuilder<'a, Db>>,
-    current: QueryBuilder<'a, Db>,
-    empty: bool,
+    query: QueryBuilder<'a, Db>,
+    count: usize,
+    /// Whether one of them is the credential INSERT whose returned ids
+    /// `run` reads (PostgreSQL).
+    issued: bool,
 }
 
 impl<'a> Statements<'a> {
     fn new() -> Self {
-        Self { done: Vec::new(), current: QueryBuilder::new(""), empty: true }
+        Self { query: QueryBuilder::new(""), count: 0, issued: false }
     }
 
     /// The next statement, to be written.
     fn next(&mut self) -> &mut QueryBuilder<'a, Db> {
-        if !self.empty {
-            if ONE_EXECUTION {
-                self.current.push("; ");
-            } else {
-                self.done.push(std::mem::replace(&mut self.current, QueryBuilder::new("")));
-            }
-        }
-        self.empty = false;
-        &mut self.current
+        let name = format!("s{}", self.count);
+        self.start(&name)
     }
 
-    async fn run(mut self, conn: &mut Conn) -> Result<(), sqlx::Error> {
-        if !self.empty {
-            self.done.push(self.current);
+    /// The credential INSERT whose `RETURNING jti, id` rows `run` returns
+    /// (PostgreSQL; SQLite returns none).
+    fn next_issued(&mut self) -> &mut QueryBuilder<'a, Db> {
+        self.issued = true;
+        self.start("issued")
+    }
+
+    fn start(&mut self, name: &str) -> &mut QueryBuilder<'a, Db> {
+        if ONE_EXECUTION {
+            if self.count > 0 {
+                self.query.push("; ");
+            }
+        } else {
+            self.query.push(if self.count == 0 { "WITH " } else { "), " });
+            self.query.push(name).push(" AS (");
         }
-        for mut q in self.done {
-            q.build().execute(&mut *conn).await?;
+        self.count += 1;
+        &mut self.query
+    }
+
+    async fn run(mut self, conn: &mut Conn) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        if self.count == 0 {
+            return Ok(Vec::new());
         }
-        Ok(())
+        if ONE_EXECUTION {
+            self.query.build().execute(&mut *conn).await?;
+            return Ok(Vec::new());
+        }
+        self.query.push(if self.issued {
+            ") SELECT jti, id FROM issued"
+        } else {
+            ") SELECT '' AS jti, CAST(0 AS BIGINT) AS id WHERE false"
+        });
+        self.query.build_query_as().fetch_all(&mut *conn).await
     }
 }
 
@@ -411,7 +433,8 @@ impl BatchStart {
 /// Applies one batch inside its transaction, and commits it, with a
 /// handful of statements whatever its size: one read (`BatchStart`), then
 /// multi-row INSERTs of credentials, count buckets and audit events
-/// (chained in batch order) and COMMIT, which SQLite runs as one execution.
+/// (chained in batch order) sent as one (`Statements`), and COMMIT, which
+/// SQLite runs in the same execution.
 /// Only single-use replay guards and revocations take statements of their
 /// own.
 async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
@@ -491,36 +514,39 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
         results.push(result);
     }
     let mut closing = Statements::new();
-    let mut id = last_credential_id;
-    for chunk in issued.chunks(CREDENTIALS_PER_STATEMENT) {
-        let issuances = chunk.iter().map(|(_, i)| *i);
+    if !issued.is_empty() {
+        let issuances = issued.iter().map(|(_, i)| *i);
         if EXPLICIT_CREDENTIAL_IDS {
             // The batch holds the write lock: ids counted on from the
             // largest one are the next ones, in issuance order.
-            push_credentials(closing.next(), issuances, Some(id));
-            for (index, _) in chunk {
-                id += 1;
+            push_credentials(closing.next(), issuances, Some(last_credential_id));
+            for ((index, _), id) in issued.iter().zip(last_credential_id + 1..) {
                 results[*index] = WriteResult::Issue(IssueOutcome::Committed, Some(id));
             }
         } else {
-            let mut q = QueryBuilder::new("");
-            push_credentials(&mut q, issuances, None);
+            let q = closing.next_issued();
+            push_credentials(q, issuances, None);
             q.push(" RETURNING jti, id");
-            let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
-            let ids: HashMap<String, i64> = rows.into_iter().collect();
-            for (index, issuance) in chunk {
-                let id = ids.get(issuance.jti.as_str()).copied().ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("credential {} was inserted but not returned", issuance.jti))
-                })?;
-                results[*index] = WriteResult::Issue(IssueOutcome::Committed, Some(id));
-            }
         }
     }
     count_issued(&mut closing, issued.iter().map(|(_, i)| *i));
     let events: Vec<&AuditEvent> = events.iter().map(AsRef::as_ref).collect();
     chain.push_inserts(&mut closing, &events);
-    closing.next().push("COMMIT");
-    closing.run(conn).await?;
+    if ONE_EXECUTION {
+        closing.next().push("COMMIT");
+    }
+    let returned: HashMap<String, i64> = closing.run(conn).await?.into_iter().collect();
+    if !EXPLICIT_CREDENTIAL_IDS {
+        for (index, issuance) in &issued {
+            let id = returned.get(issuance.jti.as_str()).copied().ok_or_else(|| {
+                sqlx::Error::Protocol(format!("credential {} was inserted but not returned", issuance.jti))
+            })?;
+            results[*index] = WriteResult::Issue(IssueOutcome::Committed, Some(id));
+        }
+    }
+    if !ONE_EXECUTION {
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+    }
     Ok(results)
 }
 
@@ -531,8 +557,10 @@ const ACTIVE_CREDENTIAL: &str = "SELECT c.system_id, c.exp FROM credentials c JO
      WHERE c.jti = $1 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
      AND c.id > COALESCE(w.revoked_through, 0)";
 
-/// Rows per multi-row credential INSERT (10 columns each).
+/// Rows per multi-row INSERT of credentials or of count buckets.
 const CREDENTIALS_PER_STATEMENT: usize = 512;
+// A batch's credentials fit one INSERT (one statement returns their ids).
+const _: () = assert!(MAX_BATCH <= CREDENTIALS_PER_STATEMENT);
 
 /// The `credential.denied` event recorded instead of an issuance.
 fn denial_of(i: &Issuance, reason: &str) -> AuditEvent {

@@ -10,20 +10,6 @@ use sqlx::QueryBuilder;
 
 use crate::audit::{AuditRecord, Checkpoint, GENESIS, chain_hash};
 
-async fn head(conn: &mut Conn) -> Result<(i64, String), sqlx::Error> {
-    let row: Option<(i64, Option<String>)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(match row {
-        Some((seq, Some(hash))) => (seq, hash),
-        // A head without a hash was tampered with after sealing: chain to
-        // nothing, so verification reports it rather than papering over it.
-        Some((seq, None)) => (seq, String::new()),
-        None => (0, GENESIS.to_owned()),
-    })
-}
-
 /// Appends `e` after the current head, chained to it. Must run inside a
 /// write transaction.
 pub(super) async fn insert_event(conn: &mut Conn, e: &AuditEvent) -> Result<(), sqlx::Error> {
@@ -46,8 +32,11 @@ const EVENTS_PER_STATEMENT: usize = 256;
 
 impl Chain {
     pub(super) async fn head(conn: &mut Conn) -> Result<Self, sqlx::Error> {
-        let (seq, hash) = head(conn).await?;
-        Ok(Self { seq, hash })
+        let row: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *conn)
+                .await?;
+        Ok(row.map_or_else(Self::empty, |(seq, hash)| Self::after(seq, hash)))
     }
 
     /// The chain of an empty log.

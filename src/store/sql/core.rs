@@ -347,25 +347,29 @@ impl<'a> Statements<'a> {
 
     /// The next statement, to be written.
     fn next(&mut self) -> &mut QueryBuilder<'a, Db> {
-        let name = format!("s{}", self.count);
-        self.start(&name)
+        self.start(None)
     }
 
     /// The credential INSERT whose `RETURNING jti, id` rows `run` returns
     /// (PostgreSQL; SQLite returns none).
     fn next_issued(&mut self) -> &mut QueryBuilder<'a, Db> {
         self.issued = true;
-        self.start("issued")
+        self.start(Some("issued"))
     }
 
-    fn start(&mut self, name: &str) -> &mut QueryBuilder<'a, Db> {
+    /// Starts a statement; on PostgreSQL a CTE called `name`, or `s<n>`.
+    fn start(&mut self, name: Option<&str>) -> &mut QueryBuilder<'a, Db> {
         if ONE_EXECUTION {
             if self.count > 0 {
                 self.query.push("; ");
             }
         } else {
             self.query.push(if self.count == 0 { "WITH " } else { "), " });
-            self.query.push(name).push(" AS (");
+            match name {
+                Some(name) => self.query.push(name),
+                None => self.query.push(format_args!("s{}", self.count)),
+            };
+            self.query.push(" AS (");
         }
         self.count += 1;
         &mut self.query
@@ -389,7 +393,8 @@ impl<'a> Statements<'a> {
 }
 
 /// What a batch reads first, in one statement: the audit chain's head, the
-/// largest credential id, and the state of each system it issues for.
+/// largest credential id (where the batch numbers its credentials itself,
+/// `EXPLICIT_CREDENTIAL_IDS`), and the state of each system it issues for.
 struct BatchStart {
     chain: audit::Chain,
     last_credential_id: i64,
@@ -400,9 +405,11 @@ impl BatchStart {
     async fn read(conn: &mut Conn, systems: &[&str]) -> Result<Self, sqlx::Error> {
         let mut q = QueryBuilder::<Db>::new(
             "SELECT 0 AS part, seq AS n, hash AS name, NULL AS state \
-             FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS head \
-             UNION ALL SELECT 1, COALESCE(MAX(id), 0), NULL, NULL FROM credentials",
+             FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS head",
         );
+        if EXPLICIT_CREDENTIAL_IDS {
+            q.push(" UNION ALL SELECT 1, COALESCE(MAX(id), 0), NULL, NULL FROM credentials");
+        }
         if !systems.is_empty() {
             q.push(" UNION ALL SELECT 2, NULL, id, state FROM systems WHERE id IN (");
             let mut ids = q.separated(", ");

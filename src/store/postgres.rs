@@ -31,6 +31,10 @@ const CONTAINS_FN: &str = "strpos";
 const WRITE_LOCK: i64 = 0x68616c666c696665;
 /// `BEGIN` and taking `WRITE_LOCK`, as one simple query.
 const BEGIN_WRITE: &str = "BEGIN; SELECT pg_advisory_xact_lock(7521412039846749797)";
+
+/// `BEGIN_WRITE` is a simple query and a batch's first read has bind
+/// parameters (the extended protocol): they cannot share a round trip.
+const BATCH_BEGINS_WITH_READ: bool = false;
 /// Advisory lock held by the replica that runs singleton background work.
 const LEADER_LOCK: i64 = WRITE_LOCK + 1;
 

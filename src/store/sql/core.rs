@@ -317,7 +317,9 @@ fn remember(cache: &Cache, op: &WriteOp, result: &WriteResult) {
 }
 
 async fn write_batch(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
-    begin_write(conn).await?;
+    if !BATCH_BEGINS_WITH_READ {
+        begin_write(conn).await?;
+    }
     let applied = apply_ops(conn, ops).await;
     if applied.is_err() {
         // Nothing of the batch is committed (its closing statements stop
@@ -402,8 +404,14 @@ struct BatchStart {
 }
 
 impl BatchStart {
+    /// Reads the start of a batch; with `BATCH_BEGINS_WITH_READ`, first
+    /// opens its write transaction in the same execution.
     async fn read(conn: &mut Conn, systems: &[&str]) -> Result<Self, sqlx::Error> {
-        let mut q = QueryBuilder::<Db>::new(
+        let mut q = QueryBuilder::<Db>::new("");
+        if BATCH_BEGINS_WITH_READ {
+            q.push(BEGIN_WRITE).push("; ");
+        }
+        q.push(
             "SELECT 0 AS part, seq AS n, hash AS name, NULL AS state \
              FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS head",
         );

@@ -382,6 +382,25 @@ impl RawDb {
     }
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), for a
+/// test server to listen on. A restart binds the same port again (so the
+/// `iss` of issued tokens stays the same); in the ephemeral range, an
+/// outgoing connection of a test running alongside could take it as its
+/// local port in between, and the restart would fail.
+fn listen_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Test binaries run one after another; start each at its own offset so
+    // one does not probe ports a previous one may still hold.
+    let offset = std::process::id() % 12_000;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(20_000 + (offset + n) % 12_000).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub async fn spawn_app() -> Option<TestApp> {
     spawn_with(Options::default()).await
 }
@@ -398,10 +417,11 @@ pub async fn spawn_with(options: Options) -> Option<TestApp> {
     std::fs::write(dir.path().join("spire.jwks"), ec.jwks().to_string()).unwrap();
     std::fs::write(dir.path().join("catalog.toml"), &options.catalog).unwrap();
     let d = dir.path().display();
+    let port = listen_port();
     let text = format!(
         r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 header_read_timeout = "1s"
 max_body_bytes = {max_body}
 {server_extra}
@@ -508,9 +528,10 @@ impl TestApp {
             let _ = task.await;
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        // Same address, so the `iss` of issued tokens stays the same.
-        let config = self.config_text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{}\"", self.addr), 1);
-        start(config, self.clock.clone(), dir, self.db.clone(), self.rsa.clone(), self.ec.clone()).await
+        // Same address (`listen_port`), so the `iss` of issued tokens stays
+        // the same.
+        start(self.config_text.clone(), self.clock.clone(), dir, self.db.clone(), self.rsa.clone(), self.ec.clone())
+            .await
     }
 }
 

@@ -23,9 +23,9 @@ async fn main() {
     let started = Instant::now();
     sqlx::query(&format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {EVENTS}) \
-         INSERT INTO audit_events (seq, time_ms, kind, outcome, actor, system_id, owners, jti, subject, prev_hash, hash) \
+         INSERT INTO audit_events (seq, time_ms, kind, outcome, actor, system_id, owners, jti, subject, hash) \
          SELECT i, 1700000000000 + i, 'credential.issued', 'success', 'k8s workload', 'system-' || (i % 100), \
-         'biz tech', 'jti-' || i, 'spiffe://prod/ns/ai/sa/w' || (i % 1000), 'p', 'h' FROM n"
+         'biz tech', 'jti-' || i, 'spiffe://prod/ns/ai/sa/w' || (i % 1000), randomblob(32) FROM n"
     ))
     .execute(&mut conn)
     .await

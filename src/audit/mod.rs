@@ -83,14 +83,19 @@ pub fn rfc3339_ms(time_ms: i64) -> Option<String> {
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
 }
 
-/// The chain hash of `event` after `prev_hash`.
+/// The chain hash of `event` after `prev_hash`, in lower-case hex.
 pub fn chain_hash(prev_hash: &str, event: &Canonical<'_>) -> String {
+    crypto::hex(&chain_digest(prev_hash, event))
+}
+
+/// The chain hash of `event` after `prev_hash`: its 32 bytes, as stored.
+pub fn chain_digest(prev_hash: &str, event: &Canonical<'_>) -> [u8; 32] {
     let body = serde_json::to_vec(event).unwrap_or_default();
     let mut input = Vec::with_capacity(prev_hash.len() + 1 + body.len());
     input.extend_from_slice(prev_hash.as_bytes());
     input.push(b'\n');
     input.extend_from_slice(&body);
-    crypto::hex(&crypto::sha256(&input))
+    crypto::sha256(&input)
 }
 
 impl AuditRecord {

@@ -27,6 +27,11 @@ type ConnectOpts = PgConnectOptions;
 /// `CONTAINS_FN(haystack, needle) > 0` when `needle` occurs in `haystack`.
 const CONTAINS_FN: &str = "strpos";
 
+/// A stored chain hash (32 bytes) as lower-case hex text.
+fn hash_hex(column: &str) -> String {
+    format!("encode({column}, 'hex')")
+}
+
 /// Advisory lock held by every write transaction (`halflife` in ASCII).
 const WRITE_LOCK: i64 = 0x68616c666c696665;
 /// `BEGIN` and taking `WRITE_LOCK`, as one simple query.

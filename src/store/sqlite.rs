@@ -24,6 +24,11 @@ type ConnectOpts = SqliteConnectOptions;
 /// `CONTAINS_FN(haystack, needle) > 0` when `needle` occurs in `haystack`.
 const CONTAINS_FN: &str = "instr";
 
+/// A stored chain hash (32 bytes) as lower-case hex text.
+fn hash_hex(column: &str) -> String {
+    format!("lower(hex({column}))")
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Starts a write transaction holding the database's write lock.

@@ -312,11 +312,12 @@ async fn exports_parse_back_and_verify_offline() {
     assert!(!ok && out.contains("truncated"), "{out}");
 
     let newline = if postgres() { "chr(10)" } else { "char(10)" };
+    let hash = if postgres() { "decode('68', 'hex')" } else { "x'68'" };
     app.sql(&format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
-         INSERT INTO audit_events (seq, time_ms, kind, outcome, reason, actor, system_id, jti, detail, prev_hash, hash) \
+         INSERT INTO audit_events (seq, time_ms, kind, outcome, reason, actor, system_id, jti, detail, hash) \
          SELECT 1000 + i, 1700000000000 + i, 'credential.issued', 'success', 'bulk, \"quoted\"' || {newline} || 'line', \
-         'bulk actor', 'indexer', 'jti-' || i, '{{\"n\":' || i || '}}', 'p', 'h' FROM n",
+         'bulk actor', 'indexer', 'jti-' || i, '{{\"n\":' || i || '}}', {hash} FROM n",
     ))
     .await;
     let total = app.scalar("SELECT COUNT(*) FROM audit_events").await;
@@ -391,4 +392,114 @@ async fn no_secret_reaches_the_audit_log_or_its_exports() {
         assert!(!dump.contains(&secret), "{name} in the database");
     }
     assert!(export.lines().count() > 5);
+}
+
+/// Hashes became 32 stored bytes, and `prev_hash` is read from the event
+/// before instead of stored (SQLite migration 0013, PostgreSQL 0009). A log
+/// chained before that upgrade keeps every hash, so it and the checkpoints
+/// signed over it still verify, and an event altered before the upgrade is
+/// still reported.
+#[tokio::test]
+async fn a_chain_written_before_hashes_were_compacted_still_verifies() {
+    use halflife::audit::{AuditRecord, ChainVerifier, GENESIS, chain_hash};
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = TestDb::create(dir.path()).await else { return };
+    let (backend, compaction) = if postgres() { ("postgres", 9) } else { ("sqlite", 13) };
+    let older = dir.path().join("older-migrations");
+    std::fs::create_dir(&older).unwrap();
+    for entry in std::fs::read_dir(format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR"))).unwrap() {
+        let path = entry.unwrap().path();
+        let version: i64 = path.file_name().unwrap().to_str().unwrap()[..4].parse().unwrap();
+        if version < compaction {
+            std::fs::copy(&path, older.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(older.as_path()).await.unwrap();
+    let url = db.url();
+    if postgres() {
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+        migrator.run(&mut c).await.unwrap();
+    } else {
+        let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("{url}?mode=rwc")).await.unwrap();
+        migrator.run(&mut c).await.unwrap();
+    }
+
+    // Four events as the old layout held them: hex text, prev_hash stored.
+    let mut prev = GENESIS.to_owned();
+    let mut hashes = Vec::new();
+    let mut rows = Vec::new();
+    for seq in 1..=4_i64 {
+        let mut event = AuditRecord {
+            seq,
+            time: String::new(),
+            time_ms: 1_700_000_000_000 + seq,
+            kind: "credential.issued".into(),
+            outcome: "success".into(),
+            reason: None,
+            actor: Some(format!("workload-{seq}")),
+            system_id: Some("indexer".into()),
+            owners: Some("biz tech".into()),
+            grant_id: None,
+            jti: Some(format!("jti-{seq}")),
+            request_id: None,
+            source: None,
+            attestation_issuer: None,
+            subject: None,
+            attestation_id: None,
+            audience: None,
+            scopes: None,
+            iat: None,
+            exp: None,
+            detail: Some(json!({"kind": "jwt"})),
+            prev_hash: prev.clone(),
+            hash: String::new(),
+        };
+        event.hash = chain_hash(&prev, &event.canonical());
+        // Event 4 is altered after sealing, as someone with the file could.
+        let actor = if seq == 4 { "mallory".to_owned() } else { event.actor.clone().unwrap() };
+        rows.push(format!(
+            "({seq}, {}, 'credential.issued', 'success', '{actor}', 'indexer', 'biz tech', 'jti-{seq}', \
+             '{{\"kind\":\"jwt\"}}', '{prev}', '{}')",
+            event.time_ms, event.hash
+        ));
+        prev.clone_from(&event.hash);
+        hashes.push(event.hash);
+    }
+    let mut raw = db.raw().await;
+    raw.execute(&format!(
+        "INSERT INTO audit_events (seq, time_ms, kind, outcome, actor, system_id, owners, jti, detail, prev_hash, hash) \
+         VALUES {}",
+        rows.join(", ")
+    ))
+    .await
+    .unwrap();
+    drop(raw);
+
+    let opened = halflife::store::open(&halflife::store::OpenOptions {
+        url: url.clone(),
+        busy_timeout: std::time::Duration::from_secs(5),
+        max_connections: 2,
+        auto_migrate: true,
+        application_name: "halflife-test".into(),
+    })
+    .await
+    .unwrap();
+    let events = opened.store.audit_events(&halflife::store::AuditFilter::default(), None, 10).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.hash.clone()).collect::<Vec<_>>(), hashes, "every hash kept");
+    assert_eq!(events[0].prev_hash, GENESIS);
+    assert_eq!(events[2].prev_hash, hashes[1], "prev_hash is the hash of the event before");
+    let mut chain = ChainVerifier::new(1, GENESIS.to_owned(), &[]);
+    for event in &events {
+        chain.push(event);
+    }
+    let report = chain.finish();
+    assert_eq!(report.events_checked, 3);
+    let problem = report.first_problem.unwrap();
+    assert_eq!((problem.seq, problem.what.contains("altered")), (4, true), "{problem:?}");
+    // Each hash takes its 32 bytes.
+    let mut raw = db.raw().await;
+    let width = if postgres() { "octet_length(hash)" } else { "length(hash)" };
+    assert_eq!(raw.scalar(&format!("SELECT CAST(MIN({width}) AS BIGINT) FROM audit_events")).await, 32);
+    assert_eq!(raw.scalar(&format!("SELECT CAST(MAX({width}) AS BIGINT) FROM audit_events")).await, 32);
 }

@@ -8,7 +8,7 @@
 
 use sqlx::QueryBuilder;
 
-use crate::audit::{AuditRecord, Checkpoint, GENESIS, chain_hash};
+use crate::audit::{AuditRecord, Checkpoint, GENESIS, chain_digest};
 
 /// Appends `e` after the current head, chained to it. Must run inside a
 /// write transaction.
@@ -32,10 +32,12 @@ const EVENTS_PER_STATEMENT: usize = 256;
 
 impl Chain {
     pub(super) async fn head(conn: &mut Conn) -> Result<Self, sqlx::Error> {
-        let row: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *conn)
-                .await?;
+        let row: Option<(i64, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT seq, {} FROM audit_events ORDER BY seq DESC LIMIT 1",
+            hash_hex("hash")
+        ))
+        .fetch_optional(&mut *conn)
+        .await?;
         Ok(row.map_or_else(Self::empty, |(seq, hash)| Self::after(seq, hash)))
     }
 
@@ -56,10 +58,10 @@ impl Chain {
     /// the head was read in.
     pub(super) fn push_inserts(&mut self, statements: &mut Statements<'_>, events: &[&AuditEvent]) {
         for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-            let records: Vec<AuditRecord> = chunk.iter().map(|e| self.seal(e)).collect();
+            let records: Vec<(AuditRecord, [u8; 32])> = chunk.iter().map(|e| self.seal(e)).collect();
             let q = statements.next();
-            q.push(format!("INSERT INTO audit_events ({COLUMNS}) "));
-            q.push_values(records, |mut row, r| {
+            q.push(format!("INSERT INTO audit_events ({COLUMNS}, hash) "));
+            q.push_values(records, |mut row, (r, digest)| {
                 row.push_bind(r.seq)
                     .push_bind(r.time_ms)
                     .push_bind(r.kind)
@@ -80,14 +82,13 @@ impl Chain {
                     .push_bind(r.iat)
                     .push_bind(r.exp)
                     .push_bind(r.detail.map(|d| d.to_string()))
-                    .push_bind(r.prev_hash)
-                    .push_bind(r.hash);
+                    .push_bind(digest.to_vec());
             });
         }
     }
 
-    /// The record `e` becomes as the next link.
-    fn seal(&mut self, e: &AuditEvent) -> AuditRecord {
+    /// The record `e` becomes as the next link, and its chain hash.
+    fn seal(&mut self, e: &AuditEvent) -> (AuditRecord, [u8; 32]) {
         self.seq += 1;
         let time_ms = i64::try_from(e.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
         let mut record = AuditRecord {
@@ -115,22 +116,38 @@ impl Chain {
             prev_hash: std::mem::take(&mut self.hash),
             hash: String::new(),
         };
-        record.hash = chain_hash(&record.prev_hash, &record.canonical());
+        let digest = chain_digest(&record.prev_hash, &record.canonical());
+        record.hash = crate::crypto::hex(&digest);
         self.hash.clone_from(&record.hash);
-        record
+        (record, digest)
     }
 }
 
+/// The hashed columns, in `Canonical` order. The chain hash is stored
+/// beside them as its 32 bytes; an event's `prev_hash` is not stored, as
+/// it is its predecessor's hash.
 const COLUMNS: &str = "seq, time_ms, kind, outcome, reason, actor, system_id, owners, grant_id, jti, request_id, \
-    source, attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail, prev_hash, hash";
+    source, attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail";
+
+/// What `record_from` reads: `COLUMNS`, the hash in hex, and the hash of
+/// the event before (by sequence number) as `prev_hash`.
+fn read_columns() -> String {
+    format!(
+        "{COLUMNS}, {} AS hash, (SELECT {} FROM audit_events AS before \
+         WHERE before.seq = audit_events.seq - 1) AS prev_hash",
+        hash_hex("audit_events.hash"),
+        hash_hex("before.hash")
+    )
+}
 
 fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
     let c = corrupt("audit event");
     let time_ms: i64 = row.try_get("time_ms").map_err(&c)?;
     let detail: Option<String> = row.try_get("detail").map_err(&c)?;
     let time = crate::audit::rfc3339_ms(time_ms).unwrap_or_default();
+    let seq: i64 = row.try_get("seq").map_err(&c)?;
     Ok(AuditRecord {
-        seq: row.try_get("seq").map_err(&c)?,
+        seq,
         time,
         time_ms,
         kind: row.try_get("kind").map_err(&c)?,
@@ -151,7 +168,11 @@ fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
         iat: row.try_get("iat").map_err(&c)?,
         exp: row.try_get("exp").map_err(&c)?,
         detail: detail.map(|d| serde_json::from_str(&d).unwrap_or(serde_json::Value::String(d))),
-        prev_hash: row.try_get::<Option<String>, _>("prev_hash").map_err(&c)?.unwrap_or_default(),
+        // The first event follows the genesis hash; any other without a
+        // predecessor follows a deleted one, and links to nothing.
+        prev_hash: row.try_get::<Option<String>, _>("prev_hash").map_err(&c)?.unwrap_or_else(|| {
+            if seq == 1 { GENESIS.to_owned() } else { String::new() }
+        }),
         hash: row.try_get::<Option<String>, _>("hash").map_err(&c)?.unwrap_or_default(),
     })
 }
@@ -171,23 +192,24 @@ impl Store {
             if chained > 0 {
                 return Ok(());
             }
-            let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM audit_events WHERE hash IS NULL ORDER BY seq"))
+            let rows = sqlx::query(&format!("SELECT {} FROM audit_events WHERE hash IS NULL ORDER BY seq", read_columns()))
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(unavailable)?;
             for row in &rows {
                 let mut record = record_from(row)?;
-                let prev: Option<(Option<String>,)> =
-                    sqlx::query_as("SELECT hash FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT 1")
-                        .bind(record.seq)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(unavailable)?;
+                let prev: Option<(Option<String>,)> = sqlx::query_as(&format!(
+                    "SELECT {} FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT 1",
+                    hash_hex("hash")
+                ))
+                .bind(record.seq)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
                 record.prev_hash = prev.and_then(|(h,)| h).unwrap_or_else(|| GENESIS.to_owned());
-                record.hash = chain_hash(&record.prev_hash, &record.canonical());
-                sqlx::query("UPDATE audit_events SET prev_hash = $1, hash = $2 WHERE seq = $3")
-                    .bind(&record.prev_hash)
-                    .bind(&record.hash)
+                let digest = chain_digest(&record.prev_hash, &record.canonical());
+                sqlx::query("UPDATE audit_events SET hash = $1 WHERE seq = $2")
+                    .bind(digest.to_vec())
                     .bind(record.seq)
                     .execute(&mut *conn)
                     .await
@@ -262,7 +284,7 @@ impl AuditReader for Store {
         after: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut q = QueryBuilder::<Db>::new(format!("SELECT {COLUMNS} FROM audit_events"));
+        let mut q = QueryBuilder::<Db>::new(format!("SELECT {} FROM audit_events", read_columns()));
         push_filter(&mut q, filter, after);
         q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
         let rows = q.build().fetch_all(&self.pool).await.map_err(unavailable)?;
@@ -270,7 +292,8 @@ impl AuditReader for Store {
     }
 
     async fn audit_hash(&self, seq: i64) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT hash FROM audit_events WHERE seq = $1")
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as(&format!("SELECT {} FROM audit_events WHERE seq = $1", hash_hex("hash")))
             .bind(seq)
             .fetch_optional(&self.pool)
             .await
@@ -280,7 +303,7 @@ impl AuditReader for Store {
 
     async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
         let row: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            sqlx::query_as(&format!("SELECT seq, {} FROM audit_events ORDER BY seq DESC LIMIT 1", hash_hex("hash")))
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;

@@ -411,10 +411,11 @@ impl BatchStart {
         if BATCH_BEGINS_WITH_READ {
             q.push(BEGIN_WRITE).push("; ");
         }
-        q.push(
-            "SELECT 0 AS part, seq AS n, hash AS name, NULL AS state \
+        q.push(format!(
+            "SELECT 0 AS part, seq AS n, {} AS name, NULL AS state \
              FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS head",
-        );
+            hash_hex("hash")
+        ));
         if EXPLICIT_CREDENTIAL_IDS {
             q.push(" UNION ALL SELECT 1, COALESCE(MAX(id), 0), NULL, NULL FROM credentials");
         }

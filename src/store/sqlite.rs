@@ -37,6 +37,8 @@ async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Opens a write transaction that takes SQLite's write lock at once, so
+/// what it reads next no other writer can change before it commits.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 /// A group-commit batch takes the write lock in the same execution as its

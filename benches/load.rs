@@ -23,7 +23,9 @@
 //! 3. durable exchanges (RS256 attestation in, signed JWT out, credential
 //!    and audit event committed before the answer) at concurrency 1, 16 and
 //!    64, then at a fixed rate of half the peak (latency measured from each
-//!    request's scheduled start, so a stall is not hidden);
+//!    request's scheduled start, so a stall is not hidden; beside it the
+//!    server's own view, from its `halflife_issuance_duration_seconds`
+//!    histogram);
 //! 4. introspection of a valid token;
 //! 5. storage per issuance record;
 //! 6. for each outstanding count: a fresh database preloaded with that many
@@ -603,6 +605,65 @@ impl RunResult {
     }
 }
 
+/// The server's own histogram of issuance durations
+/// (`halflife_issuance_duration_seconds`: from a request reaching the
+/// broker to its record committing): (upper bound in seconds, cumulative
+/// count) per bucket. The gap between it and what the generator measures
+/// is the generator's own delay plus the HTTP exchange around the broker.
+struct IssuanceHistogram(Vec<(f64, f64)>);
+
+impl IssuanceHistogram {
+    async fn read(http: &reqwest::Client, base: &str) -> Self {
+        let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let buckets = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("halflife_issuance_duration_seconds_bucket{le=\""))
+            .filter_map(|rest| {
+                let (bound, count) = rest.split_once("\"} ")?;
+                let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+                Some((bound, count.trim().parse().ok()?))
+            })
+            .collect();
+        Self(buckets)
+    }
+
+    /// The issuances between `earlier` and this reading.
+    fn since(&self, earlier: &Self) -> Self {
+        Self(self.0.iter().zip(&earlier.0).map(|((bound, now), (_, then))| (*bound, now - then)).collect())
+    }
+
+    fn count(&self) -> f64 {
+        self.0.last().map_or(0.0, |(_, n)| *n)
+    }
+
+    /// The `q` quantile in milliseconds, interpolated linearly within its
+    /// bucket as Prometheus's `histogram_quantile` does; beyond the last
+    /// finite bound, that bound.
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let rank = q * self.count();
+        let (mut lower, mut below) = (0.0, 0.0);
+        for &(bound, cumulative) in &self.0 {
+            if cumulative >= rank && cumulative > below {
+                if bound.is_infinite() {
+                    return lower * 1e3;
+                }
+                return (lower + (bound - lower) * (rank - below) / (cumulative - below)) * 1e3;
+            }
+            (lower, below) = (bound, cumulative);
+        }
+        lower * 1e3
+    }
+
+    fn print(&self) {
+        println!(
+            "    server side, its own histogram (interpolated): p50 {:.1} ms  p99 {:.1} ms  of {:.0} issuances",
+            self.quantile_ms(0.5),
+            self.quantile_ms(0.99),
+            self.count()
+        );
+    }
+}
+
 /// One client's keep-alive HTTP/1.1 connection, as wrk holds one: hyper's
 /// client connection without a pool, so the generator takes less of the two
 /// cores it shares with the server. Per exchange it spends 20–23 µs of CPU
@@ -982,9 +1043,12 @@ async fn main() {
         exchanges.push(r);
     }
     let peak = exchanges.iter().map(|r| r.rps).fold(0.0, f64::max);
+    let before = IssuanceHistogram::read(&http, &server.base).await;
     let half =
         fixed_rate(&exchange, &format!("exchange at {:.0}/s (half peak)", peak / 2.0), peak / 2.0, args.duration).await;
     half.print();
+    let half_server = IssuanceHistogram::read(&http, &server.base).await.since(&before);
+    half_server.print();
     let rss_loaded = server.rss_mib();
 
     // 4. Introspection.
@@ -1086,6 +1150,10 @@ async fn main() {
             "startup_ms": {"new_database": startup_new_ms, "empty_database": startup_empty_ms},
             "rss_mib": {"idle": rss_idle, "after_load": rss_loaded},
             "exchanges": exchanges, "exchange_half_peak": half, "introspection": introspections,
+            "exchange_half_peak_server_side_ms": {
+                "p50": half_server.quantile_ms(0.5), "p99": half_server.quantile_ms(0.99),
+                "issuances": half_server.count(),
+            },
             "storage_bytes_per_issuance": per_record,
             "peak_over_crypto_limit": peak / crypto_all,
             "outstanding": outstanding,

@@ -308,10 +308,10 @@ impl Broker {
         event.scopes = Some(claims.scope.clone());
         event.iat = Some(claims.iat);
         event.exp = Some(claims.exp);
+        // The owners are in `owners` (business, then technical): one
+        // copy per issuance, the record stored most.
         event.detail = Some(serde_json::json!({
             "kind": decision.kind.to_string(),
-            "business_owner": ctx.system.business_owner,
-            "technical_owner": ctx.system.technical_owner,
             "key_id": signing_key.kid(),
         }));
         if let (Some(detail), Some(cnf)) = (event.detail.as_mut(), &claims.cnf) {

@@ -43,6 +43,15 @@ async fn rs256_attestation_gets_a_scoped_short_lived_jwt() {
     assert_eq!(issued[0].source.as_deref(), Some("127.0.0.1"));
     assert!(issued[0].request_id.is_some());
     assert_eq!(app.credential_count().await, 1);
+
+    // What an auditor reads: the owners once (business, then technical),
+    // the credential's kind and the key that signed it.
+    let auditor = app.admin_token(halflife::domain::model::Role::Auditor).await;
+    let (_, page) = app.api(reqwest::Method::GET, "/v1/audit/events?kind=credential.issued", &auditor, None).await;
+    let event = &page["events"][0];
+    assert_eq!(event["jti"], jti);
+    assert_eq!(event["owners"], "biz tech");
+    assert_eq!(event["detail"], serde_json::json!({"kind": "jwt", "key_id": header["kid"]}));
 }
 
 #[tokio::test]

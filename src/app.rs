@@ -23,7 +23,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, DevConfig};
 use crate::domain::policy::TtlPolicy;
 use crate::http::serve::{ServeOptions, mtls_acceptor, serve, tls_acceptor};
-use crate::http::{AppState, Limits, metadata_document, router};
+use crate::http::{AppState, Limits, StateParts, metadata_document, router};
 use crate::keys::{Kek, KekSource, Keyring};
 use crate::store::logins::{BackendSpec, PgLogins};
 use crate::store::{
@@ -338,14 +338,14 @@ impl App {
         };
         let metrics = Arc::new(crate::http::metrics::Metrics::new(&broker));
         let state_for = |base: &str| -> anyhow::Result<AppState> {
-            Ok(AppState {
+            Ok(AppState::new(StateParts {
                 broker: broker.clone(),
                 health: store.clone(),
                 metadata: Arc::clone(&metadata),
                 max_body_bytes: config.server.max_body_bytes,
                 token_endpoint: Arc::new(Url::parse(&format!("{base}/oauth2/token"))?),
                 metrics: Arc::clone(&metrics),
-            })
+            }))
         };
         let router_main = router(state_for(&base_url)?, &limits);
         let mtls = match mtls_listener {

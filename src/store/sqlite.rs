@@ -205,8 +205,8 @@ async fn checkpoint_wal(pool: SqlitePool, wal_frames: Arc<AtomicU64>, mut lifeti
 /// hundred frames while a pass copies ten thousand at the peak), and what
 /// is left when the writer takes the hint the writer copies while batches
 /// wait. Another pass copies those first, off the writer: measured under
-/// load, the writer's catch-up went from a median of about 4 ms to
-/// 1.5–2 ms, and its total time in them halved.
+/// load, the writer's catch-up went from a median of about 4 ms to about
+/// 2 ms, and its total time in them halved.
 const CHECKPOINT_PASSES: usize = 3;
 
 /// Frames committed during a pass below which another pass saves the

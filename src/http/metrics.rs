@@ -44,6 +44,14 @@ impl Metrics {
     pub fn new(broker: &crate::broker::Broker) -> Self {
         let mut registry = Registry::with_prefix("halflife");
         broker.stats.register(&mut registry);
+        if let Some(commits) = broker.log.commit_durations() {
+            registry.register_with_unit(
+                "commit_duration",
+                "Time of each committed group-commit batch, from its first statement to its commit on disk",
+                prometheus_client::registry::Unit::Seconds,
+                commits,
+            );
+        }
         registry.register(
             "rate_limited",
             "Token requests refused by a rate limit: limit=workload (exchanges per workload) or limit=source \

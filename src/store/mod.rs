@@ -390,6 +390,11 @@ pub trait IssuanceLog: Send + Sync {
     /// Marks one credential revoked (with its event). Returns whether it was
     /// active before: `false` for unknown or already revoked credentials.
     async fn revoke_credential(&self, jti: &str, reason: &str, event: AuditEvent) -> Result<bool, StoreError>;
+    /// How long each committed group-commit batch took, from its first
+    /// statement to its commit, if this log keeps the figure.
+    fn commit_durations(&self) -> Option<prometheus_client::metrics::histogram::Histogram> {
+        None
+    }
 }
 
 #[async_trait]

@@ -27,6 +27,7 @@ async fn metrics_count_exchanges_introspections_revocations_and_the_reaper() {
     let Some(app) = spawn_app().await else { return };
     let introspector = app.admin_token(Role::Introspector).await;
     let operator = app.admin_token(Role::Operator).await;
+    let commits_before = sample(&scrape(&app).await, "halflife_commit_duration_seconds_count").unwrap();
 
     let issued: Vec<String> = {
         let mut tokens = Vec::new();
@@ -59,6 +60,10 @@ async fn metrics_count_exchanges_introspections_revocations_and_the_reaper() {
     assert_eq!(get(r#"halflife_exchanges_total{outcome="denied",code="invalid_request"}"#), 1.0);
     assert_eq!(get("halflife_issuance_duration_seconds_count"), 3.0);
     assert!(get("halflife_issuance_duration_seconds_sum") > 0.0);
+    // Each exchange waits for the batch that holds its record; these
+    // ran one after another, so each had a batch of its own.
+    assert!(get("halflife_commit_duration_seconds_count") >= commits_before + 3.0);
+    assert!(get("halflife_commit_duration_seconds_sum") > 0.0);
     assert_eq!(get(r#"halflife_introspections_total{result="active"}"#), 1.0);
     assert_eq!(get(r#"halflife_introspections_total{result="inactive"}"#), 1.0);
     assert_eq!(get(r#"halflife_revocations_total{kind="holder"}"#), 1.0);

@@ -21,6 +21,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use sqlx::{ConnectOptions, Row};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -115,6 +116,8 @@ pub struct Store {
     /// Dropped with the last clone of this store, which stops the tasks
     /// that serve it (PostgreSQL's change listener, SQLite's checkpoints).
     lifetime: Arc<tokio::sync::watch::Sender<()>>,
+    /// How long the writer's committed batches took (see [`Writer`]).
+    commits: Histogram,
 }
 
 impl Store {
@@ -131,15 +134,18 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let cache = Arc::new(Cache::new(trusted));
+        // 0.1 ms to about 1.6 s.
+        let commits = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
         let writer = Writer {
             options,
             limit: busy_timeout.max(Duration::from_secs(1)) * 2,
             cache: Arc::clone(&cache),
             wal_frames,
+            commits: commits.clone(),
         };
         spawn_writer(writer, rx)?;
         let (lifetime, _) = tokio::sync::watch::channel(());
-        let store = Self { pool, writer: tx, cache, lifetime: Arc::new(lifetime) };
+        let store = Self { pool, writer: tx, cache, lifetime: Arc::new(lifetime), commits };
         store.seal_unhashed().await?;
         Ok(store)
     }
@@ -222,13 +228,16 @@ struct Writer {
     /// Frames in SQLite's write-ahead log at the last background
     /// checkpoint; the writer catches up when it is large (`after_batch`).
     wal_frames: Arc<AtomicU64>,
+    /// Each committed batch's time, from its first statement to its
+    /// commit: the part of an issuance's latency the disk decides.
+    commits: Histogram,
 }
 
 /// Commits queued writes in batches. A batch that fails, or does not finish
 /// within `limit` (a stalled database), fails every caller in it with
 /// `Unavailable`, and the writer starts over on a fresh connection.
 async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
-    let Writer { options, limit, cache, wal_frames } = writer;
+    let Writer { options, limit, cache, wal_frames, commits } = writer;
     let mut conn: Option<Conn> = None;
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
@@ -254,6 +263,7 @@ async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
         let error = match tokio::time::timeout(limit, write_batch(c, &ops)).await {
             Ok(Ok(results)) => {
                 let took = started.elapsed();
+                commits.observe(took.as_secs_f64());
                 if took >= SLOW_BATCH {
                     // Every caller in the batch, and every one queued behind
                     // it, waited this long.
@@ -787,6 +797,10 @@ impl PolicyStore for Store {
 
 #[async_trait]
 impl IssuanceLog for Store {
+    fn commit_durations(&self) -> Option<Histogram> {
+        Some(self.commits.clone())
+    }
+
     async fn record_issuance(&self, issuance: Issuance) -> Result<IssueOutcome, StoreError> {
         match self.submit(WriteOp::Issue(Box::new(issuance))).await? {
             WriteResult::Issue(outcome, _) => Ok(outcome),

@@ -25,7 +25,8 @@
 //!    64, then at a fixed rate of half the peak (latency measured from each
 //!    request's scheduled start, so a stall is not hidden; beside it the
 //!    server's own view, from its `halflife_issuance_duration_seconds`
-//!    histogram);
+//!    histogram, and its database commits, from
+//!    `halflife_commit_duration_seconds`);
 //! 4. introspection of a valid token;
 //! 5. storage per issuance record;
 //! 6. for each outstanding count: a fresh database preloaded with that many
@@ -605,19 +606,25 @@ impl RunResult {
     }
 }
 
-/// The server's own histogram of issuance durations
+/// One of the server's own histograms, (upper bound in seconds,
+/// cumulative count) per bucket: its issuance durations
 /// (`halflife_issuance_duration_seconds`: from a request reaching the
-/// broker to its record committing): (upper bound in seconds, cumulative
-/// count) per bucket. The gap between it and what the generator measures
-/// is the generator's own delay plus the HTTP exchange around the broker.
-struct IssuanceHistogram(Vec<(f64, f64)>);
+/// broker to its record committing) or its batches' commit durations
+/// (`halflife_commit_duration_seconds`). The gap between the first and
+/// what the generator measures is the generator's own delay plus the HTTP
+/// exchange around the broker; the second tells the disk's part.
+struct ServerHistogram(Vec<(f64, f64)>);
 
-impl IssuanceHistogram {
-    async fn read(http: &reqwest::Client, base: &str) -> Self {
+const ISSUANCES: &str = "halflife_issuance_duration_seconds";
+const COMMITS: &str = "halflife_commit_duration_seconds";
+
+impl ServerHistogram {
+    async fn read(http: &reqwest::Client, base: &str, name: &str) -> Self {
         let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let prefix = format!("{name}_bucket{{le=\"");
         let buckets = text
             .lines()
-            .filter_map(|line| line.strip_prefix("halflife_issuance_duration_seconds_bucket{le=\""))
+            .filter_map(|line| line.strip_prefix(prefix.as_str()))
             .filter_map(|rest| {
                 let (bound, count) = rest.split_once("\"} ")?;
                 let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
@@ -654,11 +661,26 @@ impl IssuanceHistogram {
         lower * 1e3
     }
 
-    fn print(&self) {
+    /// The upper bound, in milliseconds, of the slowest bucket holding any
+    /// observation.
+    fn slowest_le_ms(&self) -> f64 {
+        let mut below = 0.0;
+        let mut slowest = 0.0;
+        for &(bound, cumulative) in &self.0 {
+            if cumulative > below {
+                slowest = bound;
+            }
+            below = cumulative;
+        }
+        slowest * 1e3
+    }
+
+    fn print(&self, what: &str, unit: &str) {
         println!(
-            "    server side, its own histogram (interpolated): p50 {:.1} ms  p99 {:.1} ms  of {:.0} issuances",
+            "    {what} (interpolated): p50 {:.1} ms  p99 {:.1} ms  slowest ≤ {:.1} ms  of {:.0} {unit}",
             self.quantile_ms(0.5),
             self.quantile_ms(0.99),
+            self.slowest_le_ms(),
             self.count()
         );
     }
@@ -1043,12 +1065,15 @@ async fn main() {
         exchanges.push(r);
     }
     let peak = exchanges.iter().map(|r| r.rps).fold(0.0, f64::max);
-    let before = IssuanceHistogram::read(&http, &server.base).await;
+    let before = ServerHistogram::read(&http, &server.base, ISSUANCES).await;
+    let commits_before = ServerHistogram::read(&http, &server.base, COMMITS).await;
     let half =
         fixed_rate(&exchange, &format!("exchange at {:.0}/s (half peak)", peak / 2.0), peak / 2.0, args.duration).await;
     half.print();
-    let half_server = IssuanceHistogram::read(&http, &server.base).await.since(&before);
-    half_server.print();
+    let half_server = ServerHistogram::read(&http, &server.base, ISSUANCES).await.since(&before);
+    half_server.print("server side, its own histogram", "issuances");
+    let half_commits = ServerHistogram::read(&http, &server.base, COMMITS).await.since(&commits_before);
+    half_commits.print("its database commits", "batches");
     let rss_loaded = server.rss_mib();
 
     // 4. Introspection.
@@ -1153,6 +1178,10 @@ async fn main() {
             "exchange_half_peak_server_side_ms": {
                 "p50": half_server.quantile_ms(0.5), "p99": half_server.quantile_ms(0.99),
                 "issuances": half_server.count(),
+            },
+            "exchange_half_peak_commits_ms": {
+                "p50": half_commits.quantile_ms(0.5), "p99": half_commits.quantile_ms(0.99),
+                "slowest_le": half_commits.slowest_le_ms(), "batches": half_commits.count(),
             },
             "storage_bytes_per_issuance": per_record,
             "peak_over_crypto_limit": peak / crypto_all,

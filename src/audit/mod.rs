@@ -20,7 +20,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub const CHECKPOINT_TYP: &str = "hl-checkpoint+jwt";
 
 /// One audit event as stored and exported.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub seq: i64,
     /// RFC 3339 with milliseconds, for people.
@@ -284,28 +284,16 @@ mod tests {
             .map(|seq| {
                 let mut r = AuditRecord {
                     seq,
-                    time: String::new(),
                     time_ms: 1000 * seq,
                     kind: "credential.issued".into(),
                     outcome: "success".into(),
-                    reason: None,
                     actor: Some("a".into()),
                     system_id: Some("s".into()),
                     owners: Some("b t".into()),
-                    grant_id: None,
                     jti: Some(format!("j{seq}")),
-                    request_id: None,
-                    source: None,
-                    attestation_issuer: None,
-                    subject: None,
-                    attestation_id: None,
-                    audience: None,
-                    scopes: None,
-                    iat: None,
-                    exp: None,
                     detail: Some(serde_json::json!({"z": 1, "a": [1, 2]})),
                     prev_hash: prev.clone(),
-                    hash: String::new(),
+                    ..AuditRecord::default()
                 };
                 r.hash = chain_hash(&prev, &r.canonical());
                 prev.clone_from(&r.hash);

@@ -432,28 +432,16 @@ async fn a_chain_written_before_hashes_were_compacted_still_verifies() {
     for seq in 1..=4_i64 {
         let mut event = AuditRecord {
             seq,
-            time: String::new(),
             time_ms: 1_700_000_000_000 + seq,
             kind: "credential.issued".into(),
             outcome: "success".into(),
-            reason: None,
             actor: Some(format!("workload-{seq}")),
             system_id: Some("indexer".into()),
             owners: Some("biz tech".into()),
-            grant_id: None,
             jti: Some(format!("jti-{seq}")),
-            request_id: None,
-            source: None,
-            attestation_issuer: None,
-            subject: None,
-            attestation_id: None,
-            audience: None,
-            scopes: None,
-            iat: None,
-            exp: None,
             detail: Some(json!({"kind": "jwt"})),
             prev_hash: prev.clone(),
-            hash: String::new(),
+            ..AuditRecord::default()
         };
         event.hash = chain_hash(&prev, &event.canonical());
         // Event 4 is altered after sealing, as someone with the file could.

@@ -405,25 +405,8 @@ async fn a_chain_written_before_hashes_were_compacted_still_verifies() {
 
     let dir = tempfile::tempdir().unwrap();
     let Some(db) = TestDb::create(dir.path()).await else { return };
-    let (backend, compaction) = if postgres() { ("postgres", 9) } else { ("sqlite", 13) };
-    let older = dir.path().join("older-migrations");
-    std::fs::create_dir(&older).unwrap();
-    for entry in std::fs::read_dir(format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR"))).unwrap() {
-        let path = entry.unwrap().path();
-        let version: i64 = path.file_name().unwrap().to_str().unwrap()[..4].parse().unwrap();
-        if version < compaction {
-            std::fs::copy(&path, older.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    let migrator = sqlx::migrate::Migrator::new(older.as_path()).await.unwrap();
+    db.migrate_before(dir.path(), 13, 9).await;
     let url = db.url();
-    if postgres() {
-        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
-        migrator.run(&mut c).await.unwrap();
-    } else {
-        let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("{url}?mode=rwc")).await.unwrap();
-        migrator.run(&mut c).await.unwrap();
-    }
 
     // Four events as the old layout held them: hex text, prev_hash stored.
     let mut prev = GENESIS.to_owned();

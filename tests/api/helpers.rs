@@ -349,6 +349,32 @@ impl TestDb {
         }
     }
 
+    /// Applies only the migrations numbered below `sqlite` (or `postgres`):
+    /// the schema as a release before them left it, for upgrade tests.
+    pub async fn migrate_before(&self, dir: &Path, sqlite: i64, postgres: i64) {
+        let (backend, before) = match self {
+            Self::Sqlite(_) => ("sqlite", sqlite),
+            Self::Postgres(_) => ("postgres", postgres),
+        };
+        let older = dir.join(format!("migrations-before-{before}"));
+        std::fs::create_dir(&older).unwrap();
+        for entry in std::fs::read_dir(format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR"))).unwrap() {
+            let path = entry.unwrap().path();
+            let version: i64 = path.file_name().unwrap().to_str().unwrap()[..4].parse().unwrap();
+            if version < before {
+                std::fs::copy(&path, older.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        let migrator = sqlx::migrate::Migrator::new(older.as_path()).await.unwrap();
+        match self {
+            Self::Sqlite(path) => {
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                migrator.run(&mut SqliteConnection::connect(&url).await.unwrap()).await.unwrap();
+            }
+            Self::Postgres(db) => migrator.run(&mut PgConnection::connect(&db.url).await.unwrap()).await.unwrap(),
+        }
+    }
+
     /// A connection from outside the server.
     pub async fn raw(&self) -> RawDb {
         match self {

@@ -163,8 +163,9 @@ async fn revoking_a_system_writes_the_same_whatever_it_holds() {
         let exp = app.now() + 600;
         app.sql(&format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
-             INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp) \
-             SELECT 'bulk-' || i, 'jwt', 'indexer', 'indexer-spire', 'spire', '{EC_SUBJECT}', 'docs-api', '', {}, {exp} FROM n",
+             INSERT INTO credentials (jti, kind, system_id, grant_id, workload_id, audience, scopes, iat, exp) \
+             SELECT 'bulk-' || i, 'jwt', 'indexer', 'indexer-spire', \
+             (SELECT id FROM workloads WHERE issuer = 'spire' AND subject = '{EC_SUBJECT}'), 'docs-api', '', {}, {exp} FROM n",
             outstanding - 1,
             app.now()
         ))
@@ -659,4 +660,178 @@ async fn an_issuance_decided_before_a_suspension_cannot_commit_after_it() {
     assert_eq!(app.scalar("SELECT COUNT(*) FROM credentials WHERE jti = 'late-jti'").await, 0);
     let denied = app.events("credential.denied").await;
     assert!(denied.last().unwrap().reason.as_deref().unwrap().contains("stopped operating"));
+}
+
+/// Workload identities became rows of their own that credentials name by id
+/// (SQLite migration 0014, PostgreSQL 0010). Credentials stored before that
+/// upgrade keep their workloads: lookups, listings, opaque secrets and a
+/// workload revocation recorded before it still see them, a workload
+/// revoked after it covers exactly its own credentials, and each identity
+/// is stored once however many credentials it holds.
+#[tokio::test]
+async fn credentials_stored_before_workloads_were_split_out_keep_them() {
+    use halflife::domain::values::SystemId;
+    use halflife::store::{AuditEvent, Outcome, RequestMeta, RevokeTarget};
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = TestDb::create(dir.path()).await else { return };
+    db.migrate_before(dir.path(), 14, 10).await;
+    let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    let (iat, exp) = (now.unix_timestamp() - 60, now.unix_timestamp() + 600);
+    let mut raw = db.raw().await;
+    for statement in [
+        "INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) VALUES \
+         ('biz', 'Biz', 'biz@example.com', 'active', 1800000000, 0, 0), \
+         ('tech', 'Tech', 'tech@example.com', 'active', 1800000000, 0, 0)"
+            .to_owned(),
+        "INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, created_at, updated_at) \
+         VALUES ('indexer', 'Indexer', 'search', 'biz', 'tech', 'pilot', 'active', 0, 0)"
+            .to_owned(),
+        // Three credentials of spire's sub-a (one an opaque secret), one of
+        // spire's sub-b, whose workload was revoked through it, and one of
+        // the same subject name from another issuer: ids 1 to 5.
+        format!(
+            "INSERT INTO credentials (jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp, \
+             secret_hash) VALUES \
+             ('a1', 'jwt', 'indexer', 'g', 'spire', 'sub-a', 'docs-api', 'read', {iat}, {exp}, NULL), \
+             ('a2', 'secret', 'indexer', 'g', 'spire', 'sub-a', 'docs-api', 'read write', {iat}, {exp}, 'h-a2'), \
+             ('a3', 'jwt', 'indexer', 'g', 'spire', 'sub-a', 'docs-api', 'read', {iat}, {exp}, NULL), \
+             ('b1', 'jwt', 'indexer', 'g', 'spire', 'sub-b', 'docs-api', 'read', {iat}, {exp}, NULL), \
+             ('c1', 'jwt', 'indexer', 'g', 'k8s', 'sub-a', 'docs-api', 'read', {iat}, {exp}, NULL)"
+        ),
+        format!("INSERT INTO credential_counts (system_id, exp, n) VALUES ('indexer', {exp}, 4)"),
+        "INSERT INTO workload_revocations (issuer, subject, revoked_through) VALUES ('spire', 'sub-b', 4)".to_owned(),
+    ] {
+        raw.execute(&statement).await.unwrap();
+    }
+    drop(raw);
+
+    let store = open_store(&db).await;
+    for (jti, revoked) in [("a1", false), ("a2", false), ("b1", true), ("c1", false)] {
+        let record = store.credential(jti).await.unwrap().unwrap();
+        assert_eq!(record.is_revoked(), revoked, "{jti}");
+    }
+    let system = SystemId::parse("indexer").unwrap();
+    let listed: Vec<(String, String, String, String)> = store
+        .outstanding_credentials(&system, now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.jti, c.issuer, c.subject, c.scopes))
+        .collect();
+    let expected =
+        [("a1", "spire", "sub-a", "read"), ("a2", "spire", "sub-a", "read write"), ("a3", "spire", "sub-a", "read")]
+            .into_iter()
+            .chain([("c1", "k8s", "sub-a", "read")])
+            .map(|(j, i, s, sc)| (j.to_owned(), i.to_owned(), s.to_owned(), sc.to_owned()))
+            .collect::<Vec<_>>();
+    assert_eq!(listed, expected, "b1 is revoked with its workload");
+    let secret = store.secret_credential("h-a2").await.unwrap().unwrap();
+    assert_eq!((secret.jti.as_str(), secret.subject.as_str()), ("a2", "sub-a"));
+    let row = store.credential_row("c1").await.unwrap().unwrap();
+    assert_eq!((row["issuer"].as_str(), row["subject"].as_str()), (Some("k8s"), Some("sub-a")), "{row}");
+
+    // A known identity adds no row; a new one adds one.
+    for (jti, subject) in [("a4", "sub-a"), ("d1", "sub-d")] {
+        store.record_issuance(issuance(jti, "spire", subject, now)).await.unwrap();
+    }
+    let mut raw = db.raw().await;
+    assert_eq!(raw.scalar("SELECT COUNT(*) FROM workloads").await, 4, "spire sub-a, sub-b, sub-d and k8s sub-a");
+    let listed = store.outstanding_credentials(&system, now).await.unwrap();
+    assert_eq!(listed.iter().map(|c| c.jti.as_str()).collect::<Vec<_>>(), ["a1", "a2", "a3", "c1", "a4", "d1"]);
+
+    // Revoking spire's sub-a covers its four credentials, not k8s's sub-a.
+    let target = RevokeTarget::Workload { issuer: "spire".into(), subject: "sub-a".into() };
+    let meta = RequestMeta { request_id: None, source: None };
+    let event = AuditEvent::new("workload.revoked", Outcome::Success, now, &meta);
+    assert_eq!(store.revoke(&target, "compromised", event).await.unwrap().revoked, 4);
+    let listed = store.outstanding_credentials(&system, now).await.unwrap();
+    assert_eq!(listed.iter().map(|c| c.jti.as_str()).collect::<Vec<_>>(), ["c1", "d1"]);
+    // The job that marks the rows walks them through the workload's id.
+    let last = store.mark_revoked(&target, i64::MAX, 0, "compromised", now.unix_timestamp(), 2).await.unwrap();
+    assert_eq!(last, Some(2), "the first page ends at the second of the workload's credentials");
+    let last = store.mark_revoked(&target, i64::MAX, 2, "compromised", now.unix_timestamp(), 100).await.unwrap();
+    assert_eq!(last, Some(6), "then a4, the fourth");
+    assert_eq!(raw.scalar("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL").await, 4);
+    assert_eq!(
+        raw.scalar("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL AND jti IN ('a1', 'a2', 'a3', 'a4')")
+            .await,
+        4
+    );
+}
+
+/// A store opened (and migrated) on `db` as a server would open it.
+async fn open_store(db: &TestDb) -> std::sync::Arc<dyn halflife::store::Backend> {
+    let options = halflife::store::OpenOptions {
+        url: db.url(),
+        busy_timeout: Duration::from_secs(5),
+        max_connections: 2,
+        auto_migrate: true,
+        application_name: "halflife-test".into(),
+    };
+    halflife::store::open(&options).await.unwrap().store
+}
+
+/// A JWT issued at `now` for ten minutes to workload (`issuer`, `subject`)
+/// of system `indexer`, grant `g`.
+fn issuance(jti: &str, issuer: &str, subject: &str, now: time::OffsetDateTime) -> halflife::store::Issuance {
+    use halflife::domain::values::{CredentialKind, GrantId, SystemId};
+    use halflife::store::{AuditEvent, Outcome, RequestMeta};
+
+    let meta = RequestMeta { request_id: None, source: None };
+    let mut event = AuditEvent::new("credential.issued", Outcome::Success, now, &meta);
+    event.system_id = Some("indexer".into());
+    event.jti = Some(jti.into());
+    halflife::store::Issuance {
+        jti: jti.into(),
+        kind: CredentialKind::Jwt,
+        system_id: SystemId::parse("indexer").unwrap(),
+        grant_id: GrantId::parse("g").unwrap(),
+        issuer: issuer.into(),
+        subject: subject.into(),
+        audience: "docs-api".into(),
+        scopes: "read".into(),
+        iat: now,
+        exp: now + Duration::from_secs(600),
+        replay: Vec::new(),
+        secret_hash: None,
+        db_role: None,
+        event,
+    }
+}
+
+/// The writer remembers the ids of the workload identities it stored, but
+/// only once their batch commits: a workload inserted by a batch that then
+/// failed (here on a repeated jti) is not known, so a later credential of it
+/// names its own row, not the row that took its id in the meantime.
+#[tokio::test]
+async fn a_failed_batch_leaves_no_workload_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = TestDb::create(dir.path()).await else { return };
+    let store = open_store(&db).await;
+    let mut raw = db.raw().await;
+    for statement in [
+        "INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) VALUES \
+         ('biz', 'Biz', 'biz@example.com', 'active', 1800000000, 0, 0), \
+         ('tech', 'Tech', 'tech@example.com', 'active', 1800000000, 0, 0)",
+        "INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, created_at, updated_at) \
+         VALUES ('indexer', 'Indexer', 'search', 'biz', 'tech', 'pilot', 'active', 0, 0)",
+    ] {
+        raw.execute(statement).await.unwrap();
+    }
+    let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    store.record_issuance(issuance("j1", "spire", "first", now)).await.unwrap();
+    // The same jti again, from a workload not stored before: the batch fails
+    // on the credential, after inserting the workload, and rolls back.
+    let failed = store.record_issuance(issuance("j1", "spire", "second", now)).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(raw.scalar("SELECT COUNT(*) FROM workloads").await, 1);
+    store.record_issuance(issuance("j2", "spire", "third", now)).await.unwrap();
+    store.record_issuance(issuance("j3", "spire", "second", now)).await.unwrap();
+    let system = halflife::domain::values::SystemId::parse("indexer").unwrap();
+    let listed: Vec<(String, String)> =
+        store.outstanding_credentials(&system, now).await.unwrap().into_iter().map(|c| (c.jti, c.subject)).collect();
+    let expected = [("j1", "first"), ("j2", "third"), ("j3", "second")].map(|(j, s)| (j.to_owned(), s.to_owned()));
+    assert_eq!(listed, expected);
+    assert_eq!(raw.scalar("SELECT COUNT(*) FROM workloads").await, 3);
 }

@@ -321,11 +321,12 @@ impl AuditReader for Store {
 
     async fn credential_row(&self, jti: &str) -> Result<Option<serde_json::Value>, StoreError> {
         let row = sqlx::query(
-            "SELECT c.id, c.jti, c.kind, c.system_id, c.grant_id, c.issuer, c.subject, c.audience, c.scopes, c.iat, \
+            "SELECT c.id, c.jti, c.kind, c.system_id, c.grant_id, k.issuer, k.subject, c.audience, c.scopes, c.iat, \
              c.exp, c.revoked_at, c.revoked_reason, s.revoked_through AS system_revoked_through, \
              COALESCE(w.revoked_through, 0) AS workload_revoked_through \
              FROM credentials c JOIN systems s ON s.id = c.system_id \
-             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject WHERE c.jti = $1",
+             JOIN workloads k ON k.id = c.workload_id \
+             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject WHERE c.jti = $1",
         )
         .bind(jti)
         .fetch_optional(&self.pool)

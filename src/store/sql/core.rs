@@ -41,6 +41,10 @@ const MAX_BATCH: usize = 512;
 const SLOW_BATCH: Duration = Duration::from_millis(50);
 /// Queue depth in front of the writer; callers wait (backpressure) beyond it.
 const QUEUE_DEPTH: usize = 4096;
+/// Most workload identities the writer remembers the ids of.
+const KNOWN_WORKLOADS: usize = 65_536;
+/// Workload identities per INSERT (and read) of those a batch meets first.
+const WORKLOADS_PER_STATEMENT: usize = 256;
 
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -160,8 +164,7 @@ impl Store {
         let sql = format!(
             "SELECT c.id AS c_id, c.jti AS c_jti, c.revoked_at AS c_revoked_at, \
              s.revoked_through AS s_revoked_through, COALESCE(w.revoked_through, 0) AS w_revoked_through, {SYSTEM_COLUMNS} \
-             FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} \
-             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+             FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} {WORKLOAD_JOINS} \
              WHERE c.jti = $1"
         );
         let Some(row) = sqlx::query(&sql).bind(jti).fetch_optional(&self.pool).await.map_err(unavailable)? else {
@@ -183,7 +186,7 @@ impl Store {
     /// Reads one credential's indexable facts and offers them to the index.
     async fn index_from_db(&self, jti: &str) -> Result<Option<Found>, StoreError> {
         let epoch = self.cache.epoch();
-        let row: Option<IndexRow> = sqlx::query_as(&format!("SELECT {INDEX_COLUMNS} FROM credentials WHERE jti = $1"))
+        let row: Option<IndexRow> = sqlx::query_as(&format!("SELECT {INDEX_COLUMNS} WHERE c.jti = $1"))
             .bind(jti)
             .fetch_optional(&self.pool)
             .await
@@ -239,6 +242,7 @@ struct Writer {
 async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
     let Writer { options, limit, cache, wal_frames, commits } = writer;
     let mut conn: Option<Conn> = None;
+    let mut known = KnownWorkloads::default();
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         if conn.is_none() {
@@ -260,7 +264,7 @@ async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
         let Some(c) = conn.as_mut() else { continue };
         let ops: Vec<&WriteOp> = jobs.iter().map(|j| &j.op).collect();
         let started = std::time::Instant::now();
-        let error = match tokio::time::timeout(limit, write_batch(c, &ops)).await {
+        let error = match tokio::time::timeout(limit, write_batch(c, &ops, &mut known)).await {
             Ok(Ok(results)) => {
                 let took = started.elapsed();
                 commits.observe(took.as_secs_f64());
@@ -273,6 +277,7 @@ async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
                 for (job, result) in jobs.iter().zip(&results) {
                     remember(&cache, &job.op, result);
                 }
+                known.committed();
                 for (job, result) in jobs.drain(..).zip(results) {
                     let _ = job.reply.send(Ok(result));
                 }
@@ -300,9 +305,88 @@ async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
         // Start over on a fresh connection: the failure may have left this
         // one in an unknown state.
         conn = None;
+        known.rolled_back();
         for job in jobs.drain(..) {
             let _ = job.reply.send(Err(StoreError::Unavailable(error.clone())));
         }
+    }
+}
+
+/// The row ids of workload identities (`workloads`), as the writer has
+/// read or inserted them, so a batch binds its credentials' workload ids
+/// and reads or inserts only identities it has not met. Ids of a batch are
+/// kept only once it commits. Workload rows are never deleted, so a known
+/// id stays right; past `KNOWN_WORKLOADS` identities the map starts over.
+#[derive(Default)]
+struct KnownWorkloads {
+    /// Subject to id, by issuer name.
+    ids: HashMap<String, HashMap<String, i64>>,
+    len: usize,
+    /// Met in the batch being written: known once it commits.
+    pending: Vec<(String, String, i64)>,
+}
+
+impl KnownWorkloads {
+    fn id(&self, issuer: &str, subject: &str) -> Option<i64> {
+        self.ids.get(issuer).and_then(|subjects| subjects.get(subject)).copied()
+    }
+
+    fn committed(&mut self) {
+        for (issuer, subject, id) in std::mem::take(&mut self.pending) {
+            if self.len >= KNOWN_WORKLOADS {
+                self.ids.clear();
+                self.len = 0;
+            }
+            if self.ids.entry(issuer).or_default().insert(subject, id).is_none() {
+                self.len += 1;
+            }
+        }
+    }
+
+    fn rolled_back(&mut self) {
+        self.pending.clear();
+    }
+
+    /// The workload id of each of `issuances`, in order: known ones from
+    /// memory, the others read, after inserting those not stored yet. Must
+    /// run inside the batch's write transaction.
+    async fn resolve(&mut self, conn: &mut Conn, issuances: &[&Issuance]) -> Result<Vec<i64>, sqlx::Error> {
+        self.pending.clear();
+        let mut unknown: Vec<(&str, &str)> = issuances
+            .iter()
+            .filter(|i| self.id(&i.issuer, &i.subject).is_none())
+            .map(|i| (i.issuer.as_str(), i.subject.as_str()))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        for chunk in unknown.chunks(WORKLOADS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Db>::new("INSERT INTO workloads (issuer, subject) SELECT column1, column2 FROM (");
+            insert.push_values(chunk, |mut row, (issuer, subject)| {
+                row.push_bind(*issuer).push_bind(*subject);
+            });
+            insert.push(
+                ") AS v WHERE NOT EXISTS (SELECT 1 FROM workloads k WHERE k.issuer = v.column1 AND k.subject = v.column2) \
+                 ON CONFLICT (issuer, subject) DO NOTHING",
+            );
+            insert.build().execute(&mut *conn).await?;
+            let mut read = QueryBuilder::<Db>::new("SELECT k.id, k.issuer, k.subject FROM workloads k JOIN (");
+            read.push_values(chunk, |mut row, (issuer, subject)| {
+                row.push_bind(*issuer).push_bind(*subject);
+            });
+            read.push(") AS v ON k.issuer = v.column1 AND k.subject = v.column2");
+            let rows: Vec<(i64, String, String)> = read.build_query_as().fetch_all(&mut *conn).await?;
+            self.pending.extend(rows.into_iter().map(|(id, issuer, subject)| (issuer, subject, id)));
+        }
+        let met: HashMap<(&str, &str), i64> =
+            self.pending.iter().map(|(issuer, subject, id)| ((issuer.as_str(), subject.as_str()), *id)).collect();
+        issuances
+            .iter()
+            .map(|i| {
+                self.id(&i.issuer, &i.subject)
+                    .or_else(|| met.get(&(i.issuer.as_str(), i.subject.as_str())).copied())
+                    .ok_or_else(|| sqlx::Error::Protocol(format!("workload of credential {} was not stored", i.jti)))
+            })
+            .collect()
     }
 }
 
@@ -326,11 +410,15 @@ fn remember(cache: &Cache, op: &WriteOp, result: &WriteResult) {
     }
 }
 
-async fn write_batch(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
+async fn write_batch(
+    conn: &mut Conn,
+    ops: &[&WriteOp],
+    known: &mut KnownWorkloads,
+) -> Result<Vec<WriteResult>, sqlx::Error> {
     if !BATCH_BEGINS_WITH_READ {
         begin_write(conn).await?;
     }
-    let applied = apply_ops(conn, ops).await;
+    let applied = apply_ops(conn, ops, known).await;
     if applied.is_err() {
         // Nothing of the batch is committed (its closing statements stop
         // at the first error, before COMMIT).
@@ -463,7 +551,11 @@ impl BatchStart {
 /// SQLite runs in the same execution.
 /// Only single-use replay guards and revocations take statements of their
 /// own.
-async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>, sqlx::Error> {
+async fn apply_ops(
+    conn: &mut Conn,
+    ops: &[&WriteOp],
+    known: &mut KnownWorkloads,
+) -> Result<Vec<WriteResult>, sqlx::Error> {
     let mut systems: Vec<&str> = ops
         .iter()
         .filter_map(|op| match op {
@@ -541,7 +633,9 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
     }
     let mut closing = Statements::new();
     if !issued.is_empty() {
-        let issuances = issued.iter().map(|(_, i)| *i);
+        let issuances: Vec<&Issuance> = issued.iter().map(|(_, i)| *i).collect();
+        let workloads = known.resolve(conn, &issuances).await?;
+        let issuances = issuances.into_iter().zip(workloads);
         if EXPLICIT_CREDENTIAL_IDS {
             // The batch holds the write lock: ids counted on from the
             // largest one are the next ones, in issuance order.
@@ -579,7 +673,8 @@ async fn apply_ops(conn: &mut Conn, ops: &[&WriteOp]) -> Result<Vec<WriteResult>
 /// The count bucket (system, expiry) of credential `$1`, if it is still
 /// active: revoked neither by itself nor by an epoch.
 const ACTIVE_CREDENTIAL: &str = "SELECT c.system_id, c.exp FROM credentials c JOIN systems s ON s.id = c.system_id \
-     LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+     JOIN workloads k ON k.id = c.workload_id \
+     LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
      WHERE c.jti = $1 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
      AND c.id > COALESCE(w.revoked_through, 0)";
 
@@ -641,11 +736,15 @@ async fn admit(
 
 /// Writes the multi-row INSERT of `issuances` into `q`, with ids counted on
 /// from `after` when given (else the database picks them).
-fn push_credentials<'a>(q: &mut QueryBuilder<'a, Db>, issuances: impl Iterator<Item = &'a Issuance>, after: Option<i64>) {
+fn push_credentials<'a>(
+    q: &mut QueryBuilder<'a, Db>,
+    issuances: impl Iterator<Item = (&'a Issuance, i64)>,
+    after: Option<i64>,
+) {
     q.push(if after.is_some() { "INSERT INTO credentials (id, " } else { "INSERT INTO credentials (" });
-    q.push("jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp, secret_hash, db_role, role_state) ");
+    q.push("jti, kind, system_id, grant_id, workload_id, audience, scopes, iat, exp, secret_hash, db_role, role_state) ");
     let mut next = after.unwrap_or(0);
-    q.push_values(issuances, |mut row, i| {
+    q.push_values(issuances, |mut row, (i, workload)| {
         if after.is_some() {
             next += 1;
             row.push_bind(next);
@@ -654,8 +753,7 @@ fn push_credentials<'a>(q: &mut QueryBuilder<'a, Db>, issuances: impl Iterator<I
             .push_bind(i.kind.to_string())
             .push_bind(i.system_id.as_str())
             .push_bind(i.grant_id.as_str())
-            .push_bind(&i.issuer)
-            .push_bind(&i.subject)
+            .push_bind(workload)
             .push_bind(&i.audience)
             .push_bind(&i.scopes)
             .push_bind(ts(i.iat))
@@ -766,6 +864,10 @@ const SYSTEM_COLUMNS: &str = "s.id AS s_id, s.name AS s_name, s.purpose AS s_pur
     tecn.attested_until AS to_attested_until";
 
 const SYSTEM_JOINS: &str = "JOIN owners bo ON bo.id = s.business_owner JOIN owners tecn ON tecn.id = s.technical_owner";
+/// A credential's (`c`) workload identity (`k`) and that workload's
+/// revocation epoch, if any (`w`).
+const WORKLOAD_JOINS: &str = "JOIN workloads k ON k.id = c.workload_id \
+     LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject";
 
 #[async_trait]
 impl PolicyStore for Store {
@@ -848,8 +950,8 @@ impl CredentialStore for Store {
     async fn secret_credential(&self, hash: &str) -> Result<Option<StoredSecret>, StoreError> {
         type Row = (String, String, String, String, String, String, i64, i64);
         let row: Option<Row> = sqlx::query_as(
-            "SELECT jti, secret_hash, system_id, subject, audience, scopes, iat, exp FROM credentials \
-             WHERE secret_hash = $1",
+            "SELECT c.jti, c.secret_hash, c.system_id, k.subject, c.audience, c.scopes, c.iat, c.exp \
+             FROM credentials c JOIN workloads k ON k.id = c.workload_id WHERE c.secret_hash = $1",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -1329,7 +1431,9 @@ impl Views for Store {
 
 /// What the credential index keeps of a row, as [`INDEX_COLUMNS`] reads it.
 type IndexRow = (i64, String, String, String, String, i64, Option<i64>);
-const INDEX_COLUMNS: &str = "id, jti, system_id, issuer, subject, exp, revoked_at";
+/// Followed by `WHERE`: the columns are those of `c` (credentials).
+const INDEX_COLUMNS: &str = "c.id, c.jti, c.system_id, k.issuer, k.subject, c.exp, c.revoked_at \
+     FROM credentials c JOIN workloads k ON k.id = c.workload_id";
 
 fn indexed(row: &IndexRow) -> IndexedCredential<'_> {
     let (id, jti, system, issuer, subject, exp, revoked_at) = row;
@@ -1350,7 +1454,7 @@ async fn warm_index(pool: DbPool, cache: Arc<Cache>, now: i64) {
             return;
         }
         let epoch = cache.epoch();
-        let sql = format!("SELECT {INDEX_COLUMNS} FROM credentials WHERE id > $1 AND exp > $2 ORDER BY id LIMIT $3");
+        let sql = format!("SELECT {INDEX_COLUMNS} WHERE c.id > $1 AND c.exp > $2 ORDER BY c.id LIMIT $3");
         let rows: Vec<IndexRow> = match sqlx::query_as(&sql)
         .bind(after)
         .bind(now)

@@ -184,7 +184,8 @@ async fn uncount(conn: &mut Conn, covered: &[(String, i64, i64)]) -> Result<(), 
 /// (`$4`, `$5`], counted per (system, expiry) bucket.
 pub(crate) const COVERED_BY_WORKLOAD: &str = "SELECT c.system_id, c.exp, COUNT(*) FROM credentials c \
      JOIN systems s ON s.id = c.system_id \
-     WHERE c.issuer = $1 AND c.subject = $2 AND c.exp > $3 AND c.id > $4 AND c.id <= $5 \
+     WHERE c.workload_id = (SELECT id FROM workloads WHERE issuer = $1 AND subject = $2) \
+     AND c.exp > $3 AND c.id > $4 AND c.id <= $5 \
      AND c.revoked_at IS NULL AND c.id > s.revoked_through GROUP BY c.system_id, c.exp";
 
 /// Database logins to drop at `$1`: revoked (one by one, or by system or
@@ -193,7 +194,8 @@ pub(crate) const COVERED_BY_WORKLOAD: &str = "SELECT c.system_id, c.exp, COUNT(*
 /// SQLite needs spelled out to use the index rather than scan every
 /// credential.
 pub(crate) const DUE_LOGINS: &str = "FROM credentials c JOIN systems s ON s.id = c.system_id \
-     LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+     JOIN workloads k ON k.id = c.workload_id \
+     LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
      WHERE c.role_state IN ('live', 'dropping') AND c.role_state = 'live' \
      AND (c.revoked_at IS NOT NULL OR c.exp <= $1 OR c.id <= s.revoked_through \
      OR c.id <= COALESCE(w.revoked_through, 0) OR s.state <> 'active') ORDER BY c.id";
@@ -538,9 +540,10 @@ impl LifecycleStore for Store {
         now: OffsetDateTime,
     ) -> Result<Vec<CredentialSummary>, StoreError> {
         let rows = sqlx::query(
-            "SELECT c.jti, c.kind, c.grant_id, c.issuer, c.subject, c.audience, c.scopes, c.iat, c.exp \
+            "SELECT c.jti, c.kind, c.grant_id, k.issuer, k.subject, c.audience, c.scopes, c.iat, c.exp \
              FROM credentials c JOIN systems s ON s.id = c.system_id \
-             LEFT JOIN workload_revocations w ON w.issuer = c.issuer AND w.subject = c.subject \
+             JOIN workloads k ON k.id = c.workload_id \
+             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
              WHERE c.system_id = $1 AND c.exp > $2 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
              AND c.id > COALESCE(w.revoked_through, 0) ORDER BY c.id LIMIT 10000",
         )
@@ -762,7 +765,7 @@ impl JobStore for Store {
         let (scope, binds): (&str, Vec<&str>) = match target {
             RevokeTarget::System { system_id } => ("system_id = $1", vec![system_id.as_str()]),
             RevokeTarget::Workload { issuer, subject } => {
-                ("issuer = $1 AND subject = $2", vec![issuer.as_str(), subject.as_str()])
+                ("workload_id = (SELECT id FROM workloads WHERE issuer = $1 AND subject = $2)", vec![issuer.as_str(), subject.as_str()])
             }
         };
         let n = binds.len();

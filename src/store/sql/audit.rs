@@ -257,7 +257,7 @@ pub(super) fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, af
                 if v != ISSUED {
                     // The condition of the partial index by kind, spelled
                     // out so the planner may use it.
-                    q.push(" AND kind <> 'credential.issued'");
+                    q.push(format_args!(" AND kind <> '{ISSUED}'"));
                 }
             }
         }

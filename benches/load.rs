@@ -28,7 +28,7 @@
 //!    histogram, and its database commits, from
 //!    `halflife_commit_duration_seconds`);
 //! 4. introspection of a valid token;
-//! 5. storage per issuance record;
+//! 5. storage per issuance record, in all and by table and index;
 //! 6. for each outstanding count: a fresh database preloaded with that many
 //!    unexpired credentials through the store, start-up to ready, resident
 //!    memory once the credential index is loaded, exchanges at concurrency 64
@@ -243,34 +243,46 @@ impl Db {
         }
     }
 
-    /// Bytes the credentials and audit tables take, and how many
-    /// credentials there are.
-    async fn footprint(&self, dir: &Path, label: &str) -> (u64, i64) {
-        if self.admin.is_some() {
+    /// Bytes the credentials and audit tables take with their indexes,
+    /// largest first by table or index, and how many credentials there are.
+    async fn footprint(&self, dir: &Path, label: &str) -> (Vec<(String, u64)>, i64) {
+        let (parts, count): (Vec<(String, i64)>, i64) = if self.admin.is_some() {
             let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&self.url).await.unwrap();
-            let (bytes, count): (i64, i64) = sqlx::query_as(
-                "SELECT pg_total_relation_size('credentials') + pg_total_relation_size('audit_events'), \
-                 (SELECT COUNT(*) FROM credentials)",
+            // Each table (with its TOAST data and maps) and each index.
+            let parts = sqlx::query_as(
+                "SELECT t.relname::text, pg_table_size(t.oid) FROM pg_class t \
+                 WHERE t.relname IN ('credentials', 'audit_events') \
+                 UNION ALL SELECT i.relname::text, pg_relation_size(i.oid) FROM pg_index x \
+                 JOIN pg_class i ON i.oid = x.indexrelid \
+                 WHERE x.indrelid IN ('credentials'::regclass, 'audit_events'::regclass)",
             )
-            .fetch_one(&mut conn)
+            .fetch_all(&mut conn)
             .await
             .unwrap();
-            (bytes as u64, count)
+            let (count,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM credentials").fetch_one(&mut conn).await.unwrap();
+            (parts, count)
         } else {
             let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&self.url).await.unwrap();
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await.unwrap();
-            let (bytes,): (i64,) = sqlx::query_as(
-                "SELECT SUM(pgsize) FROM dbstat WHERE name IN ('credentials', 'audit_events') \
+            let parts = sqlx::query_as(
+                "SELECT name, SUM(pgsize) FROM dbstat WHERE name IN ('credentials', 'audit_events') \
                  OR name IN (SELECT name FROM sqlite_master WHERE type = 'index' \
-                             AND tbl_name IN ('credentials', 'audit_events'))",
+                             AND tbl_name IN ('credentials', 'audit_events')) GROUP BY name",
             )
-            .fetch_one(&mut conn)
+            .fetch_all(&mut conn)
             .await
-            .unwrap_or_else(|_| (std::fs::metadata(dir.join(format!("{label}.db"))).unwrap().len() as i64,));
+            .unwrap_or_else(|_| {
+                // A SQLite built without dbstat: the whole file.
+                vec![("file".to_owned(), std::fs::metadata(dir.join(format!("{label}.db"))).unwrap().len() as i64)]
+            });
             let (count,): (i64,) =
                 sqlx::query_as("SELECT COUNT(*) FROM credentials").fetch_one(&mut conn).await.unwrap();
-            (bytes as u64, count)
-        }
+            (parts, count)
+        };
+        let mut parts: Vec<(String, u64)> = parts.into_iter().map(|(name, bytes)| (name, bytes as u64)).collect();
+        parts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        (parts, count)
     }
 }
 
@@ -1096,11 +1108,16 @@ async fn main() {
     server.stop().await;
 
     // 5. Storage per issuance.
-    let (bytes, records) = db.footprint(dir.path(), "main").await;
-    let per_record = bytes as f64 / records.max(1) as f64;
+    let (parts, records) = db.footprint(dir.path(), "main").await;
+    let per = |bytes: u64| bytes as f64 / records.max(1) as f64;
+    let per_record = per(parts.iter().map(|(_, bytes)| bytes).sum());
     println!(
         "storage: {per_record:.0} bytes per issuance record (credential row + audit event, with indexes; {records} records); RSS after load {rss_loaded:.1} MiB"
     );
+    let breakdown: Vec<String> = parts.iter().map(|(name, bytes)| format!("{name} {:.0}", per(*bytes))).collect();
+    println!("  by table and index: {}", breakdown.join(", "));
+    let storage_parts: serde_json::Map<String, Value> =
+        parts.iter().map(|(name, bytes)| (name.clone(), json!(per(*bytes)))).collect();
     db.drop_database().await;
 
     // 6. Outstanding credentials: start-up, memory, growth, revocation.
@@ -1184,6 +1201,7 @@ async fn main() {
                 "slowest_le": half_commits.slowest_le_ms(), "batches": half_commits.count(),
             },
             "storage_bytes_per_issuance": per_record,
+            "storage_bytes_per_issuance_by_relation": storage_parts,
             "peak_over_crypto_limit": peak / crypto_all,
             "outstanding": outstanding,
         });

@@ -679,14 +679,8 @@ async fn credentials_stored_before_workloads_were_split_out_keep_them() {
     let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
     let (iat, exp) = (now.unix_timestamp() - 60, now.unix_timestamp() + 600);
     let mut raw = db.raw().await;
+    add_indexer_system(&mut raw).await;
     for statement in [
-        "INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) VALUES \
-         ('biz', 'Biz', 'biz@example.com', 'active', 1800000000, 0, 0), \
-         ('tech', 'Tech', 'tech@example.com', 'active', 1800000000, 0, 0)"
-            .to_owned(),
-        "INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, created_at, updated_at) \
-         VALUES ('indexer', 'Indexer', 'search', 'biz', 'tech', 'pilot', 'active', 0, 0)"
-            .to_owned(),
         // Three credentials of spire's sub-a (one an opaque secret), one of
         // spire's sub-b, whose workload was revoked through it, and one of
         // the same subject name from another issuer: ids 1 to 5.
@@ -719,12 +713,13 @@ async fn credentials_stored_before_workloads_were_split_out_keep_them() {
         .into_iter()
         .map(|c| (c.jti, c.issuer, c.subject, c.scopes))
         .collect();
-    let expected =
-        [("a1", "spire", "sub-a", "read"), ("a2", "spire", "sub-a", "read write"), ("a3", "spire", "sub-a", "read")]
-            .into_iter()
-            .chain([("c1", "k8s", "sub-a", "read")])
-            .map(|(j, i, s, sc)| (j.to_owned(), i.to_owned(), s.to_owned(), sc.to_owned()))
-            .collect::<Vec<_>>();
+    let expected = [
+        ("a1", "spire", "sub-a", "read"),
+        ("a2", "spire", "sub-a", "read write"),
+        ("a3", "spire", "sub-a", "read"),
+        ("c1", "k8s", "sub-a", "read"),
+    ]
+    .map(|(j, i, s, sc)| (j.to_owned(), i.to_owned(), s.to_owned(), sc.to_owned()));
     assert_eq!(listed, expected, "b1 is revoked with its workload");
     let secret = store.secret_credential("h-a2").await.unwrap().unwrap();
     assert_eq!((secret.jti.as_str(), secret.subject.as_str()), ("a2", "sub-a"));
@@ -758,6 +753,21 @@ async fn credentials_stored_before_workloads_were_split_out_keep_them() {
             .await,
         4
     );
+}
+
+/// Owners `biz` and `tech` and their active pilot system `indexer`, as
+/// rows (the schema of these tables is the same before and after the
+/// upgrades tested here).
+async fn add_indexer_system(raw: &mut RawDb) {
+    for statement in [
+        "INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) VALUES \
+         ('biz', 'Biz', 'biz@example.com', 'active', 1800000000, 0, 0), \
+         ('tech', 'Tech', 'tech@example.com', 'active', 1800000000, 0, 0)",
+        "INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, created_at, updated_at) \
+         VALUES ('indexer', 'Indexer', 'search', 'biz', 'tech', 'pilot', 'active', 0, 0)",
+    ] {
+        raw.execute(statement).await.unwrap();
+    }
 }
 
 /// A store opened (and migrated) on `db` as a server would open it.
@@ -810,15 +820,7 @@ async fn a_failed_batch_leaves_no_workload_behind() {
     let Some(db) = TestDb::create(dir.path()).await else { return };
     let store = open_store(&db).await;
     let mut raw = db.raw().await;
-    for statement in [
-        "INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) VALUES \
-         ('biz', 'Biz', 'biz@example.com', 'active', 1800000000, 0, 0), \
-         ('tech', 'Tech', 'tech@example.com', 'active', 1800000000, 0, 0)",
-        "INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, created_at, updated_at) \
-         VALUES ('indexer', 'Indexer', 'search', 'biz', 'tech', 'pilot', 'active', 0, 0)",
-    ] {
-        raw.execute(statement).await.unwrap();
-    }
+    add_indexer_system(&mut raw).await;
     let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
     store.record_issuance(issuance("j1", "spire", "first", now)).await.unwrap();
     // The same jti again, from a workload not stored before: the batch fails

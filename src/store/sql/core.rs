@@ -351,7 +351,6 @@ impl KnownWorkloads {
     /// memory, the others read, after inserting those not stored yet. Must
     /// run inside the batch's write transaction.
     async fn resolve(&mut self, conn: &mut Conn, issuances: &[&Issuance]) -> Result<Vec<i64>, sqlx::Error> {
-        self.pending.clear();
         let mut unknown: Vec<(&str, &str)> = issuances
             .iter()
             .filter(|i| self.id(&i.issuer, &i.subject).is_none())

@@ -22,10 +22,13 @@ async fn main() {
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
     let started = Instant::now();
     sqlx::query(&format!(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {EVENTS}) \
-         INSERT INTO audit_events (seq, time_ms, kind, outcome, actor, system_id, owners, jti, subject, hash) \
-         SELECT i, 1700000000000 + i, 'credential.issued', 'success', 'k8s workload', 'system-' || (i % 100), \
-         'biz tech', 'jti-' || i, 'spiffe://prod/ns/ai/sa/w' || (i % 1000), randomblob(32) FROM n"
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 999) \
+         INSERT INTO audit_names (id, name) SELECT 1 + i, 'spiffe://prod/ns/ai/sa/w' || i FROM n; \
+         INSERT INTO audit_names (id, name) VALUES (1001, 'k8s workload'), (1002, 'biz tech'); \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {EVENTS}) \
+         INSERT INTO audit_events (seq, time_ms, kind, outcome, actor_id, system_id, owners_id, jti, subject_id, hash) \
+         SELECT i, 1700000000000 + i, 'credential.issued', 'success', 1001, 'system-' || (i % 100), \
+         1002, 'jti-' || i, 1 + i % 1000, randomblob(32) FROM n"
     ))
     .execute(&mut conn)
     .await

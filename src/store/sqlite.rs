@@ -482,12 +482,36 @@ mod tests {
             ("credential.issued", "SEARCH audit_events USING INTEGER PRIMARY KEY (rowid>?)"),
         ] {
             let filter = AuditFilter { kind: Some(kind.to_owned()), ..AuditFilter::default() };
-            let mut q = QueryBuilder::<Db>::new("EXPLAIN QUERY PLAN SELECT seq, actor FROM audit_events");
+            let mut q = QueryBuilder::<Db>::new("EXPLAIN QUERY PLAN SELECT seq, detail FROM audit_events");
             audit::push_filter(&mut q, &filter, Some(0));
             q.push(" ORDER BY seq LIMIT 100");
             let plan: Vec<(i64, i64, i64, String)> = q.build_query_as().fetch_all(&store.pool).await.unwrap();
             let steps: Vec<&str> = plan.iter().map(|(_, _, _, detail)| detail.as_str()).collect();
             assert_eq!(steps, [expected], "{kind}");
         }
+    }
+
+    /// Events of one workload or issuer are found through their name's id:
+    /// the name is looked up once, and the workload's events are read in
+    /// order from the index by subject, without sorting them.
+    #[tokio::test]
+    async fn audit_queries_by_workload_look_the_name_up_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/plan.db", dir.path().display());
+        let store = Store::open(&url, Duration::from_secs(5), 2, true).await.unwrap();
+        let filter = AuditFilter { workload: Some("spiffe://example/w".to_owned()), ..AuditFilter::default() };
+        let mut q = QueryBuilder::<Db>::new("EXPLAIN QUERY PLAN SELECT seq, detail FROM audit_events");
+        audit::push_filter(&mut q, &filter, Some(0));
+        q.push(" ORDER BY seq LIMIT 100");
+        let plan: Vec<(i64, i64, i64, String)> = q.build_query_as().fetch_all(&store.pool).await.unwrap();
+        let steps: Vec<&str> = plan.iter().map(|(_, _, _, detail)| detail.as_str()).collect();
+        assert_eq!(
+            steps,
+            [
+                "SEARCH audit_events USING INDEX audit_by_subject (subject_id=? AND seq>?)",
+                "SCALAR SUBQUERY 1",
+                "SEARCH audit_names USING COVERING INDEX sqlite_autoindex_audit_names_1 (name=?)",
+            ]
+        );
     }
 }

@@ -101,7 +101,12 @@ async fn operator_actions_are_recorded_with_their_actor_and_owners() {
 async fn verification_names_the_first_altered_deleted_swapped_or_truncated_event() {
     type Tamper = (&'static str, &'static str, i64);
     let cases: [Tamper; 6] = [
-        ("altered", "UPDATE audit_events SET actor = 'mallory' WHERE seq = 12", 12),
+        (
+            "altered",
+            "INSERT INTO audit_names (name) VALUES ('mallory'); \
+             UPDATE audit_events SET actor_id = (SELECT id FROM audit_names WHERE name = 'mallory') WHERE seq = 12",
+            12,
+        ),
         ("detail altered", "UPDATE audit_events SET detail = '{\"kind\":\"jwt\"}' WHERE seq = 12", 12),
         ("re-timed", "UPDATE audit_events SET time_ms = time_ms - 3600000 WHERE seq = 12", 12),
         ("deleted", "DELETE FROM audit_events WHERE seq = 12", 12),
@@ -127,7 +132,10 @@ async fn verification_names_the_first_altered_deleted_swapped_or_truncated_event
         // guards first, and the chain still gives them away.
         let mut db = app.raw().await;
         assert!(db.execute("DELETE FROM audit_events WHERE seq = 3").await.is_err());
-        assert!(db.execute("UPDATE audit_events SET actor = 'x' WHERE seq = 3").await.is_err());
+        assert!(db.execute("UPDATE audit_events SET reason = 'x' WHERE seq = 3").await.is_err());
+        // Nor can a name that events share be changed or removed.
+        assert!(db.execute("UPDATE audit_names SET name = 'x' WHERE id = 1").await.is_err());
+        assert!(db.execute("DELETE FROM audit_names WHERE id = 1").await.is_err());
         if postgres() {
             app.sql("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only").await;
         } else {
@@ -315,9 +323,9 @@ async fn exports_parse_back_and_verify_offline() {
     let hash = if postgres() { "decode('68', 'hex')" } else { "x'68'" };
     app.sql(&format!(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
-         INSERT INTO audit_events (seq, time_ms, kind, outcome, reason, actor, system_id, jti, detail, hash) \
+         INSERT INTO audit_events (seq, time_ms, kind, outcome, reason, system_id, jti, detail, hash) \
          SELECT 1000 + i, 1700000000000 + i, 'credential.issued', 'success', 'bulk, \"quoted\"' || {newline} || 'line', \
-         'bulk actor', 'indexer', 'jti-' || i, '{{\"n\":' || i || '}}', {hash} FROM n",
+         'indexer', 'jti-' || i, '{{\"n\":' || i || '}}', {hash} FROM n",
     ))
     .await;
     let total = app.scalar("SELECT COUNT(*) FROM audit_events").await;
@@ -395,10 +403,12 @@ async fn no_secret_reaches_the_audit_log_or_its_exports() {
 }
 
 /// Hashes became 32 stored bytes, and `prev_hash` is read from the event
-/// before instead of stored (SQLite migration 0013, PostgreSQL 0009). A log
-/// chained before that upgrade keeps every hash, so it and the checkpoints
-/// signed over it still verify, and an event altered before the upgrade is
-/// still reported.
+/// before instead of stored (SQLite migration 0013, PostgreSQL 0009); then
+/// repeated strings moved to `audit_names` (SQLite 0016, PostgreSQL 0012).
+/// A log chained before those upgrades keeps every value and hash, so it
+/// and the checkpoints signed over it still verify, an event altered
+/// before the upgrade is still reported, and queries by workload, issuer
+/// and owner still find its events.
 #[tokio::test]
 async fn a_chain_written_before_hashes_were_compacted_still_verifies() {
     use halflife::audit::{AuditRecord, ChainVerifier, GENESIS, chain_hash};
@@ -420,7 +430,12 @@ async fn a_chain_written_before_hashes_were_compacted_still_verifies() {
             outcome: "success".into(),
             actor: Some(format!("workload-{seq}")),
             system_id: Some("indexer".into()),
-            owners: Some("biz tech".into()),
+            owners: Some(if seq == 1 { "biz" } else { "biz tech" }.into()),
+            source: Some("10.0.0.7".into()),
+            attestation_issuer: Some(format!("https://issuer-{}.example", seq % 2)),
+            subject: Some(format!("spiffe://example/w{}", seq % 2)),
+            audience: Some("reports-api".into()),
+            scopes: Some("reports:read".into()),
             jti: Some(format!("jti-{seq}")),
             detail: Some(json!({"kind": "jwt"})),
             prev_hash: prev.clone(),
@@ -430,17 +445,21 @@ async fn a_chain_written_before_hashes_were_compacted_still_verifies() {
         // Event 4 is altered after sealing, as someone with the file could.
         let actor = if seq == 4 { "mallory".to_owned() } else { event.actor.clone().unwrap() };
         rows.push(format!(
-            "({seq}, {}, 'credential.issued', 'success', '{actor}', 'indexer', 'biz tech', 'jti-{seq}', \
-             '{{\"kind\":\"jwt\"}}', '{prev}', '{}')",
-            event.time_ms, event.hash
+            "({seq}, {}, 'credential.issued', 'success', '{actor}', 'indexer', '{}', '10.0.0.7', '{}', '{}', \
+             'reports-api', 'reports:read', 'jti-{seq}', '{{\"kind\":\"jwt\"}}', '{prev}', '{}')",
+            event.time_ms,
+            event.owners.as_deref().unwrap(),
+            event.attestation_issuer.as_deref().unwrap(),
+            event.subject.as_deref().unwrap(),
+            event.hash
         ));
         prev.clone_from(&event.hash);
         hashes.push(event.hash);
     }
     let mut raw = db.raw().await;
     raw.execute(&format!(
-        "INSERT INTO audit_events (seq, time_ms, kind, outcome, actor, system_id, owners, jti, detail, prev_hash, hash) \
-         VALUES {}",
+        "INSERT INTO audit_events (seq, time_ms, kind, outcome, actor, system_id, owners, source, attestation_issuer, \
+         subject, audience, scopes, jti, detail, prev_hash, hash) VALUES {}",
         rows.join(", ")
     ))
     .await
@@ -468,6 +487,39 @@ async fn a_chain_written_before_hashes_were_compacted_still_verifies() {
     assert_eq!(report.events_checked, 3);
     let problem = report.first_problem.unwrap();
     assert_eq!((problem.seq, problem.what.contains("altered")), (4, true), "{problem:?}");
+    assert_eq!(events[2].actor.as_deref(), Some("workload-3"));
+    assert_eq!(events[3].actor.as_deref(), Some("mallory"));
+    assert_eq!(events[1].subject.as_deref(), Some("spiffe://example/w0"));
+    assert_eq!(events[1].attestation_issuer.as_deref(), Some("https://issuer-0.example"));
+    assert_eq!(events[1].source.as_deref(), Some("10.0.0.7"));
+    assert_eq!(events[1].audience.as_deref(), Some("reports-api"));
+    assert_eq!(events[1].scopes.as_deref(), Some("reports:read"));
+    let seqs = |filter: halflife::store::AuditFilter| {
+        let store = &opened.store;
+        async move { store.audit_events(&filter, None, 10).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>() }
+    };
+    let by_workload = halflife::store::AuditFilter {
+        workload: Some("spiffe://example/w1".into()),
+        ..halflife::store::AuditFilter::default()
+    };
+    assert_eq!(seqs(by_workload).await, [1, 3]);
+    let by_issuer = halflife::store::AuditFilter {
+        issuer: Some("https://issuer-0.example".into()),
+        ..halflife::store::AuditFilter::default()
+    };
+    assert_eq!(seqs(by_issuer).await, [2, 4]);
+    let by_owner =
+        halflife::store::AuditFilter { owner: Some("tech".into()), ..halflife::store::AuditFilter::default() };
+    assert_eq!(seqs(by_owner).await, [2, 3, 4]);
+    let unknown = halflife::store::AuditFilter {
+        workload: Some("spiffe://example/nobody".into()),
+        ..halflife::store::AuditFilter::default()
+    };
+    assert_eq!(seqs(unknown).await, Vec::<i64>::new());
+    // Each string is stored once.
+    let mut raw = db.raw().await;
+    assert_eq!(raw.scalar("SELECT COUNT(*) FROM audit_names WHERE name = 'reports-api'").await, 1);
+    drop(raw);
     // Each hash takes its 32 bytes.
     let mut raw = db.raw().await;
     let width = if postgres() { "octet_length(hash)" } else { "length(hash)" };

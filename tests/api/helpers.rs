@@ -674,9 +674,12 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
-    /// Audit events of `kind`, oldest first, as (reason, jti, attestation_id, system_id).
+    /// Audit events of `kind`, oldest first, as (reason, jti, attestation_id,
+    /// system_id, subject, source, request_id).
     pub async fn events(&self, kind: &str) -> Vec<AuditRow> {
-        const SQL: &str = "SELECT reason, jti, attestation_id, system_id, subject, source, request_id \
+        const SQL: &str = "SELECT reason, jti, attestation_id, system_id, \
+             (SELECT name FROM audit_names WHERE id = subject_id) AS subject, \
+             (SELECT name FROM audit_names WHERE id = source_id) AS source, request_id \
              FROM audit_events WHERE kind = $1 ORDER BY seq";
         match self.raw().await {
             RawDb::Sqlite(mut c) => sqlx::query_as(SQL).bind(kind).fetch_all(&mut c).await.unwrap(),

@@ -792,6 +792,7 @@ fn issuance(jti: &str, issuer: &str, subject: &str, now: time::OffsetDateTime) -
     let mut event = AuditEvent::new("credential.issued", Outcome::Success, now, &meta);
     event.system_id = Some("indexer".into());
     event.jti = Some(jti.into());
+    event.subject = Some(subject.into());
     halflife::store::Issuance {
         jti: jti.into(),
         kind: CredentialKind::Jwt,
@@ -810,12 +811,13 @@ fn issuance(jti: &str, issuer: &str, subject: &str, now: time::OffsetDateTime) -
     }
 }
 
-/// The writer remembers the ids of the workload identities it stored, but
-/// only once their batch commits: a workload inserted by a batch that then
-/// failed (here on a repeated jti) is not known, so a later credential of it
-/// names its own row, not the row that took its id in the meantime.
+/// The writer remembers the ids of the workload identities and audit names
+/// it stored, but only once their batch commits: a workload or name
+/// inserted by a batch that then failed (here on a repeated jti) is not
+/// known, so a later credential or event names its own row, not the row
+/// that took its id in the meantime.
 #[tokio::test]
-async fn a_failed_batch_leaves_no_workload_behind() {
+async fn a_failed_batch_leaves_no_workload_or_name_behind() {
     let dir = tempfile::tempdir().unwrap();
     let Some(db) = TestDb::create(dir.path()).await else { return };
     let store = open_store(&db).await;
@@ -836,4 +838,9 @@ async fn a_failed_batch_leaves_no_workload_behind() {
     let expected = [("j1", "first"), ("j2", "third"), ("j3", "second")].map(|(j, s)| (j.to_owned(), s.to_owned()));
     assert_eq!(listed, expected);
     assert_eq!(raw.scalar("SELECT COUNT(*) FROM workloads").await, 3);
+    let filter = halflife::store::AuditFilter::default();
+    let events = store.audit_events(&filter, None, 10).await.unwrap();
+    let events: Vec<(Option<String>, Option<String>)> = events.into_iter().map(|e| (e.jti, e.subject)).collect();
+    let expected = [("j1", "first"), ("j2", "third"), ("j3", "second")].map(|(j, s)| (Some(j.into()), Some(s.into())));
+    assert_eq!(events, expected);
 }

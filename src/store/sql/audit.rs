@@ -6,6 +6,8 @@
 // concurrently. On the request path the group-commit writer shares one
 // transaction among many appends.
 
+use std::collections::HashMap;
+
 use sqlx::QueryBuilder;
 
 use crate::audit::{AuditRecord, Checkpoint, GENESIS, chain_digest};
@@ -14,9 +16,98 @@ use crate::audit::{AuditRecord, Checkpoint, GENESIS, chain_digest};
 /// write transaction.
 pub(super) async fn insert_event(conn: &mut Conn, e: &AuditEvent) -> Result<(), sqlx::Error> {
     let mut chain = Chain::head(conn).await?;
+    let mut names = KnownNames::default();
+    names.resolve(conn, &[e]).await?;
     let mut statements = Statements::new();
-    chain.push_inserts(&mut statements, &[e]);
+    chain.push_inserts(&mut statements, &[e], &names)?;
     statements.run(conn).await.map(|_| ())
+}
+
+/// Most names the writer remembers the ids of.
+const KNOWN_NAMES: usize = 65_536;
+/// Names per INSERT (and read) of those a batch meets first.
+const NAMES_PER_STATEMENT: usize = 256;
+
+/// The values of an event stored once in `audit_names` (`NAMED`, in order).
+fn named(e: &AuditEvent) -> [Option<&str>; 7] {
+    [
+        e.actor.as_deref(),
+        e.owners.as_deref(),
+        e.source.as_deref(),
+        e.attestation_issuer.as_deref(),
+        e.subject.as_deref(),
+        e.audience.as_deref(),
+        e.scopes.as_deref(),
+    ]
+}
+
+/// The columns whose values repeat from event to event: each is stored once
+/// in `audit_names`, and an event names it by id in `<column>_id`.
+const NAMED: [&str; 7] = ["actor", "owners", "source", "attestation_issuer", "subject", "audience", "scopes"];
+
+/// The ids of strings in `audit_names`, as a writer has read or inserted
+/// them, so a batch binds ids and reads or inserts only names it has not
+/// met. Ids met in a batch are kept only once it commits. Names are never
+/// deleted, so a known id stays right; past `KNOWN_NAMES` names the map
+/// starts over.
+#[derive(Default)]
+pub(super) struct KnownNames {
+    ids: HashMap<String, i64>,
+    /// Met in the batch being written: known once it commits.
+    pending: HashMap<String, i64>,
+}
+
+impl KnownNames {
+    fn id(&self, name: &str) -> Option<i64> {
+        self.ids.get(name).or_else(|| self.pending.get(name)).copied()
+    }
+
+    pub(super) fn committed(&mut self) {
+        if self.ids.len() + self.pending.len() > KNOWN_NAMES {
+            self.ids.clear();
+        }
+        self.ids.extend(self.pending.drain());
+    }
+
+    pub(super) fn rolled_back(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Makes sure every name of `events` has an id: known ones from
+    /// memory, the others read, after inserting those not stored yet. Must
+    /// run inside the batch's write transaction.
+    pub(super) async fn resolve(&mut self, conn: &mut Conn, events: &[&AuditEvent]) -> Result<(), sqlx::Error> {
+        let mut unknown: Vec<&str> =
+            events.iter().flat_map(|e| named(e)).flatten().filter(|name| self.id(name).is_none()).collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        for chunk in unknown.chunks(NAMES_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Db>::new("INSERT INTO audit_names (name) SELECT column1 FROM (");
+            insert.push_values(chunk, |mut row, name| {
+                row.push_bind(*name);
+            });
+            insert.push(
+                ") AS v WHERE NOT EXISTS (SELECT 1 FROM audit_names n WHERE n.name = v.column1) \
+                 ON CONFLICT (name) DO NOTHING",
+            );
+            insert.build().execute(&mut *conn).await?;
+            let mut read = QueryBuilder::<Db>::new("SELECT CAST(id AS BIGINT), name FROM audit_names WHERE name IN (");
+            let mut names = read.separated(", ");
+            for name in chunk {
+                names.push_bind(*name);
+            }
+            read.push(")");
+            let rows: Vec<(i64, String)> = read.build_query_as().fetch_all(&mut *conn).await?;
+            self.pending.extend(rows.into_iter().map(|(id, name)| (name, id)));
+        }
+        Ok(())
+    }
+
+    /// The id of `name`, which `resolve` has met.
+    fn bind(&self, name: Option<&str>) -> Result<Option<i64>, sqlx::Error> {
+        name.map(|name| self.id(name).ok_or_else(|| sqlx::Error::Protocol("an audit name was not stored".into())))
+            .transpose()
+    }
 }
 
 /// The head of the chain, read once per write transaction and carried
@@ -55,36 +146,49 @@ impl Chain {
 
     /// Seals `events` in order after the head and adds their multi-row
     /// INSERTs to `statements`, which must run inside the write transaction
-    /// the head was read in.
-    pub(super) fn push_inserts(&mut self, statements: &mut Statements<'_>, events: &[&AuditEvent]) {
+    /// the head was read in, after `names` has resolved the events' names.
+    pub(super) fn push_inserts(
+        &mut self,
+        statements: &mut Statements<'_>,
+        events: &[&AuditEvent],
+        names: &KnownNames,
+    ) -> Result<(), sqlx::Error> {
         for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-            let records: Vec<(AuditRecord, [u8; 32])> = chunk.iter().map(|e| self.seal(e)).collect();
+            let mut rows = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let ids = named(e).map(|name| names.bind(name));
+                let [actor, owners, source, issuer, subject, audience, scopes] = ids;
+                let ids = [actor?, owners?, source?, issuer?, subject?, audience?, scopes?];
+                let (record, digest) = self.seal(e);
+                rows.push((record, ids, digest));
+            }
             let q = statements.next();
-            q.push(format!("INSERT INTO audit_events ({COLUMNS}, hash) "));
-            q.push_values(records, |mut row, (r, digest)| {
+            q.push(format!("INSERT INTO audit_events ({INSERT_COLUMNS}) "));
+            q.push_values(rows, |mut row, (r, [actor, owners, source, issuer, subject, audience, scopes], digest)| {
                 row.push_bind(r.seq)
                     .push_bind(r.time_ms)
                     .push_bind(r.kind)
                     .push_bind(r.outcome)
                     .push_bind(r.reason)
-                    .push_bind(r.actor)
+                    .push_bind(actor)
                     .push_bind(r.system_id)
-                    .push_bind(r.owners)
+                    .push_bind(owners)
                     .push_bind(r.grant_id)
                     .push_bind(r.jti)
                     .push_bind(r.request_id)
-                    .push_bind(r.source)
-                    .push_bind(r.attestation_issuer)
-                    .push_bind(r.subject)
+                    .push_bind(source)
+                    .push_bind(issuer)
+                    .push_bind(subject)
                     .push_bind(r.attestation_id)
-                    .push_bind(r.audience)
-                    .push_bind(r.scopes)
+                    .push_bind(audience)
+                    .push_bind(scopes)
                     .push_bind(r.iat)
                     .push_bind(r.exp)
                     .push_bind(r.detail.map(|d| d.to_string()))
                     .push_bind(digest.to_vec());
             });
         }
+        Ok(())
     }
 
     /// The record `e` becomes as the next link, and its chain hash.
@@ -123,21 +227,36 @@ impl Chain {
     }
 }
 
-/// The hashed columns, in `Canonical` order. The chain hash is stored
-/// beside them as its 32 bytes; an event's `prev_hash` is not stored, as
-/// it is its predecessor's hash.
-const COLUMNS: &str = "seq, time_ms, kind, outcome, reason, actor, system_id, owners, grant_id, jti, request_id, \
-    source, attestation_issuer, subject, attestation_id, audience, scopes, iat, exp, detail";
+/// The hashed columns, in `Canonical` order, as stored: the `NAMED` ones
+/// by id. The chain hash is stored beside them as its 32 bytes; an event's
+/// `prev_hash` is not stored, as it is its predecessor's hash.
+const INSERT_COLUMNS: &str = "seq, time_ms, kind, outcome, reason, actor_id, system_id, owners_id, grant_id, jti, \
+    request_id, source_id, attestation_issuer_id, subject_id, attestation_id, audience_id, scopes_id, iat, exp, detail, \
+    hash";
 
-/// What `record_from` reads: `COLUMNS`, the hash in hex, and the hash of
-/// the event before (by sequence number) as `prev_hash`.
+/// What `record_from` reads: the hashed columns (the `NAMED` ones looked
+/// up), the hash in hex, and the hash of the event before (by sequence
+/// number) as `prev_hash`.
 fn read_columns() -> String {
+    let mut columns = String::from("seq, time_ms, kind, outcome, reason, system_id, grant_id, jti, request_id, \
+        attestation_id, iat, exp, detail");
+    for column in NAMED {
+        columns.push_str(&format!(
+            ", (SELECT name FROM audit_names WHERE id = audit_events.{column}_id) AS {column}"
+        ));
+    }
     format!(
-        "{COLUMNS}, {} AS hash, (SELECT {} FROM audit_events AS before \
+        "{columns}, {} AS hash, (SELECT {} FROM audit_events AS before \
          WHERE before.seq = audit_events.seq - 1) AS prev_hash",
         hash_hex("audit_events.hash"),
         hash_hex("before.hash")
     )
+}
+
+/// The condition that `column`'s name (a `NAMED` column) is the value
+/// bound next.
+fn named_is(column: &str) -> String {
+    format!(" AND {column}_id = (SELECT id FROM audit_names WHERE name = ")
 }
 
 fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
@@ -236,13 +355,17 @@ pub(super) fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, af
     if let Some(v) = &filter.owner {
         // Whole-word match in the space-separated owners, without LIKE, so
         // '%' and '_' in the value are plain characters.
-        q.push(format!(" AND {CONTAINS_FN}(' ' || owners || ' ', ")).push_bind(format!(" {v} ")).push(") > 0");
+        // Each distinct owners value is one name: the few that match are
+        // looked up once.
+        q.push(format!(" AND owners_id IN (SELECT id FROM audit_names WHERE {CONTAINS_FN}(' ' || name || ' ', "))
+            .push_bind(format!(" {v} "))
+            .push(") > 0)");
     }
     if let Some(v) = &filter.workload {
-        q.push(" AND subject = ").push_bind(v.clone());
+        q.push(named_is("subject")).push_bind(v.clone()).push(")");
     }
     if let Some(v) = &filter.issuer {
-        q.push(" AND attestation_issuer = ").push_bind(v.clone());
+        q.push(named_is("attestation_issuer")).push_bind(v.clone()).push(")");
     }
     if let Some(v) = &filter.kind {
         match v.strip_suffix('*') {

@@ -242,7 +242,7 @@ struct Writer {
 async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
     let Writer { options, limit, cache, wal_frames, commits } = writer;
     let mut conn: Option<Conn> = None;
-    let mut known = KnownWorkloads::default();
+    let mut known = Known::default();
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         if conn.is_none() {
@@ -309,6 +309,26 @@ async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
         for job in jobs.drain(..) {
             let _ = job.reply.send(Err(StoreError::Unavailable(error.clone())));
         }
+    }
+}
+
+/// What the writer remembers of the ids of repeated values, kept only for
+/// as long as its batches commit.
+#[derive(Default)]
+struct Known {
+    workloads: KnownWorkloads,
+    names: audit::KnownNames,
+}
+
+impl Known {
+    fn committed(&mut self) {
+        self.workloads.committed();
+        self.names.committed();
+    }
+
+    fn rolled_back(&mut self) {
+        self.workloads.rolled_back();
+        self.names.rolled_back();
     }
 }
 
@@ -412,7 +432,7 @@ fn remember(cache: &Cache, op: &WriteOp, result: &WriteResult) {
 async fn write_batch(
     conn: &mut Conn,
     ops: &[&WriteOp],
-    known: &mut KnownWorkloads,
+    known: &mut Known,
 ) -> Result<Vec<WriteResult>, sqlx::Error> {
     if !BATCH_BEGINS_WITH_READ {
         begin_write(conn).await?;
@@ -553,7 +573,7 @@ impl BatchStart {
 async fn apply_ops(
     conn: &mut Conn,
     ops: &[&WriteOp],
-    known: &mut KnownWorkloads,
+    known: &mut Known,
 ) -> Result<Vec<WriteResult>, sqlx::Error> {
     let mut systems: Vec<&str> = ops
         .iter()
@@ -633,7 +653,7 @@ async fn apply_ops(
     let mut closing = Statements::new();
     if !issued.is_empty() {
         let issuances: Vec<&Issuance> = issued.iter().map(|(_, i)| *i).collect();
-        let workloads = known.resolve(conn, &issuances).await?;
+        let workloads = known.workloads.resolve(conn, &issuances).await?;
         let issuances = issuances.into_iter().zip(workloads);
         if EXPLICIT_CREDENTIAL_IDS {
             // The batch holds the write lock: ids counted on from the
@@ -650,7 +670,8 @@ async fn apply_ops(
     }
     count_issued(&mut closing, issued.iter().map(|(_, i)| *i));
     let events: Vec<&AuditEvent> = events.iter().map(AsRef::as_ref).collect();
-    chain.push_inserts(&mut closing, &events);
+    known.names.resolve(conn, &events).await?;
+    chain.push_inserts(&mut closing, &events, &known.names)?;
     if ONE_EXECUTION {
         closing.next().push("COMMIT");
     }

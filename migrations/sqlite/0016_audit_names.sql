@@ -3,9 +3,11 @@
 -- audience and scopes) are stored once, in `audit_names`, and an event
 -- names each by id. A workload's issuances repeat them all, and they were
 -- about a third of an event's row and most of the index of events by
--- subject. The chain hashes are computed over the strings, so every hash,
--- and every signed checkpoint, stays as it was. Names are never changed or
--- removed, as events are not.
+-- subject. An event's detail is stored the same way once the writer has
+-- seen it before (`detail_id`); older events keep theirs inline.
+-- The chain hashes are computed over the strings, so every hash, and every
+-- signed checkpoint, stays as it was. Names are never changed or removed,
+-- as events are not.
 DROP TRIGGER audit_events_no_update;
 DROP TRIGGER audit_events_no_delete;
 
@@ -48,7 +50,8 @@ CREATE TABLE audit_events_named (
     scopes_id             INTEGER,
     iat                   INTEGER,
     exp                   INTEGER,
-    detail                TEXT,                 -- JSON object
+    detail                TEXT,                 -- JSON object, or
+    detail_id             INTEGER,              -- the same, stored once
     hash                  BLOB                  -- SHA-256 chain hash, 32 bytes
 ) STRICT;
 

@@ -844,3 +844,44 @@ async fn a_failed_batch_leaves_no_workload_or_name_behind() {
     let expected = [("j1", "first"), ("j2", "third"), ("j3", "second")].map(|(j, s)| (Some(j.into()), Some(s.into())));
     assert_eq!(events, expected);
 }
+
+/// An event's detail is stored in its row the first time the writer meets
+/// it, and once, in `audit_names`, when later events repeat it; one that is
+/// never repeated (a database login's role) stays in its row. Either way it
+/// reads back as written, and the chain over it verifies.
+#[tokio::test]
+async fn a_repeated_detail_is_stored_once() {
+    use halflife::audit::{ChainVerifier, GENESIS};
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(db) = TestDb::create(dir.path()).await else { return };
+    let store = open_store(&db).await;
+    let mut raw = db.raw().await;
+    add_indexer_system(&mut raw).await;
+    let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    let mut written = Vec::new();
+    for n in 1..=6 {
+        let mut i = issuance(&format!("j{n}"), "spire", "w", now);
+        let detail = if n <= 4 {
+            json!({"key_id": "k1", "kind": "jwt"})
+        } else {
+            json!({"db_role": format!("hl_indexer_{n}"), "kind": "database_login"})
+        };
+        i.event.detail = Some(detail.clone());
+        written.push(Some(detail));
+        store.record_issuance(i).await.unwrap();
+    }
+    let events = store.audit_events(&halflife::store::AuditFilter::default(), None, 10).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.detail.clone()).collect::<Vec<_>>(), written);
+    let mut chain = ChainVerifier::new(1, GENESIS.to_owned(), &[]);
+    for event in &events {
+        chain.push(event);
+    }
+    let report = chain.finish();
+    assert_eq!((report.events_checked, report.first_problem), (6, None));
+    // The first of the four alike and the two logins in their rows; the
+    // other three name one stored copy.
+    assert_eq!(raw.scalar("SELECT COUNT(*) FROM audit_events WHERE detail IS NOT NULL").await, 3);
+    assert_eq!(raw.scalar("SELECT COUNT(DISTINCT detail_id) FROM audit_events").await, 1);
+    assert_eq!(raw.scalar("SELECT COUNT(*) FROM audit_events WHERE detail_id IS NOT NULL").await, 3);
+}

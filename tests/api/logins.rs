@@ -169,17 +169,11 @@ async fn a_login_reads_what_its_template_grants_and_dies_with_its_system() {
     assert!(backend.role_exists(&role).await);
 
     // The auditor can go from the role to the workload and system.
+    const DETAIL: &str = "SELECT COALESCE(detail, (SELECT name FROM audit_names WHERE id = detail_id)) \
+         FROM audit_events WHERE kind = 'credential.issued'";
     let detail: String = match app.raw().await {
-        RawDb::Sqlite(mut c) => sqlx::query_scalar("SELECT detail FROM audit_events WHERE kind = 'credential.issued'")
-            .fetch_one(&mut c)
-            .await
-            .unwrap(),
-        RawDb::Postgres(mut c) => {
-            sqlx::query_scalar("SELECT detail::text FROM audit_events WHERE kind = 'credential.issued'")
-                .fetch_one(&mut c)
-                .await
-                .unwrap()
-        }
+        RawDb::Sqlite(mut c) => sqlx::query_scalar(DETAIL).fetch_one(&mut c).await.unwrap(),
+        RawDb::Postgres(mut c) => sqlx::query_scalar(DETAIL).fetch_one(&mut c).await.unwrap(),
     };
     let detail: Value = serde_json::from_str(&detail).unwrap();
     assert_eq!(detail["db_role"], role.as_str());

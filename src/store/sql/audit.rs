@@ -6,7 +6,8 @@
 // concurrently. On the request path the group-commit writer shares one
 // transaction among many appends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 
 use sqlx::QueryBuilder;
 
@@ -17,9 +18,9 @@ use crate::audit::{AuditRecord, Checkpoint, GENESIS, chain_digest};
 pub(super) async fn insert_event(conn: &mut Conn, e: &AuditEvent) -> Result<(), sqlx::Error> {
     let mut chain = Chain::head(conn).await?;
     let mut names = KnownNames::default();
-    names.resolve(conn, &[e]).await?;
+    let details = names.resolve(conn, &[e]).await?;
     let mut statements = Statements::new();
-    chain.push_inserts(&mut statements, &[e], &names)?;
+    chain.push_inserts(&mut statements, &[e], &names, details)?;
     statements.run(conn).await.map(|_| ())
 }
 
@@ -45,16 +46,35 @@ fn named(e: &AuditEvent) -> [Option<&str>; 7] {
 /// in `audit_names`, and an event names it by id in `<column>_id`.
 const NAMED: [&str; 7] = ["actor", "owners", "source", "attestation_issuer", "subject", "audience", "scopes"];
 
+/// How an event's detail is stored: in its row, or, once events repeat
+/// it, by id in `audit_names`.
+pub(super) enum Detail {
+    Absent,
+    Inline(String),
+    Named(i64),
+}
+
 /// The ids of strings in `audit_names`, as a writer has read or inserted
 /// them, so a batch binds ids and reads or inserts only names it has not
 /// met. Ids met in a batch are kept only once it commits. Names are never
 /// deleted, so a known id stays right; past `KNOWN_NAMES` names the map
 /// starts over.
+///
+/// An event's detail is a name too once the writer has seen it before:
+/// an issuance's (signing key and credential kind) repeats until the key
+/// rotates, but some are never repeated (a database login's role), and
+/// those stay in their event's row.
 #[derive(Default)]
 pub(super) struct KnownNames {
     ids: HashMap<String, i64>,
     /// Met in the batch being written: known once it commits.
     pending: HashMap<String, i64>,
+    /// Hashes of the details committed batches stored in their rows. A
+    /// collision only stores a detail by id the first time it is seen.
+    seen: HashSet<u64>,
+    /// Stored in rows by the batch being written.
+    seen_pending: Vec<u64>,
+    hasher: RandomState,
 }
 
 impl KnownNames {
@@ -67,18 +87,41 @@ impl KnownNames {
             self.ids.clear();
         }
         self.ids.extend(self.pending.drain());
+        if self.seen.len() + self.seen_pending.len() > KNOWN_NAMES {
+            self.seen.clear();
+        }
+        self.seen.extend(self.seen_pending.drain(..));
     }
 
     pub(super) fn rolled_back(&mut self) {
         self.pending.clear();
+        self.seen_pending.clear();
     }
 
     /// Makes sure every name of `events` has an id: known ones from
-    /// memory, the others read, after inserting those not stored yet. Must
-    /// run inside the batch's write transaction.
-    pub(super) async fn resolve(&mut self, conn: &mut Conn, events: &[&AuditEvent]) -> Result<(), sqlx::Error> {
-        let mut unknown: Vec<&str> =
-            events.iter().flat_map(|e| named(e)).flatten().filter(|name| self.id(name).is_none()).collect();
+    /// memory, the others read, after inserting those not stored yet; and
+    /// returns how each event's detail is to be stored. Must run inside the
+    /// batch's write transaction.
+    pub(super) async fn resolve(
+        &mut self,
+        conn: &mut Conn,
+        events: &[&AuditEvent],
+    ) -> Result<Vec<Detail>, sqlx::Error> {
+        let details: Vec<Option<String>> = events.iter().map(|e| e.detail.as_ref().map(|d| d.to_string())).collect();
+        let mut unknown: Vec<&str> = Vec::new();
+        let mut inline = Vec::with_capacity(details.len());
+        for detail in details.iter().flatten() {
+            let seen = self.hasher.hash_one(detail);
+            let repeated = self.seen.contains(&seen);
+            if repeated && self.id(detail).is_none() {
+                unknown.push(detail);
+            }
+            inline.push(!repeated && self.id(detail).is_none());
+            if !repeated {
+                self.seen_pending.push(seen);
+            }
+        }
+        unknown.extend(events.iter().flat_map(|e| named(e)).flatten().filter(|name| self.id(name).is_none()));
         unknown.sort_unstable();
         unknown.dedup();
         for chunk in unknown.chunks(NAMES_PER_STATEMENT) {
@@ -100,7 +143,15 @@ impl KnownNames {
             let rows: Vec<(i64, String)> = read.build_query_as().fetch_all(&mut *conn).await?;
             self.pending.extend(rows.into_iter().map(|(id, name)| (name, id)));
         }
-        Ok(())
+        let mut inline = inline.into_iter();
+        details
+            .into_iter()
+            .map(|detail| match detail {
+                None => Ok(Detail::Absent),
+                Some(detail) if inline.next().unwrap_or(true) => Ok(Detail::Inline(detail)),
+                Some(detail) => self.bind(Some(&detail)).map(|id| id.map_or(Detail::Absent, Detail::Named)),
+            })
+            .collect()
     }
 
     /// The id of `name`, which `resolve` has met.
@@ -146,25 +197,35 @@ impl Chain {
 
     /// Seals `events` in order after the head and adds their multi-row
     /// INSERTs to `statements`, which must run inside the write transaction
-    /// the head was read in, after `names` has resolved the events' names.
+    /// the head was read in, after `names` has resolved the events' names
+    /// and `details`.
     pub(super) fn push_inserts(
         &mut self,
         statements: &mut Statements<'_>,
         events: &[&AuditEvent],
         names: &KnownNames,
+        details: Vec<Detail>,
     ) -> Result<(), sqlx::Error> {
+        let mut details = details.into_iter();
         for chunk in events.chunks(EVENTS_PER_STATEMENT) {
             let mut rows = Vec::with_capacity(chunk.len());
             for e in chunk {
                 let ids = named(e).map(|name| names.bind(name));
                 let [actor, owners, source, issuer, subject, audience, scopes] = ids;
                 let ids = [actor?, owners?, source?, issuer?, subject?, audience?, scopes?];
+                let detail = match details.next() {
+                    Some(Detail::Inline(text)) => (Some(text), None),
+                    Some(Detail::Named(id)) => (None, Some(id)),
+                    Some(Detail::Absent) if e.detail.is_none() => (None, None),
+                    _ => return Err(sqlx::Error::Protocol("an audit detail was not resolved".into())),
+                };
                 let (record, digest) = self.seal(e);
-                rows.push((record, ids, digest));
+                rows.push((record, ids, detail, digest));
             }
             let q = statements.next();
             q.push(format!("INSERT INTO audit_events ({INSERT_COLUMNS}) "));
-            q.push_values(rows, |mut row, (r, [actor, owners, source, issuer, subject, audience, scopes], digest)| {
+            q.push_values(rows, |mut row, (r, ids, (detail, detail_id), digest)| {
+                let [actor, owners, source, issuer, subject, audience, scopes] = ids;
                 row.push_bind(r.seq)
                     .push_bind(r.time_ms)
                     .push_bind(r.kind)
@@ -184,7 +245,8 @@ impl Chain {
                     .push_bind(scopes)
                     .push_bind(r.iat)
                     .push_bind(r.exp)
-                    .push_bind(r.detail.map(|d| d.to_string()))
+                    .push_bind(detail)
+                    .push_bind(detail_id)
                     .push_bind(digest.to_vec());
             });
         }
@@ -232,14 +294,15 @@ impl Chain {
 /// `prev_hash` is not stored, as it is its predecessor's hash.
 const INSERT_COLUMNS: &str = "seq, time_ms, kind, outcome, reason, actor_id, system_id, owners_id, grant_id, jti, \
     request_id, source_id, attestation_issuer_id, subject_id, attestation_id, audience_id, scopes_id, iat, exp, detail, \
-    hash";
+    detail_id, hash";
 
 /// What `record_from` reads: the hashed columns (the `NAMED` ones looked
 /// up), the hash in hex, and the hash of the event before (by sequence
 /// number) as `prev_hash`.
 fn read_columns() -> String {
     let mut columns = String::from("seq, time_ms, kind, outcome, reason, system_id, grant_id, jti, request_id, \
-        attestation_id, iat, exp, detail");
+        attestation_id, iat, exp, \
+        COALESCE(detail, (SELECT name FROM audit_names WHERE id = audit_events.detail_id)) AS detail");
     for column in NAMED {
         columns.push_str(&format!(
             ", (SELECT name FROM audit_names WHERE id = audit_events.{column}_id) AS {column}"

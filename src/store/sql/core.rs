@@ -670,8 +670,8 @@ async fn apply_ops(
     }
     count_issued(&mut closing, issued.iter().map(|(_, i)| *i));
     let events: Vec<&AuditEvent> = events.iter().map(AsRef::as_ref).collect();
-    known.names.resolve(conn, &events).await?;
-    chain.push_inserts(&mut closing, &events, &known.names)?;
+    let details = known.names.resolve(conn, &events).await?;
+    chain.push_inserts(&mut closing, &events, &known.names, details)?;
     if ONE_EXECUTION {
         closing.next().push("COMMIT");
     }

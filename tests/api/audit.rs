@@ -410,7 +410,7 @@ async fn no_secret_reaches_the_audit_log_or_its_exports() {
 /// before the upgrade is still reported, and queries by workload, issuer
 /// and owner still find its events.
 #[tokio::test]
-async fn a_chain_written_before_hashes_were_compacted_still_verifies() {
+async fn a_chain_written_before_the_compact_layouts_still_verifies() {
     use halflife::audit::{AuditRecord, ChainVerifier, GENESIS, chain_hash};
 
     let dir = tempfile::tempdir().unwrap();

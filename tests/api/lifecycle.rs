@@ -847,8 +847,9 @@ async fn a_failed_batch_leaves_no_workload_or_name_behind() {
 
 /// An event's detail is stored in its row the first time the writer meets
 /// it, and once, in `audit_names`, when later events repeat it; one that is
-/// never repeated (a database login's role) stays in its row. Either way it
-/// reads back as written, and the chain over it verifies.
+/// never repeated (a database login's role), or too long for an index
+/// entry, stays in its row. Either way it reads back as written, and the
+/// chain over it verifies.
 #[tokio::test]
 async fn a_repeated_detail_is_stored_once() {
     use halflife::audit::{ChainVerifier, GENESIS};
@@ -860,12 +861,12 @@ async fn a_repeated_detail_is_stored_once() {
     add_indexer_system(&mut raw).await;
     let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
     let mut written = Vec::new();
-    for n in 1..=6 {
+    for n in 1..=8 {
         let mut i = issuance(&format!("j{n}"), "spire", "w", now);
-        let detail = if n <= 4 {
-            json!({"key_id": "k1", "kind": "jwt"})
-        } else {
-            json!({"db_role": format!("hl_indexer_{n}"), "kind": "database_login"})
+        let detail = match n {
+            1..=4 => json!({"key_id": "k1", "kind": "jwt"}),
+            5..=6 => json!({"db_role": format!("hl_indexer_{n}"), "kind": "database_login"}),
+            _ => json!({"note": "x".repeat(3000)}),
         };
         i.event.detail = Some(detail.clone());
         written.push(Some(detail));
@@ -878,10 +879,10 @@ async fn a_repeated_detail_is_stored_once() {
         chain.push(event);
     }
     let report = chain.finish();
-    assert_eq!((report.events_checked, report.first_problem), (6, None));
-    // The first of the four alike and the two logins in their rows; the
-    // other three name one stored copy.
-    assert_eq!(raw.scalar("SELECT COUNT(*) FROM audit_events WHERE detail IS NOT NULL").await, 3);
+    assert_eq!((report.events_checked, report.first_problem), (8, None));
+    // The first of the four alike, the two logins and the two long ones in
+    // their rows; the other three name one stored copy.
+    assert_eq!(raw.scalar("SELECT COUNT(*) FROM audit_events WHERE detail IS NOT NULL").await, 5);
     assert_eq!(raw.scalar("SELECT COUNT(DISTINCT detail_id) FROM audit_events").await, 1);
     assert_eq!(raw.scalar("SELECT COUNT(*) FROM audit_events WHERE detail_id IS NOT NULL").await, 3);
 }

@@ -28,6 +28,9 @@ pub(super) async fn insert_event(conn: &mut Conn, e: &AuditEvent) -> Result<(), 
 const KNOWN_NAMES: usize = 65_536;
 /// Names per INSERT (and read) of those a batch meets first.
 const NAMES_PER_STATEMENT: usize = 256;
+/// Longest detail stored by id: a longer one stays in its row, well inside
+/// what one entry of PostgreSQL's unique index on names may hold.
+const LONGEST_NAMED_DETAIL: usize = 512;
 
 /// The values of an event stored once in `audit_names` (`NAMED`, in order).
 fn named(e: &AuditEvent) -> [Option<&str>; 7] {
@@ -111,6 +114,10 @@ impl KnownNames {
         let mut unknown: Vec<&str> = Vec::new();
         let mut inline = Vec::with_capacity(details.len());
         for detail in details.iter().flatten() {
+            if detail.len() > LONGEST_NAMED_DETAIL {
+                inline.push(true);
+                continue;
+            }
             let seen = self.hasher.hash_one(detail);
             let repeated = self.seen.contains(&seen);
             if repeated && self.id(detail).is_none() {

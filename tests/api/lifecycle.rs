@@ -782,6 +782,15 @@ async fn open_store(db: &TestDb) -> std::sync::Arc<dyn halflife::store::Backend>
     halflife::store::open(&options).await.unwrap().store
 }
 
+/// A store opened on `db` with system `indexer` added, and a connection
+/// from outside it.
+async fn store_with_indexer(db: &TestDb) -> (std::sync::Arc<dyn halflife::store::Backend>, RawDb) {
+    let store = open_store(db).await;
+    let mut raw = db.raw().await;
+    add_indexer_system(&mut raw).await;
+    (store, raw)
+}
+
 /// A JWT issued at `now` for ten minutes to workload (`issuer`, `subject`)
 /// of system `indexer`, grant `g`.
 fn issuance(jti: &str, issuer: &str, subject: &str, now: time::OffsetDateTime) -> halflife::store::Issuance {
@@ -820,9 +829,7 @@ fn issuance(jti: &str, issuer: &str, subject: &str, now: time::OffsetDateTime) -
 async fn a_failed_batch_leaves_no_workload_or_name_behind() {
     let dir = tempfile::tempdir().unwrap();
     let Some(db) = TestDb::create(dir.path()).await else { return };
-    let store = open_store(&db).await;
-    let mut raw = db.raw().await;
-    add_indexer_system(&mut raw).await;
+    let (store, mut raw) = store_with_indexer(&db).await;
     let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
     store.record_issuance(issuance("j1", "spire", "first", now)).await.unwrap();
     // The same jti again, from a workload not stored before: the batch fails
@@ -856,9 +863,7 @@ async fn a_repeated_detail_is_stored_once() {
 
     let dir = tempfile::tempdir().unwrap();
     let Some(db) = TestDb::create(dir.path()).await else { return };
-    let store = open_store(&db).await;
-    let mut raw = db.raw().await;
-    add_indexer_system(&mut raw).await;
+    let (store, mut raw) = store_with_indexer(&db).await;
     let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
     let mut written = Vec::new();
     for n in 1..=8 {

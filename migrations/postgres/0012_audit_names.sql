@@ -80,6 +80,19 @@ CREATE INDEX audit_by_time ON audit_events (time_ms);
 CREATE INDEX audit_by_subject ON audit_events (subject_id, seq);
 CREATE INDEX audit_by_kind ON audit_events (kind, seq) WHERE kind <> 'credential.issued';
 
+-- The guard reads OLD.hash only for audit events: a table without that
+-- column (audit_names) would otherwise fail with a confusing error.
+CREATE OR REPLACE FUNCTION halflife_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'audit_events' THEN
+        IF OLD.hash IS NULL THEN
+            RETURN NEW;
+        END IF;
+    END IF;
+    RAISE EXCEPTION '% rows are append-only', TG_TABLE_NAME;
+END;
+$$;
+
 CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events
     FOR EACH ROW EXECUTE FUNCTION halflife_append_only();
 CREATE TRIGGER audit_names_append_only BEFORE UPDATE OR DELETE ON audit_names

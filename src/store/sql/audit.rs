@@ -110,24 +110,31 @@ impl KnownNames {
         conn: &mut Conn,
         events: &[&AuditEvent],
     ) -> Result<Vec<Detail>, sqlx::Error> {
-        let details: Vec<Option<String>> = events.iter().map(|e| e.detail.as_ref().map(|d| d.to_string())).collect();
-        let mut unknown: Vec<&str> = Vec::new();
-        let mut inline = Vec::with_capacity(details.len());
-        for detail in details.iter().flatten() {
-            if detail.len() > LONGEST_NAMED_DETAIL {
-                inline.push(true);
+        // Each detail's text, and whether it is stored by id: it is known,
+        // or a committed batch stored it in its row before.
+        let mut details: Vec<Option<(String, bool)>> = Vec::with_capacity(events.len());
+        for e in events {
+            let Some(text) = e.detail.as_ref().map(ToString::to_string) else {
+                details.push(None);
                 continue;
-            }
-            let seen = self.hasher.hash_one(detail);
-            let repeated = self.seen.contains(&seen);
-            if repeated && self.id(detail).is_none() {
-                unknown.push(detail);
-            }
-            inline.push(!repeated && self.id(detail).is_none());
-            if !repeated {
-                self.seen_pending.push(seen);
-            }
+            };
+            let by_id = text.len() <= LONGEST_NAMED_DETAIL
+                && (self.id(&text).is_some() || {
+                    let seen = self.hasher.hash_one(&text);
+                    let repeated = self.seen.contains(&seen);
+                    if !repeated {
+                        self.seen_pending.push(seen);
+                    }
+                    repeated
+                });
+            details.push(Some((text, by_id)));
         }
+        let mut unknown: Vec<&str> = details
+            .iter()
+            .flatten()
+            .filter(|(text, by_id)| *by_id && self.id(text).is_none())
+            .map(|(text, _)| text.as_str())
+            .collect();
         unknown.extend(events.iter().flat_map(|e| named(e)).flatten().filter(|name| self.id(name).is_none()));
         unknown.sort_unstable();
         unknown.dedup();
@@ -150,21 +157,24 @@ impl KnownNames {
             let rows: Vec<(i64, String)> = read.build_query_as().fetch_all(&mut *conn).await?;
             self.pending.extend(rows.into_iter().map(|(id, name)| (name, id)));
         }
-        let mut inline = inline.into_iter();
         details
             .into_iter()
             .map(|detail| match detail {
                 None => Ok(Detail::Absent),
-                Some(detail) if inline.next().unwrap_or(true) => Ok(Detail::Inline(detail)),
-                Some(detail) => self.bind(Some(&detail)).map(|id| id.map_or(Detail::Absent, Detail::Named)),
+                Some((text, false)) => Ok(Detail::Inline(text)),
+                Some((text, true)) => self.stored(&text).map(Detail::Named),
             })
             .collect()
     }
 
     /// The id of `name`, which `resolve` has met.
+    fn stored(&self, name: &str) -> Result<i64, sqlx::Error> {
+        self.id(name).ok_or_else(|| sqlx::Error::Protocol("an audit name was not stored".into()))
+    }
+
+    /// The id of `name`, if any, which `resolve` has met.
     fn bind(&self, name: Option<&str>) -> Result<Option<i64>, sqlx::Error> {
-        name.map(|name| self.id(name).ok_or_else(|| sqlx::Error::Protocol("an audit name was not stored".into())))
-            .transpose()
+        name.map(|name| self.stored(name)).transpose()
     }
 }
 

@@ -24,6 +24,45 @@ use time::OffsetDateTime;
 use crate::domain::model::{Grant, GrantContext, Owner, OwnerStatus, System, Tier};
 use crate::domain::values::{CredentialKind, GrantId, OwnerId, SystemId};
 
+/// A credential, request or attestation id as a store keeps it. A UUID in
+/// canonical form (lower-case, hyphenated) is kept as its 16 bytes where the
+/// backend allows a column to hold either bytes or text (SQLite); any other
+/// id, and every id on PostgreSQL, as text. Either way it reads back as the
+/// text it was given, which the audit chain hashes depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredId<'a>(pub(crate) std::borrow::Cow<'a, str>);
+
+impl<'a> StoredId<'a> {
+    pub(crate) fn of(id: &'a str) -> Self {
+        Self(std::borrow::Cow::Borrowed(id))
+    }
+
+    pub(crate) fn owned(id: String) -> StoredId<'static> {
+        StoredId(std::borrow::Cow::Owned(id))
+    }
+
+    pub(crate) fn into_string(self) -> String {
+        self.0.into_owned()
+    }
+
+    /// The UUID's 16 bytes, when the id is one written in canonical form:
+    /// the only form that the bytes give back unchanged.
+    pub(crate) fn uuid_bytes(&self) -> Option<[u8; 16]> {
+        if self.0.len() != 36 {
+            return None;
+        }
+        let id = uuid::Uuid::try_parse(&self.0).ok()?;
+        let mut text = [0u8; 36];
+        (*id.hyphenated().encode_lower(&mut text) == *self.0).then(|| *id.as_bytes())
+    }
+
+    /// The id whose stored form is `bytes`: a UUID's 16 bytes.
+    pub(crate) fn from_uuid_bytes(bytes: &[u8]) -> Option<StoredId<'static>> {
+        let id = uuid::Uuid::from_slice(bytes).ok()?;
+        Some(StoredId(std::borrow::Cow::Owned(id.hyphenated().to_string())))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot take the request now (down, locked, read-only,
@@ -703,5 +742,49 @@ pub async fn open(options: &OpenOptions) -> Result<Opened, StoreError> {
             leader: Arc::new(postgres::PgLeader::new(url, &options.application_name, timeout)?),
         }),
         None => Err(StoreError::Unavailable("database.url must start with sqlite:// or postgres://".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::StoredId;
+
+    proptest! {
+        /// Every UUID written in canonical form is kept as its bytes and
+        /// reads back as the same text.
+        #[test]
+        fn a_canonical_uuid_reads_back_unchanged(n in any::<u128>()) {
+            let text = uuid::Uuid::from_u128(n).hyphenated().to_string();
+            let bytes = StoredId::of(&text).uuid_bytes().expect("canonical");
+            prop_assert_eq!(StoredId::from_uuid_bytes(&bytes).map(StoredId::into_string), Some(text));
+        }
+
+        /// Any other text is kept as text: whatever is kept as bytes would
+        /// read back as itself.
+        #[test]
+        fn only_text_that_reads_back_unchanged_is_kept_as_bytes(text in "[0-9a-fA-F{}urn:-]{30,45}") {
+            if let Some(bytes) = StoredId::of(&text).uuid_bytes() {
+                prop_assert_eq!(StoredId::from_uuid_bytes(&bytes).map(StoredId::into_string), Some(text));
+            }
+        }
+    }
+
+    #[test]
+    fn other_spellings_of_a_uuid_stay_text() {
+        let canonical = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        assert!(StoredId::of(canonical).uuid_bytes().is_some());
+        for other in [
+            "0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B",
+            "0190a1b2c3d47e5f8a9b0c1d2e3f4a5b",
+            "{0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b}",
+            "urn:uuid:0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5",
+            "",
+        ] {
+            assert_eq!(StoredId::of(other).uuid_bytes(), None, "{other}");
+        }
+        assert_eq!(StoredId::from_uuid_bytes(&[0; 15]), None);
     }
 }

@@ -67,6 +67,32 @@ const ONE_EXECUTION: bool = false;
 /// The database picks credential ids; the INSERT returns them.
 const EXPLICIT_CREDENTIAL_IDS: bool = false;
 
+/// Ids are kept as text here.
+impl sqlx::Type<Db> for StoredId<'_> {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::Type<Db>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <&str as sqlx::Type<Db>>::compatible(ty)
+    }
+}
+
+impl<'q, 'a: 'q> sqlx::Encode<'q, Db> for StoredId<'a> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<Db>>::encode_by_ref(&self.0.as_ref(), buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Db> for StoredId<'static> {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(StoredId(Cow::Owned(<String as sqlx::Decode<Db>>::decode(value)?)))
+    }
+}
+
 include!("sql/core.rs");
 
 mod lifecycle {

@@ -93,6 +93,42 @@ const ONE_EXECUTION: bool = true;
 /// SQLite's driver hands back one message, and one wake-up, at a time.
 const EXPLICIT_CREDENTIAL_IDS: bool = true;
 
+/// Ids are kept as a UUID's 16 bytes when they are one in canonical form
+/// (migration 0017), else as text; both read back as text.
+impl sqlx::Type<Db> for StoredId<'_> {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <&str as sqlx::Type<Db>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+        <&str as sqlx::Type<Db>>::compatible(ty) || <&[u8] as sqlx::Type<Db>>::compatible(ty)
+    }
+}
+
+impl<'q, 'a: 'q> sqlx::Encode<'q, Db> for StoredId<'a> {
+    fn encode_by_ref(
+        &self,
+        args: &mut Vec<sqlx::sqlite::SqliteArgumentValue<'q>>,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        args.push(match self.uuid_bytes() {
+            Some(bytes) => sqlx::sqlite::SqliteArgumentValue::Blob(Cow::Owned(bytes.to_vec())),
+            None => sqlx::sqlite::SqliteArgumentValue::Text(self.0.clone()),
+        });
+        Ok(sqlx::encode::IsNull::No)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Db> for StoredId<'static> {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        use sqlx::ValueRef as _;
+        if <&str as sqlx::Type<Db>>::compatible(&value.type_info()) {
+            return Ok(StoredId(Cow::Owned(<&str as sqlx::Decode<Db>>::decode(value)?.to_owned())));
+        }
+        let bytes = <&[u8] as sqlx::Decode<Db>>::decode(value)?;
+        StoredId::from_uuid_bytes(bytes).ok_or_else(|| format!("an id of {} bytes is not a UUID", bytes.len()).into())
+    }
+}
+
 include!("sql/core.rs");
 
 mod lifecycle {
@@ -400,11 +436,65 @@ mod tests {
             jtis.extend(issue_concurrently(&store, round * 40, 40).await);
         }
         for jti in &jtis {
-            let (id,): (i64,) =
-                sqlx::query_as("SELECT id FROM credentials WHERE jti = $1").bind(jti).fetch_one(&pool).await.unwrap();
+            let (id,): (i64,) = sqlx::query_as("SELECT id FROM credentials WHERE jti = $1")
+                .bind(StoredId::of(jti))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
             let indexed = store.cache.lookup(jti).map(|found| found.id);
             assert_eq!(indexed, Some(id), "{jti}");
         }
+    }
+
+    /// A credential's jti, as the broker mints it (a UUIDv7), takes 16
+    /// bytes in the credential row and the event; any other spelling stays
+    /// text. Both are found, revoked and audited by the text.
+    #[tokio::test]
+    async fn issued_ids_take_sixteen_bytes_and_are_found_by_their_text() {
+        let (_dir, pool, store, _) = without_background_checkpoints().await;
+        with_a_system(&pool).await;
+        let store = Arc::new(store);
+        let mut jtis = issue_concurrently(&store, 0, 5).await;
+        let mut upper = issuance(5);
+        upper.jti = upper.jti.to_uppercase();
+        upper.event.jti = Some(upper.jti.clone());
+        upper.event.request_id = Some("request-of-the-uppercase-one".into());
+        jtis.push(upper.jti.clone());
+        assert!(matches!(store.record_issuance(upper).await, Ok(IssueOutcome::Committed)));
+
+        let count = |sql: &'static str| {
+            let pool = pool.clone();
+            async move { sqlx::query_as::<_, (i64,)>(sql).fetch_one(&pool).await.unwrap().0 }
+        };
+        assert_eq!(count("SELECT COUNT(*) FROM credentials WHERE typeof(jti) = 'blob' AND length(jti) = 16").await, 5);
+        assert_eq!(count("SELECT COUNT(*) FROM credentials WHERE typeof(jti) = 'text'").await, 1);
+        assert_eq!(count("SELECT COUNT(*) FROM audit_events WHERE typeof(jti) = 'blob'").await, 5);
+        assert_eq!(count("SELECT COUNT(*) FROM audit_events WHERE typeof(request_id) = 'text'").await, 1);
+
+        for jti in &jtis {
+            let record = store.credential_from_db(jti).await.unwrap().expect("found by its text");
+            assert_eq!(&record.jti, jti);
+            assert!(store.index_from_db(jti).await.unwrap().is_some(), "{jti}");
+        }
+        let lower = jtis[5].to_lowercase();
+        assert!(store.credential_from_db(&lower).await.unwrap().is_none(), "ids are compared exactly");
+
+        for jti in [&jtis[0], &jtis[5]] {
+            let mut event = AuditEvent::new(
+                "credential.revoked",
+                Outcome::Success,
+                crate::clock::SystemClock.now(),
+                &RequestMeta::default(),
+            );
+            event.jti = Some(jti.clone());
+            assert!(store.revoke_credential(jti, "test", event).await.unwrap(), "{jti}");
+            let filter = AuditFilter { jti: Some(jti.clone()), ..AuditFilter::default() };
+            let events = store.audit_events(&filter, None, 10).await.unwrap();
+            let kinds: Vec<(&str, Option<&str>)> = events.iter().map(|e| (e.kind.as_str(), e.jti.as_deref())).collect();
+            assert_eq!(kinds, [("credential.issued", Some(jti.as_str())), ("credential.revoked", Some(jti.as_str()))]);
+        }
+        let revoked = count("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL").await;
+        assert_eq!(revoked, 2);
     }
 
     /// Two writers on one database file (two brokers, or a broker and the
@@ -453,7 +543,7 @@ mod tests {
         let url = format!("sqlite://{}/plan.db", dir.path().display());
         let store = Store::open(&url, Duration::from_secs(5), 2, true).await.unwrap();
         let queries = [
-            format!("SELECT c.jti, c.kind, c.db_role {} LIMIT 500", lifecycle::DUE_LOGINS),
+            format!("SELECT c.id, c.jti, c.kind, c.db_role {} LIMIT 500", lifecycle::DUE_LOGINS),
             "SELECT db_role FROM credentials WHERE role_state IN ('live', 'dropping')".to_owned(),
             ACTIVE_CREDENTIAL.to_owned(),
             lifecycle::COVERED_BY_WORKLOAD.to_owned(),

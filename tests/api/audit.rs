@@ -424,6 +424,16 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
     let url = db.url();
 
     // Four events as the old layout held them: hex text, prev_hash stored.
+    // Their ids take every form: a UUID in canonical form (stored as 16
+    // bytes from 0017 on, on SQLite), one in capitals and one that is no
+    // UUID (both kept as text).
+    let ids = [
+        "jti-1",
+        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+        "0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5C",
+        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5d",
+    ];
+    let request_ids = ["0190a1b2-0000-7000-8000-000000000001", "req-2", "0190a1b2-0000-7000-8000-000000000003", "r"];
     let mut prev = GENESIS.to_owned();
     let mut hashes = Vec::new();
     let mut rows = Vec::new();
@@ -441,7 +451,9 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
             subject: Some(format!("spiffe://example/w{}", seq % 2)),
             audience: Some("reports-api".into()),
             scopes: Some("reports:read".into()),
-            jti: Some(format!("jti-{seq}")),
+            jti: Some(ids[seq as usize - 1].into()),
+            request_id: Some(request_ids[seq as usize - 1].into()),
+            attestation_id: Some(ids[4 - seq as usize].into()),
             detail: Some(json!({"kind": "jwt"})),
             prev_hash: prev.clone(),
             ..AuditRecord::default()
@@ -451,11 +463,14 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
         let actor = if seq == 4 { "mallory".to_owned() } else { event.actor.clone().unwrap() };
         rows.push(format!(
             "({seq}, {}, 'credential.issued', 'success', '{actor}', 'indexer', '{}', '10.0.0.7', '{}', '{}', \
-             'reports-api', 'reports:read', 'jti-{seq}', '{{\"kind\":\"jwt\"}}', '{prev}', '{}')",
+             'reports-api', 'reports:read', '{}', '{}', '{}', '{{\"kind\":\"jwt\"}}', '{prev}', '{}')",
             event.time_ms,
             event.owners.as_deref().unwrap(),
             event.attestation_issuer.as_deref().unwrap(),
             event.subject.as_deref().unwrap(),
+            event.jti.as_deref().unwrap(),
+            event.request_id.as_deref().unwrap(),
+            event.attestation_id.as_deref().unwrap(),
             event.hash
         ));
         prev.clone_from(&event.hash);
@@ -464,8 +479,17 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
     let mut raw = db.raw().await;
     raw.execute(&format!(
         "INSERT INTO audit_events (seq, time_ms, kind, outcome, actor, system_id, owners, source, attestation_issuer, \
-         subject, audience, scopes, jti, detail, prev_hash, hash) VALUES {}",
+         subject, audience, scopes, jti, request_id, attestation_id, detail, prev_hash, hash) VALUES {}",
         rows.join(", ")
+    ))
+    .await
+    .unwrap();
+    // A credential of that time, under the UUID of event 2.
+    raw.execute(&format!(
+        "INSERT INTO credentials (id, jti, kind, system_id, grant_id, issuer, subject, audience, scopes, iat, exp) \
+         VALUES (1, '{}', 'jwt', 'indexer', 'g', 'https://issuer-0.example', 'spiffe://example/w0', 'reports-api', \
+         'reports:read', 1700000000, 1700000300)",
+        ids[1]
     ))
     .await
     .unwrap();
@@ -521,6 +545,40 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
         ..halflife::store::AuditFilter::default()
     };
     assert_eq!(seqs(unknown).await, Vec::<i64>::new());
+    // Every id reads back as it was written, and finds its events.
+    let read = |e: &AuditRecord| (e.jti.clone(), e.request_id.clone(), e.attestation_id.clone());
+    let expected = |seq: usize| {
+        (Some(ids[seq - 1].to_owned()), Some(request_ids[seq - 1].to_owned()), Some(ids[4 - seq].to_owned()))
+    };
+    assert_eq!(events.iter().map(read).collect::<Vec<_>>(), (1..=4).map(expected).collect::<Vec<_>>());
+    for (n, id) in ids.iter().enumerate() {
+        let by_jti =
+            halflife::store::AuditFilter { jti: Some((*id).into()), ..halflife::store::AuditFilter::default() };
+        assert_eq!(seqs(by_jti).await, [n as i64 + 1], "{id}");
+    }
+    let by_lower_case =
+        halflife::store::AuditFilter { jti: Some(ids[2].to_lowercase()), ..halflife::store::AuditFilter::default() };
+    assert_eq!(seqs(by_lower_case).await, Vec::<i64>::new(), "ids are compared exactly, as before");
+    // Stored as the README says an operator finds them.
+    let mut raw = db.raw().await;
+    for (n, id) in ids.iter().enumerate() {
+        let found = raw.scalar(&format!("SELECT COUNT(*) FROM audit_events WHERE {}", raw.id_is("jti", id))).await;
+        assert_eq!((found, raw.id_is("jti", id).contains("x'")), (1, !postgres() && n % 2 == 1), "{id}");
+    }
+    assert_eq!(raw.scalar(&format!("SELECT COUNT(*) FROM credentials WHERE {}", raw.id_is("jti", ids[1]))).await, 1);
+    if !postgres() {
+        let canonical = |values: &[&str]| values.iter().filter(|v| raw.id_is("x", v).contains("x'")).count() as i64;
+        let expected = [canonical(&ids), canonical(&request_ids), canonical(&ids)];
+        assert_eq!(expected, [2, 2, 2]);
+        for (column, expected) in ["jti", "request_id", "attestation_id"].into_iter().zip(expected) {
+            let blobs =
+                format!("SELECT COUNT(*) FROM audit_events WHERE typeof({column}) = 'blob' AND length({column}) = 16");
+            assert_eq!(raw.scalar(&blobs).await, expected, "{column}");
+        }
+        let credential = "SELECT COUNT(*) FROM credentials WHERE typeof(jti) = 'blob'";
+        assert_eq!(raw.scalar(credential).await, 1);
+    }
+    drop(raw);
     // Each string is stored once.
     let mut raw = db.raw().await;
     assert_eq!(raw.scalar("SELECT COUNT(*) FROM audit_names WHERE name = 'reports-api'").await, 1);

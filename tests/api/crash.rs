@@ -141,9 +141,12 @@ audience = "{AUD}"
     let mut missing = Vec::new();
     for jti in &received {
         let events = raw
-            .scalar(&format!("SELECT COUNT(*) FROM audit_events WHERE kind = 'credential.issued' AND jti = '{jti}'"))
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM audit_events WHERE kind = 'credential.issued' AND {}",
+                raw.id_is("jti", jti)
+            ))
             .await;
-        let rows = raw.scalar(&format!("SELECT COUNT(*) FROM credentials WHERE jti = '{jti}'")).await;
+        let rows = raw.scalar(&format!("SELECT COUNT(*) FROM credentials WHERE {}", raw.id_is("jti", jti))).await;
         if events != 1 || rows != 1 {
             missing.push(jti.clone());
         }

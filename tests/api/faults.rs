@@ -180,8 +180,9 @@ async fn with_storage_failing_every_exchange_is_recorded_or_refused() {
     // Every credential a caller received has its row and issuance event.
     let mut without_record = 0;
     let issued_events: Vec<String> = app.events("credential.issued").await.into_iter().filter_map(|e| e.jti).collect();
+    let mut raw = app.raw().await;
     for jti in &issued {
-        let row: i64 = app.scalar(&format!("SELECT COUNT(*) FROM credentials WHERE jti = '{jti}'")).await;
+        let row: i64 = raw.scalar(&format!("SELECT COUNT(*) FROM credentials WHERE {}", raw.id_is("jti", jti))).await;
         if row != 1 || !issued_events.contains(jti) {
             without_record += 1;
         }

@@ -406,6 +406,39 @@ impl RawDb {
             Self::Postgres(c) => sqlx::query_scalar(query).fetch_one(c).await.unwrap(),
         }
     }
+
+    /// SQL that holds when id column `column` (jti, request_id,
+    /// attestation_id) holds `id`, as the README tells an operator to look
+    /// one up.
+    pub fn id_is(&self, column: &str, id: &str) -> String {
+        id_is(matches!(self, Self::Sqlite(_)), column, id)
+    }
+}
+
+/// SQLite keeps a UUID in canonical form (lower-case, hyphenated) as its
+/// 16 bytes, any other id as text; PostgreSQL keeps every id as text.
+pub fn id_is(sqlite: bool, column: &str, id: &str) -> String {
+    let canonical = id.len() == 36
+        && id.char_indices().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_digit() || ('a'..='f').contains(&c) }
+        });
+    if sqlite && canonical {
+        format!("{column} = x'{}'", id.replace('-', ""))
+    } else {
+        format!("{column} = '{}'", id.replace('\'', "''"))
+    }
+}
+
+/// SQL reading id column `column` back as text, on either backend.
+pub fn id_text(sqlite: bool, column: &str) -> String {
+    if !sqlite {
+        return column.to_owned();
+    }
+    let hex = format!("lower(hex({column}))");
+    format!(
+        "CASE WHEN typeof({column}) = 'blob' THEN substr({hex}, 1, 8) || '-' || substr({hex}, 9, 4) || '-' || \
+         substr({hex}, 13, 4) || '-' || substr({hex}, 17, 4) || '-' || substr({hex}, 21) ELSE {column} END"
+    )
 }
 
 /// A free port below the kernel's ephemeral range (32768 and up), for a
@@ -677,13 +710,20 @@ impl TestApp {
     /// Audit events of `kind`, oldest first, as (reason, jti, attestation_id,
     /// system_id, subject, source, request_id).
     pub async fn events(&self, kind: &str) -> Vec<AuditRow> {
-        const SQL: &str = "SELECT reason, jti, attestation_id, system_id, \
+        let raw = self.raw().await;
+        let id = |column: &str| format!("{} AS {column}", id_text(matches!(raw, RawDb::Sqlite(_)), column));
+        let sql = format!(
+            "SELECT reason, {}, {}, system_id, \
              (SELECT name FROM audit_names WHERE id = subject_id) AS subject, \
-             (SELECT name FROM audit_names WHERE id = source_id) AS source, request_id \
-             FROM audit_events WHERE kind = $1 ORDER BY seq";
-        match self.raw().await {
-            RawDb::Sqlite(mut c) => sqlx::query_as(SQL).bind(kind).fetch_all(&mut c).await.unwrap(),
-            RawDb::Postgres(mut c) => sqlx::query_as(SQL).bind(kind).fetch_all(&mut c).await.unwrap(),
+             (SELECT name FROM audit_names WHERE id = source_id) AS source, {} \
+             FROM audit_events WHERE kind = $1 ORDER BY seq",
+            id("jti"),
+            id("attestation_id"),
+            id("request_id")
+        );
+        match raw {
+            RawDb::Sqlite(mut c) => sqlx::query_as(&sql).bind(kind).fetch_all(&mut c).await.unwrap(),
+            RawDb::Postgres(mut c) => sqlx::query_as(&sql).bind(kind).fetch_all(&mut c).await.unwrap(),
         }
     }
 

@@ -252,12 +252,12 @@ impl Chain {
                     .push_bind(r.system_id)
                     .push_bind(owners)
                     .push_bind(r.grant_id)
-                    .push_bind(r.jti)
-                    .push_bind(r.request_id)
+                    .push_bind(r.jti.map(StoredId::owned))
+                    .push_bind(r.request_id.map(StoredId::owned))
                     .push_bind(source)
                     .push_bind(issuer)
                     .push_bind(subject)
-                    .push_bind(r.attestation_id)
+                    .push_bind(r.attestation_id.map(StoredId::owned))
                     .push_bind(audience)
                     .push_bind(scopes)
                     .push_bind(r.iat)
@@ -356,12 +356,12 @@ fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
         system_id: row.try_get("system_id").map_err(&c)?,
         owners: row.try_get("owners").map_err(&c)?,
         grant_id: row.try_get("grant_id").map_err(&c)?,
-        jti: row.try_get("jti").map_err(&c)?,
-        request_id: row.try_get("request_id").map_err(&c)?,
+        jti: stored_id(row, "jti").map_err(&c)?,
+        request_id: stored_id(row, "request_id").map_err(&c)?,
         source: row.try_get("source").map_err(&c)?,
         attestation_issuer: row.try_get("attestation_issuer").map_err(&c)?,
         subject: row.try_get("subject").map_err(&c)?,
-        attestation_id: row.try_get("attestation_id").map_err(&c)?,
+        attestation_id: stored_id(row, "attestation_id").map_err(&c)?,
         audience: row.try_get("audience").map_err(&c)?,
         scopes: row.try_get("scopes").map_err(&c)?,
         iat: row.try_get("iat").map_err(&c)?,
@@ -469,7 +469,7 @@ pub(super) fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, af
         q.push(" AND outcome = ").push_bind(v.clone());
     }
     if let Some(v) = &filter.jti {
-        q.push(" AND jti = ").push_bind(v.clone());
+        q.push(" AND jti = ").push_bind(StoredId::owned(v.clone()));
     }
     if let Some(v) = filter.since_ms {
         q.push(" AND time_ms >= ").push_bind(v);
@@ -540,7 +540,7 @@ impl AuditReader for Store {
              JOIN workloads k ON k.id = c.workload_id \
              LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject WHERE c.jti = $1",
         )
-        .bind(jti)
+        .bind(StoredId::of(jti))
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -552,7 +552,7 @@ impl AuditReader for Store {
         let by_workload = id <= r.try_get::<i64, _>("workload_revoked_through").map_err(&c)?;
         let get = |col: &str| -> Result<String, StoreError> { r.try_get(col).map_err(corrupt("credential")) };
         Ok(Some(serde_json::json!({
-            "jti": get("jti")?,
+            "jti": stored_id(&r, "jti").map_err(&c)?,
             "kind": get("kind")?,
             "system": get("system_id")?,
             "grant": get("grant_id")?,

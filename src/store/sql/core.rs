@@ -50,6 +50,11 @@ fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// An id column ([`StoredId`]) read back as the text it was given.
+fn stored_id(row: &DbRow, column: &str) -> Result<Option<String>, sqlx::Error> {
+    Ok(row.try_get::<Option<StoredId<'static>>, _>(column)?.map(StoredId::into_string))
+}
+
 fn ts(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
 }
@@ -167,12 +172,14 @@ impl Store {
              FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} {WORKLOAD_JOINS} \
              WHERE c.jti = $1"
         );
-        let Some(row) = sqlx::query(&sql).bind(jti).fetch_optional(&self.pool).await.map_err(unavailable)? else {
+        let Some(row) =
+            sqlx::query(&sql).bind(StoredId::of(jti)).fetch_optional(&self.pool).await.map_err(unavailable)?
+        else {
             return Ok(None);
         };
         let revoked_at: Option<i64> = row.try_get("c_revoked_at").map_err(corrupt("credential"))?;
         Ok(Some(CredentialRecord {
-            jti: row.try_get("c_jti").map_err(corrupt("credential"))?,
+            jti: row.try_get::<StoredId<'static>, _>("c_jti").map_err(corrupt("credential"))?.into_string(),
             id: row.try_get("c_id").map_err(corrupt("credential"))?,
             revoked_at: revoked_at.map(from_ts).transpose()?,
             system_revoked_through: row.try_get("s_revoked_through").map_err(corrupt("credential"))?,
@@ -187,7 +194,7 @@ impl Store {
     async fn index_from_db(&self, jti: &str) -> Result<Option<Found>, StoreError> {
         let epoch = self.cache.epoch();
         let row: Option<IndexRow> = sqlx::query_as(&format!("SELECT {INDEX_COLUMNS} WHERE c.jti = $1"))
-            .bind(jti)
+            .bind(StoredId::of(jti))
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -494,7 +501,7 @@ impl<'a> Statements<'a> {
         &mut self.query
     }
 
-    async fn run(mut self, conn: &mut Conn) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    async fn run(mut self, conn: &mut Conn) -> Result<Vec<(StoredId<'static>, i64)>, sqlx::Error> {
         if self.count == 0 {
             return Ok(Vec::new());
         }
@@ -623,7 +630,7 @@ async fn apply_ops(
                 // Its count bucket, if the credential is still active (not
                 // already revoked, by itself or by an epoch).
                 let bucket: Option<(String, i64)> = sqlx::query_as(ACTIVE_CREDENTIAL)
-                .bind(jti)
+                .bind(StoredId::of(jti))
                 .fetch_optional(&mut *conn)
                 .await?;
                 if let Some((system, exp)) = &bucket {
@@ -638,7 +645,7 @@ async fn apply_ops(
                 )
                 .bind(ts(event.time))
                 .bind(reason)
-                .bind(jti)
+                .bind(StoredId::of(jti))
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();
@@ -675,7 +682,8 @@ async fn apply_ops(
     if ONE_EXECUTION {
         closing.next().push("COMMIT");
     }
-    let returned: HashMap<String, i64> = closing.run(conn).await?.into_iter().collect();
+    let returned: HashMap<String, i64> =
+        closing.run(conn).await?.into_iter().map(|(jti, id)| (jti.into_string(), id)).collect();
     if !EXPLICIT_CREDENTIAL_IDS {
         for (index, issuance) in &issued {
             let id = returned.get(issuance.jti.as_str()).copied().ok_or_else(|| {
@@ -769,7 +777,7 @@ fn push_credentials<'a>(
             next += 1;
             row.push_bind(next);
         }
-        row.push_bind(&i.jti)
+        row.push_bind(StoredId::of(&i.jti))
             .push_bind(i.kind.to_string())
             .push_bind(i.system_id.as_str())
             .push_bind(i.grant_id.as_str())
@@ -968,7 +976,7 @@ impl CredentialStore for Store {
     }
 
     async fn secret_credential(&self, hash: &str) -> Result<Option<StoredSecret>, StoreError> {
-        type Row = (String, String, String, String, String, String, i64, i64);
+        type Row = (StoredId<'static>, String, String, String, String, String, i64, i64);
         let row: Option<Row> = sqlx::query_as(
             "SELECT c.jti, c.secret_hash, c.system_id, k.subject, c.audience, c.scopes, c.iat, c.exp \
              FROM credentials c JOIN workloads k ON k.id = c.workload_id WHERE c.secret_hash = $1",
@@ -978,7 +986,7 @@ impl CredentialStore for Store {
         .await
         .map_err(unavailable)?;
         Ok(row.map(|(jti, secret_hash, system_id, subject, audience, scopes, iat, exp)| StoredSecret {
-            jti,
+            jti: jti.into_string(),
             secret_hash,
             system_id,
             subject,
@@ -1450,14 +1458,14 @@ impl Views for Store {
 }
 
 /// What the credential index keeps of a row, as [`INDEX_COLUMNS`] reads it.
-type IndexRow = (i64, String, String, String, String, i64, Option<i64>);
+type IndexRow = (i64, StoredId<'static>, String, String, String, i64, Option<i64>);
 /// Followed by `WHERE`: the columns are those of `c` (credentials).
 const INDEX_COLUMNS: &str = "c.id, c.jti, c.system_id, k.issuer, k.subject, c.exp, c.revoked_at \
      FROM credentials c JOIN workloads k ON k.id = c.workload_id";
 
 fn indexed(row: &IndexRow) -> IndexedCredential<'_> {
     let (id, jti, system, issuer, subject, exp, revoked_at) = row;
-    IndexedCredential { jti, id: *id, exp: *exp, revoked_at: *revoked_at, system, issuer, subject }
+    IndexedCredential { jti: &jti.0, id: *id, exp: *exp, revoked_at: *revoked_at, system, issuer, subject }
 }
 
 /// Loads every unexpired credential into the index, a page at a time in id

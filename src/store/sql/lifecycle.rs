@@ -556,7 +556,7 @@ impl LifecycleStore for Store {
             .map(|r| {
                 let get = |c: &str| -> Result<String, StoreError> { r.try_get(c).map_err(corrupt("credential")) };
                 Ok(CredentialSummary {
-                    jti: get("jti")?,
+                    jti: r.try_get::<StoredId<'static>, _>("jti").map_err(corrupt("credential"))?.into_string(),
                     kind: get("kind")?,
                     grant_id: get("grant_id")?,
                     issuer: get("issuer")?,
@@ -646,7 +646,7 @@ impl JobStore for Store {
         let at = ts(now);
         // Checked first outside a write transaction: most passes find
         // nothing, and then take no write lock at all.
-        let any: Option<(String,)> = sqlx::query_as(&format!("SELECT c.jti {DUE_LOGINS} LIMIT 1"))
+        let any: Option<(i64,)> = sqlx::query_as(&format!("SELECT c.id {DUE_LOGINS} LIMIT 1"))
             .bind(at)
             .fetch_optional(&self.pool)
             .await
@@ -656,18 +656,18 @@ impl JobStore for Store {
         }
         write_tx(self, move |conn| {
             Box::pin(async move {
-                let due: Vec<(String, String, String)> =
-                    sqlx::query_as(&format!("SELECT c.jti, c.kind, c.db_role {DUE_LOGINS} LIMIT 500"))
+                let due: Vec<(i64, StoredId<'static>, String, String)> =
+                    sqlx::query_as(&format!("SELECT c.id, c.jti, c.kind, c.db_role {DUE_LOGINS} LIMIT 500"))
                 .bind(at)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(unavailable)?;
-                for (jti, kind, role) in &due {
+                for (id, jti, kind, role) in &due {
                     let backend = kind.strip_prefix("postgres:").unwrap_or(kind).to_owned();
-                    let job = JobSpec::DropLogin { backend, role: role.clone(), jti: jti.clone() };
+                    let job = JobSpec::DropLogin { backend, role: role.clone(), jti: jti.0.to_string() };
                     enqueue(conn, &job, at).await?;
-                    sqlx::query("UPDATE credentials SET role_state = 'dropping' WHERE jti = $1")
-                        .bind(jti)
+                    sqlx::query("UPDATE credentials SET role_state = 'dropping' WHERE id = $1")
+                        .bind(id)
                         .execute(&mut *conn)
                         .await
                         .map_err(unavailable)?;
@@ -691,7 +691,7 @@ impl JobStore for Store {
 
     async fn login_dropped(&self, jti: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE credentials SET role_state = 'dropped' WHERE jti = $1")
-            .bind(jti)
+            .bind(StoredId::of(jti))
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;

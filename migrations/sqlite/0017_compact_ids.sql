@@ -9,6 +9,10 @@
 -- were given, so every chain hash, and every signed checkpoint, stays as
 -- it was. Looking an id up by hand: `WHERE jti = x'0190…'` (the UUID's hex
 -- digits without hyphens) or, for ids that are not UUIDs, `WHERE jti = '…'`.
+-- A credential's grant, audience, scopes and iat repeat its issuance
+-- event's: they may now be NULL, meaning "as in the `credential.issued`
+-- event with this jti", and the broker stores them only where they differ.
+-- Existing rows keep theirs.
 DROP TRIGGER audit_events_no_update;
 DROP TRIGGER audit_events_no_delete;
 
@@ -17,11 +21,11 @@ CREATE TABLE credentials_compact (
     jti            ANY NOT NULL UNIQUE,           -- 16-byte UUID, or text
     kind           TEXT NOT NULL,
     system_id      TEXT NOT NULL,
-    grant_id       TEXT NOT NULL,
+    grant_id       TEXT,                          -- NULL: as in the issuance event, as are
     workload_id    INTEGER NOT NULL REFERENCES workloads (id),
-    audience       TEXT NOT NULL,
-    scopes         TEXT NOT NULL,
-    iat            INTEGER NOT NULL,
+    audience       TEXT,                          -- audience,
+    scopes         TEXT,                          -- scopes
+    iat            INTEGER,                       -- and iat
     exp            INTEGER NOT NULL,
     revoked_at     INTEGER,
     revoked_reason TEXT,

@@ -497,6 +497,54 @@ mod tests {
         assert_eq!(revoked, 2);
     }
 
+    /// A credential row holds only the terms (grant, audience, scopes, iat)
+    /// its issuance event does not: reads take the rest from the event.
+    #[tokio::test]
+    async fn a_credential_stores_only_the_terms_its_event_lacks() {
+        let (_dir, pool, store, _) = without_background_checkpoints().await;
+        with_a_system(&pool).await;
+        // The event repeats the grant and audience, names other scopes, and
+        // no iat.
+        let mut partly = issuance(1);
+        partly.event.grant_id = Some(partly.grant_id.to_string());
+        partly.event.audience = Some(partly.audience.clone());
+        partly.event.scopes = Some("read write".into());
+        // The event repeats every term.
+        let mut fully = issuance(2);
+        fully.event.grant_id = Some(fully.grant_id.to_string());
+        fully.event.audience = Some(fully.audience.clone());
+        fully.event.scopes = Some(fully.scopes.clone());
+        fully.event.iat = Some(fully.iat.unix_timestamp());
+        // Every term repeated, but by an event of another credential.
+        let mut elsewhere = issuance(3);
+        elsewhere.event = fully.event.clone();
+        elsewhere.event.jti = Some("another".into());
+        let jtis = [partly.jti.clone(), fully.jti.clone(), elsewhere.jti.clone()];
+        for i in [partly, fully, elsewhere] {
+            assert!(matches!(store.record_issuance(i).await, Ok(IssueOutcome::Committed)));
+        }
+
+        type Terms = (Option<String>, Option<String>, Option<String>, bool);
+        let stored: Vec<Terms> =
+            sqlx::query_as("SELECT grant_id, audience, scopes, iat IS NOT NULL FROM credentials ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let own = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            stored,
+            [(None, None, own("read"), true), (None, None, None, false), (own("g"), own("api"), own("read"), true)]
+        );
+        let system = SystemId::parse("batch").unwrap();
+        let listed = store.outstanding_credentials(&system, crate::clock::SystemClock.now()).await.unwrap();
+        let terms: Vec<(&str, &str, &str, &str)> = listed
+            .iter()
+            .map(|c| (c.jti.as_str(), c.grant_id.as_str(), c.audience.as_str(), c.scopes.as_str()))
+            .collect();
+        assert_eq!(terms, jtis.iter().map(|j| (j.as_str(), "g", "api", "read")).collect::<Vec<_>>());
+        assert!(listed.iter().all(|c| c.iat.unix_timestamp() > 0));
+    }
+
     /// Two writers on one database file (two brokers, or a broker and the
     /// CLI) each read the chain head and the largest credential id at the
     /// start of every batch: only under the write lock (`BEGIN_WRITE`,

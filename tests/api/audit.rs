@@ -243,12 +243,38 @@ async fn a_credentials_story_shows_issuance_attestation_and_revocation() {
     let auditor = app.admin_token(Role::Auditor).await;
     let attestation = app.rsa.token(RSA_SUBJECT, app.now());
     let body = app.exchange_ok(&attestation, &[]).await;
-    let jti = parts(body["access_token"].as_str().unwrap()).1["jti"].as_str().unwrap().to_owned();
+    let claims = parts(body["access_token"].as_str().unwrap()).1;
+    let jti = claims["jti"].as_str().unwrap().to_owned();
+    // The credential row leaves its grant, audience, scopes and iat to
+    // its issuance event; listings and the story still show them.
+    let mut raw = app.raw().await;
+    let terms_in_the_event_only = format!(
+        "SELECT COUNT(*) FROM credentials WHERE {} AND grant_id IS NULL AND audience IS NULL AND scopes IS NULL \
+         AND iat IS NULL",
+        raw.id_is("jti", &jti)
+    );
+    assert_eq!(raw.scalar(&terms_in_the_event_only).await, 1);
+    drop(raw);
+    let (status, listed) = app.api(Method::GET, "/v1/systems/summarizer/credentials", &operator, None).await;
+    assert_eq!(status, 200, "{listed}");
+    let listed = &listed["credentials"][0];
+    assert_eq!(
+        (&listed["jti"], &listed["grant_id"], &listed["audience"], &listed["scopes"]),
+        (&json!(jti), &json!("summarizer-k8s"), &claims["aud"], &claims["scope"]),
+        "{listed}"
+    );
     app.api(Method::POST, "/v1/systems/summarizer/suspend", &operator, Some(json!({"reason": "incident 7"}))).await;
 
     let (status, story) = app.api(Method::GET, &format!("/v1/credentials/{jti}"), &auditor, None).await;
     assert_eq!(status, 200, "{story}");
     assert_eq!(story["credential"]["jti"], jti);
+    let credential = &story["credential"];
+    assert_eq!(
+        (&credential["grant"], &credential["audience"], &credential["scopes"]),
+        (&json!("summarizer-k8s"), &claims["aud"], &claims["scope"])
+    );
+    let iat = time::OffsetDateTime::from_unix_timestamp(claims["iat"].as_i64().unwrap()).unwrap();
+    assert_eq!(credential["iat"], halflife::domain::rfc3339(iat));
     assert_eq!(story["credential"]["revoked"], true);
     assert_eq!(story["credential"]["revoked_by"], "system");
     assert_eq!(story["grant"]["id"], "summarizer-k8s");

@@ -532,14 +532,15 @@ impl AuditReader for Store {
     }
 
     async fn credential_row(&self, jti: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        let row = sqlx::query(
-            "SELECT c.id, c.jti, c.kind, c.system_id, c.grant_id, k.issuer, k.subject, c.audience, c.scopes, c.iat, \
+        let row = sqlx::query(&format!(
+            "SELECT c.id, c.jti, c.kind, c.system_id, {ISSUED_TERMS}, k.issuer, k.subject, \
              c.exp, c.revoked_at, c.revoked_reason, s.revoked_through AS system_revoked_through, \
              COALESCE(w.revoked_through, 0) AS workload_revoked_through \
              FROM credentials c JOIN systems s ON s.id = c.system_id \
              JOIN workloads k ON k.id = c.workload_id \
-             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject WHERE c.jti = $1",
-        )
+             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject {ISSUED_EVENT} \
+             WHERE c.jti = $1",
+        ))
         .bind(StoredId::of(jti))
         .fetch_optional(&self.pool)
         .await

@@ -777,20 +777,59 @@ fn push_credentials<'a>(
             next += 1;
             row.push_bind(next);
         }
+        let told = Told::by(i);
         row.push_bind(StoredId::of(&i.jti))
             .push_bind(i.kind.to_string())
             .push_bind(i.system_id.as_str())
-            .push_bind(i.grant_id.as_str())
+            .push_bind((!told.grant).then_some(i.grant_id.as_str()))
             .push_bind(workload)
-            .push_bind(&i.audience)
-            .push_bind(&i.scopes)
-            .push_bind(ts(i.iat))
+            .push_bind((!told.audience).then_some(i.audience.as_str()))
+            .push_bind((!told.scopes).then_some(i.scopes.as_str()))
+            .push_bind((!told.iat).then_some(ts(i.iat)))
             .push_bind(ts(i.exp))
             .push_bind(i.secret_hash.as_deref())
             .push_bind(i.db_role.as_deref())
             .push_bind(i.db_role.as_ref().map(|_| "live"));
     });
 }
+
+/// Which of a credential's terms its issuance event already holds: those
+/// it holds, the credential row leaves NULL, and reads take from the
+/// event ([`ISSUED_TERMS`]).
+struct Told {
+    grant: bool,
+    audience: bool,
+    scopes: bool,
+    iat: bool,
+}
+
+impl Told {
+    fn by(i: &Issuance) -> Self {
+        let e = &i.event;
+        if e.kind != ISSUED || e.jti.as_deref() != Some(i.jti.as_str()) {
+            return Self { grant: false, audience: false, scopes: false, iat: false };
+        }
+        Self {
+            grant: e.grant_id.as_deref() == Some(i.grant_id.as_str()),
+            audience: e.audience.as_deref() == Some(i.audience.as_str()),
+            scopes: e.scopes.as_deref() == Some(i.scopes.as_str()),
+            iat: e.iat == Some(ts(i.iat)),
+        }
+    }
+}
+
+/// The kind of a credential's issuance event.
+const ISSUED: &str = "credential.issued";
+
+/// A credential's grant, audience, scopes and iat, as `grant_id`,
+/// `audience`, `scopes` and `iat`: its own where its row holds them, else
+/// its issuance event's (see [`Told`]). Needs [`ISSUED_EVENT`] joined.
+const ISSUED_TERMS: &str = "COALESCE(c.grant_id, e.grant_id) AS grant_id, \
+     COALESCE(c.audience, (SELECT name FROM audit_names WHERE id = e.audience_id)) AS audience, \
+     COALESCE(c.scopes, (SELECT name FROM audit_names WHERE id = e.scopes_id)) AS scopes, \
+     COALESCE(c.iat, e.iat) AS iat";
+/// The issuance event `e` of credential `c`.
+const ISSUED_EVENT: &str = "LEFT JOIN audit_events e ON e.jti = c.jti AND e.kind = 'credential.issued'";
 
 /// Adds the batch's credentials to their systems' count buckets: one row
 /// per system and expiry second, so a batch issued within one second for
@@ -976,16 +1015,16 @@ impl CredentialStore for Store {
     }
 
     async fn secret_credential(&self, hash: &str) -> Result<Option<StoredSecret>, StoreError> {
-        type Row = (StoredId<'static>, String, String, String, String, String, i64, i64);
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT c.jti, c.secret_hash, c.system_id, k.subject, c.audience, c.scopes, c.iat, c.exp \
-             FROM credentials c JOIN workloads k ON k.id = c.workload_id WHERE c.secret_hash = $1",
-        )
+        type Row = (StoredId<'static>, String, String, String, String, String, String, i64, i64);
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT c.jti, c.secret_hash, c.system_id, k.subject, {ISSUED_TERMS}, c.exp \
+             FROM credentials c JOIN workloads k ON k.id = c.workload_id {ISSUED_EVENT} WHERE c.secret_hash = $1",
+        ))
         .bind(hash)
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(row.map(|(jti, secret_hash, system_id, subject, audience, scopes, iat, exp)| StoredSecret {
+        Ok(row.map(|(jti, secret_hash, system_id, subject, _grant, audience, scopes, iat, exp)| StoredSecret {
             jti: jti.into_string(),
             secret_hash,
             system_id,

@@ -539,14 +539,14 @@ impl LifecycleStore for Store {
         system: &SystemId,
         now: OffsetDateTime,
     ) -> Result<Vec<CredentialSummary>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.jti, c.kind, c.grant_id, k.issuer, k.subject, c.audience, c.scopes, c.iat, c.exp \
+        let rows = sqlx::query(&format!(
+            "SELECT c.jti, c.kind, {ISSUED_TERMS}, k.issuer, k.subject, c.exp \
              FROM credentials c JOIN systems s ON s.id = c.system_id \
              JOIN workloads k ON k.id = c.workload_id \
-             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
+             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject {ISSUED_EVENT} \
              WHERE c.system_id = $1 AND c.exp > $2 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
              AND c.id > COALESCE(w.revoked_through, 0) ORDER BY c.id LIMIT 10000",
-        )
+        ))
         .bind(system.as_str())
         .bind(ts(now))
         .fetch_all(&self.pool)

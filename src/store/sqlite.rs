@@ -520,6 +520,7 @@ mod tests {
         elsewhere.event = fully.event.clone();
         elsewhere.event.jti = Some("another".into());
         let jtis = [partly.jti.clone(), fully.jti.clone(), elsewhere.jti.clone()];
+        let iats: Vec<i64> = [&partly, &fully, &elsewhere].iter().map(|i| i.iat.unix_timestamp()).collect();
         for i in [partly, fully, elsewhere] {
             assert!(matches!(store.record_issuance(i).await, Ok(IssueOutcome::Committed)));
         }
@@ -542,7 +543,7 @@ mod tests {
             .map(|c| (c.jti.as_str(), c.grant_id.as_str(), c.audience.as_str(), c.scopes.as_str()))
             .collect();
         assert_eq!(terms, jtis.iter().map(|j| (j.as_str(), "g", "api", "read")).collect::<Vec<_>>());
-        assert!(listed.iter().all(|c| c.iat.unix_timestamp() > 0));
+        assert_eq!(listed.iter().map(|c| c.iat.unix_timestamp()).collect::<Vec<_>>(), iats);
     }
 
     /// Two writers on one database file (two brokers, or a broker and the

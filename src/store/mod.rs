@@ -24,10 +24,16 @@ use time::OffsetDateTime;
 use crate::domain::model::{Grant, GrantContext, Owner, OwnerStatus, System, Tier};
 use crate::domain::values::{CredentialKind, GrantId, OwnerId, SystemId};
 
+/// The length of a UUID's bytes, the one length a packed text id never has.
+const UUID_LEN: usize = 16;
+/// Marks a packed text id of [`UUID_LEN`] bytes; UTF-8 never holds it.
+const TEXT_MARK: u8 = 0xFF;
+
 /// A credential, request or attestation id as a store keeps it. A UUID in
-/// canonical form (lower-case, hyphenated) is kept as its 16 bytes where the
-/// backend allows a column to hold either bytes or text (SQLite); any other
-/// id, and every id on PostgreSQL, as text. Either way it reads back as the
+/// canonical form (lower-case, hyphenated) is kept as its 16 bytes; any
+/// other id as its text: as a text value where the backend lets a column
+/// hold either (SQLite), as the text's bytes in a `bytea` column on
+/// PostgreSQL (see [`StoredId::packed`]). Either way it reads back as the
 /// text it was given, which the audit chain hashes depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredId<'a>(pub(crate) std::borrow::Cow<'a, str>);
@@ -60,6 +66,41 @@ impl<'a> StoredId<'a> {
     pub(crate) fn from_uuid_bytes(bytes: &[u8]) -> Option<StoredId<'static>> {
         let id = uuid::Uuid::from_slice(bytes).ok()?;
         Some(StoredId(std::borrow::Cow::Owned(id.hyphenated().to_string())))
+    }
+
+    /// The id as one byte string, for a column that holds bytes only
+    /// (PostgreSQL's `bytea`): a canonical UUID as its 16 bytes, any other id
+    /// as its UTF-8 text, which is preceded by a 0xFF byte (never part of
+    /// UTF-8) when it is itself 16 bytes long. So 16 bytes are always a UUID.
+    pub(crate) fn packed(&self) -> std::borrow::Cow<'_, [u8]> {
+        use std::borrow::Cow;
+        if let Some(bytes) = self.uuid_bytes() {
+            return Cow::Owned(bytes.to_vec());
+        }
+        let text = self.0.as_bytes();
+        if text.len() == UUID_LEN {
+            let mut marked = Vec::with_capacity(UUID_LEN + 1);
+            marked.push(TEXT_MARK);
+            marked.extend_from_slice(text);
+            Cow::Owned(marked)
+        } else {
+            Cow::Borrowed(text)
+        }
+    }
+
+    /// The id whose [`packed`](Self::packed) form is `bytes`.
+    pub(crate) fn unpack(bytes: &[u8]) -> Result<StoredId<'static>, String> {
+        if bytes.len() == UUID_LEN {
+            return Self::from_uuid_bytes(bytes).ok_or_else(|| "an id of 16 bytes is not a UUID".to_owned());
+        }
+        let text = match bytes.strip_prefix(&[TEXT_MARK]) {
+            Some(text) if text.len() == UUID_LEN => text,
+            Some(_) => return Err(format!("a marked id of {} bytes was not packed here", bytes.len())),
+            None => bytes,
+        };
+        String::from_utf8(text.to_vec())
+            .map(StoredId::owned)
+            .map_err(|_| format!("an id of {} bytes is not UTF-8 text", bytes.len()))
     }
 }
 
@@ -786,5 +827,28 @@ mod tests {
             assert_eq!(StoredId::of(other).uuid_bytes(), None, "{other}");
         }
         assert_eq!(StoredId::from_uuid_bytes(&[0; 15]), None);
+    }
+
+    proptest! {
+        /// Packed into one byte string (PostgreSQL), every id reads back
+        /// as the text it was, so no two ids share a packed form.
+        #[test]
+        fn every_packed_id_unpacks_to_itself(text in "\\PC{0,40}", n in any::<u128>()) {
+            let uuid = uuid::Uuid::from_u128(n).hyphenated().to_string();
+            for id in [text, uuid.clone(), uuid.to_uppercase(), format!("{:016}", n % 10_000)] {
+                let packed = StoredId::of(&id).packed().into_owned();
+                prop_assert_eq!(StoredId::unpack(&packed).map(StoredId::into_string), Ok(id));
+            }
+        }
+    }
+
+    #[test]
+    fn packed_ids_take_sixteen_bytes_only_as_uuids() {
+        let uuid = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(StoredId::of(uuid).packed().len(), 16);
+        assert_eq!(&*StoredId::of("sixteen-chars-id").packed(), b"\xffsixteen-chars-id");
+        assert_eq!(&*StoredId::of("attestation-7").packed(), b"attestation-7");
+        assert!(StoredId::unpack(b"\xffshort").is_err());
+        assert!(StoredId::unpack(&[0xC3, 0x28]).is_err());
     }
 }

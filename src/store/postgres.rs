@@ -67,14 +67,15 @@ const ONE_EXECUTION: bool = false;
 /// The database picks credential ids; the INSERT returns them.
 const EXPLICIT_CREDENTIAL_IDS: bool = false;
 
-/// Ids are kept as text here.
+/// Ids are kept in `bytea` columns (migration 0014): a canonical UUID as
+/// its 16 bytes, any other id as its text's bytes (`StoredId::packed`).
 impl sqlx::Type<Db> for StoredId<'_> {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
-        <&str as sqlx::Type<Db>>::type_info()
+        <&[u8] as sqlx::Type<Db>>::type_info()
     }
 
     fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-        <&str as sqlx::Type<Db>>::compatible(ty)
+        <&[u8] as sqlx::Type<Db>>::compatible(ty)
     }
 }
 
@@ -83,13 +84,13 @@ impl<'q, 'a: 'q> sqlx::Encode<'q, Db> for StoredId<'a> {
         &self,
         buf: &mut sqlx::postgres::PgArgumentBuffer,
     ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        <&str as sqlx::Encode<Db>>::encode_by_ref(&self.0.as_ref(), buf)
+        <&[u8] as sqlx::Encode<Db>>::encode_by_ref(&&*self.packed(), buf)
     }
 }
 
 impl<'r> sqlx::Decode<'r, Db> for StoredId<'static> {
     fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        Ok(StoredId(Cow::Owned(<String as sqlx::Decode<Db>>::decode(value)?)))
+        Ok(StoredId::unpack(<&[u8] as sqlx::Decode<Db>>::decode(value)?)?)
     }
 }
 

@@ -415,24 +415,26 @@ impl RawDb {
     }
 }
 
-/// SQLite keeps a UUID in canonical form (lower-case, hyphenated) as its
-/// 16 bytes, any other id as text; PostgreSQL keeps every id as text.
+/// Both backends keep a UUID in canonical form (lower-case, hyphenated) as
+/// its 16 bytes; SQLite keeps any other id as text, PostgreSQL as its
+/// text's bytes (`halflife_id`, migration 0014). The SQL here is what the
+/// README tells an operator to write.
 pub fn id_is(sqlite: bool, column: &str, id: &str) -> String {
     let canonical = id.len() == 36
         && id.char_indices().all(|(i, c)| {
             if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_digit() || ('a'..='f').contains(&c) }
         });
-    if sqlite && canonical {
-        format!("{column} = x'{}'", id.replace('-', ""))
-    } else {
-        format!("{column} = '{}'", id.replace('\'', "''"))
+    match (sqlite, canonical) {
+        (true, true) => format!("{column} = x'{}'", id.replace('-', "")),
+        (true, false) => format!("{column} = '{}'", id.replace('\'', "''")),
+        (false, _) => format!("{column} = halflife_id('{}')", id.replace('\'', "''")),
     }
 }
 
 /// SQL reading id column `column` back as text, on either backend.
 pub fn id_text(sqlite: bool, column: &str) -> String {
     if !sqlite {
-        return column.to_owned();
+        return format!("halflife_id_text({column})");
     }
     let hex = format!("lower(hex({column}))");
     format!(

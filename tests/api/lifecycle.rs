@@ -161,10 +161,12 @@ async fn revoking_a_system_writes_the_same_whatever_it_holds() {
         let body = app.exchange_ok(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api")]).await;
         let token = body["access_token"].as_str().unwrap().to_owned();
         let exp = app.now() + 600;
+        // PostgreSQL keeps ids as bytes (`halflife_id`).
+        let jti = if postgres() { "halflife_id('bulk-' || i)" } else { "'bulk-' || i" };
         app.sql(&format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
              INSERT INTO credentials (jti, kind, system_id, grant_id, workload_id, audience, scopes, iat, exp) \
-             SELECT 'bulk-' || i, 'jwt', 'indexer', 'indexer-spire', \
+             SELECT {jti}, 'jwt', 'indexer', 'indexer-spire', \
              (SELECT id FROM workloads WHERE issuer = 'spire' AND subject = '{EC_SUBJECT}'), 'docs-api', '', {}, {exp} FROM n",
             outstanding - 1,
             app.now()

@@ -370,10 +370,11 @@ async fn concurrent_exchanges_on_three_replicas_keep_one_gapless_audit_chain() {
     let (count, last): (i64, i64) =
         sqlx::query_as("SELECT COUNT(*), MAX(seq) FROM audit_events").fetch_one(&mut db).await.unwrap();
     assert_eq!(count, last, "sequence numbers have gaps");
-    let issued: Vec<String> = sqlx::query_scalar("SELECT jti FROM audit_events WHERE kind = 'credential.issued'")
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
+    let issued: Vec<String> =
+        sqlx::query_scalar("SELECT halflife_id_text(jti) FROM audit_events WHERE kind = 'credential.issued'")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
     for jti in &jtis {
         assert!(issued.contains(jti), "issued credential {jti} has no issuance event");
     }
@@ -451,10 +452,11 @@ async fn losing_the_database_mid_load_means_503s_then_recovery_and_no_unrecorded
         assert!(body.get("access_token").is_none(), "a 503 carried a token: {body}");
     }
     let mut db = cluster.raw().await;
-    let issued: Vec<String> = sqlx::query_scalar("SELECT jti FROM audit_events WHERE kind = 'credential.issued'")
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
+    let issued: Vec<String> =
+        sqlx::query_scalar("SELECT halflife_id_text(jti) FROM audit_events WHERE kind = 'credential.issued'")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
     for (_, body) in results.iter().filter(|(s, _)| *s == 200) {
         let jti = parts(body["access_token"].as_str().unwrap()).1["jti"].as_str().unwrap().to_owned();
         assert!(issued.contains(&jti), "a client holds credential {jti} that has no issuance event");

@@ -593,6 +593,9 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
     for (column, id) in columns {
         let found = raw.scalar(&format!("SELECT COUNT(*) FROM audit_events WHERE {}", raw.id_is(column, id))).await;
         assert_eq!(found, 1, "{id}");
+        // And each reads back as its text by hand too (`halflife_id_text`).
+        let text = format!("SELECT COUNT(*) FROM audit_events WHERE {} = '{id}'", id_text(!postgres(), column));
+        assert_eq!(raw.scalar(&text).await, 1, "{id}");
     }
     assert_eq!(raw.scalar(&format!("SELECT COUNT(*) FROM credentials WHERE {}", raw.id_is("jti", ids[1]))).await, 1);
     // Only the UUIDs in canonical form take 16 bytes.

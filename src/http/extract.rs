@@ -9,6 +9,8 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
+use secrecy::SecretString;
+use zeroize::Zeroizing;
 
 use super::AppState;
 use super::error::ApiError;
@@ -17,21 +19,48 @@ use crate::store::RequestMeta;
 
 /// `application/x-www-form-urlencoded` parameters. A repeated parameter is
 /// an error (RFC 6749 §3.2 forbids repeats); unknown ones are kept and
-/// ignored by handlers, as RFC 6749 §3.1 requires.
-pub struct Form(pub HashMap<String, String>);
+/// ignored by handlers, as RFC 6749 §3.1 requires. A form may carry a
+/// bearer token (`subject_token`, `token`), so the values it still holds
+/// are zeroized when it is dropped, and a secret leaves it only as a
+/// [`SecretString`] ([`Form::require_secret`], [`Form::secret`]).
+pub struct Form(HashMap<String, Zeroizing<String>>);
 
 impl Form {
+    /// A parameter that is no secret, if present.
     pub fn take(&mut self, name: &str) -> Option<String> {
-        self.0.remove(name)
+        self.0.remove(name).map(|mut value| std::mem::take(&mut *value))
     }
 
-    /// A parameter that must be present and non-empty.
+    /// A parameter that is no secret, present and non-empty.
     pub fn require(&mut self, name: &str) -> Result<String, ApiError> {
         match self.take(name) {
             Some(v) if !v.is_empty() => Ok(v),
-            _ => Err(ApiError::invalid_request(format!("missing required parameter {name}"))),
+            _ => Err(missing(name)),
         }
     }
+
+    /// A secret parameter, present and non-empty; the form's copy is
+    /// zeroized.
+    pub fn require_secret(&mut self, name: &str) -> Result<SecretString, ApiError> {
+        match self.0.remove(name) {
+            Some(v) if !v.is_empty() => Ok(SecretString::from(v.as_str())),
+            _ => Err(missing(name)),
+        }
+    }
+
+    /// A copy of a secret parameter, if present; the form keeps its own.
+    pub fn secret(&self, name: &str) -> Option<SecretString> {
+        self.0.get(name).map(|v| SecretString::from(v.as_str()))
+    }
+
+    /// Whether the form holds the parameter.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+}
+
+fn missing(name: &str) -> ApiError {
+    ApiError::invalid_request(format!("missing required parameter {name}"))
 }
 
 /// The request body, if its media type is `expected` (else 415) and it fits
@@ -66,7 +95,7 @@ impl Form {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let mut params = HashMap::new();
         for (key, value) in form_urlencoded::parse(body) {
-            if params.insert(key.clone().into_owned(), value.into_owned()).is_some() {
+            if params.insert(key.clone().into_owned(), Zeroizing::new(value.into_owned())).is_some() {
                 return Err(ApiError::invalid_request(format!("parameter {key} is repeated")));
             }
         }
@@ -162,5 +191,41 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Par
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|axum::extract::Query(v)| Self(v))
             .map_err(|e| ApiError::invalid_request(e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn description(error: ApiError) -> String {
+        match error {
+            ApiError::OAuth { code: "invalid_request", description } => description,
+            other => panic!("expected invalid_request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_secret_leaves_the_form_only_as_a_secret_and_only_once() {
+        let mut form = Form::parse(b"subject_token=eyJ.a%2Bb.c&token=&scope=read+write").unwrap();
+        let copy = form.secret("subject_token").unwrap();
+        assert!(form.contains("subject_token"), "a copy leaves the form's own in place");
+        let token = form.require_secret("subject_token").unwrap();
+        assert_eq!((token.expose_secret(), copy.expose_secret()), ("eyJ.a+b.c", "eyJ.a+b.c"));
+        assert!(!form.contains("subject_token"));
+        let again = description(form.require_secret("subject_token").unwrap_err());
+        assert_eq!(again, "missing required parameter subject_token");
+        let empty = description(form.require_secret("token").unwrap_err());
+        assert_eq!(empty, "missing required parameter token");
+        assert_eq!(form.require("scope").unwrap(), "read write");
+        assert!(form.secret("absent").is_none());
+    }
+
+    #[test]
+    fn a_repeated_parameter_is_refused() {
+        let Err(error) = Form::parse(b"token=a&token=b") else { panic!("a repeated token was accepted") };
+        assert_eq!(description(error), "parameter token is repeated");
     }
 }

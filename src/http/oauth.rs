@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -70,7 +70,7 @@ fn parse_ttl(text: &str) -> Result<Duration, ApiError> {
 pub fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), ApiError> {
     let proof = match form.take("grant_type").as_deref() {
         Some(GRANT_TOKEN_EXCHANGE) => {
-            let subject_token = SecretString::from(form.require("subject_token")?);
+            let subject_token = form.require_secret("subject_token")?;
             let subject_token_type = form.require("subject_token_type")?;
             if !SUBJECT_TOKEN_TYPES.contains(&subject_token_type.as_str()) {
                 return Err(ApiError::invalid_request(format!(
@@ -78,13 +78,13 @@ pub fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), Ap
                     SUBJECT_TOKEN_TYPES.join(", ")
                 )));
             }
-            if form.take("actor_token").is_some() || form.take("actor_token_type").is_some() {
+            if form.contains("actor_token") || form.contains("actor_token_type") {
                 return Err(ApiError::invalid_request("actor_token (delegation) is not supported"));
             }
             Proof::SubjectToken(subject_token)
         }
         Some(GRANT_CLIENT_CREDENTIALS) => {
-            if form.0.contains_key("subject_token") || form.0.contains_key("client_secret") {
+            if form.contains("subject_token") || form.contains("client_secret") {
                 return Err(ApiError::invalid_request(
                     "client_credentials authenticates with the TLS client certificate alone \
                      (tls_client_auth); send no subject_token or client_secret",
@@ -194,7 +194,7 @@ async fn token(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, ApiError> {
-    let subject_token = form.0.get("subject_token").map(|t| SecretString::from(t.clone()));
+    let subject_token = form.secret("subject_token");
     let parsed = dpop_header(&headers).and_then(|dpop| Ok((dpop, exchange_request(form)?)));
     let (dpop, (proof, ask, issued_token_type)) = match parsed {
         Ok(parsed) => parsed,
@@ -247,7 +247,7 @@ async fn introspect(State(state): State<AppState>, Admin(caller): Admin, mut for
     if !caller.role.may_introspect() {
         return Err(ApiError::Forbidden(format!("role {} may not introspect tokens", caller.role)));
     }
-    let token = SecretString::from(form.require("token")?);
+    let token = form.require_secret("token")?;
     let body = match state.broker.introspect(token.expose_secret()).await? {
         None => json!({"active": false}),
         Some(claims) => {
@@ -272,7 +272,7 @@ async fn introspect(State(state): State<AppState>, Admin(caller): Admin, mut for
         (status = 415, description = "Not application/x-www-form-urlencoded", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody)))]
 async fn revoke(State(state): State<AppState>, Meta(meta): Meta, mut form: Form) -> Result<Response, ApiError> {
-    let token = SecretString::from(form.require("token")?);
+    let token = form.require_secret("token")?;
     state.broker.revoke_by_holder(token.expose_secret(), &meta).await?;
     Ok(no_store(axum::http::StatusCode::OK.into_response()))
 }

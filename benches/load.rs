@@ -12,7 +12,9 @@
 //!                       (default 10,1000,1000000)
 //! --json FILE           also write the results as JSON
 //! --serve               only start a server and print a wrk command for it
-//!                       (an independent cross-check); stop with Ctrl-C
+//!                       (an independent cross-check); stop with Ctrl-C. With
+//!                       one --outstanding N, N credentials are preloaded
+//!                       first, as for the growth run with N outstanding
 //! ```
 //!
 //! What it measures, in this order:
@@ -964,7 +966,21 @@ async fn preload(db_url: &str, count: u64) -> Duration {
 async fn serve_for_wrk(args: &Args, dir: &Path, attester: &Attester, tokens: &[String], http: &reqwest::Client) {
     let db = Db::create(args.database.as_deref(), dir, "wrk").await;
     let config = write_config(dir, "wrk", &db.url, args.algorithm, attester);
+    if let [n] = args.outstanding[..] {
+        // As the growth run does: migrate, preload, then start afresh.
+        Server::start(&config, http).await.stop().await;
+        let took = preload(&db.url, n).await;
+        println!("preloaded {n} outstanding credentials in {:.1} s", took.as_secs_f64());
+    }
     let server = Server::start(&config, http).await;
+    if let [n] = args.outstanding[..] {
+        let loaded = server.index_loaded().await;
+        println!(
+            "{n} outstanding: RSS {:.1} MiB ({})",
+            server.rss_mib(),
+            loaded.as_deref().unwrap_or("index load not reported")
+        );
+    }
     let body = exchange_bodies(&tokens[..1])[0].clone();
     let script = dir.join("exchange.lua");
     std::fs::write(

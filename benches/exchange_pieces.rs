@@ -136,9 +136,11 @@ fn grant_context(now: OffsetDateTime) -> GrantContext {
             pilot_ends_at: None,
             data_classification: None,
             suspended_reason: None,
+            tier_started_at: now,
         },
         business_owner: owner("biz"),
         technical_owner: owner("tech"),
+        grant_version: 0,
     }
 }
 

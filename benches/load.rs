@@ -335,7 +335,8 @@ name = "Bench"
 purpose = "Load generation"
 business_owner = "biz"
 technical_owner = "tech"
-tier = "production"
+tier = "pilot"
+pilot_ends_at = "60d"
 
 [[systems]]
 id = "idle"
@@ -343,7 +344,8 @@ name = "Idle"
 purpose = "Warms up the revocation path"
 business_owner = "biz"
 technical_owner = "tech"
-tier = "production"
+tier = "pilot"
+pilot_ends_at = "60d"
 
 [[grants]]
 id = "bench-agents"
@@ -929,6 +931,7 @@ async fn preload(db_url: &str, count: u64) -> Duration {
             kind: CredentialKind::Jwt,
             system_id: system.clone(),
             grant_id: grant.clone(),
+            grant_version: 0,
             issuer: "bench".into(),
             subject,
             audience: "reports-api".into(),

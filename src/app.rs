@@ -21,13 +21,14 @@ use crate::broker::audit::CheckpointPolicy;
 use crate::broker::{Broker, Webhook, apply};
 use crate::clock::SharedClock;
 use crate::config::{Config, DevConfig};
+use crate::domain::catalog::{ApplyReport, Catalog, Change};
 use crate::domain::policy::TtlPolicy;
 use crate::http::serve::{ServeOptions, mtls_acceptor, serve, tls_acceptor};
 use crate::http::{AppState, Limits, StateParts, metadata_document, router};
 use crate::keys::{Kek, KekSource, Keyring};
 use crate::store::logins::{BackendSpec, PgLogins};
 use crate::store::{
-    ApplyReport, AuditEvent, Backend, CatalogStore, Coordination, KeyStore, OpenOptions, Opened, Outcome, RequestMeta,
+    AuditEvent, Backend, CatalogStore, Coordination, KeyStore, OpenOptions, Opened, Outcome, RequestMeta,
 };
 use secrecy::SecretString;
 
@@ -165,7 +166,28 @@ pub fn known_issuers(config: &Config) -> Vec<String> {
     names
 }
 
-/// Reads, validates and applies one declarative file.
+/// Reads and validates one declarative file into a catalog.
+pub fn read_catalog(config: &Config, path: &Path, now: time::OffsetDateTime) -> anyhow::Result<Catalog> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let file = apply::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    apply::validate(file, &apply_limits(config), now)
+        .map_err(|problems| anyhow::anyhow!("{} is invalid:\n  - {}", path.display(), problems.join("\n  - ")))
+}
+
+/// What a catalog must stay within, from the configuration.
+pub fn apply_limits(config: &Config) -> apply::Limits {
+    apply::Limits {
+        issuers: known_issuers(config),
+        backends: config.postgres_backends.iter().map(|b| b.name.clone()).collect(),
+        ceiling: config.tokens.max_ttl.get(),
+        max_pilot: config.lifecycle.max_pilot.get(),
+        recertify_every: config.lifecycle.recertify_every.get(),
+    }
+}
+
+/// Reads, validates and applies one declarative file directly on the
+/// database, under the same rules as every other catalog change (see
+/// [`crate::broker::catalog`]). `actor` is recorded as its author.
 pub async fn apply_file(
     store: &dyn CatalogStore,
     config: &Config,
@@ -174,18 +196,19 @@ pub async fn apply_file(
     now: time::OffsetDateTime,
     dry_run: bool,
 ) -> anyhow::Result<ApplyReport> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
-    let file = apply::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let limits = apply::Limits {
-        issuers: known_issuers(config),
-        backends: config.postgres_backends.iter().map(|b| b.name.clone()).collect(),
-        ceiling: config.tokens.max_ttl.get(),
-        max_pilot: config.lifecycle.max_pilot.get(),
-        recertify_every: config.lifecycle.recertify_every.get(),
-    };
-    let catalog = apply::validate(file, &limits, now)
-        .map_err(|problems| anyhow::anyhow!("{} is invalid:\n  - {}", path.display(), problems.join("\n  - ")))?;
-    store.apply(&catalog, actor, now, dry_run).await.with_context(|| format!("failed to apply {}", path.display()))
+    let catalog = read_catalog(config, path, now)?;
+    let meta = RequestMeta::default();
+    let actor = crate::broker::catalog::Actor { name: actor, meta: &meta };
+    let change = Change::Apply(catalog);
+    match crate::broker::catalog::change(store, &change, &config.lifecycle.policy(), &actor, now, !dry_run).await {
+        Ok(applied) => Ok(applied.plan.report),
+        Err(crate::broker::catalog::ChangeError::Refused(refusal)) => {
+            Err(anyhow::anyhow!("{} was refused: {refusal}", path.display()))
+        }
+        Err(crate::broker::catalog::ChangeError::Store(e)) => {
+            Err(anyhow::Error::new(e).context(format!("failed to apply {}", path.display())))
+        }
+    }
 }
 
 /// Opens the configured database; `migrate` applies pending migrations
@@ -269,8 +292,9 @@ impl App {
         let keys = shared_keyring(store.as_ref(), &config, &kek, now).await.context("failed to load signing keys")?;
         for path in &config.bootstrap.apply {
             let report = apply_file(store.as_ref(), &config, path, "bootstrap", now, false).await?;
-            if !report.created.is_empty() || !report.updated.is_empty() {
-                tracing::info!(file = %path.display(), created = ?report.created, updated = ?report.updated, "applied bootstrap catalog");
+            if !report.created.is_empty() || !report.updated.is_empty() || !report.suspended.is_empty() {
+                tracing::info!(file = %path.display(), created = ?report.created, updated = ?report.updated,
+                    suspended = ?report.suspended, "applied bootstrap catalog");
             }
         }
 
@@ -316,6 +340,7 @@ impl App {
             credentials: store.clone(),
             admin_tokens: store.clone(),
             lifecycle: store.clone(),
+            catalog: store.clone(),
             jobs: store.clone(),
             audit: store.clone(),
             checkpoints: store.clone(),

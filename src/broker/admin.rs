@@ -19,10 +19,23 @@ pub struct AdminCaller {
 }
 
 impl AdminCaller {
-    /// How the caller is named in audit events.
+    /// How the caller is named in audit events: invisible characters in a
+    /// name stored before names were checked show as `\u{…}`.
     pub fn actor(&self) -> String {
-        format!("{} ({})", self.name, self.role)
+        format!("{} ({})", crate::domain::identity::visible(&self.name), self.role)
     }
+}
+
+/// Checks a token's name: 1-128 characters a reader can see, in one
+/// script, so that no two tokens' names look alike while being different
+/// (separation of duties compares names as people read them).
+pub fn check_token_name(name: &str) -> Result<&str, String> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err("must be 1-128 printable characters".into());
+    }
+    crate::domain::identity::check_readable("the name", name)?;
+    Ok(name)
 }
 
 /// Creates a token for `name` with `role`; returns it once. Only its

@@ -3,15 +3,17 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::domain::catalog::{Catalog, DateSpec, OwnerSpec, SystemSpec};
 use crate::domain::model::{Binding, Grant, OwnerStatus, Tier};
 use crate::domain::values::{Audience, CredentialKind, GrantId, OwnerId, ScopeSet, SubjectMatch, SystemId};
-use crate::store::{Catalog, DateSpec, OwnerSpec, SystemSpec};
 
-#[derive(Debug, Default, Deserialize)]
+/// A catalog file: TOML for `halflife apply`, the same shape as JSON for
+/// `POST /v1/catalog`.
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyFile {
     #[serde(default)]
@@ -22,20 +24,20 @@ pub struct ApplyFile {
     pub grants: Vec<GrantEntry>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnerEntry {
     pub id: String,
     pub display_name: String,
     pub email: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     /// RFC 3339, or a duration counted from when the owner is created.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attested_until: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemEntry {
     pub id: String,
@@ -45,13 +47,13 @@ pub struct SystemEntry {
     pub technical_owner: String,
     pub tier: String,
     /// RFC 3339, or a duration counted from when the system is created.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pilot_ends_at: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_classification: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantEntry {
     pub id: String,
@@ -63,11 +65,11 @@ pub struct GrantEntry {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub default_scopes: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kinds: Option<Vec<String>>,
     pub max_ttl: String,
     /// `optional` (default), `required`, `dpop` or `mtls`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<String>,
 }
 

@@ -352,6 +352,7 @@ impl Broker {
             kind: decision.kind.clone(),
             system_id: ctx.system.id.clone(),
             grant_id: ctx.grant.id.clone(),
+            grant_version: ctx.grant_version,
             issuer: attestation.issuer_name.clone(),
             subject: attestation.subject.clone(),
             audience: claims.aud.clone(),
@@ -409,6 +410,10 @@ impl Broker {
             IssueOutcome::SystemStopped => Err(ExchangeError::Denied(Denial::new(
                 DenyCode::AccessDenied,
                 format!("system {} was suspended or retired while the request was decided", ctx.system.id),
+            ))),
+            IssueOutcome::GrantChanged => Err(ExchangeError::Denied(Denial::new(
+                DenyCode::AccessDenied,
+                format!("grant {} was removed or changed while the request was decided; retry", ctx.grant.id),
             ))),
         }
     }

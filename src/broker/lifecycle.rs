@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::catalog::{self, Actor, ChangeError};
 use super::{Broker, Unavailable};
+use crate::domain::catalog::Change;
 use crate::domain::lifecycle;
 use crate::domain::model::{OwnerStatus, SystemState};
 use crate::domain::rfc3339;
@@ -23,8 +25,7 @@ const MARK_BATCH: u32 = 1000;
 const MARK_BATCHES_PER_PASS: u32 = 100;
 /// After this many failed attempts a job is reported as failing.
 pub const FAILING_AFTER: i64 = 3;
-/// The actor named in events the reaper records.
-pub const LIFECYCLE_ACTOR: &str = "lifecycle";
+pub use super::catalog::LIFECYCLE_ACTOR;
 
 /// What one reaper pass did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -78,41 +79,35 @@ impl Broker {
         Ok(report)
     }
 
-    /// Suspends every active system whose pilot ended or whose owner lapsed
-    /// at `now`, revoking what it holds. Operator actions that could cure a
-    /// lapse (recertifying, promoting, changing dates or owners) run this
-    /// first, so a lapse is never quietly undone: the system stays suspended
-    /// and its old credentials revoked until someone reinstates it.
+    /// Suspends every active system that has lapsed at `now` (pilot ended,
+    /// owner departed or lapsed, production without what it requires),
+    /// revoking what it holds, through the same catalog transaction every
+    /// change takes (see [`super::catalog`]). Most passes find nothing and
+    /// take no write lock.
     pub async fn suspend_lapsed(&self, now: OffsetDateTime) -> Result<ReaperReport, Unavailable> {
         let mut report = ReaperReport::default();
         let systems = self.lifecycle.list_systems().await.map_err(Unavailable)?;
-        for view in &systems {
-            let Some(why) = lifecycle::lapse(view, now) else {
-                continue;
+        if !systems.iter().any(|view| lifecycle::lapse(view, now).is_some()) {
+            return Ok(report);
+        }
+        let meta = RequestMeta::default();
+        let actor = Actor { name: LIFECYCLE_ACTOR, meta: &meta };
+        let applied =
+            match catalog::change(self.catalog.as_ref(), &Change::Settle, &self.lifecycle_policy, &actor, now, true)
+                .await
+            {
+                Ok(applied) => applied,
+                Err(ChangeError::Store(e)) => return Err(Unavailable(e)),
+                // Settling refuses nothing; a refusal would be a bug, and
+                // the next pass tries again.
+                Err(ChangeError::Refused(refusal)) => {
+                    tracing::error!(%refusal, "settling lapsed systems was refused");
+                    return Ok(report);
+                }
             };
-            let suspended = match lifecycle::suspend(&view.system, &why) {
-                Ok(s) => s,
-                Err(_) => continue,
-            };
-            let mut event = AuditEvent::new("system.suspended", Outcome::Success, now, &RequestMeta::default());
-            event.actor = Some(LIFECYCLE_ACTOR.into());
-            event.system_id = Some(view.system.id.to_string());
-            event.owners = Some(view.system.owners_label());
-            event.reason = Some(why.clone());
-            event.detail = Some(serde_json::json!({
-                "system": suspended,
-                "business_owner": view.system.business_owner,
-                "technical_owner": view.system.technical_owner,
-            }));
-            let outcome = match self.lifecycle.save_system(&suspended, view.version, Some(&why), event).await {
-                Ok(outcome) => outcome,
-                // Changed meanwhile by an operator: judged again next pass.
-                Err(crate::store::StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(Unavailable(e)),
-            };
-            tracing::warn!(system.id = %view.system.id, reason = %why, revoked = outcome.revoked, "system suspended");
-            report.revoked += outcome.revoked;
-            report.suspended.push((view.system.id.to_string(), why));
+        for (system, why, revoked) in applied.lapses() {
+            report.revoked += revoked;
+            report.suspended.push((system, why));
         }
         Ok(report)
     }

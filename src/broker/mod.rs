@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod apply;
 pub mod audit;
+pub mod catalog;
 pub mod exchange;
 pub mod introspect;
 pub mod keys;
@@ -22,8 +23,8 @@ use crate::domain::lifecycle::LifecyclePolicy;
 use crate::domain::policy::TtlPolicy;
 use crate::keys::KeyringHandle;
 use crate::store::{
-    AdminTokenStore, AuditReader, CheckpointStore, CredentialStore, IssuanceLog, JobStore, LifecycleStore, PolicyStore,
-    StoreError,
+    AdminTokenStore, AuditReader, CatalogStore, CheckpointStore, CredentialStore, IssuanceLog, JobStore,
+    LifecycleStore, PolicyStore, StoreError,
 };
 
 /// Everything the use cases need, cheap to clone.
@@ -37,6 +38,8 @@ pub struct Broker {
     pub credentials: Arc<dyn CredentialStore>,
     pub admin_tokens: Arc<dyn AdminTokenStore>,
     pub lifecycle: Arc<dyn LifecycleStore>,
+    /// Owners, systems and grants are changed only through this.
+    pub catalog: Arc<dyn CatalogStore>,
     pub jobs: Arc<dyn JobStore>,
     /// Read-only audit access.
     pub audit: Arc<dyn AuditReader>,

@@ -1,12 +1,16 @@
 //! Operator use cases: systems, owners, grants, promotion, suspension,
 //! reinstatement and revocation. Each records an event naming the operator.
+//! Changes to the catalog go through [`super::catalog`], so the API follows
+//! the same rules as `apply`, the bootstrap apply and the reaper.
 
 use time::OffsetDateTime;
 
 use super::admin::AdminCaller;
+use super::catalog::{self, Actor, Applied, ChangeError};
 use super::{Broker, Unavailable};
-use crate::domain::lifecycle::{self, GateCheck, LifecycleError, SystemView, check_pilot_end};
-use crate::domain::model::{Grant, Owner, OwnerStatus, System, SystemState, Tier};
+use crate::domain::catalog::{Change, NewSystem, Refusal, SystemPatch};
+use crate::domain::lifecycle::{GateCheck, SystemView};
+use crate::domain::model::{Grant, Owner, System};
 use crate::domain::values::{GrantId, OwnerId, SystemId};
 use crate::store::{AuditEvent, CredentialSummary, Outcome, RequestMeta, RevocationOutcome, RevokeTarget, StoreError};
 
@@ -23,6 +27,13 @@ pub enum OpError {
     /// The promotion gate refused; every failed check is listed.
     #[error("promotion refused: {}", .0.join("; "))]
     Gate(Vec<String>),
+    /// The change would leave a production system without what production
+    /// requires; every failed check is listed.
+    #[error("production requires: {}", .0.join("; "))]
+    Invariant(Vec<String>),
+    /// A catalog is invalid; every problem names its entry and field.
+    #[error("the catalog is invalid: {}", .0.join("; "))]
+    Problems(Vec<String>),
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
 }
@@ -43,41 +54,25 @@ impl From<StoreError> for OpError {
     }
 }
 
-impl From<LifecycleError> for OpError {
-    fn from(e: LifecycleError) -> Self {
+impl From<Refusal> for OpError {
+    fn from(e: Refusal) -> Self {
         match e {
-            LifecycleError::Invalid(m) => match m.split_once(": ") {
-                Some((field, rest)) if field == "pilot_ends_at" => Self::invalid(field, rest),
-                _ => Self::Conflict(m),
-            },
-            LifecycleError::Conflict(m) => Self::Conflict(m),
-            LifecycleError::Gate(failed) => Self::Gate(failed),
+            Refusal::NotFound(m) => Self::NotFound(m),
+            Refusal::Invalid { field, message } => Self::Invalid { field, message },
+            Refusal::Conflict(m) => Self::Conflict(m),
+            Refusal::Gate(failed) => Self::Gate(failed),
+            Refusal::Invariant(failed) => Self::Invariant(failed),
         }
     }
 }
 
-/// Input for a new system.
-#[derive(Debug, Clone)]
-pub struct NewSystem {
-    pub id: SystemId,
-    pub name: String,
-    pub purpose: String,
-    pub business_owner: OwnerId,
-    pub technical_owner: OwnerId,
-    pub tier: Tier,
-    pub pilot_ends_at: Option<OffsetDateTime>,
-    pub data_classification: Option<String>,
-}
-
-/// Changes to a system's descriptive fields; `None` leaves a field alone.
-#[derive(Debug, Clone, Default)]
-pub struct SystemPatch {
-    pub name: Option<String>,
-    pub purpose: Option<String>,
-    pub business_owner: Option<OwnerId>,
-    pub technical_owner: Option<OwnerId>,
-    pub pilot_ends_at: Option<OffsetDateTime>,
-    pub data_classification: Option<String>,
+impl From<ChangeError> for OpError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::Refused(r) => r.into(),
+            ChangeError::Store(e) => Self::Unavailable(Unavailable(e)),
+        }
+    }
 }
 
 /// What a revocation did.
@@ -96,18 +91,6 @@ fn event(kind: &str, actor: &AdminCaller, now: OffsetDateTime, meta: &RequestMet
     e
 }
 
-fn system_event(kind: &str, actor: &AdminCaller, view: &System, now: OffsetDateTime, meta: &RequestMeta) -> AuditEvent {
-    let mut e = event(kind, actor, now, meta);
-    e.system_id = Some(view.id.to_string());
-    e.owners = Some(view.owners_label());
-    e.detail = Some(serde_json::json!({
-        "system": view,
-        "business_owner": view.business_owner,
-        "technical_owner": view.technical_owner,
-    }));
-    e
-}
-
 fn require_reason(reason: &str) -> Result<String, OpError> {
     let reason = reason.trim();
     if reason.is_empty() || reason.len() > 500 {
@@ -116,7 +99,57 @@ fn require_reason(reason: &str) -> Result<String, OpError> {
     Ok(reason.to_owned())
 }
 
+/// The system `id` as the plan left it.
+fn system_in(applied: &Applied, id: &SystemId) -> Result<System, OpError> {
+    applied.plan.state.systems.get(id).cloned().ok_or_else(|| OpError::NotFound(format!("system {id} does not exist")))
+}
+
+fn owner_in(applied: &Applied, id: &OwnerId) -> Result<Owner, OpError> {
+    applied.plan.state.owners.get(id).cloned().ok_or_else(|| OpError::NotFound(format!("owner {id} does not exist")))
+}
+
 impl Broker {
+    /// Plans and writes a catalog change on behalf of `actor` (see
+    /// [`super::catalog`]).
+    pub async fn change_catalog(
+        &self,
+        change: &Change,
+        actor: &AdminCaller,
+        meta: &RequestMeta,
+    ) -> Result<Applied, OpError> {
+        let name = actor.actor();
+        let actor = Actor { name: &name, meta };
+        let now = self.clock.now();
+        Ok(catalog::change(self.catalog.as_ref(), change, &self.lifecycle_policy, &actor, now, true).await?)
+    }
+
+    /// Applies a catalog (`POST /v1/catalog`, `halflife apply`): validated
+    /// field by field, then planned and written like every other change,
+    /// recorded under the caller's name. With `dry_run`, nothing is kept.
+    pub async fn apply_catalog(
+        &self,
+        file: super::apply::ApplyFile,
+        dry_run: bool,
+        actor: &AdminCaller,
+        meta: &RequestMeta,
+    ) -> Result<crate::domain::catalog::ApplyReport, OpError> {
+        let now = self.clock.now();
+        let limits = super::apply::Limits {
+            issuers: self.issuer_names.to_vec(),
+            backends: self.logins.backends(),
+            ceiling: self.limits.ceiling,
+            max_pilot: self.lifecycle_policy.max_pilot,
+            recertify_every: self.lifecycle_policy.recertify_every,
+        };
+        let catalog = super::apply::validate(file, &limits, now).map_err(OpError::Problems)?;
+        let name = actor.actor();
+        let actor = Actor { name: &name, meta };
+        let change = Change::Apply(catalog);
+        let applied =
+            catalog::change(self.catalog.as_ref(), &change, &self.lifecycle_policy, &actor, now, !dry_run).await?;
+        Ok(applied.plan.report)
+    }
+
     pub async fn systems(&self) -> Result<Vec<SystemView>, OpError> {
         Ok(self.lifecycle.list_systems().await?)
     }
@@ -131,35 +164,9 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<System, OpError> {
-        let now = self.clock.now();
-        match input.tier {
-            Tier::Production => {
-                return Err(OpError::invalid(
-                    "tier",
-                    "a system starts as sandbox or pilot and reaches production through promotion",
-                ));
-            }
-            Tier::Sandbox | Tier::Pilot => {
-                let end = input.pilot_ends_at.ok_or_else(|| {
-                    OpError::invalid("pilot_ends_at", "sandbox and pilot systems need an end date (RFC 3339)")
-                })?;
-                check_pilot_end(end, now, &self.lifecycle_policy).map_err(|m| OpError::invalid("pilot_ends_at", m))?;
-            }
-        }
-        let system = System {
-            id: input.id,
-            name: non_empty("name", input.name)?,
-            purpose: non_empty("purpose", input.purpose)?,
-            business_owner: input.business_owner,
-            technical_owner: input.technical_owner,
-            tier: input.tier,
-            state: SystemState::Active,
-            pilot_ends_at: input.pilot_ends_at,
-            data_classification: input.data_classification.filter(|d| !d.trim().is_empty()),
-            suspended_reason: None,
-        };
-        self.lifecycle.create_system(&system, system_event("system.created", actor, &system, now, meta)).await?;
-        Ok(system)
+        let id = input.id.clone();
+        let applied = self.change_catalog(&Change::CreateSystem(input), actor, meta).await?;
+        system_in(&applied, &id)
     }
 
     pub async fn update_system(
@@ -169,36 +176,8 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<System, OpError> {
-        let now = self.clock.now();
-        self.suspend_lapsed(now).await?;
-        let view = self.system_view(id).await?;
-        let version = view.version;
-        let mut system = view.system;
-        if let Some(name) = patch.name {
-            system.name = non_empty("name", name)?;
-        }
-        if let Some(purpose) = patch.purpose {
-            system.purpose = non_empty("purpose", purpose)?;
-        }
-        if let Some(o) = patch.business_owner {
-            system.business_owner = o;
-        }
-        if let Some(o) = patch.technical_owner {
-            system.technical_owner = o;
-        }
-        if let Some(end) = patch.pilot_ends_at {
-            if system.tier == Tier::Production {
-                return Err(OpError::invalid("pilot_ends_at", "a production system has no pilot end"));
-            }
-            check_pilot_end(end, now, &self.lifecycle_policy).map_err(|m| OpError::invalid("pilot_ends_at", m))?;
-            system.pilot_ends_at = Some(end);
-        }
-        if let Some(c) = patch.data_classification {
-            system.data_classification = Some(c).filter(|d| !d.trim().is_empty());
-        }
-        let event = system_event("system.changed", actor, &system, now, meta);
-        self.lifecycle.save_system(&system, version, None, event).await?;
-        Ok(system)
+        let applied = self.change_catalog(&Change::UpdateSystem { id: id.clone(), patch }, actor, meta).await?;
+        system_in(&applied, id)
     }
 
     pub async fn promote_system(
@@ -208,29 +187,9 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<(System, Vec<GateCheck>), OpError> {
-        let now = self.clock.now();
-        self.suspend_lapsed(now).await?;
-        let view = self.system_view(id).await?;
-        let (promoted, checks) =
-            match lifecycle::promote(&view, &actor.name, pilot_ends_at, now, &self.lifecycle_policy) {
-                Ok(done) => done,
-                Err(e) => {
-                    // A refused gate is a decision too: record it.
-                    let mut refused = system_event("system.promotion_refused", actor, &view.system, now, meta);
-                    refused.outcome = Outcome::Denied;
-                    refused.reason = Some(e.to_string());
-                    self.log.record_event(refused).await.map_err(Unavailable)?;
-                    return Err(e.into());
-                }
-            };
-        let mut e = system_event("system.promoted", actor, &promoted, now, meta);
-        e.reason = Some(format!("{} → {} approved by {}", view.system.tier, promoted.tier, actor.actor()));
-        if let Some(serde_json::Value::Object(map)) = &mut e.detail {
-            map.insert("gate".into(), serde_json::json!(checks));
-            map.insert("approver".into(), serde_json::json!(actor.actor()));
-        }
-        self.lifecycle.save_system(&promoted, view.version, None, e).await?;
-        Ok((promoted, checks))
+        let change = Change::Promote { id: id.clone(), pilot_ends_at, approver: actor.name.clone() };
+        let applied = self.change_catalog(&change, actor, meta).await?;
+        Ok((system_in(&applied, id)?, applied.plan.gate.clone()))
     }
 
     pub async fn suspend_system(
@@ -240,7 +199,7 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<(System, RevocationOutcome), OpError> {
-        let stopped = self.stop_system(id, reason, actor, meta, "system.suspended", lifecycle::suspend).await?;
+        let stopped = self.stop_system(id, reason, actor, meta, false).await?;
         self.stats.revoked(super::stats::RevocationKind::Suspension);
         Ok(stopped)
     }
@@ -252,7 +211,7 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<(System, RevocationOutcome), OpError> {
-        let stopped = self.stop_system(id, reason, actor, meta, "system.retired", lifecycle::retire).await?;
+        let stopped = self.stop_system(id, reason, actor, meta, true).await?;
         self.stats.revoked(super::stats::RevocationKind::Retirement);
         Ok(stopped)
     }
@@ -264,33 +223,26 @@ impl Broker {
         reason: &str,
         actor: &AdminCaller,
         meta: &RequestMeta,
-        kind: &str,
-        transition: fn(&System, &str) -> Result<System, LifecycleError>,
+        retire: bool,
     ) -> Result<(System, RevocationOutcome), OpError> {
         let reason = require_reason(reason)?;
-        let now = self.clock.now();
-        let view = self.system_view(id).await?;
-        let stopped = transition(&view.system, &format!("{reason} (by {})", actor.name))?;
-        let mut e = system_event(kind, actor, &stopped, now, meta);
-        e.reason = Some(reason.clone());
-        let outcome = self.lifecycle.save_system(&stopped, view.version, Some(&reason), e).await?;
-        Ok((stopped, outcome))
+        let change = Change::Stop { id: id.clone(), reason, by: actor.name.clone(), retire };
+        let applied = self.change_catalog(&change, actor, meta).await?;
+        let revoked = applied.revoked_by_stop_of(id.as_str());
+        Ok((system_in(&applied, id)?, RevocationOutcome { revoked }))
     }
 
     pub async fn reinstate_system(
         &self,
         id: &SystemId,
         pilot_ends_at: Option<OffsetDateTime>,
+        reason: Option<String>,
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<System, OpError> {
-        let now = self.clock.now();
-        let view = self.system_view(id).await?;
-        let reinstated = lifecycle::reinstate(&view, pilot_ends_at, now, &self.lifecycle_policy)?;
-        let mut e = system_event("system.reinstated", actor, &reinstated, now, meta);
-        e.reason = view.system.suspended_reason.clone().map(|r| format!("was: {r}"));
-        self.lifecycle.save_system(&reinstated, view.version, None, e).await?;
-        Ok(reinstated)
+        let change = Change::Reinstate { id: id.clone(), pilot_ends_at, reason };
+        let applied = self.change_catalog(&change, actor, meta).await?;
+        system_in(&applied, id)
     }
 
     /// Revokes every credential a system holds, without suspending it.
@@ -418,49 +370,26 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<Owner, OpError> {
-        let now = self.clock.now();
-        if !email.contains('@') || email.chars().any(char::is_whitespace) || email.len() > 254 {
-            return Err(OpError::invalid("email", "must be an email address"));
-        }
-        let owner = Owner {
-            id,
-            display_name: non_empty("display_name", display_name)?,
-            email,
-            status: OwnerStatus::Active,
-            attested_until: now + self.lifecycle_policy.recertify_every,
-        };
-        let mut e = event("owner.created", actor, now, meta);
-        e.owners = Some(owner.id.to_string());
-        e.detail = Some(serde_json::json!(owner));
-        self.lifecycle.create_owner(&owner, e).await?;
-        Ok(owner)
+        let applied =
+            self.change_catalog(&Change::CreateOwner { id: id.clone(), display_name, email }, actor, meta).await?;
+        owner_in(&applied, &id)
     }
 
-    /// The owner re-attests ownership for another period.
+    /// The owner re-attests ownership for another period. A lapse that
+    /// already happened is settled first: recertifying revives no
+    /// credential; lapsed systems need reinstatement.
     pub async fn recertify_owner(
         &self,
         id: &OwnerId,
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<Owner, OpError> {
-        let now = self.clock.now();
-        // A lapse that already happened is settled first: recertifying
-        // revives no credential; lapsed systems need reinstatement.
-        self.suspend_lapsed(now).await?;
-        let mut owner = self.owner(id).await?;
-        if owner.status == OwnerStatus::Departed {
-            return Err(OpError::Conflict(format!("owner {id} has departed and cannot be recertified")));
-        }
-        owner.attested_until = now + self.lifecycle_policy.recertify_every;
-        let mut e = event("owner.recertified", actor, now, meta);
-        e.owners = Some(owner.id.to_string());
-        e.detail = Some(serde_json::json!(owner));
-        self.lifecycle.save_owner(&owner, e).await?;
-        Ok(owner)
+        let applied = self.change_catalog(&Change::RecertifyOwner(id.clone()), actor, meta).await?;
+        owner_in(&applied, id)
     }
 
-    /// Marks the owner departed: their systems stop operating at once (the
-    /// exchange and introspection check owners) and the reaper suspends them.
+    /// Marks the owner departed: their systems are suspended in the same
+    /// transaction.
     pub async fn depart_owner(
         &self,
         id: &OwnerId,
@@ -468,20 +397,9 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<Owner, OpError> {
-        let now = self.clock.now();
-        let mut owner = self.owner(id).await?;
-        if owner.status == OwnerStatus::Departed {
-            return Err(OpError::Conflict(format!("owner {id} has already departed")));
-        }
-        owner.status = OwnerStatus::Departed;
-        let mut e = event("owner.departed", actor, now, meta);
-        e.owners = Some(owner.id.to_string());
-        e.reason = reason.map(str::to_owned);
-        e.detail = Some(serde_json::json!(owner));
-        self.lifecycle.save_owner(&owner, e).await?;
-        // Their systems stop at once, not at the next reaper tick.
-        self.suspend_lapsed(now).await?;
-        Ok(owner)
+        let change = Change::DepartOwner { id: id.clone(), reason: reason.map(str::to_owned) };
+        let applied = self.change_catalog(&change, actor, meta).await?;
+        owner_in(&applied, id)
     }
 
     pub async fn grants_of(&self, id: &SystemId) -> Result<Vec<Grant>, OpError> {
@@ -490,42 +408,28 @@ impl Broker {
     }
 
     pub async fn create_grant(&self, grant: Grant, actor: &AdminCaller, meta: &RequestMeta) -> Result<Grant, OpError> {
-        let view = self.system_view(&grant.system).await?;
-        let now = self.clock.now();
-        let mut e = event("grant.created", actor, now, meta);
-        e.owners = Some(view.system.owners_label());
-        e.system_id = Some(grant.system.to_string());
-        e.grant_id = Some(grant.id.to_string());
-        e.detail = Some(serde_json::json!(grant));
-        self.lifecycle.create_grant(&grant, e).await?;
+        self.change_catalog(&Change::CreateGrant(grant.clone()), actor, meta).await?;
         Ok(grant)
     }
 
+    /// Removes a grant and revokes what was issued under it; returns how
+    /// many credentials that made inactive.
     pub async fn delete_grant(
         &self,
         system: &SystemId,
         grant: &GrantId,
         actor: &AdminCaller,
         meta: &RequestMeta,
-    ) -> Result<(), OpError> {
-        let now = self.clock.now();
-        let view = self.system_view(system).await?;
-        let mut e = event("grant.deleted", actor, now, meta);
-        e.owners = Some(view.system.owners_label());
-        e.system_id = Some(system.to_string());
-        e.grant_id = Some(grant.to_string());
-        if self.lifecycle.delete_grant(system, grant, e).await? {
-            Ok(())
-        } else {
-            Err(OpError::NotFound(format!("system {system} has no grant {grant}")))
-        }
+    ) -> Result<u64, OpError> {
+        let change = Change::DeleteGrant { system: system.clone(), grant: grant.clone() };
+        let applied = self.change_catalog(&change, actor, meta).await?;
+        Ok(applied
+            .plan
+            .steps
+            .iter()
+            .zip(&applied.revoked)
+            .filter(|(step, _)| matches!(step, crate::domain::catalog::Step::GrantDeleted(_)))
+            .map(|(_, n)| n)
+            .sum())
     }
-}
-
-fn non_empty(field: &str, value: String) -> Result<String, OpError> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() || trimmed.len() > 500 {
-        return Err(OpError::invalid(field, "must be 1-500 characters"));
-    }
-    Ok(trimmed.to_owned())
 }

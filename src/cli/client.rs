@@ -48,11 +48,15 @@ pub enum SystemsCommand {
         #[arg(long)]
         reason: String,
     },
-    /// Reinstate a suspended or retired system (pilots need a new end date).
+    /// Reinstate a suspended or retired system (pilots need a new end date; one beyond the pilot's
+    /// lifecycle.max_pilot allowance starts a new period and needs --reason).
     Reinstate {
         id: String,
         #[arg(long)]
         pilot_ends_at: Option<String>,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Retire a system and revoke everything it holds.
     Retire {
@@ -265,6 +269,7 @@ impl Client {
                 value.get("error_description").and_then(Value::as_str).map_or_else(|| value.to_string(), str::to_owned);
             let failed = value
                 .get("failed_checks")
+                .or_else(|| value.get("problems"))
                 .and_then(Value::as_array)
                 .map(|c| c.iter().filter_map(Value::as_str).map(|s| format!("\n  - {s}")).collect::<String>())
                 .unwrap_or_default();
@@ -374,6 +379,41 @@ fn path_segment(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// Prints what an apply did (or would do).
+pub fn print_apply_report(report: &Value, dry_run: bool) {
+    let verb = if dry_run { "would be " } else { "" };
+    let items = |key: &str| report.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
+    for (key, label) in [("created", "created "), ("updated", "updated "), ("suspended", "suspended")] {
+        for item in items(key) {
+            println!("{verb}{label} {}", item.as_str().unwrap_or_default());
+        }
+    }
+    println!(
+        "{} created, {} updated, {} unchanged, {} suspended{}",
+        items("created").len(),
+        items("updated").len(),
+        items("unchanged").len(),
+        items("suspended").len(),
+        if dry_run { " (dry run: nothing changed)" } else { "" }
+    );
+}
+
+/// `halflife apply -f <file>` through the server (`POST /v1/catalog`):
+/// the file is checked for its shape here and for everything else by the
+/// server, which records the change under the caller's token.
+pub async fn apply(remote: &Remote, file: &std::path::Path, dry_run: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("failed to read {}", file.display()))?;
+    let parsed = crate::broker::apply::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let client = Client::new(remote)?;
+    let path = if dry_run { "/v1/catalog?dry_run=true" } else { "/v1/catalog" };
+    let report = client
+        .call(Method::POST, path, Some(serde_json::to_value(&parsed)?))
+        .await
+        .with_context(|| format!("{} was not applied", file.display()))?;
+    client.print(&report, |r| print_apply_report(r, dry_run));
+    Ok(())
+}
+
 pub async fn systems(remote: &Remote, command: SystemsCommand) -> anyhow::Result<()> {
     let c = Client::new(remote)?;
     match command {
@@ -444,8 +484,8 @@ pub async fn systems(remote: &Remote, command: SystemsCommand) -> anyhow::Result
                 .await?;
             c.print(&v, |v| println!("{id} retired; {} credential(s) revoked", cell(v, "revoked")));
         }
-        SystemsCommand::Reinstate { id, pilot_ends_at } => {
-            let body = json!({"pilot_ends_at": pilot_ends_at.as_deref().map(when).transpose()?});
+        SystemsCommand::Reinstate { id, pilot_ends_at, reason } => {
+            let body = json!({"pilot_ends_at": pilot_ends_at.as_deref().map(when).transpose()?, "reason": reason});
             let v = c.call(Method::POST, &format!("/v1/systems/{}/reinstate", path_segment(&id)), Some(body)).await?;
             c.print(&v, |v| println!("{} reinstated ({})", cell(v, "id"), cell(v, "state")));
         }
@@ -544,15 +584,16 @@ pub async fn grants(remote: &Remote, command: GrantsCommand) -> anyhow::Result<(
             c.print(&v, record);
         }
         GrantsCommand::Delete { system, grant } => {
-            c.call(
-                Method::DELETE,
-                &format!("/v1/systems/{}/grants/{}", path_segment(&system), path_segment(&grant)),
-                None,
-            )
-            .await?;
-            if !c.json {
-                println!("grant {grant} deleted");
-            }
+            let v = c
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/systems/{}/grants/{}", path_segment(&system), path_segment(&grant)),
+                    None,
+                )
+                .await?;
+            c.print(&v, |v| {
+                println!("grant {grant} deleted; {} credential(s) issued under it revoked", cell(v, "revoked"))
+            });
         }
     }
     Ok(())

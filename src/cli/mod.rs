@@ -60,7 +60,8 @@ pub enum LocalCommand {
     Serve,
     /// Create or upgrade the database schema, then exit.
     Migrate,
-    /// Load owners, systems and grants from a file (idempotent; prints what changed).
+    /// Load owners, systems and grants from a file (idempotent; prints what changed): through the
+    /// running server (needs HALFLIFE_TOKEN), or with --local directly on the database.
     Apply(ApplyArgs),
     /// Development helpers (work only while dev.enabled = true).
     #[command(subcommand)]
@@ -148,6 +149,12 @@ pub struct ApplyArgs {
     /// Show what would change without changing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Apply directly on the database of --config instead of through the server; recorded as a
+    /// local apply by the operating-system user and host running it.
+    #[arg(long)]
+    pub local: bool,
+    #[command(flatten)]
+    pub remote: client::Remote,
 }
 
 #[derive(Debug, Subcommand)]
@@ -345,9 +352,12 @@ fn check_config(config_path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyhow::Result<()> {
-    match command {
+    match &command {
         LocalCommand::Config(ConfigCommand::Check) => return check_config(config_path),
-        LocalCommand::Healthcheck { url } => return healthcheck(&url).await,
+        LocalCommand::Healthcheck { url } => return healthcheck(url).await,
+        LocalCommand::Apply(args) if !args.local => {
+            return client::apply(&args.remote, &args.file, args.dry_run).await;
+        }
         _ => {}
     }
     let config = Config::load(config_path)?;
@@ -363,23 +373,10 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
         }
         LocalCommand::Apply(args) => {
             let store = app::open_store(&config, false).await?.store;
-            let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
             let report =
-                app::apply_file(store.as_ref(), &config, &args.file, &actor, SystemClock.now(), args.dry_run).await?;
-            let verb = if args.dry_run { "would be " } else { "" };
-            for item in &report.created {
-                println!("{verb}created  {item}");
-            }
-            for item in &report.updated {
-                println!("{verb}updated  {item}");
-            }
-            println!(
-                "{} created, {} updated, {} unchanged{}",
-                report.created.len(),
-                report.updated.len(),
-                report.unchanged.len(),
-                if args.dry_run { " (dry run: nothing changed)" } else { "" }
-            );
+                app::apply_file(store.as_ref(), &config, &args.file, &local_actor(), SystemClock.now(), args.dry_run)
+                    .await?;
+            client::print_apply_report(&serde_json::json!(report), args.dry_run);
             Ok(())
         }
         LocalCommand::Dev(DevCommand::Token(args)) => {
@@ -407,15 +404,16 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
         LocalCommand::Config(ConfigCommand::Check) => check_config(config_path),
         LocalCommand::Healthcheck { url } => healthcheck(&url).await,
         LocalCommand::Admin(AdminCommand::Token(AdminTokenCommand::Create(args))) => {
-            let name = args.name.trim();
-            if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-                bail!("--name must be 1-128 printable characters");
-            }
+            let name = crate::broker::admin::check_token_name(&args.name).map_err(|e| anyhow::anyhow!("--name {e}"))?;
             let store = app::open_store(&config, false).await?.store;
-            let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
-            let (record, token) =
-                crate::broker::admin::create_admin_token(store.as_ref(), args.role, name, &actor, SystemClock.now())
-                    .await?;
+            let (record, token) = crate::broker::admin::create_admin_token(
+                store.as_ref(),
+                args.role,
+                name,
+                &local_actor(),
+                SystemClock.now(),
+            )
+            .await?;
             eprintln!(
                 "created {} token {:?} (id {}); it is shown once and stored only as a hash:",
                 args.role, record.name, record.id
@@ -426,9 +424,46 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
     }
 }
 
+/// Who runs a command directly on the database, as the operating system
+/// tells this process (never from the environment, which the caller
+/// sets): `local:<user>(uid=<uid>)@<host>`.
+pub fn local_actor() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:").and_then(|ids| ids.split_whitespace().next()).map(str::to_owned))
+    });
+    let user = uid.as_deref().and_then(|uid| {
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)? == uid).then(|| name.to_owned())
+        })
+    });
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    let who = match (user, uid) {
+        (Some(user), Some(uid)) => format!("{user}(uid={uid})"),
+        (None, Some(uid)) => format!("uid={uid}"),
+        _ => "unknown-user".to_owned(),
+    };
+    crate::domain::identity::visible(&format!("local:{who}@{host}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_actor_comes_from_the_process_not_the_environment() {
+        let actor = local_actor();
+        assert!(actor.starts_with("local:"), "{actor}");
+        assert!(actor.contains("uid="), "{actor}");
+        assert!(actor.contains('@'), "{actor}");
+    }
 
     #[test]
     fn a_key_id_that_starts_with_a_hyphen_is_a_key_id() {

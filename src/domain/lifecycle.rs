@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::identity;
 use super::model::{Owner, OwnerStatus, System, SystemState, Tier};
 use super::rfc3339;
 
@@ -42,22 +43,29 @@ pub struct SystemView {
     pub technical_owner: Owner,
     #[serde(skip)]
     pub grants: usize,
-    /// The stored row's version: writes name it, so a stale copy can never
-    /// overwrite a newer state.
-    #[serde(skip)]
-    pub version: i64,
 }
 
 /// A refused lifecycle step, with the reason phrased for the operator.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LifecycleError {
-    #[error("{0}")]
-    Invalid(String),
+    /// A request value is wrong; `field` names it.
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
     #[error("{0}")]
     Conflict(String),
     /// A gate check failed; the list names every failed check.
     #[error("promotion refused: {}", .0.join("; "))]
     Gate(Vec<String>),
+    /// The step would leave a production system without what production
+    /// requires; the list names every failed check.
+    #[error("production requires: {}", .0.join("; "))]
+    Invariant(Vec<String>),
+}
+
+impl LifecycleError {
+    fn pilot_end(message: String) -> Self {
+        Self::Invalid { field: "pilot_ends_at", message }
+    }
 }
 
 /// One check of a promotion gate, recorded with its outcome.
@@ -68,17 +76,33 @@ pub struct GateCheck {
     pub detail: String,
 }
 
-/// Validates a sandbox/pilot end date: in the future, within the maximum
-/// pilot length.
-pub fn check_pilot_end(end: OffsetDateTime, now: OffsetDateTime, policy: &LifecyclePolicy) -> Result<(), String> {
+/// The latest end a sandbox or pilot that entered its tier at `started`
+/// may have: its whole length is at most `lifecycle.max_pilot`, however
+/// often its end date is moved.
+pub fn pilot_allowance(started: OffsetDateTime, policy: &LifecyclePolicy) -> OffsetDateTime {
+    started.checked_add(policy.max_pilot.try_into().unwrap_or(time::Duration::MAX)).unwrap_or(started)
+}
+
+/// Validates a sandbox/pilot end date: in the future, and within
+/// `lifecycle.max_pilot` of the moment the system entered its tier.
+pub fn check_pilot_end(
+    end: OffsetDateTime,
+    now: OffsetDateTime,
+    tier_started_at: OffsetDateTime,
+    policy: &LifecyclePolicy,
+) -> Result<(), String> {
     if end <= now {
         return Err(format!("pilot_ends_at {} is not in the future", rfc3339(end)));
     }
-    if end > now + policy.max_pilot {
+    let allowance = pilot_allowance(tier_started_at, policy);
+    if end > allowance {
         return Err(format!(
-            "pilot_ends_at {} is more than the maximum pilot length ({}) away",
+            "pilot_ends_at {} is beyond {}: a sandbox or pilot lasts at most lifecycle.max_pilot ({}) from the \
+             moment it entered its tier ({}); promote it, or reinstate it with a reason to start a new period",
             rfc3339(end),
-            humantime::format_duration(policy.max_pilot)
+            rfc3339(allowance),
+            humantime::format_duration(policy.max_pilot),
+            rfc3339(tier_started_at)
         ));
     }
     Ok(())
@@ -88,16 +112,90 @@ fn owner_active(owner: &Owner, now: OffsetDateTime) -> bool {
     owner.lapse_reason(now).is_none()
 }
 
-/// Whether `who` (an operator's recorded name) is one of the system's owners.
+/// Whether `who` (an operator's recorded name, or an email address) is one
+/// of the system's owners, compared as people read names (see
+/// [`identity`]): a look-alike spelling is the same person.
 fn is_owner(view: &SystemView, who: &str) -> bool {
-    let who = who.trim().to_lowercase();
-    [&view.business_owner, &view.technical_owner].iter().any(|o| o.id.as_str() == who || o.email.to_lowercase() == who)
+    [&view.business_owner, &view.technical_owner].iter().any(|o| {
+        identity::same(who, o.id.as_str())
+            || identity::same_email(who, &o.email)
+            || (identity::email_key(who).is_none() && identity::same(who, &o.display_name))
+    })
+}
+
+/// Whether the two owners are different people: different ids and
+/// different email addresses, compared as people read them.
+pub fn distinct_owners(a: &Owner, b: &Owner) -> bool {
+    a.id != b.id && !identity::same(a.id.as_str(), b.id.as_str()) && !identity::same_email(&a.email, &b.email)
+}
+
+/// What a production system must have for as long as it is in production,
+/// not only when it is promoted: two active owners who are different
+/// people, a data classification, and at least one grant.
+pub fn production_checks(view: &SystemView, now: OffsetDateTime) -> Vec<GateCheck> {
+    let mut checks = Vec::new();
+    for (role, owner) in [("business_owner", &view.business_owner), ("technical_owner", &view.technical_owner)] {
+        checks.push(match owner.lapse_reason(now) {
+            None => GateCheck { check: role, passed: true, detail: format!("{} is active", owner.id) },
+            Some(why) => GateCheck { check: role, passed: false, detail: why },
+        });
+    }
+    checks.extend(structural_checks(view));
+    checks
+}
+
+/// The production checks a change can break (the owners' activity is
+/// broken by time and the outside world instead).
+pub fn structural_checks(view: &SystemView) -> Vec<GateCheck> {
+    let distinct = distinct_owners(&view.business_owner, &view.technical_owner);
+    let classified = view.system.data_classification.as_deref().is_some_and(|c| !c.trim().is_empty());
+    vec![
+        GateCheck {
+            check: "distinct_owners",
+            passed: distinct,
+            detail: if distinct {
+                "business and technical owners are different people".into()
+            } else {
+                format!(
+                    "the business owner ({}, {}) and the technical owner ({}, {}) must be different people",
+                    view.business_owner.id,
+                    identity::visible(&view.business_owner.email),
+                    view.technical_owner.id,
+                    identity::visible(&view.technical_owner.email)
+                )
+            },
+        },
+        GateCheck {
+            check: "data_classification",
+            passed: classified,
+            detail: if classified {
+                view.system.data_classification.clone().unwrap_or_default()
+            } else {
+                "data_classification must be set".into()
+            },
+        },
+        GateCheck {
+            check: "grants",
+            passed: view.grants > 0,
+            detail: if view.grants > 0 {
+                format!("{} grant(s)", view.grants)
+            } else {
+                "the system needs at least one grant".into()
+            },
+        },
+    ]
+}
+
+/// The failed checks, as `check: detail`.
+pub fn failures(checks: &[GateCheck]) -> Vec<String> {
+    checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.check, c.detail)).collect()
 }
 
 /// Promotes one tier. Sandbox → pilot needs an end date (given or already
-/// set) and both owners; pilot → production needs both owners active and
-/// distinct, a data classification, at least one grant, and an approver who
-/// is not an owner. Returns the promoted system and the checks made.
+/// set) within `max_pilot` from now, and both owners; pilot → production
+/// needs everything production requires ([`production_checks`]) and an
+/// approver who is not an owner. The promoted system enters its new tier
+/// now. Returns the promoted system and the checks made.
 pub fn promote(
     view: &SystemView,
     approver: &str,
@@ -113,73 +211,39 @@ pub fn promote(
         )));
     }
     let mut checks = Vec::new();
-    let mut check = |check: &'static str, passed: bool, detail: String| {
-        checks.push(GateCheck { check, passed, detail });
-    };
     let mut promoted = system.clone();
     match system.tier {
         Tier::Sandbox => {
             let end = pilot_ends_at.or(system.pilot_ends_at);
-            match end {
-                None => check("pilot_ends_at", false, "a pilot needs pilot_ends_at".into()),
-                Some(end) => match check_pilot_end(end, now, policy) {
-                    Ok(()) => check("pilot_ends_at", true, rfc3339(end)),
-                    Err(why) => check("pilot_ends_at", false, why),
+            let (passed, detail) = match end {
+                None => (false, "a pilot needs pilot_ends_at".into()),
+                Some(end) => match check_pilot_end(end, now, now, policy) {
+                    Ok(()) => (true, rfc3339(end)),
+                    Err(why) => (false, why),
                 },
-            }
+            };
+            checks.push(GateCheck { check: "pilot_ends_at", passed, detail });
             let both = owner_active(&view.business_owner, now) && owner_active(&view.technical_owner, now);
-            check("owners", both, if both { "both owners active".into() } else { "both owners must be active".into() });
+            checks.push(GateCheck {
+                check: "owners",
+                passed: both,
+                detail: if both { "both owners active".into() } else { "both owners must be active".into() },
+            });
             promoted.tier = Tier::Pilot;
             promoted.pilot_ends_at = end;
         }
         Tier::Pilot => {
-            for (role, owner) in [("business_owner", &view.business_owner), ("technical_owner", &view.technical_owner)]
-            {
-                match owner.lapse_reason(now) {
-                    None => check(role, true, format!("{} is active", owner.id)),
-                    Some(why) => check(role, false, why),
-                }
-            }
-            let distinct = view.business_owner.id != view.technical_owner.id
-                && !view.business_owner.email.eq_ignore_ascii_case(&view.technical_owner.email);
-            check(
-                "distinct_owners",
-                distinct,
-                if distinct {
-                    "business and technical owners are different people".into()
-                } else {
-                    "the business and technical owner must be different people".into()
-                },
-            );
-            let classified = system.data_classification.as_deref().is_some_and(|c| !c.trim().is_empty());
-            check(
-                "data_classification",
-                classified,
-                if classified {
-                    system.data_classification.clone().unwrap_or_default()
-                } else {
-                    "data_classification must be set".into()
-                },
-            );
-            check(
-                "grants",
-                view.grants > 0,
-                if view.grants > 0 {
-                    format!("{} grant(s)", view.grants)
-                } else {
-                    "the system needs at least one grant".into()
-                },
-            );
+            checks.extend(production_checks(view, now));
             let independent = !is_owner(view, approver);
-            check(
-                "approver",
-                independent,
-                if independent {
-                    format!("approved by {approver}")
+            checks.push(GateCheck {
+                check: "approver",
+                passed: independent,
+                detail: if independent {
+                    format!("approved by {}", identity::visible(approver))
                 } else {
-                    format!("{approver} owns this system and cannot approve its promotion")
+                    format!("{} owns this system and cannot approve its promotion", identity::visible(approver))
                 },
-            );
+            });
             promoted.tier = Tier::Production;
             promoted.pilot_ends_at = None;
         }
@@ -187,8 +251,8 @@ pub fn promote(
             return Err(LifecycleError::Conflict(format!("system {} is already in production", system.id)));
         }
     }
-    let failed: Vec<String> =
-        checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.check, c.detail)).collect();
+    promoted.tier_started_at = now;
+    let failed = failures(&checks);
     if failed.is_empty() { Ok((promoted, checks)) } else { Err(LifecycleError::Gate(failed)) }
 }
 
@@ -216,40 +280,84 @@ pub fn retire(system: &System, reason: &str) -> Result<System, LifecycleError> {
     Ok(s)
 }
 
-/// Reinstates a suspended or retired system: both owners must be active,
-/// and a sandbox or pilot needs a new end date in the future.
+/// A reinstated system, and whether the reinstatement started a new
+/// sandbox or pilot period.
+#[derive(Debug, Clone)]
+pub struct Reinstated {
+    pub system: System,
+    pub new_period: bool,
+}
+
+/// Reinstates a suspended or retired system: both owners must be active; a
+/// production system must have everything production requires; a sandbox
+/// or pilot needs a new end date in the future. An end date within the
+/// period's allowance ([`pilot_allowance`]) continues the period; one
+/// beyond it starts a new period (from now), which needs a `reason`.
 pub fn reinstate(
     view: &SystemView,
     pilot_ends_at: Option<OffsetDateTime>,
+    reason: Option<&str>,
     now: OffsetDateTime,
     policy: &LifecyclePolicy,
-) -> Result<System, LifecycleError> {
+) -> Result<Reinstated, LifecycleError> {
     let system = &view.system;
     if system.state == SystemState::Active {
         return Err(LifecycleError::Conflict(format!("system {} is already active", system.id)));
     }
     for owner in [&view.business_owner, &view.technical_owner] {
         if let Some(why) = owner.lapse_reason(now) {
-            return Err(LifecycleError::Invalid(format!(
+            return Err(LifecycleError::Conflict(format!(
                 "cannot reinstate {}: {why}; recertify or replace the owner first",
                 system.id
             )));
         }
     }
     let mut s = system.clone();
-    if matches!(s.tier, Tier::Sandbox | Tier::Pilot) {
-        let end = pilot_ends_at.ok_or_else(|| {
-            LifecycleError::Invalid(format!("pilot_ends_at: reinstating {} {} needs a new end date", s.tier, s.id))
-        })?;
-        check_pilot_end(end, now, policy).map_err(|why| LifecycleError::Invalid(format!("pilot_ends_at: {why}")))?;
-        s.pilot_ends_at = Some(end);
+    let mut new_period = false;
+    match s.tier {
+        Tier::Sandbox | Tier::Pilot => {
+            let end = pilot_ends_at.ok_or_else(|| {
+                LifecycleError::pilot_end(format!("reinstating {} {} needs a new end date", s.tier, s.id))
+            })?;
+            if check_pilot_end(end, now, s.tier_started_at, policy).is_err() {
+                // Beyond this period's allowance: a new period, from now,
+                // decided by a person who says why.
+                check_pilot_end(end, now, now, policy).map_err(LifecycleError::pilot_end)?;
+                if reason.is_none_or(|r| r.trim().is_empty()) {
+                    return Err(LifecycleError::Invalid {
+                        field: "reason",
+                        message: format!(
+                            "{} would run past {} (lifecycle.max_pilot from when its {} began); reinstating it \
+                             for a new period needs a reason",
+                            s.id,
+                            rfc3339(pilot_allowance(s.tier_started_at, policy)),
+                            s.tier
+                        ),
+                    });
+                }
+                s.tier_started_at = now;
+                new_period = true;
+            }
+            s.pilot_ends_at = Some(end);
+        }
+        Tier::Production => {
+            if pilot_ends_at.is_some() {
+                return Err(LifecycleError::pilot_end("a production system has no pilot end".into()));
+            }
+            let failed = failures(&structural_checks(view));
+            if !failed.is_empty() {
+                return Err(LifecycleError::Invariant(failed));
+            }
+        }
     }
     s.state = SystemState::Active;
     s.suspended_reason = None;
-    Ok(s)
+    Ok(Reinstated { system: s, new_period })
 }
 
-/// Why the reaper must suspend this active system now, if it must.
+/// Why this active system must be suspended now, if it must: its pilot
+/// ended, an owner departed or lapsed, or (in production) it no longer has
+/// what production requires.
 pub fn lapse(view: &SystemView, now: OffsetDateTime) -> Option<String> {
     let system = &view.system;
     if system.state != SystemState::Active {
@@ -270,6 +378,12 @@ pub fn lapse(view: &SystemView, now: OffsetDateTime) -> Option<String> {
                 owner.id,
                 rfc3339(owner.attested_until)
             ));
+        }
+    }
+    if system.tier == Tier::Production {
+        let failed = failures(&structural_checks(view));
+        if !failed.is_empty() {
+            return Some(format!("production requires what it no longer has: {}", failed.join("; ")));
         }
     }
     None
@@ -307,11 +421,11 @@ mod tests {
                 pilot_ends_at: Some(NOW + 10 * DAY),
                 data_classification: Some("internal".into()),
                 suspended_reason: None,
+                tier_started_at: NOW - 20 * DAY,
             },
             business_owner: owner("biz"),
             technical_owner: owner("tech"),
             grants: 1,
-            version: 0,
         }
     }
 
@@ -346,6 +460,15 @@ mod tests {
         assert!(gate(&v, "carol").contains("business_owner"));
         assert!(gate(&pilot(), "tech").contains("approver"), "an owner cannot approve");
         assert!(gate(&pilot(), "BIZ@example.com").contains("approver"), "nor by email");
+        for alike in ["b\u{200b}iz", "ｂｉｚ", "biz+approve@example.com", "t\u{0435}ch", "tech\u{00ad}"] {
+            assert!(gate(&pilot(), alike).contains("approver"), "{alike:?} is an owner by another spelling");
+        }
+        let mut v = pilot();
+        v.technical_owner.email = "biz+tech@example.com".into();
+        assert!(gate(&v, "carol").contains("distinct_owners"), "one person with a tagged address");
+        let mut v = pilot();
+        v.technical_owner.email = "b\u{0456}z@example.com".into();
+        assert!(gate(&v, "carol").contains("distinct_owners"), "one person with a look-alike address");
     }
 
     #[test]
@@ -366,13 +489,52 @@ mod tests {
         let policy = LifecyclePolicy::default();
         let mut v = pilot();
         v.system = suspend(&v.system, "pilot ended").unwrap();
-        assert!(reinstate(&v, None, NOW, &policy).is_err());
-        assert!(reinstate(&v, Some(NOW - DAY), NOW, &policy).is_err());
-        let s = reinstate(&v, Some(NOW + DAY), NOW, &policy).unwrap();
-        assert_eq!(s.state, SystemState::Active);
-        assert_eq!(s.suspended_reason, None);
+        assert!(reinstate(&v, None, None, NOW, &policy).is_err());
+        assert!(reinstate(&v, Some(NOW - DAY), None, NOW, &policy).is_err());
+        let r = reinstate(&v, Some(NOW + DAY), None, NOW, &policy).unwrap();
+        assert_eq!(r.system.state, SystemState::Active);
+        assert_eq!(r.system.suspended_reason, None);
+        assert!(!r.new_period);
         v.technical_owner.attested_until = NOW;
-        assert!(reinstate(&v, Some(NOW + DAY), NOW, &policy).is_err());
+        assert!(reinstate(&v, Some(NOW + DAY), None, NOW, &policy).is_err());
+    }
+
+    #[test]
+    fn a_pilot_lasts_max_pilot_from_its_start_unless_a_reinstatement_with_a_reason_starts_a_new_period() {
+        let policy = LifecyclePolicy::default();
+        let v = pilot();
+        let started = v.system.tier_started_at;
+        assert!(check_pilot_end(started + 90 * DAY, NOW, started, &policy).is_ok());
+        let beyond = check_pilot_end(started + 91 * DAY, NOW, started, &policy).unwrap_err();
+        assert!(beyond.contains("max_pilot"), "{beyond}");
+
+        let mut v = pilot();
+        v.system = suspend(&v.system, "paused").unwrap();
+        let within = reinstate(&v, Some(started + 90 * DAY), None, NOW, &policy).unwrap();
+        assert!(!within.new_period);
+        assert_eq!(within.system.tier_started_at, started);
+        match reinstate(&v, Some(NOW + 80 * DAY), None, NOW, &policy) {
+            Err(LifecycleError::Invalid { field: "reason", .. }) => {}
+            other => panic!("a new period needs a reason, got {other:?}"),
+        }
+        let renewed = reinstate(&v, Some(NOW + 80 * DAY), Some("second phase approved"), NOW, &policy).unwrap();
+        assert!(renewed.new_period);
+        assert_eq!(renewed.system.tier_started_at, NOW);
+        assert!(reinstate(&v, Some(NOW + 91 * DAY), Some("too long"), NOW, &policy).is_err());
+    }
+
+    #[test]
+    fn production_requires_its_invariants_for_as_long_as_it_lasts() {
+        let mut v = pilot();
+        v.system.tier = Tier::Production;
+        v.system.pilot_ends_at = None;
+        assert_eq!(lapse(&v, NOW), None);
+        v.system.data_classification = Some(" ".into());
+        assert!(lapse(&v, NOW).unwrap().contains("data_classification"));
+        let mut stopped = v.clone();
+        stopped.system = suspend(&v.system, "x").unwrap();
+        assert!(matches!(reinstate(&stopped, None, None, NOW, &LifecyclePolicy::default()),
+            Err(LifecycleError::Invariant(failed)) if failed.join(" ").contains("data_classification")));
     }
 
     #[test]

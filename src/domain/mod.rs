@@ -1,5 +1,7 @@
 //! Pure types and rules: no I/O, no async. Time is always a parameter.
 
+pub mod catalog;
+pub mod identity;
 pub mod lifecycle;
 pub mod model;
 pub mod policy;

@@ -8,8 +8,8 @@ use time::OffsetDateTime;
 
 use super::values::{Audience, CredentialKind, GrantId, OwnerId, ScopeSet, SubjectMatch, SystemId};
 
-/// A system's stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A system's stage, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     Sandbox,
@@ -111,6 +111,10 @@ pub struct System {
     pub pilot_ends_at: Option<OffsetDateTime>,
     pub data_classification: Option<String>,
     pub suspended_reason: Option<String>,
+    /// When the system entered its tier: a sandbox or pilot lasts at most
+    /// `lifecycle.max_pilot` from here.
+    #[serde(with = "time::serde::rfc3339")]
+    pub tier_started_at: OffsetDateTime,
 }
 
 /// A rule binding workload identities to a system.
@@ -157,6 +161,9 @@ pub struct GrantContext {
     pub system: System,
     pub business_owner: Owner,
     pub technical_owner: Owner,
+    /// The grant row's version when it was read: an issuance decided on an
+    /// older version of its grant is refused at commit.
+    pub grant_version: i64,
 }
 
 /// What an administrative token may do.

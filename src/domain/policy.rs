@@ -230,9 +230,11 @@ mod tests {
                 pilot_ends_at: Some(now + Duration::from_secs(86400)),
                 data_classification: None,
                 suspended_reason: None,
+                tier_started_at: now,
             },
             business_owner: owner("b", now + Duration::from_secs(86400 * 30)),
             technical_owner: owner("t", now + Duration::from_secs(86400 * 30)),
+            grant_version: 0,
         }
     }
 

@@ -21,7 +21,7 @@ use super::extract::{Admin, JsonBody, Meta, Params};
 use super::openapi::ErrorBody;
 use crate::broker::admin::AdminCaller;
 use crate::broker::apply::{self, GrantEntry};
-use crate::broker::operator::{NewSystem, SystemPatch};
+use crate::domain::catalog::{NewSystem, SystemPatch};
 use crate::domain::model::{Role, Tier};
 use crate::domain::values::{GrantId, OwnerId, SystemId};
 use crate::store::RequestMeta;
@@ -48,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/owners/{id}/depart", post(depart))
         .route("/v1/owners/{id}/revoke", post(revoke_owner))
         .route("/v1/revoke", post(revoke))
+        .route("/v1/catalog", post(apply_catalog))
         .route("/v1/expiring", get(expiring))
         .route("/v1/jobs", get(jobs))
         .route("/v1/admin-tokens", post(create_admin_token))
@@ -156,6 +157,20 @@ struct EndDateBody {
     pilot_ends_at: Option<String>,
 }
 
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ReinstateBody {
+    /// The new end date of a sandbox or pilot.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pilot_ends_at: Option<String>,
+    /// Why; recorded. Required when the new end date starts a new
+    /// `lifecycle.max_pilot` period.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 500)]
+    reason: Option<String>,
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewOwnerBody {
@@ -210,6 +225,15 @@ struct RevokeBody {
 #[into_params(parameter_in = Query)]
 struct GrantQuery {
     id: String,
+}
+
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct CatalogQuery {
+    /// Plan and report, change nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -366,17 +390,17 @@ async fn retire(
     Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/systems/{id}/reinstate", tag = "systems", request_body(content = Option<EndDateBody>, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/systems/{id}/reinstate", tag = "systems", request_body(content = Option<ReinstateBody>, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn reinstate(
     State(state): State<AppState>,
     Admin(caller): Admin,
     Meta(meta): Meta,
     Path(id): Path<String>,
-    OptionalBody(body): OptionalBody<EndDateBody>,
+    OptionalBody(body): OptionalBody<ReinstateBody>,
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/systems/{id}/reinstate", &meta).await?;
     let end = time_field("pilot_ends_at", body.pilot_ends_at.as_deref())?;
-    let system = state.broker.reinstate_system(&system_id(&id)?, end, &caller, &meta).await?;
+    let system = state.broker.reinstate_system(&system_id(&id)?, end, body.reason, &caller, &meta).await?;
     Ok(Json(json!(system)).into_response())
 }
 
@@ -436,7 +460,7 @@ async fn create_grant(
     Ok((StatusCode::CREATED, Json(json!(grant))).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id"), GrantQuery), security(("admin_token" = [])), responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id"), GrantQuery), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`: deleted, and what was issued under it revoked", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Would leave a production system without a grant", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn delete_grant_by_query(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -446,11 +470,11 @@ async fn delete_grant_by_query(
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/systems/{id}/grants", &meta).await?;
     let grant = GrantId::parse(&query.id).map_err(|e| ApiError::NotFound(e.0))?;
-    state.broker.delete_grant(&system_id(&id)?, &grant, &caller, &meta).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let revoked = state.broker.delete_grant(&system_id(&id)?, &grant, &caller, &meta).await?;
+    Ok(Json(json!({"revoked": revoked})).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/systems/{id}/grants/{grant}", tag = "systems", params(("id" = String, Path, description = "System id"), ("grant" = String, Path, description = "Grant id")), security(("admin_token" = [])), responses((status = 204, description = "Deleted"), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/systems/{id}/grants/{grant}", tag = "systems", params(("id" = String, Path, description = "System id"), ("grant" = String, Path, description = "Grant id")), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`: deleted, and what was issued under it revoked", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Would leave a production system without a grant", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn delete_grant(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -459,8 +483,8 @@ async fn delete_grant(
 ) -> Result<Response, ApiError> {
     allow(&state, &caller, WRITE, "/v1/systems/{id}/grants/{grant}", &meta).await?;
     let grant = GrantId::parse(&grant).map_err(|e| ApiError::NotFound(e.0))?;
-    state.broker.delete_grant(&system_id(&id)?, &grant, &caller, &meta).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let revoked = state.broker.delete_grant(&system_id(&id)?, &grant, &caller, &meta).await?;
+    Ok(Json(json!({"revoked": revoked})).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/systems/{id}/credentials", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "Outstanding credentials (never the token)", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
@@ -574,6 +598,25 @@ async fn revoke(
     Ok(Json(json!(revocation)).into_response())
 }
 
+/// `POST /v1/catalog`: a catalog file (`halflife apply`) as JSON, applied
+/// under the caller's name by the same rules as every other change.
+#[utoipa::path(post, path = "/v1/catalog", tag = "operations", request_body(content = apply::ApplyFile, content_type = "application/json"), params(CatalogQuery), security(("admin_token" = [])), responses((status = 200, description = "`{created, updated, unchanged, suspended, dry_run}`", body = Object), (status = 400, description = "Invalid catalog; `problems` names each entry and field", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the rules or the current state (recorded as catalog.refused)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+async fn apply_catalog(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Meta(meta): Meta,
+    Params(query): Params<CatalogQuery>,
+    JsonBody(body): JsonBody<apply::ApplyFile>,
+) -> Result<Response, ApiError> {
+    allow(&state, &caller, WRITE, "/v1/catalog", &meta).await?;
+    let report = state.broker.apply_catalog(body, query.dry_run, &caller, &meta).await?;
+    let mut value = json!(report);
+    if let Some(map) = value.as_object_mut() {
+        map.insert("dry_run".into(), json!(query.dry_run));
+    }
+    Ok(Json(value).into_response())
+}
+
 #[utoipa::path(get, path = "/v1/expiring", tag = "operations", security(("admin_token" = [])), responses((status = 200, description = "`{deadlines, notices}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn expiring(State(state): State<AppState>, Admin(caller): Admin, Meta(meta): Meta) -> Result<Response, ApiError> {
     allow(&state, &caller, READ, "/v1/expiring", &meta).await?;
@@ -629,10 +672,8 @@ async fn create_admin_token(
         field: "role".into(),
         message: "must be admin, operator, auditor or introspector".into(),
     })?;
-    let name = body.name.trim();
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(ApiError::Invalid { field: "name".into(), message: "must be 1-128 printable characters".into() });
-    }
+    let name = crate::broker::admin::check_token_name(&body.name)
+        .map_err(|message| ApiError::Invalid { field: "name".into(), message })?;
     let (record, token) = crate::broker::admin::create_admin_token(
         state.broker.admin_tokens.as_ref(),
         role,
@@ -742,6 +783,7 @@ async fn retire_key(
         depart,
         revoke_owner,
         revoke,
+        apply_catalog,
         expiring,
         jobs,
         create_admin_token,
@@ -754,6 +796,7 @@ async fn retire_key(
         PatchSystemBody,
         ReasonBody,
         EndDateBody,
+        ReinstateBody,
         NewOwnerBody,
         DepartBody,
         NewGrantBody,

@@ -33,6 +33,12 @@ pub enum ApiError {
     Conflict(String),
     /// The promotion gate refused (409), listing every failed check.
     Gate(Vec<String>),
+    /// The change would leave a production system without what production
+    /// requires (409), listing every failed check.
+    Invariant(Vec<String>),
+    /// A catalog is invalid (400), listing every problem with its entry and
+    /// field.
+    Problems(Vec<String>),
     NotFound(String),
     MethodNotAllowed,
     UnsupportedMediaType(String),
@@ -66,6 +72,8 @@ impl From<crate::broker::operator::OpError> for ApiError {
             OpError::Invalid { field, message } => Self::Invalid { field, message },
             OpError::Conflict(m) => Self::Conflict(m),
             OpError::Gate(failed) => Self::Gate(failed),
+            OpError::Invariant(failed) => Self::Invariant(failed),
+            OpError::Problems(problems) => Self::Problems(problems),
             OpError::Unavailable(u) => u.into(),
         }
     }
@@ -105,6 +113,16 @@ impl IntoResponse for ApiError {
                 let description = format!("promotion refused: {}", failed.join("; "));
                 extra.insert("failed_checks".into(), json!(failed));
                 (StatusCode::CONFLICT, "promotion_refused", description)
+            }
+            Self::Invariant(failed) => {
+                let description = format!("production requires: {}", failed.join("; "));
+                extra.insert("failed_checks".into(), json!(failed));
+                (StatusCode::CONFLICT, "production_invariant", description)
+            }
+            Self::Problems(problems) => {
+                let description = format!("the catalog is invalid: {}", problems.join("; "));
+                extra.insert("problems".into(), json!(problems));
+                (StatusCode::BAD_REQUEST, "invalid_request", description)
             }
             Self::NotFound(d) => (StatusCode::NOT_FOUND, "not_found", d),
             Self::MethodNotAllowed => {

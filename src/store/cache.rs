@@ -60,6 +60,9 @@ pub struct Snapshot {
     pub systems: HashMap<String, SystemEntry>,
     /// `(issuer, subject)` → revocation epoch.
     pub workloads: HashMap<(String, String), i64>,
+    /// `(system, issuer, subject)` → revocation epoch raised by a removed
+    /// or narrowed grant that covered the workload in that system.
+    pub grant_epochs: HashMap<(String, String, String), i64>,
     pub admin_tokens: HashMap<[u8; 32], AdminTokenRecord>,
 }
 
@@ -71,6 +74,14 @@ impl Snapshot {
             return 0;
         }
         self.workloads.get(&(issuer.to_owned(), subject.to_owned())).copied().unwrap_or(0)
+    }
+
+    pub fn grant_epoch(&self, system: &str, issuer: &str, subject: &str) -> i64 {
+        // As for workloads: most catalogs never removed a grant.
+        if self.grant_epochs.is_empty() {
+            return 0;
+        }
+        self.grant_epochs.get(&(system.to_owned(), issuer.to_owned(), subject.to_owned())).copied().unwrap_or(0)
     }
 }
 
@@ -474,6 +485,7 @@ pub fn record_from(jti: &str, found: &Found, snapshot: &Snapshot) -> Option<Cred
         revoked_at,
         system_revoked_through: system.revoked_through,
         workload_revoked_through: snapshot.workload_epoch(&found.workload.0, &found.workload.1),
+        grant_revoked_through: snapshot.grant_epoch(&found.system, &found.workload.0, &found.workload.1),
         system: system.system.clone(),
         business_owner: system.business_owner.clone(),
         technical_owner: system.technical_owner.clone(),

@@ -21,7 +21,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::domain::model::{Grant, GrantContext, Owner, OwnerStatus, System, Tier};
+use crate::domain::catalog::CatalogState;
+use crate::domain::model::{Grant, GrantContext, Owner, System};
 use crate::domain::values::{CredentialKind, GrantId, OwnerId, SystemId};
 
 /// The length of a UUID's bytes, the one length a packed text id never has.
@@ -235,6 +236,8 @@ pub struct Issuance {
     pub kind: CredentialKind,
     pub system_id: SystemId,
     pub grant_id: GrantId,
+    /// The grant's version the decision was taken on.
+    pub grant_version: i64,
     /// Trusted issuer name (from config).
     pub issuer: String,
     pub subject: String,
@@ -262,6 +265,9 @@ pub enum IssueOutcome {
     /// The system was suspended or retired after the decision; nothing was
     /// issued and a `credential.denied` event was committed instead.
     SystemStopped,
+    /// The grant was removed or changed after the decision; nothing was
+    /// issued and a `credential.denied` event was committed instead.
+    GrantChanged,
 }
 
 /// What the store knows about an issued credential.
@@ -275,6 +281,9 @@ pub struct CredentialRecord {
     pub system_revoked_through: i64,
     /// Credentials of this workload with an id at or below this are revoked.
     pub workload_revoked_through: i64,
+    /// Credentials of this workload in this system with an id at or below
+    /// this are revoked: a grant that covered them was removed or narrowed.
+    pub grant_revoked_through: i64,
     pub system: System,
     pub business_owner: Owner,
     pub technical_owner: Owner,
@@ -283,7 +292,10 @@ pub struct CredentialRecord {
 impl CredentialRecord {
     /// Revoked singly, with its system, or with its workload.
     pub fn is_revoked(&self) -> bool {
-        self.revoked_at.is_some() || self.id <= self.system_revoked_through || self.id <= self.workload_revoked_through
+        self.revoked_at.is_some()
+            || self.id <= self.system_revoked_through
+            || self.id <= self.workload_revoked_through
+            || self.id <= self.grant_revoked_through
     }
 }
 
@@ -328,8 +340,19 @@ pub struct RevocationOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "scope", rename_all = "snake_case")]
 pub enum RevokeTarget {
-    System { system_id: String },
-    Workload { issuer: String, subject: String },
+    System {
+        system_id: String,
+    },
+    Workload {
+        issuer: String,
+        subject: String,
+    },
+    /// The workloads a removed or narrowed grant covered, in its system.
+    Grant {
+        system_id: String,
+        grant_id: String,
+        workloads: Vec<i64>,
+    },
 }
 
 /// Durable background work.
@@ -407,51 +430,6 @@ pub struct AdminTokenRecord {
     pub role: String,
 }
 
-/// Declarative input for `halflife apply`, already validated.
-#[derive(Debug, Clone, Default)]
-pub struct Catalog {
-    pub owners: Vec<OwnerSpec>,
-    pub systems: Vec<SystemSpec>,
-    pub grants: Vec<Grant>,
-}
-
-/// A date that is either given, or set once when the row is created and
-/// then left alone by later applies (so re-applying is idempotent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DateSpec {
-    At(OffsetDateTime),
-    OnCreate(Duration),
-}
-
-#[derive(Debug, Clone)]
-pub struct OwnerSpec {
-    pub id: OwnerId,
-    pub display_name: String,
-    pub email: String,
-    pub status: OwnerStatus,
-    pub attested_until: DateSpec,
-}
-
-#[derive(Debug, Clone)]
-pub struct SystemSpec {
-    pub id: SystemId,
-    pub name: String,
-    pub purpose: String,
-    pub business_owner: OwnerId,
-    pub technical_owner: OwnerId,
-    pub tier: Tier,
-    pub pilot_ends_at: Option<DateSpec>,
-    pub data_classification: Option<String>,
-}
-
-/// What an apply changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ApplyReport {
-    pub created: Vec<String>,
-    pub updated: Vec<String>,
-    pub unchanged: Vec<String>,
-}
-
 /// Policy reads on the exchange path.
 #[async_trait]
 pub trait PolicyStore: Send + Sync {
@@ -499,18 +477,49 @@ pub trait AdminTokenStore: Send + Sync {
     async fn admin_token_by_hash(&self, hash: [u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError>;
 }
 
+/// Writes of owners, systems and grants. Every change to them goes through
+/// one [`CatalogTx`]: the caller reads the catalog under the write lock,
+/// decides by the rules of `domain::catalog`, and writes the plan with its
+/// events in the same transaction. The store has no rules about content.
 #[async_trait]
 pub trait CatalogStore: Send + Sync {
-    /// Creates or updates owners, systems and grants in one transaction,
-    /// recording an event for each change. Additive: nothing absent from
-    /// the catalog is removed.
-    async fn apply(
-        &self,
-        catalog: &Catalog,
-        actor: &str,
+    /// Opens a write transaction holding the database-wide write lock until
+    /// it is committed or dropped (dropped: rolled back). Rows it writes
+    /// record `now` as their creation or update time.
+    async fn begin_catalog(&self, now: OffsetDateTime) -> Result<Box<dyn CatalogTx>, StoreError>;
+}
+
+/// One catalog write transaction (see [`CatalogStore`]).
+#[async_trait]
+pub trait CatalogTx: Send {
+    /// Every owner, system and grant, as they are under the lock.
+    async fn state(&mut self) -> Result<CatalogState, StoreError>;
+    /// Inserts (`insert`) or updates an owner.
+    async fn put_owner(&mut self, owner: &Owner, insert: bool) -> Result<(), StoreError>;
+    /// Inserts (`insert`) or updates a system.
+    async fn put_system(&mut self, system: &System, insert: bool) -> Result<(), StoreError>;
+    /// Inserts (`insert`) or updates a grant; an update bumps its version,
+    /// so issuances decided on the old version are refused at commit.
+    async fn put_grant(&mut self, grant: &Grant, insert: bool) -> Result<(), StoreError>;
+    async fn delete_grant(&mut self, grant: &Grant) -> Result<(), StoreError>;
+    /// Raises the system's revocation epoch: everything it holds is revoked.
+    async fn revoke_system(
+        &mut self,
+        system: &str,
+        reason: &str,
         now: OffsetDateTime,
-        dry_run: bool,
-    ) -> Result<ApplyReport, StoreError>;
+    ) -> Result<RevocationOutcome, StoreError>;
+    /// Revokes, in the grant's system, every credential issued before now
+    /// to a workload identity the grant covers (its issuer, and a subject
+    /// its pattern matches): one epoch per such workload in that system.
+    async fn revoke_grant(
+        &mut self,
+        grant: &Grant,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevocationOutcome, StoreError>;
+    async fn event(&mut self, event: &AuditEvent) -> Result<(), StoreError>;
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
 /// Systems, owners, grants, revocation and the job queue: the operator's
@@ -519,20 +528,6 @@ pub trait CatalogStore: Send + Sync {
 pub trait LifecycleStore: Send + Sync {
     async fn list_systems(&self) -> Result<Vec<crate::domain::lifecycle::SystemView>, StoreError>;
     async fn system(&self, id: &SystemId) -> Result<Option<crate::domain::lifecycle::SystemView>, StoreError>;
-    /// Conflict if the id exists, NotFound if an owner does not.
-    async fn create_system(&self, system: &System, event: AuditEvent) -> Result<(), StoreError>;
-    /// Writes the system's new state. With `revoke`, also raises its
-    /// revocation epoch (every credential it holds becomes inactive) and
-    /// queues the job that marks the rows.
-    /// `version` is the version the caller read; a newer stored version
-    /// makes this a Conflict and changes nothing.
-    async fn save_system(
-        &self,
-        system: &System,
-        version: i64,
-        revoke: Option<&str>,
-        event: AuditEvent,
-    ) -> Result<RevocationOutcome, StoreError>;
     /// Raises the revocation epoch of a system or workload (one write).
     async fn revoke(
         &self,
@@ -542,12 +537,7 @@ pub trait LifecycleStore: Send + Sync {
     ) -> Result<RevocationOutcome, StoreError>;
     async fn list_owners(&self) -> Result<Vec<Owner>, StoreError>;
     async fn owner(&self, id: &OwnerId) -> Result<Option<Owner>, StoreError>;
-    async fn create_owner(&self, owner: &Owner, event: AuditEvent) -> Result<(), StoreError>;
-    async fn save_owner(&self, owner: &Owner, event: AuditEvent) -> Result<(), StoreError>;
     async fn grants(&self, system: &SystemId) -> Result<Vec<Grant>, StoreError>;
-    /// Conflict if the grant id exists.
-    async fn create_grant(&self, grant: &Grant, event: AuditEvent) -> Result<(), StoreError>;
-    async fn delete_grant(&self, system: &SystemId, grant: &GrantId, event: AuditEvent) -> Result<bool, StoreError>;
     async fn outstanding_credentials(
         &self,
         system: &SystemId,

@@ -106,8 +106,17 @@ mod audit {
     include!("sql/audit.rs");
 }
 
+mod catalog {
+    use super::*;
+    include!("sql/catalog.rs");
+}
+
 /// The PostgreSQL store.
 pub type PgStore = Store;
+
+/// How long a replica waits for another's migrations (or a migration for
+/// the locks it needs).
+const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Connection settings shared by the pool, the writer and the leader lock.
 ///
@@ -141,7 +150,17 @@ impl Store {
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
-        prepare_schema(&pool, &MIGRATOR, auto_migrate).await?;
+        // Replicas starting together wait for the one that migrates (sqlx
+        // holds an advisory lock meanwhile): longer than the request path's
+        // lock timeout allows, so on a connection of their own.
+        let migrations = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire_timeout.max(Duration::from_secs(1)))
+            .connect_with(connect_options(url, name, MIGRATION_LOCK_TIMEOUT)?)
+            .await
+            .map_err(unavailable)?;
+        prepare_schema(&migrations, &MIGRATOR, auto_migrate).await?;
+        migrations.close().await;
         // The views are trusted only once the change listener is up.
         let store = Self::start(pool, options, acquire_timeout, false, Arc::default()).await?;
         tokio::spawn(listen_for_changes(store.pool.clone(), Arc::clone(&store.cache), store.lifetime.subscribe()));

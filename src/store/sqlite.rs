@@ -141,6 +141,11 @@ mod audit {
     include!("sql/audit.rs");
 }
 
+mod catalog {
+    use super::*;
+    include!("sql/catalog.rs");
+}
+
 /// The SQLite store.
 pub type SqliteStore = Store;
 
@@ -378,6 +383,14 @@ mod tests {
         .execute(pool)
         .await
         .unwrap();
+        sqlx::query(
+            "INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, \
+             created_at, updated_at) VALUES ('g', 'batch', 'https://issuer.example', 'workload-*', '[\"api\"]', \
+             '[\"read\"]', '[]', '[\"jwt\"]', 3600, 0, 0)",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
     }
 
     /// An issuance for system `batch` to workload `n`.
@@ -392,6 +405,7 @@ mod tests {
             kind: CredentialKind::Jwt,
             system_id: SystemId::parse("batch").unwrap(),
             grant_id: GrantId::parse("g").unwrap(),
+            grant_version: 0,
             issuer: "https://issuer.example".into(),
             subject: format!("workload-{n}"),
             audience: "api".into(),

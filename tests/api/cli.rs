@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+use halflife::clock::Clock;
 use halflife::domain::model::Role;
 use serde_json::Value;
 
@@ -164,4 +165,56 @@ async fn admins_rotate_and_retire_signing_keys_from_the_command_line() {
     let (ok, _, err) = run(&app, &operator, &["keys", "rotate"]);
     assert!(!ok);
     assert!(err.contains("may not call"), "{err}");
+}
+
+/// `halflife apply -f` goes through the server: the change is recorded
+/// under the token's name, a dry run changes nothing, and a file the rules
+/// refuse is reported with every problem and recorded as refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_goes_through_the_server_under_the_callers_name() {
+    let Some(app) = spawn_app().await else { return };
+    let operator = {
+        use secrecy::ExposeSecret;
+        let (_, t) = halflife::broker::admin::create_admin_token(
+            app.broker.admin_tokens.as_ref(),
+            Role::Operator,
+            "olga",
+            "test",
+            app.clock.now(),
+        )
+        .await
+        .unwrap();
+        t.expose_secret().to_owned()
+    };
+    let auditor = app.admin_token(Role::Auditor).await;
+    let file = app.dir.path().join("more.toml");
+    let text = format!(
+        "{}\n[[owners]]\nid = \"nora\"\ndisplay_name = \"Nora\"\nemail = \"nora@example.com\"\n",
+        default_catalog()
+    );
+    std::fs::write(&file, &text).unwrap();
+    let path = file.to_str().unwrap();
+    let run = |args: &[&str]| tokio::task::block_in_place(|| cli(&app, &operator, args));
+
+    let (ok, out, err) = run(&["apply", "-f", path, "--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("would be created  owner/nora") && out.contains("dry run"), "{out}");
+    let (status, _) = app.api(reqwest::Method::GET, "/v1/owners/nora", &auditor, None).await;
+    assert_eq!(status, 404, "a dry run changes nothing");
+
+    let (ok, out, err) = run(&["apply", "-f", path]);
+    assert!(ok, "{err}");
+    assert!(out.contains("created  owner/nora") && out.contains("1 created"), "{out}");
+    let (_, page) = app.api(reqwest::Method::GET, "/v1/audit/events?kind=owner.created", &auditor, None).await;
+    assert_eq!(page["events"].as_array().unwrap().last().unwrap()["actor"], "olga (operator)", "{page}");
+
+    std::fs::write(&file, text.replace("tier = \"pilot\"", "tier = \"production\"")).unwrap();
+    let (ok, _, err) = run(&["apply", "-f", path]);
+    assert!(!ok);
+    assert!(err.contains("system summarizer") && err.contains("promote"), "{err}");
+    let (_, page) = app.api(reqwest::Method::GET, "/v1/audit/events?kind=catalog.refused", &auditor, None).await;
+    assert_eq!(page["events"][0]["actor"], "olga (operator)", "{page}");
+
+    let auditor_apply = tokio::task::block_in_place(|| cli(&app, &auditor, &["apply", "-f", path]));
+    assert!(!auditor_apply.0 && auditor_apply.2.contains("may not"), "{}", auditor_apply.2);
 }

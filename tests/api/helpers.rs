@@ -167,6 +167,9 @@ pub struct Options {
     pub postgres_via: Option<u16>,
     /// More `[server]` keys.
     pub server_extra: String,
+    /// Systems of the catalog promoted to production once the server is up,
+    /// by an operator who owns none of them.
+    pub promote: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -180,12 +183,14 @@ impl Default for Options {
             sqlite_path: None,
             postgres_via: None,
             server_extra: String::new(),
+            promote: vec!["indexer"],
         }
     }
 }
 
 /// Two owners, a pilot system with grants for both test issuers, and a
-/// second system for another workload.
+/// second system for another workload (a pilot that [`Options::promote`]
+/// takes to production: a catalog file cannot).
 pub fn default_catalog() -> String {
     format!(
         r#"
@@ -214,7 +219,9 @@ name = "Indexer"
 purpose = "Indexes documents"
 business_owner = "biz"
 technical_owner = "tech"
-tier = "production"
+tier = "pilot"
+pilot_ends_at = "30d"
+data_classification = "internal"
 
 [[grants]]
 id = "summarizer-k8s"
@@ -536,7 +543,11 @@ max_token_age = "1h"
         max_body = options.max_body_bytes,
         server_extra = options.server_extra,
     );
-    Some(start(text, ManualClock::starting_now(), dir, Arc::new(db), Arc::new(rsa), Arc::new(ec)).await)
+    let app = start(text, ManualClock::starting_now(), dir, Arc::new(db), Arc::new(rsa), Arc::new(ec)).await;
+    for system in options.promote {
+        app.promote(system).await;
+    }
+    Some(app)
 }
 
 async fn start(
@@ -597,6 +608,42 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// A second server on the same database, keys and clock, listening on
+    /// a port of its own: another replica (on SQLite, another process
+    /// sharing the file). It must not outlive `self`, whose directory holds
+    /// the files both configurations name.
+    pub async fn replica(&self) -> TestApp {
+        let listen = format!("listen = \"{}\"", self.addr);
+        let other = format!("listen = \"127.0.0.1:{}\"", listen_port());
+        let text = self.config_text.replacen(&listen, &other, 1);
+        assert_ne!(text, self.config_text, "the replica needs a port of its own");
+        start(
+            text,
+            self.clock.clone(),
+            tempfile::tempdir().unwrap(),
+            self.db.clone(),
+            self.rsa.clone(),
+            self.ec.clone(),
+        )
+        .await
+    }
+
+    /// Promotes `system` one tier, approved by an operator who owns no
+    /// system of the test catalog.
+    pub async fn promote(&self, system: &str) {
+        let approver = halflife::broker::admin::AdminCaller {
+            id: "release".into(),
+            name: "release-manager".into(),
+            role: halflife::domain::model::Role::Operator,
+        };
+        let id = halflife::domain::values::SystemId::parse(system).unwrap();
+        self.broker
+            .promote_system(&id, None, &approver, &halflife::store::RequestMeta::default())
+            .await
+            .map_err(|e| format!("promoting {system}: {e}"))
+            .unwrap();
+    }
+
     pub fn now(&self) -> i64 {
         self.clock.now().unix_timestamp()
     }

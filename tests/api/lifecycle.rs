@@ -240,10 +240,11 @@ async fn the_promotion_gate_names_each_missing_condition() {
     assert!(body["error_description"].as_str().unwrap().contains("approver"), "{body}");
 
     // Without grants the gate refuses too.
-    let (status, _) = app.api(Method::DELETE, "/v1/systems/summarizer/grants/summarizer-k8s", &operator, None).await;
-    assert_eq!(status, 204);
-    let (status, _) = app.api(Method::DELETE, "/v1/systems/summarizer/grants?id=summarizer-dev", &operator, None).await;
-    assert_eq!(status, 204);
+    let (status, body) = app.api(Method::DELETE, "/v1/systems/summarizer/grants/summarizer-k8s", &operator, None).await;
+    assert_eq!((status, &body["revoked"]), (200, &json!(0)), "{body}");
+    let (status, body) =
+        app.api(Method::DELETE, "/v1/systems/summarizer/grants?id=summarizer-dev", &operator, None).await;
+    assert_eq!((status, &body["revoked"]), (200, &json!(0)), "{body}");
     let (status, body) = app.api(Method::POST, "/v1/systems/summarizer/promote", &operator, None).await;
     assert_eq!(status, 409);
     assert!(body["error_description"].as_str().unwrap().contains("grants"), "{body}");
@@ -263,7 +264,8 @@ async fn the_promotion_gate_names_each_missing_condition() {
     assert_eq!(body["system"]["tier"], "production");
     assert_eq!(body["system"]["pilot_ends_at"], Value::Null);
     assert!(body["gate"].as_array().unwrap().iter().all(|c| c["passed"] == true));
-    assert_eq!(app.events("system.promoted").await.len(), 1);
+    let promoted = app.events("system.promoted").await;
+    assert_eq!(promoted.iter().filter(|e| e.system_id.as_deref() == Some("summarizer")).count(), 1);
     assert_eq!(app.events("system.promotion_refused").await.len(), 3);
 
     // Sandbox → pilot needs an end date.
@@ -646,6 +648,7 @@ async fn an_issuance_decided_before_a_suspension_cannot_commit_after_it() {
         kind: halflife::domain::values::CredentialKind::Jwt,
         system_id: halflife::domain::values::SystemId::parse("indexer").unwrap(),
         grant_id: halflife::domain::values::GrantId::parse("indexer-spire").unwrap(),
+        grant_version: 0,
         issuer: "spire".into(),
         subject: EC_SUBJECT.into(),
         audience: "docs-api".into(),
@@ -767,6 +770,9 @@ async fn add_indexer_system(raw: &mut RawDb) {
          ('tech', 'Tech', 'tech@example.com', 'active', 1800000000, 0, 0)",
         "INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, created_at, updated_at) \
          VALUES ('indexer', 'Indexer', 'search', 'biz', 'tech', 'pilot', 'active', 0, 0)",
+        "INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, \
+         created_at, updated_at) VALUES ('g', 'indexer', 'spire', 'spiffe://prod.example/*', '[\"docs-api\"]', \
+         '[\"read\"]', '[]', '[\"jwt\"]', 3600, 0, 0)",
     ] {
         raw.execute(statement).await.unwrap();
     }
@@ -809,6 +815,7 @@ fn issuance(jti: &str, issuer: &str, subject: &str, now: time::OffsetDateTime) -
         kind: CredentialKind::Jwt,
         system_id: SystemId::parse("indexer").unwrap(),
         grant_id: GrantId::parse("g").unwrap(),
+        grant_version: 0,
         issuer: issuer.into(),
         subject: subject.into(),
         audience: "docs-api".into(),

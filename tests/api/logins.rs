@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use halflife::clock::Clock;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
@@ -323,4 +324,68 @@ async fn no_login_outlives_a_failed_record_and_an_unreachable_backend_issues_not
     assert_eq!(response.status(), 400);
     let body = login(&app, &[]).await;
     assert!(backend.role_exists(body["username"].as_str().unwrap()).await);
+}
+
+/// A login issued before its business owner lapsed is dropped once a catalog
+/// swaps the owner: the swap suspends the system first, so nothing is cured.
+#[tokio::test]
+async fn a_login_does_not_survive_a_cured_lapse() {
+    let Some(backend) = Backend::create().await else { return };
+    let extra_config = backend.config(backend.direct());
+    let Some(app) = spawn_with(Options { extra_config, catalog: catalog(), ..Options::default() }).await else {
+        return;
+    };
+    let operator = app.admin_token(halflife::domain::model::Role::Operator).await;
+    let apply = async |text: String| {
+        let file = halflife::broker::apply::parse(&text).unwrap();
+        let body = serde_json::to_value(&file).unwrap();
+        app.api(Method::POST, "/v1/catalog", &operator, Some(body)).await
+    };
+    // biz's attestation is brought forward to ten seconds from now.
+    let until = halflife::domain::rfc3339(app.clock.now() + Duration::from_secs(10));
+    let soon = catalog().replacen(
+        "email = \"biz@example.com\"",
+        &format!("email = \"biz@example.com\"\nattested_until = \"{until}\""),
+        1,
+    );
+    let (status, body) = apply(soon.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let before = login(&app, &[]).await;
+    let role = before["username"].as_str().unwrap().to_owned();
+
+    app.clock.advance(Duration::from_secs(20));
+    let swapped = soon.replacen("business_owner = \"biz\"", "business_owner = \"nina\"", 1)
+        + "\n[[owners]]\nid = \"nina\"\ndisplay_name = \"Nina\"\nemail = \"nina@example.com\"\n";
+    let (status, body) = apply(swapped).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, system) = app.api(Method::GET, "/v1/systems/summarizer", &operator, None).await;
+    assert_eq!((&system["state"], &system["business_owner"]), (&json!("suspended"), &json!("nina")), "{system}");
+    assert_eq!(app.reap().await.logins_queued, 1);
+    assert!(!backend.role_exists(&role).await, "the login outlived the lapse");
+    assert!(connect(&before).await.is_err());
+}
+
+/// Removing the grant a login was issued under drops the login.
+#[tokio::test]
+async fn a_removed_grant_drops_its_logins() {
+    let Some(backend) = Backend::create().await else { return };
+    let extra_config = backend.config(backend.direct());
+    let Some(app) = spawn_with(Options { extra_config, catalog: catalog(), ..Options::default() }).await else {
+        return;
+    };
+    let operator = app.admin_token(halflife::domain::model::Role::Operator).await;
+    let body = login(&app, &[]).await;
+    let role = body["username"].as_str().unwrap().to_owned();
+    let jwt = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    let (status, answer) =
+        app.api(Method::DELETE, "/v1/systems/summarizer/grants/summarizer-db", &operator, None).await;
+    assert_eq!((status, &answer["revoked"]), (200, &json!(1)), "{answer}");
+    assert_eq!(app.reap().await.logins_queued, 1);
+    assert!(!backend.role_exists(&role).await, "the login outlived its grant");
+    let introspector = app.admin_token(halflife::domain::model::Role::Introspector).await;
+    assert_eq!(
+        app.introspect(&introspector, jwt["access_token"].as_str().unwrap()).await["active"],
+        true,
+        "the system's other grant is untouched"
+    );
 }

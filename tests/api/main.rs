@@ -11,6 +11,7 @@ mod disk;
 mod exchange;
 mod failure;
 mod faults;
+mod governance;
 mod helpers;
 mod hostile;
 mod independent;

@@ -253,7 +253,7 @@ fn apply_is_idempotent_and_reports_changes() {
     let apply = || {
         let out = Command::new(BIN)
             .current_dir(dir.path())
-            .args(["apply", "-f", "config/dev-catalog.toml"])
+            .args(["apply", "--local", "-f", "config/dev-catalog.toml"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -266,7 +266,7 @@ fn apply_is_idempotent_and_reports_changes() {
     assert!(second.contains("0 created, 0 updated, 4 unchanged"), "{second}");
 
     std::fs::write(dir.path().join("bad.toml"), "[[grants]]\nid = \"g\"\nsystem = \"summarizer\"\nissuer = \"nope\"\nsubject = \"x\"\naudiences = [\"a\"]\nmax_ttl = \"5m\"\n").unwrap();
-    let out = Command::new(BIN).current_dir(dir.path()).args(["apply", "-f", "bad.toml"]).output().unwrap();
+    let out = Command::new(BIN).current_dir(dir.path()).args(["apply", "--local", "-f", "bad.toml"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("grants[0].issuer"));
 }

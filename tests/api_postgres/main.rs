@@ -19,6 +19,8 @@ mod exchange;
 mod failure;
 #[path = "../api/faults.rs"]
 mod faults;
+#[path = "../api/governance.rs"]
+mod governance;
 #[path = "../api/helpers.rs"]
 mod helpers;
 #[path = "../api/hostile.rs"]

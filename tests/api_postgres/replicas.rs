@@ -76,7 +76,8 @@ name = "Indexer"
 purpose = "Indexes documents"
 business_owner = "biz"
 technical_owner = "tech"
-tier = "production"
+tier = "pilot"
+pilot_ends_at = "30d"
 
 [[systems]]
 id = "pilot"

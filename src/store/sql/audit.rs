@@ -535,10 +535,13 @@ impl AuditReader for Store {
         let row = sqlx::query(&format!(
             "SELECT c.id, c.jti, c.kind, c.system_id, {ISSUED_TERMS}, k.issuer, k.subject, \
              c.exp, c.revoked_at, c.revoked_reason, s.revoked_through AS system_revoked_through, \
-             COALESCE(w.revoked_through, 0) AS workload_revoked_through \
+             COALESCE(w.revoked_through, 0) AS workload_revoked_through, \
+             COALESCE(gr.revoked_through, 0) AS grant_revoked_through, gr.grant_id AS revoking_grant \
              FROM credentials c JOIN systems s ON s.id = c.system_id \
              JOIN workloads k ON k.id = c.workload_id \
-             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject {ISSUED_EVENT} \
+             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
+             LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
+             {ISSUED_EVENT} \
              WHERE c.jti = $1",
         ))
         .bind(StoredId::of(jti))
@@ -551,6 +554,7 @@ impl AuditReader for Store {
         let revoked_at: Option<i64> = r.try_get("revoked_at").map_err(&c)?;
         let by_system = id <= r.try_get::<i64, _>("system_revoked_through").map_err(&c)?;
         let by_workload = id <= r.try_get::<i64, _>("workload_revoked_through").map_err(&c)?;
+        let by_grant = id <= r.try_get::<i64, _>("grant_revoked_through").map_err(&c)?;
         let get = |col: &str| -> Result<String, StoreError> { r.try_get(col).map_err(corrupt("credential")) };
         Ok(Some(serde_json::json!({
             "jti": stored_id(&r, "jti").map_err(&c)?,
@@ -563,12 +567,18 @@ impl AuditReader for Store {
             "scopes": get("scopes")?,
             "iat": from_ts(r.try_get("iat").map_err(&c)?).map(crate::domain::rfc3339)?,
             "exp": from_ts(r.try_get("exp").map_err(&c)?).map(crate::domain::rfc3339)?,
-            "revoked": revoked_at.is_some() || by_system || by_workload,
-            "revoked_by": match (revoked_at.is_some(), by_system, by_workload) {
-                (true, _, _) => Some("credential"),
-                (_, true, _) => Some("system"),
-                (_, _, true) => Some("workload"),
+            "revoked": revoked_at.is_some() || by_system || by_workload || by_grant,
+            "revoked_by": match (revoked_at.is_some(), by_system, by_workload, by_grant) {
+                (true, _, _, _) => Some("credential"),
+                (_, true, _, _) => Some("system"),
+                (_, _, true, _) => Some("workload"),
+                (_, _, _, true) => Some("grant"),
                 _ => None,
+            },
+            "revoked_by_grant": if by_grant {
+                r.try_get::<Option<String>, _>("revoking_grant").map_err(&c)?
+            } else {
+                None
             },
             "revoked_reason": r.try_get::<Option<String>, _>("revoked_reason").map_err(&c)?,
         })))

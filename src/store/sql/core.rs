@@ -30,7 +30,7 @@ use audit::insert_event;
 use lifecycle::write_tx;
 use sqlx::QueryBuilder;
 
-use crate::domain::model::{Binding, OwnerStatus, SystemState};
+use crate::domain::model::{Binding, OwnerStatus, SystemState, Tier};
 use crate::domain::values::{ScopeSet, SubjectMatch};
 use crate::store::cache::{Cache, Found, Indexed, IndexedCredential, Snapshot, SystemEntry, record_from};
 
@@ -168,7 +168,8 @@ impl Store {
     async fn credential_from_db(&self, jti: &str) -> Result<Option<CredentialRecord>, StoreError> {
         let sql = format!(
             "SELECT c.id AS c_id, c.jti AS c_jti, c.revoked_at AS c_revoked_at, \
-             s.revoked_through AS s_revoked_through, COALESCE(w.revoked_through, 0) AS w_revoked_through, {SYSTEM_COLUMNS} \
+             s.revoked_through AS s_revoked_through, COALESCE(w.revoked_through, 0) AS w_revoked_through, \
+             COALESCE(gr.revoked_through, 0) AS gr_revoked_through, {SYSTEM_COLUMNS} \
              FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} {WORKLOAD_JOINS} \
              WHERE c.jti = $1"
         );
@@ -184,6 +185,7 @@ impl Store {
             revoked_at: revoked_at.map(from_ts).transpose()?,
             system_revoked_through: row.try_get("s_revoked_through").map_err(corrupt("credential"))?,
             workload_revoked_through: row.try_get("w_revoked_through").map_err(corrupt("credential"))?,
+            grant_revoked_through: row.try_get("gr_revoked_through").map_err(corrupt("credential"))?,
             system: system_from(&row)?,
             business_owner: owner_from(&row, "bo_")?,
             technical_owner: owner_from(&row, "to_")?,
@@ -520,17 +522,19 @@ impl<'a> Statements<'a> {
 
 /// What a batch reads first, in one statement: the audit chain's head, the
 /// largest credential id (where the batch numbers its credentials itself,
-/// `EXPLICIT_CREDENTIAL_IDS`), and the state of each system it issues for.
+/// `EXPLICIT_CREDENTIAL_IDS`), the state of each system it issues for, and
+/// the version of each grant it issues under.
 struct BatchStart {
     chain: audit::Chain,
     last_credential_id: i64,
     active: HashMap<String, bool>,
+    grants: HashMap<String, i64>,
 }
 
 impl BatchStart {
     /// Reads the start of a batch; with `BATCH_BEGINS_WITH_READ`, first
     /// opens its write transaction in the same execution.
-    async fn read(conn: &mut Conn, systems: &[&str]) -> Result<Self, sqlx::Error> {
+    async fn read(conn: &mut Conn, systems: &[&str], grants: &[&str]) -> Result<Self, sqlx::Error> {
         let mut q = QueryBuilder::<Db>::new("");
         if BATCH_BEGINS_WITH_READ {
             q.push(BEGIN_WRITE).push("; ");
@@ -551,19 +555,31 @@ impl BatchStart {
             }
             q.push(")");
         }
-        // (part, head seq or largest id, head hash or system id, state)
+        if !grants.is_empty() {
+            q.push(" UNION ALL SELECT 3, version, id, NULL FROM grants WHERE id IN (");
+            let mut ids = q.separated(", ");
+            for id in grants {
+                ids.push_bind(*id);
+            }
+            q.push(")");
+        }
+        // (part, head seq or largest id or grant version, head hash or
+        // system or grant id, state)
         type Row = (i32, Option<i64>, Option<String>, Option<String>);
         let rows: Vec<Row> = q.build_query_as().fetch_all(&mut *conn).await?;
-        let mut start = Self { chain: audit::Chain::empty(), last_credential_id: 0, active: HashMap::new() };
+        let mut start =
+            Self { chain: audit::Chain::empty(), last_credential_id: 0, active: HashMap::new(), grants: HashMap::new() };
         for (part, n, name, state) in rows {
-            match (part, n) {
-                (0, Some(seq)) => start.chain = audit::Chain::after(seq, name),
-                (1, Some(id)) => start.last_credential_id = id,
-                _ => {
-                    if let Some(id) = name {
-                        start.active.insert(id, state.as_deref() == Some("active"));
-                    }
+            match (part, n, name) {
+                (0, Some(seq), name) => start.chain = audit::Chain::after(seq, name),
+                (1, Some(id), _) => start.last_credential_id = id,
+                (3, Some(version), Some(id)) => {
+                    start.grants.insert(id, version);
                 }
+                (_, _, Some(id)) => {
+                    start.active.insert(id, state.as_deref() == Some("active"));
+                }
+                _ => {}
             }
         }
         Ok(start)
@@ -591,14 +607,24 @@ async fn apply_ops(
         .collect();
     systems.sort_unstable();
     systems.dedup();
-    let BatchStart { mut chain, last_credential_id, active } = BatchStart::read(conn, &systems).await?;
+    let mut grants: Vec<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Issue(i) => Some(i.grant_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    grants.sort_unstable();
+    grants.dedup();
+    let start = BatchStart::read(conn, &systems, &grants).await?;
+    let BatchStart { mut chain, last_credential_id, .. } = start;
     let mut results = Vec::with_capacity(ops.len());
     let mut events: Vec<Cow<'_, AuditEvent>> = Vec::with_capacity(ops.len());
     // (index into `results`, issuance) of each credential to insert.
     let mut issued: Vec<(usize, &Issuance)> = Vec::with_capacity(ops.len());
     for op in ops {
         let result = match op {
-            WriteOp::Issue(i) => match admit(conn, i, &active).await? {
+            WriteOp::Issue(i) => match admit(conn, i, &start.active, &start.grants).await? {
                 Ok(()) => {
                     issued.push((results.len(), i));
                     events.push(Cow::Borrowed(&i.event));
@@ -703,8 +729,9 @@ async fn apply_ops(
 const ACTIVE_CREDENTIAL: &str = "SELECT c.system_id, c.exp FROM credentials c JOIN systems s ON s.id = c.system_id \
      JOIN workloads k ON k.id = c.workload_id \
      LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
+     LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
      WHERE c.jti = $1 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
-     AND c.id > COALESCE(w.revoked_through, 0)";
+     AND c.id > COALESCE(w.revoked_through, 0) AND c.id > COALESCE(gr.revoked_through, 0)";
 
 /// Rows per multi-row INSERT of credentials or of count buckets.
 const CREDENTIALS_PER_STATEMENT: usize = 512;
@@ -730,6 +757,7 @@ async fn admit(
     conn: &mut Conn,
     i: &Issuance,
     active: &HashMap<String, bool>,
+    grants: &HashMap<String, i64>,
 ) -> Result<Result<(), (IssueOutcome, AuditEvent)>, sqlx::Error> {
     // The decision was taken before this transaction; a suspension or
     // retirement may have committed since. Checked here, with the states
@@ -741,6 +769,13 @@ async fn admit(
     if !is_active {
         let denial = denial_of(i, "access_denied: the system stopped operating while the request was decided");
         return Ok(Err((IssueOutcome::SystemStopped, denial)));
+    }
+    // Likewise for its grant: removed or changed since the decision, it may
+    // no longer allow what was decided, and a removal's revocation epoch
+    // was read before this credential's id exists.
+    if grants.get(i.grant_id.as_str()) != Some(&i.grant_version) {
+        let denial = denial_of(i, "access_denied: the grant was removed or changed while the request was decided");
+        return Ok(Err((IssueOutcome::GrantChanged, denial)));
     }
     for guard in &i.replay {
         // The primary key decides: of two uses of one token, exactly one
@@ -898,6 +933,7 @@ fn system_from(row: &DbRow) -> Result<System, StoreError> {
         pilot_ends_at: pilot_ends_at.map(from_ts).transpose()?,
         data_classification: row.try_get("s_data_classification").map_err(corrupt("system"))?,
         suspended_reason: row.try_get("s_suspended_reason").map_err(corrupt("system"))?,
+        tier_started_at: from_ts(row.try_get("s_tier_started_at").map_err(corrupt("system"))?)?,
     })
 }
 
@@ -921,20 +957,40 @@ fn grant_from(row: &DbRow) -> Result<Grant, StoreError> {
     })
 }
 
-const SYSTEM_COLUMNS: &str = "s.id AS s_id, s.name AS s_name, s.purpose AS s_purpose, \
-    s.business_owner AS s_business_owner, s.technical_owner AS s_technical_owner, s.tier AS s_tier, \
-    s.state AS s_state, s.pilot_ends_at AS s_pilot_ends_at, s.data_classification AS s_data_classification, \
-    s.suspended_reason AS s_suspended_reason, s.version AS s_version, \
-    bo.id AS bo_id, bo.display_name AS bo_display_name, bo.email AS bo_email, bo.status AS bo_status, \
-    bo.attested_until AS bo_attested_until, \
-    tecn.id AS to_id, tecn.display_name AS to_display_name, tecn.email AS to_email, tecn.status AS to_status, \
-    tecn.attested_until AS to_attested_until";
+/// A system's own columns (`s`), as [`system_from`] reads them.
+macro_rules! system_fields {
+    () => {
+        "s.id AS s_id, s.name AS s_name, s.purpose AS s_purpose, \
+         s.business_owner AS s_business_owner, s.technical_owner AS s_technical_owner, s.tier AS s_tier, \
+         s.state AS s_state, s.pilot_ends_at AS s_pilot_ends_at, s.data_classification AS s_data_classification, \
+         s.suspended_reason AS s_suspended_reason, s.tier_started_at AS s_tier_started_at"
+    };
+}
+
+/// A system's own columns, without its owners.
+const SYSTEM_FIELDS: &str = system_fields!();
+
+/// A system's columns and its owners' (`bo`, `tecn`; see [`SYSTEM_JOINS`]).
+const SYSTEM_COLUMNS: &str = concat!(
+    system_fields!(),
+    ", bo.id AS bo_id, bo.display_name AS bo_display_name, bo.email AS bo_email, bo.status AS bo_status, \
+     bo.attested_until AS bo_attested_until, \
+     tecn.id AS to_id, tecn.display_name AS to_display_name, tecn.email AS to_email, tecn.status AS to_status, \
+     tecn.attested_until AS to_attested_until"
+);
+
+/// A grant's columns (`g`), as [`grant_from`] reads them, and its version.
+const GRANT_COLUMNS: &str = "g.id AS g_id, g.system_id AS g_system_id, g.issuer AS g_issuer, g.subject AS g_subject, \
+     g.audiences AS g_audiences, g.scopes AS g_scopes, g.default_scopes AS g_default_scopes, g.kinds AS g_kinds, \
+     g.max_ttl AS g_max_ttl, g.binding AS g_binding, g.version AS g_version";
 
 const SYSTEM_JOINS: &str = "JOIN owners bo ON bo.id = s.business_owner JOIN owners tecn ON tecn.id = s.technical_owner";
-/// A credential's (`c`) workload identity (`k`) and that workload's
-/// revocation epoch, if any (`w`).
+/// A credential's (`c`) workload identity (`k`), that workload's
+/// revocation epoch, if any (`w`), and its epoch in the credential's system
+/// from removed or narrowed grants, if any (`gr`).
 const WORKLOAD_JOINS: &str = "JOIN workloads k ON k.id = c.workload_id \
-     LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject";
+     LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
+     LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id";
 
 #[async_trait]
 impl PolicyStore for Store {
@@ -943,9 +999,7 @@ impl PolicyStore for Store {
             return Ok(self.snapshot().await?.grants_by_issuer.get(issuer).cloned().unwrap_or_default());
         }
         let sql = format!(
-            "SELECT g.id AS g_id, g.system_id AS g_system_id, g.issuer AS g_issuer, g.subject AS g_subject, \
-             g.audiences AS g_audiences, g.scopes AS g_scopes, g.default_scopes AS g_default_scopes, \
-             g.kinds AS g_kinds, g.max_ttl AS g_max_ttl, g.binding AS g_binding, {SYSTEM_COLUMNS} \
+            "SELECT {GRANT_COLUMNS}, {SYSTEM_COLUMNS} \
              FROM grants g JOIN systems s ON s.id = g.system_id {SYSTEM_JOINS} WHERE g.issuer = $1"
         );
         let rows = sqlx::query(&sql).bind(issuer).fetch_all(&self.pool).await.map_err(unavailable)?;
@@ -957,6 +1011,7 @@ impl PolicyStore for Store {
                     system: system_from(row)?,
                     business_owner: owner_from(row, "bo_")?,
                     technical_owner: owner_from(row, "to_")?,
+                    grant_version: row.try_get("g_version").map_err(corrupt("grant"))?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -1197,228 +1252,6 @@ impl Health for Store {
     }
 }
 
-fn resolve(spec: DateSpec, existing: Option<i64>, now: OffsetDateTime) -> i64 {
-    match (spec, existing) {
-        (DateSpec::At(t), _) => ts(t),
-        (DateSpec::OnCreate(_), Some(current)) => current,
-        (DateSpec::OnCreate(d), None) => ts(now + d),
-    }
-}
-
-#[async_trait]
-impl CatalogStore for Store {
-    async fn apply(
-        &self,
-        catalog: &Catalog,
-        actor: &str,
-        now: OffsetDateTime,
-        dry_run: bool,
-    ) -> Result<ApplyReport, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        begin_write(&mut conn).await.map_err(unavailable)?;
-        let result = apply_catalog(&mut conn, catalog, actor, now).await;
-        let end = if result.is_ok() && !dry_run { "COMMIT" } else { "ROLLBACK" };
-        sqlx::query(end).execute(&mut *conn).await.map_err(unavailable)?;
-        result
-    }
-}
-
-async fn apply_catalog(
-    conn: &mut Conn,
-    catalog: &Catalog,
-    actor: &str,
-    now: OffsetDateTime,
-) -> Result<ApplyReport, StoreError> {
-    let mut report = ApplyReport::default();
-    let meta = RequestMeta::default();
-    let event = |kind: &str, system: Option<&str>, detail: serde_json::Value| {
-        let mut e = AuditEvent::new(kind, Outcome::Success, now, &meta);
-        e.actor = Some(actor.to_owned());
-        e.system_id = system.map(str::to_owned);
-        e.detail = Some(detail);
-        e
-    };
-
-    for o in &catalog.owners {
-        let existing: Option<(String, String, String, i64)> =
-            sqlx::query_as("SELECT display_name, email, status, attested_until FROM owners WHERE id = $1")
-                .bind(o.id.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-        let attested_until = resolve(o.attested_until, existing.as_ref().map(|e| e.3), now);
-        let wanted = (o.display_name.clone(), o.email.clone(), o.status.as_str().to_owned(), attested_until);
-        let label = format!("owner/{}", o.id);
-        let detail = serde_json::json!({"id": o.id, "display_name": o.display_name, "email": o.email,
-            "status": o.status, "attested_until": attested_until});
-        match existing {
-            Some(current) if current == wanted => report.unchanged.push(label),
-            Some(current) => {
-                // Apply describes; it does not vouch. A departure is final,
-                // and only `owners recertify` extends an attestation.
-                if current.2 == "departed" && wanted.2 != "departed" {
-                    return Err(StoreError::Conflict(format!(
-                        "owner {}: departed owners cannot return through apply; register a new owner",
-                        o.id
-                    )));
-                }
-                if wanted.3 > current.3 {
-                    return Err(StoreError::Conflict(format!(
-                        "owner {}: attested_until can only move later through `halflife owners recertify {}`",
-                        o.id, o.id
-                    )));
-                }
-                sqlx::query("UPDATE owners SET display_name = $1, email = $2, status = $3, attested_until = $4, updated_at = $5 WHERE id = $6")
-                    .bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(wanted.3).bind(ts(now)).bind(o.id.as_str())
-                    .execute(&mut *conn).await.map_err(unavailable)?;
-                let kind =
-                    if current.2 != "departed" && wanted.2 == "departed" { "owner.departed" } else { "owner.changed" };
-                let mut e = event(kind, None, detail);
-                e.owners = Some(o.id.to_string());
-                insert_event(conn, &e).await.map_err(unavailable)?;
-                report.updated.push(label);
-            }
-            None => {
-                sqlx::query("INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                    .bind(o.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(wanted.3).bind(ts(now)).bind(ts(now))
-                    .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(conn, &event("owner.created", None, detail)).await.map_err(unavailable)?;
-                report.created.push(label);
-            }
-        }
-    }
-
-    for s in &catalog.systems {
-        for (field, owner) in [("business_owner", &s.business_owner), ("technical_owner", &s.technical_owner)] {
-            let found: Option<(String,)> = sqlx::query_as("SELECT id FROM owners WHERE id = $1")
-                .bind(owner.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-            if found.is_none() {
-                return Err(StoreError::NotFound(format!("system {}: {field} {owner} does not exist", s.id)));
-            }
-        }
-        type Row = (String, String, String, String, String, Option<i64>, Option<String>);
-        let existing: Option<Row> = sqlx::query_as(
-            "SELECT name, purpose, business_owner, technical_owner, tier, pilot_ends_at, data_classification FROM systems WHERE id = $1",
-        )
-        .bind(s.id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        let pilot_ends_at = s.pilot_ends_at.map(|spec| resolve(spec, existing.as_ref().and_then(|e| e.5), now));
-        let wanted: Row = (
-            s.name.clone(),
-            s.purpose.clone(),
-            s.business_owner.to_string(),
-            s.technical_owner.to_string(),
-            s.tier.as_str().to_owned(),
-            pilot_ends_at,
-            s.data_classification.clone(),
-        );
-        let label = format!("system/{}", s.id);
-        let detail = serde_json::json!({"id": s.id, "name": s.name, "purpose": s.purpose,
-            "business_owner": s.business_owner, "technical_owner": s.technical_owner, "tier": s.tier,
-            "pilot_ends_at": pilot_ends_at, "data_classification": s.data_classification});
-        match existing {
-            Some(current) if current == wanted => report.unchanged.push(label),
-            Some(current) => {
-                // Tiers move through promotion gates, and an ended pilot
-                // through reinstatement, never through a catalog file.
-                if current.4 != wanted.4 {
-                    return Err(StoreError::Conflict(format!(
-                        "system {}: tier {} cannot change to {} through apply; use `halflife systems promote`",
-                        s.id, current.4, wanted.4
-                    )));
-                }
-                if let (Some(old), Some(new)) = (current.5, wanted.5)
-                    && old <= ts(now)
-                    && new > old
-                {
-                    return Err(StoreError::Conflict(format!(
-                        "system {}: its pilot ended; `halflife systems reinstate` sets a new end date",
-                        s.id
-                    )));
-                }
-                sqlx::query("UPDATE systems SET name = $1, purpose = $2, business_owner = $3, technical_owner = $4, tier = $5, pilot_ends_at = $6, data_classification = $7, updated_at = $8, version = version + 1 WHERE id = $9")
-                    .bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(wanted.5).bind(&wanted.6).bind(ts(now)).bind(s.id.as_str())
-                    .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(conn, &event("system.changed", Some(s.id.as_str()), detail)).await.map_err(unavailable)?;
-                report.updated.push(label);
-            }
-            None => {
-                sqlx::query("INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, pilot_ends_at, data_classification, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $10)")
-                    .bind(s.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(wanted.5).bind(&wanted.6).bind(ts(now)).bind(ts(now))
-                    .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(conn, &event("system.created", Some(s.id.as_str()), detail)).await.map_err(unavailable)?;
-                report.created.push(label);
-            }
-        }
-    }
-
-    for g in &catalog.grants {
-        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM systems WHERE id = $1")
-            .bind(g.system.as_str())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        if found.is_none() {
-            return Err(StoreError::NotFound(format!("grant {}: system {} does not exist", g.id, g.system)));
-        }
-        let to_json = |items: Vec<String>| serde_json::to_string(&items).unwrap_or_else(|_| "[]".into());
-        type Row = (String, String, String, String, String, String, String, String, i64);
-        let wanted: Row = (
-            g.system.to_string(),
-            g.issuer.clone(),
-            g.subject.to_string(),
-            to_json(g.audiences.iter().map(|a| a.to_string()).collect()),
-            to_json(g.scopes.to_vec()),
-            to_json(g.default_scopes.to_vec()),
-            to_json(g.kinds.iter().map(ToString::to_string).collect()),
-            g.binding.as_str().to_owned(),
-            i64::try_from(g.max_ttl.as_secs()).unwrap_or(i64::MAX),
-        );
-        let existing: Option<Row> = sqlx::query_as(
-            "SELECT system_id, issuer, subject, audiences, scopes, default_scopes, kinds, binding, max_ttl FROM grants WHERE id = $1",
-        )
-        .bind(g.id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        let label = format!("grant/{}", g.id);
-        let detail = serde_json::to_value(g).unwrap_or_default();
-        match existing {
-            Some(current) if current == wanted => report.unchanged.push(label),
-            Some(current) if current.0 != wanted.0 => {
-                return Err(StoreError::Conflict(format!(
-                    "grant {} belongs to system {}; a grant cannot move to another system (create a new grant id)",
-                    g.id, current.0
-                )));
-            }
-            Some(_) => {
-                sqlx::query("UPDATE grants SET issuer = $1, subject = $2, audiences = $3, scopes = $4, default_scopes = $5, kinds = $6, max_ttl = $7, updated_at = $8, binding = $9 WHERE id = $10")
-                    .bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(&wanted.7).bind(g.id.as_str())
-                    .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(conn, &event("grant.changed", Some(g.system.as_str()), detail))
-                    .await
-                    .map_err(unavailable)?;
-                report.updated.push(label);
-            }
-            None => {
-                sqlx::query("INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, created_at, updated_at, binding) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
-                    .bind(g.id.as_str()).bind(&wanted.0).bind(&wanted.1).bind(&wanted.2).bind(&wanted.3).bind(&wanted.4).bind(&wanted.5).bind(&wanted.6).bind(wanted.8).bind(ts(now)).bind(ts(now)).bind(&wanted.7)
-                    .execute(&mut *conn).await.map_err(unavailable)?;
-                insert_event(conn, &event("grant.created", Some(g.system.as_str()), detail))
-                    .await
-                    .map_err(unavailable)?;
-                report.created.push(label);
-            }
-        }
-    }
-    Ok(report)
-}
-
 /// Loads the catalog view in one read transaction, so its parts agree.
 async fn load_snapshot(pool: &DbPool) -> Result<Snapshot, StoreError> {
     let mut tx = pool.begin_with(SNAPSHOT_BEGIN).await.map_err(unavailable)?;
@@ -1434,11 +1267,7 @@ async fn load_snapshot(pool: &DbPool) -> Result<Snapshot, StoreError> {
         };
         snapshot.systems.insert(entry.system.id.to_string(), entry);
     }
-    let grants = sqlx::query(
-        "SELECT id AS g_id, system_id AS g_system_id, issuer AS g_issuer, subject AS g_subject, \
-         audiences AS g_audiences, scopes AS g_scopes, default_scopes AS g_default_scopes, kinds AS g_kinds, \
-         max_ttl AS g_max_ttl, binding AS g_binding FROM grants ORDER BY id",
-    )
+    let grants = sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants g ORDER BY g.id"))
     .fetch_all(&mut *tx)
     .await
     .map_err(unavailable)?;
@@ -1453,6 +1282,7 @@ async fn load_snapshot(pool: &DbPool) -> Result<Snapshot, StoreError> {
             system: system.system.clone(),
             business_owner: system.business_owner.clone(),
             technical_owner: system.technical_owner.clone(),
+            grant_version: row.try_get("g_version").map_err(corrupt("grant"))?,
             grant,
         });
     }
@@ -1463,6 +1293,14 @@ async fn load_snapshot(pool: &DbPool) -> Result<Snapshot, StoreError> {
             .await
             .map_err(unavailable)?;
     snapshot.workloads = workloads.into_iter().map(|(i, s, r)| ((i, s), r)).collect();
+    let by_grants: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT r.system_id, k.issuer, k.subject, r.revoked_through FROM grant_revocations r \
+         JOIN workloads k ON k.id = r.workload_id",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    snapshot.grant_epochs = by_grants.into_iter().map(|(system, i, s, r)| ((system, i, s), r)).collect();
     let tokens: Vec<(String, String, String, Vec<u8>)> =
         sqlx::query_as("SELECT id, name, role, token_hash FROM admin_tokens WHERE revoked_at IS NULL")
             .fetch_all(&mut *tx)

@@ -39,7 +39,6 @@ fn system_view_from(row: &DbRow) -> Result<SystemView, StoreError> {
         business_owner: owner_from(row, "bo_")?,
         technical_owner: owner_from(row, "to_")?,
         grants: usize::try_from(grants).unwrap_or(0),
-        version: row.try_get("s_version").map_err(corrupt("system"))?,
     })
 }
 
@@ -50,16 +49,7 @@ fn system_query(filter: &str) -> String {
     )
 }
 
-async fn owner_exists(conn: &mut Conn, id: &str) -> Result<bool, StoreError> {
-    let found: Option<(String,)> = sqlx::query_as("SELECT id FROM owners WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(found.is_some())
-}
-
-async fn enqueue(conn: &mut Conn, job: &JobSpec, now: i64) -> Result<(), StoreError> {
+pub(super) async fn enqueue(conn: &mut Conn, job: &JobSpec, now: i64) -> Result<(), StoreError> {
     let payload = serde_json::to_string(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
         "INSERT INTO jobs (kind, payload, state, attempts, next_attempt_at, created_at, updated_at) \
@@ -80,7 +70,7 @@ async fn enqueue(conn: &mut Conn, job: &JobSpec, now: i64) -> Result<(), StoreEr
 /// active credentials that covers, and queues the row-marking job. For a
 /// system this reads and deletes its count buckets (one per distinct expiry
 /// second) and writes two rows, whatever the number of credentials.
-async fn raise_epoch(
+pub(super) async fn raise_epoch(
     conn: &mut Conn,
     target: &RevokeTarget,
     reason: &str,
@@ -155,6 +145,46 @@ async fn raise_epoch(
             .map_err(unavailable)?;
             count
         }
+        RevokeTarget::Grant { system_id, grant_id, workloads } => {
+            let mut count = 0;
+            // Two binds and the workloads' ids per statement, well under
+            // either database's limit.
+            for chunk in workloads.chunks(1000) {
+                let mut q = QueryBuilder::<Db>::new(COVERED_BY_GRANT);
+                q.push_bind(system_id).push(" AND c.exp > ").push_bind(ts(now));
+                q.push(" AND c.id <= ").push_bind(through).push(" AND c.workload_id IN (");
+                let mut ids = q.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                q.push(") GROUP BY c.system_id, c.exp");
+                let covered: Vec<(String, i64, i64)> =
+                    q.build_query_as().fetch_all(&mut *conn).await.map_err(unavailable)?;
+                uncount(conn, &covered).await?;
+                count += covered.iter().map(|(_, _, n)| n).sum::<i64>();
+                let mut upsert = QueryBuilder::<Db>::new(
+                    "INSERT INTO grant_revocations (system_id, workload_id, revoked_through, grant_id) ",
+                );
+                upsert.push_values(chunk, |mut row, id| {
+                    row.push_bind(system_id).push_bind(*id).push_bind(through).push_bind(grant_id);
+                });
+                upsert.push(
+                    " ON CONFLICT (system_id, workload_id) DO UPDATE SET revoked_through = excluded.revoked_through, \
+                     grant_id = excluded.grant_id",
+                );
+                upsert.build().execute(&mut *conn).await.map_err(unavailable)?;
+                // One row-marking job per chunk, so each binds a bounded
+                // list of workloads.
+                let target = RevokeTarget::Grant {
+                    system_id: system_id.clone(),
+                    grant_id: grant_id.clone(),
+                    workloads: chunk.to_vec(),
+                };
+                let job = JobSpec::MarkRevoked { target, through, after: 0, reason: reason.to_owned(), at: ts(now) };
+                enqueue(conn, &job, ts(now)).await?;
+            }
+            return Ok(RevocationOutcome { revoked: u64::try_from(count).unwrap_or(0) });
+        }
     };
     let job =
         JobSpec::MarkRevoked { target: target.clone(), through, after: 0, reason: reason.to_owned(), at: ts(now) };
@@ -184,9 +214,21 @@ async fn uncount(conn: &mut Conn, covered: &[(String, i64, i64)]) -> Result<(), 
 /// (`$4`, `$5`], counted per (system, expiry) bucket.
 pub(crate) const COVERED_BY_WORKLOAD: &str = "SELECT c.system_id, c.exp, COUNT(*) FROM credentials c \
      JOIN systems s ON s.id = c.system_id \
+     LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
      WHERE c.workload_id = (SELECT id FROM workloads WHERE issuer = $1 AND subject = $2) \
      AND c.exp > $3 AND c.id > $4 AND c.id <= $5 \
-     AND c.revoked_at IS NULL AND c.id > s.revoked_through GROUP BY c.system_id, c.exp";
+     AND c.revoked_at IS NULL AND c.id > s.revoked_through AND c.id > COALESCE(gr.revoked_through, 0) \
+     GROUP BY c.system_id, c.exp";
+
+/// The start of the query counting the still-active credentials a grant's
+/// revocation covers, per (system, expiry) bucket; followed by the system
+/// id, then the expiry, epoch and workload conditions.
+const COVERED_BY_GRANT: &str = "SELECT c.system_id, c.exp, COUNT(*) FROM credentials c \
+     JOIN systems s ON s.id = c.system_id JOIN workloads k ON k.id = c.workload_id \
+     LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
+     LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
+     WHERE c.revoked_at IS NULL AND c.id > s.revoked_through AND c.id > COALESCE(w.revoked_through, 0) \
+     AND c.id > COALESCE(gr.revoked_through, 0) AND c.system_id = ";
 
 /// Database logins to drop at `$1`: revoked (one by one, or by system or
 /// workload epoch), expired, or of a system no longer active. The repeated
@@ -196,9 +238,11 @@ pub(crate) const COVERED_BY_WORKLOAD: &str = "SELECT c.system_id, c.exp, COUNT(*
 pub(crate) const DUE_LOGINS: &str = "FROM credentials c JOIN systems s ON s.id = c.system_id \
      JOIN workloads k ON k.id = c.workload_id \
      LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
+     LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
      WHERE c.role_state IN ('live', 'dropping') AND c.role_state = 'live' \
      AND (c.revoked_at IS NOT NULL OR c.exp <= $1 OR c.id <= s.revoked_through \
-     OR c.id <= COALESCE(w.revoked_through, 0) OR s.state <> 'active') ORDER BY c.id";
+     OR c.id <= COALESCE(w.revoked_through, 0) OR c.id <= COALESCE(gr.revoked_through, 0) \
+     OR s.state <> 'active') ORDER BY c.id";
 
 fn with_count(mut event: AuditEvent, outcome: &RevocationOutcome) -> AuditEvent {
     let mut detail = match event.detail.take() {
@@ -224,9 +268,6 @@ fn job_from(row: &DbRow) -> Result<Job, StoreError> {
     })
 }
 
-fn to_json_list(items: impl Iterator<Item = String>) -> String {
-    serde_json::to_string(&items.collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
-}
 
 #[async_trait]
 impl LifecycleStore for Store {
@@ -242,121 +283,6 @@ impl LifecycleStore for Store {
             .await
             .map_err(unavailable)?;
         row.as_ref().map(system_view_from).transpose()
-    }
-
-    async fn create_system(&self, system: &System, event: AuditEvent) -> Result<(), StoreError> {
-        let system = system.clone();
-        write_tx(self, move |conn| {
-            Box::pin(async move {
-                for (field, owner) in [("business_owner", &system.business_owner), ("technical_owner", &system.technical_owner)] {
-                    if !owner_exists(conn, owner.as_str()).await? {
-                        return Err(StoreError::NotFound(format!("{field}: owner {owner} does not exist")));
-                    }
-                }
-                let now = ts(event.time);
-                let inserted = sqlx::query(
-                    "INSERT INTO systems (id, name, purpose, business_owner, technical_owner, tier, state, pilot_ends_at, \
-                     data_classification, suspended_reason, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(system.id.as_str())
-                .bind(&system.name)
-                .bind(&system.purpose)
-                .bind(system.business_owner.as_str())
-                .bind(system.technical_owner.as_str())
-                .bind(system.tier.as_str())
-                .bind(system.state.as_str())
-                .bind(system.pilot_ends_at.map(ts))
-                .bind(&system.data_classification)
-                .bind(&system.suspended_reason)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?
-                .rows_affected();
-                if inserted == 0 {
-                    return Err(StoreError::Conflict(format!("system {} already exists", system.id)));
-                }
-                insert_event(conn, &event).await.map_err(unavailable)
-            })
-        })
-        .await
-    }
-
-    async fn save_system(
-        &self,
-        system: &System,
-        version: i64,
-        revoke: Option<&str>,
-        event: AuditEvent,
-    ) -> Result<RevocationOutcome, StoreError> {
-        let system = system.clone();
-        let revoke = revoke.map(str::to_owned);
-        write_tx(self, move |conn| {
-            Box::pin(async move {
-                for (field, owner) in [("business_owner", &system.business_owner), ("technical_owner", &system.technical_owner)] {
-                    if !owner_exists(conn, owner.as_str()).await? {
-                        return Err(StoreError::NotFound(format!("{field}: owner {owner} does not exist")));
-                    }
-                }
-                let updated = sqlx::query(
-                    "UPDATE systems SET name = $1, purpose = $2, business_owner = $3, technical_owner = $4, tier = $5, state = $6, \
-                     pilot_ends_at = $7, data_classification = $8, suspended_reason = $9, updated_at = $10, \
-                     version = version + 1 WHERE id = $11 AND version = $12",
-                )
-                .bind(&system.name)
-                .bind(&system.purpose)
-                .bind(system.business_owner.as_str())
-                .bind(system.technical_owner.as_str())
-                .bind(system.tier.as_str())
-                .bind(system.state.as_str())
-                .bind(system.pilot_ends_at.map(ts))
-                .bind(&system.data_classification)
-                .bind(&system.suspended_reason)
-                .bind(ts(event.time))
-                .bind(system.id.as_str())
-                .bind(version)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?
-                .rows_affected();
-                if updated == 0 {
-                    let exists: Option<(i64,)> = sqlx::query_as("SELECT version FROM systems WHERE id = $1")
-                        .bind(system.id.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(unavailable)?;
-                    return Err(match exists {
-                        None => StoreError::NotFound(format!("system {} does not exist", system.id)),
-                        Some(_) => StoreError::Conflict(format!(
-                            "system {} was changed by another request meanwhile; read it again and retry",
-                            system.id
-                        )),
-                    });
-                }
-                let outcome = match &revoke {
-                    Some(reason) => {
-                        let target = RevokeTarget::System { system_id: system.id.to_string() };
-                        raise_epoch(conn, &target, reason, event.time).await?
-                    }
-                    None => RevocationOutcome::default(),
-                };
-                if revoke.is_some() {
-                    // The revocation is an event of its own, tied to the
-                    // system change that caused it.
-                    let mut revoked = with_count(event.clone(), &outcome);
-                    revoked.kind = "credential.revoked".into();
-                    if let Some(serde_json::Value::Object(map)) = &mut revoked.detail {
-                        map.insert("by".into(), serde_json::json!(event.kind.clone()));
-                    }
-                    insert_event(conn, &revoked).await.map_err(unavailable)?;
-                }
-                insert_event(conn, &with_count(event, &outcome)).await.map_err(unavailable)?;
-                Ok(outcome)
-            })
-        })
-        .await
     }
 
     async fn revoke(
@@ -400,61 +326,6 @@ impl LifecycleStore for Store {
         row.as_ref().map(|r| owner_from(r, "o_")).transpose()
     }
 
-    async fn create_owner(&self, owner: &Owner, event: AuditEvent) -> Result<(), StoreError> {
-        let owner = owner.clone();
-        write_tx(self, move |conn| {
-            Box::pin(async move {
-                let now = ts(event.time);
-                let inserted = sqlx::query(
-                    "INSERT INTO owners (id, display_name, email, status, attested_until, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(owner.id.as_str())
-                .bind(&owner.display_name)
-                .bind(&owner.email)
-                .bind(owner.status.as_str())
-                .bind(ts(owner.attested_until))
-                .bind(now)
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?
-                .rows_affected();
-                if inserted == 0 {
-                    return Err(StoreError::Conflict(format!("owner {} already exists", owner.id)));
-                }
-                insert_event(conn, &event).await.map_err(unavailable)
-            })
-        })
-        .await
-    }
-
-    async fn save_owner(&self, owner: &Owner, event: AuditEvent) -> Result<(), StoreError> {
-        let owner = owner.clone();
-        write_tx(self, move |conn| {
-            Box::pin(async move {
-                let updated = sqlx::query(
-                    "UPDATE owners SET display_name = $1, email = $2, status = $3, attested_until = $4, updated_at = $5 WHERE id = $6",
-                )
-                .bind(&owner.display_name)
-                .bind(&owner.email)
-                .bind(owner.status.as_str())
-                .bind(ts(owner.attested_until))
-                .bind(ts(event.time))
-                .bind(owner.id.as_str())
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?
-                .rows_affected();
-                if updated == 0 {
-                    return Err(StoreError::NotFound(format!("owner {} does not exist", owner.id)));
-                }
-                insert_event(conn, &event).await.map_err(unavailable)
-            })
-        })
-        .await
-    }
-
     async fn grants(&self, system: &SystemId) -> Result<Vec<Grant>, StoreError> {
         let rows = sqlx::query(
             "SELECT id AS g_id, system_id AS g_system_id, issuer AS g_issuer, subject AS g_subject, audiences AS g_audiences, \
@@ -466,61 +337,6 @@ impl LifecycleStore for Store {
         .await
         .map_err(unavailable)?;
         rows.iter().map(grant_from).collect()
-    }
-
-    async fn create_grant(&self, grant: &Grant, event: AuditEvent) -> Result<(), StoreError> {
-        let grant = grant.clone();
-        write_tx(self, move |conn| {
-            Box::pin(async move {
-                let now = ts(event.time);
-                let inserted = sqlx::query(
-                    "INSERT INTO grants (id, system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, \
-                     created_at, updated_at, binding) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(grant.id.as_str())
-                .bind(grant.system.as_str())
-                .bind(&grant.issuer)
-                .bind(grant.subject.to_string())
-                .bind(to_json_list(grant.audiences.iter().map(|a| a.to_string())))
-                .bind(to_json_list(grant.scopes.to_vec().into_iter()))
-                .bind(to_json_list(grant.default_scopes.to_vec().into_iter()))
-                .bind(to_json_list(grant.kinds.iter().map(ToString::to_string)))
-                .bind(i64::try_from(grant.max_ttl.as_secs()).unwrap_or(i64::MAX))
-                .bind(now)
-                .bind(now)
-                .bind(grant.binding.as_str())
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?
-                .rows_affected();
-                if inserted == 0 {
-                    return Err(StoreError::Conflict(format!("grant {} already exists", grant.id)));
-                }
-                insert_event(conn, &event).await.map_err(unavailable)
-            })
-        })
-        .await
-    }
-
-    async fn delete_grant(&self, system: &SystemId, grant: &GrantId, event: AuditEvent) -> Result<bool, StoreError> {
-        let (system, grant) = (system.to_string(), grant.to_string());
-        write_tx(self, move |conn| {
-            Box::pin(async move {
-                let deleted = sqlx::query("DELETE FROM grants WHERE id = $1 AND system_id = $2")
-                    .bind(&grant)
-                    .bind(&system)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(unavailable)?
-                    .rows_affected();
-                if deleted > 0 {
-                    insert_event(conn, &event).await.map_err(unavailable)?;
-                }
-                Ok(deleted > 0)
-            })
-        })
-        .await
     }
 
     async fn active_credentials_by_system(&self, now: OffsetDateTime) -> Result<Vec<(String, i64)>, StoreError> {
@@ -543,9 +359,12 @@ impl LifecycleStore for Store {
             "SELECT c.jti, c.kind, {ISSUED_TERMS}, k.issuer, k.subject, c.exp \
              FROM credentials c JOIN systems s ON s.id = c.system_id \
              JOIN workloads k ON k.id = c.workload_id \
-             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject {ISSUED_EVENT} \
+             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
+             LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
+             {ISSUED_EVENT} \
              WHERE c.system_id = $1 AND c.exp > $2 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
-             AND c.id > COALESCE(w.revoked_through, 0) ORDER BY c.id LIMIT 10000",
+             AND c.id > COALESCE(w.revoked_through, 0) AND c.id > COALESCE(gr.revoked_through, 0) \
+             ORDER BY c.id LIMIT 10000",
         ))
         .bind(system.as_str())
         .bind(ts(now))
@@ -762,46 +581,39 @@ impl JobStore for Store {
     ) -> Result<Option<i64>, StoreError> {
         // Walk the covered rows in id order from the cursor, so each pass
         // resumes where the last stopped instead of rescanning.
-        let (scope, binds): (&str, Vec<&str>) = match target {
-            RevokeTarget::System { system_id } => ("system_id = $1", vec![system_id.as_str()]),
-            RevokeTarget::Workload { issuer, subject } => {
-                ("workload_id = (SELECT id FROM workloads WHERE issuer = $1 AND subject = $2)", vec![issuer.as_str(), subject.as_str()])
+        let window = |q: &mut QueryBuilder<'_, Db>| {
+            q.push("SELECT id FROM credentials WHERE ");
+            match target {
+                RevokeTarget::System { system_id } => {
+                    q.push("system_id = ").push_bind(system_id.clone());
+                }
+                RevokeTarget::Workload { issuer, subject } => {
+                    q.push("workload_id = (SELECT id FROM workloads WHERE issuer = ").push_bind(issuer.clone());
+                    q.push(" AND subject = ").push_bind(subject.clone()).push(")");
+                }
+                RevokeTarget::Grant { system_id, workloads, .. } => {
+                    q.push("system_id = ").push_bind(system_id.clone()).push(" AND workload_id IN (");
+                    let mut ids = q.separated(", ");
+                    for id in workloads.iter().chain(workloads.is_empty().then_some(&0)) {
+                        ids.push_bind(*id);
+                    }
+                    q.push(")");
+                }
             }
+            q.push(" AND id > ").push_bind(after).push(" AND id <= ").push_bind(through);
+            q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
         };
-        let n = binds.len();
-        let window = format!(
-            "SELECT id FROM credentials WHERE {scope} AND id > ${} AND id <= ${} ORDER BY id LIMIT ${}",
-            n + 1,
-            n + 2,
-            n + 3
-        );
-        let last_sql = format!("SELECT MAX(id) FROM ({window}) AS w");
-        let mut last = sqlx::query_as::<_, (Option<i64>,)>(&last_sql);
-        for b in &binds {
-            last = last.bind(*b);
-        }
-        let (last,) =
-            last.bind(after).bind(through).bind(i64::from(limit)).fetch_one(&self.pool).await.map_err(unavailable)?;
+        let mut last = QueryBuilder::<Db>::new("SELECT MAX(id) FROM (");
+        window(&mut last);
+        last.push(") AS w");
+        let (last,): (Option<i64>,) = last.build_query_as().fetch_one(&self.pool).await.map_err(unavailable)?;
         let Some(last) = last else { return Ok(None) };
-        // The window's placeholders come first; `at` and `reason` follow.
-        let sql = format!(
-            "UPDATE credentials SET revoked_at = ${}, revoked_reason = ${} WHERE revoked_at IS NULL AND id IN ({window})",
-            n + 4,
-            n + 5
-        );
-        let mut update = sqlx::query(&sql);
-        for b in &binds {
-            update = update.bind(*b);
-        }
-        update
-            .bind(after)
-            .bind(through)
-            .bind(i64::from(limit))
-            .bind(at)
-            .bind(reason)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let mut update = QueryBuilder::<Db>::new("UPDATE credentials SET revoked_at = ");
+        update.push_bind(at).push(", revoked_reason = ").push_bind(reason.to_owned());
+        update.push(" WHERE revoked_at IS NULL AND id IN (");
+        window(&mut update);
+        update.push(")");
+        update.build().execute(&self.pool).await.map_err(unavailable)?;
         Ok(Some(last))
     }
 

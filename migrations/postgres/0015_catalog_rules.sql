@@ -1,0 +1,26 @@
+-- The catalog's continuous rules (src/domain/catalog.rs).
+--
+-- When a system entered its tier: a sandbox or pilot lasts at most
+-- lifecycle.max_pilot from then, however often its end date moves.
+-- Systems created before are taken to have entered it when they were
+-- created (the earliest it can have been).
+ALTER TABLE systems ADD COLUMN tier_started_at BIGINT NOT NULL DEFAULT 0;
+UPDATE systems SET tier_started_at = created_at;
+
+-- Bumped by every change of a grant: an issuance decided on an older
+-- version is refused when it commits, so nothing a removed or narrowed
+-- grant allowed can be issued after the change.
+ALTER TABLE grants ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
+
+-- A removed or narrowed grant revokes what was issued under it: for each
+-- workload identity it covered, the credentials of that workload in the
+-- grant's system with an id at or below `revoked_through`.
+CREATE TABLE grant_revocations (
+    system_id       TEXT NOT NULL,
+    workload_id     BIGINT NOT NULL REFERENCES workloads (id),
+    revoked_through BIGINT NOT NULL,
+    grant_id        TEXT NOT NULL,               -- the last grant whose change raised it
+    PRIMARY KEY (system_id, workload_id)
+);
+CREATE TRIGGER grant_revocations_changes AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON grant_revocations
+    FOR EACH STATEMENT EXECUTE FUNCTION halflife_catalog_changed();

@@ -608,22 +608,28 @@ impl Config {
     }
 
     /// Like [`Config::load`], without the safety checks: for reporting
-    /// every problem at once (`halflife config check`).
+    /// every problem at once (`halflife config check`). A `path` of
+    /// [`ENVIRONMENT_ONLY`] takes the whole configuration from `HALFLIFE_*`
+    /// variables; any other path must exist.
     pub fn load_unvalidated(path: &Path) -> Result<Self, ConfigError> {
         let mut figment = Figment::new();
-        if path.exists() {
+        if path != Path::new(ENVIRONMENT_ONLY) {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "config file not found: {} (name one with --config <file> or HALFLIFE_CONFIG, or use \
+                     --config {ENVIRONMENT_ONLY} to take the whole configuration from HALFLIFE_* variables)",
+                    path.display()
+                )));
+            }
             figment = figment.merge(Toml::file(path));
-        } else if path != Path::new(crate::cli::DEFAULT_CONFIG) {
-            return Err(ConfigError::Load(format!("{} does not exist", path.display())));
         }
-        file_overrides(figment.merge(env_overrides()))?
-            .extract()
-            .map_err(|e| ConfigError::Load(flatten_figment_error(e)))
+        let figment = with_env(figment)?;
+        file_overrides(figment)?.extract().map_err(|e| ConfigError::Load(flatten_figment_error(e)))
     }
 
     /// Parses a configuration from TOML text plus environment overrides.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::extract(file_overrides(Figment::new().merge(Toml::string(text)).merge(env_overrides()))?)
+        Self::extract(file_overrides(with_env(Figment::new().merge(Toml::string(text)))?)?)
     }
 
     /// Problems `validate` cannot see: files the configuration names that
@@ -982,12 +988,104 @@ fn env_name(key: &str) -> String {
     format!("HALFLIFE_{}", key.to_ascii_uppercase().replace('.', "__"))
 }
 
+/// The `--config` value (or `HALFLIFE_CONFIG`) that reads no file: the
+/// whole configuration comes from `HALFLIFE_*` variables (containers).
+pub const ENVIRONMENT_ONLY: &str = "none";
+
+/// `HALFLIFE_<SECTION>__<KEY>` variables that override keys: at least one
+/// `__`, under a known section. A bare `HALFLIFE_SERVER` or `HALFLIFE_TOKEN`
+/// is not a key (the CLI uses such names), nor is a variable naming an
+/// entry of an array of tables by index (see [`indexed_overrides`]).
 fn env_overrides() -> Env {
     Env::prefixed("HALFLIFE_").split("__").filter(|key| {
-        let first = key.as_str().split('.').next().unwrap_or_default();
+        let mut parts = key.as_str().split('.');
+        let first = parts.next().unwrap_or_default();
+        let nested = key.as_str().contains('.');
+        let indexed = key.as_str().split('.').any(|p| p.parse::<usize>().is_ok());
         let file_variant = FILE_VARIANTS.iter().any(|k| key.as_str().eq_ignore_ascii_case(&format!("{k}_file")));
-        SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first)) && !file_variant
+        nested && !indexed && SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first)) && !file_variant
     })
+}
+
+/// `figment` with the environment's overrides merged in.
+fn with_env(figment: Figment) -> Result<Figment, ConfigError> {
+    let figment = figment.merge(env_overrides());
+    indexed_overrides(figment, std::env::vars())
+}
+
+/// Applies variables that name an entry of an array of tables by its
+/// index: `HALFLIFE_ISSUERS__0__AUDIENCE=halflife` sets the first issuer's
+/// audience, `HALFLIFE_ISSUERS__1__NAME=…` (with the rest of its keys) adds
+/// a second one to a file that has one, and
+/// `HALFLIFE_MTLS__TRUST_DOMAINS__0__BUNDLE_FILE=…` reaches into a section.
+/// An index may be an existing entry or the next one, never further.
+fn indexed_overrides(figment: Figment, vars: impl Iterator<Item = (String, String)>) -> Result<Figment, ConfigError> {
+    use figment::value::{Dict, Value};
+    /// One variable: the array's path, the index, the key path inside the
+    /// entry, the variable's name and its value.
+    type Edit = (Vec<String>, usize, Vec<String>, String, String);
+    let mut edits: Vec<Edit> = Vec::new();
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix("HALFLIFE_") else { continue };
+        let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let Some(at) = parts.iter().position(|p| p.parse::<usize>().is_ok()) else { continue };
+        if at == 0 || !SECTIONS.contains(&parts[0].as_str()) {
+            continue;
+        }
+        let index = parts[at].parse::<usize>().unwrap_or(usize::MAX);
+        edits.push((parts[..at].to_vec(), index, parts[at + 1..].to_vec(), name.clone(), value));
+    }
+    // Lower indexes first, so entry n exists before n + 1 is added.
+    edits.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let mut arrays: Vec<(String, Vec<Value>)> = Vec::new();
+    for (path, index, inner, var, text) in edits {
+        let key = path.join(".");
+        let slot = match arrays.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let current: Vec<Value> = match figment.find_value(&key) {
+                    Ok(Value::Array(_, items)) => items,
+                    Ok(_) => return Err(ConfigError::Load(format!("{var}: {key} is not a list"))),
+                    Err(_) => Vec::new(),
+                };
+                arrays.push((key.clone(), current));
+                arrays.len() - 1
+            }
+        };
+        let items = &mut arrays[slot].1;
+        if index > items.len() {
+            return Err(ConfigError::Load(format!(
+                "{var}: {key} has {} entr{}; an index names one of them or the next ({})",
+                items.len(),
+                if items.len() == 1 { "y" } else { "ies" },
+                items.len()
+            )));
+        }
+        if index == items.len() {
+            items.push(Value::from(Dict::new()));
+        }
+        let parsed: Value = text.parse().unwrap_or_else(|_: std::convert::Infallible| Value::from(text.clone()));
+        if inner.is_empty() {
+            items[index] = parsed;
+            continue;
+        }
+        let Value::Dict(_, entry) = &mut items[index] else {
+            return Err(ConfigError::Load(format!("{var}: entry {index} of {key} is not a table")));
+        };
+        let mut node = entry;
+        for (i, part) in inner.iter().enumerate() {
+            if i + 1 == inner.len() {
+                node.insert(part.clone(), parsed.clone());
+                break;
+            }
+            let next = node.entry(part.clone()).or_insert_with(|| Value::from(Dict::new()));
+            let Value::Dict(_, dict) = next else {
+                return Err(ConfigError::Load(format!("{var}: {} is not a table", inner[..=i].join("."))));
+            };
+            node = dict;
+        }
+    }
+    Ok(arrays.into_iter().fold(figment, |f, (key, items)| f.merge(Serialized::default(&key, items))))
 }
 
 /// Applies `HALFLIFE_<KEY>_FILE` variables: the file's contents (without a
@@ -1023,6 +1121,61 @@ fn flatten_figment_error(e: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_vars(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        let figment = indexed_overrides(Figment::new().merge(Toml::string(text)), vars)?;
+        figment.extract().map_err(|e| ConfigError::Load(flatten_figment_error(e)))
+    }
+
+    #[test]
+    fn entries_of_arrays_of_tables_are_overridden_and_added_by_index() {
+        let file = "[dev]\nenabled = true\n[[issuers]]\nname = \"k8s\"\nissuer = \"https://k8s.example\"\n\
+                    jwks_file = \"/etc/k8s.jwks\"\naudience = \"halflife\"\n";
+        let config = with_vars(
+            file,
+            &[
+                ("HALFLIFE_ISSUERS__0__AUDIENCE", "broker"),
+                ("HALFLIFE_ISSUERS__1__NAME", "ci"),
+                ("HALFLIFE_ISSUERS__1__ISSUER", "https://ci.example"),
+                ("HALFLIFE_ISSUERS__1__JWKS_URI", "https://ci.example/jwks"),
+                ("HALFLIFE_ISSUERS__1__AUDIENCE", "halflife"),
+                ("HALFLIFE_ISSUERS__1__ALGORITHMS", "[\"ES256\"]"),
+                ("HALFLIFE_POSTGRES_BACKENDS__0__NAME", "reports"),
+                ("HALFLIFE_POSTGRES_BACKENDS__0__ADMIN_URL", "postgres://admin@db/reports"),
+                ("HALFLIFE_POSTGRES_BACKENDS__0__GRANTS", "[\"GRANT x TO {{role}}\"]"),
+                ("HALFLIFE_TOKEN", "not a key"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.issuers.len(), 2);
+        assert_eq!((config.issuers[0].name.as_str(), config.issuers[0].audience.as_str()), ("k8s", "broker"));
+        assert_eq!(config.issuers[1].name, "ci");
+        assert_eq!(config.issuers[1].jwks_uri.as_ref().map(Url::as_str), Some("https://ci.example/jwks"));
+        assert_eq!(config.postgres_backends[0].name, "reports");
+
+        let err = with_vars(file, &[("HALFLIFE_ISSUERS__2__NAME", "gap")]).unwrap_err().to_string();
+        assert!(err.contains("HALFLIFE_ISSUERS__2__NAME") && err.contains("has 1 entry"), "{err}");
+        let nested = with_vars(
+            "[mtls]\nlisten = \"127.0.0.1:8443\"\ncert_file = \"c\"\nkey_file = \"k\"\n",
+            &[
+                ("HALFLIFE_MTLS__TRUST_DOMAINS__0__NAME", "prod.example"),
+                ("HALFLIFE_MTLS__TRUST_DOMAINS__0__BUNDLE_FILE", "b.pem"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(nested.mtls.unwrap().trust_domains[0].name, "prod.example");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error_unless_the_environment_is_chosen() {
+        let missing = Config::load_unvalidated(Path::new("/nonexistent/halflife.toml")).unwrap_err().to_string();
+        assert!(missing.contains("config file not found: /nonexistent/halflife.toml"), "{missing}");
+        assert!(missing.contains("--config none"), "{missing}");
+        let default = Config::load_unvalidated(Path::new("no-such-dir/halflife.toml")).unwrap_err().to_string();
+        assert!(default.contains("config file not found"), "{default}");
+        assert!(Config::load_unvalidated(Path::new(ENVIRONMENT_ONLY)).is_ok());
+    }
 
     #[test]
     fn defaults_are_safe_and_valid_in_dev() {

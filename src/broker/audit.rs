@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::{Broker, Unavailable};
 use crate::audit::{CHECKPOINT_TYP, ChainVerifier, Checkpoint, CheckpointClaims, GENESIS, VerifyReport};
-use crate::store::AuditFilter;
+use crate::store::{AuditFilter, AuditReader};
 
 /// Events fetched per page while verifying or exporting.
 pub const PAGE: u32 = 1000;
@@ -26,6 +26,49 @@ pub struct CheckpointPolicy {
 pub struct CheckpointState {
     pub seq: i64,
     pub at: Option<OffsetDateTime>,
+}
+
+/// Verifies the chain of the log `audit` reads, from `from` (default 1) to
+/// `to` (default the head), and every checkpoint in that range against
+/// `jwks`; names the first problem. Works on any database or copy of one
+/// (`halflife audit verify --database`).
+pub async fn verify_log(
+    audit: &dyn AuditReader,
+    jwks: &Value,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<VerifyReport, Unavailable> {
+    let from = from.unwrap_or(1).max(1);
+    let checkpoints = audit.checkpoints().await.map_err(Unavailable)?;
+    let relevant: Vec<Checkpoint> =
+        checkpoints.into_iter().filter(|c| c.seq >= from && to.is_none_or(|t| c.seq <= t)).collect();
+    for c in &relevant {
+        if let Err(why) = crate::audit::verify_checkpoint(c, jwks) {
+            return Ok(VerifyReport {
+                ok: false,
+                first_problem: Some(crate::audit::Problem { seq: c.seq, what: format!("checkpoint: {why}") }),
+                ..VerifyReport::default()
+            });
+        }
+    }
+    let prev = if from == 1 {
+        GENESIS.to_owned()
+    } else {
+        audit.audit_hash(from - 1).await.map_err(Unavailable)?.unwrap_or_default()
+    };
+    let mut verifier = ChainVerifier::new(from, prev, &relevant);
+    let filter = AuditFilter { from_seq: Some(from), to_seq: to, ..AuditFilter::default() };
+    let mut after = None;
+    loop {
+        let page = audit.audit_events(&filter, after, PAGE).await.map_err(Unavailable)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        let full = page.len() == PAGE as usize;
+        if !page.iter().all(|e| verifier.push(e)) || !full {
+            break;
+        }
+    }
+    Ok(verifier.finish())
 }
 
 impl Broker {
@@ -75,40 +118,9 @@ impl Broker {
     /// Verifies the chain from `from` (default 1) to `to` (default the
     /// head) and every checkpoint signature; names the first problem.
     pub async fn verify_audit(&self, from: Option<i64>, to: Option<i64>) -> Result<VerifyReport, Unavailable> {
-        let from = from.unwrap_or(1).max(1);
-        let checkpoints = self.audit.checkpoints().await.map_err(Unavailable)?;
-        let relevant: Vec<Checkpoint> =
-            checkpoints.into_iter().filter(|c| c.seq >= from && to.is_none_or(|t| c.seq <= t)).collect();
         // Old checkpoints were signed by keys since retired: every key the
         // broker ever stored checks its own signatures.
-        let jwks = self.keys.get().all_jwks();
-        for c in &relevant {
-            if let Err(why) = crate::audit::verify_checkpoint(c, &jwks) {
-                return Ok(VerifyReport {
-                    ok: false,
-                    first_problem: Some(crate::audit::Problem { seq: c.seq, what: format!("checkpoint: {why}") }),
-                    ..VerifyReport::default()
-                });
-            }
-        }
-        let prev = if from == 1 {
-            GENESIS.to_owned()
-        } else {
-            self.audit.audit_hash(from - 1).await.map_err(Unavailable)?.unwrap_or_default()
-        };
-        let mut verifier = ChainVerifier::new(from, prev, &relevant);
-        let filter = AuditFilter { from_seq: Some(from), to_seq: to, ..AuditFilter::default() };
-        let mut after = None;
-        loop {
-            let page = self.audit.audit_events(&filter, after, PAGE).await.map_err(Unavailable)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.seq);
-            let full = page.len() == PAGE as usize;
-            if !page.iter().all(|e| verifier.push(e)) || !full {
-                break;
-            }
-        }
-        Ok(verifier.finish())
+        verify_log(self.audit.as_ref(), &self.keys.get().all_jwks(), from, to).await
     }
 
     /// Everything known about one credential: its row (never the token),

@@ -15,14 +15,42 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::clock::{Clock, SystemClock};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Remote {
-    /// Base URL of the halflife server.
-    #[arg(long, env = "HALFLIFE_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
-    pub server: String,
+    /// Base URL of the halflife server [default: server.public_url of --config, else its listen
+    /// address].
+    #[arg(long, env = "HALFLIFE_URL", global = true)]
+    pub server: Option<String>,
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl Remote {
+    /// This remote with its server decided: `--server`, else `HALFLIFE_URL`,
+    /// else the deprecated `HALFLIFE_SERVER` (with a warning), else the
+    /// server the configuration at `config` describes (its `public_url`, or
+    /// its listen address).
+    pub fn resolved(&self, config: &std::path::Path) -> anyhow::Result<Remote> {
+        if self.server.is_some() {
+            return Ok(self.clone());
+        }
+        if let Ok(old) = std::env::var("HALFLIFE_SERVER") {
+            eprintln!("warning: HALFLIFE_SERVER is deprecated; set HALFLIFE_URL instead");
+            return Ok(Remote { server: Some(old), ..self.clone() });
+        }
+        let configured = crate::config::Config::load_unvalidated(config).map_err(|e| {
+            anyhow::anyhow!(
+                "no server to talk to: set --server or HALFLIFE_URL, or name a configuration with --config ({e})"
+            )
+        })?;
+        let mut server = configured.server.clone();
+        // A wildcard listener is reached on loopback from this host.
+        if server.public_url.is_none() && server.listen.ip().is_unspecified() {
+            server.listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Ok(Remote { server: Some(server.public_base()), ..self.clone() })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,14 +271,16 @@ struct Client {
 impl Client {
     fn new(remote: &Remote) -> anyhow::Result<Self> {
         let token = std::env::var("HALFLIFE_TOKEN").map(SecretString::from).context(
-            "set HALFLIFE_TOKEN to an admin token (halflife admin token create --role operator --name <you>)",
+            "set HALFLIFE_TOKEN to an admin token whose role may do this (halflife admin token create --role \
+             auditor --name <you> to read and verify; --role operator to change)",
         )?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(client_tls()?)
             .timeout(Duration::from_secs(30))
             .build()
             .context("failed to build the HTTP client")?;
-        Ok(Self { http, base: remote.server.trim_end_matches('/').to_owned(), token, json: remote.json })
+        let base = remote.server.as_deref().context("no server to talk to: set --server or HALFLIFE_URL")?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token, json: remote.json })
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -728,21 +758,27 @@ pub enum AuditCommand {
         #[arg(long)]
         checkpoints: Option<std::path::PathBuf>,
     },
-    /// Verify the chain: on the server, or offline from an unfiltered JSONL export.
+    /// Verify the chain and its signed checkpoints: through the server, directly on a database
+    /// (or a copy of one) with --database, or offline from an unfiltered JSONL export with --file.
     Verify {
         #[arg(long)]
         from: Option<i64>,
         #[arg(long)]
         to: Option<i64>,
         /// Offline: a JSONL export of the whole log.
-        #[arg(long, requires = "jwks")]
+        #[arg(long, requires = "jwks", conflicts_with = "database")]
         file: Option<std::path::PathBuf>,
         /// Offline: the saved checkpoints (from `audit export --checkpoints`).
         #[arg(long, requires = "file")]
         checkpoints: Option<std::path::PathBuf>,
-        /// Offline: the server's JWKS (GET /.well-known/jwks.json).
-        #[arg(long, requires = "file")]
+        /// The server's JWKS (GET /.well-known/jwks.json): needed with --file; with --database,
+        /// instead of opening the stored keys with the KEK of --config.
+        #[arg(long)]
         jwks: Option<std::path::PathBuf>,
+        /// A database (or a copy of one) to verify directly, no server needed: sqlite://… or
+        /// postgres://…
+        #[arg(long)]
+        database: Option<String>,
     },
 }
 
@@ -767,6 +803,48 @@ fn print_report(report: &Value, json_out: bool) -> anyhow::Result<()> {
 }
 
 /// Verifies an exported JSONL file against checkpoints and a JWKS, offline.
+/// `halflife audit verify --database <url>`: the chain and checkpoints of a
+/// database read directly (no server). Checkpoints are checked against
+/// `--jwks`, or against the keys stored in the database, opened with the KEK
+/// of the configuration.
+async fn verify_database(
+    url: &str,
+    jwks: Option<&std::path::Path>,
+    config: &std::path::Path,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> anyhow::Result<crate::audit::VerifyReport> {
+    let options = crate::store::OpenOptions {
+        url: url.to_owned(),
+        busy_timeout: Duration::from_secs(5),
+        max_connections: 2,
+        auto_migrate: false,
+        application_name: "halflife audit verify".into(),
+    };
+    let store = crate::store::open(&options)
+        .await
+        .with_context(|| format!("failed to open database {}", crate::app::redacted(url)))?
+        .store;
+    let jwks: Value = match jwks {
+        Some(path) => {
+            serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+                .context("the JWKS file is not JSON")?
+        }
+        None => {
+            let config = crate::config::Config::load_unvalidated(config).context(
+                "checking the checkpoints needs the signing keys: give --jwks <file> (GET /.well-known/jwks.json), \
+                 or --config with the KEK that opens the keys stored in the database",
+            )?;
+            let kek = crate::app::load_kek(&config)?;
+            let sealed = store.signing_keys().await?;
+            crate::keys::Keyring::from_sealed(&sealed, config.keys.algorithm, &kek)
+                .context("the configuration's KEK does not open the keys stored in this database")?
+                .all_jwks()
+        }
+    };
+    crate::broker::audit::verify_log(store.as_ref(), &jwks, from, to).await.map_err(|e| anyhow::anyhow!(e.0))
+}
+
 fn verify_offline(
     file: &std::path::Path,
     checkpoints: Option<&std::path::Path>,
@@ -808,14 +886,18 @@ fn verify_offline(
     Ok(json!(verifier.finish()))
 }
 
-pub async fn audit(remote: &Remote, command: AuditCommand) -> anyhow::Result<()> {
+pub async fn audit(remote: &Remote, command: AuditCommand, config: &std::path::Path) -> anyhow::Result<()> {
     if let AuditCommand::Verify { file: Some(file), checkpoints, jwks: Some(jwks), .. } = &command {
         if checkpoints.is_none() {
             eprintln!("warning: without --checkpoints a truncated tail cannot be detected");
         }
         return print_report(&verify_offline(file, checkpoints.as_deref(), jwks)?, remote.json);
     }
-    let c = Client::new(remote)?;
+    if let AuditCommand::Verify { database: Some(url), jwks, from, to, .. } = &command {
+        let report = verify_database(url, jwks.as_deref(), config, *from, *to).await?;
+        return print_report(&json!(report), remote.json);
+    }
+    let c = Client::new(&remote.resolved(config)?)?;
     match command {
         AuditCommand::Query { filter, limit, cursor, csv } => {
             let mut path = format!("/v1/audit/events?{}", filter.query());

@@ -295,20 +295,21 @@ mod otel {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::crypto::install();
     match cli.command {
-        Command::Remote(command) => run_remote(*command).await,
+        Command::Remote(command) => run_remote(*command, &cli.config).await,
         Command::Local(command) => run_local(command, &cli.config).await,
     }
 }
 
-async fn run_remote(command: RemoteCommand) -> anyhow::Result<()> {
+async fn run_remote(command: RemoteCommand, config: &std::path::Path) -> anyhow::Result<()> {
     match command {
-        RemoteCommand::Systems { remote, command } => client::systems(&remote, command).await,
-        RemoteCommand::Owners { remote, command } => client::owners(&remote, command).await,
-        RemoteCommand::Grants { remote, command } => client::grants(&remote, command).await,
-        RemoteCommand::Revoke { remote, args } => client::revoke(&remote, args).await,
-        RemoteCommand::Jobs { remote, command } => client::jobs(&remote, command).await,
-        RemoteCommand::Keys { remote, command } => client::keys(&remote, command).await,
-        RemoteCommand::Audit { remote, command } => client::audit(&remote, command).await,
+        RemoteCommand::Systems { remote, command } => client::systems(&remote.resolved(config)?, command).await,
+        RemoteCommand::Owners { remote, command } => client::owners(&remote.resolved(config)?, command).await,
+        RemoteCommand::Grants { remote, command } => client::grants(&remote.resolved(config)?, command).await,
+        RemoteCommand::Revoke { remote, args } => client::revoke(&remote.resolved(config)?, args).await,
+        RemoteCommand::Jobs { remote, command } => client::jobs(&remote.resolved(config)?, command).await,
+        RemoteCommand::Keys { remote, command } => client::keys(&remote.resolved(config)?, command).await,
+        // Offline verification needs no server at all.
+        RemoteCommand::Audit { remote, command } => client::audit(&remote, command, config).await,
     }
 }
 
@@ -356,7 +357,7 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
         LocalCommand::Config(ConfigCommand::Check) => return check_config(config_path),
         LocalCommand::Healthcheck { url } => return healthcheck(url).await,
         LocalCommand::Apply(args) if !args.local => {
-            return client::apply(&args.remote, &args.file, args.dry_run).await;
+            return client::apply(&args.remote.resolved(config_path)?, &args.file, args.dry_run).await;
         }
         _ => {}
     }

@@ -301,7 +301,7 @@ async fn exports_parse_back_and_verify_offline() {
     let run = |args: &[&str]| {
         let out = Command::new(BIN)
             .args(args)
-            .env("HALFLIFE_SERVER", &app.base)
+            .env("HALFLIFE_URL", &app.base)
             .env("HALFLIFE_TOKEN", &auditor)
             .output()
             .unwrap();
@@ -334,6 +334,31 @@ async fn exports_parse_back_and_verify_offline() {
     let (ok, out) = tokio::task::block_in_place(|| offline(&jsonl));
     assert!(ok, "{out}");
     assert!(out.starts_with("ok:"), "{out}");
+
+    // The same log verified directly on its database, with no server and no
+    // token: its checkpoints checked with the keys the database holds
+    // (opened with the configuration's KEK), or with a saved JWKS.
+    let config = dir.join("verify.toml");
+    std::fs::write(&config, format!("[keys]\nkek = \"{}\"\nalgorithm = \"EdDSA\"\n[dev]\nenabled = true\n", kek_b64()))
+        .unwrap();
+    let on_database = |extra: &[&str]| {
+        let mut args = vec!["--config", config.to_str().unwrap(), "audit", "verify", "--database"];
+        let url = app.db_url();
+        args.push(&url);
+        args.extend_from_slice(extra);
+        let out =
+            Command::new(BIN).args(&args).env_remove("HALFLIFE_TOKEN").env_remove("HALFLIFE_URL").output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = tokio::task::block_in_place(|| on_database(&[]));
+    assert!(ok && out.starts_with("ok:"), "{out}{err}");
+    assert!(!out.contains(" 0 checkpoints"), "the checkpoints were checked: {out}");
+    let (ok, out, err) = tokio::task::block_in_place(|| on_database(&["--jwks", jwks.to_str().unwrap()]));
+    assert!(ok && out.starts_with("ok:"), "{out}{err}");
     // Alter one exported event: offline verification names it.
     let text = std::fs::read_to_string(&jsonl).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();

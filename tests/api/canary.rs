@@ -170,14 +170,12 @@ async fn canary_secrets_reach_no_log_response_event_export_or_database() {
     let export = dir.path().join("export.jsonl");
     let checkpoints = dir.path().join("checkpoints.json");
     let mut cmd = cli(dir.path(), port);
-    cmd.env("HALFLIFE_TOKEN", &admin).env("HALFLIFE_SERVER", &base).args(["audit", "export", "--out"]);
+    cmd.env("HALFLIFE_TOKEN", &admin).env("HALFLIFE_URL", &base).args(["audit", "export", "--out"]);
     cmd.arg(&export).arg("--checkpoints").arg(&checkpoints);
     bodies.push(("halflife audit export (stdout)".into(), stdout_of(&mut cmd)));
     bodies.push(("halflife audit export".into(), std::fs::read_to_string(&export).unwrap()));
     let mut cmd = cli(dir.path(), port);
-    cmd.env("HALFLIFE_TOKEN", &admin)
-        .env("HALFLIFE_SERVER", &base)
-        .args(["audit", "query", "--json", "--limit", "1000"]);
+    cmd.env("HALFLIFE_TOKEN", &admin).env("HALFLIFE_URL", &base).args(["audit", "query", "--json", "--limit", "1000"]);
     bodies.push(("halflife audit query".into(), stdout_of(&mut cmd)));
 
     assert!(Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap().success());

@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_halflife");
 
 fn cli(app: &TestApp, token: &str, args: &[&str]) -> (bool, String, String) {
     let out =
-        Command::new(BIN).args(args).env("HALFLIFE_SERVER", &app.base).env("HALFLIFE_TOKEN", token).output().unwrap();
+        Command::new(BIN).args(args).env("HALFLIFE_URL", &app.base).env("HALFLIFE_TOKEN", token).output().unwrap();
     (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 

@@ -328,3 +328,68 @@ fn config_check_names_every_problem_with_its_key() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("from-file.db").exists());
 }
+
+/// The first hour's traps: `HALFLIFE_SERVER` set in the shell (the CLI's
+/// old variable) does not break `serve`; the operator commands find the
+/// server the configuration describes; a missing configuration file is an
+/// error that says so.
+#[tokio::test]
+async fn the_cli_finds_the_configured_server_and_a_missing_config_is_named() {
+    let dir = workdir();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let child = halflife(dir.path(), port)
+        .env("HALFLIFE_SERVER", "http://127.0.0.1:1")
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _server = Server(child);
+    let base = format!("http://127.0.0.1:{port}");
+    halflife::crypto::install();
+    let client = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(30), || async {
+        matches!(client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(
+        ready,
+        "serve failed with HALFLIFE_SERVER set: {}",
+        std::fs::read_to_string(dir.path().join("server.log")).unwrap()
+    );
+
+    let token =
+        run_ok(halflife(dir.path(), port).args(["admin", "token", "create", "--role", "auditor", "--name", "ana"]));
+    let token = token.trim().lines().last().unwrap().to_owned();
+    // No --server and no HALFLIFE_URL: the configuration's listen address.
+    let out = run_ok(
+        halflife(dir.path(), port).env("HALFLIFE_TOKEN", &token).env_remove("HALFLIFE_URL").args(["systems", "list"]),
+    );
+    assert!(out.contains("summarizer"), "{out}");
+    // The old variable still works for the CLI, with a warning.
+    let out = halflife(dir.path(), port)
+        .env("HALFLIFE_TOKEN", &token)
+        .env("HALFLIFE_SERVER", &base)
+        .args(["systems", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HALFLIFE_SERVER is deprecated"));
+
+    let empty = tempfile::tempdir().unwrap();
+    for args in [&["serve"][..], &["config", "check"][..]] {
+        let out = halflife(empty.path(), free_port()).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        assert!(text.contains("config file not found: config/halflife.toml"), "{args:?}: {text}");
+        assert!(text.contains("--config"), "{args:?}: {text}");
+    }
+    // The whole configuration from the environment, by an explicit choice.
+    let out = halflife(empty.path(), free_port())
+        .args(["--config", "none", "config", "check"])
+        .env("HALFLIFE_DEV__ENABLED", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}

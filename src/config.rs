@@ -517,6 +517,8 @@ fn default_jwks_max_stale() -> HumanDuration {
 pub enum AttestationAlgorithm {
     RS256,
     ES256,
+    /// Ed25519, also written by its fully specified name (RFC 9864).
+    #[serde(alias = "Ed25519")]
     EdDSA,
 }
 

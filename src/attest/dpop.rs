@@ -9,8 +9,7 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use ring::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey, VerificationAlgorithm};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -18,8 +17,10 @@ use url::Url;
 
 use crate::crypto;
 
-/// Algorithms accepted on proofs (advertised in the AS metadata).
-pub const DPOP_ALGORITHMS: &[&str] = &["ES256", "EdDSA"];
+/// Algorithms accepted on proofs (advertised in the AS metadata): ES256,
+/// and Ed25519 under both its names, `EdDSA` (RFC 8037) and the fully
+/// specified `Ed25519` (RFC 9864) that current clients send.
+pub const DPOP_ALGORITHMS: &[&str] = &["ES256", "EdDSA", "Ed25519"];
 /// Longest proof accepted.
 pub const MAX_PROOF_BYTES: usize = 4 * 1024;
 const MAX_JTI_LEN: usize = 256;
@@ -42,7 +43,7 @@ pub enum DpopError {
     TooLarge,
     #[error("DPoP proof typ must be \"dpop+jwt\"")]
     Type,
-    #[error("DPoP proof alg must be one of ES256, EdDSA")]
+    #[error("DPoP proof alg must be one of ES256, EdDSA, Ed25519")]
     Algorithm,
     #[error("DPoP proof jwk is missing, private, or does not match alg: {0}")]
     Key(&'static str),
@@ -96,32 +97,27 @@ pub fn verify_proof(
         return Err(DpopError::Type);
     }
     let alg = match header.get("alg").and_then(Value::as_str) {
-        Some("ES256") => Algorithm::ES256,
-        Some("EdDSA") => Algorithm::EdDSA,
+        Some("ES256") => ProofAlg::Es256,
+        Some("EdDSA" | "Ed25519") => ProofAlg::Ed25519,
         _ => return Err(DpopError::Algorithm),
     };
     let jwk = header.get("jwk").and_then(Value::as_object).ok_or(DpopError::Key("no jwk header"))?;
     let (key, jkt) = public_key(jwk, alg)?;
 
-    let mut validation = Validation::new(alg);
-    validation.algorithms = vec![alg];
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.leeway = 0;
-    validation.set_required_spec_claims::<&str>(&[]);
-    let claims = match jsonwebtoken::decode::<Claims>(proof, &key, &validation) {
-        Ok(data) => data.claims,
-        Err(e) => {
-            return Err(match e.kind() {
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => {
-                    DpopError::Signature
-                }
-                ErrorKind::Json(e) => DpopError::Claims(crate::domain::values::truncate(&e.to_string(), 120)),
-                _ => DpopError::Malformed("encoding"),
-            });
-        }
+    // The signature, checked with ring over the signing input as sent.
+    let (signing_input, signature) = proof.rsplit_once('.').ok_or(DpopError::Malformed("no signature"))?;
+    let signature = crypto::b64url_decode(signature).ok_or(DpopError::Malformed("signature encoding"))?;
+    let verifier: &dyn VerificationAlgorithm = match alg {
+        ProofAlg::Es256 => &ECDSA_P256_SHA256_FIXED,
+        ProofAlg::Ed25519 => &ED25519,
     };
+    UnparsedPublicKey::new(verifier, &key)
+        .verify(signing_input.as_bytes(), &signature)
+        .map_err(|_| DpopError::Signature)?;
+    let payload = signing_input.split_once('.').map(|(_, payload)| payload).ok_or(DpopError::Malformed("payload"))?;
+    let payload = crypto::b64url_decode(payload).ok_or(DpopError::Malformed("payload encoding"))?;
+    let claims: Claims = serde_json::from_slice(&payload)
+        .map_err(|e| DpopError::Claims(crate::domain::values::truncate(&e.to_string(), 120)))?;
     if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN {
         return Err(DpopError::Claims("jti must be 1-256 characters".into()));
     }
@@ -148,40 +144,51 @@ fn same_endpoint(htu: &str, endpoint: &Url) -> bool {
         && htu.path() == endpoint.path()
 }
 
-/// The proof's public key and its thumbprint. Private members make the
-/// proof invalid (RFC 9449 §4.2: the header carries the public key only).
-fn public_key(jwk: &Map<String, Value>, alg: Algorithm) -> Result<(DecodingKey, String), DpopError> {
+/// The signature algorithms a proof may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProofAlg {
+    Es256,
+    Ed25519,
+}
+
+/// The proof's public key (as ring reads it) and its RFC 7638 thumbprint.
+/// Private members make the proof invalid (RFC 9449 §4.2: the header
+/// carries the public key only).
+fn public_key(jwk: &Map<String, Value>, alg: ProofAlg) -> Result<(Vec<u8>, String), DpopError> {
     if jwk.contains_key("d") {
         return Err(DpopError::Key("the jwk holds a private key"));
     }
-    let member = |name: &str, len: usize| -> Result<&str, DpopError> {
+    let member = |name: &str, len: usize| -> Result<(&str, Vec<u8>), DpopError> {
         let value = jwk.get(name).and_then(Value::as_str).ok_or(DpopError::Key("a key member is missing"))?;
         match crypto::b64url_decode(value) {
-            Some(bytes) if bytes.len() == len => Ok(value),
+            Some(bytes) if bytes.len() == len => Ok((value, bytes)),
             _ => Err(DpopError::Key("a key member has the wrong encoding or length")),
         }
     };
     let text = |name: &str| jwk.get(name).and_then(Value::as_str);
     match alg {
-        Algorithm::ES256 => {
+        ProofAlg::Es256 => {
             if text("kty") != Some("EC") || text("crv") != Some("P-256") {
                 return Err(DpopError::Key("ES256 needs an EC P-256 key"));
             }
-            let (x, y) = (member("x", 32)?, member("y", 32)?);
-            let key = DecodingKey::from_ec_components(x, y).map_err(|_| DpopError::Key("not a P-256 point"))?;
+            let ((x, xb), (y, yb)) = (member("x", 32)?, member("y", 32)?);
+            // The uncompressed point; ring refuses one not on the curve
+            // when verifying.
+            let mut point = Vec::with_capacity(65);
+            point.push(4);
+            point.extend_from_slice(&xb);
+            point.extend_from_slice(&yb);
             let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-            Ok((key, crypto::b64url(crypto::sha256(canonical.as_bytes()))))
+            Ok((point, crypto::b64url(crypto::sha256(canonical.as_bytes()))))
         }
-        Algorithm::EdDSA => {
+        ProofAlg::Ed25519 => {
             if text("kty") != Some("OKP") || text("crv") != Some("Ed25519") {
                 return Err(DpopError::Key("EdDSA needs an OKP Ed25519 key"));
             }
-            let x = member("x", 32)?;
-            let key = DecodingKey::from_ed_components(x).map_err(|_| DpopError::Key("not an Ed25519 key"))?;
+            let (x, xb) = member("x", 32)?;
             let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-            Ok((key, crypto::b64url(crypto::sha256(canonical.as_bytes()))))
+            Ok((xb, crypto::b64url(crypto::sha256(canonical.as_bytes()))))
         }
-        _ => Err(DpopError::Algorithm),
     }
 }
 
@@ -254,23 +261,34 @@ mod tests {
         // construction for an OKP key is checked against RFC 8037 §A.3.
         crypto::install();
         let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
-        let (_, jkt) = public_key(jwk.as_object().unwrap(), Algorithm::EdDSA).unwrap();
+        let (_, jkt) = public_key(jwk.as_object().unwrap(), ProofAlg::Ed25519).unwrap();
         assert_eq!(jkt, "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
     }
 
+    /// Ed25519 under its RFC 8037 name and its fully specified RFC 9864
+    /// name, which current clients (openid-client 6) send.
     #[test]
-    fn an_eddsa_proof_verifies() {
+    fn an_ed25519_proof_verifies_under_either_name() {
         let rng = SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        let header = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": crypto::b64url(pair.public_key().as_ref())}});
-        let input = format!(
-            "{}.{}",
-            crypto::b64url(header.to_string().as_bytes()),
-            crypto::b64url(claims().to_string().as_bytes())
-        );
-        let proof = format!("{input}.{}", crypto::b64url(pair.sign(input.as_bytes()).as_ref()));
-        assert!(verify_proof(&proof, "POST", &endpoint(), now(), Duration::from_secs(60)).is_ok());
+        for alg in ["EdDSA", "Ed25519"] {
+            let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": crypto::b64url(pair.public_key().as_ref())});
+            let header = json!({"typ": "dpop+jwt", "alg": alg, "jwk": jwk});
+            let input = format!(
+                "{}.{}",
+                crypto::b64url(header.to_string().as_bytes()),
+                crypto::b64url(claims().to_string().as_bytes())
+            );
+            let proof = format!("{input}.{}", crypto::b64url(pair.sign(input.as_bytes()).as_ref()));
+            assert!(verify_proof(&proof, "POST", &endpoint(), now(), Duration::from_secs(60)).is_ok(), "{alg}");
+            let forged = format!("{input}.{}", crypto::b64url([7u8; 64]));
+            assert_eq!(
+                verify_proof(&forged, "POST", &endpoint(), now(), Duration::from_secs(60)),
+                Err(DpopError::Signature),
+                "{alg}"
+            );
+        }
     }
 
     #[test]

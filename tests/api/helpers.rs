@@ -69,6 +69,17 @@ impl TestIssuer {
         Self { iss: iss.into(), kid, alg: Algorithm::ES256, pkcs8: doc.as_ref().to_vec(), public_jwk }
     }
 
+    /// EdDSA (Ed25519) with a key created now.
+    pub fn ed25519(iss: &str) -> Self {
+        let doc = rsig::Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = rsig::Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        let x = pair.public_key().as_ref();
+        let kid = format!("ed-{}", hex8(x));
+        let public_jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(x)});
+        Self { iss: iss.into(), kid, alg: Algorithm::EdDSA, pkcs8: doc.as_ref().to_vec(), public_jwk }
+    }
+
     pub fn jwks(&self) -> Value {
         json!({"keys": [self.public_jwk]})
     }
@@ -76,6 +87,7 @@ impl TestIssuer {
     fn encoding_key(&self) -> EncodingKey {
         match self.alg {
             Algorithm::RS256 => EncodingKey::from_rsa_der(&self.pkcs8),
+            Algorithm::EdDSA => EncodingKey::from_ed_der(&self.pkcs8),
             _ => EncodingKey::from_ec_der(&self.pkcs8),
         }
     }

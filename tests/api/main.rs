@@ -26,5 +26,6 @@ mod quickstart;
 mod rejections;
 mod rotation;
 mod secrets;
+mod single_use;
 mod throttle;
 mod tls_scan;

@@ -45,3 +45,5 @@ mod replicas;
 mod rotation;
 #[path = "../api/secrets.rs"]
 mod secrets;
+#[path = "../api/single_use.rs"]
+mod single_use;

@@ -233,7 +233,8 @@ struct NewAdminTokenBody {
     name: String,
 }
 
-/// An optional JSON body: an empty body means the defaults.
+/// An optional JSON body: an empty body means the defaults; a body that is
+/// there must be a JSON object, as everywhere.
 struct OptionalBody<T>(T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<S> for OptionalBody<T>
@@ -248,8 +249,7 @@ where
         if empty {
             return Ok(Self(T::default()));
         }
-        // JSON `null` is no body too.
-        JsonBody::<Option<T>>::from_request(req, state).await.map(|JsonBody(v)| Self(v.unwrap_or_default()))
+        JsonBody::<T>::from_request(req, state).await.map(|JsonBody(v)| Self(v))
     }
 }
 

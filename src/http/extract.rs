@@ -162,8 +162,8 @@ where
 }
 
 /// A JSON request body: `Content-Type: application/json` (else 415), within
-/// the body limit (else 413), and parsed strictly (unknown fields are
-/// refused by the target types); errors name the offending field.
+/// the body limit (else 413), and parsed strictly (see [`JsonBody::parse`]);
+/// errors name the offending field.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T>
@@ -174,9 +174,59 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let body = body_of_type(req, state, "application/json").await?;
-        serde_json::from_slice(&body)
-            .map(Self)
-            .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
+        Self::parse(&body)
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> JsonBody<T> {
+    /// Parses a request body that must be one JSON object. serde fills a
+    /// struct from an array by position too, which would sidestep the
+    /// documented object shape and the refusal of unknown fields, so any
+    /// other JSON value is refused, naming the shape expected. A NUL
+    /// character in any string is refused as well, naming its field: one
+    /// backend could not store it and the other would, so both refuse it
+    /// here. Then the body is parsed again into `T`, strictly (unknown and
+    /// duplicate fields are errors).
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let invalid = |e: serde_json::Error| ApiError::invalid_request(format!("invalid JSON body: {e}"));
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+        let serde_json::Value::Object(fields) = &value else {
+            return Err(ApiError::invalid_request(format!(
+                "the JSON body must be an object ({{\"field\": value, ...}}), not {}",
+                json_shape(&value)
+            )));
+        };
+        for (name, field) in fields {
+            if name.contains('\0') || holds_nul(field) {
+                return Err(ApiError::Invalid {
+                    field: name.escape_debug().to_string(),
+                    message: "must not contain a NUL character (\\u0000)".into(),
+                });
+            }
+        }
+        serde_json::from_slice(body).map(Self).map_err(invalid)
+    }
+}
+
+/// What kind of JSON value `value` is, for an error message.
+fn json_shape(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Whether a string anywhere in `value` (or a member name) holds U+0000.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
@@ -221,6 +271,50 @@ mod tests {
         assert_eq!(empty, "missing required parameter token");
         assert_eq!(form.require("scope").unwrap(), "read write");
         assert!(form.secret("absent").is_none());
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Named {
+        name: String,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+
+    #[test]
+    fn a_json_body_must_be_an_object() {
+        assert_eq!(JsonBody::<Named>::parse(br#" {"name": "x"} "#).unwrap().0.name, "x");
+        // serde would fill `Named` from `["x"]` by position.
+        for (body, shape) in [
+            (&br#"["Renamed"]"#[..], "an array"),
+            (br#" [] "#, "an array"),
+            (br#""x""#, "a string"),
+            (b"1", "a number"),
+            (b"true", "a boolean"),
+            (b"null", "null"),
+        ] {
+            let Err(error) = JsonBody::<Named>::parse(body) else { panic!("{body:?} was accepted") };
+            let text = description(error);
+            assert!(text.contains("must be an object") && text.ends_with(shape), "{text}");
+        }
+        let Err(error) = JsonBody::<Named>::parse(br#"{"name": "x", "name": "y"}"#) else { panic!("duplicate") };
+        assert!(description(error).contains("duplicate field"));
+    }
+
+    #[test]
+    fn a_nul_in_any_string_is_refused_naming_its_field() {
+        for (body, field) in [
+            (&br#"{"name": "a\u0000b"}"#[..], "name"),
+            (br#"{"name": "x", "tags": ["ok", "\u0000"]}"#, "tags"),
+            (br#"{"name": "x", "n\u0000": 1}"#, "n\\0"),
+        ] {
+            match JsonBody::<Named>::parse(body) {
+                Err(ApiError::Invalid { field: named, .. }) => assert_eq!(named, field),
+                other => panic!("{body:?}: {:?}", other.map(|JsonBody(v)| v)),
+            }
+        }
+        // An escaped backslash before u0000 is no NUL.
+        assert_eq!(JsonBody::<Named>::parse(br#"{"name": "\\u0000"}"#).unwrap().0.name, "\\u0000");
     }
 
     #[test]

@@ -919,3 +919,56 @@ pub async fn tls_app(dir: &Path) -> (halflife::app::App, rcgen::CertifiedKey<rcg
     .unwrap();
     (App::build(config, Arc::new(halflife::clock::SystemClock)).await.unwrap(), cert)
 }
+
+/// A write operation of the operator API, from the served OpenAPI document.
+pub struct WriteRoute {
+    pub method: reqwest::Method,
+    /// As documented, e.g. `/v1/systems/{id}/suspend`.
+    pub template: String,
+    /// With its path parameters filled in with ids of the default catalog.
+    pub path: String,
+    /// Whether the operation documents an `application/json` request body.
+    pub json_body: bool,
+}
+
+/// Every POST, PATCH, PUT and DELETE under `/v1` that `GET /openapi.json`
+/// documents.
+pub async fn write_routes(app: &TestApp) -> Vec<WriteRoute> {
+    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let mut routes = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        if !template.starts_with("/v1/") {
+            continue;
+        }
+        for method in ["post", "patch", "put", "delete"] {
+            let Some(operation) = item.get(method) else { continue };
+            let id = if template.starts_with("/v1/owners/") { "biz" } else { "summarizer" };
+            let path = template.replace("{id}", id).replace("{grant}", "summarizer-k8s").replace("{kid}", "none");
+            routes.push(WriteRoute {
+                method: method.to_uppercase().parse().unwrap(),
+                template: template.clone(),
+                path,
+                json_body: operation["requestBody"]["content"].get("application/json").is_some(),
+            });
+        }
+    }
+    assert!(routes.len() >= 18, "too few write routes documented: {}", routes.len());
+    routes
+}
+
+/// Sends `body` as `application/json` with `token`; returns the status and
+/// the JSON body.
+pub async fn send_json(app: &TestApp, method: reqwest::Method, path: &str, token: &str, body: &[u8]) -> (u16, Value) {
+    let response = app
+        .client
+        .request(method, app.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+}

@@ -309,6 +309,49 @@ async fn malformed_bodies_on_every_kind_of_route_are_refused_cleanly() {
     scoreboard("hostile", tried, 0);
 }
 
+/// serde fills a struct from a JSON array by position: `["Renamed"]` would
+/// rename a system and `["auditor", "x"]` create an admin token. Every
+/// write route of the operator API that takes a JSON body refuses anything
+/// but an object, names the shape expected, and changes nothing.
+#[tokio::test]
+async fn every_json_body_on_v1_must_be_an_object() {
+    let Some(app) = spawn_app().await else { return };
+    let admin = app.admin_token(Role::Admin).await;
+    let state = async || {
+        let systems = app.api(reqwest::Method::GET, "/v1/systems", &admin, None).await.1;
+        let owners = app.api(reqwest::Method::GET, "/v1/owners", &admin, None).await.1;
+        let keys = app.api(reqwest::Method::GET, "/v1/keys", &admin, None).await.1;
+        let counts = [
+            app.scalar("SELECT COUNT(*) FROM audit_events").await,
+            app.scalar("SELECT COUNT(*) FROM admin_tokens").await,
+            app.scalar("SELECT COUNT(*) FROM grants").await,
+        ];
+        (systems, owners, keys, counts)
+    };
+    let before = state().await;
+    let routes = write_routes(&app).await;
+    assert!(routes.iter().filter(|r| r.json_body).count() >= 15);
+    for route in routes.iter().filter(|r| r.json_body) {
+        let positional: &[u8] = match route.template.as_str() {
+            "/v1/systems/{id}" => br#"["Renamed"]"#,
+            "/v1/admin-tokens" => br#"["auditor", "x"]"#,
+            "/v1/systems/{id}/suspend" | "/v1/systems/{id}/retire" | "/v1/systems/{id}/revoke" => br#"["x"]"#,
+            _ => br#"["summarizer", "x", "y"]"#,
+        };
+        for body in [positional, b"[]", br#""x""#, b"1", b"true", b"null"] {
+            let (status, error) = send_json(&app, route.method.clone(), &route.path, &admin, body).await;
+            let case = format!("{} {} {}", route.method, route.path, String::from_utf8_lossy(body));
+            assert_eq!(status, 400, "{case}: {error}");
+            assert_eq!(error["error"], "invalid_request", "{case}: {error}");
+            let description = error["error_description"].as_str().unwrap();
+            assert!(description.contains("must be an object"), "{case}: {description}");
+            refused_one();
+        }
+    }
+    assert_eq!(state().await, before, "a refused body changed something");
+    report_refused("hostile");
+}
+
 /// The forged-token tests send more failures than the default per-source
 /// allowance; the limit itself is tested in `throttle.rs`.
 const NO_SOURCE_LIMIT: &str = "[rate_limits]\nfailures_per_source_per_minute = 0\n";

@@ -352,6 +352,53 @@ async fn every_json_body_on_v1_must_be_an_object() {
     report_refused("hostile");
 }
 
+/// Authenticate, then authorize, then parse: a caller whose role may not
+/// use a route gets 403 and an `access.denied` record whatever its body,
+/// path or query holds, and learns nothing of the route's input rules.
+#[tokio::test]
+async fn a_caller_without_the_role_gets_403_before_its_input_is_parsed() {
+    let Some(app) = spawn_app().await else { return };
+    let auditor = app.admin_token(Role::Auditor).await;
+    let introspector = app.admin_token(Role::Introspector).await;
+    let bodies: [&[u8]; 5] = [br#"{"reason":"x"}"#, br#"{"reason": "#, br#"["x"]"#, br#"{"is_admin": true}"#, b"\xff"];
+    let mut expected_denials = app.events("access.denied").await.len();
+    let routes = write_routes(&app).await;
+    for route in &routes {
+        for body in bodies {
+            let (status, error) = send_json(&app, route.method.clone(), &route.path, &auditor, body).await;
+            let case = format!("{} {} {}", route.method, route.path, String::from_utf8_lossy(body));
+            assert_eq!(status, 403, "{case}: {error}");
+            assert_eq!(error["error_description"], "role auditor may not call this route", "{case}");
+            expected_denials += 1;
+            let denials = app.events("access.denied").await;
+            assert_eq!(denials.len(), expected_denials, "{case}: not recorded");
+            assert_eq!(denials.last().unwrap().reason.as_deref(), Some("role auditor may not call this route"));
+            refused_one();
+        }
+    }
+    // Query strings and forms too: an unknown audit filter, a repeated
+    // form parameter.
+    for query in ["bogus=1", "limit=0", "since=never"] {
+        let url = app.url(&format!("/v1/audit/events?{query}"));
+        let response = app.client.get(url).bearer_auth(&introspector).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{query}");
+        refused_one();
+    }
+    let response = app
+        .client
+        .post(app.url("/oauth2/introspect"))
+        .bearer_auth(&auditor)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=a&token=b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    refused_one();
+    assert_eq!(app.events("access.denied").await.len(), expected_denials + 4);
+    report_refused("hostile");
+}
+
 /// The forged-token tests send more failures than the default per-source
 /// allowance; the limit itself is tested in `throttle.rs`.
 const NO_SOURCE_LIMIT: &str = "[rate_limits]\nfailures_per_source_per_minute = 0\n";

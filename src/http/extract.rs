@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, MatchedPath, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
@@ -118,6 +118,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
     }
 }
 
+/// The request's `Authorization` header, if it has one. More than one is a
+/// malformed request (400): which of them the caller meant is anyone's guess,
+/// and two components reading "the" header could each read another.
+pub fn authorization(headers: &HeaderMap) -> Result<Option<&HeaderValue>, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (first, None) => Ok(first),
+        (_, Some(_)) => Err(ApiError::invalid_request("send at most one Authorization header")),
+    }
+}
+
 /// An administrative caller authenticated by `Authorization: Bearer hla_…`.
 pub struct Admin(pub AdminCaller);
 
@@ -129,21 +140,24 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
+        let header = authorization(&parts.headers)?
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::Unauthorized("this endpoint requires an admin bearer token".into()))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or_else(|| ApiError::Unauthorized("use Authorization: Bearer <admin token>".into()))?;
-        if let Some(caller) = state.broker.authenticate_admin(token).await? {
+        let use_bearer = || ApiError::Unauthorized("use Authorization: Bearer <admin token>".into());
+        let (scheme, token) = header.split_once(' ').ok_or_else(use_bearer)?;
+        let token = token.trim();
+        // Schemes are case-insensitive (RFC 9110 §11.1). Admin tokens are
+        // bearer tokens; a workload's access token may come as either.
+        let bearer = scheme.eq_ignore_ascii_case("bearer");
+        if !bearer && !scheme.eq_ignore_ascii_case("dpop") {
+            return Err(use_bearer());
+        }
+        if bearer && let Some(caller) = state.broker.authenticate_admin(token).await? {
             return Ok(Self(caller));
         }
-        // A workload's own access token is a valid credential, just not for
-        // this: refuse with 403 and record the attempt.
+        // A workload's own access token (RFC 6750 Bearer or RFC 9449 DPoP)
+        // is a valid credential, just not for this: refuse with 403 and
+        // record the attempt.
         if let Some(subject) = state.broker.workload_of(token).await? {
             let Meta(meta) = Meta::from_request_parts(parts, &()).await?;
             state
@@ -158,6 +172,9 @@ where
             return Err(ApiError::Forbidden(
                 "workload access tokens cannot call admin routes; use an admin token".into(),
             ));
+        }
+        if !bearer {
+            return Err(use_bearer());
         }
         Err(ApiError::Unauthorized("the bearer token is not a valid admin token".into()))
     }

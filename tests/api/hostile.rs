@@ -399,6 +399,82 @@ async fn a_caller_without_the_role_gets_403_before_its_input_is_parsed() {
     report_refused("hostile");
 }
 
+/// A workload's own access token is refused with 403 and recorded under
+/// either scheme it may come with (Bearer, DPoP); a request with more than
+/// one `Authorization` header is 400 on the operator API and the OAuth
+/// endpoints alike, and does nothing.
+#[tokio::test]
+async fn workload_tokens_under_any_scheme_and_repeated_authorization_headers_are_refused() {
+    let Some(app) = spawn_app().await else { return };
+    let admin = app.admin_token(Role::Admin).await;
+    let introspector = app.admin_token(Role::Introspector).await;
+    let workload = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    let access_token = workload["access_token"].as_str().unwrap();
+    let mut denials = app.events("access.denied").await.len();
+
+    for scheme in ["DPoP", "dpop", "Bearer", "BEARER"] {
+        for (method, path) in [("GET", "/v1/systems"), ("POST", "/v1/revoke"), ("POST", "/oauth2/introspect")] {
+            let response = app
+                .client
+                .request(method.parse().unwrap(), app.url(path))
+                .header("authorization", format!("{scheme} {access_token}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 403, "{scheme} {method} {path}");
+            let body: Value = response.json().await.unwrap();
+            assert!(body["error_description"].as_str().unwrap().contains("workload access tokens"), "{body}");
+            denials += 1;
+            let recorded = app.events("access.denied").await;
+            assert_eq!(recorded.len(), denials, "{scheme} {path}: not recorded");
+            assert_eq!(
+                recorded.last().unwrap().reason.as_deref(),
+                Some("a workload access token was presented on an admin route")
+            );
+            refused_one();
+        }
+    }
+    // An admin token is a bearer token: under DPoP it authenticates nothing.
+    let response =
+        app.client.get(app.url("/v1/systems")).header("authorization", format!("DPoP {admin}")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    refused_one();
+
+    // Two Authorization headers: 400 wherever they are sent, and nothing
+    // happens.
+    let credentials = app.credential_count().await;
+    let events = app.scalar("SELECT COUNT(*) FROM audit_events").await;
+    let twice = |method: &str, path: &str, first: &str, second: &str| {
+        app.client
+            .request(method.parse().unwrap(), app.url(path))
+            .header("authorization", format!("Bearer {first}"))
+            .header("authorization", format!("Bearer {second}"))
+    };
+    let attestation = app.rsa.token(RSA_SUBJECT, app.now());
+    let exchange = [("grant_type", TOKEN_EXCHANGE), ("subject_token_type", JWT_TYPE), ("subject_token", &attestation)];
+    let requests = [
+        twice("GET", "/v1/systems", &admin, &admin),
+        twice("GET", "/v1/systems", &admin, access_token),
+        twice("POST", "/v1/systems/summarizer/suspend", &admin, &introspector).json(&json!({"reason": "x"})),
+        twice("POST", "/oauth2/introspect", &introspector, &admin).form(&[("token", access_token)]),
+        twice("POST", "/oauth2/token", &admin, &admin).form(&exchange),
+        twice("POST", "/oauth2/revoke", access_token, access_token).form(&[("token", access_token)]),
+    ];
+    for request in requests {
+        let response = request.send().await.unwrap();
+        let url = response.url().path().to_owned();
+        assert_eq!(response.status(), 400, "{url}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{url}");
+        assert_eq!(body["error_description"], "send at most one Authorization header", "{url}");
+        refused_one();
+    }
+    assert_eq!(app.credential_count().await, credentials);
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM audit_events").await, events, "a refused request left a record");
+    assert_eq!(app.introspect(&introspector, access_token).await["active"], true, "revoked by a refused request");
+    report_refused("hostile");
+}
+
 /// The forged-token tests send more failures than the default per-source
 /// allowance; the limit itself is tested in `throttle.rs`.
 const NO_SOURCE_LIMIT: &str = "[rate_limits]\nfailures_per_source_per_minute = 0\n";

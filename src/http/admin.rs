@@ -5,7 +5,7 @@
 //! `introspector` token and a workload's access token get 403 here, and the
 //! attempt is recorded as `access.denied`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Authorized, JsonBody, Params, Roles};
+use super::extract::{Authorized, JsonBody, Params, Path, Roles};
 use super::openapi::ErrorBody;
 use crate::broker::apply::{self, GrantEntry};
 use crate::broker::operator::{NewSystem, SystemPatch};

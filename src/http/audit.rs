@@ -2,7 +2,7 @@
 //! one credential's story. Read-only: auditors, operators and admins.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,7 +14,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Authorized, Params, Roles};
+use super::extract::{Authorized, Params, Path, Roles};
 use super::openapi::ErrorBody;
 use crate::audit::AuditRecord;
 use crate::broker::Unavailable;

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use secrecy::SecretString;
@@ -290,17 +290,60 @@ fn holds_nul(value: &serde_json::Value) -> bool {
 }
 
 /// Query-string parameters, parsed strictly: unknown or malformed
-/// parameters are a 400 in the usual error shape.
+/// parameters are a 400 in the usual error shape, and so is a parameter
+/// holding a control character (see [`no_control_characters`]).
 pub struct Params<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            no_control_characters(&name, &name)?;
+            no_control_characters(&name, &value)?;
+        }
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|axum::extract::Query(v)| Self(v))
             .map_err(|e| ApiError::invalid_request(e.body_text()))
     }
+}
+
+/// Path parameters (axum's `Path`), refused in the usual error shape when
+/// malformed, and with 400 naming the parameter when one holds a control
+/// character (see [`no_control_characters`]).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid_request(e.body_text()))?;
+        for (name, value) in &raw {
+            no_control_characters(name, value)?;
+        }
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Self(v))
+            .map_err(|e| ApiError::invalid_request(e.body_text()))
+    }
+}
+
+/// Refuses a path or query parameter holding a control character (C0,
+/// including NUL, DEL and C1) with 400 `invalid_request` naming it. No id,
+/// name or filter the API knows has one, and a value that reached the
+/// database with a NUL was refused by PostgreSQL as a data error (and kept
+/// by SQLite): refused here, both backends answer alike, before any query.
+fn no_control_characters(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::Invalid {
+            field: name.escape_debug().to_string(),
+            message: "must not contain control characters".into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -475,6 +475,77 @@ async fn workload_tokens_under_any_scheme_and_repeated_authorization_headers_are
     report_refused("hostile");
 }
 
+/// A control character (NUL among them) in any audit filter or path id is
+/// 400 `invalid_request` naming the parameter, on both backends, before
+/// any query; a NUL in a body is 400 naming its field. None of it is an
+/// outage: no 503, and `halflife_storage_unavailable_total` stays at 0.
+#[tokio::test]
+async fn control_characters_in_filters_and_ids_are_refused_naming_them() {
+    let Some(app) = spawn_app().await else { return };
+    let auditor = app.admin_token(Role::Auditor).await;
+    let admin = app.admin_token(Role::Admin).await;
+    let assert_names = |status: u16, body: &Value, field: &str, case: &str| {
+        assert_eq!(status, 400, "{case}: {body}");
+        assert_eq!(body["error"], "invalid_request", "{case}: {body}");
+        assert_eq!(body["field"], field, "{case}: {body}");
+    };
+    let filters = [
+        "system", "owner", "workload", "issuer", "kind", "outcome", "jti", "since", "until", "cursor", "limit",
+        "format",
+    ];
+    for filter in filters {
+        for control in ["\u{0}", "\u{1}", "\n", "\u{7f}", "\u{85}"] {
+            let value = format!("credential{control}issued");
+            let url = reqwest::Url::parse_with_params(&app.url("/v1/audit/events"), &[(filter, &value)]).unwrap();
+            let response = app.client.get(url).bearer_auth(&auditor).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            assert_names(status, &body, filter, &format!("{filter}={value:?}"));
+            refused_one();
+        }
+    }
+    let reads = [
+        ("/v1/systems/sum%00marizer", "id"),
+        ("/v1/systems/%01/grants", "id"),
+        ("/v1/systems/summarizer%0A/credentials", "id"),
+        ("/v1/owners/biz%7F", "id"),
+        ("/v1/credentials/%00", "jti"),
+        ("/v1/credentials/x%C2%85", "jti"),
+    ];
+    for (path, field) in reads {
+        let (status, body) = app.api(reqwest::Method::GET, path, &auditor, None).await;
+        assert_names(status, &body, field, path);
+        refused_one();
+    }
+    let writes = [
+        (reqwest::Method::DELETE, "/v1/systems/summarizer/grants/summarizer-k8s%00", "grant", None),
+        (reqwest::Method::DELETE, "/v1/systems/summarizer/grants?id=summarizer-k8s%00", "id", None),
+        (reqwest::Method::POST, "/v1/keys/%00/retire", "kid", None),
+        (reqwest::Method::POST, "/v1/owners/biz%00/recertify", "id", None),
+        (reqwest::Method::POST, "/v1/systems/summarizer%00/suspend", "id", Some(json!({"reason": "x"}))),
+        (reqwest::Method::POST, "/v1/systems/summarizer/suspend", "reason", Some(json!({"reason": "a\u{0}b"}))),
+        (
+            reqwest::Method::POST,
+            "/v1/revoke",
+            "issuer",
+            Some(json!({"issuer": "k8s\u{0}", "subject": "x", "reason": "x"})),
+        ),
+    ];
+    for (method, path, field, body) in writes {
+        let (status, error) = app.api(method.clone(), path, &admin, body).await;
+        assert_names(status, &error, field, &format!("{method} {path}"));
+        refused_one();
+    }
+    // Nothing was changed, and nothing counted as an outage.
+    let (_, system) = app.api(reqwest::Method::GET, "/v1/systems/summarizer", &auditor, None).await;
+    assert_eq!(system["state"], "active");
+    let grants = app.api(reqwest::Method::GET, "/v1/systems/summarizer/grants", &auditor, None).await.1;
+    assert!(grants["grants"].as_array().unwrap().iter().any(|g| g["id"] == "summarizer-k8s"), "{grants}");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "halflife_storage_unavailable_total 0"), "{metrics}");
+    report_refused("hostile");
+}
+
 /// The forged-token tests send more failures than the default per-source
 /// allowance; the limit itself is tested in `throttle.rs`.
 const NO_SOURCE_LIMIT: &str = "[rate_limits]\nfailures_per_source_per_minute = 0\n";

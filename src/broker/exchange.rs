@@ -99,7 +99,13 @@ impl Broker {
         match &result {
             Ok(_) => self.stats.issued(started.elapsed()),
             Err(ExchangeError::Denied(denial)) => self.stats.refused("denied", denial.code.as_str()),
-            Err(ExchangeError::Unavailable(_)) => self.stats.refused("unavailable", "temporarily_unavailable"),
+            Err(ExchangeError::Unavailable(u)) if u.is_outage() => {
+                self.stats.refused("unavailable", "temporarily_unavailable")
+            }
+            Err(ExchangeError::Unavailable(u)) => match u.0 {
+                crate::store::StoreError::InvalidValue(_) => self.stats.refused("denied", "invalid_request"),
+                _ => self.stats.refused("failed", "server_error"),
+            },
             Err(ExchangeError::Throttled(_)) => self.stats.refused("rate_limited", "rate_limited"),
         }
         result

@@ -47,3 +47,5 @@ mod rotation;
 mod secrets;
 #[path = "../api/single_use.rs"]
 mod single_use;
+#[path = "../api/storage_errors.rs"]
+mod storage_errors;

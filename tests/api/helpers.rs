@@ -179,6 +179,7 @@ pub struct Options {
     pub postgres_via: Option<u16>,
     /// More `[server]` keys.
     pub server_extra: String,
+    pub header_read_timeout: &'static str,
 }
 
 impl Default for Options {
@@ -192,6 +193,7 @@ impl Default for Options {
             sqlite_path: None,
             postgres_via: None,
             server_extra: String::new(),
+            header_read_timeout: "1s",
         }
     }
 }
@@ -495,7 +497,7 @@ pub async fn spawn_with(options: Options) -> Option<TestApp> {
         r#"
 [server]
 listen = "127.0.0.1:{port}"
-header_read_timeout = "1s"
+header_read_timeout = "{header_read_timeout}"
 max_body_bytes = {max_body}
 {server_extra}
 
@@ -547,6 +549,7 @@ max_token_age = "1h"
         extra = options.extra_config,
         max_body = options.max_body_bytes,
         server_extra = options.server_extra,
+        header_read_timeout = options.header_read_timeout,
     );
     Some(start(text, ManualClock::starting_now(), dir, Arc::new(db), Arc::new(rsa), Arc::new(ec)).await)
 }

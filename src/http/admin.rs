@@ -291,7 +291,7 @@ async fn create_system(
     Ok((StatusCode::CREATED, Json(json!(system))).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/systems/{id}", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/systems/{id}", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn show_system(
     State(state): State<AppState>,
     _: Authorized<Read>,
@@ -377,7 +377,7 @@ async fn revoke_system(
     Ok(Json(json!(revocation)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{\"grants\": [Grant]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{\"grants\": [Grant]}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn list_grants(
     State(state): State<AppState>,
     _: Authorized<Read>,
@@ -428,7 +428,7 @@ async fn delete_grant_by_query(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/systems/{id}/grants/{grant}", tag = "systems", params(("id" = String, Path, description = "System id"), ("grant" = String, Path, description = "Grant id")), security(("admin_token" = [])), responses((status = 204, description = "Deleted"), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/systems/{id}/grants/{grant}", tag = "systems", params(("id" = String, Path, description = "System id"), ("grant" = String, Path, description = "Grant id")), security(("admin_token" = [])), responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn delete_grant(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -439,7 +439,7 @@ async fn delete_grant(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[utoipa::path(get, path = "/v1/systems/{id}/credentials", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "Outstanding credentials (never the token)", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/systems/{id}/credentials", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "Outstanding credentials (never the token)", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn credentials(
     State(state): State<AppState>,
     _: Authorized<Read>,
@@ -455,7 +455,7 @@ async fn list_owners(State(state): State<AppState>, _: Authorized<Read>) -> Resu
     Ok(Json(json!({ "owners": owners })).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/owners/{id}", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/owners/{id}", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn show_owner(
     State(state): State<AppState>,
     _: Authorized<Read>,
@@ -476,7 +476,7 @@ async fn create_owner(
     Ok((StatusCode::CREATED, Json(json!(owner))).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/owners/{id}/recertify", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner with a new attested_until", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/owners/{id}/recertify", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner with a new attested_until", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn recertify(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,

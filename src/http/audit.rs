@@ -258,7 +258,7 @@ async fn verify(
     Ok(Json(json!(report)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/credentials/{jti}", tag = "audit", params(("jti" = String, Path, description = "Credential id")), security(("admin_token" = [])), responses((status = 200, description = "A credential and its events", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/credentials/{jti}", tag = "audit", params(("jti" = String, Path, description = "Credential id")), security(("admin_token" = [])), responses((status = 200, description = "A credential and its events", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn credential(
     State(state): State<AppState>,
     _: Authorized<AuditRead>,

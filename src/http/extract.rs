@@ -130,6 +130,8 @@ pub fn authorization(headers: &HeaderMap) -> Result<Option<&HeaderValue>, ApiErr
 }
 
 /// An administrative caller authenticated by `Authorization: Bearer hla_…`.
+/// A workload's own access token, sent as `Bearer` or `DPoP`, is refused
+/// with 403 and recorded as `access.denied`; anything else is 401.
 pub struct Admin(pub AdminCaller);
 
 impl<S: Send + Sync> FromRequestParts<S> for Admin

@@ -385,7 +385,7 @@ async fn write_alone(
     let written = match tokio::time::timeout(limit, write_batch(c, &[op], known)).await {
         Ok(Ok(mut results)) => results.pop().ok_or_else(|| StoreError::Corrupt("a write returned no result".into())),
         Ok(Err(e)) => Err(unavailable(e)),
-        Err(_) => Err(StoreError::Unavailable("database write timed out".to_owned())),
+        Err(_) => Err(StoreError::Unavailable(format!("database write timed out after {limit:?}"))),
     };
     match &written {
         Ok(result) => {

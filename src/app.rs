@@ -361,7 +361,8 @@ impl App {
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout.get(),
         };
-        let metrics = Arc::new(crate::http::metrics::Metrics::new(&broker));
+        let refused_connections = crate::http::serve::RefusedConnections::default();
+        let metrics = Arc::new(crate::http::metrics::Metrics::new(&broker, &refused_connections));
         let state_for = |base: &str| -> anyhow::Result<AppState> {
             Ok(AppState::new(StateParts {
                 broker: broker.clone(),
@@ -389,7 +390,9 @@ impl App {
             serve_options: ServeOptions {
                 header_read_timeout: config.server.header_read_timeout.get(),
                 max_connections: config.server.max_connections,
+                max_connections_per_source: config.server.max_connections_per_source,
                 shutdown_grace: config.server.shutdown_grace.get(),
+                refused: refused_connections,
             },
             broker,
             store,
@@ -555,7 +558,7 @@ impl App {
             tasks.push(tokio::spawn(reload_bundles(Arc::clone(&mtls.bundles), mtls.refresh)));
             tracing::info!(listen = %mtls.local_addr, url = %mtls.base_url, "mTLS listener (X.509-SVID attestation) is serving");
             let mut stopped = stopped.clone();
-            let options = ServeOptions { ..self.serve_options };
+            let options = self.serve_options.clone();
             mtls_server =
                 Some(tokio::spawn(serve(mtls.listener, Some(mtls.acceptor), mtls_router, options, async move {
                     let _ = stopped.wait_for(|stop| *stop).await;

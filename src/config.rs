@@ -192,6 +192,9 @@ pub struct ServerConfig {
     pub request_timeout: HumanDuration,
     pub header_read_timeout: HumanDuration,
     pub max_connections: usize,
+    /// Most connections one source address may hold open (0: no limit but
+    /// `max_connections`), so that one client cannot hold every slot.
+    pub max_connections_per_source: usize,
     pub shutdown_grace: HumanDuration,
 }
 
@@ -206,6 +209,7 @@ impl Default for ServerConfig {
             request_timeout: HumanDuration::secs(10),
             header_read_timeout: HumanDuration::secs(5),
             max_connections: 4096,
+            max_connections_per_source: 256,
             shutdown_grace: HumanDuration::secs(10),
         }
     }
@@ -1362,6 +1366,7 @@ mod tests {
             "request_timeout",
             "header_read_timeout",
             "max_connections",
+            "max_connections_per_source",
             "shutdown_grace",
             "cert_file",
             "key_file",

@@ -5,7 +5,10 @@
 //! request (`htm`, `htu`), when it was made (`iat`) and a unique `jti`. The
 //! issued token is bound to the key's RFC 7638 thumbprint (`cnf.jkt`).
 //! Replay of a `jti` is refused by the store, atomically with the issuance,
-//! so a proof works once across every replica and restart.
+//! so a proof works once across every replica and restart. The replay key
+//! is the key's thumbprint and the `jti`, both signed content, never a hash
+//! of the proof's text: ECDSA's second valid signature `(r, n - s)` does not
+//! make a used proof new.
 
 use std::time::Duration;
 

@@ -60,6 +60,25 @@ fn nesting_at_most(json: &[u8], max: usize) -> bool {
     true
 }
 
+/// How a token is named when its `jti` is not used: `sha256:` and the hex
+/// SHA-256 of its JWS signing input (`header.payload`), or of the whole text
+/// when it is not a compact JWS.
+///
+/// Never of the signature: one signed content can carry more than one valid
+/// signature. An ECDSA signature `(r, s)` verifies as `(r, n - s)` too (ring,
+/// like most verifiers, accepts both), so a hash of the whole token would
+/// give a single-use ES256 attestation without `jti` (a common SPIRE
+/// JWT-SVID) a second name, and a second credential. The signing input is
+/// what the issuer vouched for: one attestation, one name, whatever the
+/// signature's encoding.
+pub fn fingerprint(token: &str) -> String {
+    let signed = match token.rsplit_once('.') {
+        Some((input, _)) if input.bytes().filter(|&b| b == b'.').count() == 1 => input,
+        _ => token,
+    };
+    format!("sha256:{}", crypto::hex(&crypto::sha256(signed.as_bytes())))
+}
+
 /// Where an issuer's keys come from.
 pub enum IssuerKeys {
     Static(Arc<KeySet>),
@@ -88,8 +107,9 @@ pub struct Attestation {
     pub issuer_name: String,
     pub iss: String,
     pub subject: String,
-    /// The token's `jti`, or `sha256:<hex>` of the token when it has none.
-    /// Never the token itself.
+    /// The token's `jti`, or its [`fingerprint`] when it has none. Single-use
+    /// records are keyed on it together with the issuer, and the audit trail
+    /// names the attestation by it. Never the token itself.
     pub token_id: String,
     pub expires_at: OffsetDateTime,
     pub single_use: bool,
@@ -251,7 +271,7 @@ impl Verifier {
         let token_id = match claims.jti {
             Some(jti) if !jti.is_empty() && jti.len() <= MAX_JTI_LEN => jti,
             Some(_) => return Err(Rejection::BadClaims("jti must be 1-256 characters".into())),
-            None => format!("sha256:{}", crypto::hex(&crypto::sha256(token.as_bytes()))),
+            None => fingerprint(token),
         };
         let out_of_range = || Rejection::BadClaims("exp out of range".into());
         let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp).map_err(|_| out_of_range())?;
@@ -373,7 +393,20 @@ fn check_times(issuer: &TrustedIssuer, claims: &Claims, now: OffsetDateTime) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::nesting_at_most;
+    use super::{fingerprint, nesting_at_most};
+    use crate::crypto;
+
+    #[test]
+    fn a_fingerprint_names_the_signing_input_not_the_signature() {
+        let hash = |text: &str| format!("sha256:{}", crypto::hex(&crypto::sha256(text.as_bytes())));
+        assert_eq!(fingerprint("aGVhZA.Ym9keQ.c2lnLTE"), hash("aGVhZA.Ym9keQ"));
+        assert_eq!(fingerprint("aGVhZA.Ym9keQ.c2lnLTE"), fingerprint("aGVhZA.Ym9keQ.b3RoZXI"));
+        assert_ne!(fingerprint("aGVhZA.Ym9keQ.c2ln"), fingerprint("aGVhZA.b3RoZXI.c2ln"));
+        // Not a compact JWS: the whole text.
+        for text in ["", "junk", "a.b", "a.b.c.d.e", "a.b.c."] {
+            assert_eq!(fingerprint(text), hash(text), "{text:?}");
+        }
+    }
 
     #[test]
     fn nesting_counts_brackets_outside_strings_only() {

@@ -158,6 +158,11 @@ impl TrustBundles {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err((X509Rejection::NoCertificate, None));
         };
+        // The leaf's SHA-256, signature included (its `x5t#S256`), unlike a
+        // JWT's fingerprint: X.509-SVIDs are never single-use, and a
+        // certificate-bound token names exactly the certificate the
+        // connection presented, so a re-encoded CA signature is rightly
+        // another certificate here.
         let fingerprint = spiffe::fingerprint(leaf);
         let fail = |r: X509Rejection| (r, Some(fingerprint.clone()));
         let svid = spiffe::validate_svid(leaf, now).map_err(|e| fail(e.into()))?;

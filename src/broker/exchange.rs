@@ -12,7 +12,7 @@ use url::Url;
 use super::throttle::Throttled;
 use super::{Broker, Unavailable};
 use crate::attest::dpop::{self, DpopProof};
-use crate::attest::jwt::Attestation;
+use crate::attest::jwt::{self, Attestation};
 use crate::attest::x509::{PeerCertificates, X509Rejection};
 use crate::crypto;
 use crate::domain::model::{Binding, GrantContext};
@@ -99,7 +99,13 @@ impl Broker {
         match &result {
             Ok(_) => self.stats.issued(started.elapsed()),
             Err(ExchangeError::Denied(denial)) => self.stats.refused("denied", denial.code.as_str()),
-            Err(ExchangeError::Unavailable(_)) => self.stats.refused("unavailable", "temporarily_unavailable"),
+            Err(ExchangeError::Unavailable(u)) if u.is_outage() => {
+                self.stats.refused("unavailable", "temporarily_unavailable")
+            }
+            Err(ExchangeError::Unavailable(u)) => match u.0 {
+                crate::store::StoreError::InvalidValue(_) => self.stats.refused("denied", "invalid_request"),
+                _ => self.stats.refused("failed", "server_error"),
+            },
             Err(ExchangeError::Throttled(_)) => self.stats.refused("rate_limited", "rate_limited"),
         }
         result
@@ -326,7 +332,10 @@ impl Broker {
         let mut replay = Vec::new();
         if let Some(proof) = dpop {
             // Checked first: a replayed proof must not use up a single-use
-            // attestation presented with it.
+            // attestation presented with it. Keyed on the proof key's
+            // thumbprint and the proof's `jti`, both signed content: a proof
+            // re-sent with another encoding of its signature (ECDSA's
+            // `(r, n - s)`) is the same proof here.
             replay.push(ReplayGuard {
                 kind: ReplayKind::DpopProof,
                 issuer: DPOP_REPLAY_ISSUER.to_owned(),
@@ -340,6 +349,8 @@ impl Broker {
             });
         }
         if attestation.single_use {
+            // `(issuer, jti)`, or the issuer and the hash of the signing
+            // input: never of the signature (see `jwt::fingerprint`).
             replay.push(ReplayGuard {
                 kind: ReplayKind::Attestation,
                 issuer: attestation.issuer_name.clone(),
@@ -509,10 +520,15 @@ fn binding_refusal(binding: Binding, kind: Option<&CredentialKind>, cnf: &Confir
     Some(Denial::new(code, description))
 }
 
-/// How a token that could not be verified is named in the audit log: its
-/// SHA-256, never the token. Computed only on refusals, off the hot path.
+/// How a token that could not be verified is named in the audit log: the
+/// SHA-256 of its signing input ([`jwt::fingerprint`]), never the token.
+/// Not by its `jti`, even when it has one: the claims of a token that did
+/// not verify are not trusted, and a forger must not be able to name a
+/// real attestation in a denial. A token without `jti` that did verify
+/// earlier has this same name in its issuance event, whatever signature
+/// it now comes with. Computed only on refusals, off the hot path.
 fn fingerprint(token: &str) -> String {
-    format!("sha256:{}", crypto::hex(&crypto::sha256(token.as_bytes())))
+    jwt::fingerprint(token)
 }
 
 /// A UUIDv7 `jti` built from the injected clock: time-ordered (so its index

@@ -23,6 +23,14 @@ const MAX_VERIFIED: usize = 32_768;
 /// signature proves is remembered (the claims, under which key); expiry,
 /// revocation and the system's state are checked on every call, and an
 /// entry is ignored once its key leaves the keyring.
+///
+/// Keyed on the whole token, signature included, on purpose: a hit skips
+/// the signature check, so a key without the signature (such as the signing
+/// input, which names attestations in `jwt::fingerprint`) would let any
+/// signature ride on a verified one. Another valid encoding of the same
+/// signature (ECDSA's `(r, n - s)` when `keys.algorithm = "ES256"`) is only a
+/// miss: it is verified and yields the same claims and `jti`, and every
+/// decision (introspection, RFC 7009 revocation) is made on the `jti`.
 #[derive(Default)]
 pub struct VerifiedTokens {
     entries: Mutex<HashMap<[u8; 32], Verified>>,
@@ -156,7 +164,9 @@ impl Broker {
 
     /// RFC 7009: the holder of a token revokes it, authenticated by the
     /// token itself. Unknown or invalid tokens are ignored (the caller still
-    /// gets 200, as the RFC requires).
+    /// gets 200, as the RFC requires). The credential is found by the
+    /// verified token's `jti`, not by a hash of its text, so every valid
+    /// encoding of its signature revokes the one credential.
     pub async fn revoke_by_holder(&self, token: &str, meta: &RequestMeta) -> Result<(), Unavailable> {
         let now = self.clock.now();
         let Some(claims) = self.claims_of(token).await? else {

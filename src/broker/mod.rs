@@ -81,8 +81,17 @@ pub struct Webhook {
     pub client: reqwest::Client,
 }
 
-/// A use case could not reach storage: the caller answers 503 and nothing
-/// was issued.
+/// A use case's storage call failed, and nothing was issued. Mostly the
+/// database could not be reached or could not commit (503); the
+/// [`StoreError`] inside says, and the HTTP layer answers by it.
 #[derive(Debug, thiserror::Error)]
 #[error("storage unavailable")]
 pub struct Unavailable(#[source] pub StoreError);
+
+impl Unavailable {
+    /// Whether this is an outage: the database could not be reached or
+    /// could not commit.
+    pub fn is_outage(&self) -> bool {
+        matches!(self.0, StoreError::Unavailable(_))
+    }
+}

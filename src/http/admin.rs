@@ -5,7 +5,7 @@
 //! `introspector` token and a workload's access token get 403 here, and the
 //! attempt is recorded as `access.denied`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,18 +17,42 @@ use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Admin, JsonBody, Meta, Params};
+use super::extract::{Authorized, JsonBody, Params, Path, Roles};
 use super::openapi::ErrorBody;
-use crate::broker::admin::AdminCaller;
 use crate::broker::apply::{self, GrantEntry};
 use crate::domain::catalog::{NewSystem, SystemPatch};
 use crate::domain::model::{Role, Tier};
 use crate::domain::values::{GrantId, OwnerId, SystemId};
-use crate::store::RequestMeta;
 
-const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Auditor];
-const WRITE: &[Role] = &[Role::Admin, Role::Operator];
-const ADMIN: &[Role] = &[Role::Admin];
+/// Admins, operators and auditors.
+enum Read {}
+
+impl Roles for Read {
+    fn allows(role: Role) -> bool {
+        matches!(role, Role::Admin | Role::Operator | Role::Auditor)
+    }
+    const REFUSAL: &'static str = "call this route";
+}
+
+/// Admins and operators.
+enum Write {}
+
+impl Roles for Write {
+    fn allows(role: Role) -> bool {
+        matches!(role, Role::Admin | Role::Operator)
+    }
+    const REFUSAL: &'static str = "call this route";
+}
+
+/// Admins only.
+enum AdminOnly {}
+
+impl Roles for AdminOnly {
+    fn allows(role: Role) -> bool {
+        role == Role::Admin
+    }
+    const REFUSAL: &'static str = "call this route";
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -55,25 +79,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_key))
         .route("/v1/keys/{kid}/retire", post(retire_key))
-}
-
-/// Allows the call if the caller's role is in `roles`; otherwise records
-/// `access.denied` and answers 403.
-async fn allow(
-    state: &AppState,
-    caller: &AdminCaller,
-    roles: &[Role],
-    route: &str,
-    meta: &RequestMeta,
-) -> Result<(), ApiError> {
-    if roles.contains(&caller.role) {
-        return Ok(());
-    }
-    state
-        .broker
-        .record_access_denied(&caller.actor(), route, &format!("role {} may not call this route", caller.role), meta)
-        .await?;
-    Err(ApiError::Forbidden(format!("role {} may not call this route", caller.role)))
 }
 
 fn system_id(raw: &str) -> Result<SystemId, ApiError> {
@@ -257,7 +262,8 @@ struct NewAdminTokenBody {
     name: String,
 }
 
-/// An optional JSON body: an empty body means the defaults.
+/// An optional JSON body: an empty body means the defaults; a body that is
+/// there must be a JSON object, as everywhere.
 struct OptionalBody<T>(T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<S> for OptionalBody<T>
@@ -272,18 +278,12 @@ where
         if empty {
             return Ok(Self(T::default()));
         }
-        // JSON `null` is no body too.
-        JsonBody::<Option<T>>::from_request(req, state).await.map(|JsonBody(v)| Self(v.unwrap_or_default()))
+        JsonBody::<T>::from_request(req, state).await.map(|JsonBody(v)| Self(v))
     }
 }
 
 #[utoipa::path(get, path = "/v1/systems", tag = "systems", security(("admin_token" = [])), responses((status = 200, description = "`{\"systems\": [System]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
-async fn list_systems(
-    State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
-) -> Result<Response, ApiError> {
-    allow(&state, &caller, READ, "/v1/systems", &meta).await?;
+async fn list_systems(State(state): State<AppState>, _: Authorized<Read>) -> Result<Response, ApiError> {
     let systems: Vec<_> = state.broker.systems().await?.into_iter().map(|v| v.system).collect();
     Ok(Json(json!({ "systems": systems })).into_response())
 }
@@ -291,11 +291,9 @@ async fn list_systems(
 #[utoipa::path(post, path = "/v1/systems", tag = "systems", request_body(content = NewSystemBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "The new System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn create_system(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     JsonBody(body): JsonBody<NewSystemBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/systems", &meta).await?;
     let tier = match body.tier.as_deref() {
         None => Tier::Sandbox,
         Some(t) => Tier::parse(t).ok_or_else(|| ApiError::Invalid {
@@ -317,14 +315,12 @@ async fn create_system(
     Ok((StatusCode::CREATED, Json(json!(system))).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/systems/{id}", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/systems/{id}", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn show_system(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    _: Authorized<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, READ, "/v1/systems/{id}", &meta).await?;
     let view = state.broker.system_view(&system_id(&id)?).await?;
     Ok(Json(json!(view.system)).into_response())
 }
@@ -332,12 +328,10 @@ async fn show_system(
 #[utoipa::path(patch, path = "/v1/systems/{id}", tag = "systems", request_body(content = PatchSystemBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn update_system(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<PatchSystemBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/systems/{id}", &meta).await?;
     let patch = SystemPatch {
         name: body.name,
         purpose: body.purpose,
@@ -353,12 +347,10 @@ async fn update_system(
 #[utoipa::path(post, path = "/v1/systems/{id}/promote", tag = "systems", request_body(content = Option<EndDateBody>, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{system, gate}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn promote(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
     OptionalBody(body): OptionalBody<EndDateBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/systems/{id}/promote", &meta).await?;
     let end = time_field("pilot_ends_at", body.pilot_ends_at.as_deref())?;
     let (system, gate) = state.broker.promote_system(&system_id(&id)?, end, &caller, &meta).await?;
     Ok(Json(json!({"system": system, "gate": gate})).into_response())
@@ -367,12 +359,10 @@ async fn promote(
 #[utoipa::path(post, path = "/v1/systems/{id}/suspend", tag = "systems", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{system, revoked}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn suspend(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/systems/{id}/suspend", &meta).await?;
     let (system, outcome) = state.broker.suspend_system(&system_id(&id)?, &body.reason, &caller, &meta).await?;
     Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
 }
@@ -380,12 +370,10 @@ async fn suspend(
 #[utoipa::path(post, path = "/v1/systems/{id}/retire", tag = "systems", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{system, revoked}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn retire(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/systems/{id}/retire", &meta).await?;
     let (system, outcome) = state.broker.retire_system(&system_id(&id)?, &body.reason, &caller, &meta).await?;
     Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
 }
@@ -393,12 +381,10 @@ async fn retire(
 #[utoipa::path(post, path = "/v1/systems/{id}/reinstate", tag = "systems", request_body(content = Option<ReinstateBody>, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn reinstate(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
     OptionalBody(body): OptionalBody<ReinstateBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/systems/{id}/reinstate", &meta).await?;
     let end = time_field("pilot_ends_at", body.pilot_ends_at.as_deref())?;
     let system = state.broker.reinstate_system(&system_id(&id)?, end, body.reason, &caller, &meta).await?;
     Ok(Json(json!(system)).into_response())
@@ -407,24 +393,20 @@ async fn reinstate(
 #[utoipa::path(post, path = "/v1/systems/{id}/revoke", tag = "systems", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{revoked, systems}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn revoke_system(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/systems/{id}/revoke", &meta).await?;
     let revocation = state.broker.revoke_system(&system_id(&id)?, &body.reason, &caller, &meta).await?;
     Ok(Json(json!(revocation)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{\"grants\": [Grant]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{\"grants\": [Grant]}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn list_grants(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    _: Authorized<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, READ, "/v1/systems/{id}/grants", &meta).await?;
     let grants = state.broker.grants_of(&system_id(&id)?).await?;
     Ok(Json(json!({ "grants": grants })).into_response())
 }
@@ -432,12 +414,10 @@ async fn list_grants(
 #[utoipa::path(post, path = "/v1/systems/{id}/grants", tag = "systems", request_body(content = NewGrantBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 201, description = "The new Grant", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn create_grant(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<NewGrantBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/systems/{id}/grants", &meta).await?;
     let entry = GrantEntry {
         id: body.id,
         system: system_id(&id)?.to_string(),
@@ -463,61 +443,48 @@ async fn create_grant(
 #[utoipa::path(delete, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id"), GrantQuery), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`: deleted, and what was issued under it revoked", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Would leave a production system without a grant", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn delete_grant_by_query(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
     Params(query): Params<GrantQuery>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/systems/{id}/grants", &meta).await?;
     let grant = GrantId::parse(&query.id).map_err(|e| ApiError::NotFound(e.0))?;
     let revoked = state.broker.delete_grant(&system_id(&id)?, &grant, &caller, &meta).await?;
     Ok(Json(json!({"revoked": revoked})).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/systems/{id}/grants/{grant}", tag = "systems", params(("id" = String, Path, description = "System id"), ("grant" = String, Path, description = "Grant id")), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`: deleted, and what was issued under it revoked", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Would leave a production system without a grant", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/systems/{id}/grants/{grant}", tag = "systems", params(("id" = String, Path, description = "System id"), ("grant" = String, Path, description = "Grant id")), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`: deleted, and what was issued under it revoked", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Would leave a production system without a grant", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn delete_grant(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path((id, grant)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/systems/{id}/grants/{grant}", &meta).await?;
     let grant = GrantId::parse(&grant).map_err(|e| ApiError::NotFound(e.0))?;
     let revoked = state.broker.delete_grant(&system_id(&id)?, &grant, &caller, &meta).await?;
     Ok(Json(json!({"revoked": revoked})).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/systems/{id}/credentials", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "Outstanding credentials (never the token)", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/systems/{id}/credentials", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "Outstanding credentials (never the token)", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn credentials(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    _: Authorized<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, READ, "/v1/systems/{id}/credentials", &meta).await?;
     let credentials = state.broker.credentials_of(&system_id(&id)?).await?;
     Ok(Json(json!({ "credentials": credentials })).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/owners", tag = "owners", security(("admin_token" = [])), responses((status = 200, description = "`{\"owners\": [Owner]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
-async fn list_owners(
-    State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
-) -> Result<Response, ApiError> {
-    allow(&state, &caller, READ, "/v1/owners", &meta).await?;
+async fn list_owners(State(state): State<AppState>, _: Authorized<Read>) -> Result<Response, ApiError> {
     let owners = state.broker.owners().await?;
     Ok(Json(json!({ "owners": owners })).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/owners/{id}", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/owners/{id}", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn show_owner(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    _: Authorized<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, READ, "/v1/owners/{id}", &meta).await?;
     let owner = state.broker.owner(&owner_id(&id)?).await?;
     Ok(Json(json!(owner)).into_response())
 }
@@ -525,24 +492,20 @@ async fn show_owner(
 #[utoipa::path(post, path = "/v1/owners", tag = "owners", request_body(content = NewOwnerBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "The new Owner", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn create_owner(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     JsonBody(body): JsonBody<NewOwnerBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/owners", &meta).await?;
     let id = field("id", OwnerId::parse(&body.id))?;
     let owner = state.broker.create_owner(id, body.display_name, body.email, &caller, &meta).await?;
     Ok((StatusCode::CREATED, Json(json!(owner))).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/owners/{id}/recertify", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner with a new attested_until", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/owners/{id}/recertify", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner with a new attested_until", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn recertify(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/owners/{id}/recertify", &meta).await?;
     let owner = state.broker.recertify_owner(&owner_id(&id)?, &caller, &meta).await?;
     Ok(Json(json!(owner)).into_response())
 }
@@ -550,12 +513,10 @@ async fn recertify(
 #[utoipa::path(post, path = "/v1/owners/{id}/depart", tag = "owners", request_body(content = Option<DepartBody>, content_type = "application/json"), params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn depart(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
     OptionalBody(body): OptionalBody<DepartBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/owners/{id}/depart", &meta).await?;
     let owner = state.broker.depart_owner(&owner_id(&id)?, body.reason.as_deref(), &caller, &meta).await?;
     Ok(Json(json!(owner)).into_response())
 }
@@ -563,12 +524,10 @@ async fn depart(
 #[utoipa::path(post, path = "/v1/owners/{id}/revoke", tag = "owners", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "`{revoked, systems}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn revoke_owner(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/owners/{id}/revoke", &meta).await?;
     let revocation = state.broker.revoke_owner(&owner_id(&id)?, &body.reason, &caller, &meta).await?;
     Ok(Json(json!(revocation)).into_response())
 }
@@ -578,11 +537,9 @@ async fn revoke_owner(
 #[utoipa::path(post, path = "/v1/revoke", tag = "operations", request_body(content = RevokeBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn revoke(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     JsonBody(body): JsonBody<RevokeBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/revoke", &meta).await?;
     let revocation = match (body.jti, body.issuer, body.subject) {
         (Some(jti), None, None) => state.broker.revoke_jti(&jti, &body.reason, &caller, &meta).await?,
         (None, Some(issuer), Some(subject)) => {
@@ -603,12 +560,10 @@ async fn revoke(
 #[utoipa::path(post, path = "/v1/catalog", tag = "operations", request_body(content = apply::ApplyFile, content_type = "application/json"), params(CatalogQuery), security(("admin_token" = [])), responses((status = 200, description = "`{created, updated, unchanged, suspended, dry_run}`", body = Object), (status = 400, description = "Invalid catalog; `problems` names each entry and field", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the rules or the current state (recorded as catalog.refused)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn apply_catalog(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<Write>,
     Params(query): Params<CatalogQuery>,
     JsonBody(body): JsonBody<apply::ApplyFile>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, WRITE, "/v1/catalog", &meta).await?;
     let report = state.broker.apply_catalog(body, query.dry_run, &caller, &meta).await?;
     let mut value = json!(report);
     if let Some(map) = value.as_object_mut() {
@@ -618,8 +573,7 @@ async fn apply_catalog(
 }
 
 #[utoipa::path(get, path = "/v1/expiring", tag = "operations", security(("admin_token" = [])), responses((status = 200, description = "`{deadlines, notices}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
-async fn expiring(State(state): State<AppState>, Admin(caller): Admin, Meta(meta): Meta) -> Result<Response, ApiError> {
-    allow(&state, &caller, READ, "/v1/expiring", &meta).await?;
+async fn expiring(State(state): State<AppState>, _: Authorized<Read>) -> Result<Response, ApiError> {
     let now = state.broker.clock.now();
     let deadlines = state.broker.deadlines(now).await?;
     let notices = state
@@ -634,11 +588,9 @@ async fn expiring(State(state): State<AppState>, Admin(caller): Admin, Meta(meta
 #[utoipa::path(get, path = "/v1/jobs", tag = "operations", params(JobsQuery), security(("admin_token" = [])), responses((status = 200, description = "`{\"jobs\": [...]}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn jobs(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    _: Authorized<Read>,
     Params(query): Params<JobsQuery>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, READ, "/v1/jobs", &meta).await?;
     let jobs = state.broker.jobs.list_jobs(query.all).await.map_err(crate::broker::Unavailable)?;
     let jobs: Vec<_> = jobs
         .into_iter()
@@ -663,11 +615,9 @@ async fn jobs(
 #[utoipa::path(post, path = "/v1/admin-tokens", tag = "operations", request_body(content = NewAdminTokenBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "`{id, name, role, token}`: the token is shown once", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn create_admin_token(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, .. }: Authorized<AdminOnly>,
     JsonBody(body): JsonBody<NewAdminTokenBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, ADMIN, "/v1/admin-tokens", &meta).await?;
     let role = Role::parse(&body.role).ok_or_else(|| ApiError::Invalid {
         field: "role".into(),
         message: "must be admin, operator, auditor or introspector".into(),
@@ -709,12 +659,7 @@ struct RetireKeyBody {
 
 /// `GET /v1/keys`: every signing key and what it does now.
 #[utoipa::path(get, path = "/v1/keys", tag = "operations", security(("admin_token" = [])), responses((status = 200, description = "`{\"keys\": [Key]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
-async fn list_keys(
-    State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
-) -> Result<Response, ApiError> {
-    allow(&state, &caller, READ, "/v1/keys", &meta).await?;
+async fn list_keys(State(state): State<AppState>, _: Authorized<Read>) -> Result<Response, ApiError> {
     let now = state.broker.clock.now();
     Ok(Json(json!({"keys": state.broker.key_list(now)})).into_response())
 }
@@ -724,11 +669,9 @@ async fn list_keys(
 #[utoipa::path(post, path = "/v1/keys/rotate", tag = "operations", request_body(content = Option<RotateBody>, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "`{\"key\": Key}` (pending)", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn rotate_key(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<AdminOnly>,
     OptionalBody(body): OptionalBody<RotateBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, ADMIN, "/v1/keys/rotate", &meta).await?;
     let pre_publish = body
         .pre_publish
         .map(|text| {
@@ -747,12 +690,10 @@ async fn rotate_key(
 #[utoipa::path(post, path = "/v1/keys/{kid}/retire", tag = "operations", request_body(content = Option<RetireKeyBody>, content_type = "application/json"), params(("kid" = String, Path, description = "Key id")), security(("admin_token" = [])), responses((status = 200, description = "`{\"key\": Key}` (retired)", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn retire_key(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    Authorized { caller, meta, .. }: Authorized<AdminOnly>,
     Path(kid): Path<String>,
     OptionalBody(body): OptionalBody<RetireKeyBody>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, ADMIN, "/v1/keys/{kid}/retire", &meta).await?;
     let now = state.broker.clock.now();
     let key = state.broker.retire_key(&kid, now, body.force, &caller.actor(), &meta).await?;
     Ok(Json(json!({"key": key})).into_response())

@@ -2,7 +2,7 @@
 //! one credential's story. Read-only: auditors, operators and admins.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,7 +14,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Admin, Meta, Params};
+use super::extract::{Authorized, Params, Path, Roles};
 use super::openapi::ErrorBody;
 use crate::audit::AuditRecord;
 use crate::broker::Unavailable;
@@ -22,7 +22,6 @@ use crate::broker::audit::PAGE;
 use crate::domain::model::Role;
 use crate::store::AuditFilter;
 
-const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Auditor];
 /// Most events one page of the JSON API returns.
 pub const MAX_LIMIT: u32 = 1000;
 
@@ -108,18 +107,14 @@ fn filter_of(q: &EventsQuery, now: OffsetDateTime) -> Result<AuditFilter, ApiErr
     })
 }
 
-async fn allow(
-    state: &AppState,
-    caller: &crate::broker::admin::AdminCaller,
-    route: &str,
-    meta: &crate::store::RequestMeta,
-) -> Result<(), ApiError> {
-    if READ.contains(&caller.role) {
-        return Ok(());
+/// Admins, operators and auditors.
+enum AuditRead {}
+
+impl Roles for AuditRead {
+    fn allows(role: Role) -> bool {
+        matches!(role, Role::Admin | Role::Operator | Role::Auditor)
     }
-    let why = format!("role {} may not read the audit log", caller.role);
-    state.broker.record_access_denied(&caller.actor(), route, &why, meta).await?;
-    Err(ApiError::Forbidden(why))
+    const REFUSAL: &'static str = "read the audit log";
 }
 
 const CSV_HEADER: &[&str] = &[
@@ -199,11 +194,9 @@ fn jsonl_rows(events: &[AuditRecord]) -> Vec<u8> {
 #[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(EventsQuery), security(("admin_token" = [])), responses((status = 200, description = "`{events, next_cursor}` (json); JSON lines (jsonl) or CSV (csv), streamed", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn events(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    _: Authorized<AuditRead>,
     Params(q): Params<EventsQuery>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, "/v1/audit/events", &meta).await?;
     let filter = filter_of(&q, state.broker.clock.now())?;
     let format = q.format.as_deref().unwrap_or("json");
     if !matches!(format, "json" | "jsonl" | "csv") {
@@ -250,12 +243,7 @@ async fn events(
 }
 
 #[utoipa::path(get, path = "/v1/audit/checkpoints", tag = "audit", security(("admin_token" = [])), responses((status = 200, description = "`{\"checkpoints\": [...]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
-async fn checkpoints(
-    State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
-) -> Result<Response, ApiError> {
-    allow(&state, &caller, "/v1/audit/checkpoints", &meta).await?;
+async fn checkpoints(State(state): State<AppState>, _: Authorized<AuditRead>) -> Result<Response, ApiError> {
     let checkpoints = state.broker.audit.checkpoints().await.map_err(Unavailable)?;
     Ok(Json(json!({"checkpoints": checkpoints})).into_response())
 }
@@ -263,23 +251,19 @@ async fn checkpoints(
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", params(VerifyQuery), security(("admin_token" = [])), responses((status = 200, description = "`{ok, events_checked, checkpoints_checked, head_seq, first_problem}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn verify(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    _: Authorized<AuditRead>,
     Params(q): Params<VerifyQuery>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, "/v1/audit/verify", &meta).await?;
     let report = state.broker.verify_audit(q.from, q.to).await?;
     Ok(Json(json!(report)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/credentials/{jti}", tag = "audit", params(("jti" = String, Path, description = "Credential id")), security(("admin_token" = [])), responses((status = 200, description = "A credential and its events", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/credentials/{jti}", tag = "audit", params(("jti" = String, Path, description = "Credential id")), security(("admin_token" = [])), responses((status = 200, description = "A credential and its events", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
 async fn credential(
     State(state): State<AppState>,
-    Admin(caller): Admin,
-    Meta(meta): Meta,
+    _: Authorized<AuditRead>,
     Path(jti): Path<String>,
 ) -> Result<Response, ApiError> {
-    allow(&state, &caller, "/v1/credentials/{jti}", &meta).await?;
     match state.broker.credential_story(&jti).await? {
         Some(story) => Ok(Json(story).into_response()),
         None => Err(ApiError::NotFound(format!("no credential with jti {jti}"))),

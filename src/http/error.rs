@@ -3,7 +3,8 @@
 //! Every error body has the RFC 6749 §5.2 shape, `{"error", "error_description"}`,
 //! on OAuth and admin routes alike. A 500 logs its cause and returns a
 //! generic body; a 503 says the broker cannot take the request now and that
-//! nothing was issued; a 401 sets `WWW-Authenticate`.
+//! nothing was issued, and is answered only when storage could not be
+//! reached or could not commit; a 401 sets `WWW-Authenticate`.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -12,6 +13,7 @@ use serde_json::json;
 
 use crate::broker::Unavailable;
 use crate::broker::exchange::ExchangeError;
+use crate::store::StoreError;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -57,10 +59,27 @@ impl ApiError {
     }
 }
 
+/// A storage call that failed. Only an outage (the database could not be
+/// reached or could not commit) is 503, logged as an error and counted in
+/// `halflife_storage_unavailable_total`: an error a request's own query
+/// caused must not look like one, or any caller could raise the alarm.
 impl From<Unavailable> for ApiError {
     fn from(e: Unavailable) -> Self {
-        tracing::error!(error = %e.0, "storage unavailable");
-        Self::Unavailable
+        match e.0 {
+            StoreError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "storage unavailable");
+                Self::Unavailable
+            }
+            StoreError::InvalidValue(cause) => {
+                // The edge refuses what it knows the database cannot hold;
+                // this says it missed something.
+                tracing::warn!(error = %cause, "the database refused a value of the request");
+                Self::invalid_request("a value in the request cannot be stored or searched for")
+            }
+            StoreError::Conflict(message) => Self::Conflict(message),
+            StoreError::NotFound(message) => Self::NotFound(message),
+            other @ (StoreError::Corrupt(_) | StoreError::Refused(_)) => Self::Internal(other.to_string()),
+        }
     }
 }
 
@@ -192,5 +211,25 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(error: StoreError) -> StatusCode {
+        ApiError::from(Unavailable(error)).into_response().status()
+    }
+
+    #[test]
+    fn only_an_outage_is_503() {
+        assert_eq!(status_of(StoreError::Unavailable("connection refused".into())), StatusCode::SERVICE_UNAVAILABLE);
+        let nul = "invalid byte sequence for encoding \"UTF8\": 0x00";
+        assert_eq!(status_of(StoreError::InvalidValue(nul.into())), StatusCode::BAD_REQUEST);
+        assert_eq!(status_of(StoreError::Refused("syntax error".into())), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(status_of(StoreError::Corrupt("timestamp".into())), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(status_of(StoreError::Conflict("taken".into())), StatusCode::CONFLICT);
+        assert_eq!(status_of(StoreError::NotFound("none".into())), StatusCode::NOT_FOUND);
     }
 }

@@ -3,18 +3,20 @@
 //! other error.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
-use axum::http::header;
+use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use super::AppState;
 use super::error::ApiError;
 use crate::broker::admin::AdminCaller;
+use crate::domain::model::Role;
 use crate::store::RequestMeta;
 
 /// `application/x-www-form-urlencoded` parameters. A repeated parameter is
@@ -116,7 +118,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
     }
 }
 
+/// The request's `Authorization` header, if it has one. More than one is a
+/// malformed request (400): which of them the caller meant is anyone's guess,
+/// and two components reading "the" header could each read another.
+pub fn authorization(headers: &HeaderMap) -> Result<Option<&HeaderValue>, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (first, None) => Ok(first),
+        (_, Some(_)) => Err(ApiError::invalid_request("send at most one Authorization header")),
+    }
+}
+
 /// An administrative caller authenticated by `Authorization: Bearer hla_…`.
+/// A workload's own access token, sent as `Bearer` or `DPoP`, is refused
+/// with 403 and recorded as `access.denied`; anything else is 401.
 pub struct Admin(pub AdminCaller);
 
 impl<S: Send + Sync> FromRequestParts<S> for Admin
@@ -127,21 +142,24 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
+        let header = authorization(&parts.headers)?
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::Unauthorized("this endpoint requires an admin bearer token".into()))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or_else(|| ApiError::Unauthorized("use Authorization: Bearer <admin token>".into()))?;
-        if let Some(caller) = state.broker.authenticate_admin(token).await? {
+        let use_bearer = || ApiError::Unauthorized("use Authorization: Bearer <admin token>".into());
+        let (scheme, token) = header.split_once(' ').ok_or_else(use_bearer)?;
+        let token = token.trim();
+        // Schemes are case-insensitive (RFC 9110 §11.1). Admin tokens are
+        // bearer tokens; a workload's access token may come as either.
+        let bearer = scheme.eq_ignore_ascii_case("bearer");
+        if !bearer && !scheme.eq_ignore_ascii_case("dpop") {
+            return Err(use_bearer());
+        }
+        if bearer && let Some(caller) = state.broker.authenticate_admin(token).await? {
             return Ok(Self(caller));
         }
-        // A workload's own access token is a valid credential, just not for
-        // this: refuse with 403 and record the attempt.
+        // A workload's own access token (RFC 6750 Bearer or RFC 9449 DPoP)
+        // is a valid credential, just not for this: refuse with 403 and
+        // record the attempt.
         if let Some(subject) = state.broker.workload_of(token).await? {
             let Meta(meta) = Meta::from_request_parts(parts, &()).await?;
             state
@@ -157,13 +175,56 @@ where
                 "workload access tokens cannot call admin routes; use an admin token".into(),
             ));
         }
+        if !bearer {
+            return Err(use_bearer());
+        }
         Err(ApiError::Unauthorized("the bearer token is not a valid admin token".into()))
     }
 }
 
+/// Which admin roles may call a route.
+pub trait Roles: Send + Sync + 'static {
+    fn allows(role: Role) -> bool;
+    /// What the role may not do, completing "role X may not …".
+    const REFUSAL: &'static str;
+}
+
+/// An admin caller authenticated ([`Admin`]) and then authorized for the
+/// route by its role: any other role gets 403, and the refusal is recorded
+/// as `access.denied` naming the route.
+///
+/// A handler takes it before every extractor that parses the request (path,
+/// query, body), and axum runs extractors in order: authenticate, then
+/// authorize, then parse, so a caller without the right role learns nothing
+/// about the route's input rules.
+pub struct Authorized<R: Roles> {
+    pub caller: AdminCaller,
+    pub meta: RequestMeta,
+    roles: PhantomData<R>,
+}
+
+impl<S: Send + Sync, R: Roles> FromRequestParts<S> for Authorized<R>
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Admin(caller) = Admin::from_request_parts(parts, state).await?;
+        let Meta(meta) = Meta::from_request_parts(parts, state).await?;
+        if !R::allows(caller.role) {
+            let route = parts.extensions.get::<MatchedPath>().map_or_else(|| parts.uri.path(), MatchedPath::as_str);
+            let why = format!("role {} may not {}", caller.role, R::REFUSAL);
+            AppState::from_ref(state).broker.record_access_denied(&caller.actor(), route, &why, &meta).await?;
+            return Err(ApiError::Forbidden(why));
+        }
+        Ok(Self { caller, meta, roles: PhantomData })
+    }
+}
+
 /// A JSON request body: `Content-Type: application/json` (else 415), within
-/// the body limit (else 413), and parsed strictly (unknown fields are
-/// refused by the target types); errors name the offending field.
+/// the body limit (else 413), and parsed strictly (see [`JsonBody::parse`]);
+/// errors name the offending field.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T>
@@ -174,24 +235,117 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let body = body_of_type(req, state, "application/json").await?;
-        serde_json::from_slice(&body)
-            .map(Self)
-            .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
+        Self::parse(&body)
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> JsonBody<T> {
+    /// Parses a request body that must be one JSON object. serde fills a
+    /// struct from an array by position too, which would sidestep the
+    /// documented object shape and the refusal of unknown fields, so any
+    /// other JSON value is refused, naming the shape expected. A NUL
+    /// character in any string is refused as well, naming its field: one
+    /// backend could not store it and the other would, so both refuse it
+    /// here. Then the body is parsed again into `T`, strictly (unknown and
+    /// duplicate fields are errors).
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let invalid = |e: serde_json::Error| ApiError::invalid_request(format!("invalid JSON body: {e}"));
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+        let serde_json::Value::Object(fields) = &value else {
+            return Err(ApiError::invalid_request(format!(
+                "the JSON body must be an object ({{\"field\": value, ...}}), not {}",
+                json_shape(&value)
+            )));
+        };
+        for (name, field) in fields {
+            if name.contains('\0') || holds_nul(field) {
+                return Err(ApiError::Invalid {
+                    field: name.escape_debug().to_string(),
+                    message: "must not contain a NUL character (\\u0000)".into(),
+                });
+            }
+        }
+        serde_json::from_slice(body).map(Self).map_err(invalid)
+    }
+}
+
+/// What kind of JSON value `value` is, for an error message.
+fn json_shape(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Whether a string anywhere in `value` (or a member name) holds U+0000.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
 /// Query-string parameters, parsed strictly: unknown or malformed
-/// parameters are a 400 in the usual error shape.
+/// parameters are a 400 in the usual error shape, and so is a parameter
+/// holding a control character (see [`no_control_characters`]).
 pub struct Params<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            no_control_characters(&name, &name)?;
+            no_control_characters(&name, &value)?;
+        }
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|axum::extract::Query(v)| Self(v))
             .map_err(|e| ApiError::invalid_request(e.body_text()))
     }
+}
+
+/// Path parameters (axum's `Path`), refused in the usual error shape when
+/// malformed, and with 400 naming the parameter when one holds a control
+/// character (see [`no_control_characters`]).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid_request(e.body_text()))?;
+        for (name, value) in &raw {
+            no_control_characters(name, value)?;
+        }
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Self(v))
+            .map_err(|e| ApiError::invalid_request(e.body_text()))
+    }
+}
+
+/// Refuses a path or query parameter holding a control character (C0,
+/// including NUL, DEL and C1) with 400 `invalid_request` naming it. No id,
+/// name or filter the API knows has one, and a value that reached the
+/// database with a NUL was refused by PostgreSQL as a data error (and kept
+/// by SQLite): refused here, both backends answer alike, before any query.
+fn no_control_characters(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::Invalid {
+            field: name.escape_debug().to_string(),
+            message: "must not contain control characters".into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -221,6 +375,51 @@ mod tests {
         assert_eq!(empty, "missing required parameter token");
         assert_eq!(form.require("scope").unwrap(), "read write");
         assert!(form.secret("absent").is_none());
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Named {
+        name: String,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+
+    #[test]
+    fn a_json_body_must_be_an_object() {
+        let JsonBody(named) = JsonBody::<Named>::parse(br#" {"name": "x", "tags": ["a"]} "#).unwrap();
+        assert_eq!((named.name.as_str(), named.tags.as_slice()), ("x", &["a".to_owned()][..]));
+        // serde would fill `Named` from `["x"]` by position.
+        for (body, shape) in [
+            (&br#"["Renamed"]"#[..], "an array"),
+            (br#" [] "#, "an array"),
+            (br#""x""#, "a string"),
+            (b"1", "a number"),
+            (b"true", "a boolean"),
+            (b"null", "null"),
+        ] {
+            let Err(error) = JsonBody::<Named>::parse(body) else { panic!("{body:?} was accepted") };
+            let text = description(error);
+            assert!(text.contains("must be an object") && text.ends_with(shape), "{text}");
+        }
+        let Err(error) = JsonBody::<Named>::parse(br#"{"name": "x", "name": "y"}"#) else { panic!("duplicate") };
+        assert!(description(error).contains("duplicate field"));
+    }
+
+    #[test]
+    fn a_nul_in_any_string_is_refused_naming_its_field() {
+        for (body, field) in [
+            (&br#"{"name": "a\u0000b"}"#[..], "name"),
+            (br#"{"name": "x", "tags": ["ok", "\u0000"]}"#, "tags"),
+            (br#"{"name": "x", "n\u0000": 1}"#, "n\\0"),
+        ] {
+            match JsonBody::<Named>::parse(body) {
+                Err(ApiError::Invalid { field: named, .. }) => assert_eq!(named, field),
+                other => panic!("{body:?}: {:?}", other.map(|JsonBody(v)| v)),
+            }
+        }
+        // An escaped backslash before u0000 is no NUL.
+        assert_eq!(JsonBody::<Named>::parse(br#"{"name": "\\u0000"}"#).unwrap().0.name, "\\u0000");
     }
 
     #[test]

@@ -41,9 +41,15 @@ pub struct Metrics {
 
 impl Metrics {
     /// The registry, with the counters the broker and its parts keep.
-    pub fn new(broker: &crate::broker::Broker) -> Self {
+    pub fn new(broker: &crate::broker::Broker, refused_connections: &super::serve::RefusedConnections) -> Self {
         let mut registry = Registry::with_prefix("halflife");
         broker.stats.register(&mut registry);
+        registry.register(
+            "connections_refused",
+            "Connections closed as soon as they were accepted: reason=per_source (the source address held \
+             server.max_connections_per_source) or reason=total (the listener held server.max_connections)",
+            refused_connections.family(),
+        );
         if let Some(commits) = broker.log.commit_durations() {
             registry.register_with_unit(
                 "commit_duration",

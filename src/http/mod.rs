@@ -96,6 +96,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .merge(audit::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::map_request(one_authorization_header))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::map_response_with_state(Arc::clone(&state.metrics), count_response))
         .layer(middleware)
@@ -106,6 +107,14 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
 async fn count_response(State(metrics): State<Arc<metrics::Metrics>>, response: Response) -> Response {
     metrics.count_response(response.status());
     response
+}
+
+/// Refuses a request with more than one `Authorization` header (400) on
+/// every route, before routing: the OAuth endpoints and the operator API
+/// alike, whether or not the route reads the header.
+async fn one_authorization_header(req: Request) -> Result<Request, ApiError> {
+    extract::authorization(req.headers())?;
+    Ok(req)
 }
 
 /// Longest client-supplied request id kept.

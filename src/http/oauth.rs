@@ -13,11 +13,12 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Admin, Form, Meta};
+use super::extract::{Authorized, Form, Meta, Roles};
 #[allow(unused_imports, reason = "named by the OpenAPI annotations")]
 use super::openapi::{ErrorBody, IntrospectionResponse, TokenForm, TokenOnlyForm, TokenResponse};
 use crate::attest::x509::PeerCertificates;
 use crate::broker::exchange::{ExchangeRequest, Proof};
+use crate::domain::model::Role;
 use crate::domain::policy::Ask;
 use crate::domain::values::{Audience, CredentialKind, ScopeSet};
 
@@ -232,6 +233,16 @@ async fn token(
     Ok(no_store(Json(body).into_response()))
 }
 
+/// The roles that may introspect: introspectors, operators and admins.
+enum Introspectors {}
+
+impl Roles for Introspectors {
+    fn allows(role: Role) -> bool {
+        role.may_introspect()
+    }
+    const REFUSAL: &'static str = "introspect tokens";
+}
+
 /// `POST /oauth2/introspect`
 #[utoipa::path(post, path = "/oauth2/introspect", tag = "oauth",
     request_body(content = TokenOnlyForm, content_type = "application/x-www-form-urlencoded"),
@@ -243,10 +254,11 @@ async fn token(
         (status = 403, description = "The role may not introspect", body = ErrorBody),
         (status = 415, description = "Not application/x-www-form-urlencoded", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody)))]
-async fn introspect(State(state): State<AppState>, Admin(caller): Admin, mut form: Form) -> Result<Response, ApiError> {
-    if !caller.role.may_introspect() {
-        return Err(ApiError::Forbidden(format!("role {} may not introspect tokens", caller.role)));
-    }
+async fn introspect(
+    State(state): State<AppState>,
+    _: Authorized<Introspectors>,
+    mut form: Form,
+) -> Result<Response, ApiError> {
     let token = form.require_secret("token")?;
     let body = match state.broker.introspect(token.expose_secret()).await? {
         None => json!({"active": false}),

@@ -105,12 +105,25 @@ impl<'a> StoredId<'a> {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The database cannot take the request now (down, locked, read-only,
-    /// full). Callers answer 503 and issue nothing.
+    /// The database cannot take the request now: it could not be reached or
+    /// would not commit (down, locked, read-only, full, timed out, a trigger
+    /// or rule of its own refusing the write). Callers answer 503 and issue
+    /// nothing. The only variant that is an outage.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The database refused a value of the request: PostgreSQL's data
+    /// exceptions (SQLSTATE class 22, such as a NUL in text) and program
+    /// limits (class 54, such as a value too long to index), SQLite's
+    /// too-big and mismatched values. The request is at fault, not the
+    /// database: 400.
+    #[error("the database refused a value: {0}")]
+    InvalidValue(String),
+    /// The statement itself is wrong (an error in its SQL, an unknown
+    /// column, a row or type that is not there): a bug, 500.
+    #[error("the database refused a statement: {0}")]
+    Refused(String),
     /// Stored data violates an invariant (a bug or tampering).
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),

@@ -58,6 +58,25 @@ async fn after_batch(_conn: &mut Conn, _wal_frames: &AtomicU64) -> Result<(), sq
     Ok(())
 }
 
+/// Whether PostgreSQL refused a statement for something the statement
+/// caused, by SQLSTATE (Appendix A of its manual): data exceptions (class
+/// 22, such as a NUL in text, `invalid byte sequence`) and program limits
+/// (54, such as a value too long to index) are its values; an error in the
+/// statement (42 but 42501, 0A, 21, 26, 34) is the statement's own. `None`
+/// for everything else: the server could not be reached, could not or
+/// would not commit (a connection lost, a lock or statement timeout, a
+/// serialization failure, a full disk, a read-only standby after failover,
+/// a permission taken away, a trigger raising an exception).
+fn refusal(e: &dyn sqlx::error::DatabaseError) -> Option<Refusal> {
+    let code = e.code()?;
+    match (code.get(..2)?, code.as_ref()) {
+        ("22" | "54", _) => Some(Refusal::Value),
+        (_, "42501") => None,
+        ("42" | "0A" | "21" | "26" | "34", _) => Some(Refusal::Statement),
+        _ => None,
+    }
+}
+
 /// Starts the read transaction that loads the catalog view.
 const SNAPSHOT_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 

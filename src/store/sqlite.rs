@@ -31,6 +31,23 @@ fn hash_hex(column: &str) -> String {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Whether SQLite refused a statement for something the statement caused,
+/// by its primary result code (the low byte of the extended code sqlx
+/// reports): a value too big or of the wrong type (SQLITE_TOOBIG,
+/// SQLITE_MISMATCH) is its value; an error in the SQL (SQLITE_ERROR,
+/// SQLITE_MISUSE, SQLITE_RANGE) the statement's own. `None` for everything
+/// else: the file could not be used or the write could not or would not
+/// commit (busy, locked, read-only, I/O error, full, corrupt, a trigger
+/// raising ABORT).
+fn refusal(e: &dyn sqlx::error::DatabaseError) -> Option<Refusal> {
+    let code: i32 = e.code()?.parse().ok()?;
+    match code & 0xff {
+        18 | 20 => Some(Refusal::Value),
+        1 | 21 | 25 => Some(Refusal::Statement),
+        _ => None,
+    }
+}
+
 /// Starts a write transaction holding the database's write lock.
 async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
     sqlx::query(BEGIN_WRITE).execute(&mut *conn).await?;

@@ -69,6 +69,17 @@ impl TestIssuer {
         Self { iss: iss.into(), kid, alg: Algorithm::ES256, pkcs8: doc.as_ref().to_vec(), public_jwk }
     }
 
+    /// EdDSA (Ed25519) with a key created now.
+    pub fn ed25519(iss: &str) -> Self {
+        let doc = rsig::Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = rsig::Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        let x = pair.public_key().as_ref();
+        let kid = format!("ed-{}", hex8(x));
+        let public_jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(x)});
+        Self { iss: iss.into(), kid, alg: Algorithm::EdDSA, pkcs8: doc.as_ref().to_vec(), public_jwk }
+    }
+
     pub fn jwks(&self) -> Value {
         json!({"keys": [self.public_jwk]})
     }
@@ -76,6 +87,7 @@ impl TestIssuer {
     fn encoding_key(&self) -> EncodingKey {
         match self.alg {
             Algorithm::RS256 => EncodingKey::from_rsa_der(&self.pkcs8),
+            Algorithm::EdDSA => EncodingKey::from_ed_der(&self.pkcs8),
             _ => EncodingKey::from_ec_der(&self.pkcs8),
         }
     }
@@ -170,6 +182,7 @@ pub struct Options {
     /// Systems of the catalog promoted to production once the server is up,
     /// by an operator who owns none of them.
     pub promote: Vec<&'static str>,
+    pub header_read_timeout: &'static str,
 }
 
 impl Default for Options {
@@ -184,6 +197,7 @@ impl Default for Options {
             postgres_via: None,
             server_extra: String::new(),
             promote: vec!["indexer"],
+            header_read_timeout: "1s",
         }
     }
 }
@@ -490,7 +504,7 @@ pub async fn spawn_with(options: Options) -> Option<TestApp> {
         r#"
 [server]
 listen = "127.0.0.1:{port}"
-header_read_timeout = "1s"
+header_read_timeout = "{header_read_timeout}"
 max_body_bytes = {max_body}
 {server_extra}
 
@@ -542,6 +556,7 @@ max_token_age = "1h"
         extra = options.extra_config,
         max_body = options.max_body_bytes,
         server_extra = options.server_extra,
+        header_read_timeout = options.header_read_timeout,
     );
     let app = start(text, ManualClock::starting_now(), dir, Arc::new(db), Arc::new(rsa), Arc::new(ec)).await;
     for system in options.promote {
@@ -953,4 +968,57 @@ pub async fn tls_app(dir: &Path) -> (halflife::app::App, rcgen::CertifiedKey<rcg
     ))
     .unwrap();
     (App::build(config, Arc::new(halflife::clock::SystemClock)).await.unwrap(), cert)
+}
+
+/// A write operation of the operator API, from the served OpenAPI document.
+pub struct WriteRoute {
+    pub method: reqwest::Method,
+    /// As documented, e.g. `/v1/systems/{id}/suspend`.
+    pub template: String,
+    /// With its path parameters filled in with ids of the default catalog.
+    pub path: String,
+    /// Whether the operation documents an `application/json` request body.
+    pub json_body: bool,
+}
+
+/// Every POST, PATCH, PUT and DELETE under `/v1` that `GET /openapi.json`
+/// documents.
+pub async fn write_routes(app: &TestApp) -> Vec<WriteRoute> {
+    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let mut routes = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        if !template.starts_with("/v1/") {
+            continue;
+        }
+        for method in ["post", "patch", "put", "delete"] {
+            let Some(operation) = item.get(method) else { continue };
+            let id = if template.starts_with("/v1/owners/") { "biz" } else { "summarizer" };
+            let path = template.replace("{id}", id).replace("{grant}", "summarizer-k8s").replace("{kid}", "none");
+            routes.push(WriteRoute {
+                method: method.to_uppercase().parse().unwrap(),
+                template: template.clone(),
+                path,
+                json_body: operation["requestBody"]["content"].get("application/json").is_some(),
+            });
+        }
+    }
+    assert!(routes.len() >= 18, "too few write routes documented: {}", routes.len());
+    routes
+}
+
+/// Sends `body` as `application/json` with `token`; returns the status and
+/// the JSON body.
+pub async fn send_json(app: &TestApp, method: reqwest::Method, path: &str, token: &str, body: &[u8]) -> (u16, Value) {
+    let response = app
+        .client
+        .request(method, app.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
 }

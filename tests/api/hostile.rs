@@ -309,6 +309,243 @@ async fn malformed_bodies_on_every_kind_of_route_are_refused_cleanly() {
     scoreboard("hostile", tried, 0);
 }
 
+/// serde fills a struct from a JSON array by position: `["Renamed"]` would
+/// rename a system and `["auditor", "x"]` create an admin token. Every
+/// write route of the operator API that takes a JSON body refuses anything
+/// but an object, names the shape expected, and changes nothing.
+#[tokio::test]
+async fn every_json_body_on_v1_must_be_an_object() {
+    let Some(app) = spawn_app().await else { return };
+    let admin = app.admin_token(Role::Admin).await;
+    let state = async || {
+        let systems = app.api(reqwest::Method::GET, "/v1/systems", &admin, None).await.1;
+        let owners = app.api(reqwest::Method::GET, "/v1/owners", &admin, None).await.1;
+        let keys = app.api(reqwest::Method::GET, "/v1/keys", &admin, None).await.1;
+        let counts = [
+            app.scalar("SELECT COUNT(*) FROM audit_events").await,
+            app.scalar("SELECT COUNT(*) FROM admin_tokens").await,
+            app.scalar("SELECT COUNT(*) FROM grants").await,
+        ];
+        (systems, owners, keys, counts)
+    };
+    let before = state().await;
+    let routes = write_routes(&app).await;
+    assert!(routes.iter().filter(|r| r.json_body).count() >= 15);
+    for route in routes.iter().filter(|r| r.json_body) {
+        let positional: &[u8] = match route.template.as_str() {
+            "/v1/systems/{id}" => br#"["Renamed"]"#,
+            "/v1/admin-tokens" => br#"["auditor", "x"]"#,
+            "/v1/systems/{id}/suspend" | "/v1/systems/{id}/retire" | "/v1/systems/{id}/revoke" => br#"["x"]"#,
+            _ => br#"["summarizer", "x", "y"]"#,
+        };
+        for body in [positional, b"[]", br#""x""#, b"1", b"true", b"null"] {
+            let (status, error) = send_json(&app, route.method.clone(), &route.path, &admin, body).await;
+            let case = format!("{} {} {}", route.method, route.path, String::from_utf8_lossy(body));
+            assert_eq!(status, 400, "{case}: {error}");
+            assert_eq!(error["error"], "invalid_request", "{case}: {error}");
+            let description = error["error_description"].as_str().unwrap();
+            assert!(description.contains("must be an object"), "{case}: {description}");
+            refused_one();
+        }
+    }
+    assert_eq!(state().await, before, "a refused body changed something");
+    report_refused("hostile");
+}
+
+/// Authenticate, then authorize, then parse: a caller whose role may not
+/// use a route gets 403 and an `access.denied` record whatever its body,
+/// path or query holds, and learns nothing of the route's input rules.
+#[tokio::test]
+async fn a_caller_without_the_role_gets_403_before_its_input_is_parsed() {
+    let Some(app) = spawn_app().await else { return };
+    let auditor = app.admin_token(Role::Auditor).await;
+    let introspector = app.admin_token(Role::Introspector).await;
+    let bodies: [&[u8]; 5] = [br#"{"reason":"x"}"#, br#"{"reason": "#, br#"["x"]"#, br#"{"is_admin": true}"#, b"\xff"];
+    let mut expected_denials = app.events("access.denied").await.len();
+    let routes = write_routes(&app).await;
+    for route in &routes {
+        for body in bodies {
+            let (status, error) = send_json(&app, route.method.clone(), &route.path, &auditor, body).await;
+            let case = format!("{} {} {}", route.method, route.path, String::from_utf8_lossy(body));
+            assert_eq!(status, 403, "{case}: {error}");
+            assert_eq!(error["error_description"], "role auditor may not call this route", "{case}");
+            expected_denials += 1;
+            let denials = app.events("access.denied").await;
+            assert_eq!(denials.len(), expected_denials, "{case}: not recorded");
+            assert_eq!(denials.last().unwrap().reason.as_deref(), Some("role auditor may not call this route"));
+            refused_one();
+        }
+    }
+    // Query strings and forms too: an unknown audit filter, a repeated
+    // form parameter.
+    for query in ["bogus=1", "limit=0", "since=never"] {
+        let url = app.url(&format!("/v1/audit/events?{query}"));
+        let response = app.client.get(url).bearer_auth(&introspector).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{query}");
+        refused_one();
+    }
+    let response = app
+        .client
+        .post(app.url("/oauth2/introspect"))
+        .bearer_auth(&auditor)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=a&token=b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    refused_one();
+    assert_eq!(app.events("access.denied").await.len(), expected_denials + 4);
+    report_refused("hostile");
+}
+
+/// A workload's own access token is refused with 403 and recorded under
+/// either scheme it may come with (Bearer, DPoP); a request with more than
+/// one `Authorization` header is 400 on the operator API and the OAuth
+/// endpoints alike, and does nothing.
+#[tokio::test]
+async fn workload_tokens_under_any_scheme_and_repeated_authorization_headers_are_refused() {
+    let Some(app) = spawn_app().await else { return };
+    let admin = app.admin_token(Role::Admin).await;
+    let introspector = app.admin_token(Role::Introspector).await;
+    let workload = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    let access_token = workload["access_token"].as_str().unwrap();
+    let mut denials = app.events("access.denied").await.len();
+
+    for scheme in ["DPoP", "dpop", "Bearer", "BEARER"] {
+        for (method, path) in [("GET", "/v1/systems"), ("POST", "/v1/revoke"), ("POST", "/oauth2/introspect")] {
+            let response = app
+                .client
+                .request(method.parse().unwrap(), app.url(path))
+                .header("authorization", format!("{scheme} {access_token}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 403, "{scheme} {method} {path}");
+            let body: Value = response.json().await.unwrap();
+            assert!(body["error_description"].as_str().unwrap().contains("workload access tokens"), "{body}");
+            denials += 1;
+            let recorded = app.events("access.denied").await;
+            assert_eq!(recorded.len(), denials, "{scheme} {path}: not recorded");
+            assert_eq!(
+                recorded.last().unwrap().reason.as_deref(),
+                Some("a workload access token was presented on an admin route")
+            );
+            refused_one();
+        }
+    }
+    // An admin token is a bearer token: under DPoP it authenticates nothing.
+    let response =
+        app.client.get(app.url("/v1/systems")).header("authorization", format!("DPoP {admin}")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    refused_one();
+
+    // Two Authorization headers: 400 wherever they are sent, and nothing
+    // happens.
+    let credentials = app.credential_count().await;
+    let events = app.scalar("SELECT COUNT(*) FROM audit_events").await;
+    let twice = |method: &str, path: &str, first: &str, second: &str| {
+        app.client
+            .request(method.parse().unwrap(), app.url(path))
+            .header("authorization", format!("Bearer {first}"))
+            .header("authorization", format!("Bearer {second}"))
+    };
+    let attestation = app.rsa.token(RSA_SUBJECT, app.now());
+    let exchange = [("grant_type", TOKEN_EXCHANGE), ("subject_token_type", JWT_TYPE), ("subject_token", &attestation)];
+    let requests = [
+        twice("GET", "/v1/systems", &admin, &admin),
+        twice("GET", "/v1/systems", &admin, access_token),
+        twice("POST", "/v1/systems/summarizer/suspend", &admin, &introspector).json(&json!({"reason": "x"})),
+        twice("POST", "/oauth2/introspect", &introspector, &admin).form(&[("token", access_token)]),
+        twice("POST", "/oauth2/token", &admin, &admin).form(&exchange),
+        twice("POST", "/oauth2/revoke", access_token, access_token).form(&[("token", access_token)]),
+    ];
+    for request in requests {
+        let response = request.send().await.unwrap();
+        let url = response.url().path().to_owned();
+        assert_eq!(response.status(), 400, "{url}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{url}");
+        assert_eq!(body["error_description"], "send at most one Authorization header", "{url}");
+        refused_one();
+    }
+    assert_eq!(app.credential_count().await, credentials);
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM audit_events").await, events, "a refused request left a record");
+    assert_eq!(app.introspect(&introspector, access_token).await["active"], true, "revoked by a refused request");
+    report_refused("hostile");
+}
+
+/// A control character (NUL among them) in any audit filter or path id is
+/// 400 `invalid_request` naming the parameter, on both backends, before
+/// any query; a NUL in a body is 400 naming its field. None of it is an
+/// outage: no 503, and `halflife_storage_unavailable_total` stays at 0.
+#[tokio::test]
+async fn control_characters_in_filters_and_ids_are_refused_naming_them() {
+    let Some(app) = spawn_app().await else { return };
+    let auditor = app.admin_token(Role::Auditor).await;
+    let admin = app.admin_token(Role::Admin).await;
+    let assert_names = |status: u16, body: &Value, field: &str, case: &str| {
+        assert_eq!(status, 400, "{case}: {body}");
+        assert_eq!(body["error"], "invalid_request", "{case}: {body}");
+        assert_eq!(body["field"], field, "{case}: {body}");
+    };
+    let filters = [
+        "system", "owner", "workload", "issuer", "kind", "outcome", "jti", "since", "until", "cursor", "limit",
+        "format",
+    ];
+    for filter in filters {
+        for control in ["\u{0}", "\u{1}", "\n", "\u{7f}", "\u{85}"] {
+            let value = format!("credential{control}issued");
+            let url = reqwest::Url::parse_with_params(&app.url("/v1/audit/events"), &[(filter, &value)]).unwrap();
+            let response = app.client.get(url).bearer_auth(&auditor).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            assert_names(status, &body, filter, &format!("{filter}={value:?}"));
+            refused_one();
+        }
+    }
+    let reads = [
+        ("/v1/systems/sum%00marizer", "id"),
+        ("/v1/systems/%01/grants", "id"),
+        ("/v1/systems/summarizer%0A/credentials", "id"),
+        ("/v1/owners/biz%7F", "id"),
+        ("/v1/credentials/%00", "jti"),
+        ("/v1/credentials/x%C2%85", "jti"),
+    ];
+    for (path, field) in reads {
+        let (status, body) = app.api(reqwest::Method::GET, path, &auditor, None).await;
+        assert_names(status, &body, field, path);
+        refused_one();
+    }
+    let writes = [
+        (reqwest::Method::DELETE, "/v1/systems/summarizer/grants/summarizer-k8s%00", "grant", None),
+        (reqwest::Method::DELETE, "/v1/systems/summarizer/grants?id=summarizer-k8s%00", "id", None),
+        (reqwest::Method::POST, "/v1/keys/%00/retire", "kid", None),
+        (reqwest::Method::POST, "/v1/owners/biz%00/recertify", "id", None),
+        (reqwest::Method::POST, "/v1/systems/summarizer%00/suspend", "id", Some(json!({"reason": "x"}))),
+        (reqwest::Method::POST, "/v1/systems/summarizer/suspend", "reason", Some(json!({"reason": "a\u{0}b"}))),
+        (
+            reqwest::Method::POST,
+            "/v1/revoke",
+            "issuer",
+            Some(json!({"issuer": "k8s\u{0}", "subject": "x", "reason": "x"})),
+        ),
+    ];
+    for (method, path, field, body) in writes {
+        let (status, error) = app.api(method.clone(), path, &admin, body).await;
+        assert_names(status, &error, field, &format!("{method} {path}"));
+        refused_one();
+    }
+    // Nothing was changed, and nothing counted as an outage.
+    let (_, system) = app.api(reqwest::Method::GET, "/v1/systems/summarizer", &auditor, None).await;
+    assert_eq!(system["state"], "active");
+    let grants = app.api(reqwest::Method::GET, "/v1/systems/summarizer/grants", &auditor, None).await.1;
+    assert!(grants["grants"].as_array().unwrap().iter().any(|g| g["id"] == "summarizer-k8s"), "{grants}");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "halflife_storage_unavailable_total 0"), "{metrics}");
+    report_refused("hostile");
+}
+
 /// The forged-token tests send more failures than the default per-source
 /// allowance; the limit itself is tested in `throttle.rs`.
 const NO_SOURCE_LIMIT: &str = "[rate_limits]\nfailures_per_source_per_minute = 0\n";

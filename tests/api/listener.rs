@@ -185,3 +185,84 @@ async fn slow_clients_are_cut_off_and_bounded_while_others_are_served() {
     app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
     scoreboard("slow", tried, 0);
 }
+
+/// Opens a TCP connection to `addr` from the loopback address `from`
+/// (Linux routes all of 127.0.0.0/8 to the loopback interface).
+async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// How many of `streams` the server has closed so far (a read finds their
+/// end without waiting).
+fn closed(streams: &[tokio::net::TcpStream]) -> usize {
+    streams
+        .iter()
+        .filter(|s| {
+            let mut byte = [0u8; 1];
+            !matches!(s.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count()
+}
+
+/// One source opening more connections than the whole listener allows
+/// cannot starve another: it holds `max_connections_per_source`, the rest
+/// of its connections are closed at once, and a second source is served.
+#[tokio::test]
+async fn one_source_holding_more_than_its_share_cannot_starve_another() {
+    let options = Options {
+        server_extra: "max_connections = 24\nmax_connections_per_source = 8\n".into(),
+        // Idle connections stay held for the whole test unless a limit
+        // closes them.
+        header_read_timeout: "60s",
+        ..Options::default()
+    };
+    let Some(app) = spawn_with(options).await else { return };
+
+    // 127.0.0.1 opens more idle connections than the listener allows.
+    let mut flood = Vec::new();
+    for _ in 0..30 {
+        flood.push(connect_from([127, 0, 0, 1], app.addr).await);
+    }
+    // Accepted in order: once the last is closed, all were decided. Eight
+    // stay open, the 22 over the source's share are closed at once.
+    let mut byte = [0u8; 1];
+    let last = tokio::time::timeout(Duration::from_secs(10), flood[29].read(&mut byte)).await;
+    assert!(matches!(last, Ok(Ok(0)) | Ok(Err(_))), "the connection over every limit was not closed: {last:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || async { closed(&flood) == 22 }).await,
+        "{} of 30 connections from one source were closed; 22 should be",
+        closed(&flood)
+    );
+
+    // Another source is served meanwhile.
+    let other = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    let attestation = app.rsa.token(RSA_SUBJECT, app.now());
+    let form = [("grant_type", TOKEN_EXCHANGE), ("subject_token_type", JWT_TYPE), ("subject_token", &attestation)];
+    let response =
+        other.post(app.url("/oauth2/token")).form(&form).send().await.expect("the second source was starved");
+    assert_eq!(response.status(), 200);
+
+    // Sources each within their share fill the rest: the total limit
+    // closes what is over it.
+    let mut more = Vec::new();
+    for source in 3..=6u8 {
+        for _ in 0..8 {
+            more.push(connect_from([127, 0, 0, source], app.addr).await);
+        }
+    }
+    let last = tokio::time::timeout(Duration::from_secs(10), more[31].read(&mut byte)).await;
+    assert!(matches!(last, Ok(Ok(0)) | Ok(Err(_))), "the connection over the total was not closed: {last:?}");
+
+    let metrics = other.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let count = |reason: &str| -> usize {
+        let series = format!("halflife_connections_refused_total{{reason=\"{reason}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.parse().unwrap())
+    };
+    assert_eq!(count("per_source"), 22, "{metrics}");
+    let total = count("total");
+    assert!((1..=32).contains(&total), "{metrics}");
+    drop((flood, more));
+    scoreboard("flood", 22 + total, 0);
+}

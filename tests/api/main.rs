@@ -27,5 +27,7 @@ mod quickstart;
 mod rejections;
 mod rotation;
 mod secrets;
+mod single_use;
+mod storage_errors;
 mod throttle;
 mod tls_scan;

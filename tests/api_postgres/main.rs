@@ -47,3 +47,7 @@ mod replicas;
 mod rotation;
 #[path = "../api/secrets.rs"]
 mod secrets;
+#[path = "../api/single_use.rs"]
+mod single_use;
+#[path = "../api/storage_errors.rs"]
+mod storage_errors;

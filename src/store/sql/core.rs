@@ -46,8 +46,45 @@ const KNOWN_WORKLOADS: usize = 65_536;
 /// Workload identities per INSERT (and read) of those a batch meets first.
 const WORKLOADS_PER_STATEMENT: usize = 256;
 
+/// What a failed statement means for its caller. An error the statement
+/// itself caused is no outage: a value the database refuses (such as a NUL
+/// in PostgreSQL text) is [`StoreError::InvalidValue`], a mistake in the
+/// statement [`StoreError::Refused`], a write another one beat to a unique
+/// key a [`StoreError::Conflict`] ([`refusal`] tells them apart by SQLSTATE
+/// or SQLite result code). Everything else is a failure to reach the
+/// database or to have it commit: [`StoreError::Unavailable`], the outage
+/// that answers 503 and that operators alert on. Unknown errors stay on
+/// that side: no decision is recorded, so none is made.
 fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    match &e {
+        // Another writer got to the key first (the code checks before it
+        // writes; only a race gets here).
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(
+            "the change conflicts with another made at the same time; read the current state and retry".into(),
+        ),
+        sqlx::Error::Database(db) => match refusal(db.as_ref()) {
+            Some(Refusal::Value) => StoreError::InvalidValue(e.to_string()),
+            Some(Refusal::Statement) => StoreError::Refused(e.to_string()),
+            None => StoreError::Unavailable(e.to_string()),
+        },
+        sqlx::Error::Encode(_) => StoreError::InvalidValue(e.to_string()),
+        sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => StoreError::Corrupt(e.to_string()),
+        sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::InvalidArgument(_) => StoreError::Refused(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// Why the database refused a statement, when the statement caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A value the statement holds.
+    Value,
+    /// The statement itself.
+    Statement,
 }
 
 /// An id column ([`StoredId`]) read back as the text it was given.
@@ -300,25 +337,69 @@ async fn run_writer(writer: Writer, mut rx: mpsc::Receiver<WriteJob>) {
                 }
                 continue;
             }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, batch = jobs.len(), "database write failed; nothing in the batch was committed");
-                e.to_string()
-            }
-            Err(_) => {
-                // The commit may or may not have reached the database; the
-                // callers get no credential either way.
-                tracing::error!(batch = jobs.len(), ?limit, "database write timed out; answering 503");
-                "database write timed out".to_owned()
-            }
+            Ok(Err(e)) => unavailable(e),
+            // The commit may or may not have reached the database; the
+            // callers get no credential either way.
+            Err(_) => StoreError::Unavailable(format!("database write timed out after {limit:?}")),
         };
         // Start over on a fresh connection: the failure may have left this
         // one in an unknown state.
         conn = None;
         known.rolled_back();
+        if let StoreError::Unavailable(error) = &error {
+            tracing::error!(%error, batch = jobs.len(), "database write failed; nothing in the batch was committed");
+        } else if jobs.len() > 1 {
+            // Refused for something one of its writes holds, not for want of
+            // the database, and stopped before its COMMIT: every write is
+            // written again on its own, so that only the one at fault fails
+            // and the others are not refused for it.
+            tracing::warn!(%error, batch = jobs.len(), "a write of the batch was refused; writing each alone");
+            for job in jobs.drain(..) {
+                let result = write_alone(&mut conn, &options, limit, &job.op, &mut known, &cache).await;
+                let _ = job.reply.send(result);
+            }
+            continue;
+        }
         for job in jobs.drain(..) {
-            let _ = job.reply.send(Err(StoreError::Unavailable(error.clone())));
+            let _ = job.reply.send(Err(error.clone()));
         }
     }
+}
+
+/// Writes one queued write in a transaction of its own, after the batch
+/// that held it was refused (see [`run_writer`]).
+async fn write_alone(
+    conn: &mut Option<Conn>,
+    options: &ConnectOpts,
+    limit: Duration,
+    op: &WriteOp,
+    known: &mut Known,
+    cache: &Cache,
+) -> Result<WriteResult, StoreError> {
+    let c = match conn {
+        Some(c) => c,
+        None => match tokio::time::timeout(limit, options.connect()).await {
+            Ok(Ok(c)) => conn.insert(c),
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => return Err(StoreError::Unavailable("connecting timed out".to_owned())),
+        },
+    };
+    let written = match tokio::time::timeout(limit, write_batch(c, &[op], known)).await {
+        Ok(Ok(mut results)) => results.pop().ok_or_else(|| StoreError::Corrupt("a write returned no result".into())),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(StoreError::Unavailable(format!("database write timed out after {limit:?}"))),
+    };
+    match &written {
+        Ok(result) => {
+            remember(cache, op, result);
+            known.committed();
+        }
+        Err(_) => {
+            *conn = None;
+            known.rolled_back();
+        }
+    }
+    written
 }
 
 /// What the writer remembers of the ids of repeated values, kept only for

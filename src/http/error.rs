@@ -24,6 +24,9 @@ pub enum ApiError {
     },
     /// No or invalid credentials (401).
     Unauthorized(String),
+    /// Client authentication at an OAuth endpoint failed (401
+    /// `invalid_client`, RFC 6749 §5.2, with a `Basic` challenge).
+    InvalidClient(String),
     /// Authenticated but not allowed (403).
     Forbidden(String),
     /// A request value is invalid; the body names the field (400).
@@ -114,6 +117,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut extra = serde_json::Map::new();
         let mut retry_after = None;
+        let mut basic_challenge = false;
         let (status, code, description) = match self {
             // A client certificate that authenticates nothing (RFC 6749 §5.2).
             Self::OAuth { code: "invalid_client", description } => {
@@ -121,6 +125,10 @@ impl IntoResponse for ApiError {
             }
             Self::OAuth { code, description } => (StatusCode::BAD_REQUEST, code, description),
             Self::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "invalid_token", d),
+            Self::InvalidClient(d) => {
+                basic_challenge = true;
+                (StatusCode::UNAUTHORIZED, "invalid_client", d)
+            }
             Self::Forbidden(d) => (StatusCode::FORBIDDEN, "insufficient_scope", d),
             Self::Invalid { field, message } => {
                 let description = format!("{field}: {message}");
@@ -191,6 +199,9 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match status {
+            StatusCode::UNAUTHORIZED if basic_challenge => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"halflife\""));
+            }
             StatusCode::UNAUTHORIZED if code == "invalid_client" => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"halflife\""));
             }

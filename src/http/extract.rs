@@ -142,44 +142,148 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
+        let Meta(meta) = Meta::from_request_parts(parts, &()).await?;
         let header = authorization(&parts.headers)?
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::Unauthorized("this endpoint requires an admin bearer token".into()))?;
-        let use_bearer = || ApiError::Unauthorized("use Authorization: Bearer <admin token>".into());
-        let (scheme, token) = header.split_once(' ').ok_or_else(use_bearer)?;
-        let token = token.trim();
-        // Schemes are case-insensitive (RFC 9110 §11.1). Admin tokens are
-        // bearer tokens; a workload's access token may come as either.
-        let bearer = scheme.eq_ignore_ascii_case("bearer");
-        if !bearer && !scheme.eq_ignore_ascii_case("dpop") {
-            return Err(use_bearer());
-        }
-        if bearer && let Some(caller) = state.broker.authenticate_admin(token).await? {
-            return Ok(Self(caller));
-        }
-        // A workload's own access token (RFC 6750 Bearer or RFC 9449 DPoP)
-        // is a valid credential, just not for this: refuse with 403 and
-        // record the attempt.
-        if let Some(subject) = state.broker.workload_of(token).await? {
-            let Meta(meta) = Meta::from_request_parts(parts, &()).await?;
-            state
-                .broker
-                .record_access_denied(
-                    &format!("workload {subject}"),
-                    parts.uri.path(),
-                    "a workload access token was presented on an admin route",
-                    &meta,
-                )
-                .await?;
-            return Err(ApiError::Forbidden(
-                "workload access tokens cannot call admin routes; use an admin token".into(),
+        admin_from_header(&state, header, parts.uri.path(), &meta).await.map(Self)
+    }
+}
+
+/// The admin caller an `Authorization` header value names: `Bearer
+/// <admin token>`. A workload's own access token, sent as `Bearer` or
+/// `DPoP`, is refused with 403 and recorded as `access.denied` on `route`;
+/// anything else is 401.
+async fn admin_from_header(
+    state: &AppState,
+    header: &str,
+    route: &str,
+    meta: &RequestMeta,
+) -> Result<AdminCaller, ApiError> {
+    let use_bearer = || ApiError::Unauthorized("use Authorization: Bearer <admin token>".into());
+    let (scheme, token) = header.split_once(' ').ok_or_else(use_bearer)?;
+    let token = token.trim();
+    // Schemes are case-insensitive (RFC 9110 §11.1). Admin tokens are
+    // bearer tokens; a workload's access token may come as either.
+    let bearer = scheme.eq_ignore_ascii_case("bearer");
+    if !bearer && !scheme.eq_ignore_ascii_case("dpop") {
+        return Err(use_bearer());
+    }
+    if bearer && let Some(caller) = state.broker.authenticate_admin(token).await? {
+        return Ok(caller);
+    }
+    // A workload's own access token (RFC 6750 Bearer or RFC 9449 DPoP)
+    // is a valid credential, just not for this: refuse with 403 and
+    // record the attempt.
+    if let Some(subject) = state.broker.workload_of(token).await? {
+        state
+            .broker
+            .record_access_denied(
+                &format!("workload {subject}"),
+                route,
+                "a workload access token was presented on an admin route",
+                meta,
+            )
+            .await?;
+        return Err(ApiError::Forbidden("workload access tokens cannot call admin routes; use an admin token".into()));
+    }
+    if !bearer {
+        return Err(use_bearer());
+    }
+    Err(ApiError::Unauthorized("the bearer token is not a valid admin token".into()))
+}
+
+/// Client authentication at the introspection and revocation endpoints
+/// (RFC 7662 §2.1, RFC 7009 §2.1), by one of:
+/// - `Authorization: Bearer <admin token>`;
+/// - `client_secret_basic` (RFC 6749 §2.3.1): `Authorization: Basic`
+///   base64 of `client_id:client_secret`, each form-urlencoded first;
+/// - `client_secret_post`: `client_id` and `client_secret` in the form.
+///
+/// The client secret is an admin token and the `client_id` its name or id,
+/// so standard OAuth clients (openid-client, Authlib) authenticate
+/// unmodified. Returns `None` when the request carries no client
+/// authentication; using two methods at once is 400, and credentials that
+/// do not authenticate are 401 `invalid_client`.
+pub async fn client_auth(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &mut Form,
+    route: &str,
+    meta: &RequestMeta,
+) -> Result<Option<AdminCaller>, ApiError> {
+    let posted = form.contains("client_secret");
+    let header = authorization(headers)?.map(|v| v.to_str().unwrap_or_default().to_owned());
+    let (client_id, secret) = match header {
+        Some(_) if posted => {
+            return Err(ApiError::invalid_request(
+                "use one client authentication method: the Authorization header or client_secret, not both",
             ));
         }
-        if !bearer {
-            return Err(use_bearer());
+        Some(value) => match value.split_once(' ') {
+            Some((scheme, credentials)) if scheme.eq_ignore_ascii_case("basic") => {
+                let (id, secret) = basic_credentials(credentials.trim()).ok_or_else(invalid_client)?;
+                (id, secret)
+            }
+            _ => return admin_from_header(state, &value, route, meta).await.map(Some),
+        },
+        None if posted => {
+            let secret = form.require_secret("client_secret").map_err(|_| invalid_client())?;
+            let id = form.take("client_id").filter(|id| !id.is_empty()).ok_or_else(invalid_client)?;
+            (id, secret)
         }
-        Err(ApiError::Unauthorized("the bearer token is not a valid admin token".into()))
+        None => return Ok(None),
+    };
+    use secrecy::ExposeSecret;
+    match state.broker.authenticate_admin(secret.expose_secret()).await? {
+        Some(caller) if caller.name == client_id || caller.id == client_id => Ok(Some(caller)),
+        _ => Err(invalid_client()),
     }
+}
+
+fn invalid_client() -> ApiError {
+    ApiError::InvalidClient(
+        "client authentication failed: the client_id is an admin token's name or id, and \
+         the client secret that token"
+            .into(),
+    )
+}
+
+/// `client_id` and `client_secret` from the credentials of `Authorization:
+/// Basic` (RFC 6749 §2.3.1: each form-urlencoded, then joined by `:` and
+/// base64-encoded).
+fn basic_credentials(encoded: &str) -> Option<(String, SecretString)> {
+    use base64::Engine;
+    let decoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(encoded).ok()?);
+    let text = std::str::from_utf8(&decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let component = |part: &str| -> Option<Zeroizing<String>> {
+        if part.contains(['&', '=']) {
+            return None;
+        }
+        let mut pairs = form_urlencoded::parse(part.as_bytes());
+        let (value, rest) = pairs.next()?;
+        (rest.is_empty() && pairs.next().is_none()).then(|| Zeroizing::new(value.into_owned()))
+    };
+    let id = component(id)?;
+    let secret = component(secret)?;
+    (!id.is_empty() && !secret.is_empty()).then(|| (id.to_string(), SecretString::from(secret.as_str())))
+}
+
+/// Authorizes an authenticated admin caller for a route by its role (see
+/// [`Authorized`]).
+pub async fn authorize<R: Roles>(
+    state: &AppState,
+    caller: &AdminCaller,
+    route: &str,
+    meta: &RequestMeta,
+) -> Result<(), ApiError> {
+    if R::allows(caller.role) {
+        return Ok(());
+    }
+    let why = format!("role {} may not {}", caller.role, R::REFUSAL);
+    state.broker.record_access_denied(&caller.actor(), route, &why, meta).await?;
+    Err(ApiError::Forbidden(why))
 }
 
 /// Which admin roles may call a route.
@@ -212,12 +316,8 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Admin(caller) = Admin::from_request_parts(parts, state).await?;
         let Meta(meta) = Meta::from_request_parts(parts, state).await?;
-        if !R::allows(caller.role) {
-            let route = parts.extensions.get::<MatchedPath>().map_or_else(|| parts.uri.path(), MatchedPath::as_str);
-            let why = format!("role {} may not {}", caller.role, R::REFUSAL);
-            AppState::from_ref(state).broker.record_access_denied(&caller.actor(), route, &why, &meta).await?;
-            return Err(ApiError::Forbidden(why));
-        }
+        let route = parts.extensions.get::<MatchedPath>().map_or_else(|| parts.uri.path(), MatchedPath::as_str);
+        authorize::<R>(&AppState::from_ref(state), &caller, route, &meta).await?;
         Ok(Self { caller, meta, roles: PhantomData })
     }
 }

@@ -154,15 +154,16 @@ pub fn metadata_document(issuer: &str, signing_algs: &[&str], mtls_base: Option<
         "grant_types_supported": grant_types,
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,
-        "revocation_endpoint_auth_methods_supported": ["none"],
-        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "subject_token_types_supported": oauth::SUBJECT_TOKEN_TYPES,
         "requested_token_types_supported": oauth::REQUESTED_TOKEN_TYPES,
         "access_token_signing_alg_values_supported": signing_algs,
-        "tls_client_certificate_bound_access_tokens": true,
         "dpop_signing_alg_values_supported": crate::attest::dpop::DPOP_ALGORITHMS,
     });
     if let Some(base) = mtls_base {
+        // Only a running mTLS listener can bind tokens to certificates.
+        document["tls_client_certificate_bound_access_tokens"] = json!(true);
         document["mtls_endpoint_aliases"] = json!({
             "token_endpoint": format!("{base}/oauth2/token"),
             "introspection_endpoint": format!("{base}/oauth2/introspect"),

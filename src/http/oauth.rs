@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Authorized, Form, Meta, Roles};
+use super::extract::{Form, Meta, Roles, authorize, client_auth};
 #[allow(unused_imports, reason = "named by the OpenAPI annotations")]
 use super::openapi::{ErrorBody, IntrospectionResponse, TokenForm, TokenOnlyForm, TokenResponse};
 use crate::attest::x509::PeerCertificates;
@@ -157,6 +157,20 @@ pub fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), Ap
     Ok((proof, ask, issued_token_type))
 }
 
+/// `client_credentials` sent to the plain listener: it is served on the mTLS
+/// listener (named by the metadata's `mtls_endpoint_aliases`), or nowhere.
+fn client_credentials_elsewhere(state: &AppState) -> ApiError {
+    let description = match state.metadata["mtls_endpoint_aliases"]["token_endpoint"].as_str() {
+        Some(url) => format!(
+            "client_credentials is served on the mTLS listener, {url}, where the client's X.509-SVID authenticates it"
+        ),
+        None => "client_credentials needs the mTLS listener (an X.509-SVID authenticates the client), and this \
+                 broker has none configured; exchange a subject_token instead"
+            .to_owned(),
+    };
+    ApiError::OAuth { code: "unsupported_grant_type", description }
+}
+
 /// The request's one `DPoP` header, if any (RFC 9449 §4.3: more than one
 /// is an error).
 fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -196,7 +210,16 @@ async fn token(
     form: Form,
 ) -> Result<Response, ApiError> {
     let subject_token = form.secret("subject_token");
-    let parsed = dpop_header(&headers).and_then(|dpop| Ok((dpop, exchange_request(form)?)));
+    let over_mtls = peer.is_some();
+    let parsed = dpop_header(&headers).and_then(|dpop| Ok((dpop, exchange_request(form)?))).and_then(|parsed| {
+        match &parsed.1.0 {
+            // No client certificate can reach this listener: say where
+            // client_credentials is served instead of calling the absent
+            // certificate invalid.
+            Proof::ClientCertificate { .. } if !over_mtls => Err(client_credentials_elsewhere(&state)),
+            _ => Ok(parsed),
+        }
+    });
     let (dpop, (proof, ask, issued_token_type)) = match parsed {
         Ok(parsed) => parsed,
         Err(error) => {
@@ -233,6 +256,35 @@ async fn token(
     Ok(no_store(Json(body).into_response()))
 }
 
+/// The request's form and the client it authenticates, if any (see
+/// [`client_auth`]). Credentials in a header are checked before the body is
+/// read, so a caller that fails them learns nothing of the form's rules;
+/// `client_secret_post` credentials are in the form, which is read first.
+async fn authenticated_form(
+    state: &AppState,
+    request: Request,
+    route: &str,
+    meta: &crate::store::RequestMeta,
+) -> Result<(Form, Option<crate::broker::admin::AdminCaller>), ApiError> {
+    let (parts, body) = request.into_parts();
+    let mut empty = Form::parse(b"")?;
+    let from_header = match super::extract::authorization(&parts.headers)? {
+        Some(_) => client_auth(state, &parts.headers, &mut empty, route, meta).await?,
+        None => None,
+    };
+    let mut form = Form::from_request(Request::from_parts(parts.clone(), body), state).await?;
+    if from_header.is_some() {
+        if form.contains("client_secret") {
+            return Err(ApiError::invalid_request(
+                "use one client authentication method: the Authorization header or client_secret, not both",
+            ));
+        }
+        return Ok((form, from_header));
+    }
+    let posted = client_auth(state, &parts.headers, &mut form, route, meta).await?;
+    Ok((form, posted))
+}
+
 /// The roles that may introspect: introspectors, operators and admins.
 enum Introspectors {}
 
@@ -254,11 +306,11 @@ impl Roles for Introspectors {
         (status = 403, description = "The role may not introspect", body = ErrorBody),
         (status = 415, description = "Not application/x-www-form-urlencoded", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody)))]
-async fn introspect(
-    State(state): State<AppState>,
-    _: Authorized<Introspectors>,
-    mut form: Form,
-) -> Result<Response, ApiError> {
+async fn introspect(State(state): State<AppState>, Meta(meta): Meta, request: Request) -> Result<Response, ApiError> {
+    let route = "/oauth2/introspect";
+    let (mut form, caller) = authenticated_form(&state, request, route, &meta).await?;
+    let caller = caller.ok_or_else(|| ApiError::Unauthorized("introspection requires client authentication".into()))?;
+    authorize::<Introspectors>(&state, &caller, route, &meta).await?;
     let token = form.require_secret("token")?;
     let body = match state.broker.introspect(token.expose_secret()).await? {
         None => json!({"active": false}),
@@ -283,7 +335,10 @@ async fn introspect(
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 415, description = "Not application/x-www-form-urlencoded", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody)))]
-async fn revoke(State(state): State<AppState>, Meta(meta): Meta, mut form: Form) -> Result<Response, ApiError> {
+async fn revoke(State(state): State<AppState>, Meta(meta): Meta, request: Request) -> Result<Response, ApiError> {
+    // The token authenticates its own revocation; a client that
+    // authenticates too (as standard clients do) must do so correctly.
+    let (mut form, _) = authenticated_form(&state, request, "/oauth2/revoke", &meta).await?;
     let token = form.require_secret("token")?;
     state.broker.revoke_by_holder(token.expose_secret(), &meta).await?;
     Ok(no_store(axum::http::StatusCode::OK.into_response()))

@@ -197,3 +197,112 @@ async fn tokens_issued_before_a_restart_stay_active_and_their_revocations_hold()
         }
     }
 }
+
+/// Standard OAuth client authentication at introspection and revocation
+/// (RFC 7662 §2.1, RFC 6749 §2.3.1): the admin token is the client secret
+/// and its name (or id) the client id, sent with HTTP Basic or in the form.
+/// Bearer keeps working; a wrong pair is 401 invalid_client with a Basic
+/// challenge; two methods at once are 400; the roles are the same.
+#[tokio::test]
+async fn introspection_accepts_client_secret_basic_and_post() {
+    use base64::Engine;
+    let Some(app) = spawn_app().await else { return };
+    let (record, secret) = {
+        use secrecy::ExposeSecret;
+        let (record, token) = halflife::broker::admin::create_admin_token(
+            app.broker.admin_tokens.as_ref(),
+            halflife::domain::model::Role::Introspector,
+            "reports api",
+            "test",
+            app.clock.now(),
+        )
+        .await
+        .unwrap();
+        (record, token.expose_secret().to_owned())
+    };
+    let token =
+        app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await["access_token"].as_str().unwrap().to_owned();
+    let basic = |id: &str, secret: &str| {
+        let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", encode(id), encode(secret)))
+        )
+    };
+    let post = |auth: Option<String>, form: Vec<(&str, &str)>| {
+        let mut request = app.client.post(app.url("/oauth2/introspect")).form(&form);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request.send()
+    };
+    for (auth, form) in [
+        (Some(basic("reports api", &secret)), vec![("token", token.as_str())]),
+        (Some(basic(&record.id, &secret)), vec![("token", token.as_str())]),
+        (None, vec![("token", token.as_str()), ("client_id", "reports api"), ("client_secret", secret.as_str())]),
+        (Some(format!("Bearer {secret}")), vec![("token", token.as_str())]),
+    ] {
+        let response = post(auth, form).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.json::<Value>().await.unwrap()["active"], true);
+    }
+    for (auth, form) in [
+        (Some(basic("someone else", &secret)), vec![("token", token.as_str())]),
+        (Some(basic("reports api", "hla_wrong")), vec![("token", token.as_str())]),
+        (None, vec![("token", token.as_str()), ("client_id", "reports api"), ("client_secret", "hla_wrong")]),
+        (Some("Basic !!!".to_owned()), vec![("token", token.as_str())]),
+    ] {
+        let response = post(auth, form).await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["www-authenticate"], "Basic realm=\"halflife\"");
+        assert_eq!(response.json::<Value>().await.unwrap()["error"], "invalid_client");
+        refused_one();
+    }
+    let both = post(
+        Some(basic("reports api", &secret)),
+        vec![("token", token.as_str()), ("client_id", "reports api"), ("client_secret", secret.as_str())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(both.status(), 400);
+    let none = post(None, vec![("token", token.as_str())]).await.unwrap();
+    assert_eq!(none.status(), 401);
+    // An auditor may not introspect, however it authenticates.
+    let auditor = app.admin_token(halflife::domain::model::Role::Auditor).await;
+    let refused = post(Some(basic("test", &auditor)), vec![("token", token.as_str())]).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    refused_one();
+    // Revocation takes the same client authentication, and still needs none.
+    let revoke = app
+        .client
+        .post(app.url("/oauth2/revoke"))
+        .header("authorization", basic("reports api", "hla_wrong"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 401);
+    let revoke = app
+        .client
+        .post(app.url("/oauth2/revoke"))
+        .header("authorization", basic("reports api", &secret))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 200);
+    assert_eq!(app.introspect(&secret, &token).await, json!({"active": false}));
+    let meta: Value =
+        app.client.get(app.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        meta["introspection_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post"])
+    );
+    assert_eq!(meta.get("tls_client_certificate_bound_access_tokens"), None, "no mTLS listener here: {meta}");
+    let cc =
+        app.client.post(app.url("/oauth2/token")).form(&[("grant_type", "client_credentials")]).send().await.unwrap();
+    let body: Value = cc.json().await.unwrap();
+    assert_eq!(body["error"], "unsupported_grant_type");
+    assert!(body["error_description"].as_str().unwrap().contains("none configured"), "{body}");
+    report_refused("hostile");
+}

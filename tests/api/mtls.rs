@@ -239,13 +239,19 @@ async fn an_x509_svid_gets_a_certificate_bound_token_from_the_grant_its_jwt_svid
     // A client_id other than the certificate's SPIFFE ID is refused.
     let response = m.client_credentials(&leaf, &[("client_id", "spiffe://prod.example/ns/ai/sa/other")]).await;
     oauth_error(response.unwrap(), 401, "invalid_client").await;
-    // client_credentials on the plain listener has no certificate.
+    // client_credentials on the plain listener: no certificate can come
+    // there, and the answer says where it is served.
     let response = m.app.client.post(m.app.url("/oauth2/token")).form(&[("grant_type", "client_credentials")]).send();
-    oauth_error(response.await.unwrap(), 401, "invalid_client").await;
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "unsupported_grant_type", "{body}");
+    let mtls_token = format!("https://{}/oauth2/token", m.app.mtls.unwrap());
+    assert!(body["error_description"].as_str().unwrap().contains(&mtls_token), "{body}");
     let denied = m.app.events("credential.denied").await;
     let reasons: Vec<_> = denied.iter().filter_map(|e| e.reason.as_deref()).collect();
     assert!(reasons.iter().any(|r| r.contains("is not the certificate's SPIFFE ID")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("no client certificate was presented")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("served on the mTLS listener")), "{reasons:?}");
 }
 
 #[tokio::test]

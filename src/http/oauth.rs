@@ -1,5 +1,6 @@
 //! OAuth endpoints: token exchange (RFC 8693), introspection (RFC 7662),
-//! revocation (RFC 7009). Handlers only translate: parse → use case → map.
+//! revocation (RFC 7009), and the holder's status query. Handlers only
+//! translate: parse → use case → map.
 
 use std::time::Duration;
 
@@ -15,9 +16,10 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Admin, Form, Meta};
 #[allow(unused_imports, reason = "named by the OpenAPI annotations")]
-use super::openapi::{ErrorBody, IntrospectionResponse, TokenForm, TokenOnlyForm, TokenResponse};
+use super::openapi::{ErrorBody, IntrospectionResponse, TokenForm, TokenOnlyForm, TokenResponse, TokenStatusResponse};
 use crate::attest::x509::PeerCertificates;
 use crate::broker::exchange::{ExchangeRequest, Proof};
+use crate::broker::introspect::{Presented, StatusError};
 use crate::domain::policy::Ask;
 use crate::domain::values::{Audience, CredentialKind, ScopeSet};
 
@@ -43,6 +45,7 @@ pub fn router() -> Router<AppState> {
         .route("/oauth2/token", post(token))
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke))
+        .route("/oauth2/token-status", post(token_status))
 }
 
 fn no_store(mut response: Response) -> Response {
@@ -277,6 +280,40 @@ async fn revoke(State(state): State<AppState>, Meta(meta): Meta, mut form: Form)
     Ok(no_store(axum::http::StatusCode::OK.into_response()))
 }
 
+/// `POST /oauth2/token-status`: the holder of a token asks whether it is
+/// still active; the token authenticates the query, as it does its own
+/// revocation. A sender-constrained token must prove possession.
+#[utoipa::path(post, path = "/oauth2/token-status", tag = "oauth",
+    request_body(content = TokenOnlyForm, content_type = "application/x-www-form-urlencoded"),
+    params(("DPoP" = Option<String>, Header, description = "For a DPoP-bound token: a proof of its key for this endpoint, with ath")),
+    responses(
+        (status = 200, description = "{\"active\": true} or {\"active\": false}; unknown, malformed and foreign tokens are inactive", body = TokenStatusResponse),
+        (status = 400, description = "Malformed request; invalid_dpop_proof for a DPoP-bound token without a valid proof; invalid_request for a certificate-bound token without its certificate", body = ErrorBody),
+        (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+async fn token_status(
+    State(state): State<AppState>,
+    peer: Option<Extension<PeerCertificates>>,
+    headers: HeaderMap,
+    mut form: Form,
+) -> Result<Response, ApiError> {
+    let token = form.require_secret("token")?;
+    let dpop = dpop_header(&headers)?;
+    // This listener's token endpoint with `-status`: the URL a proof names.
+    let mut endpoint = state.token_endpoint.as_ref().clone();
+    let path = format!("{}-status", endpoint.path());
+    endpoint.set_path(&path);
+    let presented = Presented { dpop: dpop.as_deref(), endpoint: &endpoint, peer: peer.as_ref().map(|Extension(p)| p) };
+    let active = match state.broker.token_status(token.expose_secret(), presented).await {
+        Ok(active) => active,
+        Err(StatusError::Dpop(description)) => return Err(ApiError::OAuth { code: "invalid_dpop_proof", description }),
+        Err(e @ StatusError::Certificate) => return Err(ApiError::invalid_request(e.to_string())),
+        Err(StatusError::Unavailable(e)) => return Err(e.into()),
+    };
+    Ok(no_store(Json(json!({"active": active})).into_response()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +329,5 @@ mod tests {
 
 /// The OAuth endpoints' part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(token, introspect, revoke))]
+#[openapi(paths(token, introspect, revoke, token_status))]
 pub struct Api;

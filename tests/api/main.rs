@@ -28,3 +28,4 @@ mod rotation;
 mod secrets;
 mod throttle;
 mod tls_scan;
+mod token_status;

@@ -45,3 +45,5 @@ mod replicas;
 mod rotation;
 #[path = "../api/secrets.rs"]
 mod secrets;
+#[path = "../api/token_status.rs"]
+mod token_status;

@@ -2,6 +2,7 @@
 #![expect(clippy::unwrap_used, reason = "test helpers abort the test on setup failure")]
 #![expect(clippy::expect_used, reason = "test helpers abort the test on setup failure")]
 
+mod agent;
 mod audit;
 mod canary;
 mod cli;

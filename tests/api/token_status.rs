@@ -51,10 +51,8 @@ async fn a_token_asks_about_itself_and_learns_one_bit() {
     let catalog = format!("{}{SECRET_GRANT}", default_catalog());
     let Some(app) = spawn_with(Options { catalog, ..Options::default() }).await else { return };
     let url = app.url("/oauth2/token-status");
-    let jwt = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let jwt =
+        app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await["access_token"].as_str().unwrap().to_owned();
     let secret = app
         .exchange_ok(
             &app.rsa.token("system:serviceaccount:ai:secret-agent", app.now()),

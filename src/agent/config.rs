@@ -848,6 +848,75 @@ mod tests {
         assert_eq!(problems("")[0], "agent: missing: the agent's file holds one [agent] table");
     }
 
+    /// Problems that only say a path of a deployment is absent here.
+    fn only_missing_paths(problems: &[String]) -> bool {
+        problems.iter().all(|p| p.contains("does not exist") || p.contains("is not a directory"))
+    }
+
+    #[test]
+    fn the_example_files_are_valid_and_the_reference_documents_every_key() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in ["config/agent.example.toml", "config/agent.toml"] {
+            let problems = match load(&root.join(file)) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems(),
+            };
+            assert!(only_missing_paths(&problems), "{file}: {problems:#?}");
+        }
+        let text = std::fs::read_to_string(root.join("config/agent.example.toml")).unwrap();
+        // Every key of the [agent] table, by its name in the file. A key
+        // added to RawAgent and its parts must be added here and there.
+        let keys = [
+            "broker_url",
+            "broker_public_url",
+            "allow_plain_http",
+            "ca_file",
+            "client_svid",
+            "cert_file",
+            "key_file",
+            "credentials_dir",
+            "socket",
+            "socket_mode",
+            "socket_group",
+            "listen",
+            "renew_fraction",
+            "renew_jitter",
+            "retry_initial",
+            "retry_max",
+            "status_interval",
+            "request_timeout",
+            "renewal_signal",
+            "file",
+            "x509",
+            "command",
+            "name",
+            "audience",
+            "resource",
+            "scope",
+            "kind",
+            "ttl",
+            "binding",
+            "api",
+            "path",
+            "format",
+            "mode",
+            "owner",
+            "group",
+        ];
+        for key in keys {
+            let documented = text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{key} ="))
+                    || l.contains(&format!("{{ {key} ="))
+                    || l.contains(&format!(", {key} ="))
+            });
+            assert!(documented, "{key} is not in config/agent.example.toml");
+        }
+        for table in ["[agent]", "[agent.attestation]", "[[agent.credentials]]", "[agent.exec]"] {
+            assert!(text.contains(table), "{table}");
+        }
+    }
+
     #[test]
     fn modes_keep_other_users_out() {
         assert_eq!(parse_mode("0600"), Ok(0o600));

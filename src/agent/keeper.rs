@@ -153,6 +153,7 @@ impl Keeper {
                     expires: sent + issued.expires_in,
                     identity,
                 });
+                let was_active = self.reported && self.slot.held().is_some();
                 self.write_file(&held).await;
                 self.slot.set(Some(Arc::clone(&held)), Condition::Active);
                 self.agent.changed();
@@ -169,9 +170,10 @@ impl Keeper {
                     (self.slot.spec.kind != Kind::PostgresLogin).then(|| Instant::now() + settings.status_interval);
                 let expires_in = issued.expires_in.as_secs();
                 let renew_in = renew.saturating_duration_since(Instant::now()).as_secs();
-                if self.reported {
+                if was_active {
                     tracing::info!(credential = self.name(), expires_in, renew_in, "credential renewed");
                 } else {
+                    // The start line, or the line saying it is back.
                     self.report(&format!("active, expires in {expires_in}s, renewal in {renew_in}s"));
                 }
             }
@@ -239,7 +241,8 @@ impl Keeper {
         false
     }
 
-    /// The one line per credential at start: what became of it.
+    /// The one line per credential at start, saying what became of it;
+    /// also when it is obtained again after a removal.
     fn report(&mut self, status: &str) {
         self.reported = true;
         let spec = &self.slot.spec;

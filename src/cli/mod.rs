@@ -331,12 +331,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// Prints every problem of a configuration, `halflife config check` style.
-fn report_problems(path: &std::path::Path, problems: &[String]) {
-    println!("{}: {} problem{}", path.display(), problems.len(), if problems.len() == 1 { "" } else { "s" });
+/// Every problem of a configuration, `halflife config check` style.
+fn problem_report(path: &std::path::Path, problems: &[String]) -> String {
+    let mut report =
+        format!("{}: {} problem{}\n", path.display(), problems.len(), if problems.len() == 1 { "" } else { "s" });
     for problem in problems {
-        println!("  - {problem}");
+        report.push_str(&format!("  - {problem}\n"));
     }
+    report
 }
 
 /// `halflife agent`, `agent exec`, `agent check`, `agent health`.
@@ -347,7 +349,14 @@ async fn run_agent(args: AgentArgs, config_path: &std::path::Path) -> anyhow::Re
     let settings = match crate::agent::config::load(config_path) {
         Ok(settings) => settings,
         Err(e) => {
-            report_problems(config_path, &e.problems());
+            // `agent check` answers on stdout, like `config check`; a
+            // starting agent on stderr, where its logs go.
+            let report = problem_report(config_path, &e.problems());
+            if matches!(args.command, Some(AgentCommand::Check)) {
+                print!("{report}");
+            } else {
+                eprint!("{report}");
+            }
             bail!("the agent's configuration is not usable; nothing was started");
         }
     };
@@ -409,7 +418,7 @@ fn check_config(config_path: &std::path::Path) -> anyhow::Result<()> {
         println!("{}: ok", config_path.display());
         return Ok(());
     }
-    report_problems(config_path, &problems);
+    print!("{}", problem_report(config_path, &problems));
     bail!("the configuration is not usable")
 }
 

@@ -637,7 +637,8 @@ ttl = "0s"
     };
     let out = run(&["agent"], &[("HALFLIFE_AGENT__STATUS_INTERVAL", "1ms")]);
     assert_eq!(out.status.code(), Some(1));
-    let report = String::from_utf8(out.stdout).unwrap();
+    // A starting agent reports on stderr, where its logs go.
+    let report = String::from_utf8(out.stderr).unwrap();
     for key in [
         "agent.broker_url",
         "agent.attestation.command",
@@ -655,7 +656,7 @@ ttl = "0s"
         assert!(report.lines().any(|l| l.starts_with(&format!("  - {key}"))), "{key} not reported:\n{report}");
     }
     assert!(report.starts_with(&format!("{}: 12 problems", dir.path().join("agent.toml").display())), "{report}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was started"));
+    assert!(report.contains("nothing was started"));
     assert!(!dir.path().join("agent.sock").exists(), "a socket was bound for a configuration that cannot run");
     // The same check on its own, and a type error named by its key.
     assert_eq!(run(&["agent", "check"], &[]).status.code(), Some(1));
@@ -689,7 +690,10 @@ ttl = "0s"
     // A missing file, and none at all.
     let out = std::process::Command::new(BIN).args(["--config", "/nonexistent/agent.toml", "agent"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("does not exist"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    let out = std::process::Command::new(BIN).arg("agent").env_remove("HALFLIFE_CONFIG").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --config"));
 }
 
 /// The approvals flow of a later release, stood in for by a minimal
@@ -1000,4 +1004,126 @@ ttl = "2s"
         value(&agent.metrics().await, "halflife_agent_failures_total{credential=\"reports\",reason=\"refused\"}"),
         0.0
     );
+}
+
+/// Processes a test started, killed when it ends however it ends.
+struct Processes(Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The README's "Running the agent", as a newcomer follows it from a fresh
+/// clone: the broker on the development config, `halflife dev token`
+/// writing the attestation file, the agent on `config/agent.toml`; the
+/// credential file appears, is renewed, and disappears when the system is
+/// suspended; it comes back when the system is reinstated. Only the port,
+/// the lifetime and the intervals are shortened for the test.
+#[tokio::test]
+async fn running_the_agent_from_the_readme() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("config")).unwrap();
+    for file in ["halflife.toml", "dev-catalog.toml", "agent.toml"] {
+        std::fs::copy(repo_root().join("config").join(file), root.join("config").join(file)).unwrap();
+    }
+    let agent_toml = std::fs::read_to_string(root.join("config/agent.toml")).unwrap();
+    assert!(agent_toml.contains("ttl = \"60s\""));
+    std::fs::write(root.join("config/agent.toml"), agent_toml.replace("ttl = \"60s\"", "ttl = \"3s\"")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let halflife = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.current_dir(root)
+            .args(args)
+            .env("HALFLIFE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("HALFLIFE_SERVER", &base)
+            .env("HALFLIFE_AGENT__BROKER_URL", &base)
+            .env("HALFLIFE_AGENT__STATUS_INTERVAL", "500ms")
+            .env("HALFLIFE_AGENT__RETRY_INITIAL", "100ms")
+            .env("HALFLIFE_AGENT__RETRY_MAX", "500ms")
+            .env_remove("HALFLIFE_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    };
+    let log = |name: &str| std::fs::File::create(root.join(name)).unwrap();
+    let mut running = Processes(Vec::new());
+
+    // The broker (`cargo run --release -- serve`).
+    running.0.push(halflife(&["serve"]).stdout(Stdio::null()).stderr(log("server.log")).spawn().unwrap());
+    halflife::crypto::install();
+    let client = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(30), || async {
+        matches!(client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(ready, "{}", std::fs::read_to_string(root.join("server.log")).unwrap());
+
+    // mkdir -p data/credentials; the attestation; the agent.
+    std::fs::create_dir_all(root.join("data/credentials")).unwrap();
+    running.0.push(
+        halflife(&["dev", "token", "--subject", "spiffe://dev.local/ns/ai/sa/summarizer"])
+            .args(["--out", "data/attestation.jwt", "--every", "500ms"])
+            .stdout(Stdio::null())
+            .stderr(log("dev-token.log"))
+            .spawn()
+            .unwrap(),
+    );
+    running.0.push(
+        halflife(&["agent", "--config", "config/agent.toml"])
+            .stdout(Stdio::null())
+            .stderr(log("agent.log"))
+            .spawn()
+            .unwrap(),
+    );
+    let agent_log = || std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
+
+    // The credential file appears, private, and is renewed.
+    let file = root.join("data/credentials/reports.jwt");
+    assert!(eventually(DEADLINE, || async { file.exists() }).await, "no credential file: {}", agent_log());
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let first = std::fs::read_to_string(&file).unwrap();
+    let renewed =
+        eventually(DEADLINE, || async { std::fs::read_to_string(&file).is_ok_and(|t| !t.is_empty() && t != first) })
+            .await;
+    assert!(renewed, "never renewed: {}", agent_log());
+    assert!(agent_log().contains("credential reports: active"), "no status line: {}", agent_log());
+    let socket = root.join("data/agent.sock");
+    let (status, credential) = call(&socket, "GET", "/v1/credentials/reports", None).await;
+    assert_eq!(status, 200, "{credential}");
+
+    // Suspend the system: the file goes, and the API says why.
+    let out = halflife(&["admin", "token", "create", "--role", "operator", "--name", "you"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_owned();
+    let out = halflife(&["systems", "suspend", "summarizer", "--reason", "trying the agent"])
+        .env("HALFLIFE_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        eventually(DEADLINE, || async { !file.exists() }).await,
+        "the file outlived the suspension: {}",
+        agent_log()
+    );
+    let gone = eventually(DEADLINE, || async {
+        let (status, body) = call(&socket, "GET", "/v1/credentials/reports", None).await;
+        status == 410 && body["error_description"] == "system summarizer is suspended (trying the agent (by you))"
+    })
+    .await;
+    assert!(gone, "{:?}", call(&socket, "GET", "/v1/credentials/reports", None).await);
+
+    // Reinstate it: the agent gets a new credential by itself.
+    let out = halflife(&["systems", "reinstate", "summarizer", "--pilot-ends-at", "30d"])
+        .env("HALFLIFE_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(eventually(DEADLINE, || async { file.exists() }).await, "not back after reinstatement: {}", agent_log());
 }

@@ -249,7 +249,9 @@ fn the_kubernetes_manifests_hang_together() {
     let port = container["ports"][0]["containerPort"].as_i64().unwrap();
     assert_eq!(i64::from(config.server.listen.port()), port);
     let args = strings(&container["args"]);
-    assert_accepted(&args, "Deployment args");
+    // What the container runs: the image's ENTRYPOINT unless `command`
+    // replaces it, then the args.
+    assert_accepted(&effective_command(container)[1..], "Deployment command and args");
     let config_path = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
     let volumes: Vec<String> =
         pod["volumes"].as_vec().unwrap().iter().map(|v| v["name"].as_str().unwrap().into()).collect();

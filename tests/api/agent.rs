@@ -433,6 +433,20 @@ async fn revocation_suspension_and_a_departed_owner_remove_credentials_within_th
     assert!(started.elapsed() < DEADLINE);
     assert!(!jwt_file.exists() && !secret_file.exists(), "a file outlived its suspended system");
     assert_eq!(agent.get("/healthz").await.0, 503);
+    let health = || {
+        tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(dir.path().join("agent.toml"))
+            .args(["agent", "health"])
+            .output()
+    };
+    let out = health().await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "agent health passed with no credential held");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not healthy (503"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Reinstated: back without a restart.
     let ends = (halflife::clock::Clock::now(&app.clock) + time::Duration::days(20)).format(&Rfc3339).unwrap();
@@ -443,6 +457,7 @@ async fn revocation_suspension_and_a_departed_owner_remove_credentials_within_th
     let back = agent.wait_for("reports", |_| true).await;
     agent.wait_for("secret", |_| true).await;
     assert!(jwt_file.exists() && secret_file.exists());
+    assert!(health().await.unwrap().status.success(), "agent health failed with every credential held");
     seen.push(back["access_token"].as_str().unwrap().to_owned());
 
     // An owner departs: the system is suspended at once, the credentials go.
@@ -475,14 +490,29 @@ async fn files_and_the_socket_are_private_and_a_reader_never_sees_half_a_file() 
     let dir = agent_dir();
     write_attestation(dir.path(), &app.rsa.token(RSA_SUBJECT, app.now()));
     let credentials = format!(
-        "{}{}",
+        "{}{}{}api = false\n",
         jwt_credential("reports", "2s", "\"reports.jwt\""),
-        jwt_credential("shared", "600s", "{ path = \"shared.json\", format = \"json\", mode = \"0640\" }")
+        jwt_credential("shared", "600s", "{ path = \"shared.json\", format = \"json\", mode = \"0640\" }"),
+        jwt_credential("file-only", "600s", "\"file-only.jwt\"")
     );
-    let config = agent_config(&app, dir.path(), "", &credentials);
+    let config = agent_config(&app, dir.path(), "listen = \"127.0.0.1:0\"", &credentials);
     let agent = start_agent(dir.path(), &config, &[]).await;
     agent.wait_for("reports", |_| true).await;
-    agent.wait_for("shared", |_| true).await;
+    let shared = agent.wait_for("shared", |_| true).await;
+    // Written, and not served: api = false.
+    let file_only = dir.path().join("creds/file-only.jwt");
+    assert!(eventually(DEADLINE, || async { file_only.exists() }).await);
+    assert_eq!(agent.get("/v1/credentials/file-only").await.0, 404);
+    // The loopback TCP listener serves the same API.
+    let listen = agent
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|l| l["listen"].as_str().map(str::to_owned))
+        .expect("the start line names the TCP address");
+    let over_tcp: Value =
+        reqwest::get(format!("http://{listen}/v1/credentials/shared")).await.unwrap().json().await.unwrap();
+    assert_eq!(over_tcp["access_token"], shared["access_token"]);
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(&dir.path().join("creds/reports.jwt")), 0o600);
     assert_eq!(mode(&dir.path().join("creds/shared.json")), 0o640);
@@ -783,6 +813,17 @@ ttl = "300s"
     let token = credential["access_token"].as_str().unwrap().to_owned();
     let (_, claims) = parts(&token);
     assert!(claims["cnf"]["jkt"].is_string(), "{claims}");
+    // Its status queries carry proofs the broker accepts.
+    let checked = eventually(DEADLINE, || async {
+        value(&agent.metrics().await, "halflife_agent_status_checks_total{credential=\"reports\",reason=\"active\"}")
+            >= 2.0
+    })
+    .await;
+    assert!(checked, "{}", agent.metrics().await);
+    assert_eq!(
+        value(&agent.metrics().await, "halflife_agent_status_checks_total{credential=\"reports\",reason=\"failed\"}"),
+        0.0
+    );
 
     // The example: token and proof from the agent, verified by the
     // resource server.

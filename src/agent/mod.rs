@@ -110,12 +110,14 @@ pub async fn run(settings: AgentSettings, mode: Mode) -> anyhow::Result<u8> {
     }
     tasks.push(tokio::spawn(api::serve(Arc::clone(&agent), listeners, stopped.clone())));
 
-    let code = match mode {
+    let outcome = match mode {
         Mode::Daemon => {
             stop_signal().await;
-            0
+            Ok(0)
         }
-        Mode::Exec(argv) => exec::run(Arc::clone(&agent), &argv).await?,
+        // A command that cannot be started stops the agent too, after the
+        // same cleanup.
+        Mode::Exec(argv) => exec::run(Arc::clone(&agent), &argv).await,
     };
 
     let _ = stop.send(true);
@@ -128,7 +130,7 @@ pub async fn run(settings: AgentSettings, mode: Mode) -> anyhow::Result<u8> {
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("halflife agent stopped; its credential files are removed");
-    Ok(code)
+    outcome
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

@@ -80,8 +80,21 @@ pub fn write_attestation(dir: &Path, token: &str) {
     std::fs::rename(tmp, dir.join("attestation.jwt")).unwrap();
 }
 
-/// Starts the agent on `config` with `args` after `agent`.
+/// Starts the agent on `config` with `args` after `agent`, and waits for
+/// its socket to answer.
 pub async fn start_agent(dir: &Path, config: &str, args: &[&str]) -> AgentProcess {
+    let agent = spawn_agent(dir, config, args);
+    let socket = agent.socket.clone();
+    assert!(
+        eventually(DEADLINE, || async { tokio::net::UnixStream::connect(&socket).await.is_ok() }).await,
+        "the agent's socket never answered: {}",
+        agent.log()
+    );
+    agent
+}
+
+/// Starts the agent on `config` with `args` after `agent`.
+pub fn spawn_agent(dir: &Path, config: &str, args: &[&str]) -> AgentProcess {
     std::fs::write(dir.join("agent.toml"), config).unwrap();
     let log = dir.join(format!("agent-{}.log", uuid_like()));
     let child = tokio::process::Command::new(BIN)
@@ -96,14 +109,7 @@ pub async fn start_agent(dir: &Path, config: &str, args: &[&str]) -> AgentProces
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let agent = AgentProcess { child, socket: dir.join("agent.sock"), log };
-    let socket = agent.socket.clone();
-    assert!(
-        eventually(DEADLINE, || async { tokio::net::UnixStream::connect(&socket).await.is_ok() }).await,
-        "the agent's socket never answered: {}",
-        agent.log()
-    );
-    agent
+    AgentProcess { child, socket: dir.join("agent.sock"), log }
 }
 
 /// One request to the agent's local API over its Unix socket.
@@ -619,6 +625,14 @@ async fn exec_hands_the_child_paths_not_values_forwards_signals_and_returns_its_
     assert_eq!(agent.exit_code().await, Some(7), "not the child's status: {}", agent.log());
     assert!(std::fs::read_to_string(&signals).unwrap().contains("TERM"));
     assert!(!file.exists(), "the credential outlived the command");
+
+    // A command that cannot be started: the agent says so, exits 1, and
+    // leaves no credential behind.
+    let mut agent = spawn_agent(dir.path(), &config, &["exec", "--", "/nonexistent/program"]);
+    assert_eq!(agent.exit_code().await, Some(1));
+    assert!(agent.log().contains("cannot run /nonexistent/program"), "{}", agent.log());
+    assert!(!file.exists(), "a credential outlived an exec that never ran");
+    assert!(!dir.path().join("agent.sock").exists());
 
     // A command that ends by itself: its status is the agent's.
     let config = agent_config(&app, dir.path(), "", &jwt_credential("reports-api", "60s", "\"reports.jwt\""));

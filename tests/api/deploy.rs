@@ -327,7 +327,8 @@ fn the_agent_sidecar_hangs_together() {
         }
     }
     let broker_config = find(&broker, "ConfigMap", "halflife-config");
-    let broker_toml = halflife::config::Config::from_toml(broker_config["data"]["halflife.toml"].as_str().unwrap()).unwrap();
+    let broker_toml =
+        halflife::config::Config::from_toml(broker_config["data"]["halflife.toml"].as_str().unwrap()).unwrap();
     let catalog: toml::Value = toml::from_str(broker_config["data"]["catalog.toml"].as_str().unwrap()).unwrap();
 
     let pod = find(&docs, "Pod", "summarizer-with-agent");
@@ -353,7 +354,9 @@ fn the_agent_sidecar_hangs_together() {
 
     // Volumes and mounts.
     let volumes = spec["volumes"].as_vec().unwrap();
-    let volume = |name: &str| volumes.iter().find(|v| v["name"].as_str() == Some(name)).unwrap_or_else(|| panic!("no volume {name}"));
+    let volume = |name: &str| {
+        volumes.iter().find(|v| v["name"].as_str() == Some(name)).unwrap_or_else(|| panic!("no volume {name}"))
+    };
     let mount_of = |container: &Yaml, path: &str| -> Option<(String, String, bool)> {
         container["volumeMounts"].as_vec().unwrap().iter().find_map(|m| {
             let at = m["mountPath"].as_str().unwrap();
@@ -394,7 +397,11 @@ fn the_agent_sidecar_hangs_together() {
     assert_eq!(broker_url, format!("http://halflife.{service_namespace}.svc.cluster.local:{port}"));
     assert_eq!(broker_url, broker_toml.server.public_base());
     let namespace_doc = find(&docs, "Namespace", namespace);
-    assert_eq!(namespace_doc["metadata"]["labels"]["halflife.io/client"].as_str(), Some("true"), "the NetworkPolicy would drop it");
+    assert_eq!(
+        namespace_doc["metadata"]["labels"]["halflife.io/client"].as_str(),
+        Some("true"),
+        "the NetworkPolicy would drop it"
+    );
 
     // The attestation is the projected token the broker's issuer accepts,
     // for the identity the grant names.

@@ -296,11 +296,15 @@ impl Keeper {
     /// Drops what is held: the local API stops serving it at once, then
     /// its file is deleted.
     async fn remove(&mut self, code: &str, description: &str, reason: &str) {
-        let had = self.slot.held().is_some();
-        self.slot.set(
-            None,
-            Condition::Removed { code: code.to_owned(), description: description.to_owned(), at: SystemClock.now() },
-        );
+        let snapshot = self.slot.snapshot();
+        let had = snapshot.held.is_some();
+        // Asked again and refused again: the reason may change, the time
+        // it was removed does not.
+        let at = match snapshot.condition {
+            Condition::Removed { at, .. } if !had => at,
+            _ => SystemClock.now(),
+        };
+        self.slot.set(None, Condition::Removed { code: code.to_owned(), description: description.to_owned(), at });
         self.next_status = None;
         self.agent.changed();
         if let Some(file) = &self.slot.spec.file {

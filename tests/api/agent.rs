@@ -438,6 +438,14 @@ async fn revocation_suspension_and_a_departed_owner_remove_credentials_within_th
     }
     assert!(started.elapsed() < DEADLINE);
     assert!(!jwt_file.exists() && !secret_file.exists(), "a file outlived its suspended system");
+    // Asked again at its backoff and refused again: it stays removed since
+    // the same moment.
+    let (_, removed) = agent.get("/v1/credentials/reports").await;
+    let refusals = |m: &str| value(m, "halflife_agent_failures_total{credential=\"reports\",reason=\"refused\"}");
+    let before = refusals(&agent.metrics().await);
+    assert!(eventually(DEADLINE, || async { refusals(&agent.metrics().await) >= before + 2.0 }).await);
+    let (status, again) = agent.get("/v1/credentials/reports").await;
+    assert_eq!((status, &again["removed_at"]), (410, &removed["removed_at"]), "{again}");
     assert_eq!(agent.get("/healthz").await.0, 503);
     let health = || {
         tokio::process::Command::new(BIN)

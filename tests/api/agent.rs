@@ -1190,3 +1190,44 @@ async fn running_the_agent_from_the_readme() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(eventually(DEADLINE, || async { file.exists() }).await, "not back after reinstatement: {}", agent_log());
 }
+
+/// A JWT attestation sent over the mTLS listener with `client_svid`: the
+/// token is bound to the certificate the agent presents.
+#[tokio::test]
+async fn a_client_svid_binds_the_token_of_a_jwt_attestation_to_the_certificate() {
+    let Some(m) = crate::mtls::MtlsApp::start("").await else { return };
+    let dir = agent_dir();
+    let d = dir.path().display();
+    std::fs::write(dir.path().join("ca.pem"), m.pki.ca.pem()).unwrap();
+    let leaf = m.prod.svid(crate::mtls::SVID);
+    leaf.write_pem(&dir.path().join("svid.pem"), &dir.path().join("svid-key.pem"));
+    write_attestation(dir.path(), &m.app.ec.token(crate::mtls::SVID, m.app.now()));
+    let config = format!(
+        r#"
+[agent]
+broker_url = "{url}"
+ca_file = "{d}/ca.pem"
+client_svid = {{ cert_file = "{d}/svid.pem", key_file = "{d}/svid-key.pem" }}
+socket = "{d}/agent.sock"
+
+[agent.attestation]
+file = "{d}/attestation.jwt"
+
+[[agent.credentials]]
+name = "search"
+audience = "search-api"
+"#,
+        url = m.mtls_url("")
+    );
+    let agent = start_agent(dir.path(), &config, &[]).await;
+    let credential = agent.wait_for("search", |_| true).await;
+    let (_, claims) = parts(credential["access_token"].as_str().unwrap());
+    assert_eq!(claims["sub"], crate::mtls::SVID);
+    assert_eq!(claims["cnf"]["x5t#S256"], leaf.thumbprint());
+    let issued = m.app.events("credential.issued").await;
+    let event = issued.iter().find(|e| e.jti == jti_of(&credential)).unwrap();
+    assert!(
+        !event.attestation_id.as_deref().unwrap_or_default().starts_with("x509-sha256:"),
+        "the JWT was the attestation"
+    );
+}

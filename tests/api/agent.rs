@@ -503,10 +503,20 @@ async fn files_and_the_socket_are_private_and_a_reader_never_sees_half_a_file() 
     let Some(app) = spawn_app().await else { return };
     let dir = agent_dir();
     write_attestation(dir.path(), &app.rsa.token(RSA_SUBJECT, app.now()));
+    // Owner and group as this test's own ids: whoever runs the tests may
+    // give a file to itself.
+    let (uid, gid) = {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        (meta.uid(), meta.gid())
+    };
+    let shared_file = format!(
+        "{{ path = \"shared.json\", format = \"json\", mode = \"0640\", owner = \"{uid}\", group = \"{gid}\" }}"
+    );
     let credentials = format!(
         "{}{}{}api = false\n",
         jwt_credential("reports", "2s", "\"reports.jwt\""),
-        jwt_credential("shared", "600s", "{ path = \"shared.json\", format = \"json\", mode = \"0640\" }"),
+        jwt_credential("shared", "600s", &shared_file),
         jwt_credential("file-only", "600s", "\"file-only.jwt\"")
     );
     let config = agent_config(&app, dir.path(), "listen = \"127.0.0.1:0\"", &credentials);
@@ -530,6 +540,11 @@ async fn files_and_the_socket_are_private_and_a_reader_never_sees_half_a_file() 
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(&dir.path().join("creds/reports.jwt")), 0o600);
     assert_eq!(mode(&dir.path().join("creds/shared.json")), 0o640);
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir.path().join("creds/shared.json")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+    }
     assert_eq!(mode(&agent.socket), 0o600);
 
     // A reader in a tight loop across several renewals: every read is a

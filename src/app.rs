@@ -350,6 +350,7 @@ impl App {
             webhook: config.lifecycle.webhook_url.clone().map(|url| Webhook { url, client: client.clone() }),
             issuer_names: Arc::new(known_issuers(&config)),
             verified: Arc::default(),
+            seen_proofs: Arc::default(),
             bundles: mtls_listener.as_ref().map(|m| Arc::clone(&m.bundles)),
             dpop_window: config.tokens.dpop_proof_window.get(),
             secret_key,

@@ -1112,7 +1112,7 @@ fn file_overrides(mut figment: Figment) -> Result<Figment, ConfigError> {
     Ok(figment)
 }
 
-fn flatten_figment_error(e: figment::Error) -> String {
+pub(crate) fn flatten_figment_error(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let path = e.path.join(".");

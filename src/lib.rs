@@ -14,6 +14,7 @@
 //! `anyhow` is used only by the CLI, `main` and background jobs, with
 //! `.context("failed to …")` at those boundaries.
 
+pub mod agent;
 pub mod app;
 pub mod attest;
 pub mod audit;

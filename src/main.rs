@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(halflife::cli::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

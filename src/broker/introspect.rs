@@ -1,4 +1,5 @@
-//! RFC 7662 introspection and RFC 7009 revocation of issued tokens.
+//! RFC 7662 introspection, RFC 7009 revocation, and the holder's own status
+//! query (`POST /oauth2/token-status`) of issued tokens.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,8 +8,10 @@ use jsonwebtoken::Validation;
 use time::OffsetDateTime;
 
 use super::{Broker, Unavailable};
+use crate::attest::dpop::{self, DpopError};
 use crate::attest::jwt::MAX_TOKEN_BYTES;
-use crate::crypto::sha256;
+use crate::attest::x509::PeerCertificates;
+use crate::crypto::{self, sha256};
 use crate::domain::policy::operating_refusal;
 use crate::mint::jwt::{ACCESS_TOKEN_TYP, AccessClaims};
 use crate::mint::secret;
@@ -142,7 +145,7 @@ impl Broker {
         result
     }
 
-    async fn introspect_uncounted(&self, token: &str) -> Result<Option<Arc<AccessClaims>>, Unavailable> {
+    pub(super) async fn introspect_uncounted(&self, token: &str) -> Result<Option<Arc<AccessClaims>>, Unavailable> {
         let now = self.clock.now();
         let Some(claims) = self.claims_of(token).await? else {
             return Ok(None);
@@ -183,6 +186,141 @@ impl Broker {
     }
 }
 
+/// Most DPoP proofs [`SeenProofs`] remembers: a proof is kept for the
+/// proof window (`tokens.dpop_proof_window`), so this bounds the rate of
+/// DPoP-bound status queries one replica takes at about this many per
+/// window; about 150 bytes each.
+const MAX_SEEN_PROOFS: usize = 65_536;
+
+/// Proofs already presented to `POST /oauth2/token-status`, by key
+/// thumbprint and `jti`, each until its `iat` leaves the proof window: a
+/// proof captured in transit cannot be replayed to this replica. (The
+/// answer is one bit about a token the replayer would already hold, so
+/// unlike the token endpoint's proofs these are not written to the shared
+/// database.)
+#[derive(Default)]
+pub struct SeenProofs {
+    entries: Mutex<HashMap<String, i64>>,
+}
+
+impl SeenProofs {
+    /// Records a proof; false if it was seen before (a replay), or if the
+    /// table is full of proofs still in their window (refused rather than
+    /// forgotten: forgetting would let a replay through).
+    fn first_use(&self, key: String, keep_until: i64, now: i64) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.get(&key).is_some_and(|until| *until >= now) {
+            return false;
+        }
+        if entries.len() >= MAX_SEEN_PROOFS {
+            entries.retain(|_, until| *until >= now);
+            if entries.len() >= MAX_SEEN_PROOFS {
+                return false;
+            }
+        }
+        entries.insert(key, keep_until);
+        true
+    }
+}
+
+/// What a status query presented besides the token itself.
+pub struct Presented<'a> {
+    /// The request's `DPoP` header, if any.
+    pub dpop: Option<&'a str>,
+    /// The URL the query was sent to: what a proof's `htu` must name.
+    pub endpoint: &'a url::Url,
+    /// The client certificates of a query over the mTLS listener.
+    pub peer: Option<&'a PeerCertificates>,
+}
+
+/// Why a status query is refused. Each is safe to show the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// A DPoP-bound token without a valid proof of its key.
+    #[error("{0}")]
+    Dpop(String),
+    /// A certificate-bound token asked about without its certificate.
+    #[error("this token is bound to a client certificate (cnf.x5t#S256): ask over the mTLS listener presenting it")]
+    Certificate,
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+impl Broker {
+    /// `POST /oauth2/token-status`: whether a token is active, asked by its
+    /// holder. The token authenticates the query, as it does its own
+    /// revocation (RFC 7009); a sender-constrained token must also prove
+    /// possession as it would to a resource server: a DPoP-bound token with
+    /// a fresh proof of its key for this endpoint, carrying `ath` (RFC 9449
+    /// §7), and a certificate-bound one over mTLS with its certificate
+    /// (RFC 8705 §3). The binding is checked before the state, so a thief
+    /// holding only the token learns nothing, active or not. Unknown,
+    /// malformed and foreign tokens are simply inactive.
+    pub async fn token_status(&self, token: &str, presented: Presented<'_>) -> Result<bool, StatusError> {
+        // An opaque secret is never sender-constrained: no binding to check.
+        if !token.starts_with(secret::PREFIX)
+            && let Some(claims) = self.verify_own(token)
+            && let Some(cnf) = &claims.cnf
+        {
+            let now = self.clock.now();
+            if let Some(jkt) = &cnf.jkt {
+                self.check_dpop_holder(token, jkt, &presented, now)?;
+            }
+            if let Some(x5t) = &cnf.x5t_s256 {
+                let leaf = presented.peer.and_then(|p| p.0.first());
+                if leaf.is_none_or(|leaf| crypto::b64url(sha256(leaf)) != *x5t) {
+                    return Err(StatusError::Certificate);
+                }
+            }
+        }
+        Ok(self.introspect_uncounted(token).await?.is_some())
+    }
+
+    /// The request's DPoP proof: valid for this endpoint and now, made with
+    /// the key the token is bound to, for this token (`ath`), used once.
+    fn check_dpop_holder(
+        &self,
+        token: &str,
+        jkt: &str,
+        presented: &Presented<'_>,
+        now: OffsetDateTime,
+    ) -> Result<(), StatusError> {
+        let refuse = |e: DpopError| StatusError::Dpop(e.to_string());
+        let proof = presented.dpop.ok_or_else(|| {
+            StatusError::Dpop("this token is DPoP-bound: send a DPoP proof of its key (RFC 9449 §7)".into())
+        })?;
+        let verified = dpop::verify_proof(proof, "POST", presented.endpoint, now, self.dpop_window).map_err(refuse)?;
+        if verified.jkt != jkt {
+            return Err(StatusError::Dpop(
+                "DPoP proof is signed by a key other than the one the token is bound to".into(),
+            ));
+        }
+        // The signature is verified: read the one claim verify_proof does not.
+        let ath = proof
+            .split('.')
+            .nth(1)
+            .and_then(crypto::b64url_decode)
+            .and_then(|claims| serde_json::from_slice::<serde_json::Value>(&claims).ok())
+            .and_then(|claims| claims.get("ath").and_then(serde_json::Value::as_str).map(str::to_owned));
+        if ath.as_deref() != Some(crypto::b64url(sha256(token.as_bytes())).as_str()) {
+            return Err(StatusError::Dpop(
+                "DPoP proof ath must be the base64url SHA-256 of this token (RFC 9449 §4.2)".into(),
+            ));
+        }
+        let window = i64::try_from(self.dpop_window.as_secs()).unwrap_or(i64::MAX);
+        if !self.seen_proofs.first_use(
+            format!("{jkt}:{}", verified.jti),
+            verified.iat.saturating_add(window),
+            now.unix_timestamp(),
+        ) {
+            return Err(StatusError::Dpop(
+                "DPoP proof has already been used; sign a fresh proof (new jti) for every request".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn revocation_event(claims: &AccessClaims, reason: &str, now: OffsetDateTime, meta: &RequestMeta) -> AuditEvent {
     let mut event = AuditEvent::new("credential.revoked", Outcome::Success, now, meta);
     event.reason = Some(reason.to_owned());
@@ -215,6 +353,22 @@ mod tests {
             system: "summarizer".into(),
             cnf: None,
         })
+    }
+
+    #[test]
+    fn a_proof_is_accepted_once_within_its_window_and_the_table_stays_bounded() {
+        let seen = SeenProofs::default();
+        assert!(seen.first_use("k:1".into(), 160, 100));
+        assert!(!seen.first_use("k:1".into(), 160, 150), "a replay within the window");
+        assert!(seen.first_use("k:1".into(), 300, 161), "after the window the proof cannot verify anyway");
+        for i in 0..MAX_SEEN_PROOFS - 1 {
+            assert!(seen.first_use(format!("k:{}", i + 2), 200, 161));
+        }
+        // Full of live proofs: refused, never forgotten.
+        assert!(!seen.first_use("k:new".into(), 400, 170));
+        // Once they leave their window they make room.
+        assert!(seen.first_use("k:new".into(), 400, 250));
+        assert!(seen.entries.lock().unwrap().len() <= MAX_SEEN_PROOFS);
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct Broker {
     pub issuer_names: Arc<Vec<String>>,
     /// Issued tokens already verified (introspection's fast path).
     pub verified: Arc<introspect::VerifiedTokens>,
+    /// DPoP proofs presented to the token-status endpoint (replay guard).
+    pub seen_proofs: Arc<introspect::SeenProofs>,
     /// SPIFFE trust bundles for X.509-SVID attestation over mTLS, if
     /// configured.
     pub bundles: Option<Arc<TrustBundles>>,

@@ -72,12 +72,38 @@ pub enum LocalCommand {
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the workload-side agent: keep the credentials its configuration (--config agent.toml, an
+    /// [agent] table) names fresh in files and on a local socket; `agent exec -- <command>` runs a
+    /// command with them.
+    Agent(AgentArgs),
     /// Exit 0 if the broker at --url answers ready (for container HEALTHCHECKs, which have no curl).
     Healthcheck {
         /// The readiness endpoint to ask.
         #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
         url: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run a command once every credential is held, with each credential's file path in
+    /// HALFLIFE_CREDENTIAL_<NAME>_FILE (never the values); forward signals to it and exit with its
+    /// status.
+    Exec {
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Validate the agent's configuration and print every problem with its key; exit 1 if any.
+    Check,
+    /// Exit 0 if the running agent (reached on agent.socket) holds every credential.
+    Health,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +200,15 @@ pub struct DevTokenArgs {
     /// Lifetime, e.g. 10m (defaults to dev.token_ttl).
     #[arg(long)]
     pub ttl: Option<HumanDuration>,
+    /// Write the attestation to this file (atomically, mode 0600) instead of printing it: the file an
+    /// agent's attestation.file names.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// With --out: keep writing a fresh attestation to the file at this interval until stopped, as
+    /// a kubelet rotates a projected service-account token (dev attestations are single-use, so an
+    /// agent needs a new one for each renewal).
+    #[arg(long, requires = "out")]
+    pub every: Option<HumanDuration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,11 +327,57 @@ mod otel {
     }
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a command; the process's exit code (0 unless `agent exec` passes
+/// on its command's).
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     crate::crypto::install();
     match cli.command {
-        Command::Remote(command) => run_remote(*command, &cli.config).await,
-        Command::Local(command) => run_local(command, &cli.config).await,
+        Command::Remote(command) => run_remote(*command, &cli.config).await.map(|()| 0),
+        Command::Local(LocalCommand::Agent(args)) => run_agent(args, &cli.config).await,
+        Command::Local(command) => run_local(command, &cli.config).await.map(|()| 0),
+    }
+}
+
+/// Every problem of a configuration, `halflife config check` style.
+fn problem_report(path: &std::path::Path, problems: &[String]) -> String {
+    let mut report =
+        format!("{}: {} problem{}\n", path.display(), problems.len(), if problems.len() == 1 { "" } else { "s" });
+    for problem in problems {
+        report.push_str(&format!("  - {problem}\n"));
+    }
+    report
+}
+
+/// `halflife agent`, `agent exec`, `agent check`, `agent health`.
+async fn run_agent(args: AgentArgs, config_path: &std::path::Path) -> anyhow::Result<u8> {
+    if config_path == std::path::Path::new(DEFAULT_CONFIG) {
+        bail!("halflife agent needs --config <agent.toml>: the agent's own file, with an [agent] table");
+    }
+    let settings = match crate::agent::config::load(config_path) {
+        Ok(settings) => settings,
+        Err(e) => {
+            // `agent check` answers on stdout, like `config check`; a
+            // starting agent on stderr, where its logs go.
+            let report = problem_report(config_path, &e.problems());
+            if matches!(args.command, Some(AgentCommand::Check)) {
+                print!("{report}");
+            } else {
+                eprint!("{report}");
+            }
+            bail!("the agent's configuration is not usable; nothing was started");
+        }
+    };
+    match args.command {
+        None => crate::agent::run(settings, crate::agent::Mode::Daemon).await,
+        Some(AgentCommand::Exec { command }) => crate::agent::run(settings, crate::agent::Mode::Exec(command)).await,
+        Some(AgentCommand::Check) => {
+            println!("{}: ok", config_path.display());
+            Ok(0)
+        }
+        Some(AgentCommand::Health) => {
+            println!("{}", crate::agent::health(&settings).await?);
+            Ok(0)
+        }
     }
 }
 
@@ -345,10 +426,7 @@ fn check_config(config_path: &std::path::Path) -> anyhow::Result<()> {
         println!("{}: ok", config_path.display());
         return Ok(());
     }
-    println!("{}: {} problem{}", config_path.display(), problems.len(), if problems.len() == 1 { "" } else { "s" });
-    for problem in &problems {
-        println!("  - {problem}");
-    }
+    print!("{}", problem_report(config_path, &problems));
     bail!("the configuration is not usable")
 }
 
@@ -398,10 +476,35 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
             if ttl.is_some_and(|t| t.is_zero() || t > crate::attest::dev::MAX_DEV_TOKEN_TTL) {
                 bail!("--ttl must be between 1s and 24h");
             }
-            let token = issuer.mint(&args.subject, args.audience.as_deref(), ttl, now)?;
-            println!("{token}");
-            Ok(())
+            let Some(out) = &args.out else {
+                let token = issuer.mint(&args.subject, args.audience.as_deref(), ttl, now)?;
+                println!("{token}");
+                return Ok(());
+            };
+            let sink = crate::agent::config::FileSink {
+                path: out.clone(),
+                format: crate::agent::config::FileFormat::Token,
+                mode: 0o600,
+                owner: None,
+                group: None,
+            };
+            let mut tick = args.every.map(|every| tokio::time::interval(every.get().max(Duration::from_millis(100))));
+            loop {
+                let token = issuer.mint(&args.subject, args.audience.as_deref(), ttl, SystemClock.now())?;
+                crate::agent::sink::write(&sink, token.as_bytes())
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                let Some(tick) = &mut tick else {
+                    eprintln!("wrote a dev attestation for {} to {}", args.subject, out.display());
+                    return Ok(());
+                };
+                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = app::shutdown_signal() => return Ok(()),
+                }
+            }
         }
+        LocalCommand::Agent(_) => bail!("halflife agent runs on its own configuration"),
         LocalCommand::Config(ConfigCommand::Check) => check_config(config_path),
         LocalCommand::Healthcheck { url } => healthcheck(&url).await,
         LocalCommand::Admin(AdminCommand::Token(AdminTokenCommand::Create(args))) => {

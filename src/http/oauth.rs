@@ -1,5 +1,6 @@
 //! OAuth endpoints: token exchange (RFC 8693), introspection (RFC 7662),
-//! revocation (RFC 7009). Handlers only translate: parse → use case → map.
+//! revocation (RFC 7009), and the holder's status query. Handlers only
+//! translate: parse → use case → map.
 
 use std::time::Duration;
 
@@ -15,9 +16,10 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Form, Meta, Roles, authorize, client_auth};
 #[allow(unused_imports, reason = "named by the OpenAPI annotations")]
-use super::openapi::{ErrorBody, IntrospectionResponse, TokenForm, TokenOnlyForm, TokenResponse};
+use super::openapi::{ErrorBody, IntrospectionResponse, TokenForm, TokenOnlyForm, TokenResponse, TokenStatusResponse};
 use crate::attest::x509::PeerCertificates;
 use crate::broker::exchange::{ExchangeRequest, Proof};
+use crate::broker::introspect::{Presented, StatusError};
 use crate::domain::model::Role;
 use crate::domain::policy::Ask;
 use crate::domain::values::{Audience, CredentialKind, ScopeSet};
@@ -44,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .route("/oauth2/token", post(token))
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke))
+        .route("/oauth2/token-status", post(token_status))
 }
 
 fn no_store(mut response: Response) -> Response {
@@ -260,29 +263,45 @@ async fn token(
 /// [`client_auth`]). Credentials in a header are checked before the body is
 /// read, so a caller that fails them learns nothing of the form's rules;
 /// `client_secret_post` credentials are in the form, which is read first.
-async fn authenticated_form(
+async fn authenticated_form<R: Roles>(
     state: &AppState,
     request: Request,
     route: &str,
     meta: &crate::store::RequestMeta,
 ) -> Result<(Form, Option<crate::broker::admin::AdminCaller>), ApiError> {
     let (parts, body) = request.into_parts();
-    let mut empty = Form::parse(b"")?;
-    let from_header = match super::extract::authorization(&parts.headers)? {
-        Some(_) => client_auth(state, &parts.headers, &mut empty, route, meta).await?,
-        None => None,
-    };
-    let mut form = Form::from_request(Request::from_parts(parts.clone(), body), state).await?;
-    if from_header.is_some() {
+    if super::extract::authorization(&parts.headers)?.is_some() {
+        // Authenticate, authorize, and only then parse.
+        let mut empty = Form::parse(b"")?;
+        let caller = client_auth(state, &parts.headers, &mut empty, route, meta).await?;
+        if let Some(caller) = &caller {
+            authorize::<R>(state, caller, route, meta).await?;
+        }
+        let form = Form::from_request(Request::from_parts(parts, body), state).await?;
         if form.contains("client_secret") {
             return Err(ApiError::invalid_request(
                 "use one client authentication method: the Authorization header or client_secret, not both",
             ));
         }
-        return Ok((form, from_header));
+        return Ok((form, caller));
     }
-    let posted = client_auth(state, &parts.headers, &mut form, route, meta).await?;
-    Ok((form, posted))
+    let mut form = Form::from_request(Request::from_parts(parts.clone(), body), state).await?;
+    let caller = client_auth(state, &parts.headers, &mut form, route, meta).await?;
+    if let Some(caller) = &caller {
+        authorize::<R>(state, caller, route, meta).await?;
+    }
+    Ok((form, caller))
+}
+
+/// Any authenticated admin caller: revocation checks client
+/// authentication, not a role (the token authenticates its own revocation).
+enum AnyAdmin {}
+
+impl Roles for AnyAdmin {
+    fn allows(_: Role) -> bool {
+        true
+    }
+    const REFUSAL: &'static str = "revoke tokens";
 }
 
 /// The roles that may introspect: introspectors, operators and admins.
@@ -308,9 +327,8 @@ impl Roles for Introspectors {
         (status = 503, description = "Storage unavailable", body = ErrorBody)))]
 async fn introspect(State(state): State<AppState>, Meta(meta): Meta, request: Request) -> Result<Response, ApiError> {
     let route = "/oauth2/introspect";
-    let (mut form, caller) = authenticated_form(&state, request, route, &meta).await?;
-    let caller = caller.ok_or_else(|| ApiError::Unauthorized("introspection requires client authentication".into()))?;
-    authorize::<Introspectors>(&state, &caller, route, &meta).await?;
+    let (mut form, caller) = authenticated_form::<Introspectors>(&state, request, route, &meta).await?;
+    caller.ok_or_else(|| ApiError::Unauthorized("introspection requires client authentication".into()))?;
     let token = form.require_secret("token")?;
     let body = match state.broker.introspect(token.expose_secret()).await? {
         None => json!({"active": false}),
@@ -338,10 +356,44 @@ async fn introspect(State(state): State<AppState>, Meta(meta): Meta, request: Re
 async fn revoke(State(state): State<AppState>, Meta(meta): Meta, request: Request) -> Result<Response, ApiError> {
     // The token authenticates its own revocation; a client that
     // authenticates too (as standard clients do) must do so correctly.
-    let (mut form, _) = authenticated_form(&state, request, "/oauth2/revoke", &meta).await?;
+    let (mut form, _) = authenticated_form::<AnyAdmin>(&state, request, "/oauth2/revoke", &meta).await?;
     let token = form.require_secret("token")?;
     state.broker.revoke_by_holder(token.expose_secret(), &meta).await?;
     Ok(no_store(axum::http::StatusCode::OK.into_response()))
+}
+
+/// `POST /oauth2/token-status`: the holder of a token asks whether it is
+/// still active; the token authenticates the query, as it does its own
+/// revocation. A sender-constrained token must prove possession.
+#[utoipa::path(post, path = "/oauth2/token-status", tag = "oauth",
+    request_body(content = TokenOnlyForm, content_type = "application/x-www-form-urlencoded"),
+    params(("DPoP" = Option<String>, Header, description = "For a DPoP-bound token: a proof of its key for this endpoint, with ath")),
+    responses(
+        (status = 200, description = "{\"active\": true} or {\"active\": false}; unknown, malformed and foreign tokens are inactive", body = TokenStatusResponse),
+        (status = 400, description = "Malformed request; invalid_dpop_proof for a DPoP-bound token without a valid proof; invalid_request for a certificate-bound token without its certificate", body = ErrorBody),
+        (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+async fn token_status(
+    State(state): State<AppState>,
+    peer: Option<Extension<PeerCertificates>>,
+    headers: HeaderMap,
+    mut form: Form,
+) -> Result<Response, ApiError> {
+    let token = form.require_secret("token")?;
+    let dpop = dpop_header(&headers)?;
+    // This listener's token endpoint with `-status`: the URL a proof names.
+    let mut endpoint = state.token_endpoint.as_ref().clone();
+    let path = format!("{}-status", endpoint.path());
+    endpoint.set_path(&path);
+    let presented = Presented { dpop: dpop.as_deref(), endpoint: &endpoint, peer: peer.as_ref().map(|Extension(p)| p) };
+    let active = match state.broker.token_status(token.expose_secret(), presented).await {
+        Ok(active) => active,
+        Err(StatusError::Dpop(description)) => return Err(ApiError::OAuth { code: "invalid_dpop_proof", description }),
+        Err(e @ StatusError::Certificate) => return Err(ApiError::invalid_request(e.to_string())),
+        Err(StatusError::Unavailable(e)) => return Err(e.into()),
+    };
+    Ok(no_store(Json(json!({"active": active})).into_response()))
 }
 
 #[cfg(test)]
@@ -359,5 +411,5 @@ mod tests {
 
 /// The OAuth endpoints' part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(token, introspect, revoke))]
+#[openapi(paths(token, introspect, revoke, token_status))]
 pub struct Api;

@@ -98,6 +98,13 @@ pub struct IntrospectionResponse {
     token_type: Option<String>,
 }
 
+/// `POST /oauth2/token-status`: exactly `{"active": bool}`.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "a schema only: the body is built in the handler")]
+pub struct TokenStatusResponse {
+    active: bool,
+}
+
 struct AdminTokenScheme;
 
 impl Modify for AdminTokenScheme {
@@ -114,9 +121,9 @@ impl Modify for AdminTokenScheme {
         description = "Short-lived credential broker: attested workload identity in, scoped time-bound credential out."
     ),
     modifiers(&AdminTokenScheme),
-    components(schemas(ErrorBody, TokenForm, TokenResponse, TokenOnlyForm, IntrospectionResponse)),
+    components(schemas(ErrorBody, TokenForm, TokenResponse, TokenOnlyForm, IntrospectionResponse, TokenStatusResponse)),
     tags(
-        (name = "oauth", description = "Token exchange, introspection, revocation"),
+        (name = "oauth", description = "Token exchange, introspection, revocation, the holder's status query"),
         (name = "discovery", description = "Metadata, keys, health, metrics"),
         (name = "systems", description = "Systems, grants and their credentials"),
         (name = "owners", description = "Accountable owners"),

@@ -94,30 +94,40 @@ fn the_dockerfile_uses_only_what_exists() {
     }
 }
 
-#[test]
-fn the_systemd_unit_is_hardened_and_runs_real_commands() {
-    let path = repo_root().join("deploy/systemd/halflife.service");
+/// A unit's `Key=value` directives, comments dropped.
+fn unit_directives(text: &str) -> Vec<(&str, &str)> {
+    text.lines().filter(|l| !l.starts_with('#') && l.contains('=')).filter_map(|l| l.split_once('=')).collect()
+}
+
+/// What both units share: the hardening, real command lines, and
+/// systemd's own checker.
+fn check_unit(file: &str, required: &[(&str, &str)]) -> String {
+    let path = repo_root().join("deploy/systemd").join(file);
     let text = std::fs::read_to_string(&path).unwrap();
-    let directives: Vec<(&str, &str)> =
-        text.lines().filter(|l| !l.starts_with('#') && l.contains('=')).filter_map(|l| l.split_once('=')).collect();
+    let directives = unit_directives(&text);
     let has = |key: &str, value: &str| directives.iter().any(|(k, v)| *k == key && *v == value);
     for (key, value) in [
         ("DynamicUser", "yes"),
         ("ProtectSystem", "strict"),
         ("NoNewPrivileges", "yes"),
         ("PrivateTmp", "yes"),
-        ("StateDirectory", "halflife"),
         ("CapabilityBoundingSet", ""),
         ("ProtectHome", "yes"),
         ("KillSignal", "SIGTERM"),
-    ] {
-        assert!(has(key, value), "{key}={value} missing");
+        ("MemoryDenyWriteExecute", "yes"),
+        ("SystemCallFilter", "@system-service"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+    ]
+    .iter()
+    .chain(required)
+    {
+        assert!(has(key, value), "{file}: {key}={value} missing");
     }
     for key in ["ExecStart", "ExecStartPre"] {
         let (_, line) = directives.iter().find(|(k, _)| *k == key).unwrap();
         let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
         assert_eq!(words[0], INSTALLED);
-        assert_accepted(&words[1..], key);
+        assert_accepted(&words[1..], &format!("{file} {key}"));
     }
     for (key, value) in directives.iter().filter(|(k, _)| *k == "Environment") {
         let name = value.split_once('=').unwrap().0;
@@ -127,13 +137,65 @@ fn the_systemd_unit_is_hardened_and_runs_real_commands() {
     match Command::new("systemd-analyze").arg("--version").output() {
         Ok(_) => {
             let dir = tempfile::tempdir().unwrap();
-            let unit = dir.path().join("halflife.service");
+            let unit = dir.path().join(file);
             std::fs::write(&unit, text.replace(INSTALLED, BIN)).unwrap();
             let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
-            assert!(out.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "systemd-analyze verify {file}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Err(_) => eprintln!("SKIPPED: systemd-analyze is not installed; the unit was checked by this test only"),
+        Err(_) => eprintln!("SKIPPED: systemd-analyze is not installed; {file} was checked by this test only"),
     }
+    text
+}
+
+#[test]
+fn the_systemd_unit_is_hardened_and_runs_real_commands() {
+    check_unit("halflife.service", &[("PrivateTmp", "yes"), ("StateDirectory", "halflife")]);
+}
+
+/// The agent's unit: hardened like the broker's, its commands real, and the
+/// runtime directories it creates the ones the configuration it installs
+/// (`config/agent.example.toml` as `/etc/halflife/agent.toml`) writes to.
+#[test]
+fn the_agent_unit_is_hardened_and_its_directories_are_the_configurations() {
+    let text = check_unit("halflife-agent.service", &[("Group", "halflife-clients"), ("UMask", "0077")]);
+    let directives = unit_directives(&text);
+    let exec = directives.iter().find(|(k, _)| *k == "ExecStart").unwrap().1;
+    assert!(exec.contains("--config /etc/halflife/agent.toml") && exec.ends_with(" agent"), "{exec}");
+    assert!(text.contains("install -D -m 0644 config/agent.example.toml /etc/halflife/agent.toml"));
+    let runtime: Vec<String> = directives
+        .iter()
+        .find(|(k, _)| *k == "RuntimeDirectory")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .map(|d| format!("/run/{d}"))
+        .collect();
+    let config: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo_root().join("config/agent.example.toml")).unwrap()).unwrap();
+    let agent = &config["agent"];
+    let socket = std::path::Path::new(agent["socket"].as_str().unwrap());
+    assert!(runtime.iter().any(|d| socket.parent() == Some(std::path::Path::new(d))), "{socket:?} vs {runtime:?}");
+    let credentials = agent["credentials_dir"].as_str().unwrap();
+    assert!(runtime.iter().any(|d| d == credentials), "{credentials} vs {runtime:?}");
+}
+
+/// The image's ENTRYPOINT, as a JSON array in the Dockerfile.
+fn image_entrypoint() -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join("deploy/Dockerfile")).unwrap();
+    let line = text.lines().rev().find_map(|l| l.strip_prefix("ENTRYPOINT ")).expect("an ENTRYPOINT");
+    json_words(line)
+}
+
+/// What a container of the halflife image runs: its `command` (else the
+/// image's ENTRYPOINT) followed by its `args`.
+fn effective_command(container: &Yaml) -> Vec<String> {
+    let mut words = strings(&container["command"]);
+    if words.is_empty() {
+        words = image_entrypoint();
+    }
+    words.extend(strings(&container["args"]));
+    assert_eq!(words[0], INSTALLED, "{words:?}");
+    words
 }
 
 fn documents(file: &str) -> Vec<Yaml> {
@@ -187,7 +249,9 @@ fn the_kubernetes_manifests_hang_together() {
     let port = container["ports"][0]["containerPort"].as_i64().unwrap();
     assert_eq!(i64::from(config.server.listen.port()), port);
     let args = strings(&container["args"]);
-    assert_accepted(&args, "Deployment args");
+    // What the container runs: the image's ENTRYPOINT unless `command`
+    // replaces it, then the args.
+    assert_accepted(&effective_command(container)[1..], "Deployment command and args");
     let config_path = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
     let volumes: Vec<String> =
         pod["volumes"].as_vec().unwrap().iter().map(|v| v["name"].as_str().unwrap().into()).collect();
@@ -247,4 +311,150 @@ fn the_kubernetes_manifests_hang_together() {
     assert!(script.contains(&format!("audience={}", grant["audiences"][0].as_str().unwrap())));
     let ns = find(&workload, "Namespace", namespace);
     assert_eq!(ns["metadata"]["labels"]["halflife.io/client"].as_str(), Some("true"));
+}
+
+/// The agent as a native sidecar: real command lines, a valid agent
+/// configuration, and paths that agree across the agent's configuration,
+/// its mounts, the application's mounts and environment, the projected
+/// token, and the broker's Service, issuer and grant that accept it.
+#[test]
+fn the_agent_sidecar_hangs_together() {
+    let broker = documents("halflife.yaml");
+    let docs = documents("agent-sidecar.yaml");
+    for doc in &docs {
+        for field in ["apiVersion", "kind"] {
+            assert!(doc[field].as_str().is_some(), "a document without {field}: {doc:?}");
+        }
+    }
+    let broker_config = find(&broker, "ConfigMap", "halflife-config");
+    let broker_toml =
+        halflife::config::Config::from_toml(broker_config["data"]["halflife.toml"].as_str().unwrap()).unwrap();
+    let catalog: toml::Value = toml::from_str(broker_config["data"]["catalog.toml"].as_str().unwrap()).unwrap();
+
+    let pod = find(&docs, "Pod", "summarizer-with-agent");
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap();
+    let spec = &pod["spec"];
+    assert_eq!(spec["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let sidecar = &spec["initContainers"][0];
+    assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"), "not a native sidecar");
+    let app = &spec["containers"][0];
+    for container in [sidecar, app] {
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true));
+        assert_eq!(container["securityContext"]["allowPrivilegeEscalation"].as_bool(), Some(false));
+    }
+
+    // Every command line is one the binary accepts.
+    let command = effective_command(sidecar);
+    assert_accepted(&command[1..], "sidecar command and args");
+    assert_eq!(command.last().map(String::as_str), Some("agent"));
+    let probe = strings(&sidecar["startupProbe"]["exec"]["command"]);
+    assert_eq!(probe[0], INSTALLED);
+    assert_accepted(&probe[1..], "sidecar startupProbe");
+    assert!(probe.ends_with(&["agent".to_owned(), "health".to_owned()]), "{probe:?}");
+
+    // Volumes and mounts.
+    let volumes = spec["volumes"].as_vec().unwrap();
+    let volume = |name: &str| {
+        volumes.iter().find(|v| v["name"].as_str() == Some(name)).unwrap_or_else(|| panic!("no volume {name}"))
+    };
+    let mount_of = |container: &Yaml, path: &str| -> Option<(String, String, bool)> {
+        container["volumeMounts"].as_vec().unwrap().iter().find_map(|m| {
+            let at = m["mountPath"].as_str().unwrap();
+            (path == at || path.starts_with(&format!("{at}/"))).then(|| {
+                (m["name"].as_str().unwrap().to_owned(), at.to_owned(), m["readOnly"].as_bool().unwrap_or(false))
+            })
+        })
+    };
+    for container in [sidecar, app] {
+        for mount in container["volumeMounts"].as_vec().unwrap() {
+            volume(mount["name"].as_str().unwrap());
+        }
+    }
+
+    // The agent's configuration: from the mounted ConfigMap, valid apart
+    // from paths that exist only in the pod.
+    let config_path = &command[command.iter().position(|a| a == "--config").unwrap() + 1];
+    assert_eq!(probe[probe.iter().position(|a| a == "--config").unwrap() + 1], *config_path);
+    let (config_volume, config_mount, _) = mount_of(sidecar, config_path).expect("the config is mounted");
+    let map_name = volume(&config_volume)["configMap"]["name"].as_str().unwrap().to_owned();
+    let config_map = find(&docs, "ConfigMap", &map_name);
+    let key = config_path.strip_prefix(&format!("{config_mount}/")).unwrap();
+    let text = config_map["data"][key].as_str().expect("the ConfigMap holds the file the agent reads");
+    if let Err(e) = halflife::agent::config::from_toml(text) {
+        for problem in e.problems() {
+            assert!(problem.contains("does not exist") || problem.contains("is not a directory"), "{problem}");
+        }
+    }
+    let agent: toml::Value = toml::from_str(text).unwrap();
+    let agent = &agent["agent"];
+
+    // The broker it names is the Service, at the URL the broker calls its
+    // own (so DPoP proofs would name it right too).
+    let service = find(&broker, "Service", "halflife");
+    let port = service["spec"]["ports"][0]["port"].as_i64().unwrap();
+    let broker_url = agent["broker_url"].as_str().unwrap();
+    let service_namespace = service["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(broker_url, format!("http://halflife.{service_namespace}.svc.cluster.local:{port}"));
+    assert_eq!(broker_url, broker_toml.server.public_base());
+    let namespace_doc = find(&docs, "Namespace", namespace);
+    assert_eq!(
+        namespace_doc["metadata"]["labels"]["halflife.io/client"].as_str(),
+        Some("true"),
+        "the NetworkPolicy would drop it"
+    );
+
+    // The attestation is the projected token the broker's issuer accepts,
+    // for the identity the grant names.
+    let attestation = agent["attestation"]["file"].as_str().unwrap();
+    let (token_volume, token_mount, read_only) = mount_of(sidecar, attestation).expect("the token is mounted");
+    assert!(read_only);
+    let projected = &volume(&token_volume)["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(attestation, format!("{token_mount}/{}", projected["path"].as_str().unwrap()));
+    let issuer = broker_toml.issuers.iter().find(|i| i.name == "kubernetes").unwrap();
+    assert_eq!(projected["audience"].as_str(), Some(issuer.audience.as_str()));
+    let lifetime = u64::try_from(projected["expirationSeconds"].as_i64().unwrap()).unwrap();
+    assert!(lifetime <= issuer.max_token_age.get().as_secs());
+    let account = spec["serviceAccountName"].as_str().unwrap();
+    find(&docs, "ServiceAccount", account);
+    let grant =
+        catalog["grants"].as_array().unwrap().iter().find(|g| g["issuer"].as_str() == Some("kubernetes")).unwrap();
+    assert_eq!(grant["subject"].as_str(), Some(format!("system:serviceaccount:{namespace}:{account}").as_str()));
+    let granted: Vec<&str> = grant["audiences"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let scopes: Vec<&str> = grant["scopes"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let max_ttl: halflife::config::HumanDuration = grant["max_ttl"].as_str().unwrap().parse().unwrap();
+    for credential in agent["credentials"].as_array().unwrap() {
+        assert!(granted.contains(&credential["audience"].as_str().unwrap()), "{credential}");
+        for scope in credential["scope"].as_str().unwrap().split(' ') {
+            assert!(scopes.contains(&scope), "{scope}");
+        }
+        let ttl: halflife::config::HumanDuration = credential["ttl"].as_str().unwrap().parse().unwrap();
+        assert!(ttl <= max_ttl, "{credential}");
+    }
+
+    // The files: an in-memory emptyDir the agent writes and the app reads
+    // (read-only), at the path the app's environment names.
+    let credentials_dir = agent["credentials_dir"].as_str().unwrap();
+    let (written, _, read_only) = mount_of(sidecar, credentials_dir).unwrap();
+    assert!(!read_only);
+    let (read, _, app_read_only) = mount_of(app, credentials_dir).expect("the app mounts the credentials");
+    assert_eq!(written, read);
+    assert!(app_read_only, "the application may only read its credentials");
+    assert_eq!(volume(&written)["emptyDir"]["medium"].as_str(), Some("Memory"));
+    let env = |name: &str| {
+        app["env"].as_vec().unwrap().iter().find(|e| e["name"].as_str() == Some(name)).unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let file = agent["credentials"][0]["file"].as_str().unwrap();
+    assert_eq!(env("REPORTS_TOKEN_FILE"), format!("{credentials_dir}/{file}"));
+    assert!(strings(&app["args"]).join(" ").contains("$REPORTS_TOKEN_FILE"));
+
+    // The socket: a directory both containers share.
+    let socket = agent["socket"].as_str().unwrap();
+    let (agent_side, _, _) = mount_of(sidecar, socket).unwrap();
+    let (app_side, _, _) = mount_of(app, socket).expect("the app mounts the socket's directory");
+    assert_eq!(agent_side, app_side);
+    assert!(volume(&agent_side)["emptyDir"].as_hash().is_some());
+    assert_eq!(env("HALFLIFE_AGENT_SOCKET"), socket);
 }

@@ -605,15 +605,21 @@ async fn start(
 }
 
 impl TestApp {
-    /// Stops this server and starts a new one on the same database, keys
-    /// and clock (a restart).
-    pub async fn restart(mut self) -> TestApp {
+    /// Stops this server: its address refuses connections until
+    /// [`TestApp::restart`].
+    pub async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+
+    /// Stops this server and starts a new one on the same database, keys
+    /// and clock (a restart).
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         // Same address (`listen_port`), so the `iss` of issued tokens stays
         // the same.
@@ -661,6 +667,12 @@ impl TestApp {
 
     pub fn now(&self) -> i64 {
         self.clock.now().unix_timestamp()
+    }
+
+    /// This server's configuration file text (for `halflife` commands that
+    /// read it, such as `dev token`).
+    pub fn config_text(&self) -> &str {
+        &self.config_text
     }
 
     pub fn db_url(&self) -> String {

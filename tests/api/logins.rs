@@ -15,18 +15,18 @@ use sqlx::{Connection, PgConnection};
 use crate::helpers::*;
 
 const LOGIN: &str = "urn:halflife:token-type:postgres-login";
-const DB_AGENT: &str = "system:serviceaccount:ai:db-agent";
+pub const DB_AGENT: &str = "system:serviceaccount:ai:db-agent";
 
 /// A database for workloads, with a schema the template grants and one it
 /// does not.
-struct Backend {
+pub struct Backend {
     admin_url: url::Url,
-    database: String,
+    pub database: String,
     prefix: String,
 }
 
 impl Backend {
-    async fn create() -> Option<Self> {
+    pub async fn create() -> Option<Self> {
         let Ok(admin) = std::env::var("HALFLIFE_TEST_DATABASE_URL") else {
             eprintln!(
                 "skipped: HALFLIFE_TEST_DATABASE_URL is not set (database logins need PostgreSQL; .ci/run sets it)"
@@ -51,7 +51,7 @@ impl Backend {
     }
 
     /// The broker's configuration for this backend, reached at `addr`.
-    fn config(&self, addr: SocketAddr) -> String {
+    pub fn config(&self, addr: SocketAddr) -> String {
         let mut url = self.admin_url.clone();
         url.set_host(Some(&addr.ip().to_string())).unwrap();
         url.set_port(Some(addr.port())).unwrap();
@@ -69,7 +69,7 @@ role_prefix = "{prefix}"
         )
     }
 
-    fn direct(&self) -> SocketAddr {
+    pub fn direct(&self) -> SocketAddr {
         format!("{}:{}", self.admin_url.host_str().unwrap(), self.admin_url.port().unwrap_or(5432)).parse().unwrap()
     }
 
@@ -117,7 +117,7 @@ impl Drop for Backend {
     }
 }
 
-fn catalog() -> String {
+pub fn catalog() -> String {
     format!(
         "{}{}",
         default_catalog(),

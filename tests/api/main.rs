@@ -2,6 +2,7 @@
 #![expect(clippy::unwrap_used, reason = "test helpers abort the test on setup failure")]
 #![expect(clippy::expect_used, reason = "test helpers abort the test on setup failure")]
 
+mod agent;
 mod audit;
 mod canary;
 mod cli;
@@ -31,3 +32,4 @@ mod single_use;
 mod storage_errors;
 mod throttle;
 mod tls_scan;
+mod token_status;

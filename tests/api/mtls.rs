@@ -68,6 +68,21 @@ impl Leaf {
     pub fn thumbprint(&self) -> String {
         URL_SAFE_NO_PAD.encode(halflife::crypto::sha256(&self.der))
     }
+
+    /// Writes the certificate and its key as PEM files, each replaced
+    /// whole (as a SPIFFE helper rotates an SVID).
+    pub fn write_pem(&self, cert: &Path, key: &Path) {
+        let pem = |label: &str, der: &[u8]| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+            format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+        };
+        for (path, text) in [(cert, pem("CERTIFICATE", &self.der)), (key, pem("PRIVATE KEY", &self.key))] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+    }
 }
 
 /// The mTLS listener's own certificate, from a CA the clients trust.

@@ -51,3 +51,5 @@ mod secrets;
 mod single_use;
 #[path = "../api/storage_errors.rs"]
 mod storage_errors;
+#[path = "../api/token_status.rs"]
+mod token_status;

@@ -63,7 +63,13 @@ impl KeySet {
         let list = doc.get("keys").and_then(Value::as_array).ok_or_else(|| invalid("no \"keys\" array"))?;
         let mut keys = Vec::new();
         for raw in list.iter().take(MAX_KEYS) {
-            let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
+            let mut raw = raw.clone();
+            // Ed25519's fully specified name (RFC 9864), which the JWK
+            // parser does not know yet.
+            if raw.get("alg").and_then(Value::as_str) == Some("Ed25519") {
+                raw["alg"] = Value::String("EdDSA".into());
+            }
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else {
                 continue;
             };
             if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {

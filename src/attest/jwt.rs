@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -132,7 +132,7 @@ pub enum Rejection {
     UnknownIssuer(String),
     #[error("algorithm {0:?} is not allowed for issuer {1}")]
     AlgorithmNotAllowed(String, String),
-    #[error("no key of issuer {issuer} matches kid {kid:?}")]
+    #[error("no key of issuer {issuer} matches {}", kid_text(.kid.as_deref()))]
     UnknownKey { issuer: String, kid: Option<String> },
     #[error("keys of issuer {0} are unavailable (never fetched or too stale)")]
     KeysUnavailable(String),
@@ -144,14 +144,27 @@ pub enum Rejection {
     MissingClaim(String),
     #[error("claims are invalid: {0}")]
     BadClaims(String),
-    #[error("token expired at {0}")]
+    #[error("token expired at {}", time_text(*.0))]
     Expired(i64),
-    #[error("token is not valid before {0}")]
+    #[error("token is not valid before {}", time_text(*.0))]
     NotYetValid(i64),
-    #[error("token issued in the future ({0})")]
+    #[error("token issued in the future ({})", time_text(*.0))]
     IssuedInFuture(i64),
     #[error("token lifetime {0}s exceeds the issuer's max_token_age of {1}s")]
     TooLong(i64, u64),
+}
+
+/// A `kid` as people read it in a record.
+fn kid_text(kid: Option<&str>) -> String {
+    match kid {
+        Some(kid) => format!("kid \"{}\"", crate::domain::identity::visible(kid)),
+        None => "a token without kid".to_owned(),
+    }
+}
+
+/// A unix time as RFC 3339 (the number itself when out of range).
+fn time_text(secs: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs).map_or_else(|_| secs.to_string(), crate::domain::rfc3339)
 }
 
 #[derive(Deserialize)]
@@ -161,19 +174,14 @@ struct Peek {
 
 /// The claims read from a verified token. Integer types make a string,
 /// fractional, negative-overflowing or out-of-range time claim a parse error.
-#[derive(Deserialize)]
 struct Claims {
     sub: String,
     exp: i64,
     iat: i64,
-    #[serde(default)]
     nbf: Option<i64>,
-    #[serde(default)]
     jti: Option<String>,
-    /// Already checked by jsonwebtoken to include the issuer's audience;
-    /// read again only to count the audiences.
-    #[serde(default)]
-    aud: serde_json::Value,
+    /// How many audiences `aud` names (it includes the issuer's).
+    audiences: usize,
 }
 
 /// All trusted issuers, by exact `iss`.
@@ -208,31 +216,7 @@ impl Verifier {
         if !nesting_at_most(&header_json, MAX_JSON_DEPTH) {
             return Err(Rejection::Malformed("header nested too deeply"));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed("header"))?;
-        for (name, present) in [
-            ("crit", header.crit.is_some()),
-            ("jku", header.jku.is_some()),
-            ("x5u", header.x5u.is_some()),
-            ("jwk", header.jwk.is_some()),
-            ("x5c", header.x5c.is_some()),
-            ("enc", header.enc.is_some()),
-            ("zip", header.zip.is_some()),
-        ] {
-            if present {
-                return Err(Rejection::ForbiddenHeader(name));
-            }
-        }
-        if header.cty.as_deref().is_some_and(|c| c.eq_ignore_ascii_case("jwt")) {
-            return Err(Rejection::ForbiddenHeader("cty"));
-        }
-        // An access token is not an identity proof (RFC 8725 §3.11): a token
-        // some IdP issued for another resource must not be replayed here.
-        if header.typ.as_deref().is_some_and(|t| {
-            let t = t.to_ascii_lowercase();
-            t == "at+jwt" || t == "application/at+jwt"
-        }) {
-            return Err(Rejection::ForbiddenHeader("typ"));
-        }
+        let header = read_header(&header_json)?;
 
         let payload = crypto::b64url_decode(payload_b64).ok_or(Rejection::Malformed("payload encoding"))?;
         if !nesting_at_most(&payload, MAX_JSON_DEPTH) {
@@ -246,22 +230,20 @@ impl Verifier {
             .get(&iss)
             .ok_or_else(|| Rejection::UnknownIssuer(crate::domain::values::truncate(&iss, 80)))?;
 
-        if !issuer.algorithms.contains(&header.alg) {
-            return Err(Rejection::AlgorithmNotAllowed(format!("{:?}", header.alg), issuer.name.clone()));
-        }
+        let alg = match header.alg {
+            Some(alg) if issuer.algorithms.contains(&alg) => alg,
+            _ => return Err(Rejection::AlgorithmNotAllowed(header.alg_text, issuer.name.clone())),
+        };
 
         let kid = header.kid.as_deref();
-        let keys = issuer.key_set(kid, header.alg).await?;
-        let claims = verify_with(issuer, &keys, token, kid, header.alg)?;
+        let keys = issuer.key_set(kid, alg).await?;
+        verify_signature(&keys, token, kid, alg)?;
+        let claims = read_claims(issuer, &payload)?;
         check_times(issuer, &claims, now)?;
-        if issuer.single_audience
-            && let serde_json::Value::Array(audiences) = &claims.aud
-            && audiences.len() != 1
-        {
+        if issuer.single_audience && claims.audiences != 1 {
             return Err(Rejection::BadClaims(format!(
                 "aud names {} audiences; issuer {} requires exactly one",
-                audiences.len(),
-                issuer.name
+                claims.audiences, issuer.name
             )));
         }
 
@@ -321,49 +303,170 @@ impl TrustedIssuer {
     }
 }
 
-fn verify_with(
-    issuer: &TrustedIssuer,
-    keys: &KeySet,
-    token: &str,
-    kid: Option<&str>,
-    alg: Algorithm,
-) -> Result<Claims, Rejection> {
-    let mut validation = Validation::new(alg);
-    validation.algorithms = vec![alg];
-    // Time claims are checked by `check_times` against the injected clock.
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.leeway = 0;
-    validation.set_issuer(&[&issuer.iss]);
-    validation.set_audience(&[&issuer.audience]);
-    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+/// A header member whose presence alone matters (even as `null`).
+#[derive(Default)]
+struct Present(bool);
 
-    let mut last = Rejection::BadSignature;
-    for key in keys.candidates(kid, alg) {
-        match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-            Ok(data) => return Ok(data.claims),
-            Err(e) => {
-                last = match e.kind() {
-                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => {
-                        Rejection::BadSignature
-                    }
-                    ErrorKind::InvalidAudience => Rejection::WrongAudience(issuer.audience.clone()),
-                    ErrorKind::InvalidIssuer => Rejection::UnknownIssuer(issuer.iss.clone()),
-                    ErrorKind::MissingRequiredClaim(c) => Rejection::MissingClaim(c.clone()),
-                    ErrorKind::Json(e) => Rejection::BadClaims(e.to_string()),
-                    ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
-                        Rejection::Malformed("encoding")
-                    }
-                    other => Rejection::BadClaims(format!("{other:?}")),
-                };
-                // Only a signature mismatch is worth trying the next key for.
-                if last != Rejection::BadSignature {
-                    return Err(last);
-                }
-            }
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Self(true))
+    }
+}
+
+/// The protected header, as the broker reads it. A member named twice is
+/// refused (serde refuses a repeated field).
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    cty: Option<String>,
+    #[serde(default)]
+    crit: Present,
+    #[serde(default)]
+    jku: Present,
+    #[serde(default)]
+    x5u: Present,
+    #[serde(default)]
+    jwk: Present,
+    #[serde(default)]
+    x5c: Present,
+    #[serde(default)]
+    enc: Present,
+    #[serde(default)]
+    zip: Present,
+}
+
+/// What the verifier takes from a header: the algorithm (`None` for a name
+/// it does not know, such as `none`), its text for messages, and the `kid`.
+struct Header {
+    alg: Option<Algorithm>,
+    alg_text: String,
+    kid: Option<String>,
+}
+
+/// Reads and checks the header: every header that points at a key (the
+/// broker never fetches or trusts a key a token names), nested tokens and
+/// access tokens are refused. Ed25519 is accepted under its RFC 8037 name
+/// `EdDSA` and its fully specified RFC 9864 name `Ed25519`.
+fn read_header(json: &[u8]) -> Result<Header, Rejection> {
+    let raw: RawHeader = serde_json::from_slice(json).map_err(|_| Rejection::Malformed("header"))?;
+    for (name, present) in [
+        ("crit", raw.crit.0),
+        ("jku", raw.jku.0),
+        ("x5u", raw.x5u.0),
+        ("jwk", raw.jwk.0),
+        ("x5c", raw.x5c.0),
+        ("enc", raw.enc.0),
+        ("zip", raw.zip.0),
+    ] {
+        if present {
+            return Err(Rejection::ForbiddenHeader(name));
         }
     }
-    Err(last)
+    if raw.cty.as_deref().is_some_and(|c| c.eq_ignore_ascii_case("jwt")) {
+        return Err(Rejection::ForbiddenHeader("cty"));
+    }
+    // An access token is not an identity proof (RFC 8725 §3.11): a token
+    // some IdP issued for another resource must not be replayed here.
+    if raw.typ.as_deref().is_some_and(|t| {
+        let t = t.to_ascii_lowercase();
+        t == "at+jwt" || t == "application/at+jwt"
+    }) {
+        return Err(Rejection::ForbiddenHeader("typ"));
+    }
+    let alg = match raw.alg.as_str() {
+        "Ed25519" => Some(Algorithm::EdDSA),
+        // `none` and anything unknown: no algorithm at all.
+        other => serde_json::from_value::<Algorithm>(serde_json::Value::String(other.to_owned())).ok(),
+    };
+    if alg.is_none() {
+        return Err(Rejection::Malformed("header"));
+    }
+    Ok(Header { alg, alg_text: crate::domain::values::truncate(&raw.alg, 32), kid: raw.kid })
+}
+
+/// Checks the signature with each of the issuer's keys that may have made
+/// it (by `kid` and algorithm), through the ring-backed provider.
+fn verify_signature(keys: &KeySet, token: &str, kid: Option<&str>, alg: Algorithm) -> Result<(), Rejection> {
+    let (signing_input, signature) = token.rsplit_once('.').ok_or(Rejection::Malformed("signature"))?;
+    for key in keys.candidates(kid, alg) {
+        match jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), key, alg) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            // A key unfit for the algorithm: try the next.
+            Err(e) if !matches!(e.kind(), ErrorKind::Base64(_)) => {}
+            Err(_) => return Err(Rejection::Malformed("encoding")),
+        }
+    }
+    Err(Rejection::BadSignature)
+}
+
+/// `aud`: one string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audiences {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audiences {
+    fn contains(&self, audience: &str) -> bool {
+        match self {
+            Self::One(a) => a == audience,
+            Self::Many(all) => all.iter().any(|a| a == audience),
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Many(all) => all.len(),
+        }
+    }
+}
+
+/// The claims as sent: every member optional, so a missing one is named
+/// (a mistyped or repeated one is a parse error).
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    aud: Option<Audiences>,
+    #[serde(default)]
+    exp: Option<i64>,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
+/// Reads the verified claims: `exp`, `iat`, `iss`, `aud` and `sub` are
+/// required, `iss` must be the issuer's and `aud` must include the issuer's
+/// audience. Times are checked by [`check_times`].
+fn read_claims(issuer: &TrustedIssuer, payload: &[u8]) -> Result<Claims, Rejection> {
+    let raw: RawClaims = serde_json::from_slice(payload).map_err(|e| Rejection::BadClaims(e.to_string()))?;
+    let missing = |name: &str| Rejection::MissingClaim(name.to_owned());
+    let exp = raw.exp.ok_or_else(|| missing("exp"))?;
+    let iat = raw.iat.ok_or_else(|| missing("iat"))?;
+    let iss = raw.iss.ok_or_else(|| missing("iss"))?;
+    let aud = raw.aud.ok_or_else(|| missing("aud"))?;
+    let sub = raw.sub.ok_or_else(|| missing("sub"))?;
+    if iss != issuer.iss {
+        return Err(Rejection::UnknownIssuer(crate::domain::values::truncate(&iss, 80)));
+    }
+    if !aud.contains(&issuer.audience) {
+        return Err(Rejection::WrongAudience(issuer.audience.clone()));
+    }
+    Ok(Claims { sub, exp, iat, nbf: raw.nbf, jti: raw.jti, audiences: aud.count() })
 }
 
 fn check_times(issuer: &TrustedIssuer, claims: &Claims, now: OffsetDateTime) -> Result<(), Rejection> {

@@ -216,3 +216,38 @@ async fn a_single_use_attestation_works_once_whatever_its_signature_encoding() {
     scoreboard("replay", rounds, 0);
     report_refused("hostile");
 }
+
+/// Ed25519 under its fully specified name (RFC 9864): an issuer may list
+/// `Ed25519` among its algorithms, and a token whose header says
+/// `"alg": "Ed25519"` verifies like one that says `EdDSA`. A forged
+/// signature under either name does not.
+#[tokio::test]
+async fn an_attestation_signed_ed25519_under_either_name_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ed = TestIssuer::ed25519(ED_ISS);
+    let jwks = dir.path().join("ed.jwks");
+    // The key set names the algorithm the new way too.
+    let mut set = ed.jwks();
+    set["keys"][0]["alg"] = json!("Ed25519");
+    std::fs::write(&jwks, set.to_string()).unwrap();
+    let extra_config = format!(
+        "\n[[issuers]]\nname = \"ed\"\nissuer = \"{ED_ISS}\"\njwks_file = \"{}\"\n\
+         algorithms = [\"Ed25519\"]\naudience = \"{AUD}\"\nmax_token_age = \"1h\"\n",
+        jwks.display()
+    );
+    let catalog = format!(
+        "{}\n[[grants]]\nid = \"indexer-ed\"\nsystem = \"indexer\"\nissuer = \"ed\"\nsubject = \"{ED_SUBJECT}\"\n\
+         audiences = [\"docs-api\"]\nmax_ttl = \"30m\"\n",
+        default_catalog()
+    );
+    let Some(app) = spawn_with(Options { extra_config, catalog, ..Options::default() }).await else { return };
+    for alg in ["EdDSA", "Ed25519"] {
+        let header = json!({"alg": alg, "kid": ed.kid, "typ": "JWT"});
+        let token = ed.sign_raw(&header, &ed.claims(ED_SUBJECT, app.now()));
+        app.exchange_ok(&token, &[("audience", "docs-api")]).await;
+        let (input, _) = token.rsplit_once('.').unwrap();
+        let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode([7u8; 64]));
+        assert_refused(&app, &forged, &[("audience", "docs-api")], "invalid_grant", "signature does not verify").await;
+    }
+    report_refused("hostile");
+}

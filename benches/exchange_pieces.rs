@@ -124,6 +124,7 @@ fn grant_context(now: OffsetDateTime) -> GrantContext {
             kinds: vec![CredentialKind::Jwt],
             max_ttl: Duration::from_secs(900),
             binding: halflife::domain::model::Binding::Optional,
+            max_audiences: 1,
         },
         system: System {
             id: SystemId::parse("bench").unwrap(),

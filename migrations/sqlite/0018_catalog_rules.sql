@@ -12,6 +12,10 @@ UPDATE systems SET tier_started_at = created_at;
 -- grant allowed can be issued after the change.
 ALTER TABLE grants ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 
+-- Most targets (audiences, resources) one token issued under the grant may
+-- name; 1 keeps least privilege the default.
+ALTER TABLE grants ADD COLUMN max_audiences INTEGER NOT NULL DEFAULT 1 CHECK (max_audiences >= 1);
+
 -- A removed or narrowed grant revokes what was issued under it: for each
 -- workload identity it covered, the credentials of that workload in the
 -- grant's system with an id at or below `revoked_through`.

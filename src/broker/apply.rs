@@ -71,7 +71,13 @@ pub struct GrantEntry {
     /// `optional` (default), `required`, `dpop` or `mtls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<String>,
+    /// Most targets (audiences, resources) one token may name (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_audiences: Option<u32>,
 }
+
+/// Most targets a grant may let one token name.
+pub const MAX_AUDIENCES: u32 = 16;
 
 /// What a catalog must stay within.
 pub struct Limits {
@@ -291,6 +297,11 @@ pub fn grant(
             None
         }
     };
+    if let Some(n) = g.max_audiences
+        && (n == 0 || n > MAX_AUDIENCES)
+    {
+        errs.push(("max_audiences", format!("must be between 1 and {MAX_AUDIENCES}")));
+    }
     let binding = match g.binding.as_deref() {
         None => Binding::Optional,
         Some(text) => Binding::parse(text).unwrap_or_else(|| {
@@ -313,6 +324,7 @@ pub fn grant(
                 kinds,
                 max_ttl,
                 binding,
+                max_audiences: g.max_audiences.unwrap_or(1),
             })
         }
         _ => Err(errs),

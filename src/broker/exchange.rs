@@ -254,7 +254,7 @@ impl Broker {
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             sub: attestation.subject.clone(),
-            aud: decision.audience.to_string(),
+            aud: mint::jwt::Audiences(decision.audiences.iter().map(ToString::to_string).collect()),
             exp: decision.exp.unix_timestamp(),
             iat: decision.iat.unix_timestamp(),
             nbf: decision.iat.unix_timestamp(),
@@ -310,7 +310,7 @@ impl Broker {
         let mut event = AuditEvent::new("credential.issued", Outcome::Success, now, meta);
         fill_attestation(&mut event, attestation, Some(ctx));
         event.jti = Some(jti.clone());
-        event.audience = Some(claims.aud.clone());
+        event.audience = Some(claims.aud.joined());
         event.scopes = Some(claims.scope.clone());
         event.iat = Some(claims.iat);
         event.exp = Some(claims.exp);
@@ -366,7 +366,7 @@ impl Broker {
             grant_version: ctx.grant_version,
             issuer: attestation.issuer_name.clone(),
             subject: attestation.subject.clone(),
-            audience: claims.aud.clone(),
+            audience: claims.aud.joined(),
             scopes: claims.scope.clone(),
             iat: decision.iat,
             exp: decision.exp,
@@ -448,7 +448,8 @@ impl Broker {
     fn denial_event(&self, denial: &Denial, ask: &Ask, now: OffsetDateTime, meta: &RequestMeta) -> AuditEvent {
         let mut event = AuditEvent::new("credential.denied", Outcome::Denied, now, meta);
         event.reason = Some(format!("{}: {}", denial.code.as_str(), denial.reason));
-        event.audience = ask.audience.as_ref().map(|a| a.to_string());
+        event.audience = (!ask.targets.is_empty())
+            .then(|| ask.targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "));
         event.scopes = ask.scopes.as_ref().map(|s| s.joined());
         event
     }

@@ -116,7 +116,7 @@ impl Broker {
         Ok(Some(Arc::new(AccessClaims {
             iss: self.issuer.clone(),
             sub: stored.subject.clone(),
-            aud: stored.audience,
+            aud: crate::mint::jwt::Audiences::from_joined(&stored.audience),
             exp: stored.exp,
             iat: stored.iat,
             nbf: stored.iat,
@@ -328,7 +328,7 @@ fn revocation_event(claims: &AccessClaims, reason: &str, now: OffsetDateTime, me
     event.system_id = Some(claims.system.clone());
     event.jti = Some(claims.jti.clone());
     event.subject = Some(claims.sub.clone());
-    event.audience = Some(claims.aud.clone());
+    event.audience = Some(claims.aud.joined());
     event.scopes = Some(claims.scope.clone());
     event.iat = Some(claims.iat);
     event.exp = Some(claims.exp);
@@ -343,7 +343,7 @@ mod tests {
         Arc::new(AccessClaims {
             iss: "https://halflife.example".into(),
             sub: "spiffe://example/ns/ai/sa/agent".into(),
-            aud: "reports-api".into(),
+            aud: crate::mint::jwt::Audiences::one("reports-api"),
             exp,
             iat: exp - 300,
             nbf: exp - 300,

@@ -437,6 +437,7 @@ pub fn narrows(old: &Grant, new: &Grant) -> bool {
         || !old.scopes.is_subset(&new.scopes)
         || old.kinds.iter().any(|k| !new.kinds.contains(k))
         || new.max_ttl < old.max_ttl
+        || new.max_audiences < old.max_audiences
         || presentations(old.binding).iter().any(|p| !presentations(new.binding).contains(p))
 }
 

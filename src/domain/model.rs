@@ -134,6 +134,9 @@ pub struct Grant {
     pub max_ttl: Duration,
     /// Whether issued tokens must be sender-constrained.
     pub binding: Binding,
+    /// Most targets (audiences and resources) one token may name; 1 by
+    /// default, so least privilege stays the default.
+    pub max_audiences: u32,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

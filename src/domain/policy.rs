@@ -65,7 +65,9 @@ impl Denial {
 /// What the caller asked for, already parsed.
 #[derive(Debug, Clone, Default)]
 pub struct Ask {
-    pub audience: Option<Audience>,
+    /// The targets named by `audience` and `resource` (RFC 8693 §2.1, RFC
+    /// 8707), in order, without repeats; empty when none was named.
+    pub targets: Vec<Audience>,
     pub scopes: Option<ScopeSet>,
     pub requested_ttl: Option<Duration>,
     pub kind: Option<CredentialKind>,
@@ -82,7 +84,8 @@ pub struct TtlPolicy {
 /// What will be issued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    pub audience: Audience,
+    /// The token's targets: what was asked, or the grant's one audience.
+    pub audiences: Vec<Audience>,
     pub scopes: ScopeSet,
     pub kind: CredentialKind,
     pub iat: OffsetDateTime,
@@ -130,16 +133,9 @@ pub fn decide(ctx: &GrantContext, ask: &Ask, now: OffsetDateTime, limits: TtlPol
         ));
     }
 
-    let audience = match &ask.audience {
-        Some(asked) if grant.audiences.contains(asked) => asked.clone(),
-        Some(asked) => {
-            return Err(Denial::new(
-                DenyCode::InvalidTarget,
-                format!("audience {asked} is not allowed by grant {}", grant.id),
-            ));
-        }
-        None => match grant.audiences.as_slice() {
-            [only] => only.clone(),
+    let audiences = if ask.targets.is_empty() {
+        match grant.audiences.as_slice() {
+            [only] => vec![only.clone()],
             many => {
                 let list = many.iter().map(Audience::as_str).collect::<Vec<_>>().join(", ");
                 return Err(Denial::new(
@@ -147,7 +143,28 @@ pub fn decide(ctx: &GrantContext, ask: &Ask, now: OffsetDateTime, limits: TtlPol
                     format!("audience is required: grant {} allows {list}", grant.id),
                 ));
             }
-        },
+        }
+    } else {
+        let outside: Vec<&str> =
+            ask.targets.iter().filter(|t| !grant.audiences.contains(t)).map(Audience::as_str).collect();
+        if !outside.is_empty() {
+            return Err(Denial::new(
+                DenyCode::InvalidTarget,
+                format!("audience {} is not allowed by grant {}", outside.join(", "), grant.id),
+            ));
+        }
+        if ask.targets.len() > usize::try_from(grant.max_audiences).unwrap_or(usize::MAX) {
+            return Err(Denial::new(
+                DenyCode::InvalidTarget,
+                format!(
+                    "{} targets were asked for; grant {} allows at most {} in one token (max_audiences)",
+                    ask.targets.len(),
+                    grant.id,
+                    grant.max_audiences
+                ),
+            ));
+        }
+        ask.targets.clone()
     };
 
     let scopes = match &ask.scopes {
@@ -185,7 +202,7 @@ pub fn decide(ctx: &GrantContext, ask: &Ask, now: OffsetDateTime, limits: TtlPol
     if let Some(end) = ctx.system.pilot_ends_at {
         exp = exp.min(end);
     }
-    Ok(Decision { audience, scopes, kind, iat: now, exp })
+    Ok(Decision { audiences, scopes, kind, iat: now, exp })
 }
 
 #[cfg(test)]
@@ -218,6 +235,7 @@ mod tests {
                 kinds: vec![CredentialKind::Jwt],
                 max_ttl: Duration::from_secs(900),
                 binding: crate::domain::model::Binding::Optional,
+                max_audiences: 1,
             },
             system: System {
                 id: SystemId::parse("s1").unwrap(),
@@ -244,7 +262,7 @@ mod tests {
     #[test]
     fn defaults_apply_when_nothing_is_asked() {
         let d = decide(&ctx(NOW), &Ask::default(), NOW, LIMITS).unwrap();
-        assert_eq!(d.audience.as_str(), "reports");
+        assert_eq!(d.audiences, [Audience::parse("reports").unwrap()]);
         assert_eq!(d.scopes.joined(), "read");
         assert_eq!(d.exp - d.iat, time::Duration::seconds(300));
     }
@@ -254,12 +272,30 @@ mod tests {
         let c = ctx(NOW);
         let ask = Ask { scopes: Some(ScopeSet::parse_space_separated("read admin").unwrap()), ..Ask::default() };
         assert_eq!(decide(&c, &ask, NOW, LIMITS).unwrap_err().code, DenyCode::InvalidScope);
-        let ask = Ask { audience: Some(Audience::parse("billing").unwrap()), ..Ask::default() };
+        let ask = Ask { targets: vec![Audience::parse("billing").unwrap()], ..Ask::default() };
         assert_eq!(decide(&c, &ask, NOW, LIMITS).unwrap_err().code, DenyCode::InvalidTarget);
         let ask = Ask { requested_ttl: Some(Duration::from_secs(901)), ..Ask::default() };
         let denial = decide(&c, &ask, NOW, LIMITS).unwrap_err();
         assert_eq!(denial.code, DenyCode::InvalidRequest);
         assert!(denial.description.contains("900"), "{}", denial.description);
+    }
+
+    /// Several targets only when the grant says so (`max_audiences`), and
+    /// each one within the grant.
+    #[test]
+    fn several_targets_need_a_grant_that_allows_them() {
+        let mut c = ctx(NOW);
+        let target = |a: &str| Audience::parse(a).unwrap();
+        c.grant.audiences = vec![target("reports"), target("https://tools.example/mcp")];
+        let both = Ask { targets: vec![target("reports"), target("https://tools.example/mcp")], ..Ask::default() };
+        let denial = decide(&c, &both, NOW, LIMITS).unwrap_err();
+        assert_eq!(denial.code, DenyCode::InvalidTarget);
+        assert!(denial.description.contains("max_audiences"), "{}", denial.description);
+        c.grant.max_audiences = 2;
+        assert_eq!(decide(&c, &both, NOW, LIMITS).unwrap().audiences, both.targets);
+        let outside = Ask { targets: vec![target("reports"), target("https://other.example")], ..Ask::default() };
+        let denial = decide(&c, &outside, NOW, LIMITS).unwrap_err();
+        assert!(denial.description.contains("https://other.example"), "{}", denial.description);
     }
 
     #[test]
@@ -337,7 +373,9 @@ mod tests {
             default_scopes: u8,
             asked_scopes: Option<u8>,
             grant_audiences: u8,
-            asked_audience: Option<usize>,
+            /// A bit per audience of `AUDIENCES`.
+            asked_audiences: u8,
+            max_audiences: u32,
             max_ttl: u64,
             ceiling: u64,
             default_ttl: u64,
@@ -350,17 +388,18 @@ mod tests {
 
         fn cases() -> impl Strategy<Value = Case> {
             (
-                (0u8..64, 0u8..64, proptest::option::of(0u8..64), 1u8..8, proptest::option::of(0usize..3)),
+                (0u8..64, 0u8..64, proptest::option::of(0u8..64), 1u8..8, 0u8..8, 1u32..4),
                 (1u64..7200, 1u64..86_400, 1u64..3600, proptest::option::of(1u64..10_000)),
                 (proptest::option::of(-100i64..100_000), 0u8..3, -10i64..1_000_000, proptest::bool::weighted(0.1)),
             )
                 .prop_map(
-                    |((gs, ds, asked, ga, aa), (max, ceiling, default, ttl), (end, st, attested, departed))| Case {
+                    |((gs, ds, asked, ga, aa, ma), (max, ceiling, default, ttl), (end, st, attested, departed))| Case {
                         grant_scopes: gs,
                         default_scopes: ds & gs,
                         asked_scopes: asked,
                         grant_audiences: ga,
-                        asked_audience: aa,
+                        asked_audiences: aa,
+                        max_audiences: ma,
                         max_ttl: max,
                         ceiling,
                         default_ttl: default,
@@ -389,6 +428,7 @@ mod tests {
                     .map(|(_, a)| Audience::parse(a).unwrap())
                     .collect();
                 c.grant.max_ttl = Duration::from_secs(case.max_ttl);
+                c.grant.max_audiences = case.max_audiences;
                 c.system.state = state(case.state);
                 c.system.pilot_ends_at = case.pilot_end.map(|s| NOW + time::Duration::seconds(s));
                 c.technical_owner.attested_until = NOW + time::Duration::seconds(case.owner_attested);
@@ -400,7 +440,12 @@ mod tests {
                     ceiling: Duration::from_secs(case.ceiling),
                 };
                 let ask = Ask {
-                    audience: case.asked_audience.map(|i| Audience::parse(AUDIENCES[i]).unwrap()),
+                    targets: AUDIENCES
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| case.asked_audiences & (1 << i) != 0)
+                        .map(|(_, a)| Audience::parse(a).unwrap())
+                        .collect(),
                     scopes: case.asked_scopes.map(scopes),
                     requested_ttl: case.requested_ttl.map(Duration::from_secs),
                     kind: None,
@@ -416,9 +461,11 @@ mod tests {
                         if let Some(asked) = &ask.scopes {
                             prop_assert_eq!(d.scopes.outside(asked).count(), 0);
                         }
-                        prop_assert!(c.grant.audiences.contains(&d.audience));
-                        if let Some(asked) = &ask.audience {
-                            prop_assert_eq!(&d.audience, asked);
+                        prop_assert!(d.audiences.iter().all(|a| c.grant.audiences.contains(a)));
+                        prop_assert!(!d.audiences.is_empty());
+                        prop_assert!(d.audiences.len() <= case.max_audiences as usize);
+                        if !ask.targets.is_empty() {
+                            prop_assert_eq!(&d.audiences, &ask.targets);
                         }
                         let ttl_cap = case.max_ttl.min(case.ceiling);
                         prop_assert!(d.exp <= NOW + Duration::from_secs(ttl_cap));

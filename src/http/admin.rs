@@ -211,6 +211,10 @@ struct NewGrantBody {
     max_ttl: String,
     #[serde(default)]
     binding: Option<String>,
+    /// Most targets (audiences, resources) one token may name (default 1).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 16)]
+    max_audiences: Option<u32>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -429,6 +433,7 @@ async fn create_grant(
         kinds: body.kinds,
         max_ttl: body.max_ttl,
         binding: body.binding,
+        max_audiences: body.max_audiences,
     };
     let grant =
         apply::grant(entry, &state.broker.issuer_names, &state.broker.logins.backends(), state.broker.limits.ceiling)

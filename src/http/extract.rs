@@ -25,9 +25,18 @@ use crate::store::RequestMeta;
 /// bearer token (`subject_token`, `token`), so the values it still holds
 /// are zeroized when it is dropped, and a secret leaves it only as a
 /// [`SecretString`] ([`Form::require_secret`], [`Form::secret`]).
-pub struct Form(HashMap<String, Zeroizing<String>>);
+pub struct Form(HashMap<String, Zeroizing<String>>, HashMap<String, Vec<String>>);
+
+/// Parameters that may be repeated: the targets of a token request (RFC
+/// 8693 §2.1, RFC 8707 §2).
+const REPEATABLE: &[&str] = &["audience", "resource"];
 
 impl Form {
+    /// Every value of a repeatable parameter, in order.
+    pub fn take_all(&mut self, name: &str) -> Vec<String> {
+        self.1.remove(name).unwrap_or_default()
+    }
+
     /// A parameter that is no secret, if present.
     pub fn take(&mut self, name: &str) -> Option<String> {
         self.0.remove(name).map(|mut value| std::mem::take(&mut *value))
@@ -57,7 +66,7 @@ impl Form {
 
     /// Whether the form holds the parameter.
     pub fn contains(&self, name: &str) -> bool {
-        self.0.contains_key(name)
+        self.0.contains_key(name) || self.1.contains_key(name)
     }
 }
 
@@ -96,12 +105,17 @@ impl Form {
     /// Parses a form body; a repeated parameter is an error.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let mut params = HashMap::new();
+        let mut repeatable: HashMap<String, Vec<String>> = HashMap::new();
         for (key, value) in form_urlencoded::parse(body) {
+            if REPEATABLE.contains(&key.as_ref()) {
+                repeatable.entry(key.into_owned()).or_default().push(value.into_owned());
+                continue;
+            }
             if params.insert(key.clone().into_owned(), Zeroizing::new(value.into_owned())).is_some() {
                 return Err(ApiError::invalid_request(format!("parameter {key} is repeated")));
             }
         }
-        Ok(Self(params))
+        Ok(Self(params, repeatable))
     }
 }
 

@@ -22,7 +22,7 @@ use crate::broker::exchange::{ExchangeRequest, Proof};
 use crate::broker::introspect::{Presented, StatusError};
 use crate::domain::model::Role;
 use crate::domain::policy::Ask;
-use crate::domain::values::{Audience, CredentialKind, ScopeSet};
+use crate::domain::values::{Audience, CredentialKind, ScopeSet, truncate};
 
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// RFC 8705 `tls_client_auth`: the X.509-SVID is the attestation.
@@ -108,7 +108,7 @@ pub fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), Ap
             });
         }
     };
-    let resource = form.take("resource");
+    let resources = form.take_all("resource");
     let issued_token_type = match form.take("requested_token_type").as_deref() {
         None | Some(TOKEN_TYPE_ACCESS_TOKEN) => TOKEN_TYPE_ACCESS_TOKEN,
         Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
@@ -121,10 +121,6 @@ pub fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), Ap
             )));
         }
     };
-    let audience = match form.take("audience") {
-        None => None,
-        Some(a) => Some(Audience::parse(&a).map_err(|e| ApiError::OAuth { code: "invalid_target", description: e.0 })?),
-    };
     let scopes = match form.take("scope") {
         None => None,
         Some(s) => Some(
@@ -133,30 +129,52 @@ pub fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), Ap
         ),
     };
     let requested_ttl = form.take("requested_ttl").map(|t| parse_ttl(&t)).transpose()?;
-    let kind = match (issued_token_type, resource) {
-        (TOKEN_TYPE_POSTGRES_LOGIN, Some(resource)) => match CredentialKind::parse(&resource) {
-            Ok(kind @ CredentialKind::Postgres(_)) => kind,
-            _ => {
-                return Err(ApiError::OAuth {
-                    code: "invalid_target",
-                    description: "resource must be postgres:<backend> for a postgres-login".into(),
-                });
+    let invalid_target = |description: String| ApiError::OAuth { code: "invalid_target", description };
+    // The targets: each `audience` (RFC 8693 §2.1), and each `resource`
+    // (RFC 8707 §2: an absolute URI without a fragment), except the one
+    // `resource=postgres:<backend>` that names a database login's backend.
+    let mut targets: Vec<Audience> = Vec::new();
+    let mut add = |target: Audience| {
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    };
+    for audience in form.take_all("audience") {
+        add(Audience::parse(&audience).map_err(|e| invalid_target(e.0))?);
+    }
+    let mut backend = None;
+    for resource in resources {
+        if issued_token_type == TOKEN_TYPE_POSTGRES_LOGIN && resource.starts_with("postgres:") {
+            match CredentialKind::parse(&resource) {
+                Ok(kind @ CredentialKind::Postgres(_)) if backend.is_none() => backend = Some(kind),
+                Ok(_) => return Err(invalid_target("a postgres-login names one resource=postgres:<backend>".into())),
+                Err(e) => return Err(invalid_target(e.0)),
             }
-        },
+            continue;
+        }
+        let uri = url::Url::parse(&resource)
+            .map_err(|_| invalid_target(format!("resource {:?} is not an absolute URI", truncate(&resource, 80))))?;
+        if uri.fragment().is_some() {
+            return Err(invalid_target(format!("resource {:?} has a fragment", truncate(&resource, 80))));
+        }
+        if uri.scheme() == "postgres" {
+            return Err(invalid_target(
+                "resource=postgres:<backend> names a database login's backend; ask for \
+                 requested_token_type=urn:halflife:token-type:postgres-login"
+                    .into(),
+            ));
+        }
+        add(Audience::parse(&resource).map_err(|e| invalid_target(e.0))?);
+    }
+    let kind = match (issued_token_type, backend) {
+        (TOKEN_TYPE_POSTGRES_LOGIN, Some(kind)) => kind,
         (TOKEN_TYPE_POSTGRES_LOGIN, None) => {
             return Err(ApiError::invalid_request("a postgres-login needs resource=postgres:<backend>"));
         }
-        (_, Some(_)) => {
-            return Err(ApiError::OAuth {
-                code: "invalid_target",
-                description:
-                    "resource is only used with requested_token_type postgres-login; name the audience instead".into(),
-            });
-        }
-        (TOKEN_TYPE_SECRET, None) => CredentialKind::Secret,
-        (_, None) => CredentialKind::Jwt,
+        (TOKEN_TYPE_SECRET, _) => CredentialKind::Secret,
+        _ => CredentialKind::Jwt,
     };
-    let ask = Ask { audience, scopes, requested_ttl, kind: Some(kind) };
+    let ask = Ask { targets, scopes, requested_ttl, kind: Some(kind) };
     Ok((proof, ask, issued_token_type))
 }
 

@@ -11,7 +11,8 @@ pub struct AccessClaims {
     pub iss: String,
     /// The workload identity.
     pub sub: String,
-    pub aud: String,
+    /// One audience as a string, several as an array (RFC 7519 §4.1.3).
+    pub aud: Audiences,
     pub exp: i64,
     pub iat: i64,
     pub nbf: i64,
@@ -28,6 +29,56 @@ pub struct AccessClaims {
     /// bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+}
+
+/// The `aud` claim: the targets a token is for. One is written as a string
+/// (what most resource servers expect), several as an array; both are read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Audiences(pub Vec<String>);
+
+impl Audiences {
+    pub fn one(audience: impl Into<String>) -> Self {
+        Self(vec![audience.into()])
+    }
+
+    /// The targets separated by spaces, as the audit trail and the stored
+    /// credential record them (targets hold no spaces).
+    pub fn joined(&self) -> String {
+        self.0.join(" ")
+    }
+
+    /// The targets of a space-separated list.
+    pub fn from_joined(text: &str) -> Self {
+        Self(text.split(' ').filter(|a| !a.is_empty()).map(str::to_owned).collect())
+    }
+
+    pub fn contains(&self, audience: &str) -> bool {
+        self.0.iter().any(|a| a == audience)
+    }
+}
+
+impl Serialize for Audiences {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            all => all.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Audiences {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::One(one) => Self(vec![one]),
+            Either::Many(all) => Self(all),
+        })
+    }
 }
 
 /// The `cnf` claim: the key or certificate a token is bound to.

@@ -1,5 +1,7 @@
 //! Successful exchanges and what they record.
 
+use serde_json::{Value, json};
+
 use crate::helpers::*;
 
 #[tokio::test]
@@ -136,4 +138,67 @@ async fn concurrent_exchanges_each_get_a_committed_record() {
     let auditor = app.admin_token(halflife::domain::model::Role::Auditor).await;
     let (_, report) = app.api(reqwest::Method::GET, "/v1/audit/verify", &auditor, None).await;
     assert_eq!(report["ok"], true, "{report}");
+}
+
+/// RFC 8707 `resource` and repeated `audience` are both targets: each must
+/// be one the grant allows, a grant says how many one token may name
+/// (`max_audiences`, 1 unless raised), and the token's `aud` is the one
+/// target or the array of them. What MCP clients send (the tool server's
+/// URL as `resource`) works.
+#[tokio::test]
+async fn resources_and_several_audiences_are_targets() {
+    let catalog = default_catalog()
+        + r#"
+[[grants]]
+id = "tools-agent"
+system = "indexer"
+issuer = "k8s"
+subject = "system:serviceaccount:ai:tool-agent"
+audiences = ["https://tools.example/mcp", "reports-api", "search-api"]
+max_audiences = 2
+max_ttl = "10m"
+"#;
+    let Some(app) = spawn_with(Options { catalog, ..Options::default() }).await else { return };
+    let agent = "system:serviceaccount:ai:tool-agent";
+    let token = || app.rsa.token(agent, app.now());
+
+    let one = app.exchange_ok(&token(), &[("resource", "https://tools.example/mcp")]).await;
+    let (_, claims) = parts(one["access_token"].as_str().unwrap());
+    assert_eq!(claims["aud"], "https://tools.example/mcp", "one target is a string");
+
+    let two =
+        app.exchange_ok(&token(), &[("resource", "https://tools.example/mcp"), ("audience", "reports-api")]).await;
+    let (_, claims) = parts(two["access_token"].as_str().unwrap());
+    assert_eq!(claims["aud"], json!(["reports-api", "https://tools.example/mcp"]));
+    let introspector = app.admin_token(halflife::domain::model::Role::Introspector).await;
+    let introspected = app.introspect(&introspector, two["access_token"].as_str().unwrap()).await;
+    assert_eq!(introspected["aud"], json!(["reports-api", "https://tools.example/mcp"]));
+    let twice = app.exchange_ok(&token(), &[("audience", "reports-api"), ("audience", "search-api")]).await;
+    assert_eq!(parts(twice["access_token"].as_str().unwrap()).1["aud"], json!(["reports-api", "search-api"]));
+
+    for (extra, needle) in [
+        (
+            vec![("audience", "reports-api"), ("audience", "search-api"), ("resource", "https://tools.example/mcp")],
+            "max_audiences",
+        ),
+        (vec![("resource", "https://elsewhere.example/mcp")], "https://elsewhere.example/mcp"),
+        (vec![("resource", "not a uri")], "absolute URI"),
+        (vec![("resource", "https://tools.example/mcp#frag")], "fragment"),
+        (vec![("resource", "postgres:reports")], "postgres-login"),
+    ] {
+        let response = app.exchange(&token(), &extra).await;
+        assert_eq!(response.status(), 400, "{needle}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_target", "{needle}: {body}");
+        assert!(body["error_description"].as_str().unwrap().contains(needle), "{needle}: {body}");
+    }
+    // A grant without max_audiences allows one target per token.
+    let body: Value = app
+        .exchange(&app.ec.token(EC_SUBJECT, app.now()), &[("audience", "docs-api"), ("audience", "search-api")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["error"], "invalid_target", "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("at most 1"), "{body}");
 }

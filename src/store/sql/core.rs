@@ -1035,6 +1035,10 @@ fn grant_from(row: &DbRow) -> Result<Grant, StoreError> {
             let binding = get("g_binding")?;
             Binding::parse(&binding).ok_or_else(|| StoreError::Corrupt(format!("grant binding {binding:?}")))?
         },
+        max_audiences: {
+            let n: i64 = row.try_get("g_max_audiences").map_err(corrupt("grant"))?;
+            u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("grant max_audiences {n}")))?
+        },
     })
 }
 
@@ -1063,7 +1067,7 @@ const SYSTEM_COLUMNS: &str = concat!(
 /// A grant's columns (`g`), as [`grant_from`] reads them, and its version.
 const GRANT_COLUMNS: &str = "g.id AS g_id, g.system_id AS g_system_id, g.issuer AS g_issuer, g.subject AS g_subject, \
      g.audiences AS g_audiences, g.scopes AS g_scopes, g.default_scopes AS g_default_scopes, g.kinds AS g_kinds, \
-     g.max_ttl AS g_max_ttl, g.binding AS g_binding, g.version AS g_version";
+     g.max_ttl AS g_max_ttl, g.binding AS g_binding, g.version AS g_version, g.max_audiences AS g_max_audiences";
 
 const SYSTEM_JOINS: &str = "JOIN owners bo ON bo.id = s.business_owner JOIN owners tecn ON tecn.id = s.technical_owner";
 /// A credential's (`c`) workload identity (`k`), that workload's

@@ -327,11 +327,7 @@ impl LifecycleStore for Store {
     }
 
     async fn grants(&self, system: &SystemId) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id AS g_id, system_id AS g_system_id, issuer AS g_issuer, subject AS g_subject, audiences AS g_audiences, \
-             scopes AS g_scopes, default_scopes AS g_default_scopes, kinds AS g_kinds, max_ttl AS g_max_ttl, \
-             binding AS g_binding FROM grants WHERE system_id = $1 ORDER BY id",
-        )
+        let rows = sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants g WHERE g.system_id = $1 ORDER BY g.id"))
         .bind(system.as_str())
         .fetch_all(&self.pool)
         .await

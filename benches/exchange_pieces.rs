@@ -185,7 +185,7 @@ fn pieces(c: &mut Criterion) {
 
     let ctx = grant_context(now);
     let ask = Ask {
-        audience: Some(Audience::parse("reports-api").unwrap()),
+        targets: vec![Audience::parse("reports-api").unwrap()],
         scopes: Some(ScopeSet::parse_space_separated("reports:read").unwrap()),
         requested_ttl: Some(Duration::from_secs(300)),
         kind: None,

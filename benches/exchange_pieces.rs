@@ -170,6 +170,8 @@ fn audit_record() -> AuditRecord {
         detail: Some(json!({"kind": "jwt", "business_owner": "biz", "technical_owner": "tech", "key_id": "k1"})),
         prev_hash: "9f2b5c0e8f7a4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4".into(),
         hash: String::new(),
+        issuer: None,
+        issuer_url: None,
     }
 }
 

@@ -512,6 +512,15 @@ mod tests {
     }
 
     #[test]
+    fn reasons_read_as_words_for_people() {
+        use super::Rejection;
+        let unknown = |kid: Option<&str>| Rejection::UnknownKey { issuer: "k8s".into(), kid: kid.map(str::to_owned) };
+        assert_eq!(unknown(Some("k1796")).to_string(), "no key of issuer k8s matches kid \"k1796\"");
+        assert_eq!(unknown(None).to_string(), "no key of issuer k8s matches a token without kid");
+        assert_eq!(Rejection::Expired(1_800_000_000).to_string(), "token expired at 2027-01-15T08:00:00Z");
+    }
+
+    #[test]
     fn nesting_counts_brackets_outside_strings_only() {
         assert!(nesting_at_most(br#"{"aud":["a"],"cnf":{"jkt":"x"}}"#, 2));
         assert!(!nesting_at_most(br#"{"a":[[1]]}"#, 2));

@@ -92,6 +92,12 @@ impl fmt::Debug for TrustBundles {
 }
 
 impl TrustBundles {
+    /// `(iss, issuer name)` of each trust domain, as attestations from it
+    /// are recorded (`spiffe://<trust domain>`) and as grants name it.
+    pub fn issuer_names(&self) -> Vec<(String, String)> {
+        self.sources.iter().map(|s| (format!("spiffe://{}", s.trust_domain), s.issuer.clone())).collect()
+    }
+
     /// Loads every bundle; any that fails to load is an error.
     pub fn load(sources: Vec<TrustDomainSource>) -> Result<Self, BundleError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -48,6 +48,15 @@ pub struct AuditRecord {
     pub detail: Option<Value>,
     pub prev_hash: String,
     pub hash: String,
+    /// The configured name of the attestation's issuer (as grants, `/v1/revoke`
+    /// and `/v1/credentials` name it), beside `issuer_url`. Neither is hashed:
+    /// both are read from `attestation_issuer` and the issuers configured
+    /// when the event is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The attestation's `iss` (the same as `attestation_issuer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_url: Option<String>,
 }
 
 /// The hashed form of an event: every field but `time` (derived) and the

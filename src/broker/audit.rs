@@ -72,6 +72,40 @@ pub async fn verify_log(
 }
 
 impl Broker {
+    /// The configured issuers by the `iss` their attestations are recorded
+    /// under: JWT issuers, the dev issuer, and each SPIFFE trust domain of
+    /// the mTLS listener (`spiffe://<trust domain>`).
+    pub fn issuers_by_url(&self) -> std::collections::HashMap<String, String> {
+        let mut names: std::collections::HashMap<String, String> =
+            self.verifier.issuers().map(|i| (i.iss.clone(), i.name.clone())).collect();
+        if let Some(bundles) = &self.bundles {
+            names.extend(bundles.issuer_names());
+        }
+        names
+    }
+
+    /// Names each event's attestation issuer both ways: `issuer`, the name
+    /// grants use, and `issuer_url`, the `iss` recorded.
+    pub fn name_issuers(&self, events: &mut [crate::audit::AuditRecord]) {
+        if events.iter().all(|e| e.attestation_issuer.is_none()) {
+            return;
+        }
+        let names = self.issuers_by_url();
+        for e in events {
+            e.issuer_url.clone_from(&e.attestation_issuer);
+            e.issuer = e.attestation_issuer.as_ref().and_then(|url| names.get(url).cloned());
+        }
+    }
+
+    /// The `iss` values an audit filter's `issuer` means: the URL itself, or
+    /// the URL of the configured issuer of that name.
+    pub fn issuer_filter(&self, issuer: &str) -> String {
+        self.issuers_by_url()
+            .into_iter()
+            .find(|(_, name)| name == issuer)
+            .map_or_else(|| issuer.to_owned(), |(url, _)| url)
+    }
+
     /// Signs and stores a checkpoint of the current head, if the head moved.
     pub async fn write_checkpoint(&self, now: OffsetDateTime) -> Result<Option<Checkpoint>, Unavailable> {
         let Some((seq, hash)) = self.audit.audit_head().await.map_err(Unavailable)? else {
@@ -145,6 +179,15 @@ impl Broker {
         }
         related.sort_by_key(|e| e.seq);
         related.dedup_by_key(|e| e.seq);
+        let mut events = events;
+        self.name_issuers(&mut events);
+        self.name_issuers(&mut related);
+        let mut credential = credential;
+        if let Some(name) = credential["issuer"].as_str()
+            && let Some((url, _)) = self.issuers_by_url().into_iter().find(|(_, n)| n == name)
+        {
+            credential["issuer_url"] = json!(url);
+        }
         let grant = match credential["system"].as_str().and_then(|s| crate::domain::values::SystemId::parse(s).ok()) {
             Some(system) => {
                 let grants = self.lifecycle.grants(&system).await.map_err(Unavailable)?;

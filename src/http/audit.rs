@@ -131,6 +131,7 @@ const CSV_HEADER: &[&str] = &[
     "request_id",
     "source",
     "attestation_issuer",
+    "issuer",
     "subject",
     "attestation_id",
     "audience",
@@ -164,6 +165,7 @@ fn csv_rows(events: &[AuditRecord], header: bool) -> Result<Vec<u8>, String> {
             opt(&e.request_id),
             opt(&e.source),
             opt(&e.attestation_issuer),
+            opt(&e.issuer),
             opt(&e.subject),
             opt(&e.attestation_id),
             opt(&e.audience),
@@ -197,7 +199,8 @@ async fn events(
     _: Authorized<AuditRead>,
     Params(q): Params<EventsQuery>,
 ) -> Result<Response, ApiError> {
-    let filter = filter_of(&q, state.broker.clock.now())?;
+    let mut filter = filter_of(&q, state.broker.clock.now())?;
+    filter.issuer = filter.issuer.map(|issuer| state.broker.issuer_filter(&issuer));
     let format = q.format.as_deref().unwrap_or("json");
     if !matches!(format, "json" | "jsonl" | "csv") {
         return Err(ApiError::Invalid { field: "format".into(), message: "must be json, jsonl or csv".into() });
@@ -210,26 +213,30 @@ async fn events(
                 message: format!("must be between 1 and {MAX_LIMIT}"),
             });
         }
-        let events = state.broker.audit.audit_events(&filter, q.cursor, limit).await.map_err(Unavailable)?;
+        let mut events = state.broker.audit.audit_events(&filter, q.cursor, limit).await.map_err(Unavailable)?;
+        state.broker.name_issuers(&mut events);
         let next = (events.len() == limit as usize).then(|| events.last().map(|e| e.seq)).flatten();
         return Ok(Json(json!({"events": events, "next_cursor": next})).into_response());
     }
     let csv = format == "csv";
     let reader = state.broker.audit.clone();
+    let broker = state.broker.clone();
     let stream = futures_util::stream::unfold((q.cursor, false, true), move |(after, done, first)| {
         let reader = reader.clone();
         let filter = filter.clone();
+        let broker = broker.clone();
         async move {
             if done {
                 return None;
             }
-            let page = match reader.audit_events(&filter, after, PAGE).await {
+            let mut page = match reader.audit_events(&filter, after, PAGE).await {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::error!(error = %e, "audit export failed mid-stream");
                     return Some((Err(std::io::Error::other("storage unavailable")), (after, true, false)));
                 }
             };
+            broker.name_issuers(&mut page);
             let finished = page.len() < PAGE as usize;
             let next = page.last().map(|e| e.seq).or(after);
             let chunk = if csv { csv_rows(&page, first).map_err(std::io::Error::other) } else { Ok(jsonl_rows(&page)) };

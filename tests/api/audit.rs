@@ -649,3 +649,38 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
     assert_eq!(raw.scalar(&format!("SELECT CAST(MIN({width}) AS BIGINT) FROM audit_events")).await, 32);
     assert_eq!(raw.scalar(&format!("SELECT CAST(MAX({width}) AS BIGINT) FROM audit_events")).await, 32);
 }
+
+/// One name for an issuer: events carry the configured name (`issuer`, as
+/// grants, `/v1/revoke` and `/v1/credentials` use it) beside its `iss`
+/// (`issuer_url`), and the `issuer` filter takes either. Reasons are plain
+/// words, never Rust's debug text (`Some("…")`).
+#[tokio::test]
+async fn events_name_issuers_as_grants_do_and_reasons_read_plainly() {
+    let Some(app) = spawn_app().await else { return };
+    let auditor = app.admin_token(Role::Auditor).await;
+    let body = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[]).await;
+    let mut stranger = TestIssuer::rsa(RSA_ISS);
+    stranger.kid = "kid-of-nobody".into();
+    assert_eq!(app.exchange(&stranger.token(RSA_SUBJECT, app.now()), &[]).await.status(), 400);
+
+    for filter in ["k8s", RSA_ISS] {
+        let (status, page) =
+            app.api(Method::GET, &format!("/v1/audit/events?kind=credential.*&issuer={filter}"), &auditor, None).await;
+        assert_eq!(status, 200, "{page}");
+        let events = page["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "filter {filter}: {page}");
+        for e in events {
+            assert_eq!((e["issuer"].as_str(), e["issuer_url"].as_str()), (Some("k8s"), Some(RSA_ISS)), "{e}");
+        }
+    }
+    let (_, page) = app.api(Method::GET, "/v1/audit/events?kind=credential.denied", &auditor, None).await;
+    let reason = page["events"][0]["reason"].as_str().unwrap();
+    assert_eq!(reason, "invalid_grant: no key of issuer k8s matches kid \"kid-of-nobody\"");
+    let jti = parts(body["access_token"].as_str().unwrap()).1["jti"].as_str().unwrap().to_owned();
+    let (_, story) = app.api(Method::GET, &format!("/v1/credentials/{jti}"), &auditor, None).await;
+    assert_eq!(
+        (story["credential"]["issuer"].as_str(), story["credential"]["issuer_url"].as_str()),
+        (Some("k8s"), Some(RSA_ISS))
+    );
+    assert_eq!(story["events"][0]["issuer"], "k8s");
+}

@@ -298,6 +298,8 @@ impl Chain {
             detail: e.detail.clone(),
             prev_hash: std::mem::take(&mut self.hash),
             hash: String::new(),
+            issuer: None,
+            issuer_url: None,
         };
         let digest = chain_digest(&record.prev_hash, &record.canonical());
         record.hash = crate::crypto::hex(&digest);
@@ -373,6 +375,8 @@ fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
             if seq == 1 { GENESIS.to_owned() } else { String::new() }
         }),
         hash: row.try_get::<Option<String>, _>("hash").map_err(&c)?.unwrap_or_default(),
+        issuer: None,
+        issuer_url: None,
     })
 }
 

@@ -213,6 +213,9 @@ pub struct AddGrant {
     /// Sender-constraint: optional (default), required, dpop or mtls.
     #[arg(long)]
     pub binding: Option<String>,
+    /// Most targets (audiences, resources) one token may name (default 1).
+    #[arg(long)]
+    pub max_audiences: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -606,6 +609,9 @@ pub async fn grants(remote: &Remote, command: GrantsCommand) -> anyhow::Result<(
             if !a.kinds.is_empty() {
                 body["kinds"] = json!(a.kinds);
             }
+            if let Some(n) = a.max_audiences {
+                body["max_audiences"] = json!(n);
+            }
             if let Some(binding) = a.binding {
                 body["binding"] = json!(binding);
             }
@@ -690,7 +696,7 @@ pub struct AuditFilterArgs {
     /// Workload subject.
     #[arg(long)]
     pub workload: Option<String>,
-    /// The workload's attestation issuer (iss).
+    /// The workload's attestation issuer: its configured name, or its iss.
     #[arg(long)]
     pub issuer: Option<String>,
     /// An event kind, or a family such as system.*

@@ -125,6 +125,7 @@ fn grant_context(now: OffsetDateTime) -> GrantContext {
             max_ttl: Duration::from_secs(900),
             binding: halflife::domain::model::Binding::Optional,
             max_audiences: 1,
+            on_behalf_of: Vec::new(),
         },
         system: System {
             id: SystemId::parse("bench").unwrap(),

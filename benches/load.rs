@@ -934,6 +934,7 @@ async fn preload(db_url: &str, count: u64) -> Duration {
             grant_version: 0,
             issuer: "bench".into(),
             subject,
+            principal: None,
             audience: "reports-api".into(),
             scopes: "reports:read".into(),
             iat: now,

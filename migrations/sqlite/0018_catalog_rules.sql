@@ -16,6 +16,17 @@ ALTER TABLE grants ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 -- name; 1 keeps least privilege the default.
 ALTER TABLE grants ADD COLUMN max_audiences INTEGER NOT NULL DEFAULT 1 CHECK (max_audiences >= 1);
 
+-- Whom a grant's workload may act for (delegation, RFC 8693): a JSON list
+-- of {issuer, subjects, claims}; empty, no one.
+ALTER TABLE grants ADD COLUMN on_behalf_of TEXT NOT NULL DEFAULT '[]';
+
+-- On whose behalf a delegated credential acts: the workload identity (a
+-- person, or the first workload of a chain) that the subject token named.
+-- Revoking it (`/v1/revoke` with its issuer and subject) revokes the
+-- credentials issued on its behalf, in every system.
+ALTER TABLE credentials ADD COLUMN principal_id INTEGER REFERENCES workloads (id);
+CREATE INDEX credentials_by_principal ON credentials (principal_id) WHERE principal_id IS NOT NULL;
+
 -- A removed or narrowed grant revokes what was issued under it: for each
 -- workload identity it covered, the credentials of that workload in the
 -- grant's system with an id at or below `revoked_through`.

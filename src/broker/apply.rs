@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::domain::catalog::{Catalog, DateSpec, OwnerSpec, SystemSpec};
+use crate::domain::delegation::{HALFLIFE_ISSUER, OnBehalfOf, SubjectPattern};
 use crate::domain::model::{Binding, Grant, OwnerStatus, Tier};
 use crate::domain::values::{Audience, CredentialKind, GrantId, OwnerId, ScopeSet, SubjectMatch, SystemId};
 
@@ -74,6 +75,23 @@ pub struct GrantEntry {
     /// Most targets (audiences, resources) one token may name (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_audiences: Option<u32>,
+    /// Whom the workload may act for (delegation); absent: no one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_behalf_of: Vec<OnBehalfOfEntry>,
+}
+
+/// One `on_behalf_of` entry of a grant: subjects of `issuer` (a configured
+/// issuer's name, or `halflife` for halflife's own access tokens) the
+/// workload may act for, and claims they must carry.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnBehalfOfEntry {
+    pub issuer: String,
+    /// Exact subjects, `*`, or path prefixes ending in `/*`.
+    pub subjects: Vec<String>,
+    /// Claims the subject token must carry: `{ groups = "support" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Most targets a grant may let one token name.
@@ -302,6 +320,32 @@ pub fn grant(
     {
         errs.push(("max_audiences", format!("must be between 1 and {MAX_AUDIENCES}")));
     }
+    let mut on_behalf_of = Vec::new();
+    for entry in &g.on_behalf_of {
+        if entry.issuer != HALFLIFE_ISSUER && !known_issuers.contains(&entry.issuer) {
+            errs.push((
+                "on_behalf_of",
+                format!(
+                    "{:?} is neither a configured issuer nor {HALFLIFE_ISSUER} (known: {})",
+                    entry.issuer,
+                    known_issuers.join(", ")
+                ),
+            ));
+        }
+        if entry.subjects.is_empty() {
+            errs.push(("on_behalf_of", "each entry lists at least one subject (\"*\" for any)".into()));
+        }
+        let subjects: Vec<SubjectPattern> = entry
+            .subjects
+            .iter()
+            .filter_map(|s| SubjectPattern::parse(s).map_err(|e| errs.push(("on_behalf_of", e.0))).ok())
+            .collect();
+        let claims = entry.claims.clone().unwrap_or_default();
+        if claims.keys().any(|k| k.is_empty() || k.len() > 64) {
+            errs.push(("on_behalf_of", "claim names are 1-64 characters".into()));
+        }
+        on_behalf_of.push(OnBehalfOf { issuer: entry.issuer.clone(), subjects, claims });
+    }
     let binding = match g.binding.as_deref() {
         None => Binding::Optional,
         Some(text) => Binding::parse(text).unwrap_or_else(|| {
@@ -325,6 +369,7 @@ pub fn grant(
                 max_ttl,
                 binding,
                 max_audiences: g.max_audiences.unwrap_or(1),
+                on_behalf_of,
             })
         }
         _ => Err(errs),

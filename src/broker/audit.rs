@@ -168,12 +168,19 @@ impl Broker {
         let issued_at = events.iter().find(|e| e.kind == "credential.issued").map_or(0, |e| e.seq);
         let system = credential["system"].as_str().map(str::to_owned);
         let subject = credential["subject"].as_str().map(str::to_owned);
-        let mut related = Vec::new();
-        for filter in [
-            AuditFilter { system: system.clone(), kind: Some("credential.revoked".into()), ..AuditFilter::default() },
-            AuditFilter { workload: subject, kind: Some("credential.revoked".into()), ..AuditFilter::default() },
+        let principal = credential["on_behalf_of"]["subject"].as_str().map(str::to_owned);
+        let revoked = || Some("credential.revoked".to_owned());
+        let mut filters = vec![
+            AuditFilter { system: system.clone(), kind: revoked(), ..AuditFilter::default() },
+            AuditFilter { actor: subject, kind: revoked(), ..AuditFilter::default() },
             AuditFilter { system, kind: Some("system.*".into()), ..AuditFilter::default() },
-        ] {
+        ];
+        // A delegated credential is revoked with the identity it acts for.
+        if principal.is_some() {
+            filters.push(AuditFilter { actor: principal, kind: revoked(), ..AuditFilter::default() });
+        }
+        let mut related = Vec::new();
+        for filter in filters {
             let found = self.audit.audit_events(&filter, Some(issued_at), PAGE).await.map_err(Unavailable)?;
             related.extend(found.into_iter().filter(|e| e.jti.is_none()));
         }

@@ -438,6 +438,7 @@ pub fn narrows(old: &Grant, new: &Grant) -> bool {
         || old.kinds.iter().any(|k| !new.kinds.contains(k))
         || new.max_ttl < old.max_ttl
         || new.max_audiences < old.max_audiences
+        || old.on_behalf_of.iter().any(|entry| !new.on_behalf_of.contains(entry))
         || presentations(old.binding).iter().any(|p| !presentations(new.binding).contains(p))
 }
 

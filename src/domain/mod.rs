@@ -1,6 +1,7 @@
 //! Pure types and rules: no I/O, no async. Time is always a parameter.
 
 pub mod catalog;
+pub mod delegation;
 pub mod identity;
 pub mod lifecycle;
 pub mod model;

@@ -137,6 +137,8 @@ pub struct Grant {
     /// Most targets (audiences and resources) one token may name; 1 by
     /// default, so least privilege stays the default.
     pub max_audiences: u32,
+    /// Whom the workload may act for (delegation, RFC 8693); empty: no one.
+    pub on_behalf_of: Vec<super::delegation::OnBehalfOf>,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -236,6 +236,7 @@ mod tests {
                 max_ttl: Duration::from_secs(900),
                 binding: crate::domain::model::Binding::Optional,
                 max_audiences: 1,
+                on_behalf_of: Vec::new(),
             },
             system: System {
                 id: SystemId::parse("s1").unwrap(),

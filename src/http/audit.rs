@@ -42,6 +42,8 @@ struct EventsQuery {
     #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     owner: Option<String>,
     workload: Option<String>,
+    actor: Option<String>,
+    subject: Option<String>,
     issuer: Option<String>,
     kind: Option<String>,
     #[param(pattern = "^(success|denied|failure)$")]
@@ -96,6 +98,8 @@ fn filter_of(q: &EventsQuery, now: OffsetDateTime) -> Result<AuditFilter, ApiErr
         system: q.system.clone(),
         owner: q.owner.clone(),
         workload: q.workload.clone(),
+        actor: q.actor.clone(),
+        subject: q.subject.clone(),
         issuer: q.issuer.clone(),
         kind: q.kind.clone(),
         outcome: q.outcome.clone(),

@@ -95,7 +95,8 @@ struct IndexEntry {
     exp: u32,
     revoked_at: Option<std::num::NonZeroU32>,
     system: u32,
-    workload: u32,
+    /// The [`Parties`] number.
+    parties: u32,
 }
 
 /// A `jti` (a UUID) as the index's key; two u64s keep the entry at 8-byte
@@ -120,6 +121,26 @@ pub struct IndexedCredential<'a> {
     pub system: &'a str,
     pub issuer: &'a str,
     pub subject: &'a str,
+    /// For a delegated credential: the identity it acts for.
+    pub principal: Option<(&'a str, &'a str)>,
+}
+
+/// Whom a credential answers to: its workload and, for a delegated one,
+/// the identity it acts for (each as issuer name and subject). Interned as
+/// one value, so an index entry stays 24 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Parties {
+    pub workload: (String, String),
+    pub principal: Option<(String, String)>,
+}
+
+impl Parties {
+    fn of(credential: &IndexedCredential<'_>) -> Self {
+        Self {
+            workload: (credential.issuer.to_owned(), credential.subject.to_owned()),
+            principal: credential.principal.map(|(i, s)| (i.to_owned(), s.to_owned())),
+        }
+    }
 }
 
 /// A credential found in the index.
@@ -128,7 +149,7 @@ pub struct Found {
     pub id: i64,
     pub revoked_at: Option<i64>,
     pub system: Arc<str>,
-    pub workload: Arc<(String, String)>,
+    pub parties: Arc<Parties>,
 }
 
 /// One shard of the credential index.
@@ -147,25 +168,23 @@ struct Shard {
 struct Names {
     generation: u64,
     systems: Interner<str>,
-    workloads: Interner<(String, String)>,
+    parties: Interner<Parties>,
 }
 
 impl Names {
     /// Like [`Names::of`], for names already known.
     fn find(&self, credential: &IndexedCredential<'_>) -> Option<(u64, u32, u32)> {
         let system = *self.systems.ids.get(credential.system)?;
-        let workload = (credential.issuer.to_owned(), credential.subject.to_owned());
-        let workload = *self.workloads.ids.get(&workload)?;
-        Some((self.generation, system, workload))
+        let parties = *self.parties.ids.get(&Parties::of(credential))?;
+        Some((self.generation, system, parties))
     }
 
-    /// The numbers of `credential`'s system and workload, and the
+    /// The numbers of `credential`'s system and parties, and the
     /// generation they belong to.
     fn of(&mut self, credential: &IndexedCredential<'_>) -> Option<(u64, u32, u32)> {
         let system = self.systems.intern(credential.system, |s| Arc::from(s))?;
-        let workload = (credential.issuer.to_owned(), credential.subject.to_owned());
-        let workload = self.workloads.intern(&workload, |w| Arc::new(w.clone()))?;
-        Some((self.generation, system, workload))
+        let parties = self.parties.intern(&Parties::of(credential), |p| Arc::new(p.clone()))?;
+        Some((self.generation, system, parties))
     }
 }
 
@@ -415,7 +434,7 @@ impl Cache {
             id: entry.id,
             revoked_at: entry.revoked_at.map(|t| i64::from(t.get())),
             system: Arc::clone(names.systems.get(entry.system)?),
-            workload: Arc::clone(names.workloads.get(entry.workload)?),
+            parties: Arc::clone(names.parties.get(entry.parties)?),
         })
     }
 
@@ -475,6 +494,7 @@ impl Cache {
 /// the caller reads the database).
 pub fn record_from(jti: &str, found: &Found, snapshot: &Snapshot) -> Option<CredentialRecord> {
     let system = snapshot.systems.get(&*found.system)?;
+    let (issuer, subject) = &found.parties.workload;
     let revoked_at = match found.revoked_at {
         Some(t) => Some(time::OffsetDateTime::from_unix_timestamp(t).ok()?),
         None => None,
@@ -484,11 +504,13 @@ pub fn record_from(jti: &str, found: &Found, snapshot: &Snapshot) -> Option<Cred
         id: found.id,
         revoked_at,
         system_revoked_through: system.revoked_through,
-        workload_revoked_through: snapshot.workload_epoch(&found.workload.0, &found.workload.1),
-        grant_revoked_through: snapshot.grant_epoch(&found.system, &found.workload.0, &found.workload.1),
+        workload_revoked_through: snapshot.workload_epoch(issuer, subject),
+        principal_revoked_through: found.parties.principal.as_ref().map_or(0, |(i, s)| snapshot.workload_epoch(i, s)),
+        grant_revoked_through: snapshot.grant_epoch(&found.system, issuer, subject),
         system: system.system.clone(),
         business_owner: system.business_owner.clone(),
         technical_owner: system.technical_owner.clone(),
+        parties: Arc::clone(&found.parties),
     })
 }
 
@@ -514,7 +536,7 @@ enum Inserted {
 
 impl Shard {
     fn insert(&mut self, key: Key, credential: &IndexedCredential<'_>, numbers: (u64, u32, u32)) -> Inserted {
-        let (generation, system, workload) = numbers;
+        let (generation, system, parties) = numbers;
         if generation != self.names {
             return Inserted::Stale;
         }
@@ -526,7 +548,7 @@ impl Shard {
             exp: seconds(credential.exp),
             revoked_at: revoked_seconds(credential.revoked_at),
             system,
-            workload,
+            parties,
         };
         self.entries.insert(key, entry);
         Inserted::Yes
@@ -548,6 +570,7 @@ mod tests {
             system: "summarizer",
             issuer: "k8s",
             subject: "system:serviceaccount:ai:summarizer",
+            principal: None,
         }
     }
 
@@ -562,7 +585,7 @@ mod tests {
         cache.index(&credential(JTI), Some(cache.epoch()));
         let found = cache.lookup(JTI).unwrap();
         assert_eq!((found.id, &*found.system, found.revoked_at), (7, "summarizer", None));
-        assert_eq!(found.workload.1, "system:serviceaccount:ai:summarizer");
+        assert_eq!(found.parties.workload.1, "system:serviceaccount:ai:summarizer");
     }
 
     #[test]
@@ -642,6 +665,7 @@ mod tests {
                 system,
                 issuer: "k8s",
                 subject: &subject,
+                principal: None,
             };
             cache.index(&c, None);
         }
@@ -650,7 +674,7 @@ mod tests {
             let found = cache.lookup(jti).unwrap();
             assert_eq!(found.id, i as i64);
             assert_eq!(&*found.system, if i % 2 == 0 { "even" } else { "odd" });
-            assert_eq!(found.workload.1, format!("agent-{}", i % 3));
+            assert_eq!(found.parties.workload.1, format!("agent-{}", i % 3));
         }
         assert_eq!(cache.prune(1_500), 500);
         assert!(jtis[..500].iter().all(|j| cache.lookup(j).is_none()));

@@ -228,6 +228,8 @@ pub struct ReplayGuard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayKind {
     Attestation,
+    /// A delegation's subject token, from a single-use issuer.
+    SubjectToken,
     DpopProof,
 }
 
@@ -236,6 +238,7 @@ impl ReplayKind {
     pub fn reason(self) -> &'static str {
         match self {
             Self::Attestation => "single-use attestation was already used (replay)",
+            Self::SubjectToken => "single-use subject token was already used (replay)",
             Self::DpopProof => "DPoP proof was already used (replay)",
         }
     }
@@ -254,6 +257,10 @@ pub struct Issuance {
     /// Trusted issuer name (from config).
     pub issuer: String,
     pub subject: String,
+    /// For a delegated credential: on whose behalf it acts (issuer name and
+    /// subject of the chain's first subject). Revoking that identity
+    /// revokes the credential too.
+    pub principal: Option<(String, String)>,
     pub audience: String,
     pub scopes: String,
     pub iat: OffsetDateTime,
@@ -294,20 +301,26 @@ pub struct CredentialRecord {
     pub system_revoked_through: i64,
     /// Credentials of this workload with an id at or below this are revoked.
     pub workload_revoked_through: i64,
+    /// For a delegated credential: the epoch of the identity it acts for.
+    pub principal_revoked_through: i64,
     /// Credentials of this workload in this system with an id at or below
     /// this are revoked: a grant that covered them was removed or narrowed.
     pub grant_revoked_through: i64,
     pub system: System,
     pub business_owner: Owner,
     pub technical_owner: Owner,
+    /// Its workload and, if it is delegated, the identity it acts for.
+    pub parties: Arc<cache::Parties>,
 }
 
 impl CredentialRecord {
-    /// Revoked singly, with its system, or with its workload.
+    /// Revoked singly, with its system, its workload, the identity it acts
+    /// for, or its grant.
     pub fn is_revoked(&self) -> bool {
         self.revoked_at.is_some()
             || self.id <= self.system_revoked_through
             || self.id <= self.workload_revoked_through
+            || self.id <= self.principal_revoked_through
             || self.id <= self.grant_revoked_through
     }
 }
@@ -611,8 +624,15 @@ pub struct AuditFilter {
     pub system: Option<String>,
     /// Events whose system had this owner at the time.
     pub owner: Option<String>,
-    /// Workload subject.
+    /// A workload subject: events of that workload, and of credentials
+    /// issued on its behalf (as the subject of a delegation).
     pub workload: Option<String>,
+    /// The acting workload's subject (a delegation's actor, or a workload
+    /// acting for itself).
+    pub actor: Option<String>,
+    /// Events of credentials issued on this subject's behalf (a person, or
+    /// the workload a delegation chain started from).
+    pub subject: Option<String>,
     /// Attestation issuer (`iss`) of the workload.
     pub issuer: Option<String>,
     /// An exact kind, or a family written `system.*`.

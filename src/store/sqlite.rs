@@ -425,6 +425,7 @@ mod tests {
             grant_version: 0,
             issuer: "https://issuer.example".into(),
             subject: format!("workload-{n}"),
+            principal: None,
             audience: "api".into(),
             scopes: "read".into(),
             iat: now,
@@ -653,7 +654,7 @@ mod tests {
         ] {
             let filter = AuditFilter { kind: Some(kind.to_owned()), ..AuditFilter::default() };
             let mut q = QueryBuilder::<Db>::new("EXPLAIN QUERY PLAN SELECT seq, detail FROM audit_events");
-            audit::push_filter(&mut q, &filter, Some(0));
+            audit::push_filter(&mut q, &filter, Some(0), false);
             q.push(" ORDER BY seq LIMIT 100");
             let plan: Vec<(i64, i64, i64, String)> = q.build_query_as().fetch_all(&store.pool).await.unwrap();
             let steps: Vec<&str> = plan.iter().map(|(_, _, _, detail)| detail.as_str()).collect();
@@ -671,7 +672,7 @@ mod tests {
         let store = Store::open(&url, Duration::from_secs(5), 2, true).await.unwrap();
         let filter = AuditFilter { workload: Some("spiffe://example/w".to_owned()), ..AuditFilter::default() };
         let mut q = QueryBuilder::<Db>::new("EXPLAIN QUERY PLAN SELECT seq, detail FROM audit_events");
-        audit::push_filter(&mut q, &filter, Some(0));
+        audit::push_filter(&mut q, &filter, Some(0), false);
         q.push(" ORDER BY seq LIMIT 100");
         let plan: Vec<(i64, i64, i64, String)> = q.build_query_as().fetch_all(&store.pool).await.unwrap();
         let steps: Vec<&str> = plan.iter().map(|(_, _, _, detail)| detail.as_str()).collect();

@@ -431,7 +431,18 @@ impl Store {
 /// issuances, and a query for them finds them in log order.
 const ISSUED: &str = "credential.issued";
 
-pub(super) fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, after: Option<i64>) {
+/// The events of credentials issued on behalf of subject `v`, as an
+/// `IN` list of their `jti`.
+fn push_acted_for(q: &mut QueryBuilder<'_, Db>, v: &str) {
+    q.push("jti IN (SELECT c.jti FROM credentials c WHERE c.principal_id IN (SELECT id FROM workloads WHERE subject = ")
+        .push_bind(v.to_owned())
+        .push("))");
+}
+
+/// `acted_for`: whether the `workload` of the filter is the subject of some
+/// delegation, so its events include those of credentials issued on its
+/// behalf. (Most workloads are not: their query keeps its plain plan.)
+pub(super) fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, after: Option<i64>, acted_for: bool) {
     q.push(" WHERE 1 = 1");
     if let Some(v) = &filter.system {
         q.push(" AND system_id = ").push_bind(v.clone());
@@ -446,7 +457,20 @@ pub(super) fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, af
             .push(") > 0)");
     }
     if let Some(v) = &filter.workload {
+        if acted_for {
+            q.push(" AND (subject_id = (SELECT id FROM audit_names WHERE name = ").push_bind(v.clone()).push(") OR ");
+            push_acted_for(q, v);
+            q.push(")");
+        } else {
+            q.push(named_is("subject")).push_bind(v.clone()).push(")");
+        }
+    }
+    if let Some(v) = &filter.actor {
         q.push(named_is("subject")).push_bind(v.clone()).push(")");
+    }
+    if let Some(v) = &filter.subject {
+        q.push(" AND ");
+        push_acted_for(q, v);
     }
     if let Some(v) = &filter.issuer {
         q.push(named_is("attestation_issuer")).push_bind(v.clone()).push(")");
@@ -500,8 +524,19 @@ impl AuditReader for Store {
         after: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
+        let acted_for = match &filter.workload {
+            Some(v) => sqlx::query_as::<_, (i64,)>(
+                "SELECT id FROM credentials WHERE principal_id IN (SELECT id FROM workloads WHERE subject = $1) LIMIT 1",
+            )
+            .bind(v)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .is_some(),
+            None => false,
+        };
         let mut q = QueryBuilder::<Db>::new(format!("SELECT {} FROM audit_events", read_columns()));
-        push_filter(&mut q, filter, after);
+        push_filter(&mut q, filter, after, acted_for);
         q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
         let rows = q.build().fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(record_from).collect()
@@ -540,12 +575,10 @@ impl AuditReader for Store {
             "SELECT c.id, c.jti, c.kind, c.system_id, {ISSUED_TERMS}, k.issuer, k.subject, \
              c.exp, c.revoked_at, c.revoked_reason, s.revoked_through AS system_revoked_through, \
              COALESCE(w.revoked_through, 0) AS workload_revoked_through, \
+             COALESCE(pw.revoked_through, 0) AS principal_revoked_through, pk.issuer AS principal_issuer, \
+             pk.subject AS principal_subject, \
              COALESCE(gr.revoked_through, 0) AS grant_revoked_through, gr.grant_id AS revoking_grant \
-             FROM credentials c JOIN systems s ON s.id = c.system_id \
-             JOIN workloads k ON k.id = c.workload_id \
-             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
-             LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
-             {ISSUED_EVENT} \
+             FROM credentials c JOIN systems s ON s.id = c.system_id {WORKLOAD_JOINS} {ISSUED_EVENT} \
              WHERE c.jti = $1",
         ))
         .bind(StoredId::of(jti))
@@ -558,7 +591,10 @@ impl AuditReader for Store {
         let revoked_at: Option<i64> = r.try_get("revoked_at").map_err(&c)?;
         let by_system = id <= r.try_get::<i64, _>("system_revoked_through").map_err(&c)?;
         let by_workload = id <= r.try_get::<i64, _>("workload_revoked_through").map_err(&c)?;
+        let by_principal = id <= r.try_get::<i64, _>("principal_revoked_through").map_err(&c)?;
         let by_grant = id <= r.try_get::<i64, _>("grant_revoked_through").map_err(&c)?;
+        let principal_issuer: Option<String> = r.try_get("principal_issuer").map_err(&c)?;
+        let principal_subject: Option<String> = r.try_get("principal_subject").map_err(&c)?;
         let get = |col: &str| -> Result<String, StoreError> { r.try_get(col).map_err(corrupt("credential")) };
         Ok(Some(serde_json::json!({
             "jti": stored_id(&r, "jti").map_err(&c)?,
@@ -571,12 +607,15 @@ impl AuditReader for Store {
             "scopes": get("scopes")?,
             "iat": from_ts(r.try_get("iat").map_err(&c)?).map(crate::domain::rfc3339)?,
             "exp": from_ts(r.try_get("exp").map_err(&c)?).map(crate::domain::rfc3339)?,
-            "revoked": revoked_at.is_some() || by_system || by_workload || by_grant,
-            "revoked_by": match (revoked_at.is_some(), by_system, by_workload, by_grant) {
-                (true, _, _, _) => Some("credential"),
-                (_, true, _, _) => Some("system"),
-                (_, _, true, _) => Some("workload"),
-                (_, _, _, true) => Some("grant"),
+            "on_behalf_of": principal_issuer.zip(principal_subject)
+                .map(|(issuer, subject)| serde_json::json!({"issuer": issuer, "subject": subject})),
+            "revoked": revoked_at.is_some() || by_system || by_workload || by_principal || by_grant,
+            "revoked_by": match (revoked_at.is_some(), by_system, by_workload, by_principal, by_grant) {
+                (true, ..) => Some("credential"),
+                (_, true, ..) => Some("system"),
+                (_, _, true, ..) => Some("workload"),
+                (_, _, _, true, _) => Some("principal"),
+                (.., true) => Some("grant"),
                 _ => None,
             },
             "revoked_by_grant": if by_grant {

@@ -124,12 +124,12 @@ impl CatalogTx for Tx {
         let now = self.now;
         let sql = if insert {
             "INSERT INTO grants (system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, \
-             binding, max_audiences, created_at, updated_at, id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)"
+             binding, max_audiences, on_behalf_of, created_at, updated_at, id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)"
         } else {
             "UPDATE grants SET system_id = $1, issuer = $2, subject = $3, audiences = $4, scopes = $5, \
-             default_scopes = $6, kinds = $7, max_ttl = $8, binding = $9, max_audiences = $10, updated_at = $11, \
-             version = version + 1 WHERE id = $12"
+             default_scopes = $6, kinds = $7, max_ttl = $8, binding = $9, max_audiences = $10, on_behalf_of = $11, \
+             updated_at = $12, version = version + 1 WHERE id = $13"
         };
         let done = sqlx::query(sql)
             .bind(grant.system.as_str())
@@ -142,6 +142,7 @@ impl CatalogTx for Tx {
             .bind(i64::try_from(grant.max_ttl.as_secs()).unwrap_or(i64::MAX))
             .bind(grant.binding.as_str())
             .bind(i64::from(grant.max_audiences))
+            .bind(serde_json::to_string(&grant.on_behalf_of).map_err(|e| StoreError::Corrupt(e.to_string()))?)
             .bind(now)
             .bind(grant.id.as_str())
             .execute(&mut *self.tx)

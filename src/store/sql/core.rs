@@ -32,7 +32,7 @@ use sqlx::QueryBuilder;
 
 use crate::domain::model::{Binding, OwnerStatus, SystemState, Tier};
 use crate::domain::values::{ScopeSet, SubjectMatch};
-use crate::store::cache::{Cache, Found, Indexed, IndexedCredential, Snapshot, SystemEntry, record_from};
+use crate::store::cache::{Cache, Found, Indexed, IndexedCredential, Parties, Snapshot, SystemEntry, record_from};
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -206,7 +206,8 @@ impl Store {
         let sql = format!(
             "SELECT c.id AS c_id, c.jti AS c_jti, c.revoked_at AS c_revoked_at, \
              s.revoked_through AS s_revoked_through, COALESCE(w.revoked_through, 0) AS w_revoked_through, \
-             COALESCE(gr.revoked_through, 0) AS gr_revoked_through, {SYSTEM_COLUMNS} \
+             COALESCE(pw.revoked_through, 0) AS pw_revoked_through, COALESCE(gr.revoked_through, 0) AS gr_revoked_through, \
+             k.issuer AS k_issuer, k.subject AS k_subject, pk.issuer AS pk_issuer, pk.subject AS pk_subject, {SYSTEM_COLUMNS} \
              FROM credentials c JOIN systems s ON s.id = c.system_id {SYSTEM_JOINS} {WORKLOAD_JOINS} \
              WHERE c.jti = $1"
         );
@@ -216,16 +217,24 @@ impl Store {
             return Ok(None);
         };
         let revoked_at: Option<i64> = row.try_get("c_revoked_at").map_err(corrupt("credential"))?;
+        let get = |column: &str| -> Result<String, StoreError> { row.try_get(column).map_err(corrupt("credential")) };
+        let get_opt =
+            |column: &str| -> Result<Option<String>, StoreError> { row.try_get(column).map_err(corrupt("credential")) };
         Ok(Some(CredentialRecord {
             jti: row.try_get::<StoredId<'static>, _>("c_jti").map_err(corrupt("credential"))?.into_string(),
             id: row.try_get("c_id").map_err(corrupt("credential"))?,
             revoked_at: revoked_at.map(from_ts).transpose()?,
             system_revoked_through: row.try_get("s_revoked_through").map_err(corrupt("credential"))?,
             workload_revoked_through: row.try_get("w_revoked_through").map_err(corrupt("credential"))?,
+            principal_revoked_through: row.try_get("pw_revoked_through").map_err(corrupt("credential"))?,
             grant_revoked_through: row.try_get("gr_revoked_through").map_err(corrupt("credential"))?,
             system: system_from(&row)?,
             business_owner: owner_from(&row, "bo_")?,
             technical_owner: owner_from(&row, "to_")?,
+            parties: Arc::new(Parties {
+                workload: (get("k_issuer")?, get("k_subject")?),
+                principal: get_opt("pk_issuer")?.zip(get_opt("pk_subject")?),
+            }),
         }))
     }
 
@@ -238,9 +247,18 @@ impl Store {
             .await
             .map_err(unavailable)?;
         let Some(row) = row else { return Ok(None) };
-        self.cache.index(&indexed(&row), Some(epoch));
-        let (id, _, system, issuer, subject, _, revoked_at) = row;
-        Ok(Some(Found { id, revoked_at, system: Arc::from(system), workload: Arc::new((issuer, subject)) }))
+        let credential = indexed(&row);
+        self.cache.index(&credential, Some(epoch));
+        let parties = Parties {
+            workload: (credential.issuer.to_owned(), credential.subject.to_owned()),
+            principal: credential.principal.map(|(i, s)| (i.to_owned(), s.to_owned())),
+        };
+        Ok(Some(Found {
+            id: credential.id,
+            revoked_at: credential.revoked_at,
+            system: Arc::from(credential.system),
+            parties: Arc::new(parties),
+        }))
     }
 
     async fn submit(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
@@ -457,15 +475,12 @@ impl KnownWorkloads {
         self.pending.clear();
     }
 
-    /// The workload id of each of `issuances`, in order: known ones from
-    /// memory, the others read, after inserting those not stored yet. Must
-    /// run inside the batch's write transaction.
-    async fn resolve(&mut self, conn: &mut Conn, issuances: &[&Issuance]) -> Result<Vec<i64>, sqlx::Error> {
-        let mut unknown: Vec<(&str, &str)> = issuances
-            .iter()
-            .filter(|i| self.id(&i.issuer, &i.subject).is_none())
-            .map(|i| (i.issuer.as_str(), i.subject.as_str()))
-            .collect();
+    /// The row id of each of `identities` (issuer name, subject), in
+    /// order: known ones from memory, the others read, after inserting
+    /// those not stored yet. Must run inside the batch's write transaction.
+    async fn resolve(&mut self, conn: &mut Conn, identities: &[(&str, &str)]) -> Result<Vec<i64>, sqlx::Error> {
+        let mut unknown: Vec<(&str, &str)> =
+            identities.iter().filter(|(issuer, subject)| self.id(issuer, subject).is_none()).copied().collect();
         unknown.sort_unstable();
         unknown.dedup();
         for chunk in unknown.chunks(WORKLOADS_PER_STATEMENT) {
@@ -488,14 +503,39 @@ impl KnownWorkloads {
         }
         let met: HashMap<(&str, &str), i64> =
             self.pending.iter().map(|(issuer, subject, id)| ((issuer.as_str(), subject.as_str()), *id)).collect();
-        issuances
+        identities
             .iter()
-            .map(|i| {
-                self.id(&i.issuer, &i.subject)
-                    .or_else(|| met.get(&(i.issuer.as_str(), i.subject.as_str())).copied())
-                    .ok_or_else(|| sqlx::Error::Protocol(format!("workload of credential {} was not stored", i.jti)))
+            .map(|&(issuer, subject)| {
+                self.id(issuer, subject)
+                    .or_else(|| met.get(&(issuer, subject)).copied())
+                    .ok_or_else(|| sqlx::Error::Protocol(format!("identity {subject} of {issuer} was not stored")))
             })
             .collect()
+    }
+
+    /// The workload id of each of `issuances` and, for a delegated one, the
+    /// id of the identity it acts for.
+    async fn resolve_issuances(
+        &mut self,
+        conn: &mut Conn,
+        issuances: &[&Issuance],
+    ) -> Result<Vec<(i64, Option<i64>)>, sqlx::Error> {
+        let mut identities = Vec::with_capacity(issuances.len());
+        for i in issuances {
+            identities.push((i.issuer.as_str(), i.subject.as_str()));
+            if let Some((issuer, subject)) = &i.principal {
+                identities.push((issuer.as_str(), subject.as_str()));
+            }
+        }
+        let mut ids = self.resolve(conn, &identities).await?.into_iter();
+        let mut out = Vec::with_capacity(issuances.len());
+        for i in issuances {
+            let workload = ids.next();
+            let principal = if i.principal.is_some() { ids.next() } else { None };
+            let workload = workload.ok_or_else(|| sqlx::Error::Protocol("an identity was not resolved".into()))?;
+            out.push((workload, principal));
+        }
+        Ok(out)
     }
 }
 
@@ -511,6 +551,7 @@ fn remember(cache: &Cache, op: &WriteOp, result: &WriteResult) {
                 system: i.system_id.as_str(),
                 issuer: &i.issuer,
                 subject: &i.subject,
+                principal: i.principal.as_ref().map(|(issuer, subject)| (issuer.as_str(), subject.as_str())),
             },
             None,
         ),
@@ -767,7 +808,7 @@ async fn apply_ops(
     let mut closing = Statements::new();
     if !issued.is_empty() {
         let issuances: Vec<&Issuance> = issued.iter().map(|(_, i)| *i).collect();
-        let workloads = known.workloads.resolve(conn, &issuances).await?;
+        let workloads = known.workloads.resolve_issuances(conn, &issuances).await?;
         let issuances = issuances.into_iter().zip(workloads);
         if EXPLICIT_CREDENTIAL_IDS {
             // The batch holds the write lock: ids counted on from the
@@ -805,14 +846,41 @@ async fn apply_ops(
     Ok(results)
 }
 
+/// A credential's (`c`) workload identity (`k`), that workload's
+/// revocation epoch, if any (`w`); for a delegated credential the identity
+/// it acts for (`pk`) and that identity's epoch, if any (`pw`); and the
+/// workload's epoch in the credential's system from removed or narrowed
+/// grants, if any (`gr`).
+macro_rules! workload_joins {
+    () => {
+        "JOIN workloads k ON k.id = c.workload_id \
+         LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
+         LEFT JOIN workloads pk ON pk.id = c.principal_id \
+         LEFT JOIN workload_revocations pw ON pw.issuer = pk.issuer AND pw.subject = pk.subject \
+         LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id"
+    };
+}
+pub(crate) const WORKLOAD_JOINS: &str = workload_joins!();
+
+/// Credential `c` is revoked by none of the epochs of [`WORKLOAD_JOINS`],
+/// nor by its system's (`s`, joined), nor by itself.
+macro_rules! not_revoked {
+    () => {
+        "c.revoked_at IS NULL AND c.id > s.revoked_through \
+         AND c.id > COALESCE(w.revoked_through, 0) AND c.id > COALESCE(pw.revoked_through, 0) \
+         AND c.id > COALESCE(gr.revoked_through, 0)"
+    };
+}
+pub(crate) const NOT_REVOKED: &str = not_revoked!();
+
 /// The count bucket (system, expiry) of credential `$1`, if it is still
 /// active: revoked neither by itself nor by an epoch.
-const ACTIVE_CREDENTIAL: &str = "SELECT c.system_id, c.exp FROM credentials c JOIN systems s ON s.id = c.system_id \
-     JOIN workloads k ON k.id = c.workload_id \
-     LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
-     LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
-     WHERE c.jti = $1 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
-     AND c.id > COALESCE(w.revoked_through, 0) AND c.id > COALESCE(gr.revoked_through, 0)";
+const ACTIVE_CREDENTIAL: &str = concat!(
+    "SELECT c.system_id, c.exp FROM credentials c JOIN systems s ON s.id = c.system_id ",
+    workload_joins!(),
+    " WHERE c.jti = $1 AND ",
+    not_revoked!()
+);
 
 /// Rows per multi-row INSERT of credentials or of count buckets.
 const CREDENTIALS_PER_STATEMENT: usize = 512;
@@ -882,13 +950,16 @@ async fn admit(
 /// from `after` when given (else the database picks them).
 fn push_credentials<'a>(
     q: &mut QueryBuilder<'a, Db>,
-    issuances: impl Iterator<Item = (&'a Issuance, i64)>,
+    issuances: impl Iterator<Item = (&'a Issuance, (i64, Option<i64>))>,
     after: Option<i64>,
 ) {
     q.push(if after.is_some() { "INSERT INTO credentials (id, " } else { "INSERT INTO credentials (" });
-    q.push("jti, kind, system_id, grant_id, workload_id, audience, scopes, iat, exp, secret_hash, db_role, role_state) ");
+    q.push(
+        "jti, kind, system_id, grant_id, workload_id, principal_id, audience, scopes, iat, exp, secret_hash, db_role, \
+         role_state) ",
+    );
     let mut next = after.unwrap_or(0);
-    q.push_values(issuances, |mut row, (i, workload)| {
+    q.push_values(issuances, |mut row, (i, (workload, principal))| {
         if after.is_some() {
             next += 1;
             row.push_bind(next);
@@ -899,6 +970,7 @@ fn push_credentials<'a>(
             .push_bind(i.system_id.as_str())
             .push_bind((!told.grant).then_some(i.grant_id.as_str()))
             .push_bind(workload)
+            .push_bind(principal)
             .push_bind((!told.audience).then_some(i.audience.as_str()))
             .push_bind((!told.scopes).then_some(i.scopes.as_str()))
             .push_bind((!told.iat).then_some(ts(i.iat)))
@@ -1039,6 +1111,8 @@ fn grant_from(row: &DbRow) -> Result<Grant, StoreError> {
             let n: i64 = row.try_get("g_max_audiences").map_err(corrupt("grant"))?;
             u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("grant max_audiences {n}")))?
         },
+        on_behalf_of: serde_json::from_str(&get("g_on_behalf_of")?)
+            .map_err(|e| StoreError::Corrupt(format!("grant on_behalf_of: {e}")))?,
     })
 }
 
@@ -1067,16 +1141,10 @@ const SYSTEM_COLUMNS: &str = concat!(
 /// A grant's columns (`g`), as [`grant_from`] reads them, and its version.
 const GRANT_COLUMNS: &str = "g.id AS g_id, g.system_id AS g_system_id, g.issuer AS g_issuer, g.subject AS g_subject, \
      g.audiences AS g_audiences, g.scopes AS g_scopes, g.default_scopes AS g_default_scopes, g.kinds AS g_kinds, \
-     g.max_ttl AS g_max_ttl, g.binding AS g_binding, g.version AS g_version, g.max_audiences AS g_max_audiences";
+     g.max_ttl AS g_max_ttl, g.binding AS g_binding, g.version AS g_version, g.max_audiences AS g_max_audiences, \
+     g.on_behalf_of AS g_on_behalf_of";
 
 const SYSTEM_JOINS: &str = "JOIN owners bo ON bo.id = s.business_owner JOIN owners tecn ON tecn.id = s.technical_owner";
-/// A credential's (`c`) workload identity (`k`), that workload's
-/// revocation epoch, if any (`w`), and its epoch in the credential's system
-/// from removed or narrowed grants, if any (`gr`).
-const WORKLOAD_JOINS: &str = "JOIN workloads k ON k.id = c.workload_id \
-     LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
-     LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id";
-
 #[async_trait]
 impl PolicyStore for Store {
     async fn grants_for_issuer(&self, issuer: &str) -> Result<Arc<Vec<GrantContext>>, StoreError> {
@@ -1420,14 +1488,23 @@ impl Views for Store {
 }
 
 /// What the credential index keeps of a row, as [`INDEX_COLUMNS`] reads it.
-type IndexRow = (i64, StoredId<'static>, String, String, String, i64, Option<i64>);
+type IndexRow = (i64, StoredId<'static>, String, String, String, i64, Option<i64>, Option<String>, Option<String>);
 /// Followed by `WHERE`: the columns are those of `c` (credentials).
-const INDEX_COLUMNS: &str = "c.id, c.jti, c.system_id, k.issuer, k.subject, c.exp, c.revoked_at \
-     FROM credentials c JOIN workloads k ON k.id = c.workload_id";
+const INDEX_COLUMNS: &str = "c.id, c.jti, c.system_id, k.issuer, k.subject, c.exp, c.revoked_at, pk.issuer, pk.subject \
+     FROM credentials c JOIN workloads k ON k.id = c.workload_id LEFT JOIN workloads pk ON pk.id = c.principal_id";
 
 fn indexed(row: &IndexRow) -> IndexedCredential<'_> {
-    let (id, jti, system, issuer, subject, exp, revoked_at) = row;
-    IndexedCredential { jti: &jti.0, id: *id, exp: *exp, revoked_at: *revoked_at, system, issuer, subject }
+    let (id, jti, system, issuer, subject, exp, revoked_at, principal_issuer, principal_subject) = row;
+    IndexedCredential {
+        jti: &jti.0,
+        id: *id,
+        exp: *exp,
+        revoked_at: *revoked_at,
+        system,
+        issuer,
+        subject,
+        principal: principal_issuer.as_deref().zip(principal_subject.as_deref()),
+    }
 }
 
 /// Loads every unexpired credential into the index, a page at a time in id

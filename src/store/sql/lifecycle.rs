@@ -210,31 +210,35 @@ async fn uncount(conn: &mut Conn, covered: &[(String, i64, i64)]) -> Result<(), 
     Ok(())
 }
 
-/// The active credentials of workload (`$1`, `$2`) at `$3` with ids in
-/// (`$4`, `$5`], counted per (system, expiry) bucket.
-pub(crate) const COVERED_BY_WORKLOAD: &str = "SELECT c.system_id, c.exp, COUNT(*) FROM credentials c \
-     JOIN systems s ON s.id = c.system_id \
-     LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
-     WHERE c.workload_id = (SELECT id FROM workloads WHERE issuer = $1 AND subject = $2) \
-     AND c.exp > $3 AND c.id > $4 AND c.id <= $5 \
-     AND c.revoked_at IS NULL AND c.id > s.revoked_through AND c.id > COALESCE(gr.revoked_through, 0) \
-     GROUP BY c.system_id, c.exp";
+/// The active credentials of workload (`$1`, `$2`), or acting on its
+/// behalf, at `$3` with ids in (`$4`, `$5`], counted per (system, expiry)
+/// bucket.
+pub(crate) const COVERED_BY_WORKLOAD: &str = concat!(
+    "SELECT c.system_id, c.exp, COUNT(*) FROM credentials c JOIN systems s ON s.id = c.system_id ",
+    workload_joins!(),
+    " WHERE (c.workload_id = (SELECT id FROM workloads WHERE issuer = $1 AND subject = $2) \
+     OR c.principal_id = (SELECT id FROM workloads WHERE issuer = $1 AND subject = $2)) \
+     AND c.exp > $3 AND c.id > $4 AND c.id <= $5 AND ",
+    not_revoked!(),
+    " GROUP BY c.system_id, c.exp"
+);
 
 /// The start of the query counting the still-active credentials a grant's
 /// revocation covers, per (system, expiry) bucket; followed by the system
 /// id, then the expiry, epoch and workload conditions.
-const COVERED_BY_GRANT: &str = "SELECT c.system_id, c.exp, COUNT(*) FROM credentials c \
-     JOIN systems s ON s.id = c.system_id JOIN workloads k ON k.id = c.workload_id \
-     LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
-     LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
-     WHERE c.revoked_at IS NULL AND c.id > s.revoked_through AND c.id > COALESCE(w.revoked_through, 0) \
-     AND c.id > COALESCE(gr.revoked_through, 0) AND c.system_id = ";
+const COVERED_BY_GRANT: &str = concat!(
+    "SELECT c.system_id, c.exp, COUNT(*) FROM credentials c JOIN systems s ON s.id = c.system_id ",
+    workload_joins!(),
+    " WHERE ",
+    not_revoked!(),
+    " AND c.system_id = "
+);
 
-/// Database logins to drop at `$1`: revoked (one by one, or by system or
-/// workload epoch), expired, or of a system no longer active. The repeated
-/// `role_state IN (...)` term is the partial index's own condition, which
-/// SQLite needs spelled out to use the index rather than scan every
-/// credential.
+/// Database logins to drop at `$1`: revoked (one by one, or by system,
+/// workload or grant epoch), expired, or of a system no longer active. The
+/// repeated `role_state IN (...)` term is the partial index's own
+/// condition, which SQLite needs spelled out to use the index rather than
+/// scan every credential. (A login is never delegated: no principal.)
 pub(crate) const DUE_LOGINS: &str = "FROM credentials c JOIN systems s ON s.id = c.system_id \
      JOIN workloads k ON k.id = c.workload_id \
      LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
@@ -353,13 +357,8 @@ impl LifecycleStore for Store {
     ) -> Result<Vec<CredentialSummary>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT c.jti, c.kind, {ISSUED_TERMS}, k.issuer, k.subject, c.exp \
-             FROM credentials c JOIN systems s ON s.id = c.system_id \
-             JOIN workloads k ON k.id = c.workload_id \
-             LEFT JOIN workload_revocations w ON w.issuer = k.issuer AND w.subject = k.subject \
-             LEFT JOIN grant_revocations gr ON gr.system_id = c.system_id AND gr.workload_id = c.workload_id \
-             {ISSUED_EVENT} \
-             WHERE c.system_id = $1 AND c.exp > $2 AND c.revoked_at IS NULL AND c.id > s.revoked_through \
-             AND c.id > COALESCE(w.revoked_through, 0) AND c.id > COALESCE(gr.revoked_through, 0) \
+             FROM credentials c JOIN systems s ON s.id = c.system_id {WORKLOAD_JOINS} {ISSUED_EVENT} \
+             WHERE c.system_id = $1 AND c.exp > $2 AND {NOT_REVOKED} \
              ORDER BY c.id LIMIT 10000",
         ))
         .bind(system.as_str())
@@ -584,8 +583,13 @@ impl JobStore for Store {
                     q.push("system_id = ").push_bind(system_id.clone());
                 }
                 RevokeTarget::Workload { issuer, subject } => {
-                    q.push("workload_id = (SELECT id FROM workloads WHERE issuer = ").push_bind(issuer.clone());
-                    q.push(" AND subject = ").push_bind(subject.clone()).push(")");
+                    // Its own credentials, and those acting on its behalf.
+                    for (i, column) in ["workload_id", "principal_id"].into_iter().enumerate() {
+                        q.push(if i == 0 { "(" } else { " OR " }).push(column);
+                        q.push(" = (SELECT id FROM workloads WHERE issuer = ").push_bind(issuer.clone());
+                        q.push(" AND subject = ").push_bind(subject.clone()).push(")");
+                    }
+                    q.push(")");
                 }
                 RevokeTarget::Grant { system_id, workloads, .. } => {
                     q.push("system_id = ").push_bind(system_id.clone()).push(" AND workload_id IN (");

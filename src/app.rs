@@ -353,6 +353,7 @@ impl App {
             seen_proofs: Arc::default(),
             bundles: mtls_listener.as_ref().map(|m| Arc::clone(&m.bundles)),
             dpop_window: config.tokens.dpop_proof_window.get(),
+            max_delegation_depth: usize::try_from(config.tokens.max_delegation_depth).unwrap_or(4),
             secret_key,
             logins: Arc::new(database_logins(&config)?),
         };

@@ -393,6 +393,9 @@ pub struct TokensConfig {
     pub max_ttl: HumanDuration,
     /// How far a DPoP proof's `iat` may be from the broker's clock.
     pub dpop_proof_window: HumanDuration,
+    /// Most actors a delegation chain may hold (an agent acting for a
+    /// person is one; a sub-agent it passes the token to is two).
+    pub max_delegation_depth: u32,
 }
 
 impl Default for TokensConfig {
@@ -401,6 +404,7 @@ impl Default for TokensConfig {
             default_ttl: HumanDuration::secs(300),
             max_ttl: HumanDuration::secs(3600),
             dpop_proof_window: HumanDuration::secs(60),
+            max_delegation_depth: 4,
         }
     }
 }
@@ -765,6 +769,9 @@ impl Config {
         let window = self.tokens.dpop_proof_window.get();
         if window.is_zero() || window > Duration::from_secs(600) {
             problem("tokens.dpop_proof_window", "must be between 1s and 10m".to_owned());
+        }
+        if !(1..=16).contains(&self.tokens.max_delegation_depth) {
+            problem("tokens.max_delegation_depth", "must be between 1 and 16".to_owned());
         }
         if let Some(mtls) = &self.mtls {
             self.validate_mtls(mtls, &mut problem);
@@ -1387,6 +1394,7 @@ mod tests {
             "default_ttl",
             "max_ttl",
             "dpop_proof_window",
+            "max_delegation_depth",
             "per_workload_per_minute",
             "failures_per_source_per_minute",
             "enabled",

@@ -199,7 +199,32 @@ impl Verifier {
         self.issuers.values()
     }
 
+    /// Verifies a workload's attestation.
     pub async fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Attestation, Rejection> {
+        self.verify_as(token, now, Use::Attestation).await.map(|(attestation, _)| attestation)
+    }
+
+    /// Verifies the subject token of a delegation (RFC 8693 §2.1): checked
+    /// exactly as an attestation, except that a trusted issuer's access
+    /// token (`typ` `at+jwt`) is accepted too, since a person's access token
+    /// names the person as well as an ID token does (its `aud` must still
+    /// name halflife). Returns its claims as well, for the grant's claim
+    /// matches and `may_act`.
+    pub async fn verify_subject(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Attestation, serde_json::Map<String, serde_json::Value>), Rejection> {
+        let (attestation, claims) = self.verify_as(token, now, Use::Subject).await?;
+        Ok((attestation, claims.unwrap_or_default()))
+    }
+
+    async fn verify_as(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+        usage: Use,
+    ) -> Result<(Attestation, Option<serde_json::Map<String, serde_json::Value>>), Rejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejection::TooLarge);
         }
@@ -216,7 +241,7 @@ impl Verifier {
         if !nesting_at_most(&header_json, MAX_JSON_DEPTH) {
             return Err(Rejection::Malformed("header nested too deeply"));
         }
-        let header = read_header(&header_json)?;
+        let header = read_header(&header_json, usage)?;
 
         let payload = crypto::b64url_decode(payload_b64).ok_or(Rejection::Malformed("payload encoding"))?;
         if !nesting_at_most(&payload, MAX_JSON_DEPTH) {
@@ -259,7 +284,11 @@ impl Verifier {
         let expires_at = OffsetDateTime::from_unix_timestamp(claims.exp).map_err(|_| out_of_range())?;
         let leeway = time::Duration::try_from(issuer.leeway).map_err(|_| out_of_range())?;
         let replay_until = expires_at.checked_add(leeway).ok_or_else(out_of_range)?;
-        Ok(Attestation {
+        let all_claims = match usage {
+            Use::Attestation => None,
+            Use::Subject => Some(serde_json::from_slice(&payload).map_err(|e| Rejection::BadClaims(e.to_string()))?),
+        };
+        let attestation = Attestation {
             issuer_name: issuer.name.clone(),
             iss: issuer.iss.clone(),
             subject: claims.sub,
@@ -267,7 +296,8 @@ impl Verifier {
             expires_at,
             single_use: issuer.single_use,
             replay_until,
-        })
+        };
+        Ok((attestation, all_claims))
     }
 }
 
@@ -301,6 +331,15 @@ impl TrustedIssuer {
             }
         }
     }
+}
+
+/// What a token is verified for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// A workload proves who it is.
+    Attestation,
+    /// A delegation's subject: on whose behalf a workload asks.
+    Subject,
 }
 
 /// A header member whose presence alone matters (even as `null`).
@@ -349,10 +388,11 @@ struct Header {
 }
 
 /// Reads and checks the header: every header that points at a key (the
-/// broker never fetches or trusts a key a token names), nested tokens and
-/// access tokens are refused. Ed25519 is accepted under its RFC 8037 name
-/// `EdDSA` and its fully specified RFC 9864 name `Ed25519`.
-fn read_header(json: &[u8]) -> Result<Header, Rejection> {
+/// broker never fetches or trusts a key a token names) and nested tokens
+/// are refused, and access tokens are refused as attestations. Ed25519 is
+/// accepted under its RFC 8037 name `EdDSA` and its fully specified RFC 9864
+/// name `Ed25519`.
+fn read_header(json: &[u8], usage: Use) -> Result<Header, Rejection> {
     let raw: RawHeader = serde_json::from_slice(json).map_err(|_| Rejection::Malformed("header"))?;
     for (name, present) in [
         ("crit", raw.crit.0),
@@ -372,10 +412,12 @@ fn read_header(json: &[u8]) -> Result<Header, Rejection> {
     }
     // An access token is not an identity proof (RFC 8725 §3.11): a token
     // some IdP issued for another resource must not be replayed here.
-    if raw.typ.as_deref().is_some_and(|t| {
-        let t = t.to_ascii_lowercase();
-        t == "at+jwt" || t == "application/at+jwt"
-    }) {
+    if usage == Use::Attestation
+        && raw.typ.as_deref().is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            t == "at+jwt" || t == "application/at+jwt"
+        })
+    {
         return Err(Rejection::ForbiddenHeader("typ"));
     }
     let alg = match raw.alg.as_str() {

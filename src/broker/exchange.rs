@@ -15,8 +15,9 @@ use crate::attest::dpop::{self, DpopProof};
 use crate::attest::jwt::{self, Attestation};
 use crate::attest::x509::{PeerCertificates, X509Rejection};
 use crate::crypto;
+use crate::domain::delegation::{self, Identity, Principal};
 use crate::domain::model::{Binding, GrantContext};
-use crate::domain::policy::{Ask, Decision, Denial, DenyCode, decide};
+use crate::domain::policy::{Ask, Decision, Denial, DenyCode, decide, operating_refusal};
 use crate::domain::values::CredentialKind;
 use crate::mint;
 use crate::mint::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Confirmation};
@@ -28,6 +29,10 @@ use crate::store::{AuditEvent, Issuance, IssueOutcome, Outcome, ReplayGuard, Rep
 /// in the audit log.
 pub const INVALID_SUBJECT_TOKEN: &str =
     "subject_token is invalid, expired, or not issued by a trusted issuer for this audience";
+
+/// The one message every forged, expired or untrusted actor token gets.
+pub const INVALID_ACTOR_TOKEN: &str =
+    "actor_token is invalid, expired, or not issued by a trusted issuer for this audience";
 
 /// The one message every client certificate that does not attest a
 /// workload gets; the precise reason is in the audit log.
@@ -42,6 +47,50 @@ pub enum Proof {
     /// and the `client_id` the request named, if any (it must be the
     /// certificate's SPIFFE ID).
     ClientCertificate { client_id: Option<String> },
+    /// RFC 8693 §2.1 delegation: the acting workload's attestation
+    /// (`actor_token`), and the token of the party it acts for
+    /// (`subject_token`).
+    Delegated { subject_token: SecretString, subject_kind: SubjectKind, actor_token: SecretString },
+}
+
+/// What a delegation's subject token is said to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectKind {
+    /// An ID token or other JWT from a trusted issuer.
+    Jwt,
+    /// An access token: one of halflife's own (a chain), or a trusted
+    /// issuer's JWT access token.
+    AccessToken,
+}
+
+/// On whose behalf a delegated exchange asks, as its verified subject
+/// token says.
+struct OnBehalf {
+    principal: Principal,
+    expires_at: OffsetDateTime,
+    /// How the audit trail names the subject token (its `jti` or
+    /// fingerprint; a halflife token's `jti`).
+    token_id: String,
+    /// For a single-use issuer's token: its replay record.
+    guard: Option<ReplayGuard>,
+}
+
+impl OnBehalf {
+    /// The audit record of a delegation: both identities, and for an
+    /// issued token its whole chain.
+    fn detail(&self, actor: &Attestation, act: Option<&serde_json::Value>) -> serde_json::Value {
+        let p = &self.principal;
+        let mut detail = serde_json::json!({
+            "subject": {"issuer": p.issuer, "iss": p.iss, "sub": p.subject, "token": self.token_id},
+            "actor": {"issuer": actor.issuer_name, "iss": actor.iss, "sub": actor.subject},
+            "on_behalf_of": {"issuer": p.origin.0, "subject": p.origin.1},
+        });
+        if let Some(act) = act {
+            detail["depth"] = serde_json::json!(delegation::depth(Some(act)));
+            detail["chain"] = serde_json::Value::Array(delegation::chain(act));
+        }
+        detail
+    }
 }
 
 pub struct ExchangeRequest {
@@ -115,17 +164,41 @@ impl Broker {
         let now = self.clock.now();
         let source = meta.source.as_deref().and_then(|s| s.parse::<std::net::IpAddr>().ok());
         self.throttle.source(source)?;
-        let attestation = match &request.proof {
+        let (attestation, on_behalf) = match &request.proof {
             Proof::SubjectToken(token) => {
                 let token = token.expose_secret();
                 match self.verifier.verify(token, now).await {
-                    Ok(a) => a,
+                    Ok(a) => (a, None),
                     Err(rejection) => {
                         self.throttle.failed(source);
                         let denial =
                             Denial::with_reason(DenyCode::InvalidGrant, INVALID_SUBJECT_TOKEN, rejection.to_string());
                         let mut event = self.denial_event(&denial, &request.ask, now, meta);
                         event.attestation_id = Some(fingerprint(token));
+                        return Err(self.deny(denial, event).await);
+                    }
+                }
+            }
+            Proof::Delegated { subject_token, subject_kind, actor_token } => {
+                let actor_token = actor_token.expose_secret();
+                let actor = match self.verifier.verify(actor_token, now).await {
+                    Ok(a) => a,
+                    Err(rejection) => {
+                        self.throttle.failed(source);
+                        let reason = format!("actor_token: {rejection}");
+                        let denial = Denial::with_reason(DenyCode::InvalidGrant, INVALID_ACTOR_TOKEN, reason);
+                        let mut event = self.denial_event(&denial, &request.ask, now, meta);
+                        event.attestation_id = Some(fingerprint(actor_token));
+                        return Err(self.deny(denial, event).await);
+                    }
+                };
+                match self.verify_subject(subject_token.expose_secret(), *subject_kind, now).await? {
+                    Ok(on_behalf) => (actor, Some(on_behalf)),
+                    Err(reason) => {
+                        self.throttle.failed(source);
+                        let reason = format!("subject_token: {reason}");
+                        let denial = Denial::with_reason(DenyCode::InvalidGrant, INVALID_SUBJECT_TOKEN, reason);
+                        let event = self.attested_denial(&denial, &request.ask, &actor, None, now, meta);
                         return Err(self.deny(denial, event).await);
                     }
                 }
@@ -143,7 +216,7 @@ impl Broker {
                     _ => Ok(attestation),
                 });
                 match attested {
-                    Ok(attestation) => attestation,
+                    Ok(attestation) => (attestation, None),
                     Err((rejection, cert_fingerprint)) => {
                         self.throttle.failed(source);
                         let denial = Denial::with_reason(
@@ -213,6 +286,22 @@ impl Broker {
         };
 
         let mut decision = decision;
+        let act = match &on_behalf {
+            None => None,
+            Some(on_behalf) => match self.delegation_refusal(ctx, &decision, on_behalf, &attestation) {
+                Ok(act) => {
+                    // Never longer than the token it was derived from.
+                    decision.exp = decision.exp.min(on_behalf.expires_at);
+                    Some(act)
+                }
+                Err(denial) => {
+                    let mut event = self.attested_denial(&denial, &request.ask, &attestation, Some(ctx), now, meta);
+                    event.detail = Some(serde_json::json!({"delegation": on_behalf.detail(&attestation, None)}));
+                    return Err(self.deny(denial, event).await);
+                }
+            },
+        };
+        let delegation = on_behalf.as_ref().zip(act);
         let login = match &decision.kind {
             CredentialKind::Postgres(backend) => match self.logins.target(backend) {
                 Some(target) => {
@@ -230,7 +319,130 @@ impl Broker {
             _ => None,
         };
 
-        self.issue(&attestation, ctx, decision, now, meta, cnf, dpop.as_ref(), login).await
+        self.issue(&attestation, ctx, decision, now, meta, cnf, dpop.as_ref(), login, delegation).await
+    }
+
+    /// Verifies a delegation's subject token: one of this broker's own
+    /// access tokens (a chain), or a token of a trusted issuer checked as
+    /// an attestation is. `Err` holds the precise reason, for the audit
+    /// trail only.
+    async fn verify_subject(
+        &self,
+        token: &str,
+        kind: SubjectKind,
+        now: OffsetDateTime,
+    ) -> Result<Result<OnBehalf, String>, Unavailable> {
+        if kind == SubjectKind::AccessToken
+            && let Some(claims) = self.verify_own(token)
+        {
+            return self.chained_subject(&claims, now).await;
+        }
+        let (attestation, claims) = match self.verifier.verify_subject(token, now).await {
+            Ok(verified) => verified,
+            Err(rejection) => return Ok(Err(rejection.to_string())),
+        };
+        // Within the issuer's leeway a token still verifies, but what is
+        // derived from it must not outlive it: nothing is left to issue.
+        if attestation.expires_at <= now {
+            return Ok(Err(format!("token expired at {}", crate::domain::rfc3339(attestation.expires_at))));
+        }
+        // A token already delegated by its issuer brings its chain along.
+        let act = claims.get("act").filter(|a| a.is_object()).cloned();
+        let guard = attestation.single_use.then(|| ReplayGuard {
+            kind: ReplayKind::SubjectToken,
+            issuer: attestation.issuer_name.clone(),
+            token_id: attestation.token_id.clone(),
+            keep_until: attestation.replay_until,
+        });
+        Ok(Ok(OnBehalf {
+            principal: Principal {
+                origin: (attestation.issuer_name.clone(), attestation.subject.clone()),
+                issuer: attestation.issuer_name,
+                iss: attestation.iss,
+                subject: attestation.subject,
+                claims,
+                act,
+            },
+            expires_at: attestation.expires_at,
+            token_id: attestation.token_id,
+            guard,
+        }))
+    }
+
+    /// A halflife access token passed on to a sub-agent: it must be active
+    /// now and a bearer token (a sender-constrained token is its holder's
+    /// alone). The chain's origin is whom that token answers to.
+    async fn chained_subject(
+        &self,
+        claims: &AccessClaims,
+        now: OffsetDateTime,
+    ) -> Result<Result<OnBehalf, String>, Unavailable> {
+        let t = now.unix_timestamp();
+        let named = format!("halflife token {}", claims.jti);
+        if claims.exp <= t || claims.nbf > t {
+            return Ok(Err(format!("{named} is expired or not yet valid")));
+        }
+        if claims.cnf.is_some() {
+            return Ok(Err(format!(
+                "{named} is sender-constrained (cnf): only its holder may present it, so it cannot be passed on"
+            )));
+        }
+        let Some(record) = self.credentials.credential(&claims.jti).await.map_err(Unavailable)? else {
+            return Ok(Err(format!("{named} has no issuance record")));
+        };
+        if record.is_revoked() {
+            return Ok(Err(format!("{named} is revoked")));
+        }
+        if let Some(why) = operating_refusal(&record.system, [&record.business_owner, &record.technical_owner], now) {
+            return Ok(Err(format!("{named} is not active: {why}")));
+        }
+        let origin = record.parties.principal.clone().unwrap_or_else(|| record.parties.workload.clone());
+        let map = match serde_json::to_value(claims) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        Ok(Ok(OnBehalf {
+            principal: Principal {
+                issuer: delegation::HALFLIFE_ISSUER.to_owned(),
+                iss: self.issuer.clone(),
+                subject: claims.sub.clone(),
+                claims: map,
+                act: claims.act.clone(),
+                origin,
+            },
+            expires_at: OffsetDateTime::from_unix_timestamp(claims.exp).unwrap_or(now),
+            token_id: claims.jti.clone(),
+            guard: None,
+        }))
+    }
+
+    /// Whether the grant lets this actor act for this subject, and the
+    /// issued token's `act` if it does.
+    fn delegation_refusal(
+        &self,
+        ctx: &GrantContext,
+        decision: &Decision,
+        on_behalf: &OnBehalf,
+        actor: &Attestation,
+    ) -> Result<serde_json::Value, Denial> {
+        if decision.kind != CredentialKind::Jwt {
+            return Err(Denial::new(
+                DenyCode::InvalidRequest,
+                "a delegated credential is a JWT (it carries act): request an access token, not an opaque secret \
+                 or a database login",
+            ));
+        }
+        let p = &on_behalf.principal;
+        if p.issuer == actor.issuer_name && p.subject == actor.subject {
+            return Err(Denial::new(
+                DenyCode::InvalidRequest,
+                "the actor and the subject are the same workload: exchange its attestation alone, without actor_token",
+            ));
+        }
+        let identity =
+            Identity { issuer: actor.issuer_name.clone(), iss: actor.iss.clone(), sub: actor.subject.clone() };
+        delegation::delegate(&ctx.grant, p, &identity, self.max_delegation_depth)
+            .map_err(|refused| Denial::new(DenyCode::AccessDenied, refused.0))
     }
 
     #[expect(clippy::too_many_arguments, reason = "one private step of exchange, called once")]
@@ -244,6 +456,7 @@ impl Broker {
         cnf: Confirmation,
         dpop: Option<&DpopProof>,
         login: Option<LoginTarget>,
+        delegation: Option<(&OnBehalf, serde_json::Value)>,
     ) -> Result<Issued, ExchangeError> {
         let jti = new_jti(now);
         // An opaque secret or a database login carries no claims a resource
@@ -253,7 +466,10 @@ impl Broker {
         let (cnf, dpop) = if bearer_only { (Confirmation::default(), None) } else { (cnf, dpop) };
         let claims = AccessClaims {
             iss: self.issuer.clone(),
-            sub: attestation.subject.clone(),
+            sub: match &delegation {
+                Some((on_behalf, _)) => on_behalf.principal.subject.clone(),
+                None => attestation.subject.clone(),
+            },
             aud: mint::jwt::Audiences(decision.audiences.iter().map(ToString::to_string).collect()),
             exp: decision.exp.unix_timestamp(),
             iat: decision.iat.unix_timestamp(),
@@ -263,6 +479,7 @@ impl Broker {
             client_id: attestation.subject.clone(),
             system: ctx.system.id.to_string(),
             cnf: (!cnf.is_empty()).then_some(cnf),
+            act: delegation.as_ref().map(|(_, act)| act.clone()),
         };
         let token_type = if dpop.is_some() { "DPoP" } else { "Bearer" };
         let keys = self.keys.get();
@@ -323,6 +540,9 @@ impl Broker {
         if let (Some(detail), Some(cnf)) = (event.detail.as_mut(), &claims.cnf) {
             detail["cnf"] = serde_json::json!(cnf);
         }
+        if let (Some(detail), Some((on_behalf, act))) = (event.detail.as_mut(), &delegation) {
+            detail["delegation"] = on_behalf.detail(attestation, Some(act));
+        }
         // An auditor goes from a database log line (the role) to the
         // workload, system and owners.
         if let (Some(detail), Some(login)) = (event.detail.as_mut(), &issued_login) {
@@ -358,6 +578,9 @@ impl Broker {
                 keep_until: attestation.replay_until,
             });
         }
+        if let Some(guard) = delegation.as_ref().and_then(|(on_behalf, _)| on_behalf.guard.clone()) {
+            replay.push(guard);
+        }
         let issuance = Issuance {
             jti: jti.clone(),
             kind: decision.kind.clone(),
@@ -366,6 +589,7 @@ impl Broker {
             grant_version: ctx.grant_version,
             issuer: attestation.issuer_name.clone(),
             subject: attestation.subject.clone(),
+            principal: delegation.as_ref().map(|(on_behalf, _)| on_behalf.principal.origin.clone()),
             audience: claims.aud.joined(),
             scopes: claims.scope.clone(),
             iat: decision.iat,
@@ -408,11 +632,20 @@ impl Broker {
                     login: issued_login,
                 })
             }
-            IssueOutcome::Replayed(ReplayKind::Attestation) => Err(ExchangeError::Denied(Denial::with_reason(
-                DenyCode::InvalidGrant,
-                "subject_token has already been used; its issuer is single-use, so fetch a fresh one",
-                ReplayKind::Attestation.reason(),
-            ))),
+            IssueOutcome::Replayed(kind @ (ReplayKind::Attestation | ReplayKind::SubjectToken)) => {
+                // The workload's own attestation is the actor_token of a
+                // delegation.
+                let which = if delegation.is_some() && kind == ReplayKind::Attestation {
+                    "actor_token"
+                } else {
+                    "subject_token"
+                };
+                Err(ExchangeError::Denied(Denial::with_reason(
+                    DenyCode::InvalidGrant,
+                    format!("{which} has already been used; its issuer is single-use, so fetch a fresh one"),
+                    kind.reason(),
+                )))
+            }
             IssueOutcome::Replayed(ReplayKind::DpopProof) => Err(ExchangeError::Denied(Denial::with_reason(
                 DenyCode::InvalidDpopProof,
                 "DPoP proof has already been used; sign a fresh proof (new jti) for every request",

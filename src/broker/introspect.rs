@@ -64,7 +64,7 @@ impl VerifiedTokens {
 impl Broker {
     /// Verifies a token this broker issued: our key, our issuer, our type.
     /// Expiry is not checked here.
-    fn verify_own(&self, token: &str) -> Option<Arc<AccessClaims>> {
+    pub(super) fn verify_own(&self, token: &str) -> Option<Arc<AccessClaims>> {
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
@@ -93,10 +93,11 @@ impl Broker {
         Some(claims)
     }
 
-    /// The workload (`sub`) of a token this broker issued, whatever its
-    /// state; `None` for anything else.
+    /// The workload (`client_id`: `sub`, or the actor of a delegated
+    /// token) of a token this broker issued, whatever its state; `None` for
+    /// anything else.
     pub async fn workload_of(&self, token: &str) -> Result<Option<String>, Unavailable> {
-        Ok(self.claims_of(token).await?.map(|c| c.sub.clone()))
+        Ok(self.claims_of(token).await?.map(|c| c.client_id.clone()))
     }
 
     /// The claims of an opaque secret this broker issued, whatever its
@@ -125,6 +126,7 @@ impl Broker {
             client_id: stored.subject,
             system: stored.system_id,
             cnf: None,
+            act: None,
         })))
     }
 
@@ -324,10 +326,10 @@ impl Broker {
 fn revocation_event(claims: &AccessClaims, reason: &str, now: OffsetDateTime, meta: &RequestMeta) -> AuditEvent {
     let mut event = AuditEvent::new("credential.revoked", Outcome::Success, now, meta);
     event.reason = Some(reason.to_owned());
-    event.actor = Some(claims.sub.clone());
+    event.actor = Some(claims.client_id.clone());
     event.system_id = Some(claims.system.clone());
     event.jti = Some(claims.jti.clone());
-    event.subject = Some(claims.sub.clone());
+    event.subject = Some(claims.client_id.clone());
     event.audience = Some(claims.aud.joined());
     event.scopes = Some(claims.scope.clone());
     event.iat = Some(claims.iat);
@@ -352,6 +354,7 @@ mod tests {
             client_id: "spiffe://example/ns/ai/sa/agent".into(),
             system: "summarizer".into(),
             cnf: None,
+            act: None,
         })
     }
 

@@ -61,6 +61,8 @@ pub struct Broker {
     pub bundles: Option<Arc<TrustBundles>>,
     /// How far a DPoP proof's `iat` may be from now.
     pub dpop_window: std::time::Duration,
+    /// `tokens.max_delegation_depth`.
+    pub max_delegation_depth: usize,
     /// Keys the stored hashes of opaque secrets (derived from the KEK).
     pub secret_key: Arc<ring::hmac::Key>,
     /// The database backends on which logins are created.

@@ -179,7 +179,7 @@ pub enum GrantsCommand {
     /// List a system's grants.
     List { system: String },
     /// Add a grant to a system.
-    Add(AddGrant),
+    Add(Box<AddGrant>),
     /// Delete a grant.
     Delete { system: String, grant: String },
 }
@@ -216,11 +216,17 @@ pub struct AddGrant {
     /// Most targets (audiences, resources) one token may name (default 1).
     #[arg(long)]
     pub max_audiences: Option<u32>,
+    /// Delegation: a subject the workload may act for, as ISSUER:SUBJECT
+    /// (`corp-idp:*`, `halflife:*` for halflife tokens passed on); repeat
+    /// for several. Claim requirements are set in the catalog file.
+    #[arg(long = "on-behalf-of", value_name = "ISSUER:SUBJECT")]
+    pub on_behalf_of: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
-    /// Revoke every credential of this workload identity (its subject); needs --issuer.
+    /// Revoke every credential of this identity (its subject; a workload, or a
+    /// person agents act for); needs --issuer.
     #[arg(long, requires = "issuer", conflicts_with = "jti")]
     pub workload: Option<String>,
     /// The trusted issuer name of --workload.
@@ -594,6 +600,24 @@ pub async fn owners(remote: &Remote, command: OwnersCommand) -> anyhow::Result<(
     Ok(())
 }
 
+/// `--on-behalf-of ISSUER:SUBJECT` values as `on_behalf_of` entries, one
+/// per issuer with its subjects in order.
+fn on_behalf_of(values: &[String]) -> anyhow::Result<serde_json::Value> {
+    let mut entries: Vec<(String, Vec<String>)> = Vec::new();
+    for value in values {
+        let Some((issuer, subject)) = value.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
+            bail!("--on-behalf-of {value:?}: write ISSUER:SUBJECT, such as corp-idp:* or halflife:*");
+        };
+        match entries.iter_mut().find(|(i, _)| i == issuer) {
+            Some((_, subjects)) => subjects.push(subject.to_owned()),
+            None => entries.push((issuer.to_owned(), vec![subject.to_owned()])),
+        }
+    }
+    Ok(serde_json::Value::Array(
+        entries.into_iter().map(|(issuer, subjects)| json!({"issuer": issuer, "subjects": subjects})).collect(),
+    ))
+}
+
 pub async fn grants(remote: &Remote, command: GrantsCommand) -> anyhow::Result<()> {
     let c = Client::new(remote)?;
     match command {
@@ -611,6 +635,9 @@ pub async fn grants(remote: &Remote, command: GrantsCommand) -> anyhow::Result<(
             }
             if let Some(n) = a.max_audiences {
                 body["max_audiences"] = json!(n);
+            }
+            if !a.on_behalf_of.is_empty() {
+                body["on_behalf_of"] = on_behalf_of(&a.on_behalf_of)?;
             }
             if let Some(binding) = a.binding {
                 body["binding"] = json!(binding);
@@ -693,9 +720,17 @@ pub struct AuditFilterArgs {
     /// Events whose system had this owner at the time.
     #[arg(long)]
     pub owner: Option<String>,
-    /// Workload subject.
+    /// Workload subject: its own events, and those of credentials issued on
+    /// its behalf.
     #[arg(long)]
     pub workload: Option<String>,
+    /// The acting workload's subject (a delegation's actor).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Events of credentials issued on behalf of this subject (a person, or
+    /// the workload a delegation chain started from).
+    #[arg(long)]
+    pub subject: Option<String>,
     /// The workload's attestation issuer: its configured name, or its iss.
     #[arg(long)]
     pub issuer: Option<String>,
@@ -721,6 +756,8 @@ impl AuditFilterArgs {
             ("system", &self.system),
             ("owner", &self.owner),
             ("workload", &self.workload),
+            ("actor", &self.actor),
+            ("subject", &self.subject),
             ("issuer", &self.issuer),
             ("kind", &self.kind),
             ("outcome", &self.outcome),

@@ -215,6 +215,9 @@ struct NewGrantBody {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 16)]
     max_audiences: Option<u32>,
+    /// Whom the workload may act for (delegation, RFC 8693).
+    #[serde(default)]
+    on_behalf_of: Vec<apply::OnBehalfOfEntry>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -434,6 +437,7 @@ async fn create_grant(
         max_ttl: body.max_ttl,
         binding: body.binding,
         max_audiences: body.max_audiences,
+        on_behalf_of: body.on_behalf_of,
     };
     let grant =
         apply::grant(entry, &state.broker.issuer_names, &state.broker.logins.backends(), state.broker.limits.ceiling)
@@ -537,8 +541,9 @@ async fn revoke_owner(
     Ok(Json(json!(revocation)).into_response())
 }
 
-/// `POST /v1/revoke`: one credential by `jti`, or every credential of a
-/// workload identity by `issuer` + `subject`.
+/// `POST /v1/revoke`: one credential by `jti`, or every credential of an
+/// identity by `issuer` + `subject` (a workload's own, and those issued on
+/// its behalf).
 #[utoipa::path(post, path = "/v1/revoke", tag = "operations", request_body(content = RevokeBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
 async fn revoke(
     State(state): State<AppState>,

@@ -18,7 +18,7 @@ use super::extract::{Form, Meta, Roles, authorize, client_auth};
 #[allow(unused_imports, reason = "named by the OpenAPI annotations")]
 use super::openapi::{ErrorBody, IntrospectionResponse, TokenForm, TokenOnlyForm, TokenResponse, TokenStatusResponse};
 use crate::attest::x509::PeerCertificates;
-use crate::broker::exchange::{ExchangeRequest, Proof};
+use crate::broker::exchange::{ExchangeRequest, Proof, SubjectKind};
 use crate::broker::introspect::{Presented, StatusError};
 use crate::domain::model::Role;
 use crate::domain::policy::Ask;
@@ -35,8 +35,13 @@ pub const TOKEN_TYPE_SECRET: &str = "urn:halflife:token-type:secret";
 /// A dynamic PostgreSQL login (`resource=postgres:<backend>`).
 pub const TOKEN_TYPE_POSTGRES_LOGIN: &str = "urn:halflife:token-type:postgres-login";
 
-/// Subject token types accepted.
+/// Subject token types accepted from a workload acting for itself.
 pub const SUBJECT_TOKEN_TYPES: &[&str] = &[TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN];
+/// Subject token types accepted in a delegation (with an `actor_token`):
+/// also an access token, a person's or one of halflife's own (a chain).
+pub const DELEGATED_SUBJECT_TOKEN_TYPES: &[&str] = &[TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_ACCESS_TOKEN];
+/// Actor token types accepted: the acting workload's attestation.
+pub const ACTOR_TOKEN_TYPES: &[&str] = &[TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN];
 /// Token types that can be requested.
 pub const REQUESTED_TOKEN_TYPES: &[&str] =
     &[TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_SECRET, TOKEN_TYPE_POSTGRES_LOGIN];
@@ -76,16 +81,52 @@ pub fn exchange_request(mut form: Form) -> Result<(Proof, Ask, &'static str), Ap
         Some(GRANT_TOKEN_EXCHANGE) => {
             let subject_token = form.require_secret("subject_token")?;
             let subject_token_type = form.require("subject_token_type")?;
-            if !SUBJECT_TOKEN_TYPES.contains(&subject_token_type.as_str()) {
-                return Err(ApiError::invalid_request(format!(
-                    "subject_token_type must be one of {}",
-                    SUBJECT_TOKEN_TYPES.join(", ")
-                )));
+            let actor_token = form.secret("actor_token");
+            let actor_token_type = form.take("actor_token_type");
+            match (actor_token, actor_token_type) {
+                (None, None) => {
+                    if !SUBJECT_TOKEN_TYPES.contains(&subject_token_type.as_str()) {
+                        let also = if subject_token_type == TOKEN_TYPE_ACCESS_TOKEN {
+                            " (an access token is exchanged only on someone's behalf, with an actor_token)"
+                        } else {
+                            ""
+                        };
+                        return Err(ApiError::invalid_request(format!(
+                            "subject_token_type must be one of {}{also}",
+                            SUBJECT_TOKEN_TYPES.join(", ")
+                        )));
+                    }
+                    Proof::SubjectToken(subject_token)
+                }
+                (Some(actor_token), Some(actor_token_type)) => {
+                    if actor_token.expose_secret().is_empty() {
+                        return Err(ApiError::invalid_request("actor_token is empty"));
+                    }
+                    if !ACTOR_TOKEN_TYPES.contains(&actor_token_type.as_str()) {
+                        return Err(ApiError::invalid_request(format!(
+                            "actor_token_type must be one of {}: the actor is a workload, proved by its attestation",
+                            ACTOR_TOKEN_TYPES.join(", ")
+                        )));
+                    }
+                    let subject_kind = match subject_token_type.as_str() {
+                        TOKEN_TYPE_ACCESS_TOKEN => SubjectKind::AccessToken,
+                        t if DELEGATED_SUBJECT_TOKEN_TYPES.contains(&t) => SubjectKind::Jwt,
+                        _ => {
+                            return Err(ApiError::invalid_request(format!(
+                                "subject_token_type must be one of {}",
+                                DELEGATED_SUBJECT_TOKEN_TYPES.join(", ")
+                            )));
+                        }
+                    };
+                    Proof::Delegated { subject_token, subject_kind, actor_token }
+                }
+                (Some(_), None) => {
+                    return Err(ApiError::invalid_request("actor_token requires actor_token_type (RFC 8693 §2.1)"));
+                }
+                (None, Some(_)) => {
+                    return Err(ApiError::invalid_request("actor_token_type was sent without actor_token"));
+                }
             }
-            if form.contains("actor_token") || form.contains("actor_token_type") {
-                return Err(ApiError::invalid_request("actor_token (delegation) is not supported"));
-            }
-            Proof::SubjectToken(subject_token)
         }
         Some(GRANT_CLIENT_CREDENTIALS) => {
             if form.contains("subject_token") || form.contains("client_secret") {

@@ -33,10 +33,16 @@ pub struct TokenForm {
     /// `urn:ietf:params:oauth:grant-type:token-exchange`, or `client_credentials` over mTLS.
     #[schema(pattern = "^(urn:ietf:params:oauth:grant-type:token-exchange|client_credentials)$")]
     grant_type: String,
-    /// The attestation JWT (token exchange).
+    /// The attestation JWT (token exchange); with `actor_token`, the token of
+    /// whom the issued token acts for.
     subject_token: Option<String>,
-    /// `urn:ietf:params:oauth:token-type:jwt` or `urn:ietf:params:oauth:token-type:id_token`.
+    /// `urn:ietf:params:oauth:token-type:jwt` or `urn:ietf:params:oauth:token-type:id_token`; with
+    /// `actor_token` also `urn:ietf:params:oauth:token-type:access_token`.
     subject_token_type: Option<String>,
+    /// Delegation (RFC 8693 §2.1): the acting workload's attestation.
+    actor_token: Option<String>,
+    /// `urn:ietf:params:oauth:token-type:jwt` or `urn:ietf:params:oauth:token-type:id_token`.
+    actor_token_type: Option<String>,
     audience: Option<String>,
     /// Space-separated scopes.
     scope: Option<String>,
@@ -95,6 +101,10 @@ pub struct IntrospectionResponse {
     /// `x5t#S256` and/or `jkt` of a sender-constrained token.
     #[schema(value_type = Option<Object>)]
     cnf: Option<serde_json::Value>,
+    /// A delegated token's actor `{sub, iss}`, a chain's earlier actors
+    /// nested in its own `act` (RFC 8693 §4.1).
+    #[schema(value_type = Option<Object>)]
+    act: Option<serde_json::Value>,
     token_type: Option<String>,
 }
 

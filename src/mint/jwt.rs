@@ -20,8 +20,8 @@ pub struct AccessClaims {
     /// Space-separated scopes; absent when none were granted.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
-    /// The workload that requested the token (the same identity as `sub`:
-    /// a workload acts for itself).
+    /// The workload that requested the token: the same identity as `sub`
+    /// when a workload acts for itself, the actor when it acts for someone.
     pub client_id: String,
     /// The system the credential belongs to.
     pub system: String,
@@ -29,6 +29,11 @@ pub struct AccessClaims {
     /// bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// For a delegated token (RFC 8693 §4.1): the actor (`sub`, `iss`),
+    /// with the previous actors of a chain nested in its own `act`. `sub`
+    /// is then on whose behalf the token acts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<serde_json::Value>,
 }
 
 /// The `aud` claim: the targets a token is for. One is written as a string

@@ -720,6 +720,7 @@ async fn an_issuance_decided_on_a_changed_grant_cannot_commit() {
         grant_version: 0,
         issuer: "spire".into(),
         subject: EC_SUBJECT.into(),
+        principal: None,
         audience: "docs-api".into(),
         scopes: "search:write".into(),
         iat: now,

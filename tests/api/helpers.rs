@@ -851,7 +851,7 @@ pub async fn verify_with_jwks(app: &TestApp, token: &str) -> Value {
     let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid published in JWKS");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
     let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&["reports-api", "search-api", "docs-api"]);
+    validation.set_audience(&["reports-api", "search-api", "docs-api", "tickets-api"]);
     validation.set_issuer(&[&app.base]);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
     jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap().claims

@@ -30,7 +30,7 @@ pub fn pyjwt_available() -> bool {
     ok
 }
 
-async fn check_with_pyjwt(app: &TestApp, audience: &str, token: &str) -> serde_json::Value {
+pub async fn check_with_pyjwt(app: &TestApp, audience: &str, token: &str) -> serde_json::Value {
     let jwks = app.client.get(app.url("/.well-known/jwks.json")).send().await.unwrap().text().await.unwrap();
     let out = Command::new("python3").args(["-c", SCRIPT, &jwks, token, &app.base, audience]).output().unwrap();
     assert!(out.status.success(), "PyJWT rejected the token: {}", String::from_utf8_lossy(&out.stderr));

@@ -8,6 +8,7 @@ mod canary;
 mod cli;
 mod clients;
 mod crash;
+mod delegation;
 mod deploy;
 mod disk;
 mod docs;

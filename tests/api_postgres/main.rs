@@ -13,6 +13,8 @@ mod audit;
 mod cli;
 #[path = "../api/crash.rs"]
 mod crash;
+#[path = "../api/delegation.rs"]
+mod delegation;
 #[path = "../api/exchange.rs"]
 mod exchange;
 #[path = "../api/failure.rs"]

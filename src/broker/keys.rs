@@ -93,6 +93,7 @@ impl Broker {
     /// rotation or retirement here or on another replica). Returns whether
     /// it changed.
     pub async fn reload_keys(&self) -> Result<bool, Unavailable> {
+        let _one_at_a_time = self.keys.reloading().await;
         let stored = self.key_store.signing_keys().await.map_err(Unavailable)?;
         let current = self.keys.get();
         let mut stored_view: Vec<_> = stored.iter().map(|s| (s.kid.as_str(), s.activation(), s.retired_at)).collect();

@@ -461,11 +461,21 @@ impl Keyring {
 #[derive(Debug)]
 pub struct KeyringHandle {
     current: std::sync::RwLock<Arc<Keyring>>,
+    /// Held from reading the stored keys to swapping the keyring, so a
+    /// reload that read the store before a rotation cannot replace the
+    /// keyring the rotation installed with its older view.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl KeyringHandle {
     pub fn new(keyring: Keyring) -> Self {
-        Self { current: std::sync::RwLock::new(Arc::new(keyring)) }
+        Self { current: std::sync::RwLock::new(Arc::new(keyring)), reloading: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Serializes reloads: hold the guard from reading the store until
+    /// the keyring is swapped.
+    pub async fn reloading(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reloading.lock().await
     }
 
     pub fn get(&self) -> Arc<Keyring> {

@@ -327,10 +327,13 @@ impl App {
 
         let secret_key = Arc::new(kek.derive_hmac_key("halflife credential secrets v1")?);
         let broker = Broker {
-            throttle: Arc::new(crate::broker::throttle::Throttle::new(config.rate_limits.limits(), Arc::clone(&clock))),
+            throttle: Arc::new(crate::broker::throttle::Throttle::new(
+                crate::broker::throttle::Limits::from_config(&config.rate_limits),
+                Arc::clone(&clock),
+            )),
             key_store: store.clone(),
             kek: Arc::new(kek),
-            key_policy: config.keys.policy(),
+            key_policy: crate::broker::keys::KeyPolicy::from_config(&config.keys),
             stats: Arc::default(),
             clock,
             verifier: Arc::new(verifier),

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 
 use super::operator::OpError;
 use super::{Broker, Unavailable};
-use crate::config::SigningAlgorithm;
-use crate::keys::{KeyState, Keyring};
+use crate::config::{KeysConfig, MAX_PRE_PUBLISH};
+use crate::keys::{KeyState, Keyring, SigningAlgorithm};
 use crate::store::{AuditEvent, Outcome, RequestMeta};
 
 /// How long after a key stops signing it is retired, beyond the longest
@@ -30,6 +30,17 @@ pub struct KeyPolicy {
     pub rotation_interval: Option<Duration>,
     /// How long a new key is published before it signs.
     pub pre_publish: Duration,
+}
+
+impl KeyPolicy {
+    pub fn from_config(keys: &KeysConfig) -> Self {
+        let rotation_interval = keys.rotation_interval.get();
+        Self {
+            algorithm: keys.algorithm,
+            rotation_interval: (!rotation_interval.is_zero()).then_some(rotation_interval),
+            pre_publish: keys.pre_publish.get(),
+        }
+    }
 }
 
 /// A key as `GET /v1/keys` and `halflife keys list` show it.
@@ -140,7 +151,7 @@ impl Broker {
             )));
         }
         let wait = pre_publish.unwrap_or(self.key_policy.pre_publish);
-        if wait > crate::config::MAX_PRE_PUBLISH {
+        if wait > MAX_PRE_PUBLISH {
             return Err(OpError::invalid("pre_publish", "at most 7 days"));
         }
         let previous = keys.signing(now).kid().to_owned();

@@ -503,7 +503,7 @@ impl App {
                         swept.store(true, Ordering::Relaxed);
                     }
                     failures.check("running jobs", broker.run_jobs_once(broker.clock.now()).await.map_err(|e| e.0));
-                    let maintained = broker.maintain_keys(broker.clock.now()).await.map_err(|e| e.0);
+                    let maintained = broker.maintain_keys(broker.clock.now()).await;
                     match failures.check("key maintenance", maintained) {
                         Some((None, retired)) if retired.is_empty() => {}
                         Some((rotated, retired)) => tracing::info!(?rotated, ?retired, "scheduled key maintenance"),
@@ -529,7 +529,7 @@ impl App {
                         None => state.insert(broker.last_checkpoint().await.unwrap_or_default()),
                     };
                     let mut failures = Failures::default();
-                    let written = broker.checkpoint_if_due(state, policy, broker.clock.now()).await.map_err(|e| e.0);
+                    let written = broker.checkpoint_if_due(state, policy, broker.clock.now()).await;
                     failures.check("writing an audit checkpoint", written);
                     failures
                 }
@@ -575,7 +575,7 @@ impl App {
             match tokio::time::timeout(grace, flush).await {
                 Ok(Ok(Some(seq))) => tracing::info!(audit.seq = seq, "signed a final audit checkpoint"),
                 Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e.0, "could not sign a final audit checkpoint"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not sign a final audit checkpoint"),
                 Err(_) => tracing::warn!("signing a final audit checkpoint timed out"),
             }
         }

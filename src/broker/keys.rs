@@ -13,7 +13,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::operator::OpError;
-use super::{Broker, Unavailable};
+use super::{Broker, Failure, Internal, Unavailable};
 use crate::config::{KeysConfig, MAX_PRE_PUBLISH};
 use crate::keys::{KeyState, Keyring, SigningAlgorithm};
 use crate::store::{AuditEvent, Outcome, RequestMeta};
@@ -156,7 +156,7 @@ impl Broker {
         }
         let previous = keys.signing(now).kid().to_owned();
         let mut sealed = Keyring::generate_sealed(self.key_policy.algorithm, &self.kek, now)
-            .map_err(|e| Unavailable(crate::store::StoreError::Unavailable(format!("key generation failed: {e}"))))?;
+            .map_err(|e| Internal::new("key generation", e))?;
         let activates_at = now + wait;
         sealed.activates_at = Some(activates_at);
         let event = key_event(
@@ -232,7 +232,7 @@ impl Broker {
     /// The leader's scheduled key work: rotate when the signing key is due,
     /// retire superseded keys whose tokens have all expired. Returns what
     /// it did, as `(rotated kid, retired kids)`.
-    pub async fn maintain_keys(&self, now: OffsetDateTime) -> Result<(Option<String>, Vec<String>), Unavailable> {
+    pub async fn maintain_keys(&self, now: OffsetDateTime) -> Result<(Option<String>, Vec<String>), Failure> {
         self.reload_keys().await?;
         let meta = RequestMeta::default();
         let mut retired = Vec::new();
@@ -243,7 +243,8 @@ impl Broker {
             {
                 match self.retire_key(&info.kid, now, false, "schedule", &meta).await {
                     Ok(_) => retired.push(info.kid),
-                    Err(OpError::Unavailable(u)) => return Err(u),
+                    Err(OpError::Unavailable(u)) => return Err(u.into()),
+                    Err(OpError::Internal(i)) => return Err(i.into()),
                     Err(e) => tracing::warn!(key.kid = %info.kid, error = %e, "scheduled key retirement skipped"),
                 }
             }
@@ -256,7 +257,8 @@ impl Broker {
             if due && !pending {
                 match self.rotate_key(now, None, "schedule", &meta).await {
                     Ok(info) => rotated = Some(info.kid),
-                    Err(OpError::Unavailable(u)) => return Err(u),
+                    Err(OpError::Unavailable(u)) => return Err(u.into()),
+                    Err(OpError::Internal(i)) => return Err(i.into()),
                     Err(e) => tracing::warn!(error = %e, "scheduled key rotation skipped"),
                 }
             }

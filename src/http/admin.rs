@@ -857,8 +857,7 @@ async fn create_admin_token(
         &caller.actor(),
         state.broker.clock.now(),
     )
-    .await
-    .map_err(|e| ApiError::from(crate::broker::Unavailable(e)))?;
+    .await?;
     use secrecy::ExposeSecret;
     let body = json!({"id": record.id, "name": record.name, "role": record.role, "token": token.expose_secret()});
     let mut response = (StatusCode::CREATED, Json(body)).into_response();

@@ -9,8 +9,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use halflife::config::SigningAlgorithm;
-use halflife::keys::SigningKey;
+use halflife::keys::{SigningAlgorithm, SigningKey};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::json;
 

@@ -54,9 +54,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use halflife::clock::{Clock, SystemClock};
-use halflife::config::SigningAlgorithm;
 use halflife::domain::values::{CredentialKind, GrantId, SystemId};
-use halflife::keys::SigningKey;
+use halflife::keys::{SigningAlgorithm, SigningKey};
 use halflife::store::{AuditEvent, Issuance, OpenOptions, Outcome, RequestMeta};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
@@ -67,6 +66,8 @@ mod support;
 const ISS: &str = "https://bench.halflife.test";
 const AUD: &str = "halflife";
 const SYSTEM: &str = "bench";
+/// The owners of the catalog's systems, shared with the test catalogs.
+const CATALOG_OWNERS: &str = include_str!("../tests/fixtures/catalog_owners.toml");
 const ATTESTATIONS: usize = 256;
 
 struct Args {
@@ -318,17 +319,7 @@ fn write_config(dir: &Path, label: &str, db_url: &str, algorithm: SigningAlgorit
     std::fs::write(
         dir.join("catalog.toml"),
         format!(
-            r#"
-[[owners]]
-id = "biz"
-display_name = "Business Owner"
-email = "biz@example.com"
-
-[[owners]]
-id = "tech"
-display_name = "Technical Owner"
-email = "tech@example.com"
-
+            r#"{CATALOG_OWNERS}
 [[systems]]
 id = "{SYSTEM}"
 name = "Bench"

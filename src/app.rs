@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -327,10 +328,13 @@ impl App {
 
         let secret_key = Arc::new(kek.derive_hmac_key("halflife credential secrets v1")?);
         let broker = Broker {
-            throttle: Arc::new(crate::broker::throttle::Throttle::new(config.rate_limits.limits(), Arc::clone(&clock))),
+            throttle: Arc::new(crate::broker::throttle::Throttle::new(
+                crate::broker::throttle::Limits::from_config(&config.rate_limits),
+                Arc::clone(&clock),
+            )),
             key_store: store.clone(),
             kek: Arc::new(kek),
-            key_policy: config.keys.policy(),
+            key_policy: crate::broker::keys::KeyPolicy::from_config(&config.keys),
             stats: Arc::default(),
             clock,
             verifier: Arc::new(verifier),
@@ -443,111 +447,91 @@ impl App {
             tasks.push(tokio::spawn(refresh_jwks(issuer, interval)));
         }
         let store = Arc::clone(&self.store);
-        let clock = Arc::clone(&self.broker.clock);
-        let throttle = Arc::clone(&self.broker.throttle);
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PRUNE_EVERY);
-            loop {
-                tick.tick().await;
-                throttle.prune();
-                if let Err(e) = crate::store::CredentialStore::prune_expired(store.as_ref(), clock.now()).await {
-                    tracing::warn!(error = %e, "pruning expired records failed; will retry");
-                }
+        let broker = self.broker.clone();
+        tasks.push(every_tick(PRUNE_EVERY, Runs::OnEveryReplica, move |_| {
+            let (store, broker) = (Arc::clone(&store), broker.clone());
+            async move {
+                broker.throttle.prune();
+                let mut failures = Failures::default();
+                let pruned = crate::store::CredentialStore::prune_expired(store.as_ref(), broker.clock.now()).await;
+                failures.check("pruning expired records", pruned);
+                failures
             }
         }));
         // Every replica, leader or not: keeps its in-memory views current
         // with changes other processes made.
         let store = Arc::clone(&self.store);
         let broker = self.broker.clone();
-        let every = self.sync_interval;
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = store.reconcile(broker.clock.now()).await {
-                    tracing::warn!(error = %e, "checking the database for changes failed; will retry");
-                }
+        tasks.push(every_tick(self.sync_interval, Runs::OnEveryReplica, move |_| {
+            let (store, broker) = (Arc::clone(&store), broker.clone());
+            async move {
+                let mut failures = Failures::default();
+                failures.check("checking the database for changes", store.reconcile(broker.clock.now()).await);
                 // A key rotated or retired on any replica is published (or
                 // withdrawn) here within one interval.
-                if let Err(e) = broker.reload_keys().await {
-                    tracing::warn!(error = %e.0, "reloading signing keys failed; will retry");
-                }
+                failures.check("reloading signing keys", broker.reload_keys().await.map_err(|e| e.0));
+                failures
             }
         }));
-        let broker = self.broker.clone();
         if let Some(tick) = self.lifecycle_tick {
-            let leader = Arc::clone(&self.leader);
-            tasks.push(tokio::spawn(async move {
-                // The first pass runs at once, so a pilot that ended while the
-                // broker was down is suspended at start.
-                let mut interval = tokio::time::interval(tick);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    interval.tick().await;
-                    if !leader.lead().await {
-                        continue;
+            let leader = Runs::OnLeader(Arc::clone(&self.leader));
+            // The first pass runs at once, so a pilot that ended while the
+            // broker was down is suspended at start.
+            let broker = self.broker.clone();
+            tasks.push(every_tick(tick, leader.clone(), move |_| {
+                let broker = broker.clone();
+                async move {
+                    let mut failures = Failures::default();
+                    let report = broker.run_reaper_once(broker.clock.now()).await.map_err(|e| e.0);
+                    if let Some(report) = failures.check("lifecycle pass", report)
+                        && !report.suspended.is_empty()
+                    {
+                        tracing::info!(?report, "lifecycle pass");
                     }
-                    match broker.run_reaper_once(broker.clock.now()).await {
-                        Ok(report) if !report.suspended.is_empty() => {
-                            tracing::info!(?report, "lifecycle pass");
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::error!(error = %e.0, "lifecycle pass failed; will retry next tick")
-                        }
-                    }
+                    failures
                 }
             }));
             let broker = self.broker.clone();
-            let leader = Arc::clone(&self.leader);
-            tasks.push(tokio::spawn(async move {
-                let mut interval = tokio::time::interval(tick);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut swept = false;
-                loop {
-                    interval.tick().await;
-                    if !leader.lead().await {
-                        continue;
+            let swept = Arc::new(AtomicBool::new(false));
+            tasks.push(every_tick(tick, leader.clone(), move |_| {
+                let (broker, swept) = (broker.clone(), Arc::clone(&swept));
+                async move {
+                    let mut failures = Failures::default();
+                    if !swept.load(Ordering::Relaxed)
+                        && failures.check("login sweep", broker.sweep_logins().await.map_err(|e| e.0)).is_some()
+                    {
+                        swept.store(true, Ordering::Relaxed);
                     }
-                    if !swept {
-                        match broker.sweep_logins().await {
-                            Ok(_) => swept = true,
-                            Err(e) => tracing::error!(error = %e.0, "login sweep failed; will retry"),
-                        }
+                    failures.check("running jobs", broker.run_jobs_once(broker.clock.now()).await.map_err(|e| e.0));
+                    let maintained = broker.maintain_keys(broker.clock.now()).await;
+                    match failures.check("key maintenance", maintained) {
+                        Some((None, retired)) if retired.is_empty() => {}
+                        Some((rotated, retired)) => tracing::info!(?rotated, ?retired, "scheduled key maintenance"),
+                        None => {}
                     }
-                    if let Err(e) = broker.run_jobs_once(broker.clock.now()).await {
-                        tracing::error!(error = %e.0, "running jobs failed; will retry next tick");
-                    }
-                    match broker.maintain_keys(broker.clock.now()).await {
-                        Ok((None, retired)) if retired.is_empty() => {}
-                        Ok((rotated, retired)) => tracing::info!(?rotated, ?retired, "scheduled key maintenance"),
-                        Err(e) => tracing::error!(error = %e.0, "key maintenance failed; will retry next tick"),
-                    }
+                    failures
                 }
             }));
             let broker = self.broker.clone();
             let policy = self.checkpoints;
-            let leader = Arc::clone(&self.leader);
-            tasks.push(tokio::spawn(async move {
-                let mut state = None;
-                let mut interval = tokio::time::interval(CHECKPOINT_POLL);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    interval.tick().await;
-                    if !leader.lead().await {
-                        // Another replica writes checkpoints; read where it
-                        // got to when this one takes over.
-                        state = None;
-                        continue;
+            let state = Arc::new(tokio::sync::Mutex::new(None));
+            tasks.push(every_tick(CHECKPOINT_POLL, leader, move |took_lead| {
+                let (broker, state) = (broker.clone(), Arc::clone(&state));
+                async move {
+                    let mut state = state.lock().await;
+                    if took_lead {
+                        // Another replica may have written checkpoints
+                        // until now: continue from where it got to.
+                        *state = None;
                     }
-                    let state = match &mut state {
+                    let state = match &mut *state {
                         Some(state) => state,
                         None => state.insert(broker.last_checkpoint().await.unwrap_or_default()),
                     };
-                    if let Err(e) = broker.checkpoint_if_due(state, policy, broker.clock.now()).await {
-                        tracing::error!(error = %e.0, "writing an audit checkpoint failed; will retry");
-                    }
+                    let mut failures = Failures::default();
+                    let written = broker.checkpoint_if_due(state, policy, broker.clock.now()).await;
+                    failures.check("writing an audit checkpoint", written);
+                    failures
                 }
             }));
         }
@@ -591,13 +575,68 @@ impl App {
             match tokio::time::timeout(grace, flush).await {
                 Ok(Ok(Some(seq))) => tracing::info!(audit.seq = seq, "signed a final audit checkpoint"),
                 Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e.0, "could not sign a final audit checkpoint"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not sign a final audit checkpoint"),
                 Err(_) => tracing::warn!("signing a final audit checkpoint timed out"),
             }
         }
         tracing::info!("halflife stopped");
         Ok(())
     }
+}
+
+/// Which replicas run a background task.
+#[derive(Clone)]
+enum Runs {
+    OnEveryReplica,
+    /// Only on ticks at which this replica leads.
+    OnLeader(Arc<dyn Coordination>),
+}
+
+/// What failed in one pass of a background task. Each failure is logged
+/// and the next tick tries again.
+#[derive(Default)]
+struct Failures(Vec<(&'static str, String)>);
+
+impl Failures {
+    /// Notes that `what` failed if `result` is an error; its value if not.
+    fn check<T, E: std::fmt::Display>(&mut self, what: &'static str, result: Result<T, E>) -> Option<T> {
+        result.map_err(|e| self.0.push((what, e.to_string()))).ok()
+    }
+}
+
+/// Spawns a background task that runs `pass` at once and then every
+/// `period` (a late tick waits rather than bursting), and logs what failed
+/// in it. With [`Runs::OnLeader`], ticks at which this replica does not
+/// lead are skipped, and `pass` is told (`true`) when it runs for the first
+/// time since the replica took the lead.
+fn every_tick<F, Fut>(period: Duration, runs: Runs, mut pass: F) -> JoinHandle<()>
+where
+    F: FnMut(bool) -> Fut + Send + 'static,
+    Fut: Future<Output = Failures> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut led = false;
+        loop {
+            interval.tick().await;
+            let leads = match &runs {
+                Runs::OnEveryReplica => true,
+                Runs::OnLeader(leader) => leader.lead().await,
+            };
+            let took_lead = leads && !led;
+            led = leads;
+            if !leads {
+                continue;
+            }
+            for (what, error) in pass(took_lead).await.0 {
+                match runs {
+                    Runs::OnEveryReplica => tracing::warn!(%error, "{what} failed; will retry"),
+                    Runs::OnLeader(_) => tracing::error!(%error, "{what} failed; will retry next tick"),
+                }
+            }
+        }
+    })
 }
 
 /// Keeps a remote JWKS fresh: fetches at once, then every `interval`

@@ -18,6 +18,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
+use crate::keys::SigningAlgorithm;
+
 /// The top-level sections that environment variables may override. Other
 /// `HALFLIFE_*` variables (such as `HALFLIFE_TOKEN` for the CLI) are not
 /// configuration keys and are ignored here.
@@ -46,6 +48,9 @@ pub const MAX_LIFECYCLE_PERIOD: Duration = Duration::from_secs(10 * 366 * 86400)
 /// Upper bound on any issuer's leeway: more would make expired tokens usable
 /// for minutes after their expiry.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(120);
+
+/// Longest lifetime of a dev attestation (`--ttl` and `dev.token_ttl`).
+pub const MAX_DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -358,31 +363,6 @@ impl Default for KeysConfig {
 /// Longest pre-publish window a rotation may ask for.
 pub const MAX_PRE_PUBLISH: Duration = Duration::from_secs(7 * 86400);
 
-impl KeysConfig {
-    pub fn policy(&self) -> crate::broker::keys::KeyPolicy {
-        crate::broker::keys::KeyPolicy {
-            algorithm: self.algorithm,
-            rotation_interval: (!self.rotation_interval.get().is_zero()).then(|| self.rotation_interval.get()),
-            pre_publish: self.pre_publish.get(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum SigningAlgorithm {
-    EdDSA,
-    ES256,
-}
-
-impl SigningAlgorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::EdDSA => "EdDSA",
-            Self::ES256 => "ES256",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokensConfig {
@@ -424,15 +404,6 @@ pub struct RateLimitsConfig {
 impl Default for RateLimitsConfig {
     fn default() -> Self {
         Self { per_workload_per_minute: 600, failures_per_source_per_minute: 60 }
-    }
-}
-
-impl RateLimitsConfig {
-    pub fn limits(&self) -> crate::broker::throttle::Limits {
-        crate::broker::throttle::Limits {
-            per_workload: std::num::NonZeroU32::new(self.per_workload_per_minute),
-            failures_per_source: std::num::NonZeroU32::new(self.failures_per_source_per_minute),
-        }
     }
 }
 
@@ -751,7 +722,7 @@ impl Config {
         if self.database.max_connections == 0 {
             problem("database.max_connections", "must be at least 1".to_owned());
         }
-        if self.dev.token_ttl.get().is_zero() || self.dev.token_ttl.get() > crate::attest::dev::MAX_DEV_TOKEN_TTL {
+        if self.dev.token_ttl.get().is_zero() || self.dev.token_ttl.get() > MAX_DEV_TOKEN_TTL {
             problem("dev.token_ttl", "must be between 1s and 24h".to_owned());
         }
         if self.tokens.default_ttl.get().is_zero() {
@@ -951,7 +922,7 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, td) in mtls.trust_domains.iter().enumerate() {
             let key = |field: &str| format!("mtls.trust_domains[{i}].{field}");
-            if let Err(e) = crate::attest::spiffe::validate_trust_domain(&td.name) {
+            if let Err(e) = crate::domain::spiffe::validate_trust_domain(&td.name) {
                 problem(&key("name"), format!("{:?} {e}", td.name));
             }
             if !seen.insert(td.name.as_str()) {

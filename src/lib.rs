@@ -8,6 +8,9 @@
 //! Dependencies point one way: `http`/`cli` → `broker` → (`attest`, `mint`,
 //! `keys`, `store` traits) → `domain`. Only `store` names sqlx, only `http`
 //! names axum, and only `app` wires concrete types together.
+//! `config` is plain data: each module turns its section into its own
+//! settings (e.g. `KeyPolicy::from_config`), and `tests/module_graph.rs`
+//! fails on any import cycle between top-level modules.
 //!
 //! Error policy: library modules return `thiserror` enums that say what went
 //! wrong in their own terms (a domain error never wraps `sqlx::Error`);

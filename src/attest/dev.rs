@@ -14,11 +14,8 @@ use time::OffsetDateTime;
 
 use super::jwks::{KeyEntry, KeySet};
 use super::jwt::{IssuerKeys, TrustedIssuer};
-use crate::config::{Config, DevConfig, SigningAlgorithm};
-use crate::keys::{Kek, KeyError, SigningKey};
-
-/// Longest lifetime of a dev attestation (`--ttl` and `dev.token_ttl`).
-pub const MAX_DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+use crate::config::{Config, DevConfig, MAX_DEV_TOKEN_TTL};
+use crate::keys::{Kek, KeyError, SigningAlgorithm, SigningKey};
 
 /// File name of the dev issuer's sealed key inside `keys.dir`.
 pub const DEV_KEY_FILE: &str = "dev-issuer.json";

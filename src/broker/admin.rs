@@ -2,10 +2,10 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Broker, Unavailable};
+use super::{Broker, Failure, Internal, Unavailable};
 use crate::crypto;
 use crate::domain::model::Role;
-use crate::store::{AdminTokenRecord, AdminTokenStore, AuditEvent, Outcome, RequestMeta, StoreError};
+use crate::store::{AdminTokenRecord, AdminTokenStore, AuditEvent, Outcome, RequestMeta};
 
 /// Prefix of admin tokens, so secret scanners can recognise a leaked one.
 pub const ADMIN_TOKEN_PREFIX: &str = "hla_";
@@ -47,8 +47,8 @@ pub async fn create_admin_token(
     name: &str,
     actor: &str,
     now: time::OffsetDateTime,
-) -> Result<(AdminTokenRecord, SecretString), StoreError> {
-    let random = crypto::random_bytes::<32>().map_err(|_| StoreError::Unavailable("random generator failed".into()))?;
+) -> Result<(AdminTokenRecord, SecretString), Failure> {
+    let random = crypto::random_bytes::<32>().map_err(|e| Internal::new("admin token generation", e))?;
     let token = SecretString::from(format!("{ADMIN_TOKEN_PREFIX}{}", crypto::b64url(random)));
     let hash = crypto::sha256(token.expose_secret().as_bytes());
     let record = AdminTokenRecord {
@@ -59,7 +59,7 @@ pub async fn create_admin_token(
     let mut event = AuditEvent::new("admin_token.created", Outcome::Success, now, &RequestMeta::default());
     event.actor = Some(actor.to_owned());
     event.detail = Some(serde_json::json!({"id": record.id, "name": name, "role": role}));
-    store.create_admin_token(record.clone(), hash, event).await?;
+    store.create_admin_token(record.clone(), hash, event).await.map_err(Unavailable)?;
     Ok((record, token))
 }
 

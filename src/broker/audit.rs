@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::{Broker, Unavailable};
+use super::{Broker, Failure, Internal, Unavailable};
 use crate::audit::{CHECKPOINT_TYP, ChainVerifier, Checkpoint, CheckpointClaims, GENESIS, VerifyReport};
 use crate::store::{AuditFilter, AuditReader};
 
@@ -107,15 +107,18 @@ impl Broker {
     }
 
     /// Signs and stores a checkpoint of the current head, if the head moved.
-    pub async fn write_checkpoint(&self, now: OffsetDateTime) -> Result<Option<Checkpoint>, Unavailable> {
+    pub async fn write_checkpoint(&self, now: OffsetDateTime) -> Result<Option<Checkpoint>, Failure> {
         let Some((seq, hash)) = self.audit.audit_head().await.map_err(Unavailable)? else {
             return Ok(None);
         };
         let claims =
             CheckpointClaims { iss: self.issuer.clone(), seq, hash: hash.clone(), time: crate::domain::rfc3339(now) };
-        let signature = self.keys.get().signing(now).sign_jwt(CHECKPOINT_TYP, &claims).map_err(|e| {
-            Unavailable(crate::store::StoreError::Unavailable(format!("checkpoint signing failed: {e}")))
-        })?;
+        let signature = self
+            .keys
+            .get()
+            .signing(now)
+            .sign_jwt(CHECKPOINT_TYP, &claims)
+            .map_err(|e| Internal::new("checkpoint signing", e))?;
         let checkpoint = Checkpoint { seq, hash, time: claims.time, signature };
         self.checkpoints.write_checkpoint(&checkpoint).await.map_err(Unavailable)?;
         Ok(Some(checkpoint))
@@ -127,7 +130,7 @@ impl Broker {
         state: &mut CheckpointState,
         policy: CheckpointPolicy,
         now: OffsetDateTime,
-    ) -> Result<(), Unavailable> {
+    ) -> Result<(), Failure> {
         let Some((head, _)) = self.audit.audit_head().await.map_err(Unavailable)? else { return Ok(()) };
         let grown = head - state.seq;
         let stale = state.at.is_none_or(|at| now - at >= policy.every);

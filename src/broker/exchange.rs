@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use url::Url;
 
 use super::throttle::Throttled;
-use super::{Broker, Unavailable};
+use super::{Broker, Internal, Unavailable};
 use crate::attest::dpop::{self, DpopProof};
 use crate::attest::jwt::{self, Attestation};
 use crate::attest::x509::{PeerCertificates, X509Rejection};
@@ -138,6 +138,9 @@ pub enum ExchangeError {
     /// Over a rate limit: nothing checked further, nothing issued.
     #[error(transparent)]
     Throttled(#[from] Throttled),
+    /// Signing or randomness failed: nothing was issued.
+    #[error(transparent)]
+    Internal(#[from] Internal),
 }
 
 impl Broker {
@@ -156,6 +159,7 @@ impl Broker {
                 _ => self.stats.refused("failed", "server_error"),
             },
             Err(ExchangeError::Throttled(_)) => self.stats.refused("rate_limited", "rate_limited"),
+            Err(ExchangeError::Internal(_)) => self.stats.refused("failed", "server_error"),
         }
         result
     }
@@ -484,15 +488,11 @@ impl Broker {
         let token_type = if dpop.is_some() { "DPoP" } else { "Bearer" };
         let keys = self.keys.get();
         let signing_key = keys.signing(now);
-        let failed = |what: &str| {
-            tracing::error!(what, "minting failed");
-            ExchangeError::Unavailable(Unavailable(crate::store::StoreError::Unavailable(format!("{what} failed"))))
-        };
         let (access_token, secret_hash, issued_login) = match (&decision.kind, login) {
             (CredentialKind::Postgres(backend), Some(target)) => {
-                let random = crypto::random_bytes::<4>().map_err(|_| failed("role name"))?;
+                let random = crypto::random_bytes::<4>().map_err(|e| Internal::new("role name generation", e))?;
                 let role = crate::store::logins::role_name(&target.role_prefix, ctx.system.id.as_str(), random);
-                let password = crypto::random_bytes::<32>().map_err(|_| failed("password generation"))?;
+                let password = crypto::random_bytes::<32>().map_err(|e| Internal::new("password generation", e))?;
                 let password = SecretString::from(crypto::b64url(zeroize::Zeroizing::new(password).as_slice()));
                 if let Err(e) = self.logins.create_login(backend, &role, &password, decision.exp).await {
                     // Fail closed, and say so in the audit trail.
@@ -501,7 +501,8 @@ impl Broker {
                     fill_attestation(&mut event, attestation, Some(ctx));
                     event.reason = Some(format!("temporarily_unavailable: {e}"));
                     self.log.record_event(event).await.map_err(Unavailable)?;
-                    return Err(failed("database login creation"));
+                    let cause = format!("creating a database login failed: {e}");
+                    return Err(Unavailable(crate::store::StoreError::Unavailable(cause)).into());
                 }
                 let issued = IssuedLogin {
                     username: role,
@@ -514,12 +515,12 @@ impl Broker {
                 (password, None, Some(issued))
             }
             (CredentialKind::Secret, _) => {
-                let secret = mint::secret::generate().map_err(|_| failed("secret generation"))?;
+                let secret = mint::secret::generate().map_err(|e| Internal::new("secret generation", e))?;
                 let hash = mint::secret::stored_hash(&self.secret_key, secret.expose_secret());
                 (secret, Some(hash), None)
             }
             _ => {
-                let jwt = signing_key.sign_jwt(ACCESS_TOKEN_TYP, &claims).map_err(|_| failed("signing"))?;
+                let jwt = signing_key.sign_jwt(ACCESS_TOKEN_TYP, &claims).map_err(|e| Internal::new("signing", e))?;
                 (SecretString::from(jwt), None, None)
             }
         };

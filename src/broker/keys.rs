@@ -13,9 +13,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::operator::OpError;
-use super::{Broker, Unavailable};
-use crate::config::SigningAlgorithm;
-use crate::keys::{KeyState, Keyring};
+use super::{Broker, Failure, Internal, Unavailable};
+use crate::config::{KeysConfig, MAX_PRE_PUBLISH};
+use crate::keys::{KeyState, Keyring, SigningAlgorithm};
 use crate::store::{AuditEvent, Outcome, RequestMeta};
 
 /// How long after a key stops signing it is retired, beyond the longest
@@ -30,6 +30,17 @@ pub struct KeyPolicy {
     pub rotation_interval: Option<Duration>,
     /// How long a new key is published before it signs.
     pub pre_publish: Duration,
+}
+
+impl KeyPolicy {
+    pub fn from_config(keys: &KeysConfig) -> Self {
+        let rotation_interval = keys.rotation_interval.get();
+        Self {
+            algorithm: keys.algorithm,
+            rotation_interval: (!rotation_interval.is_zero()).then_some(rotation_interval),
+            pre_publish: keys.pre_publish.get(),
+        }
+    }
 }
 
 /// A key as `GET /v1/keys` and `halflife keys list` show it.
@@ -140,12 +151,12 @@ impl Broker {
             )));
         }
         let wait = pre_publish.unwrap_or(self.key_policy.pre_publish);
-        if wait > crate::config::MAX_PRE_PUBLISH {
+        if wait > MAX_PRE_PUBLISH {
             return Err(OpError::invalid("pre_publish", "at most 7 days"));
         }
         let previous = keys.signing(now).kid().to_owned();
         let mut sealed = Keyring::generate_sealed(self.key_policy.algorithm, &self.kek, now)
-            .map_err(|e| Unavailable(crate::store::StoreError::Unavailable(format!("key generation failed: {e}"))))?;
+            .map_err(|e| Internal::new("key generation", e))?;
         let activates_at = now + wait;
         sealed.activates_at = Some(activates_at);
         let event = key_event(
@@ -221,7 +232,7 @@ impl Broker {
     /// The leader's scheduled key work: rotate when the signing key is due,
     /// retire superseded keys whose tokens have all expired. Returns what
     /// it did, as `(rotated kid, retired kids)`.
-    pub async fn maintain_keys(&self, now: OffsetDateTime) -> Result<(Option<String>, Vec<String>), Unavailable> {
+    pub async fn maintain_keys(&self, now: OffsetDateTime) -> Result<(Option<String>, Vec<String>), Failure> {
         self.reload_keys().await?;
         let meta = RequestMeta::default();
         let mut retired = Vec::new();
@@ -232,7 +243,8 @@ impl Broker {
             {
                 match self.retire_key(&info.kid, now, false, "schedule", &meta).await {
                     Ok(_) => retired.push(info.kid),
-                    Err(OpError::Unavailable(u)) => return Err(u),
+                    Err(OpError::Unavailable(u)) => return Err(u.into()),
+                    Err(OpError::Internal(i)) => return Err(i.into()),
                     Err(e) => tracing::warn!(key.kid = %info.kid, error = %e, "scheduled key retirement skipped"),
                 }
             }
@@ -245,7 +257,8 @@ impl Broker {
             if due && !pending {
                 match self.rotate_key(now, None, "schedule", &meta).await {
                     Ok(info) => rotated = Some(info.kid),
-                    Err(OpError::Unavailable(u)) => return Err(u),
+                    Err(OpError::Unavailable(u)) => return Err(u.into()),
+                    Err(OpError::Internal(i)) => return Err(i.into()),
                     Err(e) => tracing::warn!(error = %e, "scheduled key rotation skipped"),
                 }
             }

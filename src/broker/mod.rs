@@ -92,6 +92,33 @@ pub struct Webhook {
 #[error("storage unavailable")]
 pub struct Unavailable(#[source] pub StoreError);
 
+/// A failure of the broker's own machinery rather than of storage or of
+/// the request: signing, the system random number generator, key
+/// generation. Nothing was issued or changed; the HTTP layer answers 500
+/// and logs what failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} failed: {cause}")]
+pub struct Internal {
+    pub what: &'static str,
+    pub cause: String,
+}
+
+impl Internal {
+    pub fn new(what: &'static str, cause: impl std::fmt::Display) -> Self {
+        Self { what, cause: cause.to_string() }
+    }
+}
+
+/// A use case that failed without refusing anything: its storage, or the
+/// broker's own machinery.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("storage: {}", .0.0)]
+    Unavailable(#[from] Unavailable),
+    #[error(transparent)]
+    Internal(#[from] Internal),
+}
+
 impl Unavailable {
     /// Whether this is an outage: the database could not be reached or
     /// could not commit.

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::admin::AdminCaller;
 use super::catalog::{self, Actor, Applied, ChangeError};
-use super::{Broker, Unavailable};
+use super::{Broker, Internal, Unavailable};
 use crate::domain::catalog::{Change, NewSystem, Refusal, SystemPatch};
 use crate::domain::lifecycle::{GateCheck, SystemView};
 use crate::domain::model::{Grant, Owner, System};
@@ -36,6 +36,9 @@ pub enum OpError {
     Problems(Vec<String>),
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+    /// Key generation or another part of the broker itself failed.
+    #[error(transparent)]
+    Internal(#[from] Internal),
 }
 
 impl OpError {

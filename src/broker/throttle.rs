@@ -26,6 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::clock::SharedClock;
+use crate::config::RateLimitsConfig;
 
 /// The broker's clock as `governor` sees it: time since the Unix epoch.
 #[derive(Clone)]
@@ -79,6 +80,15 @@ pub struct Throttled {
 pub struct Limits {
     pub per_workload: Option<NonZeroU32>,
     pub failures_per_source: Option<NonZeroU32>,
+}
+
+impl Limits {
+    pub fn from_config(limits: &RateLimitsConfig) -> Self {
+        Self {
+            per_workload: NonZeroU32::new(limits.per_workload_per_minute),
+            failures_per_source: NonZeroU32::new(limits.failures_per_source_per_minute),
+        }
+    }
 }
 
 struct SourceLimit {

@@ -473,7 +473,7 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
             let now = SystemClock.now();
             let issuer = crate::attest::dev::DevIssuer::load_or_create(&config, &kek, now)?;
             let ttl: Option<Duration> = args.ttl.map(HumanDuration::get);
-            if ttl.is_some_and(|t| t.is_zero() || t > crate::attest::dev::MAX_DEV_TOKEN_TTL) {
+            if ttl.is_some_and(|t| t.is_zero() || t > crate::config::MAX_DEV_TOKEN_TTL) {
                 bail!("--ttl must be between 1s and 24h");
             }
             let Some(out) = &args.out else {

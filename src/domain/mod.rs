@@ -6,6 +6,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod model;
 pub mod policy;
+pub mod spiffe;
 pub mod values;
 
 use time::OffsetDateTime;

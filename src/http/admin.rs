@@ -19,6 +19,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Authorized, JsonBody, Params, Path, Roles};
 use super::openapi::ErrorBody;
+use super::openapi::errors::{BodyErrors, Conflict, Invalid, NotFound, Refusals};
 use crate::broker::apply::{self, GrantEntry};
 use crate::domain::catalog::{NewSystem, SystemPatch};
 use crate::domain::model::{Role, Tier};
@@ -289,13 +290,28 @@ where
     }
 }
 
-#[utoipa::path(get, path = "/v1/systems", tag = "systems", security(("admin_token" = [])), responses((status = 200, description = "`{\"systems\": [System]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/systems", tag = "systems",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"systems\": [System]}`", body = Object),
+        Refusals,
+    )
+)]
 async fn list_systems(State(state): State<AppState>, _: Authorized<Read>) -> Result<Response, ApiError> {
     let systems: Vec<_> = state.broker.systems().await?.into_iter().map(|v| v.system).collect();
     Ok(Json(json!({ "systems": systems })).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/systems", tag = "systems", request_body(content = NewSystemBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "The new System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/systems", tag = "systems",
+    request_body(content = NewSystemBody, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "The new System", body = Object),
+        Invalid, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn create_system(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -322,7 +338,15 @@ async fn create_system(
     Ok((StatusCode::CREATED, Json(json!(system))).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/systems/{id}", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/systems/{id}", tag = "systems",
+    params(("id" = String, Path, description = "System id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "System", body = Object),
+        Invalid, NotFound, Refusals,
+    )
+)]
 async fn show_system(
     State(state): State<AppState>,
     _: Authorized<Read>,
@@ -332,7 +356,16 @@ async fn show_system(
     Ok(Json(json!(view.system)).into_response())
 }
 
-#[utoipa::path(patch, path = "/v1/systems/{id}", tag = "systems", request_body(content = PatchSystemBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    patch, path = "/v1/systems/{id}", tag = "systems",
+    request_body(content = PatchSystemBody, content_type = "application/json"),
+    params(("id" = String, Path, description = "System id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "System", body = Object),
+        Invalid, NotFound, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn update_system(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -351,7 +384,16 @@ async fn update_system(
     Ok(Json(json!(system)).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/systems/{id}/promote", tag = "systems", request_body(content = Option<EndDateBody>, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{system, gate}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/systems/{id}/promote", tag = "systems",
+    request_body(content = Option<EndDateBody>, content_type = "application/json"),
+    params(("id" = String, Path, description = "System id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{system, gate}`", body = Object),
+        Invalid, NotFound, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn promote(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -363,7 +405,16 @@ async fn promote(
     Ok(Json(json!({"system": system, "gate": gate})).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/systems/{id}/suspend", tag = "systems", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{system, revoked}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/systems/{id}/suspend", tag = "systems",
+    request_body(content = ReasonBody, content_type = "application/json"),
+    params(("id" = String, Path, description = "System id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{system, revoked}`", body = Object),
+        Invalid, NotFound, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn suspend(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -374,7 +425,16 @@ async fn suspend(
     Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/systems/{id}/retire", tag = "systems", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{system, revoked}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/systems/{id}/retire", tag = "systems",
+    request_body(content = ReasonBody, content_type = "application/json"),
+    params(("id" = String, Path, description = "System id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{system, revoked}`", body = Object),
+        Invalid, NotFound, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn retire(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -385,7 +445,16 @@ async fn retire(
     Ok(Json(json!({"system": system, "revoked": outcome.revoked})).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/systems/{id}/reinstate", tag = "systems", request_body(content = Option<ReinstateBody>, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "System", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/systems/{id}/reinstate", tag = "systems",
+    request_body(content = Option<ReinstateBody>, content_type = "application/json"),
+    params(("id" = String, Path, description = "System id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "System", body = Object),
+        Invalid, NotFound, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn reinstate(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -397,7 +466,16 @@ async fn reinstate(
     Ok(Json(json!(system)).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/systems/{id}/revoke", tag = "systems", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{revoked, systems}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/systems/{id}/revoke", tag = "systems",
+    request_body(content = ReasonBody, content_type = "application/json"),
+    params(("id" = String, Path, description = "System id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{revoked, systems}`", body = Object),
+        Invalid, NotFound, BodyErrors, Refusals,
+    )
+)]
 async fn revoke_system(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -408,7 +486,15 @@ async fn revoke_system(
     Ok(Json(json!(revocation)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "`{\"grants\": [Grant]}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/systems/{id}/grants", tag = "systems",
+    params(("id" = String, Path, description = "System id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"grants\": [Grant]}`", body = Object),
+        Invalid, NotFound, Refusals,
+    )
+)]
 async fn list_grants(
     State(state): State<AppState>,
     _: Authorized<Read>,
@@ -418,7 +504,16 @@ async fn list_grants(
     Ok(Json(json!({ "grants": grants })).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/systems/{id}/grants", tag = "systems", request_body(content = NewGrantBody, content_type = "application/json"), params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 201, description = "The new Grant", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/systems/{id}/grants", tag = "systems",
+    request_body(content = NewGrantBody, content_type = "application/json"),
+    params(("id" = String, Path, description = "System id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "The new Grant", body = Object),
+        Invalid, NotFound, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn create_grant(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -449,7 +544,16 @@ async fn create_grant(
     Ok((StatusCode::CREATED, Json(json!(grant))).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/systems/{id}/grants", tag = "systems", params(("id" = String, Path, description = "System id"), GrantQuery), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`: deleted, and what was issued under it revoked", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Would leave a production system without a grant", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    delete, path = "/v1/systems/{id}/grants", tag = "systems",
+    params(("id" = String, Path, description = "System id"), GrantQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{revoked}`: deleted, and what was issued under it revoked", body = Object),
+        (status = 409, description = "Would leave a production system without a grant", body = ErrorBody),
+        Invalid, NotFound, Refusals,
+    )
+)]
 async fn delete_grant_by_query(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -461,7 +565,16 @@ async fn delete_grant_by_query(
     Ok(Json(json!({"revoked": revoked})).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/systems/{id}/grants/{grant}", tag = "systems", params(("id" = String, Path, description = "System id"), ("grant" = String, Path, description = "Grant id")), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`: deleted, and what was issued under it revoked", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Would leave a production system without a grant", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    delete, path = "/v1/systems/{id}/grants/{grant}", tag = "systems",
+    params(("id" = String, Path, description = "System id"), ("grant" = String, Path, description = "Grant id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{revoked}`: deleted, and what was issued under it revoked", body = Object),
+        (status = 409, description = "Would leave a production system without a grant", body = ErrorBody),
+        Invalid, NotFound, Refusals,
+    )
+)]
 async fn delete_grant(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -472,7 +585,15 @@ async fn delete_grant(
     Ok(Json(json!({"revoked": revoked})).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/systems/{id}/credentials", tag = "systems", params(("id" = String, Path, description = "System id")), security(("admin_token" = [])), responses((status = 200, description = "Outstanding credentials (never the token)", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/systems/{id}/credentials", tag = "systems",
+    params(("id" = String, Path, description = "System id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Outstanding credentials (never the token)", body = Object),
+        Invalid, NotFound, Refusals,
+    )
+)]
 async fn credentials(
     State(state): State<AppState>,
     _: Authorized<Read>,
@@ -482,13 +603,28 @@ async fn credentials(
     Ok(Json(json!({ "credentials": credentials })).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/owners", tag = "owners", security(("admin_token" = [])), responses((status = 200, description = "`{\"owners\": [Owner]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/owners", tag = "owners",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"owners\": [Owner]}`", body = Object),
+        Refusals,
+    )
+)]
 async fn list_owners(State(state): State<AppState>, _: Authorized<Read>) -> Result<Response, ApiError> {
     let owners = state.broker.owners().await?;
     Ok(Json(json!({ "owners": owners })).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/owners/{id}", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/owners/{id}", tag = "owners",
+    params(("id" = String, Path, description = "Owner id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Owner", body = Object),
+        Invalid, NotFound, Refusals,
+    )
+)]
 async fn show_owner(
     State(state): State<AppState>,
     _: Authorized<Read>,
@@ -498,7 +634,15 @@ async fn show_owner(
     Ok(Json(json!(owner)).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/owners", tag = "owners", request_body(content = NewOwnerBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "The new Owner", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/owners", tag = "owners",
+    request_body(content = NewOwnerBody, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "The new Owner", body = Object),
+        Invalid, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn create_owner(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -509,7 +653,15 @@ async fn create_owner(
     Ok((StatusCode::CREATED, Json(json!(owner))).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/owners/{id}/recertify", tag = "owners", params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner with a new attested_until", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/owners/{id}/recertify", tag = "owners",
+    params(("id" = String, Path, description = "Owner id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Owner with a new attested_until", body = Object),
+        Invalid, NotFound, Conflict, Refusals,
+    )
+)]
 async fn recertify(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -519,7 +671,16 @@ async fn recertify(
     Ok(Json(json!(owner)).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/owners/{id}/depart", tag = "owners", request_body(content = Option<DepartBody>, content_type = "application/json"), params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "Owner", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/owners/{id}/depart", tag = "owners",
+    request_body(content = Option<DepartBody>, content_type = "application/json"),
+    params(("id" = String, Path, description = "Owner id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Owner", body = Object),
+        Invalid, NotFound, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn depart(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -530,7 +691,16 @@ async fn depart(
     Ok(Json(json!(owner)).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/owners/{id}/revoke", tag = "owners", request_body(content = ReasonBody, content_type = "application/json"), params(("id" = String, Path, description = "Owner id")), security(("admin_token" = [])), responses((status = 200, description = "`{revoked, systems}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/owners/{id}/revoke", tag = "owners",
+    request_body(content = ReasonBody, content_type = "application/json"),
+    params(("id" = String, Path, description = "Owner id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{revoked, systems}`", body = Object),
+        Invalid, NotFound, BodyErrors, Refusals,
+    )
+)]
 async fn revoke_owner(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -544,7 +714,15 @@ async fn revoke_owner(
 /// `POST /v1/revoke`: one credential by `jti`, or every credential of an
 /// identity by `issuer` + `subject` (a workload's own, and those issued on
 /// its behalf).
-#[utoipa::path(post, path = "/v1/revoke", tag = "operations", request_body(content = RevokeBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 200, description = "`{revoked}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/revoke", tag = "operations",
+    request_body(content = RevokeBody, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{revoked}`", body = Object),
+        Invalid, NotFound, BodyErrors, Refusals,
+    )
+)]
 async fn revoke(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -567,7 +745,22 @@ async fn revoke(
 
 /// `POST /v1/catalog`: a catalog file (`halflife apply`) as JSON, applied
 /// under the caller's name by the same rules as every other change.
-#[utoipa::path(post, path = "/v1/catalog", tag = "operations", request_body(content = apply::ApplyFile, content_type = "application/json"), params(CatalogQuery), security(("admin_token" = [])), responses((status = 200, description = "`{created, updated, unchanged, suspended, dry_run}`", body = Object), (status = 400, description = "Invalid catalog; `problems` names each entry and field", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the rules or the current state (recorded as catalog.refused)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/catalog", tag = "operations",
+    request_body(content = apply::ApplyFile, content_type = "application/json"),
+    params(CatalogQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{created, updated, unchanged, suspended, dry_run}`", body = Object),
+        (status = 400, description = "Invalid catalog; `problems` names each entry and field", body = ErrorBody),
+        (
+            status = 409,
+            description = "Conflicts with the rules or the current state (recorded as catalog.refused)",
+            body = ErrorBody
+        ),
+        NotFound, BodyErrors, Refusals,
+    )
+)]
 async fn apply_catalog(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<Write>,
@@ -582,7 +775,14 @@ async fn apply_catalog(
     Ok(Json(value).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/expiring", tag = "operations", security(("admin_token" = [])), responses((status = 200, description = "`{deadlines, notices}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/expiring", tag = "operations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{deadlines, notices}`", body = Object),
+        Refusals,
+    )
+)]
 async fn expiring(State(state): State<AppState>, _: Authorized<Read>) -> Result<Response, ApiError> {
     let now = state.broker.clock.now();
     let deadlines = state.broker.deadlines(now).await?;
@@ -595,7 +795,15 @@ async fn expiring(State(state): State<AppState>, _: Authorized<Read>) -> Result<
     Ok(Json(json!({ "deadlines": deadlines, "notices": notices })).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/jobs", tag = "operations", params(JobsQuery), security(("admin_token" = [])), responses((status = 200, description = "`{\"jobs\": [...]}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "operations",
+    params(JobsQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"jobs\": [...]}`", body = Object),
+        Invalid, Refusals,
+    )
+)]
 async fn jobs(
     State(state): State<AppState>,
     _: Authorized<Read>,
@@ -622,7 +830,15 @@ async fn jobs(
     Ok(Json(json!({ "jobs": jobs })).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/admin-tokens", tag = "operations", request_body(content = NewAdminTokenBody, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "`{id, name, role, token}`: the token is shown once", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/admin-tokens", tag = "operations",
+    request_body(content = NewAdminTokenBody, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "`{id, name, role, token}`: the token is shown once", body = Object),
+        Invalid, BodyErrors, Refusals,
+    )
+)]
 async fn create_admin_token(
     State(state): State<AppState>,
     Authorized { caller, .. }: Authorized<AdminOnly>,
@@ -641,8 +857,7 @@ async fn create_admin_token(
         &caller.actor(),
         state.broker.clock.now(),
     )
-    .await
-    .map_err(|e| ApiError::from(crate::broker::Unavailable(e)))?;
+    .await?;
     use secrecy::ExposeSecret;
     let body = json!({"id": record.id, "name": record.name, "role": record.role, "token": token.expose_secret()});
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
@@ -668,7 +883,14 @@ struct RetireKeyBody {
 }
 
 /// `GET /v1/keys`: every signing key and what it does now.
-#[utoipa::path(get, path = "/v1/keys", tag = "operations", security(("admin_token" = [])), responses((status = 200, description = "`{\"keys\": [Key]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "operations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"keys\": [Key]}`", body = Object),
+        Refusals,
+    )
+)]
 async fn list_keys(State(state): State<AppState>, _: Authorized<Read>) -> Result<Response, ApiError> {
     let now = state.broker.clock.now();
     Ok(Json(json!({"keys": state.broker.key_list(now)})).into_response())
@@ -676,7 +898,15 @@ async fn list_keys(State(state): State<AppState>, _: Authorized<Read>) -> Result
 
 /// `POST /v1/keys/rotate`: the next key, published now, signing after the
 /// pre-publish time.
-#[utoipa::path(post, path = "/v1/keys/rotate", tag = "operations", request_body(content = Option<RotateBody>, content_type = "application/json"), security(("admin_token" = [])), responses((status = 201, description = "`{\"key\": Key}` (pending)", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/keys/rotate", tag = "operations",
+    request_body(content = Option<RotateBody>, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "`{\"key\": Key}` (pending)", body = Object),
+        Invalid, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn rotate_key(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<AdminOnly>,
@@ -697,7 +927,16 @@ async fn rotate_key(
 }
 
 /// `POST /v1/keys/{kid}/retire`
-#[utoipa::path(post, path = "/v1/keys/{kid}/retire", tag = "operations", request_body(content = Option<RetireKeyBody>, content_type = "application/json"), params(("kid" = String, Path, description = "Key id")), security(("admin_token" = [])), responses((status = 200, description = "`{\"key\": Key}` (retired)", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflicts with the current state", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody), (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody), (status = 415, description = "Not application/json", body = ErrorBody)))]
+#[utoipa::path(
+    post, path = "/v1/keys/{kid}/retire", tag = "operations",
+    request_body(content = Option<RetireKeyBody>, content_type = "application/json"),
+    params(("kid" = String, Path, description = "Key id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"key\": Key}` (retired)", body = Object),
+        Invalid, NotFound, Conflict, BodyErrors, Refusals,
+    )
+)]
 async fn retire_key(
     State(state): State<AppState>,
     Authorized { caller, meta, .. }: Authorized<AdminOnly>,

@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Authorized, Params, Path, Roles};
-use super::openapi::ErrorBody;
+use super::openapi::errors::{Invalid, NotFound, Refusals};
 use crate::audit::AuditRecord;
 use crate::broker::Unavailable;
 use crate::broker::audit::PAGE;
@@ -197,7 +197,19 @@ fn jsonl_rows(events: &[AuditRecord]) -> Vec<u8> {
 
 /// `GET /v1/audit/events`: a page as JSON, or the whole result streamed as
 /// JSONL or CSV (page by page: constant memory however large).
-#[utoipa::path(get, path = "/v1/audit/events", tag = "audit", params(EventsQuery), security(("admin_token" = [])), responses((status = 200, description = "`{events, next_cursor}` (json); JSON lines (jsonl) or CSV (csv), streamed", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/audit/events", tag = "audit",
+    params(EventsQuery),
+    security(("admin_token" = [])),
+    responses(
+        (
+            status = 200,
+            description = "`{events, next_cursor}` (json); JSON lines (jsonl) or CSV (csv), streamed",
+            body = Object
+        ),
+        Invalid, Refusals,
+    )
+)]
 async fn events(
     State(state): State<AppState>,
     _: Authorized<AuditRead>,
@@ -253,13 +265,32 @@ async fn events(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/v1/audit/checkpoints", tag = "audit", security(("admin_token" = [])), responses((status = 200, description = "`{\"checkpoints\": [...]}`", body = Object), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoints", tag = "audit",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"checkpoints\": [...]}`", body = Object),
+        Refusals,
+    )
+)]
 async fn checkpoints(State(state): State<AppState>, _: Authorized<AuditRead>) -> Result<Response, ApiError> {
     let checkpoints = state.broker.audit.checkpoints().await.map_err(Unavailable)?;
     Ok(Json(json!({"checkpoints": checkpoints})).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", params(VerifyQuery), security(("admin_token" = [])), responses((status = 200, description = "`{ok, events_checked, checkpoints_checked, head_seq, first_problem}`", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/audit/verify", tag = "audit",
+    params(VerifyQuery),
+    security(("admin_token" = [])),
+    responses(
+        (
+            status = 200,
+            description = "`{ok, events_checked, checkpoints_checked, head_seq, first_problem}`",
+            body = Object
+        ),
+        Invalid, Refusals,
+    )
+)]
 async fn verify(
     State(state): State<AppState>,
     _: Authorized<AuditRead>,
@@ -269,7 +300,15 @@ async fn verify(
     Ok(Json(json!(report)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/credentials/{jti}", tag = "audit", params(("jti" = String, Path, description = "Credential id")), security(("admin_token" = [])), responses((status = 200, description = "A credential and its events", body = Object), (status = 400, description = "Invalid request; field names the culprit", body = ErrorBody), (status = 401, description = "No or invalid admin token", body = ErrorBody), (status = 403, description = "The role may not call this route (recorded as access.denied)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Storage unavailable; nothing changed", body = ErrorBody)))]
+#[utoipa::path(
+    get, path = "/v1/credentials/{jti}", tag = "audit",
+    params(("jti" = String, Path, description = "Credential id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A credential and its events", body = Object),
+        Invalid, NotFound, Refusals,
+    )
+)]
 async fn credential(
     State(state): State<AppState>,
     _: Authorized<AuditRead>,

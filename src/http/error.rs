@@ -11,8 +11,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::broker::Unavailable;
 use crate::broker::exchange::ExchangeError;
+use crate::broker::{Failure, Internal, Unavailable};
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -86,6 +86,23 @@ impl From<Unavailable> for ApiError {
     }
 }
 
+/// The broker's own machinery failed (signing, randomness, key
+/// generation): 500 with a generic description; the log says what failed.
+impl From<Internal> for ApiError {
+    fn from(e: Internal) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(e: Failure) -> Self {
+        match e {
+            Failure::Unavailable(u) => u.into(),
+            Failure::Internal(i) => i.into(),
+        }
+    }
+}
+
 impl From<crate::broker::operator::OpError> for ApiError {
     fn from(e: crate::broker::operator::OpError) -> Self {
         use crate::broker::operator::OpError;
@@ -97,6 +114,7 @@ impl From<crate::broker::operator::OpError> for ApiError {
             OpError::Invariant(failed) => Self::Invariant(failed),
             OpError::Problems(problems) => Self::Problems(problems),
             OpError::Unavailable(u) => u.into(),
+            OpError::Internal(i) => i.into(),
         }
     }
 }
@@ -109,6 +127,7 @@ impl From<ExchangeError> for ApiError {
             }
             ExchangeError::Unavailable(u) => u.into(),
             ExchangeError::Throttled(t) => Self::TooManyRequests(t),
+            ExchangeError::Internal(i) => i.into(),
         }
     }
 }
@@ -242,5 +261,16 @@ mod tests {
         assert_eq!(status_of(StoreError::Corrupt("timestamp".into())), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(status_of(StoreError::Conflict("taken".into())), StatusCode::CONFLICT);
         assert_eq!(status_of(StoreError::NotFound("none".into())), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_failure_of_the_broker_itself_is_500_and_not_an_outage() {
+        let response = ApiError::from(Internal::new("signing", "the key refused")).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.expect("a small body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+        assert_eq!(body["error"], "server_error");
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(!description.contains("signing") && !description.contains("refused"), "{description}");
     }
 }

@@ -25,6 +25,70 @@ pub struct ErrorBody {
     retry_after: Option<u64>,
 }
 
+/// The error answers the operator routes share, each described once and
+/// named in a route's `responses(...)` list.
+pub mod errors {
+    use std::collections::BTreeMap;
+
+    use utoipa::IntoResponses;
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+
+    /// What every operator route may answer instead of its result.
+    pub struct Refusals;
+    /// A request field that fails validation.
+    pub struct Invalid;
+    pub struct NotFound;
+    pub struct Conflict;
+    /// A JSON request body refused before the handler reads it.
+    pub struct BodyErrors;
+
+    impl IntoResponses for Refusals {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            described(&[
+                (401, "No or invalid admin token"),
+                (403, "The role may not call this route (recorded as access.denied)"),
+                (503, "Storage unavailable; nothing changed"),
+            ])
+        }
+    }
+
+    impl IntoResponses for Invalid {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            described(&[(400, "Invalid request; field names the culprit")])
+        }
+    }
+
+    impl IntoResponses for NotFound {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            described(&[(404, "Not found")])
+        }
+    }
+
+    impl IntoResponses for Conflict {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            described(&[(409, "Conflicts with the current state")])
+        }
+    }
+
+    impl IntoResponses for BodyErrors {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            described(&[(413, "Body over server.max_body_bytes"), (415, "Not application/json")])
+        }
+    }
+
+    /// Error responses with an [`ErrorBody`](super::ErrorBody) each.
+    fn described(answers: &[(u16, &str)]) -> BTreeMap<String, RefOr<Response>> {
+        answers
+            .iter()
+            .map(|&(status, description)| {
+                let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+                let response = ResponseBuilder::new().description(description).content("application/json", body);
+                (status.to_string(), response.build().into())
+            })
+            .collect()
+    }
+}
+
 /// `POST /oauth2/token` (RFC 8693 token exchange, or RFC 8705
 /// `client_credentials` over the mTLS listener).
 #[derive(ToSchema)]

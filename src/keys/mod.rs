@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::config::SigningAlgorithm;
 use crate::crypto;
 pub use seal::{Kek, KekSource};
 
@@ -60,6 +59,22 @@ pub fn generate_ed25519_pkcs8_v1() -> Result<Zeroizing<Vec<u8>>, KeyError> {
             Ok(v1)
         }
         _ => Err(KeyError::Malformed("generated Ed25519 key".into())),
+    }
+}
+
+/// Algorithm of issued tokens (`keys.algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SigningAlgorithm {
+    EdDSA,
+    ES256,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+        }
     }
 }
 

@@ -202,22 +202,15 @@ impl Default for Options {
     }
 }
 
+/// The owners every test catalog starts with (the benchmark's too).
+pub const CATALOG_OWNERS: &str = include_str!("../fixtures/catalog_owners.toml");
+
 /// Two owners, a pilot system with grants for both test issuers, and a
 /// second system for another workload (a pilot that [`Options::promote`]
 /// takes to production: a catalog file cannot).
 pub fn default_catalog() -> String {
     format!(
-        r#"
-[[owners]]
-id = "biz"
-display_name = "Business Owner"
-email = "biz@example.com"
-
-[[owners]]
-id = "tech"
-display_name = "Technical Owner"
-email = "tech@example.com"
-
+        r#"{CATALOG_OWNERS}
 [[systems]]
 id = "summarizer"
 name = "Summarizer"

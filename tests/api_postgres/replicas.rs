@@ -59,17 +59,7 @@ impl Cluster {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
         let catalog = format!(
-            r#"
-[[owners]]
-id = "biz"
-display_name = "Business Owner"
-email = "biz@example.com"
-
-[[owners]]
-id = "tech"
-display_name = "Technical Owner"
-email = "tech@example.com"
-
+            r#"{CATALOG_OWNERS}
 [[systems]]
 id = "indexer"
 name = "Indexer"

@@ -10,6 +10,7 @@
 //! node; PostgreSQL for several replicas. `database.url` picks one.
 
 pub mod cache;
+pub(crate) mod dialect;
 pub mod logins;
 pub mod postgres;
 pub mod sqlite;

@@ -1,11 +1,12 @@
-// The hash-chained audit log.
-//
-// Appends happen inside write transactions, and writers commit one at a time
-// (see `begin_write`), so reading the head and appending after it keeps one
-// linear chain however many requests, processes or replicas write
-// concurrently. On the request path the group-commit writer shares one
-// transaction among many appends.
+//! The hash-chained audit log.
+//!
+//! Appends happen inside write transactions, and writers commit one at a time
+//! (see `begin_write`), so reading the head and appending after it keeps one
+//! linear chain however many requests, processes or replicas write
+//! concurrently. On the request path the group-commit writer shares one
+//! transaction among many appends.
 
+use super::*;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
@@ -193,7 +194,7 @@ impl Chain {
     pub(super) async fn head(conn: &mut Conn) -> Result<Self, sqlx::Error> {
         let row: Option<(i64, Option<String>)> = sqlx::query_as(&format!(
             "SELECT seq, {} FROM audit_events ORDER BY seq DESC LIMIT 1",
-            hash_hex("hash")
+            Backend::hash_hex("hash")
         ))
         .fetch_optional(&mut *conn)
         .await?;
@@ -319,19 +320,19 @@ const INSERT_COLUMNS: &str = "seq, time_ms, kind, outcome, reason, actor_id, sys
 /// up), the hash in hex, and the hash of the event before (by sequence
 /// number) as `prev_hash`.
 fn read_columns() -> String {
-    let mut columns = String::from("seq, time_ms, kind, outcome, reason, system_id, grant_id, jti, request_id, \
+    let mut columns = String::from(
+        "seq, time_ms, kind, outcome, reason, system_id, grant_id, jti, request_id, \
         attestation_id, iat, exp, \
-        COALESCE(detail, (SELECT name FROM audit_names WHERE id = audit_events.detail_id)) AS detail");
+        COALESCE(detail, (SELECT name FROM audit_names WHERE id = audit_events.detail_id)) AS detail",
+    );
     for column in NAMED {
-        columns.push_str(&format!(
-            ", (SELECT name FROM audit_names WHERE id = audit_events.{column}_id) AS {column}"
-        ));
+        columns.push_str(&format!(", (SELECT name FROM audit_names WHERE id = audit_events.{column}_id) AS {column}"));
     }
     format!(
         "{columns}, {} AS hash, (SELECT {} FROM audit_events AS before \
          WHERE before.seq = audit_events.seq - 1) AS prev_hash",
-        hash_hex("audit_events.hash"),
-        hash_hex("before.hash")
+        Backend::hash_hex("audit_events.hash"),
+        Backend::hash_hex("before.hash")
     )
 }
 
@@ -371,9 +372,10 @@ fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
         detail: detail.map(|d| serde_json::from_str(&d).unwrap_or(serde_json::Value::String(d))),
         // The first event follows the genesis hash; any other without a
         // predecessor follows a deleted one, and links to nothing.
-        prev_hash: row.try_get::<Option<String>, _>("prev_hash").map_err(&c)?.unwrap_or_else(|| {
-            if seq == 1 { GENESIS.to_owned() } else { String::new() }
-        }),
+        prev_hash: row
+            .try_get::<Option<String>, _>("prev_hash")
+            .map_err(&c)?
+            .unwrap_or_else(|| if seq == 1 { GENESIS.to_owned() } else { String::new() }),
         hash: row.try_get::<Option<String>, _>("hash").map_err(&c)?.unwrap_or_default(),
         issuer: None,
         issuer_url: None,
@@ -386,7 +388,7 @@ impl Store {
     /// verification reports it.
     pub(super) async fn seal_unhashed(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        begin_write(&mut conn).await.map_err(unavailable)?;
+        Backend::begin_write(&mut conn).await.map_err(unavailable)?;
         let result = async {
             let (chained,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE hash IS NOT NULL")
                 .fetch_one(&mut *conn)
@@ -395,15 +397,16 @@ impl Store {
             if chained > 0 {
                 return Ok(());
             }
-            let rows = sqlx::query(&format!("SELECT {} FROM audit_events WHERE hash IS NULL ORDER BY seq", read_columns()))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(unavailable)?;
+            let rows =
+                sqlx::query(&format!("SELECT {} FROM audit_events WHERE hash IS NULL ORDER BY seq", read_columns()))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
             for row in &rows {
                 let mut record = record_from(row)?;
                 let prev: Option<(Option<String>,)> = sqlx::query_as(&format!(
                     "SELECT {} FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT 1",
-                    hash_hex("hash")
+                    Backend::hash_hex("hash")
                 ))
                 .bind(record.seq)
                 .fetch_optional(&mut *conn)
@@ -434,15 +437,22 @@ const ISSUED: &str = "credential.issued";
 /// The events of credentials issued on behalf of subject `v`, as an
 /// `IN` list of their `jti`.
 fn push_acted_for(q: &mut QueryBuilder<'_, Db>, v: &str) {
-    q.push("jti IN (SELECT c.jti FROM credentials c WHERE c.principal_id IN (SELECT id FROM workloads WHERE subject = ")
-        .push_bind(v.to_owned())
-        .push("))");
+    q.push(
+        "jti IN (SELECT c.jti FROM credentials c WHERE c.principal_id IN (SELECT id FROM workloads WHERE subject = ",
+    )
+    .push_bind(v.to_owned())
+    .push("))");
 }
 
 /// `acted_for`: whether the `workload` of the filter is the subject of some
 /// delegation, so its events include those of credentials issued on its
 /// behalf. (Most workloads are not: their query keeps its plain plan.)
-pub(super) fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, after: Option<i64>, acted_for: bool) {
+pub(in crate::store) fn push_filter(
+    q: &mut QueryBuilder<'_, Db>,
+    filter: &AuditFilter,
+    after: Option<i64>,
+    acted_for: bool,
+) {
     q.push(" WHERE 1 = 1");
     if let Some(v) = &filter.system {
         q.push(" AND system_id = ").push_bind(v.clone());
@@ -452,9 +462,12 @@ pub(super) fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, af
         // '%' and '_' in the value are plain characters.
         // Each distinct owners value is one name: the few that match are
         // looked up once.
-        q.push(format!(" AND owners_id IN (SELECT id FROM audit_names WHERE {CONTAINS_FN}(' ' || name || ' ', "))
-            .push_bind(format!(" {v} "))
-            .push(") > 0)");
+        q.push(format!(
+            " AND owners_id IN (SELECT id FROM audit_names WHERE {}(' ' || name || ' ', ",
+            Backend::CONTAINS_FN
+        ))
+        .push_bind(format!(" {v} "))
+        .push(") > 0)");
     }
     if let Some(v) = &filter.workload {
         if acted_for {
@@ -544,20 +557,22 @@ impl AuditReader for Store {
 
     async fn audit_hash(&self, seq: i64) -> Result<Option<String>, StoreError> {
         let row: Option<(Option<String>,)> =
-            sqlx::query_as(&format!("SELECT {} FROM audit_events WHERE seq = $1", hash_hex("hash")))
-            .bind(seq)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+            sqlx::query_as(&format!("SELECT {} FROM audit_events WHERE seq = $1", Backend::hash_hex("hash")))
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
         Ok(row.and_then(|(h,)| h))
     }
 
     async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
-        let row: Option<(i64, Option<String>)> =
-            sqlx::query_as(&format!("SELECT seq, {} FROM audit_events ORDER BY seq DESC LIMIT 1", hash_hex("hash")))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?;
+        let row: Option<(i64, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT seq, {} FROM audit_events ORDER BY seq DESC LIMIT 1",
+            Backend::hash_hex("hash")
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
         Ok(row.map(|(seq, hash)| (seq, hash.unwrap_or_default())))
     }
 

@@ -112,7 +112,7 @@ pub struct PostgresBackendConfig {
 }
 
 fn default_role_prefix() -> String {
-    crate::store::logins::ROLE_PREFIX.to_owned()
+    crate::mint::login::ROLE_PREFIX.to_owned()
 }
 
 fn default_connection_limit() -> u32 {
@@ -816,7 +816,7 @@ impl Config {
                     );
                 }
             }
-            if !b.role_prefix.starts_with(crate::store::logins::ROLE_PREFIX)
+            if !b.role_prefix.starts_with(crate::mint::login::ROLE_PREFIX)
                 || b.role_prefix.len() > 16
                 || !b.role_prefix.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
             {

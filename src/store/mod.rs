@@ -11,7 +11,6 @@
 
 pub mod cache;
 pub(crate) mod dialect;
-pub mod logins;
 pub mod postgres;
 pub mod sqlite;
 

@@ -526,7 +526,8 @@ mod tests {
             assert!(store.revoke_credential(jti, "test", event).await.unwrap(), "{jti}");
             let filter = AuditFilter { jti: Some(jti.clone()), ..AuditFilter::default() };
             let events = store.audit_events(&filter, None, 10).await.unwrap();
-            let kinds: Vec<(&str, Option<&str>)> = events.iter().map(|e| (e.kind.as_str(), e.jti.as_deref())).collect();
+            let kinds: Vec<(&str, Option<&str>)> =
+                events.iter().map(|e| (e.event.kind.as_str(), e.event.jti.as_deref())).collect();
             assert_eq!(kinds, [("credential.issued", Some(jti.as_str())), ("credential.revoked", Some(jti.as_str()))]);
         }
         let revoked = count("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL").await;

@@ -246,23 +246,23 @@ impl Chain {
                 let [actor, owners, source, issuer, subject, audience, scopes] = ids;
                 row.push_bind(r.seq)
                     .push_bind(r.time_ms)
-                    .push_bind(r.kind)
-                    .push_bind(r.outcome)
-                    .push_bind(r.reason)
+                    .push_bind(r.event.kind)
+                    .push_bind(r.event.outcome.as_str())
+                    .push_bind(r.event.reason)
                     .push_bind(actor)
-                    .push_bind(r.system_id)
+                    .push_bind(r.event.system_id)
                     .push_bind(owners)
-                    .push_bind(r.grant_id)
-                    .push_bind(r.jti.map(StoredId::owned))
-                    .push_bind(r.request_id.map(StoredId::owned))
+                    .push_bind(r.event.grant_id)
+                    .push_bind(r.event.jti.map(StoredId::owned))
+                    .push_bind(r.event.request_id.map(StoredId::owned))
                     .push_bind(source)
                     .push_bind(issuer)
                     .push_bind(subject)
-                    .push_bind(r.attestation_id.map(StoredId::owned))
+                    .push_bind(r.event.attestation_id.map(StoredId::owned))
                     .push_bind(audience)
                     .push_bind(scopes)
-                    .push_bind(r.iat)
-                    .push_bind(r.exp)
+                    .push_bind(r.event.iat)
+                    .push_bind(r.event.exp)
                     .push_bind(detail)
                     .push_bind(detail_id)
                     .push_bind(digest.to_vec());
@@ -274,36 +274,7 @@ impl Chain {
     /// The record `e` becomes as the next link, and its chain hash.
     fn seal(&mut self, e: &AuditEvent) -> (AuditRecord, [u8; 32]) {
         self.seq += 1;
-        let time_ms = i64::try_from(e.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-        let mut record = AuditRecord {
-            seq: self.seq,
-            time: String::new(),
-            time_ms,
-            kind: e.kind.clone(),
-            outcome: e.outcome.as_str().to_owned(),
-            reason: e.reason.clone(),
-            actor: e.actor.clone(),
-            system_id: e.system_id.clone(),
-            owners: e.owners.clone(),
-            grant_id: e.grant_id.clone(),
-            jti: e.jti.clone(),
-            request_id: e.request_id.clone(),
-            source: e.source.clone(),
-            attestation_issuer: e.attestation_issuer.clone(),
-            subject: e.subject.clone(),
-            attestation_id: e.attestation_id.clone(),
-            audience: e.audience.clone(),
-            scopes: e.scopes.clone(),
-            iat: e.iat,
-            exp: e.exp,
-            detail: e.detail.clone(),
-            prev_hash: std::mem::take(&mut self.hash),
-            hash: String::new(),
-            issuer: None,
-            issuer_url: None,
-        };
-        let digest = chain_digest(&record.prev_hash, &record.canonical());
-        record.hash = crate::crypto::hex(&digest);
+        let (record, digest) = AuditRecord::seal(self.seq, e.clone(), std::mem::take(&mut self.hash));
         self.hash.clone_from(&record.hash);
         (record, digest)
     }
@@ -346,14 +317,15 @@ fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
     let c = corrupt("audit event");
     let time_ms: i64 = row.try_get("time_ms").map_err(&c)?;
     let detail: Option<String> = row.try_get("detail").map_err(&c)?;
-    let time = crate::audit::rfc3339_ms(time_ms).unwrap_or_default();
     let seq: i64 = row.try_get("seq").map_err(&c)?;
-    Ok(AuditRecord {
-        seq,
+    let time = crate::audit::time_of(time_ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("audit event {seq}: time {time_ms} out of range")))?;
+    let outcome: String = row.try_get("outcome").map_err(&c)?;
+    let outcome = outcome.parse().map_err(|e| StoreError::Corrupt(format!("audit event {seq}: {e}")))?;
+    let event = AuditEvent {
         time,
-        time_ms,
         kind: row.try_get("kind").map_err(&c)?,
-        outcome: row.try_get("outcome").map_err(&c)?,
+        outcome,
         reason: row.try_get("reason").map_err(&c)?,
         actor: row.try_get("actor").map_err(&c)?,
         system_id: row.try_get("system_id").map_err(&c)?,
@@ -370,6 +342,11 @@ fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
         iat: row.try_get("iat").map_err(&c)?,
         exp: row.try_get("exp").map_err(&c)?,
         detail: detail.map(|d| serde_json::from_str(&d).unwrap_or(serde_json::Value::String(d))),
+    };
+    Ok(AuditRecord {
+        seq,
+        event,
+        time_ms,
         // The first event follows the genesis hash; any other without a
         // predecessor follows a deleted one, and links to nothing.
         prev_hash: row

@@ -9,7 +9,7 @@
 //! | `GET /metrics` | OpenMetrics text |
 //!
 //! Served with hyper directly: four routes do not need a router, and the
-//! agent stays small (see the README's agent benchmark).
+//! agent stays small (see the agent's figures in docs/performance.md).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

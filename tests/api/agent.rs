@@ -1096,14 +1096,14 @@ impl Drop for Processes {
     }
 }
 
-/// The README's "Running the agent", as a newcomer follows it from a fresh
+/// docs/agent.md's "Running the agent", as a newcomer follows it from a fresh
 /// clone: the broker on the development config, `halflife dev token`
 /// writing the attestation file, the agent on `config/agent.toml`; the
 /// credential file appears, is renewed, and disappears when the system is
 /// suspended; it comes back when the system is reinstated. Only the port,
 /// the lifetime and the intervals are shortened for the test.
 #[tokio::test]
-async fn running_the_agent_from_the_readme() {
+async fn running_the_agent_as_documented() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir(root.join("config")).unwrap();

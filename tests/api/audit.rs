@@ -611,7 +611,7 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
     let by_lower_case =
         halflife::store::AuditFilter { jti: Some(ids[2].to_lowercase()), ..halflife::store::AuditFilter::default() };
     assert_eq!(seqs(by_lower_case).await, Vec::<i64>::new(), "ids are compared exactly, as before");
-    // Stored as the README says an operator finds them.
+    // Stored as docs/audit.md says an operator finds them.
     let mut raw = db.raw().await;
     let columns = ids.iter().map(|id| ("jti", id)).chain(request_ids.iter().map(|id| ("request_id", id)));
     for (column, id) in columns {

@@ -1,5 +1,5 @@
 //! Third-party clients nobody on the project wrote, used unmodified against
-//! a real broker, as the README's "Using halflife from standard clients"
+//! a real broker, as docs/protocol.md's "Using halflife from standard clients"
 //! shows them: openid-client 6 (Node; discovery, a token exchange with an
 //! Ed25519 DPoP key, introspection and revocation with client_secret_basic),
 //! jose (Node; offline verification), Authlib and PyJWT (Python).

@@ -76,3 +76,129 @@ fn every_option_of_every_command_is_documented() {
     }
     assert!(missing.is_empty(), "documented nowhere:\n  {}", missing.join("\n  "));
 }
+
+/// README.md and every page under docs/, each with its path.
+fn pages() -> Vec<(std::path::PathBuf, String)> {
+    let root = crate::helpers::repo_root();
+    let mut paths = vec![root.join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    paths.extend(docs);
+    paths.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect()
+}
+
+/// The text outside fenced code blocks, line by line.
+fn prose(text: &str) -> Vec<&str> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// The anchors GitHub gives a page's headings: lower case, punctuation
+/// dropped but for `-` and `_`, spaces as `-`, a repeated one numbered.
+fn anchors(text: &str) -> std::collections::HashSet<String> {
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let mut out = std::collections::HashSet::new();
+    for line in prose(text) {
+        let Some(title) = line.strip_prefix('#').map(|t| t.trim_start_matches('#')) else { continue };
+        if !title.starts_with(' ') {
+            continue;
+        }
+        let slug: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let n = seen.entry(slug.clone()).or_insert(0);
+        out.insert(if *n == 0 { slug.clone() } else { format!("{slug}-{n}") });
+        *n += 1;
+    }
+    out
+}
+
+/// Every inline link's target on a line, outside code spans.
+fn link_targets(line: &str) -> Vec<String> {
+    let mut text = String::new();
+    for (i, part) in line.split('`').enumerate() {
+        if i % 2 == 0 {
+            text.push_str(part);
+        }
+    }
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("](") {
+        rest = &rest[at + 2..];
+        let end = rest.find(')').unwrap_or(rest.len());
+        out.push(rest[..end].split_whitespace().next().unwrap_or("").to_owned());
+        rest = &rest[end..];
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_in_the_documentation_resolves() {
+    let root = crate::helpers::repo_root();
+    let pages = pages();
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for (path, text) in &pages {
+        let name = path.strip_prefix(root).unwrap().display().to_string();
+        for line in prose(text) {
+            for target in link_targets(line) {
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                checked += 1;
+                let (file, anchor) = target.split_once('#').map_or((target.as_str(), None), |(f, a)| (f, Some(a)));
+                let linked = if file.is_empty() { path.clone() } else { path.parent().unwrap().join(file) };
+                if file.is_empty() && target.is_empty() {
+                    broken.push(format!("{name}: an empty link"));
+                    continue;
+                }
+                if !linked.exists() {
+                    broken.push(format!("{name}: {target}: no such file"));
+                    continue;
+                }
+                if let Some(anchor) = anchor {
+                    let headings = if linked.extension().is_some_and(|e| e == "md") {
+                        anchors(&std::fs::read_to_string(&linked).unwrap())
+                    } else {
+                        std::collections::HashSet::new()
+                    };
+                    if !headings.contains(anchor) {
+                        broken.push(format!("{name}: {target}: no heading with that anchor"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} relative links found: the links were not read");
+    assert!(broken.is_empty(), "broken links:\n  {}", broken.join("\n  "));
+}
+
+#[test]
+fn every_page_under_docs_is_linked_from_the_readme() {
+    let pages = pages();
+    let readme: Vec<String> = prose(&pages[0].1).into_iter().flat_map(link_targets).collect();
+    let unlinked: Vec<String> = pages[1..]
+        .iter()
+        .map(|(path, _)| format!("docs/{}", path.file_name().unwrap().to_string_lossy()))
+        .filter(|page| !readme.iter().any(|t| t.split('#').next() == Some(page.as_str())))
+        .collect();
+    assert!(unlinked.is_empty(), "not linked from README.md: {unlinked:?}");
+}

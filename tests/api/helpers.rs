@@ -429,7 +429,7 @@ impl RawDb {
     }
 
     /// SQL that holds when id column `column` (jti, request_id,
-    /// attestation_id) holds `id`, as the README tells an operator to look
+    /// attestation_id) holds `id`, as docs/audit.md tells an operator to look
     /// one up.
     pub fn id_is(&self, column: &str, id: &str) -> String {
         id_is(matches!(self, Self::Sqlite(_)), column, id)
@@ -438,8 +438,8 @@ impl RawDb {
 
 /// Both backends keep a UUID in canonical form (lower-case, hyphenated) as
 /// its 16 bytes; SQLite keeps any other id as text, PostgreSQL as its
-/// text's bytes (`halflife_id`, migration 0014). The SQL here is what the
-/// README tells an operator to write.
+/// text's bytes (`halflife_id`, migration 0014). The SQL here is what
+/// docs/audit.md tells an operator to write.
 pub fn id_is(sqlite: bool, column: &str, id: &str) -> String {
     let canonical = id.len() == 36
         && id.char_indices().all(|(i, c)| {

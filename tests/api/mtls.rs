@@ -591,7 +591,7 @@ async fn an_mtls_binding_grant_issues_only_over_mtls() {
     assert_eq!(claims["cnf"], json!({"x5t#S256": leaf.thumbprint(), "jkt": key.thumbprint()}));
 }
 
-/// The README's resource-server pattern, run with an independent library
+/// docs/protocol.md's resource-server pattern, run with an independent library
 /// (PyJWT): `examples/dpop_resource_server.py` accepts the holder's proof
 /// and refuses a thief's.
 #[tokio::test]

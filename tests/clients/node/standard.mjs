@@ -1,5 +1,5 @@
 // Standard clients against a running halflife, used unmodified, as a
-// README reader would: openid-client for discovery, token exchange with a
+// reader of docs/protocol.md would: openid-client for discovery, token exchange with a
 // DPoP key, introspection with client_secret_basic and revocation; jose to
 // verify issued tokens against the JWKS. Prints one JSON object; exits
 // non-zero on any failure. Driven by tests/api/clients.rs.

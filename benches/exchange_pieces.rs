@@ -17,7 +17,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use halflife::attest::jwks::KeySet;
 use halflife::attest::jwt::{IssuerKeys, TrustedIssuer, Verifier};
 use halflife::attest::x509::{PeerCertificates, TrustBundles, TrustDomainSource};
-use halflife::audit::{AuditRecord, chain_hash};
+use halflife::audit::{AuditEvent, AuditRecord, Outcome, RequestMeta, chain_hash};
 use halflife::domain::model::{Grant, GrantContext, Owner, OwnerStatus, System, SystemState, Tier};
 use halflife::domain::policy::{Ask, TtlPolicy, decide};
 use halflife::domain::values::{Audience, CredentialKind, GrantId, OwnerId, ScopeSet, SubjectMatch, SystemId};
@@ -146,33 +146,24 @@ fn grant_context(now: OffsetDateTime) -> GrantContext {
 }
 
 fn audit_record() -> AuditRecord {
-    AuditRecord {
-        seq: 1_000_001,
-        time: String::new(),
-        time_ms: 1_800_000_000_000,
-        kind: "credential.issued".into(),
-        outcome: "success".into(),
-        reason: None,
-        actor: None,
-        system_id: Some("bench".into()),
-        owners: Some("biz tech".into()),
-        grant_id: Some("bench-agents".into()),
-        jti: Some("0193b8f0-7c1e-7a6b-9d55-0e1f2a3b4c5d".into()),
-        request_id: Some("7b0b4bb2-2f7e-4d55-a1f4-6b1bd1d5e0c3".into()),
-        source: Some("127.0.0.1".into()),
-        attestation_issuer: Some("bench".into()),
-        subject: Some(SUBJECT.into()),
-        attestation_id: Some("5f0c4f4e-2b7a-4e43-9d6f-2b0c2f7d9a11".into()),
-        audience: Some("reports-api".into()),
-        scopes: Some("reports:read".into()),
-        iat: Some(1_800_000_000),
-        exp: Some(1_800_000_300),
-        detail: Some(json!({"kind": "jwt", "business_owner": "biz", "technical_owner": "tech", "key_id": "k1"})),
-        prev_hash: "9f2b5c0e8f7a4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4".into(),
-        hash: String::new(),
-        issuer: None,
-        issuer_url: None,
-    }
+    let time = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let mut e = AuditEvent::new("credential.issued", Outcome::Success, time, &RequestMeta::default());
+    e.system_id = Some("bench".into());
+    e.owners = Some("biz tech".into());
+    e.grant_id = Some("bench-agents".into());
+    e.jti = Some("0193b8f0-7c1e-7a6b-9d55-0e1f2a3b4c5d".into());
+    e.request_id = Some("7b0b4bb2-2f7e-4d55-a1f4-6b1bd1d5e0c3".into());
+    e.source = Some("127.0.0.1".into());
+    e.attestation_issuer = Some("bench".into());
+    e.subject = Some(SUBJECT.into());
+    e.attestation_id = Some("5f0c4f4e-2b7a-4e43-9d6f-2b0c2f7d9a11".into());
+    e.audience = Some("reports-api".into());
+    e.scopes = Some("reports:read".into());
+    e.iat = Some(1_800_000_000);
+    e.exp = Some(1_800_000_300);
+    e.detail = Some(json!({"kind": "jwt", "business_owner": "biz", "technical_owner": "tech", "key_id": "k1"}));
+    let prev = "9f2b5c0e8f7a4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4";
+    AuditRecord::seal(1_000_001, e, prev.into()).0
 }
 
 fn pieces(c: &mut Criterion) {

@@ -27,7 +27,7 @@ use crate::domain::policy::TtlPolicy;
 use crate::http::serve::{ServeOptions, mtls_acceptor, serve, tls_acceptor};
 use crate::http::{AppState, Limits, StateParts, metadata_document, router};
 use crate::keys::{Kek, KekSource, Keyring};
-use crate::store::logins::{BackendSpec, PgLogins};
+use crate::mint::login::{BackendSpec, PgLogins};
 use crate::store::{
     AuditEvent, Backend, CatalogStore, Coordination, KeyStore, OpenOptions, Opened, Outcome, RequestMeta,
 };

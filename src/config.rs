@@ -117,7 +117,7 @@ pub struct PostgresBackendConfig {
 }
 
 fn default_role_prefix() -> String {
-    crate::store::logins::ROLE_PREFIX.to_owned()
+    ROLE_PREFIX.to_owned()
 }
 
 fn default_connection_limit() -> u32 {
@@ -713,7 +713,7 @@ impl Config {
                 problem(key, "must be greater than zero".to_owned());
             }
         }
-        if crate::store::BackendKind::of(&self.database.url).is_none() {
+        if BackendKind::of(&self.database.url).is_none() {
             problem(
                 "database.url",
                 "must be sqlite://path (e.g. sqlite://data/halflife.db) or postgres://user@host/db".to_owned(),
@@ -787,7 +787,7 @@ impl Config {
                     );
                 }
             }
-            if !b.role_prefix.starts_with(crate::store::logins::ROLE_PREFIX)
+            if !b.role_prefix.starts_with(ROLE_PREFIX)
                 || b.role_prefix.len() > 16
                 || !b.role_prefix.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
             {
@@ -1101,6 +1101,29 @@ pub(crate) fn flatten_figment_error(e: figment::Error) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Which backend a `database.url` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+impl BackendKind {
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Every role halflife creates on a workload database starts with this
+/// (the sweep drops only such roles).
+pub const ROLE_PREFIX: &str = "hlf_";
 
 #[cfg(test)]
 mod tests {

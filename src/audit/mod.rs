@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use time::OffsetDateTime;
 
 use crate::crypto;
 
@@ -19,16 +20,55 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// The `typ` header of checkpoint signatures.
 pub const CHECKPOINT_TYP: &str = "hl-checkpoint+jwt";
 
-/// One audit event as stored and exported.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    pub seq: i64,
-    /// RFC 3339 with milliseconds, for people.
-    pub time: String,
-    /// Milliseconds since the epoch: what the hash covers.
-    pub time_ms: i64,
+/// Where a request came from, for attribution.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestMeta {
+    pub request_id: Option<String>,
+    pub source: Option<String>,
+}
+
+/// How the act an event records ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Denied,
+    Failure,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Denied => "denied",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "success" => Ok(Self::Success),
+            "denied" => Ok(Self::Denied),
+            "failure" => Ok(Self::Failure),
+            other => Err(format!("unknown outcome {other:?}")),
+        }
+    }
+}
+
+/// One entry of the audit trail: what happened, to what, for whom. Holds
+/// identifiers and fingerprints only: never a token, secret or key. Stored
+/// and exported as an [`AuditRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// RFC 3339, to the millisecond once stored.
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
     pub kind: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub reason: Option<String>,
     pub actor: Option<String>,
     pub system_id: Option<String>,
@@ -46,6 +86,43 @@ pub struct AuditRecord {
     pub iat: Option<i64>,
     pub exp: Option<i64>,
     pub detail: Option<Value>,
+}
+
+impl AuditEvent {
+    pub fn new(kind: &str, outcome: Outcome, time: OffsetDateTime, meta: &RequestMeta) -> Self {
+        Self {
+            time,
+            kind: kind.to_owned(),
+            outcome,
+            reason: None,
+            actor: None,
+            system_id: None,
+            owners: None,
+            grant_id: None,
+            jti: None,
+            request_id: meta.request_id.clone(),
+            source: meta.source.clone(),
+            attestation_issuer: None,
+            subject: None,
+            attestation_id: None,
+            audience: None,
+            scopes: None,
+            iat: None,
+            exp: None,
+            detail: None,
+        }
+    }
+}
+
+/// One audit event as stored and exported: the event, its place in the
+/// chain and its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    /// Milliseconds since the epoch: what the hash covers.
+    pub time_ms: i64,
     pub prev_hash: String,
     pub hash: String,
     /// The configured name of the attestation's issuer (as grants, `/v1/revoke`
@@ -85,11 +162,14 @@ pub struct Canonical<'a> {
     pub detail: Option<&'a Value>,
 }
 
+/// The moment of a millisecond timestamp.
+pub fn time_of(time_ms: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000).ok()
+}
+
 /// RFC 3339 text of a millisecond timestamp, as events show it.
 pub fn rfc3339_ms(time_ms: i64) -> Option<String> {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+    time_of(time_ms).and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
 }
 
 /// The chain hash of `event` after `prev_hash`, in lower-case hex.
@@ -108,28 +188,45 @@ pub fn chain_digest(prev_hash: &str, event: &Canonical<'_>) -> [u8; 32] {
 }
 
 impl AuditRecord {
+    /// `event` sealed as event `seq` after `prev_hash`: its time kept to
+    /// the millisecond (what the hash covers), its hash computed.
+    pub fn seal(seq: i64, mut event: AuditEvent, prev_hash: String) -> (Self, [u8; 32]) {
+        let time_ms = i64::try_from(event.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        event.time = time_of(time_ms).unwrap_or(event.time);
+        let mut record = Self { seq, event, time_ms, prev_hash, hash: String::new(), issuer: None, issuer_url: None };
+        let digest = chain_digest(&record.prev_hash, &record.canonical());
+        record.hash = crypto::hex(&digest);
+        (record, digest)
+    }
+
+    /// The event's time as RFC 3339 text, as exports show it.
+    pub fn time(&self) -> String {
+        rfc3339_ms(self.time_ms).unwrap_or_default()
+    }
+
     pub fn canonical(&self) -> Canonical<'_> {
+        let e = &self.event;
         Canonical {
             seq: self.seq,
             time_ms: self.time_ms,
-            kind: &self.kind,
-            outcome: &self.outcome,
-            reason: self.reason.as_deref(),
-            actor: self.actor.as_deref(),
-            system_id: self.system_id.as_deref(),
-            owners: self.owners.as_deref(),
-            grant_id: self.grant_id.as_deref(),
-            jti: self.jti.as_deref(),
-            request_id: self.request_id.as_deref(),
-            source: self.source.as_deref(),
-            attestation_issuer: self.attestation_issuer.as_deref(),
-            subject: self.subject.as_deref(),
-            attestation_id: self.attestation_id.as_deref(),
-            audience: self.audience.as_deref(),
-            scopes: self.scopes.as_deref(),
-            iat: self.iat,
-            exp: self.exp,
-            detail: self.detail.as_ref(),
+            kind: &e.kind,
+            outcome: e.outcome.as_str(),
+            reason: e.reason.as_deref(),
+            actor: e.actor.as_deref(),
+            system_id: e.system_id.as_deref(),
+            owners: e.owners.as_deref(),
+            grant_id: e.grant_id.as_deref(),
+            jti: e.jti.as_deref(),
+            request_id: e.request_id.as_deref(),
+            source: e.source.as_deref(),
+            attestation_issuer: e.attestation_issuer.as_deref(),
+            subject: e.subject.as_deref(),
+            attestation_id: e.attestation_id.as_deref(),
+            audience: e.audience.as_deref(),
+            scopes: e.scopes.as_deref(),
+            iat: e.iat,
+            exp: e.exp,
+            detail: e.detail.as_ref(),
         }
     }
 }
@@ -224,7 +321,7 @@ impl ChainVerifier {
         }
         // `time` is derived from the hashed `time_ms`; an export whose
         // readable time was edited is altered too.
-        if !event.time.is_empty() && rfc3339_ms(event.time_ms).as_deref() != Some(event.time.as_str()) {
+        if time_of(event.time_ms) != Some(event.event.time) {
             self.fail(event.seq, "time does not match time_ms (altered)".into());
             return false;
         }
@@ -291,20 +388,14 @@ mod tests {
         let mut prev = GENESIS.to_owned();
         (1..=n)
             .map(|seq| {
-                let mut r = AuditRecord {
-                    seq,
-                    time_ms: 1000 * seq,
-                    kind: "credential.issued".into(),
-                    outcome: "success".into(),
-                    actor: Some("a".into()),
-                    system_id: Some("s".into()),
-                    owners: Some("b t".into()),
-                    jti: Some(format!("j{seq}")),
-                    detail: Some(serde_json::json!({"z": 1, "a": [1, 2]})),
-                    prev_hash: prev.clone(),
-                    ..AuditRecord::default()
-                };
-                r.hash = chain_hash(&prev, &r.canonical());
+                let time = time_of(1000 * seq).unwrap();
+                let mut event = AuditEvent::new("credential.issued", Outcome::Success, time, &RequestMeta::default());
+                event.actor = Some("a".into());
+                event.system_id = Some("s".into());
+                event.owners = Some("b t".into());
+                event.jti = Some(format!("j{seq}"));
+                event.detail = Some(serde_json::json!({"z": 1, "a": [1, 2]}));
+                let (r, _) = AuditRecord::seal(seq, event, prev.clone());
                 prev.clone_from(&r.hash);
                 r
             })
@@ -351,7 +442,7 @@ mod tests {
     #[test]
     fn each_kind_of_tampering_names_its_sequence() {
         let mut altered = chain(5);
-        altered[2].actor = Some("mallory".into());
+        altered[2].event.actor = Some("mallory".into());
         assert_eq!(verify(&altered, &[]).first_problem.unwrap().seq, 3);
 
         let mut deleted = chain(5);

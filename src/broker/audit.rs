@@ -87,13 +87,13 @@ impl Broker {
     /// Names each event's attestation issuer both ways: `issuer`, the name
     /// grants use, and `issuer_url`, the `iss` recorded.
     pub fn name_issuers(&self, events: &mut [crate::audit::AuditRecord]) {
-        if events.iter().all(|e| e.attestation_issuer.is_none()) {
+        if events.iter().all(|e| e.event.attestation_issuer.is_none()) {
             return;
         }
         let names = self.issuers_by_url();
         for e in events {
-            e.issuer_url.clone_from(&e.attestation_issuer);
-            e.issuer = e.attestation_issuer.as_ref().and_then(|url| names.get(url).cloned());
+            e.issuer_url.clone_from(&e.event.attestation_issuer);
+            e.issuer = e.event.attestation_issuer.as_ref().and_then(|url| names.get(url).cloned());
         }
     }
 
@@ -168,7 +168,7 @@ impl Broker {
         };
         let own = AuditFilter { jti: Some(jti.to_owned()), ..AuditFilter::default() };
         let events = self.audit.audit_events(&own, None, PAGE).await.map_err(Unavailable)?;
-        let issued_at = events.iter().find(|e| e.kind == "credential.issued").map_or(0, |e| e.seq);
+        let issued_at = events.iter().find(|e| e.event.kind == "credential.issued").map_or(0, |e| e.seq);
         let system = credential["system"].as_str().map(str::to_owned);
         let subject = credential["subject"].as_str().map(str::to_owned);
         let principal = credential["on_behalf_of"]["subject"].as_str().map(str::to_owned);
@@ -185,7 +185,7 @@ impl Broker {
         let mut related = Vec::new();
         for filter in filters {
             let found = self.audit.audit_events(&filter, Some(issued_at), PAGE).await.map_err(Unavailable)?;
-            related.extend(found.into_iter().filter(|e| e.jti.is_none()));
+            related.extend(found.into_iter().filter(|e| e.event.jti.is_none()));
         }
         related.sort_by_key(|e| e.seq);
         related.dedup_by_key(|e| e.seq);

@@ -21,7 +21,7 @@ use crate::domain::policy::{Ask, Decision, Denial, DenyCode, decide, operating_r
 use crate::domain::values::CredentialKind;
 use crate::mint;
 use crate::mint::jwt::{ACCESS_TOKEN_TYP, AccessClaims, Confirmation};
-use crate::store::logins::LoginTarget;
+use crate::mint::login::LoginTarget;
 use crate::store::{AuditEvent, Issuance, IssueOutcome, Outcome, ReplayGuard, ReplayKind, RequestMeta};
 
 /// The one message every forged, expired or untrusted subject token gets, so
@@ -491,7 +491,7 @@ impl Broker {
         let (access_token, secret_hash, issued_login) = match (&decision.kind, login) {
             (CredentialKind::Postgres(backend), Some(target)) => {
                 let random = crypto::random_bytes::<4>().map_err(|e| Internal::new("role name generation", e))?;
-                let role = crate::store::logins::role_name(&target.role_prefix, ctx.system.id.as_str(), random);
+                let role = crate::mint::login::role_name(&target.role_prefix, ctx.system.id.as_str(), random);
                 let password = crypto::random_bytes::<32>().map_err(|e| Internal::new("password generation", e))?;
                 let password = SecretString::from(crypto::b64url(zeroize::Zeroizing::new(password).as_slice()));
                 if let Err(e) = self.logins.create_login(backend, &role, &password, decision.exp).await {

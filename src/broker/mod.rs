@@ -66,7 +66,7 @@ pub struct Broker {
     /// Keys the stored hashes of opaque secrets (derived from the KEK).
     pub secret_key: Arc<ring::hmac::Key>,
     /// The database backends on which logins are created.
-    pub logins: Arc<dyn crate::store::logins::DatabaseLogins>,
+    pub logins: Arc<dyn crate::mint::login::DatabaseLogins>,
     /// Token-endpoint rate limits.
     pub throttle: Arc<throttle::Throttle>,
     /// Where signing keys are stored, the key that seals them, and the

@@ -1,4 +1,5 @@
 //! Credential minting.
 
 pub mod jwt;
+pub mod login;
 pub mod secret;

@@ -10,7 +10,7 @@
 //! node; PostgreSQL for several replicas. `database.url` picks one.
 
 pub mod cache;
-pub mod logins;
+pub(crate) mod dialect;
 pub mod postgres;
 pub mod sqlite;
 
@@ -21,6 +21,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+pub use crate::audit::{AuditEvent, Outcome, RequestMeta};
+use crate::config::BackendKind;
 use crate::domain::catalog::CatalogState;
 use crate::domain::model::{Grant, GrantContext, Owner, System};
 use crate::domain::values::{CredentialKind, GrantId, OwnerId, SystemId};
@@ -133,84 +135,6 @@ pub enum StoreError {
     /// The request refers to something that does not exist.
     #[error("{0}")]
     NotFound(String),
-}
-
-/// Where a request came from, for attribution.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RequestMeta {
-    pub request_id: Option<String>,
-    pub source: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Success,
-    Denied,
-    Failure,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Denied => "denied",
-            Self::Failure => "failure",
-        }
-    }
-}
-
-/// One entry of the audit log. Holds identifiers and fingerprints only:
-/// never a token, secret or key.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditEvent {
-    #[serde(with = "time::serde::rfc3339")]
-    pub time: OffsetDateTime,
-    pub kind: String,
-    pub outcome: Outcome,
-    pub reason: Option<String>,
-    pub actor: Option<String>,
-    pub system_id: Option<String>,
-    pub grant_id: Option<String>,
-    pub jti: Option<String>,
-    pub request_id: Option<String>,
-    pub source: Option<String>,
-    pub attestation_issuer: Option<String>,
-    pub subject: Option<String>,
-    pub attestation_id: Option<String>,
-    pub audience: Option<String>,
-    pub scopes: Option<String>,
-    pub iat: Option<i64>,
-    pub exp: Option<i64>,
-    pub detail: Option<serde_json::Value>,
-    /// The system's owners at that moment, space-separated.
-    pub owners: Option<String>,
-}
-
-impl AuditEvent {
-    pub fn new(kind: &str, outcome: Outcome, time: OffsetDateTime, meta: &RequestMeta) -> Self {
-        Self {
-            time,
-            kind: kind.to_owned(),
-            outcome,
-            reason: None,
-            actor: None,
-            system_id: None,
-            grant_id: None,
-            jti: None,
-            request_id: meta.request_id.clone(),
-            source: meta.source.clone(),
-            attestation_issuer: None,
-            subject: None,
-            attestation_id: None,
-            audience: None,
-            scopes: None,
-            iat: None,
-            exp: None,
-            detail: None,
-            owners: None,
-        }
-    }
 }
 
 /// Guards something that works once (a single-use attestation, a DPoP
@@ -747,25 +671,6 @@ impl<T> Backend for T where
         + Health
         + Views
 {
-}
-
-/// Which backend a `database.url` selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    Sqlite,
-    Postgres,
-}
-
-impl BackendKind {
-    pub fn of(url: &str) -> Option<Self> {
-        if url.starts_with("sqlite:") {
-            Some(Self::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Some(Self::Postgres)
-        } else {
-            None
-        }
-    }
 }
 
 /// How to open the database.

@@ -1,9 +1,9 @@
 //! The PostgreSQL store: several stateless replicas share one database.
 //!
-//! The store body is shared with SQLite (`src/store/sql/`); this module
-//! supplies PostgreSQL's types and connection settings, the write lock, and
-//! what replicas need to cooperate: a leader lock for singleton background
-//! work.
+//! The store body is shared with SQLite (`sql/`, see [`Dialect`]); this
+//! module supplies PostgreSQL's dialect and connection settings, the write
+//! lock, and what replicas need to cooperate: a leader lock for singleton
+//! background work and the change listener.
 //!
 //! Every write transaction takes one transaction-scoped advisory lock first
 //! (`begin_write`). That serializes writers across all replicas the way
@@ -12,126 +12,126 @@
 //! commit-time check of a system's state exact. Group commit keeps the cost
 //! to one lock per batch, not per request.
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Mutex;
 
+use std::str::FromStr;
+
+use sqlx::ConnectOptions as _;
+
+use body::{prepare_schema, unavailable};
+
+use super::cache::Cache;
+use super::dialect::{Dialect, Refusal};
 use super::*;
 
-type Db = sqlx::Postgres;
-type Conn = PgConnection;
-type DbRow = PgRow;
-type DbPool = PgPool;
-type ConnectOpts = PgConnectOptions;
+/// PostgreSQL, for the shared store body.
+pub struct Postgres;
 
-/// `CONTAINS_FN(haystack, needle) > 0` when `needle` occurs in `haystack`.
-const CONTAINS_FN: &str = "strpos";
+type Backend = Postgres;
 
-/// A stored chain hash (32 bytes) as lower-case hex text.
-fn hash_hex(column: &str) -> String {
-    format!("encode({column}, 'hex')")
-}
+// The shared body, compiled here against PostgreSQL's dialect (the same
+// files are compiled in `sqlite.rs` against SQLite's).
+#[expect(clippy::duplicate_mod, reason = "the store body is compiled once per backend, against its Dialect")]
+#[path = "sql/mod.rs"]
+mod body;
 
 /// Advisory lock held by every write transaction (`halflife` in ASCII).
 const WRITE_LOCK: i64 = 0x68616c666c696665;
 /// `BEGIN` and taking `WRITE_LOCK`, as one simple query.
 const BEGIN_WRITE: &str = "BEGIN; SELECT pg_advisory_xact_lock(7521412039846749797)";
-
-/// `BEGIN_WRITE` is a simple query and a batch's first read has bind
-/// parameters (the extended protocol): they cannot share a round trip.
-const BATCH_BEGINS_WITH_READ: bool = false;
 /// Advisory lock held by the replica that runs singleton background work.
 const LEADER_LOCK: i64 = WRITE_LOCK + 1;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Starts a write transaction holding the database-wide write lock, in one
-/// round trip (both statements in one simple query).
-async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
-    use sqlx::Executor as _;
-    conn.execute(BEGIN_WRITE).await?;
-    Ok(())
-}
+impl Dialect for Postgres {
+    type Db = sqlx::Postgres;
+    /// Nothing: the writer does no work between batches here.
+    type BetweenBatches = ();
 
-/// Work the group-commit writer does between batches: none here.
-async fn after_batch(_conn: &mut Conn, _wal_frames: &AtomicU64) -> Result<(), sqlx::Error> {
-    Ok(())
-}
+    const BEGIN_WRITE: &'static str = BEGIN_WRITE;
+    const CONTAINS_FN: &'static str = "strpos";
+    const SNAPSHOT_BEGIN: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    /// `BEGIN_WRITE` is a simple query and a batch's first read has bind
+    /// parameters (the extended protocol): they cannot share a round trip.
+    const BATCH_BEGINS_WITH_READ: bool = false;
+    /// PostgreSQL prepares one statement at a time: a batch's closing
+    /// statements become the data-modifying CTEs of one (see `Statements`).
+    const ONE_EXECUTION: bool = false;
+    /// The database picks credential ids; the INSERT returns them.
+    const EXPLICIT_CREDENTIAL_IDS: bool = false;
 
-/// Whether PostgreSQL refused a statement for something the statement
-/// caused, by SQLSTATE (Appendix A of its manual): data exceptions (class
-/// 22, such as a NUL in text, `invalid byte sequence`) and program limits
-/// (54, such as a value too long to index) are its values; an error in the
-/// statement (42 but 42501, 0A, 21, 26, 34) is the statement's own. `None`
-/// for everything else: the server could not be reached, could not or
-/// would not commit (a connection lost, a lock or statement timeout, a
-/// serialization failure, a full disk, a read-only standby after failover,
-/// a permission taken away, a trigger raising an exception).
-fn refusal(e: &dyn sqlx::error::DatabaseError) -> Option<Refusal> {
-    let code = e.code()?;
-    match (code.get(..2)?, code.as_ref()) {
-        ("22" | "54", _) => Some(Refusal::Value),
-        (_, "42501") => None,
-        ("42" | "0A" | "21" | "26" | "34", _) => Some(Refusal::Statement),
-        _ => None,
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
+    fn hash_hex(column: &str) -> String {
+        format!("encode({column}, 'hex')")
+    }
+
+    /// By SQLSTATE (Appendix A of PostgreSQL's manual): data exceptions
+    /// (class 22, such as a NUL in text, `invalid byte sequence`) and
+    /// program limits (54, such as a value too long to index) are its
+    /// values; an error in the statement (42 but 42501, 0A, 21, 26, 34) is
+    /// the statement's own. `None` for everything else: the server could
+    /// not be reached, could not or would not commit (a connection lost, a
+    /// lock or statement timeout, a serialization failure, a full disk, a
+    /// read-only standby after failover, a permission taken away, a
+    /// trigger raising an exception).
+    fn refusal(e: &dyn sqlx::error::DatabaseError) -> Option<Refusal> {
+        let code = e.code()?;
+        match (code.get(..2)?, code.as_ref()) {
+            ("22" | "54", _) => Some(Refusal::Value),
+            (_, "42501") => None,
+            ("42" | "0A" | "21" | "26" | "34", _) => Some(Refusal::Statement),
+            _ => None,
+        }
+    }
+
+    /// `BEGIN` and the database-wide write lock in one round trip (both
+    /// statements in one simple query).
+    async fn begin_write(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        use sqlx::Executor as _;
+        conn.execute(BEGIN_WRITE).await?;
+        Ok(())
+    }
+
+    async fn after_batch(_conn: &mut PgConnection, _: &()) -> Result<(), sqlx::Error> {
+        Ok(())
     }
 }
-
-/// Starts the read transaction that loads the catalog view.
-const SNAPSHOT_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-
-/// PostgreSQL prepares one statement at a time: a batch's closing
-/// statements become the data-modifying CTEs of one (see `Statements`).
-const ONE_EXECUTION: bool = false;
-/// The database picks credential ids; the INSERT returns them.
-const EXPLICIT_CREDENTIAL_IDS: bool = false;
 
 /// Ids are kept in `bytea` columns (migration 0014): a canonical UUID as
 /// its 16 bytes, any other id as its text's bytes (`StoredId::packed`).
-impl sqlx::Type<Db> for StoredId<'_> {
+impl sqlx::Type<sqlx::Postgres> for StoredId<'_> {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
-        <&[u8] as sqlx::Type<Db>>::type_info()
+        <&[u8] as sqlx::Type<sqlx::Postgres>>::type_info()
     }
 
     fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-        <&[u8] as sqlx::Type<Db>>::compatible(ty)
+        <&[u8] as sqlx::Type<sqlx::Postgres>>::compatible(ty)
     }
 }
 
-impl<'q, 'a: 'q> sqlx::Encode<'q, Db> for StoredId<'a> {
+impl<'q, 'a: 'q> sqlx::Encode<'q, sqlx::Postgres> for StoredId<'a> {
     fn encode_by_ref(
         &self,
         buf: &mut sqlx::postgres::PgArgumentBuffer,
     ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        <&[u8] as sqlx::Encode<Db>>::encode_by_ref(&&*self.packed(), buf)
+        <&[u8] as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&&*self.packed(), buf)
     }
 }
 
-impl<'r> sqlx::Decode<'r, Db> for StoredId<'static> {
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for StoredId<'static> {
     fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        Ok(StoredId::unpack(<&[u8] as sqlx::Decode<Db>>::decode(value)?)?)
+        Ok(StoredId::unpack(<&[u8] as sqlx::Decode<sqlx::Postgres>>::decode(value)?)?)
     }
-}
-
-include!("sql/core.rs");
-
-mod lifecycle {
-    use super::*;
-    include!("sql/lifecycle.rs");
-}
-
-mod audit {
-    use super::*;
-    include!("sql/audit.rs");
-}
-
-mod catalog {
-    use super::*;
-    include!("sql/catalog.rs");
 }
 
 /// The PostgreSQL store.
-pub type PgStore = Store;
+pub type PgStore = body::Store;
 
 /// How long a replica waits for another's migrations (or a migration for
 /// the locks it needs).
@@ -152,7 +152,7 @@ fn connect_options(url: &str, name: &str, limit: Duration) -> Result<PgConnectOp
         .disable_statement_logging())
 }
 
-impl Store {
+impl body::Store {
     /// Connects to the database at `url`, applies (or, without
     /// `auto_migrate`, requires) the migrations, and starts the writer task.
     pub async fn open(
@@ -178,7 +178,7 @@ impl Store {
             .connect_with(connect_options(url, name, MIGRATION_LOCK_TIMEOUT)?)
             .await
             .map_err(unavailable)?;
-        prepare_schema(&migrations, &MIGRATOR, auto_migrate).await?;
+        prepare_schema(&migrations, auto_migrate).await?;
         migrations.close().await;
         // The views are trusted only once the change listener is up.
         let store = Self::start(pool, options, acquire_timeout, false, Arc::default()).await?;

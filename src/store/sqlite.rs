@@ -1,8 +1,9 @@
 //! The embedded SQLite store (WAL, `synchronous = FULL`): the default, for
 //! one node.
 //!
-//! The store body is shared with PostgreSQL (`src/store/sql/`); this module
-//! supplies SQLite's types, connection settings and write lock. SQLite
+//! The store body is shared with PostgreSQL (`sql/`, see [`Dialect`]); this
+//! module supplies SQLite's dialect, connection settings and write lock,
+//! and runs the WAL checkpoints. SQLite
 //! allows one writer at a time, taken by `BEGIN IMMEDIATE`; the single
 //! group-commit writer also avoids the lock convoy many concurrent SQLite
 //! writers produce.
@@ -10,59 +11,107 @@
 use std::sync::atomic::Ordering;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use sqlx::ConnectOptions as _;
+use std::sync::atomic::AtomicU64;
+
+use body::{prepare_schema, unavailable};
+
+use super::dialect::{Dialect, Refusal};
 use super::*;
 
-type Db = sqlx::Sqlite;
-type Conn = sqlx::SqliteConnection;
-type DbRow = SqliteRow;
-type DbPool = SqlitePool;
-type ConnectOpts = SqliteConnectOptions;
+/// SQLite, for the shared store body.
+pub struct Sqlite;
 
-/// `CONTAINS_FN(haystack, needle) > 0` when `needle` occurs in `haystack`.
-const CONTAINS_FN: &str = "instr";
+type Backend = Sqlite;
 
-/// A stored chain hash (32 bytes) as lower-case hex text.
-fn hash_hex(column: &str) -> String {
-    format!("lower(hex({column}))")
-}
+// The shared body, compiled here against SQLite's dialect (the same
+// files are compiled in `postgres.rs` against PostgreSQL's).
+#[expect(clippy::duplicate_mod, reason = "the store body is compiled once per backend, against its Dialect")]
+#[path = "sql/mod.rs"]
+mod body;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+impl Dialect for Sqlite {
+    type Db = sqlx::Sqlite;
+    /// Frames in the write-ahead log at the last background checkpoint;
+    /// the writer catches up when it is large (`after_batch`).
+    type BetweenBatches = AtomicU64;
 
-/// Whether SQLite refused a statement for something the statement caused,
-/// by its primary result code (the low byte of the extended code sqlx
-/// reports): a value too big or of the wrong type (SQLITE_TOOBIG,
-/// SQLITE_MISMATCH) is its value; an error in the SQL (SQLITE_ERROR,
-/// SQLITE_MISUSE, SQLITE_RANGE) the statement's own. `None` for everything
-/// else: the file could not be used or the write could not or would not
-/// commit (busy, locked, read-only, I/O error, full, corrupt, a trigger
-/// raising ABORT).
-fn refusal(e: &dyn sqlx::error::DatabaseError) -> Option<Refusal> {
-    let code: i32 = e.code()?.parse().ok()?;
-    match code & 0xff {
-        18 | 20 => Some(Refusal::Value),
-        1 | 21 | 25 => Some(Refusal::Statement),
-        _ => None,
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const CONTAINS_FN: &'static str = "instr";
+    const SNAPSHOT_BEGIN: &'static str = "BEGIN";
+    /// A group-commit batch takes the write lock in the same execution as
+    /// its first read (`BatchStart`): each execution is a round trip to the
+    /// driver's connection thread, about 0.1 ms under load, and a batch
+    /// waits for all of its own.
+    const BATCH_BEGINS_WITH_READ: bool = true;
+    /// A batch's closing statements (and COMMIT) go to SQLite's connection
+    /// thread as one execution.
+    const ONE_EXECUTION: bool = true;
+    /// Credential ids are given in the INSERT, counted on from the largest
+    /// one read under the write lock: no RETURNING rows to wait for, which
+    /// SQLite's driver hands back one message, and one wake-up, at a time.
+    const EXPLICIT_CREDENTIAL_IDS: bool = true;
+
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
+    fn hash_hex(column: &str) -> String {
+        format!("lower(hex({column}))")
+    }
+
+    /// By the primary result code (the low byte of the extended code sqlx
+    /// reports): a value too big or of the wrong type (SQLITE_TOOBIG,
+    /// SQLITE_MISMATCH) is its value; an error in the SQL (SQLITE_ERROR,
+    /// SQLITE_MISUSE, SQLITE_RANGE) the statement's own. `None` for
+    /// everything else: the file could not be used or the write could not
+    /// or would not commit (busy, locked, read-only, I/O error, full,
+    /// corrupt, a trigger raising ABORT).
+    fn refusal(e: &dyn sqlx::error::DatabaseError) -> Option<Refusal> {
+        let code: i32 = e.code()?.parse().ok()?;
+        match code & 0xff {
+            18 | 20 => Some(Refusal::Value),
+            1 | 21 | 25 => Some(Refusal::Statement),
+            _ => None,
+        }
+    }
+
+    /// `BEGIN IMMEDIATE` takes SQLite's write lock at once, so what the
+    /// transaction reads next no other writer can change before it commits.
+    async fn begin_write(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(Self::BEGIN_WRITE).execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// When the background checkpoint found a long log and nearly caught
+    /// up with it, finish the checkpoint on the writer's own connection.
+    /// The background checkpoint runs while batches commit, so under
+    /// sustained load it never catches up with the last frame, and SQLite
+    /// only reuses the log from its start once one has: the log grew
+    /// without bound (1.8 GB in 30 seconds at peak). Here no batch commits
+    /// meanwhile, so it catches up, and the next batch starts the log over.
+    /// The background checkpoint has already copied most pages; this
+    /// copies the few frames since.
+    async fn after_batch(conn: &mut SqliteConnection, wal_frames: &AtomicU64) -> Result<(), sqlx::Error> {
+        if wal_frames.load(Ordering::Relaxed) < CATCH_UP_FRAMES {
+            return Ok(());
+        }
+        let hint = wal_frames.swap(0, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *conn).await?;
+        // Every batch queued meanwhile waited this long.
+        tracing::debug!(frames = hint, took_us = started.elapsed().as_micros(), "writer caught up the write-ahead log");
+        Ok(())
     }
 }
 
-/// Starts a write transaction holding the database's write lock.
-async fn begin_write(conn: &mut Conn) -> Result<(), sqlx::Error> {
-    sqlx::query(BEGIN_WRITE).execute(&mut *conn).await?;
-    Ok(())
-}
-
-/// Opens a write transaction that takes SQLite's write lock at once, so
-/// what it reads next no other writer can change before it commits.
-const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
-
-/// A group-commit batch takes the write lock in the same execution as its
-/// first read (`BatchStart`): each execution is a round trip to the
-/// driver's connection thread, about 0.1 ms under load, and a batch waits
-/// for all of its own.
-const BATCH_BEGINS_WITH_READ: bool = true;
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Frames (4 KiB pages) in the write-ahead log beyond which the writer
 /// checkpoints it itself between batches: 16 MiB, a fraction of a second
@@ -78,51 +127,19 @@ const LEFT_FOR_THE_WRITER: i64 = 1024;
 /// The log file is cut back to this size when it is reused from its start.
 const WAL_SIZE_LIMIT: u64 = 64 << 20;
 
-/// Work the group-commit writer does between batches: when the background
-/// checkpoint found a long log and nearly caught up with it, finish the
-/// checkpoint on the writer's own connection. The background checkpoint runs while batches commit, so
-/// under sustained load it never catches up with the last frame, and
-/// SQLite only reuses the log from its start once one has: the log grew
-/// without bound (1.8 GB in 30 seconds at peak). Here no batch commits
-/// meanwhile, so it catches up, and the next batch starts the log over.
-/// The background checkpoint has already copied most pages; this copies
-/// the few frames since.
-async fn after_batch(conn: &mut Conn, wal_frames: &AtomicU64) -> Result<(), sqlx::Error> {
-    if wal_frames.load(Ordering::Relaxed) < CATCH_UP_FRAMES {
-        return Ok(());
-    }
-    let hint = wal_frames.swap(0, Ordering::Relaxed);
-    let started = std::time::Instant::now();
-    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *conn).await?;
-    // Every batch queued meanwhile waited this long.
-    tracing::debug!(frames = hint, took_us = started.elapsed().as_micros(), "writer caught up the write-ahead log");
-    Ok(())
-}
-
-/// Starts the read transaction that loads the catalog view.
-const SNAPSHOT_BEGIN: &str = "BEGIN";
-
-/// A batch's closing statements (and COMMIT) go to SQLite's connection
-/// thread as one execution.
-const ONE_EXECUTION: bool = true;
-/// Credential ids are given in the INSERT, counted on from the largest
-/// one read under the write lock: no RETURNING rows to wait for, which
-/// SQLite's driver hands back one message, and one wake-up, at a time.
-const EXPLICIT_CREDENTIAL_IDS: bool = true;
-
 /// Ids are kept as a UUID's 16 bytes when they are one in canonical form
 /// (migration 0017), else as text; both read back as text.
-impl sqlx::Type<Db> for StoredId<'_> {
+impl sqlx::Type<sqlx::Sqlite> for StoredId<'_> {
     fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
-        <&str as sqlx::Type<Db>>::type_info()
+        <&str as sqlx::Type<sqlx::Sqlite>>::type_info()
     }
 
     fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
-        <&str as sqlx::Type<Db>>::compatible(ty) || <&[u8] as sqlx::Type<Db>>::compatible(ty)
+        <&str as sqlx::Type<sqlx::Sqlite>>::compatible(ty) || <&[u8] as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
     }
 }
 
-impl<'q, 'a: 'q> sqlx::Encode<'q, Db> for StoredId<'a> {
+impl<'q, 'a: 'q> sqlx::Encode<'q, sqlx::Sqlite> for StoredId<'a> {
     fn encode_by_ref(
         &self,
         args: &mut Vec<sqlx::sqlite::SqliteArgumentValue<'q>>,
@@ -135,36 +152,19 @@ impl<'q, 'a: 'q> sqlx::Encode<'q, Db> for StoredId<'a> {
     }
 }
 
-impl<'r> sqlx::Decode<'r, Db> for StoredId<'static> {
+impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for StoredId<'static> {
     fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
         use sqlx::ValueRef as _;
-        if <&str as sqlx::Type<Db>>::compatible(&value.type_info()) {
-            return Ok(StoredId(Cow::Owned(<&str as sqlx::Decode<Db>>::decode(value)?.to_owned())));
+        if <&str as sqlx::Type<sqlx::Sqlite>>::compatible(&value.type_info()) {
+            return Ok(StoredId(Cow::Owned(<&str as sqlx::Decode<sqlx::Sqlite>>::decode(value)?.to_owned())));
         }
-        let bytes = <&[u8] as sqlx::Decode<Db>>::decode(value)?;
+        let bytes = <&[u8] as sqlx::Decode<sqlx::Sqlite>>::decode(value)?;
         StoredId::from_uuid_bytes(bytes).ok_or_else(|| format!("an id of {} bytes is not a UUID", bytes.len()).into())
     }
 }
 
-include!("sql/core.rs");
-
-mod lifecycle {
-    use super::*;
-    include!("sql/lifecycle.rs");
-}
-
-mod audit {
-    use super::*;
-    include!("sql/audit.rs");
-}
-
-mod catalog {
-    use super::*;
-    include!("sql/catalog.rs");
-}
-
 /// The SQLite store.
-pub type SqliteStore = Store;
+pub type SqliteStore = body::Store;
 
 /// One node leads itself.
 pub struct SoleLeader;
@@ -176,7 +176,7 @@ impl Coordination for SoleLeader {
     }
 }
 
-impl Store {
+impl body::Store {
     /// Opens (creating if needed) and migrates the database at `url`, and
     /// starts the writer task.
     pub async fn open(
@@ -229,7 +229,7 @@ async fn connect(
         .connect_with(options.clone())
         .await
         .map_err(unavailable)?;
-    prepare_schema(&pool, &MIGRATOR, auto_migrate).await?;
+    prepare_schema(&pool, auto_migrate).await?;
     Ok((pool, options))
 }
 
@@ -299,6 +299,10 @@ async fn checkpoint_once(pool: &SqlitePool, wal_frames: &AtomicU64) -> Result<()
 
 #[cfg(test)]
 mod tests {
+    use sqlx::QueryBuilder;
+
+    use super::body::rows::ACTIVE_CREDENTIAL;
+    use super::body::{Store, audit, lifecycle};
     use super::*;
     use crate::clock::Clock as _;
     use crate::store::{Outcome, RequestMeta};
@@ -522,7 +526,8 @@ mod tests {
             assert!(store.revoke_credential(jti, "test", event).await.unwrap(), "{jti}");
             let filter = AuditFilter { jti: Some(jti.clone()), ..AuditFilter::default() };
             let events = store.audit_events(&filter, None, 10).await.unwrap();
-            let kinds: Vec<(&str, Option<&str>)> = events.iter().map(|e| (e.kind.as_str(), e.jti.as_deref())).collect();
+            let kinds: Vec<(&str, Option<&str>)> =
+                events.iter().map(|e| (e.event.kind.as_str(), e.event.jti.as_deref())).collect();
             assert_eq!(kinds, [("credential.issued", Some(jti.as_str())), ("credential.revoked", Some(jti.as_str()))]);
         }
         let revoked = count("SELECT COUNT(*) FROM credentials WHERE revoked_at IS NOT NULL").await;
@@ -653,7 +658,7 @@ mod tests {
             ("credential.issued", "SEARCH audit_events USING INTEGER PRIMARY KEY (rowid>?)"),
         ] {
             let filter = AuditFilter { kind: Some(kind.to_owned()), ..AuditFilter::default() };
-            let mut q = QueryBuilder::<Db>::new("EXPLAIN QUERY PLAN SELECT seq, detail FROM audit_events");
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new("EXPLAIN QUERY PLAN SELECT seq, detail FROM audit_events");
             audit::push_filter(&mut q, &filter, Some(0), false);
             q.push(" ORDER BY seq LIMIT 100");
             let plan: Vec<(i64, i64, i64, String)> = q.build_query_as().fetch_all(&store.pool).await.unwrap();
@@ -671,7 +676,7 @@ mod tests {
         let url = format!("sqlite://{}/plan.db", dir.path().display());
         let store = Store::open(&url, Duration::from_secs(5), 2, true).await.unwrap();
         let filter = AuditFilter { workload: Some("spiffe://example/w".to_owned()), ..AuditFilter::default() };
-        let mut q = QueryBuilder::<Db>::new("EXPLAIN QUERY PLAN SELECT seq, detail FROM audit_events");
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new("EXPLAIN QUERY PLAN SELECT seq, detail FROM audit_events");
         audit::push_filter(&mut q, &filter, Some(0), false);
         q.push(" ORDER BY seq LIMIT 100");
         let plan: Vec<(i64, i64, i64, String)> = q.build_query_as().fetch_all(&store.pool).await.unwrap();

@@ -470,7 +470,8 @@ async fn no_secret_reaches_the_audit_log_or_its_exports() {
 /// and owner still find its events.
 #[tokio::test]
 async fn a_chain_written_before_the_compact_layouts_still_verifies() {
-    use halflife::audit::{AuditRecord, ChainVerifier, GENESIS, chain_hash};
+    use halflife::audit::{AuditEvent, AuditRecord, ChainVerifier, GENESIS, Outcome, RequestMeta};
+    use time::OffsetDateTime;
 
     let dir = tempfile::tempdir().unwrap();
     let Some(db) = TestDb::create(dir.path()).await else { return };
@@ -493,43 +494,39 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
     let mut hashes = Vec::new();
     let mut rows = Vec::new();
     for seq in 1..=4_i64 {
-        let mut event = AuditRecord {
-            seq,
-            time_ms: 1_700_000_000_000 + seq,
-            kind: "credential.issued".into(),
-            outcome: "success".into(),
-            actor: Some(format!("workload-{seq}")),
-            system_id: Some("indexer".into()),
-            owners: Some(if seq == 1 { "biz" } else { "biz tech" }.into()),
-            source: Some("10.0.0.7".into()),
-            attestation_issuer: Some(format!("https://issuer-{}.example", seq % 2)),
-            subject: Some(format!("spiffe://example/w{}", seq % 2)),
-            audience: Some("reports-api".into()),
-            scopes: Some("reports:read".into()),
-            jti: Some(ids[seq as usize - 1].into()),
-            request_id: Some(request_ids[seq as usize - 1].into()),
-            attestation_id: Some(ids[4 - seq as usize].into()),
-            detail: Some(json!({"kind": "jwt"})),
-            prev_hash: prev.clone(),
-            ..AuditRecord::default()
-        };
-        event.hash = chain_hash(&prev, &event.canonical());
+        let time =
+            OffsetDateTime::from_unix_timestamp_nanos((1_700_000_000_000 + i128::from(seq)) * 1_000_000).unwrap();
+        let mut e = AuditEvent::new("credential.issued", Outcome::Success, time, &RequestMeta::default());
+        e.actor = Some(format!("workload-{seq}"));
+        e.system_id = Some("indexer".into());
+        e.owners = Some(if seq == 1 { "biz" } else { "biz tech" }.into());
+        e.source = Some("10.0.0.7".into());
+        e.attestation_issuer = Some(format!("https://issuer-{}.example", seq % 2));
+        e.subject = Some(format!("spiffe://example/w{}", seq % 2));
+        e.audience = Some("reports-api".into());
+        e.scopes = Some("reports:read".into());
+        e.jti = Some(ids[seq as usize - 1].into());
+        e.request_id = Some(request_ids[seq as usize - 1].into());
+        e.attestation_id = Some(ids[4 - seq as usize].into());
+        e.detail = Some(json!({"kind": "jwt"}));
+        let (record, _) = AuditRecord::seal(seq, e, prev.clone());
+        let event = &record.event;
         // Event 4 is altered after sealing, as someone with the file could.
         let actor = if seq == 4 { "mallory".to_owned() } else { event.actor.clone().unwrap() };
         rows.push(format!(
             "({seq}, {}, 'credential.issued', 'success', '{actor}', 'indexer', '{}', '10.0.0.7', '{}', '{}', \
              'reports-api', 'reports:read', '{}', '{}', '{}', '{{\"kind\":\"jwt\"}}', '{prev}', '{}')",
-            event.time_ms,
+            record.time_ms,
             event.owners.as_deref().unwrap(),
             event.attestation_issuer.as_deref().unwrap(),
             event.subject.as_deref().unwrap(),
             event.jti.as_deref().unwrap(),
             event.request_id.as_deref().unwrap(),
             event.attestation_id.as_deref().unwrap(),
-            event.hash
+            record.hash
         ));
-        prev.clone_from(&event.hash);
-        hashes.push(event.hash);
+        prev.clone_from(&record.hash);
+        hashes.push(record.hash);
     }
     let mut raw = db.raw().await;
     raw.execute(&format!(
@@ -571,13 +568,13 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
     assert_eq!(report.events_checked, 3);
     let problem = report.first_problem.unwrap();
     assert_eq!((problem.seq, problem.what.contains("altered")), (4, true), "{problem:?}");
-    assert_eq!(events[2].actor.as_deref(), Some("workload-3"));
-    assert_eq!(events[3].actor.as_deref(), Some("mallory"));
-    assert_eq!(events[1].subject.as_deref(), Some("spiffe://example/w0"));
-    assert_eq!(events[1].attestation_issuer.as_deref(), Some("https://issuer-0.example"));
-    assert_eq!(events[1].source.as_deref(), Some("10.0.0.7"));
-    assert_eq!(events[1].audience.as_deref(), Some("reports-api"));
-    assert_eq!(events[1].scopes.as_deref(), Some("reports:read"));
+    assert_eq!(events[2].event.actor.as_deref(), Some("workload-3"));
+    assert_eq!(events[3].event.actor.as_deref(), Some("mallory"));
+    assert_eq!(events[1].event.subject.as_deref(), Some("spiffe://example/w0"));
+    assert_eq!(events[1].event.attestation_issuer.as_deref(), Some("https://issuer-0.example"));
+    assert_eq!(events[1].event.source.as_deref(), Some("10.0.0.7"));
+    assert_eq!(events[1].event.audience.as_deref(), Some("reports-api"));
+    assert_eq!(events[1].event.scopes.as_deref(), Some("reports:read"));
     let seqs = |filter: halflife::store::AuditFilter| {
         let store = &opened.store;
         async move { store.audit_events(&filter, None, 10).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>() }
@@ -601,7 +598,7 @@ async fn a_chain_written_before_the_compact_layouts_still_verifies() {
     };
     assert_eq!(seqs(unknown).await, Vec::<i64>::new());
     // Every id reads back as it was written, and finds its events.
-    let read = |e: &AuditRecord| (e.jti.clone(), e.request_id.clone(), e.attestation_id.clone());
+    let read = |e: &AuditRecord| (e.event.jti.clone(), e.event.request_id.clone(), e.event.attestation_id.clone());
     let expected = |seq: usize| {
         (Some(ids[seq - 1].to_owned()), Some(request_ids[seq - 1].to_owned()), Some(ids[4 - seq].to_owned()))
     };

@@ -858,7 +858,8 @@ async fn a_failed_batch_leaves_no_workload_or_name_behind() {
     assert_eq!(raw.scalar("SELECT COUNT(*) FROM workloads").await, 3);
     let filter = halflife::store::AuditFilter::default();
     let events = store.audit_events(&filter, None, 10).await.unwrap();
-    let events: Vec<(Option<String>, Option<String>)> = events.into_iter().map(|e| (e.jti, e.subject)).collect();
+    let events: Vec<(Option<String>, Option<String>)> =
+        events.into_iter().map(|e| (e.event.jti, e.event.subject)).collect();
     let expected = [("j1", "first"), ("j2", "third"), ("j3", "second")].map(|(j, s)| (Some(j.into()), Some(s.into())));
     assert_eq!(events, expected);
 }
@@ -889,7 +890,7 @@ async fn a_repeated_detail_is_stored_once() {
         store.record_issuance(i).await.unwrap();
     }
     let events = store.audit_events(&halflife::store::AuditFilter::default(), None, 10).await.unwrap();
-    assert_eq!(events.iter().map(|e| e.detail.clone()).collect::<Vec<_>>(), written);
+    assert_eq!(events.iter().map(|e| e.event.detail.clone()).collect::<Vec<_>>(), written);
     let mut chain = ChainVerifier::new(1, GENESIS.to_owned(), &[]);
     for event in &events {
         chain.push(event);

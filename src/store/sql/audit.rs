@@ -1,11 +1,12 @@
-// The hash-chained audit log.
-//
-// Appends happen inside write transactions, and writers commit one at a time
-// (see `begin_write`), so reading the head and appending after it keeps one
-// linear chain however many requests, processes or replicas write
-// concurrently. On the request path the group-commit writer shares one
-// transaction among many appends.
+//! The hash-chained audit log.
+//!
+//! Appends happen inside write transactions, and writers commit one at a time
+//! (see `begin_write`), so reading the head and appending after it keeps one
+//! linear chain however many requests, processes or replicas write
+//! concurrently. On the request path the group-commit writer shares one
+//! transaction among many appends.
 
+use super::*;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
@@ -193,7 +194,7 @@ impl Chain {
     pub(super) async fn head(conn: &mut Conn) -> Result<Self, sqlx::Error> {
         let row: Option<(i64, Option<String>)> = sqlx::query_as(&format!(
             "SELECT seq, {} FROM audit_events ORDER BY seq DESC LIMIT 1",
-            hash_hex("hash")
+            Backend::hash_hex("hash")
         ))
         .fetch_optional(&mut *conn)
         .await?;
@@ -245,23 +246,23 @@ impl Chain {
                 let [actor, owners, source, issuer, subject, audience, scopes] = ids;
                 row.push_bind(r.seq)
                     .push_bind(r.time_ms)
-                    .push_bind(r.kind)
-                    .push_bind(r.outcome)
-                    .push_bind(r.reason)
+                    .push_bind(r.event.kind)
+                    .push_bind(r.event.outcome.as_str())
+                    .push_bind(r.event.reason)
                     .push_bind(actor)
-                    .push_bind(r.system_id)
+                    .push_bind(r.event.system_id)
                     .push_bind(owners)
-                    .push_bind(r.grant_id)
-                    .push_bind(r.jti.map(StoredId::owned))
-                    .push_bind(r.request_id.map(StoredId::owned))
+                    .push_bind(r.event.grant_id)
+                    .push_bind(r.event.jti.map(StoredId::owned))
+                    .push_bind(r.event.request_id.map(StoredId::owned))
                     .push_bind(source)
                     .push_bind(issuer)
                     .push_bind(subject)
-                    .push_bind(r.attestation_id.map(StoredId::owned))
+                    .push_bind(r.event.attestation_id.map(StoredId::owned))
                     .push_bind(audience)
                     .push_bind(scopes)
-                    .push_bind(r.iat)
-                    .push_bind(r.exp)
+                    .push_bind(r.event.iat)
+                    .push_bind(r.event.exp)
                     .push_bind(detail)
                     .push_bind(detail_id)
                     .push_bind(digest.to_vec());
@@ -273,36 +274,7 @@ impl Chain {
     /// The record `e` becomes as the next link, and its chain hash.
     fn seal(&mut self, e: &AuditEvent) -> (AuditRecord, [u8; 32]) {
         self.seq += 1;
-        let time_ms = i64::try_from(e.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-        let mut record = AuditRecord {
-            seq: self.seq,
-            time: String::new(),
-            time_ms,
-            kind: e.kind.clone(),
-            outcome: e.outcome.as_str().to_owned(),
-            reason: e.reason.clone(),
-            actor: e.actor.clone(),
-            system_id: e.system_id.clone(),
-            owners: e.owners.clone(),
-            grant_id: e.grant_id.clone(),
-            jti: e.jti.clone(),
-            request_id: e.request_id.clone(),
-            source: e.source.clone(),
-            attestation_issuer: e.attestation_issuer.clone(),
-            subject: e.subject.clone(),
-            attestation_id: e.attestation_id.clone(),
-            audience: e.audience.clone(),
-            scopes: e.scopes.clone(),
-            iat: e.iat,
-            exp: e.exp,
-            detail: e.detail.clone(),
-            prev_hash: std::mem::take(&mut self.hash),
-            hash: String::new(),
-            issuer: None,
-            issuer_url: None,
-        };
-        let digest = chain_digest(&record.prev_hash, &record.canonical());
-        record.hash = crate::crypto::hex(&digest);
+        let (record, digest) = AuditRecord::seal(self.seq, e.clone(), std::mem::take(&mut self.hash));
         self.hash.clone_from(&record.hash);
         (record, digest)
     }
@@ -319,19 +291,19 @@ const INSERT_COLUMNS: &str = "seq, time_ms, kind, outcome, reason, actor_id, sys
 /// up), the hash in hex, and the hash of the event before (by sequence
 /// number) as `prev_hash`.
 fn read_columns() -> String {
-    let mut columns = String::from("seq, time_ms, kind, outcome, reason, system_id, grant_id, jti, request_id, \
+    let mut columns = String::from(
+        "seq, time_ms, kind, outcome, reason, system_id, grant_id, jti, request_id, \
         attestation_id, iat, exp, \
-        COALESCE(detail, (SELECT name FROM audit_names WHERE id = audit_events.detail_id)) AS detail");
+        COALESCE(detail, (SELECT name FROM audit_names WHERE id = audit_events.detail_id)) AS detail",
+    );
     for column in NAMED {
-        columns.push_str(&format!(
-            ", (SELECT name FROM audit_names WHERE id = audit_events.{column}_id) AS {column}"
-        ));
+        columns.push_str(&format!(", (SELECT name FROM audit_names WHERE id = audit_events.{column}_id) AS {column}"));
     }
     format!(
         "{columns}, {} AS hash, (SELECT {} FROM audit_events AS before \
          WHERE before.seq = audit_events.seq - 1) AS prev_hash",
-        hash_hex("audit_events.hash"),
-        hash_hex("before.hash")
+        Backend::hash_hex("audit_events.hash"),
+        Backend::hash_hex("before.hash")
     )
 }
 
@@ -345,14 +317,15 @@ fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
     let c = corrupt("audit event");
     let time_ms: i64 = row.try_get("time_ms").map_err(&c)?;
     let detail: Option<String> = row.try_get("detail").map_err(&c)?;
-    let time = crate::audit::rfc3339_ms(time_ms).unwrap_or_default();
     let seq: i64 = row.try_get("seq").map_err(&c)?;
-    Ok(AuditRecord {
-        seq,
+    let time = crate::audit::time_of(time_ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("audit event {seq}: time {time_ms} out of range")))?;
+    let outcome: String = row.try_get("outcome").map_err(&c)?;
+    let outcome = outcome.parse().map_err(|e| StoreError::Corrupt(format!("audit event {seq}: {e}")))?;
+    let event = AuditEvent {
         time,
-        time_ms,
         kind: row.try_get("kind").map_err(&c)?,
-        outcome: row.try_get("outcome").map_err(&c)?,
+        outcome,
         reason: row.try_get("reason").map_err(&c)?,
         actor: row.try_get("actor").map_err(&c)?,
         system_id: row.try_get("system_id").map_err(&c)?,
@@ -369,11 +342,17 @@ fn record_from(row: &DbRow) -> Result<AuditRecord, StoreError> {
         iat: row.try_get("iat").map_err(&c)?,
         exp: row.try_get("exp").map_err(&c)?,
         detail: detail.map(|d| serde_json::from_str(&d).unwrap_or(serde_json::Value::String(d))),
+    };
+    Ok(AuditRecord {
+        seq,
+        event,
+        time_ms,
         // The first event follows the genesis hash; any other without a
         // predecessor follows a deleted one, and links to nothing.
-        prev_hash: row.try_get::<Option<String>, _>("prev_hash").map_err(&c)?.unwrap_or_else(|| {
-            if seq == 1 { GENESIS.to_owned() } else { String::new() }
-        }),
+        prev_hash: row
+            .try_get::<Option<String>, _>("prev_hash")
+            .map_err(&c)?
+            .unwrap_or_else(|| if seq == 1 { GENESIS.to_owned() } else { String::new() }),
         hash: row.try_get::<Option<String>, _>("hash").map_err(&c)?.unwrap_or_default(),
         issuer: None,
         issuer_url: None,
@@ -386,7 +365,7 @@ impl Store {
     /// verification reports it.
     pub(super) async fn seal_unhashed(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        begin_write(&mut conn).await.map_err(unavailable)?;
+        Backend::begin_write(&mut conn).await.map_err(unavailable)?;
         let result = async {
             let (chained,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE hash IS NOT NULL")
                 .fetch_one(&mut *conn)
@@ -395,15 +374,16 @@ impl Store {
             if chained > 0 {
                 return Ok(());
             }
-            let rows = sqlx::query(&format!("SELECT {} FROM audit_events WHERE hash IS NULL ORDER BY seq", read_columns()))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(unavailable)?;
+            let rows =
+                sqlx::query(&format!("SELECT {} FROM audit_events WHERE hash IS NULL ORDER BY seq", read_columns()))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
             for row in &rows {
                 let mut record = record_from(row)?;
                 let prev: Option<(Option<String>,)> = sqlx::query_as(&format!(
                     "SELECT {} FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT 1",
-                    hash_hex("hash")
+                    Backend::hash_hex("hash")
                 ))
                 .bind(record.seq)
                 .fetch_optional(&mut *conn)
@@ -434,15 +414,22 @@ const ISSUED: &str = "credential.issued";
 /// The events of credentials issued on behalf of subject `v`, as an
 /// `IN` list of their `jti`.
 fn push_acted_for(q: &mut QueryBuilder<'_, Db>, v: &str) {
-    q.push("jti IN (SELECT c.jti FROM credentials c WHERE c.principal_id IN (SELECT id FROM workloads WHERE subject = ")
-        .push_bind(v.to_owned())
-        .push("))");
+    q.push(
+        "jti IN (SELECT c.jti FROM credentials c WHERE c.principal_id IN (SELECT id FROM workloads WHERE subject = ",
+    )
+    .push_bind(v.to_owned())
+    .push("))");
 }
 
 /// `acted_for`: whether the `workload` of the filter is the subject of some
 /// delegation, so its events include those of credentials issued on its
 /// behalf. (Most workloads are not: their query keeps its plain plan.)
-pub(super) fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, after: Option<i64>, acted_for: bool) {
+pub(in crate::store) fn push_filter(
+    q: &mut QueryBuilder<'_, Db>,
+    filter: &AuditFilter,
+    after: Option<i64>,
+    acted_for: bool,
+) {
     q.push(" WHERE 1 = 1");
     if let Some(v) = &filter.system {
         q.push(" AND system_id = ").push_bind(v.clone());
@@ -452,9 +439,12 @@ pub(super) fn push_filter(q: &mut QueryBuilder<'_, Db>, filter: &AuditFilter, af
         // '%' and '_' in the value are plain characters.
         // Each distinct owners value is one name: the few that match are
         // looked up once.
-        q.push(format!(" AND owners_id IN (SELECT id FROM audit_names WHERE {CONTAINS_FN}(' ' || name || ' ', "))
-            .push_bind(format!(" {v} "))
-            .push(") > 0)");
+        q.push(format!(
+            " AND owners_id IN (SELECT id FROM audit_names WHERE {}(' ' || name || ' ', ",
+            Backend::CONTAINS_FN
+        ))
+        .push_bind(format!(" {v} "))
+        .push(") > 0)");
     }
     if let Some(v) = &filter.workload {
         if acted_for {
@@ -544,20 +534,22 @@ impl AuditReader for Store {
 
     async fn audit_hash(&self, seq: i64) -> Result<Option<String>, StoreError> {
         let row: Option<(Option<String>,)> =
-            sqlx::query_as(&format!("SELECT {} FROM audit_events WHERE seq = $1", hash_hex("hash")))
-            .bind(seq)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+            sqlx::query_as(&format!("SELECT {} FROM audit_events WHERE seq = $1", Backend::hash_hex("hash")))
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
         Ok(row.and_then(|(h,)| h))
     }
 
     async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
-        let row: Option<(i64, Option<String>)> =
-            sqlx::query_as(&format!("SELECT seq, {} FROM audit_events ORDER BY seq DESC LIMIT 1", hash_hex("hash")))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?;
+        let row: Option<(i64, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT seq, {} FROM audit_events ORDER BY seq DESC LIMIT 1",
+            Backend::hash_hex("hash")
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
         Ok(row.map(|(seq, hash)| (seq, hash.unwrap_or_default())))
     }
 

@@ -1,9 +1,10 @@
-// Catalog writes (owners, systems, grants): one transaction per change,
-// holding the database-wide write lock from its first read to its commit,
-// so the state the caller decides on (`state`) is the state its writes
-// change. The rules live in `domain::catalog`; here rows are only read and
-// written.
+//! Catalog writes (owners, systems, grants): one transaction per change,
+//! holding the database-wide write lock from its first read to its commit,
+//! so the state the caller decides on (`state`) is the state its writes
+//! change. The rules live in `domain::catalog`; here rows are only read and
+//! written.
 
+use super::*;
 use sqlx::Transaction;
 
 use crate::domain::catalog::CatalogState;
@@ -21,7 +22,7 @@ pub(super) struct Tx {
 #[async_trait]
 impl CatalogStore for Store {
     async fn begin_catalog(&self, now: OffsetDateTime) -> Result<Box<dyn CatalogTx>, StoreError> {
-        let tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(unavailable)?;
+        let tx = self.pool.begin_with(Backend::BEGIN_WRITE).await.map_err(unavailable)?;
         Ok(Box::new(Tx { tx, cache: Arc::clone(&self.cache), now: ts(now) }))
     }
 }
@@ -51,14 +52,18 @@ impl CatalogTx for Tx {
             let owner = owner_from(row, "o_")?;
             state.owners.insert(owner.id.clone(), owner);
         }
-        let systems =
-            sqlx::query(&format!("SELECT {SYSTEM_FIELDS} FROM systems s")).fetch_all(&mut *conn).await.map_err(unavailable)?;
+        let systems = sqlx::query(&format!("SELECT {SYSTEM_FIELDS} FROM systems s"))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
         for row in &systems {
             let system = system_from(row)?;
             state.systems.insert(system.id.clone(), system);
         }
-        let grants =
-            sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants g")).fetch_all(&mut *conn).await.map_err(unavailable)?;
+        let grants = sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants g"))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
         for row in &grants {
             let grant = grant_from(row)?;
             state.grants.insert(grant.id.clone(), grant);
@@ -191,11 +196,8 @@ impl CatalogTx for Tx {
         if workloads.is_empty() {
             return Ok(RevocationOutcome::default());
         }
-        let target = RevokeTarget::Grant {
-            system_id: grant.system.to_string(),
-            grant_id: grant.id.to_string(),
-            workloads,
-        };
+        let target =
+            RevokeTarget::Grant { system_id: grant.system.to_string(), grant_id: grant.id.to_string(), workloads };
         raise_epoch(&mut self.tx, &target, reason, now).await
     }
 

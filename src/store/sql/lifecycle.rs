@@ -1,10 +1,11 @@
-// Systems, owners, grants, revocation epochs, jobs and notices.
-//
-// Every operator write runs in one write transaction (see `begin_write`)
-// together with its audit event. Writers commit one at a time, so an epoch
-// read as `MAX(credentials.id)` inside such a transaction covers exactly the
-// credentials committed before it: none can slip in between.
+//! Systems, owners, grants, revocation epochs, jobs and notices.
+//!
+//! Every operator write runs in one write transaction (see `begin_write`)
+//! together with its audit event. Writers commit one at a time, so an epoch
+//! read as `MAX(credentials.id)` inside such a transaction covers exactly the
+//! credentials committed before it: none can slip in between.
 
+use super::*;
 use sqlx::pool::PoolConnection;
 
 use crate::domain::lifecycle::SystemView;
@@ -17,7 +18,7 @@ where
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'c>>,
 {
     let mut conn: PoolConnection<Db> = store.pool.acquire().await.map_err(unavailable)?;
-    begin_write(&mut conn).await.map_err(unavailable)?;
+    Backend::begin_write(&mut conn).await.map_err(unavailable)?;
     let result = work(&mut conn).await;
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     let ended = sqlx::query(end).execute(&mut *conn).await.map_err(unavailable);
@@ -123,14 +124,14 @@ pub(super) async fn raise_epoch(
                     .map_err(unavailable)?;
             let old = old.map_or(0, |(o,)| o);
             let covered: Vec<(String, i64, i64)> = sqlx::query_as(COVERED_BY_WORKLOAD)
-            .bind(issuer)
-            .bind(subject)
-            .bind(ts(now))
-            .bind(old)
-            .bind(through)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+                .bind(issuer)
+                .bind(subject)
+                .bind(ts(now))
+                .bind(old)
+                .bind(through)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(unavailable)?;
             uncount(conn, &covered).await?;
             let count = covered.iter().map(|(_, _, n)| n).sum();
             sqlx::query(
@@ -272,7 +273,6 @@ fn job_from(row: &DbRow) -> Result<Job, StoreError> {
     })
 }
 
-
 #[async_trait]
 impl LifecycleStore for Store {
     async fn list_systems(&self) -> Result<Vec<SystemView>, StoreError> {
@@ -332,10 +332,10 @@ impl LifecycleStore for Store {
 
     async fn grants(&self, system: &SystemId) -> Result<Vec<Grant>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants g WHERE g.system_id = $1 ORDER BY g.id"))
-        .bind(system.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+            .bind(system.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
         rows.iter().map(grant_from).collect()
     }
 
@@ -472,10 +472,10 @@ impl JobStore for Store {
             Box::pin(async move {
                 let due: Vec<(i64, StoredId<'static>, String, String)> =
                     sqlx::query_as(&format!("SELECT c.id, c.jti, c.kind, c.db_role {DUE_LOGINS} LIMIT 500"))
-                .bind(at)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(unavailable)?;
+                        .bind(at)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err(unavailable)?;
                 for (id, jti, kind, role) in &due {
                     let backend = kind.strip_prefix("postgres:").unwrap_or(kind).to_owned();
                     let job = JobSpec::DropLogin { backend, role: role.clone(), jti: jti.0.to_string() };

@@ -13,10 +13,6 @@ use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
-/// Every role halflife creates starts with this (the sweep drops only
-/// such roles).
-pub const ROLE_PREFIX: &str = "hlf_";
-
 /// How a backend is reached and what a login on it may do.
 #[derive(Clone)]
 pub struct BackendSpec {
@@ -27,7 +23,7 @@ pub struct BackendSpec {
     pub grants: Vec<String>,
     pub connection_limit: u32,
     pub max_ttl: Duration,
-    /// Prefix of the roles created here (starts with [`ROLE_PREFIX`]).
+    /// Prefix of the roles created here (starts with [`crate::config::ROLE_PREFIX`]).
     pub role_prefix: String,
     /// What clients are told to connect to.
     pub host: String,

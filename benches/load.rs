@@ -67,7 +67,9 @@ const ISS: &str = "https://bench.halflife.test";
 const AUD: &str = "halflife";
 const SYSTEM: &str = "bench";
 /// The owners of the catalog's systems, shared with the test catalogs.
-const CATALOG_OWNERS: &str = include_str!("../tests/fixtures/catalog_owners.toml");
+#[path = "../tests/fixtures/catalog.rs"]
+mod catalog;
+use catalog::{OWNERS as CATALOG_OWNERS, pilot_system};
 const ATTESTATIONS: usize = 256;
 
 struct Args {
@@ -320,23 +322,8 @@ fn write_config(dir: &Path, label: &str, db_url: &str, algorithm: SigningAlgorit
         dir.join("catalog.toml"),
         format!(
             r#"{CATALOG_OWNERS}
-[[systems]]
-id = "{SYSTEM}"
-name = "Bench"
-purpose = "Load generation"
-business_owner = "biz"
-technical_owner = "tech"
-tier = "pilot"
-pilot_ends_at = "60d"
-
-[[systems]]
-id = "idle"
-name = "Idle"
-purpose = "Warms up the revocation path"
-business_owner = "biz"
-technical_owner = "tech"
-tier = "pilot"
-pilot_ends_at = "60d"
+{}
+{}
 
 [[grants]]
 id = "bench-agents"
@@ -347,7 +334,9 @@ audiences = ["reports-api"]
 scopes = ["reports:read", "reports:write"]
 default_scopes = ["reports:read"]
 max_ttl = "15m"
-"#
+"#,
+            pilot_system(SYSTEM, "Bench", "Load generation", "60d"),
+            pilot_system("idle", "Idle", "Warms up the revocation path", "60d"),
         ),
     )
     .unwrap();

@@ -22,34 +22,9 @@ const SUBAGENT: &str = "spiffe://prod.example/ns/tools/sa/search";
 
 fn catalog() -> String {
     format!(
-        r#"
-[[owners]]
-id = "biz"
-display_name = "Business Owner"
-email = "biz@example.com"
-
-[[owners]]
-id = "tech"
-display_name = "Technical Owner"
-email = "tech@example.com"
-
-[[systems]]
-id = "support"
-name = "Support assistant"
-purpose = "Answers customer tickets"
-business_owner = "biz"
-technical_owner = "tech"
-tier = "pilot"
-pilot_ends_at = "30d"
-
-[[systems]]
-id = "search"
-name = "Ticket search"
-purpose = "Searches tickets for other agents"
-business_owner = "biz"
-technical_owner = "tech"
-tier = "pilot"
-pilot_ends_at = "30d"
+        r#"{CATALOG_OWNERS}
+{}
+{}
 
 [[grants]]
 id = "support-agent"
@@ -80,7 +55,9 @@ audiences = ["tickets-api"]
 scopes = ["tickets:read"]
 max_ttl = "10m"
 on_behalf_of = [{{ issuer = "halflife", subjects = ["*"] }}]
-"#
+"#,
+        pilot_system("support", "Support assistant", "Answers customer tickets", "30d"),
+        pilot_system("search", "Ticket search", "Searches tickets for other agents", "30d"),
     )
 }
 

@@ -202,8 +202,9 @@ impl Default for Options {
     }
 }
 
-/// The owners every test catalog starts with (the benchmark's too).
-pub const CATALOG_OWNERS: &str = include_str!("../fixtures/catalog_owners.toml");
+#[path = "../fixtures/catalog.rs"]
+mod catalog;
+pub use catalog::{OWNERS as CATALOG_OWNERS, pilot_system};
 
 /// Two owners, a pilot system with grants for both test issuers, and a
 /// second system for another workload (a pilot that [`Options::promote`]
@@ -211,24 +212,8 @@ pub const CATALOG_OWNERS: &str = include_str!("../fixtures/catalog_owners.toml")
 pub fn default_catalog() -> String {
     format!(
         r#"{CATALOG_OWNERS}
-[[systems]]
-id = "summarizer"
-name = "Summarizer"
-purpose = "Summarizes reports"
-business_owner = "biz"
-technical_owner = "tech"
-tier = "pilot"
-pilot_ends_at = "30d"
-
-[[systems]]
-id = "indexer"
-name = "Indexer"
-purpose = "Indexes documents"
-business_owner = "biz"
-technical_owner = "tech"
-tier = "pilot"
-pilot_ends_at = "30d"
-data_classification = "internal"
+{}
+{}data_classification = "internal"
 
 [[grants]]
 id = "summarizer-k8s"
@@ -257,7 +242,9 @@ subject = "spiffe://dev.local/ns/ai/sa/summarizer"
 audiences = ["reports-api"]
 scopes = ["reports:read"]
 max_ttl = "10m"
-"#
+"#,
+        pilot_system("summarizer", "Summarizer", "Summarizes reports", "30d"),
+        pilot_system("indexer", "Indexer", "Indexes documents", "30d"),
     )
 }
 

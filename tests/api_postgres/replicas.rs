@@ -60,23 +60,8 @@ impl Cluster {
             .unwrap();
         let catalog = format!(
             r#"{CATALOG_OWNERS}
-[[systems]]
-id = "indexer"
-name = "Indexer"
-purpose = "Indexes documents"
-business_owner = "biz"
-technical_owner = "tech"
-tier = "pilot"
-pilot_ends_at = "30d"
-
-[[systems]]
-id = "pilot"
-name = "Pilot agent"
-purpose = "Tries things out"
-business_owner = "biz"
-technical_owner = "tech"
-tier = "pilot"
-pilot_ends_at = "{pilot_end}"
+{}
+{}
 
 [[grants]]
 id = "indexer-spire"
@@ -95,7 +80,9 @@ subject = "{PILOT_SUBJECT}"
 audiences = ["docs-api"]
 scopes = ["docs:read"]
 max_ttl = "30m"
-"#
+"#,
+            pilot_system("indexer", "Indexer", "Indexes documents", "30d"),
+            pilot_system("pilot", "Pilot agent", "Tries things out", &pilot_end),
         );
         std::fs::write(dir.path().join("catalog.toml"), catalog).unwrap();
         halflife::crypto::install();

@@ -8,7 +8,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -55,31 +55,30 @@ impl Roles for AdminOnly {
     const REFUSAL: &'static str = "call this route";
 }
 
+/// The operator API's routes, each at the path and method its
+/// `#[utoipa::path]` names: a route is written once, in its annotation,
+/// and a handler named once, in [`operator_api!`] below.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/systems", get(list_systems).post(create_system))
-        .route("/v1/systems/{id}", get(show_system).patch(update_system))
-        .route("/v1/systems/{id}/promote", post(promote))
-        .route("/v1/systems/{id}/suspend", post(suspend))
-        .route("/v1/systems/{id}/reinstate", post(reinstate))
-        .route("/v1/systems/{id}/retire", post(retire))
-        .route("/v1/systems/{id}/revoke", post(revoke_system))
-        .route("/v1/systems/{id}/grants", get(list_grants).post(create_grant).delete(delete_grant_by_query))
-        .route("/v1/systems/{id}/grants/{grant}", axum::routing::delete(delete_grant))
-        .route("/v1/systems/{id}/credentials", get(credentials))
-        .route("/v1/owners", get(list_owners).post(create_owner))
-        .route("/v1/owners/{id}", get(show_owner))
-        .route("/v1/owners/{id}/recertify", post(recertify))
-        .route("/v1/owners/{id}/depart", post(depart))
-        .route("/v1/owners/{id}/revoke", post(revoke_owner))
-        .route("/v1/revoke", post(revoke))
-        .route("/v1/catalog", post(apply_catalog))
-        .route("/v1/expiring", get(expiring))
-        .route("/v1/jobs", get(jobs))
-        .route("/v1/admin-tokens", post(create_admin_token))
-        .route("/v1/keys", get(list_keys))
-        .route("/v1/keys/rotate", post(rotate_key))
-        .route("/v1/keys/{kid}/retire", post(retire_key))
+    use utoipa::OpenApi as _;
+    let mut router = Router::new();
+    for (path, item) in Api::openapi().paths.paths {
+        let operations = [
+            (MethodFilter::GET, item.get),
+            (MethodFilter::POST, item.post),
+            (MethodFilter::PATCH, item.patch),
+            (MethodFilter::PUT, item.put),
+            (MethodFilter::DELETE, item.delete),
+        ];
+        for (method, operation) in operations {
+            let Some(id) = operation.and_then(|o| o.operation_id) else { continue };
+            // Every operation of `Api` is one of `handler`'s (the same
+            // list makes both).
+            if let Some(handler) = handler(&id, method) {
+                router = router.route(&path, handler);
+            }
+        }
+    }
+    router
 }
 
 fn system_id(raw: &str) -> Result<SystemId, ApiError> {
@@ -948,10 +947,28 @@ async fn retire_key(
     Ok(Json(json!({"key": key})).into_response())
 }
 
-/// The operator API's part of the OpenAPI document.
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(
+/// Declares the operator API once: the OpenAPI part (`Api`, with each
+/// handler's path, method and answers from its annotation) and `handler`,
+/// which finds a handler by its operation id for [`router`].
+macro_rules! operator_api {
+    (handlers($($handler:ident),+ $(,)?), $components:meta) => {
+        /// The operator API's part of the OpenAPI document.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($($handler),+), $components)]
+        pub struct Api;
+
+        /// The handler of operation `id`, for `method`.
+        fn handler(id: &str, method: MethodFilter) -> Option<MethodRouter<AppState>> {
+            match id {
+                $(stringify!($handler) => Some(on(method, $handler)),)+
+                _ => None,
+            }
+        }
+    };
+}
+
+operator_api!(
+    handlers(
         list_systems,
         create_system,
         show_system,
@@ -995,5 +1012,4 @@ async fn retire_key(
         RotateBody,
         RetireKeyBody
     ))
-)]
-pub struct Api;
+);

@@ -1,7 +1,9 @@
 //! `GET /openapi.json` describes exactly the routes the server has: every
 //! route the routers register is documented, every documented operation
 //! is served (the running server neither 404s nor 405s it), and the
-//! document is OpenAPI 3.1.
+//! document is OpenAPI 3.1. The operator API's router is built from its
+//! part of the document, so its routes are documented by construction;
+//! the other routers are read from their `.route(...)` lines.
 
 use std::collections::BTreeSet;
 
@@ -12,9 +14,19 @@ use crate::helpers::*;
 
 const METHODS: [&str; 5] = ["get", "post", "patch", "delete", "put"];
 
-/// `(method, path)` of every `.route(...)` in the HTTP sources.
+/// `(method, path)` of every `.route(...)` in the HTTP sources, and of
+/// every operation of the operator API (routed from the document).
 fn registered_routes() -> BTreeSet<(String, String)> {
+    use utoipa::OpenApi as _;
+    let operator = serde_json::to_value(halflife::http::admin::Api::openapi()).unwrap();
     let mut routes = BTreeSet::new();
+    for (path, item) in operator["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if item.get(method).is_some() {
+                routes.insert((method.to_owned(), path.clone()));
+            }
+        }
+    }
     for entry in std::fs::read_dir(repo_root().join("src/http")).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         for line in text.lines() {

@@ -29,7 +29,11 @@
 //!    server's own view, from its `halflife_issuance_duration_seconds`
 //!    histogram, and its database commits, from
 //!    `halflife_commit_duration_seconds`);
-//! 4. introspection of a valid token;
+//! 4. introspection of a valid token, then the other credential paths at
+//!    concurrency 64: an opaque secret, a delegated exchange (a person's
+//!    token with the workload's attestation as actor_token) and a
+//!    DPoP-bound exchange (a fresh ES256 proof per request, signed before
+//!    the run);
 //! 5. storage per issuance record, in all and by table and index;
 //! 6. for each outstanding count: a fresh database preloaded with that many
 //!    unexpired credentials through the store, start-up to ready, resident
@@ -71,6 +75,8 @@ const SYSTEM: &str = "bench";
 mod catalog;
 use catalog::{OWNERS as CATALOG_OWNERS, pilot_system};
 const ATTESTATIONS: usize = 256;
+/// Subjects of the people the delegated exchanges act for.
+const PERSON_PREFIX: &str = "user:bench-";
 
 struct Args {
     database: Option<String>,
@@ -137,13 +143,22 @@ impl Attester {
 
     /// Attestations for a few workload identities, valid for an hour.
     fn tokens(&self, count: usize) -> Vec<String> {
+        self.signed(count, |i| format!("spiffe://bench.example/ns/ai/sa/agent-{}", i % 16))
+    }
+
+    /// Tokens of a few people (for delegated exchanges), valid for an hour.
+    fn people(&self, count: usize) -> Vec<String> {
+        self.signed(count, |i| format!("{PERSON_PREFIX}{}", i % 16))
+    }
+
+    fn signed(&self, count: usize, subject: impl Fn(usize) -> String) -> Vec<String> {
         let now = unix_now();
         let key = EncodingKey::from_rsa_der(&self.key.pkcs8);
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
         (0..count)
             .map(|i| {
-                let claims = json!({"iss": ISS, "sub": format!("spiffe://bench.example/ns/ai/sa/agent-{}", i % 16),
+                let claims = json!({"iss": ISS, "sub": subject(i),
                     "aud": [AUD], "iat": now, "nbf": now, "exp": now + 3600, "jti": uuid::Uuid::new_v4().to_string()});
                 jsonwebtoken::encode(&header, &claims, &key).unwrap()
             })
@@ -333,7 +348,9 @@ subject = "spiffe://bench.example/ns/ai/sa/*"
 audiences = ["reports-api"]
 scopes = ["reports:read", "reports:write"]
 default_scopes = ["reports:read"]
+kinds = ["jwt", "secret"]
 max_ttl = "15m"
+on_behalf_of = [{{ issuer = "bench", subjects = ["{PERSON_PREFIX}*"] }}]
 "#,
             pilot_system(SYSTEM, "Bench", "Load generation", "60d"),
             pilot_system("idle", "Idle", "Warms up the revocation path", "60d"),
@@ -480,6 +497,8 @@ struct Target {
     path: String,
     bodies: Arc<Vec<bytes::Bytes>>,
     bearer: Option<String>,
+    /// A `DPoP` header for each request, used once each.
+    dpop: Option<Arc<Vec<String>>>,
     server_pid: u32,
 }
 
@@ -494,8 +513,15 @@ impl Target {
             path: path.to_owned(),
             bodies: Arc::new(bodies.iter().map(|b| bytes::Bytes::from(b.clone())).collect()),
             bearer,
+            dpop: None,
             server_pid: server.child.id().unwrap(),
         }
+    }
+
+    /// The same requests, each with the next of `proofs`.
+    fn with_dpop(mut self, proofs: Vec<String>) -> Self {
+        self.dpop = Some(Arc::new(proofs));
+        self
     }
 }
 
@@ -734,6 +760,9 @@ impl Connection {
         if let Some(bearer) = &t.bearer {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {bearer}"));
         }
+        if let Some(proofs) = &t.dpop {
+            request = request.header("dpop", &proofs[i % proofs.len()]);
+        }
         let body = http_body_util::Full::new(t.bodies[i % t.bodies.len()].clone());
         let response =
             sender.send_request(request.body(body).map_err(|e| e.to_string())?).await.map_err(|e| format!("{e:?}"))?;
@@ -852,6 +881,56 @@ fn exchange_bodies(tokens: &[String]) -> Arc<Vec<String>> {
             })
             .collect(),
     )
+}
+
+/// Exchanges for opaque secrets instead of JWTs.
+fn secret_bodies(tokens: &[String]) -> Vec<String> {
+    exchange_bodies(tokens)
+        .iter()
+        .map(|b| format!("{b}&requested_token_type=urn%3Ahalflife%3Atoken-type%3Asecret"))
+        .collect()
+}
+
+/// Delegated exchanges (RFC 8693 §2.1): a person's token as the subject,
+/// a workload's attestation as the actor.
+fn delegated_bodies(people: &[String], agents: &[String]) -> Vec<String> {
+    people
+        .iter()
+        .zip(agents)
+        .map(|(person, agent)| {
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange")
+                .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")
+                .append_pair("subject_token", person)
+                .append_pair("actor_token_type", "urn:ietf:params:oauth:token-type:jwt")
+                .append_pair("actor_token", agent)
+                .append_pair("audience", "reports-api")
+                .append_pair("scope", "reports:read")
+                .finish()
+        })
+        .collect()
+}
+
+/// `count` DPoP proofs (RFC 9449) of one ES256 key for `POST htu`, each
+/// with its own `jti` and `iat` now: one per request, as a client sends.
+fn dpop_proofs(htu: &str, count: usize) -> Vec<String> {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = key.public_key().as_ref();
+    let jwk = json!({"kty": "EC", "crv": "P-256",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])});
+    let header = URL_SAFE_NO_PAD.encode(json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}).to_string());
+    let now = unix_now();
+    (0..count)
+        .map(|_| {
+            let claims = json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": "POST", "htu": htu, "iat": now});
+            let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+            let signature = key.sign(&rng, input.as_bytes()).unwrap();
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+        })
+        .collect()
 }
 
 async fn one_exchange(http: &reqwest::Client, base: &str, bodies: &[String]) -> String {
@@ -1105,6 +1184,25 @@ async fn main() {
         r.print();
         introspections.push(r);
     }
+
+    // 4b. The other credential paths, each a durable exchange at
+    // concurrency 64 like the plain one above.
+    println!("other exchanges (POST /oauth2/token, c=64):");
+    let mut paths = Vec::new();
+    let secret = Target::new(&server, "/oauth2/token", &secret_bodies(&tokens), None);
+    paths.push(closed_loop(&secret, "exchange for an opaque secret", 64, args.duration).await);
+    let people = attester.people(ATTESTATIONS);
+    let delegated = Target::new(&server, "/oauth2/token", &delegated_bodies(&people, &tokens), None);
+    paths.push(closed_loop(&delegated, "delegated exchange (actor_token)", 64, args.duration).await);
+    // Proofs are signed before the run (as many as the fastest path could
+    // use), so the generator's cost stays that of the plain exchange.
+    let proofs =
+        dpop_proofs(&format!("{}/oauth2/token", server.base), (20_000.0 * args.duration.as_secs_f64()) as usize);
+    let dpop = Target::new(&server, "/oauth2/token", &bodies, None).with_dpop(proofs);
+    paths.push(closed_loop(&dpop, "DPoP-bound exchange", 64, args.duration).await);
+    for r in &paths {
+        r.print();
+    }
     server.stop().await;
 
     // 5. Storage per issuance.
@@ -1192,6 +1290,7 @@ async fn main() {
             "startup_ms": {"new_database": startup_new_ms, "empty_database": startup_empty_ms},
             "rss_mib": {"idle": rss_idle, "after_load": rss_loaded},
             "exchanges": exchanges, "exchange_half_peak": half, "introspection": introspections,
+            "other_exchanges": paths,
             "exchange_half_peak_server_side_ms": {
                 "p50": half_server.quantile_ms(0.5), "p99": half_server.quantile_ms(0.99),
                 "issuances": half_server.count(),

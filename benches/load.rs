@@ -29,12 +29,12 @@
 //!    server's own view, from its `halflife_issuance_duration_seconds`
 //!    histogram, and its database commits, from
 //!    `halflife_commit_duration_seconds`);
-//! 4. introspection of a valid token, then the other credential paths at
-//!    concurrency 64: an opaque secret, a delegated exchange (a person's
-//!    token with the workload's attestation as actor_token) and a
-//!    DPoP-bound exchange (a fresh ES256 proof per request, signed before
-//!    the run);
-//! 5. storage per issuance record, in all and by table and index;
+//! 4. introspection of a valid token;
+//! 5. storage per issuance record, in all and by table and index; then, on
+//!    a fresh database, the other credential paths at concurrency 64: an
+//!    opaque secret, a delegated exchange (a person's token with the
+//!    workload's attestation as actor_token) and a DPoP-bound exchange (a
+//!    fresh ES256 proof per request, signed before the run);
 //! 6. for each outstanding count: a fresh database preloaded with that many
 //!    unexpired credentials through the store, start-up to ready, resident
 //!    memory once the credential index is loaded, exchanges at concurrency 64
@@ -76,7 +76,7 @@ mod catalog;
 use catalog::{OWNERS as CATALOG_OWNERS, pilot_system};
 const ATTESTATIONS: usize = 256;
 /// Subjects of the people the delegated exchanges act for.
-const PERSON_PREFIX: &str = "user:bench-";
+const PERSON_PREFIX: &str = "bench/people/";
 
 struct Args {
     database: Option<String>,
@@ -1185,9 +1185,28 @@ async fn main() {
         introspections.push(r);
     }
 
-    // 4b. The other credential paths, each a durable exchange at
-    // concurrency 64 like the plain one above.
+    server.stop().await;
+
+    // 5. Storage per issuance.
+    let (parts, records) = db.footprint(dir.path(), "main").await;
+    let per = |bytes: u64| bytes as f64 / records.max(1) as f64;
+    let per_record = per(parts.iter().map(|(_, bytes)| bytes).sum());
+    println!(
+        "storage: {per_record:.0} bytes per issuance record (credential row + audit event, with indexes; {records} records); RSS after load {rss_loaded:.1} MiB"
+    );
+    let breakdown: Vec<String> = parts.iter().map(|(name, bytes)| format!("{name} {:.0}", per(*bytes))).collect();
+    println!("  by table and index: {}", breakdown.join(", "));
+    let storage_parts: serde_json::Map<String, Value> =
+        parts.iter().map(|(name, bytes)| (name.clone(), json!(per(*bytes)))).collect();
+    db.drop_database().await;
+
+    // 5b. The other credential paths, each a durable exchange at
+    // concurrency 64 like the plain one above, on a database of their own
+    // (their records would change the storage figures above).
     println!("other exchanges (POST /oauth2/token, c=64):");
+    let db = Db::create(args.database.as_deref(), dir.path(), "paths").await;
+    let config = write_config(dir.path(), "paths", &db.url, args.algorithm, &attester);
+    let server = Server::start(&config, &http).await;
     let mut paths = Vec::new();
     let secret = Target::new(&server, "/oauth2/token", &secret_bodies(&tokens), None);
     paths.push(closed_loop(&secret, "exchange for an opaque secret", 64, args.duration).await);
@@ -1204,18 +1223,6 @@ async fn main() {
         r.print();
     }
     server.stop().await;
-
-    // 5. Storage per issuance.
-    let (parts, records) = db.footprint(dir.path(), "main").await;
-    let per = |bytes: u64| bytes as f64 / records.max(1) as f64;
-    let per_record = per(parts.iter().map(|(_, bytes)| bytes).sum());
-    println!(
-        "storage: {per_record:.0} bytes per issuance record (credential row + audit event, with indexes; {records} records); RSS after load {rss_loaded:.1} MiB"
-    );
-    let breakdown: Vec<String> = parts.iter().map(|(name, bytes)| format!("{name} {:.0}", per(*bytes))).collect();
-    println!("  by table and index: {}", breakdown.join(", "));
-    let storage_parts: serde_json::Map<String, Value> =
-        parts.iter().map(|(name, bytes)| (name.clone(), json!(per(*bytes)))).collect();
     db.drop_database().await;
 
     // 6. Outstanding credentials: start-up, memory, growth, revocation.

@@ -2,7 +2,6 @@
 
 use std::process::Command;
 
-use halflife::clock::Clock;
 use halflife::domain::model::Role;
 use serde_json::Value;
 
@@ -173,19 +172,7 @@ async fn admins_rotate_and_retire_signing_keys_from_the_command_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_goes_through_the_server_under_the_callers_name() {
     let Some(app) = spawn_app().await else { return };
-    let operator = {
-        use secrecy::ExposeSecret;
-        let (_, t) = halflife::broker::admin::create_admin_token(
-            app.broker.admin_tokens.as_ref(),
-            Role::Operator,
-            "olga",
-            "test",
-            app.clock.now(),
-        )
-        .await
-        .unwrap();
-        t.expose_secret().to_owned()
-    };
+    let operator = app.admin_token_named(Role::Operator, "olga").await;
     let auditor = app.admin_token(Role::Auditor).await;
     let file = app.dir.path().join("more.toml");
     let text = format!(

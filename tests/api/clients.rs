@@ -12,7 +12,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use halflife::clock::Clock;
 use halflife::domain::model::Role;
 use serde_json::{Value, json};
 
@@ -56,17 +55,7 @@ fn run(program: &str, script: PathBuf, args: &[&str]) -> Result<Value, String> {
 
 /// An introspector token whose name is the OAuth client id.
 async fn introspector(app: &TestApp, name: &str) -> String {
-    use secrecy::ExposeSecret;
-    let (_, token) = halflife::broker::admin::create_admin_token(
-        app.broker.admin_tokens.as_ref(),
-        Role::Introspector,
-        name,
-        "test",
-        app.clock.now(),
-    )
-    .await
-    .unwrap();
-    token.expose_secret().to_owned()
+    app.admin_token_named(Role::Introspector, name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -435,18 +435,8 @@ async fn look_alike_names_do_not_pass_separation_of_duties() {
         ("ssys", "ſam"),
         ("ssys", "İvan"),
     ] {
-        use secrecy::ExposeSecret;
-        let (_, token) = halflife::broker::admin::create_admin_token(
-            app.broker.admin_tokens.as_ref(),
-            Role::Operator,
-            name,
-            "test",
-            app.clock.now(),
-        )
-        .await
-        .unwrap();
-        let (status, body) =
-            app.api(Method::POST, &format!("/v1/systems/{system}/promote"), token.expose_secret(), None).await;
+        let token = app.admin_token_named(Role::Operator, name).await;
+        let (status, body) = app.api(Method::POST, &format!("/v1/systems/{system}/promote"), &token, None).await;
         assert_eq!(status, 409, "{name:?} approved {system}: {body}");
         assert!(body["failed_checks"].to_string().contains("approver"), "{name:?}: {body}");
         refused_one();
@@ -552,19 +542,7 @@ async fn a_pilot_cannot_be_kept_alive_by_moving_its_end() {
 #[tokio::test]
 async fn catalog_changes_are_attributed() {
     let Some(app) = spawn_app().await else { return };
-    let operator = {
-        use secrecy::ExposeSecret;
-        let (_, t) = halflife::broker::admin::create_admin_token(
-            app.broker.admin_tokens.as_ref(),
-            Role::Operator,
-            "carol",
-            "test",
-            app.clock.now(),
-        )
-        .await
-        .unwrap();
-        t.expose_secret().to_owned()
-    };
+    let operator = app.admin_token_named(Role::Operator, "carol").await;
     let auditor = app.admin_token(Role::Auditor).await;
     let until = at(&app, Duration::from_secs(30 * 86400));
     let (status, body) = apply_via_api(&app, &operator, &catalog(&until, "active", "eve")).await;

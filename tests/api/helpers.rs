@@ -706,11 +706,17 @@ impl TestApp {
 
     /// Creates an admin token with `role` directly through the broker's store.
     pub async fn admin_token(&self, role: halflife::domain::model::Role) -> String {
+        self.admin_token_named(role, "test").await
+    }
+
+    /// Creates an admin token with `role` named `name` (the actor its
+    /// calls are recorded under) directly through the broker's store.
+    pub async fn admin_token_named(&self, role: halflife::domain::model::Role, name: &str) -> String {
         use secrecy::ExposeSecret;
         let (_, token) = halflife::broker::admin::create_admin_token(
             self.broker.admin_tokens.as_ref(),
             role,
-            "test",
+            name,
             "test",
             self.clock.now(),
         )

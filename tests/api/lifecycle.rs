@@ -210,19 +210,7 @@ async fn revoking_a_system_writes_the_same_whatever_it_holds() {
 async fn the_promotion_gate_names_each_missing_condition() {
     let Some(app) = spawn_app().await else { return };
     let operator = app.admin_token(Role::Operator).await;
-    let owner_operator = {
-        use secrecy::ExposeSecret;
-        let (_, t) = halflife::broker::admin::create_admin_token(
-            app.broker.admin_tokens.as_ref(),
-            Role::Operator,
-            "tech",
-            "test",
-            app.clock.now(),
-        )
-        .await
-        .unwrap();
-        t.expose_secret().to_owned()
-    };
+    let owner_operator = app.admin_token_named(Role::Operator, "tech").await;
 
     // summarizer is a pilot without a data classification.
     let (status, body) = app.api(Method::POST, "/v1/systems/summarizer/promote", &operator, None).await;

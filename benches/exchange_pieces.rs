@@ -125,6 +125,7 @@ fn grant_context(now: OffsetDateTime) -> GrantContext {
             binding: halflife::domain::model::Binding::Optional,
             max_audiences: 1,
             on_behalf_of: Vec::new(),
+            approval: None,
         },
         system: System {
             id: SystemId::parse("bench").unwrap(),

@@ -1001,6 +1001,7 @@ async fn preload(db_url: &str, count: u64) -> Duration {
             replay: Vec::new(),
             secret_hash: None,
             db_role: None,
+            approval: None,
             event,
         };
         let store = Arc::clone(&store);

@@ -327,6 +327,12 @@ impl App {
         }
 
         let secret_key = Arc::new(kek.derive_hmac_key("halflife credential secrets v1")?);
+        let people = match &config.people {
+            Some(people) => {
+                Some(Arc::new(crate::broker::people::People::new(people, client.clone(), Arc::clone(&clock))?))
+            }
+            None => None,
+        };
         let broker = Broker {
             throttle: Arc::new(crate::broker::throttle::Throttle::new(
                 crate::broker::throttle::Limits::from_config(&config.rate_limits),
@@ -343,6 +349,15 @@ impl App {
             log: store.clone(),
             credentials: store.clone(),
             admin_tokens: store.clone(),
+            token_uses: Arc::default(),
+            sessions: store.clone(),
+            people,
+            access: store.clone(),
+            approvals: crate::broker::approvals::ApprovalPolicy {
+                required_for: config.approvals.required_for.clone(),
+                pending_for: config.approvals.pending_for.get(),
+                interval: config.approvals.interval.get(),
+            },
             lifecycle: store.clone(),
             catalog: store.clone(),
             jobs: store.clone(),

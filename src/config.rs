@@ -82,6 +82,96 @@ pub struct Config {
     /// Token-endpoint rate limits.
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// People signing in with the organisation's OIDC provider.
+    #[serde(default)]
+    pub people: Option<PeopleConfig>,
+    /// Approvals for sensitive grants.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+}
+
+/// `[approvals]`: when exchanges wait for a person's approval beyond what
+/// grants say, and how long a request waits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// Data classifications (e.g. `restricted`) whose systems' grants all
+    /// need approval.
+    pub required_for: Vec<String>,
+    /// How long an access request waits for a decision before it lapses.
+    pub pending_for: HumanDuration,
+    /// How often a waiting client is told to ask again.
+    pub interval: HumanDuration,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self { required_for: Vec::new(), pending_for: HumanDuration::secs(900), interval: HumanDuration::secs(5) }
+    }
+}
+
+/// The organisation's OpenID Connect provider, with which people sign in
+/// (`halflife login`) for a short-lived session, and how its groups map to
+/// roles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeopleConfig {
+    /// The provider's issuer URL (exactly its ID tokens' `iss`); its
+    /// keys are found through `{issuer}/.well-known/openid-configuration`.
+    pub issuer: Url,
+    /// The client people sign in through; ID tokens must name it in `aud`.
+    pub client_id: String,
+    /// The client's secret, for a confidential client (the console).
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default = "default_people_scopes")]
+    pub scopes: Vec<String>,
+    /// The ID-token claim listing the person's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Email domains whose people may sign in (empty: any). A person must
+    /// then present a verified email in one of them.
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    /// Which groups give which roles; a person may hold several.
+    #[serde(default)]
+    pub roles: Vec<PeopleRoleConfig>,
+    /// How long a session lasts.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl: HumanDuration,
+    /// The provider's keys from a file instead of its discovery document
+    /// (for a provider this broker cannot reach).
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<AttestationAlgorithm>,
+    #[serde(default = "default_leeway")]
+    pub leeway: HumanDuration,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_interval: HumanDuration,
+}
+
+/// `[[people.roles]]`: members of `group` hold `role`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeopleRoleConfig {
+    pub group: String,
+    /// `admin`, `operator`, `auditor` or `approver`.
+    pub role: String,
+}
+
+/// The roles a person may hold.
+pub const PEOPLE_ROLES: [&str; 4] = ["admin", "operator", "auditor", "approver"];
+
+/// Longest session a person can be given.
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(7 * 86400);
+
+fn default_people_scopes() -> Vec<String> {
+    ["openid", "email", "profile", "groups"].map(str::to_owned).to_vec()
+}
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+fn default_session_ttl() -> HumanDuration {
+    HumanDuration::secs(8 * 3600)
 }
 
 /// A PostgreSQL database on which halflife creates a role per login.
@@ -846,6 +936,21 @@ impl Config {
             problem("lifecycle.webhook_url", message);
         }
 
+        if let Some(people) = &self.people {
+            people.check(&mut problem);
+        }
+        let pending = self.approvals.pending_for.get();
+        if pending < Duration::from_secs(60) || pending > Duration::from_secs(7 * 86400) {
+            problem("approvals.pending_for", "must be between 1m and 7d".to_owned());
+        }
+        let interval = self.approvals.interval.get();
+        if interval < Duration::from_secs(1) || interval > Duration::from_secs(60) {
+            problem("approvals.interval", "must be between 1s and 1m".to_owned());
+        }
+        if self.approvals.required_for.iter().any(|c| c.trim().is_empty()) {
+            problem("approvals.required_for", "list data classifications such as \"restricted\"".to_owned());
+        }
+
         let mut names = std::collections::HashSet::new();
         let mut urls = std::collections::HashSet::new();
         for (i, issuer) in self.issuers.iter().enumerate() {
@@ -943,6 +1048,73 @@ impl Config {
 
 /// A URL must be HTTPS unless it points at the loopback interface; `what`
 /// names what would travel over it.
+impl PeopleConfig {
+    fn check(&self, problem: &mut impl FnMut(&str, String)) {
+        if let Err(message) = check_https_url(&self.issuer, "ID tokens and keys fetched") {
+            problem("people.issuer", message);
+        }
+        if self.issuer.query().is_some() || self.issuer.fragment().is_some() {
+            problem("people.issuer", "must not carry a query or fragment".to_owned());
+        }
+        if self.client_id.trim().is_empty() || self.client_id.len() > 256 {
+            problem("people.client_id", "must be 1-256 characters".to_owned());
+        }
+        if !self.scopes.iter().any(|s| s == "openid") {
+            problem("people.scopes", "must include \"openid\"".to_owned());
+        }
+        if self.groups_claim.is_empty() {
+            problem("people.groups_claim", "must name a claim".to_owned());
+        }
+        for (i, domain) in self.allowed_email_domains.iter().enumerate() {
+            if domain.is_empty() || domain.contains('@') || domain.chars().any(char::is_whitespace) {
+                problem(
+                    &format!("people.allowed_email_domains[{i}]"),
+                    "must be a domain such as example.com".to_owned(),
+                );
+            }
+        }
+        if self.roles.is_empty() {
+            problem(
+                "people.roles",
+                "map at least one group to a role ([[people.roles]] group = \"…\", role = \"operator\"); \
+                 without one nobody can sign in"
+                    .to_owned(),
+            );
+        }
+        for (i, mapping) in self.roles.iter().enumerate() {
+            if mapping.group.is_empty() {
+                problem(&format!("people.roles[{i}].group"), "must name a group".to_owned());
+            }
+            if !PEOPLE_ROLES.contains(&mapping.role.as_str()) {
+                problem(
+                    &format!("people.roles[{i}].role"),
+                    format!("{:?} is not a role people hold: use admin, operator, auditor or approver", mapping.role),
+                );
+            }
+        }
+        let ttl = self.session_ttl.get();
+        if ttl < Duration::from_secs(60) || ttl > MAX_SESSION_TTL {
+            problem("people.session_ttl", format!("must be between 1m and {}", HumanDuration(MAX_SESSION_TTL)));
+        }
+        if self.algorithms.is_empty() {
+            problem("people.algorithms", "list at least one of RS256, ES256, EdDSA".to_owned());
+        }
+        if self.leeway.get() > MAX_LEEWAY {
+            problem("people.leeway", format!("must not exceed {}", HumanDuration(MAX_LEEWAY)));
+        }
+        if self.jwks_refresh_interval.get().is_zero() {
+            problem("people.jwks_refresh_interval", "must be greater than zero".to_owned());
+        }
+    }
+
+    /// The issuer as ID tokens carry it: the configured URL as written,
+    /// without the slash `Url` adds to a bare host.
+    pub fn issuer_id(&self) -> String {
+        let text = self.issuer.as_str();
+        if self.issuer.path() == "/" { text.trim_end_matches('/').to_owned() } else { text.to_owned() }
+    }
+}
+
 fn check_https_url(uri: &Url, what: &str) -> Result<(), String> {
     match uri.scheme() {
         "https" => Ok(()),

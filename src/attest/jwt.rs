@@ -219,6 +219,18 @@ impl Verifier {
         Ok((attestation, claims.unwrap_or_default()))
     }
 
+    /// Verifies a person's OpenID Connect ID token (sign-in): checked
+    /// exactly as an attestation (an access token is refused), and returned
+    /// with its claims for the groups and email they carry.
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Attestation, serde_json::Map<String, serde_json::Value>), Rejection> {
+        let (attestation, claims) = self.verify_as(token, now, Use::IdToken).await?;
+        Ok((attestation, claims.unwrap_or_default()))
+    }
+
     async fn verify_as(
         &self,
         token: &str,
@@ -286,7 +298,9 @@ impl Verifier {
         let replay_until = expires_at.checked_add(leeway).ok_or_else(out_of_range)?;
         let all_claims = match usage {
             Use::Attestation => None,
-            Use::Subject => Some(serde_json::from_slice(&payload).map_err(|e| Rejection::BadClaims(e.to_string()))?),
+            Use::Subject | Use::IdToken => {
+                Some(serde_json::from_slice(&payload).map_err(|e| Rejection::BadClaims(e.to_string()))?)
+            }
         };
         let attestation = Attestation {
             issuer_name: issuer.name.clone(),
@@ -340,6 +354,8 @@ enum Use {
     Attestation,
     /// A delegation's subject: on whose behalf a workload asks.
     Subject,
+    /// A person's OpenID Connect ID token, presented to sign in.
+    IdToken,
 }
 
 /// A header member whose presence alone matters (even as `null`).
@@ -412,7 +428,7 @@ fn read_header(json: &[u8], usage: Use) -> Result<Header, Rejection> {
     }
     // An access token is not an identity proof (RFC 8725 §3.11): a token
     // some IdP issued for another resource must not be replayed here.
-    if usage == Use::Attestation
+    if usage != Use::Subject
         && raw.typ.as_deref().is_some_and(|t| {
             let t = t.to_ascii_lowercase();
             t == "at+jwt" || t == "application/at+jwt"

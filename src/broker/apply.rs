@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::domain::approval::{ApprovalRule, DEFAULT_MAX_APPROVAL, MAX_APPROVAL};
 use crate::domain::catalog::{Catalog, DateSpec, OwnerSpec, SystemSpec};
 use crate::domain::delegation::{HALFLIFE_ISSUER, OnBehalfOf, SubjectPattern};
 use crate::domain::model::{Binding, Grant, OwnerStatus, Tier};
@@ -78,6 +79,18 @@ pub struct GrantEntry {
     /// Whom the workload may act for (delegation); absent: no one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_behalf_of: Vec<OnBehalfOfEntry>,
+    /// `none` (default) or `required`: every exchange waits for a person's approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    /// Who may approve: groups or email addresses (default: anyone with the approver role).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// The longest approval, e.g. "1h" (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_max_duration: Option<String>,
+    /// Whether an owner of the system may approve (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_owner_approval: Option<bool>,
 }
 
 /// One `on_behalf_of` entry of a grant: subjects of `issuer` (a configured
@@ -244,6 +257,7 @@ pub fn grant(
     ceiling: Duration,
 ) -> Result<Grant, Vec<(&'static str, String)>> {
     let mut errs = Vec::new();
+    let approval = approval_rule(&g, &mut errs);
     let id = GrantId::parse(&g.id).map_err(|e| errs.push(("id", e.0))).ok();
     let system = SystemId::parse(&g.system).map_err(|e| errs.push(("system", e.0))).ok();
     if !known_issuers.contains(&g.issuer) {
@@ -370,10 +384,52 @@ pub fn grant(
                 binding,
                 max_audiences: g.max_audiences.unwrap_or(1),
                 on_behalf_of,
+                approval,
             })
         }
         _ => Err(errs),
     }
+}
+
+/// A grant entry's approval rule: `approval = "required"` with its
+/// approvers, longest approval and whether owners may approve.
+fn approval_rule(g: &GrantEntry, errs: &mut Vec<(&'static str, String)>) -> Option<ApprovalRule> {
+    let required = match g.approval.as_deref() {
+        None | Some("none") => false,
+        Some("required") => true,
+        Some(other) => {
+            errs.push(("approval", format!("{other:?} is not none or required")));
+            false
+        }
+    };
+    let max_duration = match g.approval_max_duration.as_deref().map(humantime::parse_duration) {
+        None => DEFAULT_MAX_APPROVAL,
+        Some(Ok(d)) if !d.is_zero() && d <= MAX_APPROVAL => d,
+        Some(Ok(_)) => {
+            errs.push(("approval_max_duration", "must be between 1s and 7d".into()));
+            DEFAULT_MAX_APPROVAL
+        }
+        Some(Err(e)) => {
+            errs.push(("approval_max_duration", format!("{e}; write it like 1h")));
+            DEFAULT_MAX_APPROVAL
+        }
+    };
+    for approver in &g.approvers {
+        if approver.trim().is_empty() || approver.len() > 256 || approver.chars().any(char::is_control) {
+            errs.push(("approvers", "each approver is a group name or an email address of 1-256 characters".into()));
+        }
+    }
+    if !required && (!g.approvers.is_empty() || g.approval_max_duration.is_some() || g.allow_owner_approval.is_some()) {
+        errs.push((
+            "approval",
+            "approvers, approval_max_duration and allow_owner_approval need approval = \"required\"".into(),
+        ));
+    }
+    required.then(|| ApprovalRule {
+        approvers: g.approvers.clone(),
+        max_duration,
+        allow_owner_approval: g.allow_owner_approval.unwrap_or(false),
+    })
 }
 
 fn date_spec(text: &str) -> Result<DateSpec, String> {

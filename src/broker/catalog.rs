@@ -21,7 +21,7 @@ pub const LIFECYCLE_ACTOR: &str = "lifecycle";
 /// Who changes the catalog, as the audit trail names them.
 #[derive(Debug, Clone)]
 pub struct Actor<'a> {
-    /// The recorded actor, e.g. `carol (operator)`.
+    /// The recorded actor, e.g. `ci (operator; automation token 01a2…)`.
     pub name: &'a str,
     pub meta: &'a RequestMeta,
 }

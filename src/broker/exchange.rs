@@ -141,6 +141,10 @@ pub enum ExchangeError {
     /// Signing or randomness failed: nothing was issued.
     #[error(transparent)]
     Internal(#[from] Internal),
+    /// The grant needs a person's approval, which the access request
+    /// awaits (`authorization_pending`): ask again after `interval`.
+    #[error("{}", .0.description)]
+    Pending(super::approvals::Pending),
 }
 
 impl Broker {
@@ -159,6 +163,7 @@ impl Broker {
                 _ => self.stats.refused("failed", "server_error"),
             },
             Err(ExchangeError::Throttled(_)) => self.stats.refused("rate_limited", "rate_limited"),
+            Err(ExchangeError::Pending(_)) => self.stats.refused("pending", "authorization_pending"),
             Err(ExchangeError::Internal(_)) => self.stats.refused("failed", "server_error"),
         }
         result
@@ -306,6 +311,17 @@ impl Broker {
             },
         };
         let delegation = on_behalf.as_ref().zip(act);
+        let principal = delegation.as_ref().map(|(on_behalf, _)| &on_behalf.principal.origin);
+        let approval = match self.approval_rule(ctx) {
+            None => None,
+            Some(_) => {
+                let ask = super::approvals::Asked { attestation: &attestation, ctx, decision: &decision, principal };
+                let approved = self.approval_gate(&ask, now, meta).await?;
+                // Never longer than the approval.
+                decision.exp = decision.exp.min(approved.until);
+                Some(approved.id)
+            }
+        };
         let login = match &decision.kind {
             CredentialKind::Postgres(backend) => match self.logins.target(backend) {
                 Some(target) => {
@@ -323,7 +339,7 @@ impl Broker {
             _ => None,
         };
 
-        self.issue(&attestation, ctx, decision, now, meta, cnf, dpop.as_ref(), login, delegation).await
+        self.issue(&attestation, ctx, decision, now, meta, cnf, dpop.as_ref(), login, delegation, approval).await
     }
 
     /// Verifies a delegation's subject token: one of this broker's own
@@ -461,6 +477,7 @@ impl Broker {
         dpop: Option<&DpopProof>,
         login: Option<LoginTarget>,
         delegation: Option<(&OnBehalf, serde_json::Value)>,
+        approval: Option<String>,
     ) -> Result<Issued, ExchangeError> {
         let jti = new_jti(now);
         // An opaque secret or a database login carries no claims a resource
@@ -544,6 +561,9 @@ impl Broker {
         if let (Some(detail), Some((on_behalf, act))) = (event.detail.as_mut(), &delegation) {
             detail["delegation"] = on_behalf.detail(attestation, Some(act));
         }
+        if let (Some(detail), Some(approval)) = (event.detail.as_mut(), &approval) {
+            detail["approval"] = serde_json::json!(approval);
+        }
         // An auditor goes from a database log line (the role) to the
         // workload, system and owners.
         if let (Some(detail), Some(login)) = (event.detail.as_mut(), &issued_login) {
@@ -598,6 +618,7 @@ impl Broker {
             replay,
             secret_hash,
             db_role: issued_login.as_ref().map(|l| l.username.clone()),
+            approval,
             event,
         };
         let outcome = self.log.record_issuance(issuance).await;
@@ -659,6 +680,10 @@ impl Broker {
             IssueOutcome::GrantChanged => Err(ExchangeError::Denied(Denial::new(
                 DenyCode::AccessDenied,
                 format!("grant {} was removed or changed while the request was decided; retry", ctx.grant.id),
+            ))),
+            IssueOutcome::ApprovalEnded => Err(ExchangeError::Denied(Denial::new(
+                DenyCode::AccessDenied,
+                "the approval was revoked or ended while the request was decided; ask again for a new approval",
             ))),
         }
     }

@@ -37,6 +37,8 @@ pub struct ReaperReport {
     pub notices: usize,
     /// Database logins whose destruction was queued.
     pub logins_queued: usize,
+    /// Access requests that lapsed, or ended because their system stopped.
+    pub access_requests: usize,
     pub jobs_done: usize,
     pub jobs_failed: usize,
 }
@@ -73,6 +75,7 @@ impl Broker {
     pub async fn run_reaper_once(&self, now: OffsetDateTime) -> Result<ReaperReport, Unavailable> {
         let mut report = self.suspend_lapsed(now).await?;
         report.notices = self.record_notices(now).await?;
+        report.access_requests = self.settle_access_requests(now).await?;
         // Database logins that are revoked or expired get a drop_login job.
         report.logins_queued = self.jobs.queue_login_drops(now).await.map_err(Unavailable)?;
         self.stats.reaper_ran(report.suspended.len());

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod approvals;
 pub mod audit;
 pub mod catalog;
 pub mod exchange;
@@ -11,6 +12,7 @@ pub mod introspect;
 pub mod keys;
 pub mod lifecycle;
 pub mod operator;
+pub mod people;
 pub mod stats;
 pub mod throttle;
 
@@ -22,9 +24,10 @@ use crate::clock::SharedClock;
 use crate::domain::lifecycle::LifecyclePolicy;
 use crate::domain::policy::TtlPolicy;
 use crate::keys::KeyringHandle;
+use crate::store::AccessRequestStore;
 use crate::store::{
     AdminTokenStore, AuditReader, CatalogStore, CheckpointStore, CredentialStore, IssuanceLog, JobStore,
-    LifecycleStore, PolicyStore, StoreError,
+    LifecycleStore, PolicyStore, SessionStore, StoreError,
 };
 
 /// Everything the use cases need, cheap to clone.
@@ -37,6 +40,14 @@ pub struct Broker {
     pub log: Arc<dyn IssuanceLog>,
     pub credentials: Arc<dyn CredentialStore>,
     pub admin_tokens: Arc<dyn AdminTokenStore>,
+    /// When each automation token was last recorded as used.
+    pub token_uses: Arc<std::sync::Mutex<std::collections::HashMap<String, time::OffsetDateTime>>>,
+    pub sessions: Arc<dyn SessionStore>,
+    /// The organisation's identity provider, when people sign in.
+    pub people: Option<Arc<people::People>>,
+    /// Access requests of grants that need a person's approval.
+    pub access: Arc<dyn AccessRequestStore>,
+    pub approvals: approvals::ApprovalPolicy,
     pub lifecycle: Arc<dyn LifecycleStore>,
     /// Owners, systems and grants are changed only through this.
     pub catalog: Arc<dyn CatalogStore>,

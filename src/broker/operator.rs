@@ -190,7 +190,7 @@ impl Broker {
         actor: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<(System, Vec<GateCheck>), OpError> {
-        let change = Change::Promote { id: id.clone(), pilot_ends_at, approver: actor.name.clone() };
+        let change = Change::Promote { id: id.clone(), pilot_ends_at, approver: actor.approver() };
         let applied = self.change_catalog(&change, actor, meta).await?;
         Ok((system_in(&applied, id)?, applied.plan.gate.clone()))
     }
@@ -232,6 +232,8 @@ impl Broker {
         let change = Change::Stop { id: id.clone(), reason, by: actor.name.clone(), retire };
         let applied = self.change_catalog(&change, actor, meta).await?;
         let revoked = applied.revoked_by_stop_of(id.as_str());
+        let why = format!("system {id} was {}", if retire { "retired" } else { "suspended" });
+        self.end_access_of_system(id.as_str(), &why, actor, meta).await?;
         Ok((system_in(&applied, id)?, RevocationOutcome { revoked }))
     }
 
@@ -266,6 +268,8 @@ impl Broker {
         e.detail = Some(serde_json::json!({"by": "system"}));
         let target = RevokeTarget::System { system_id: id.to_string() };
         let outcome = self.lifecycle.revoke(&target, &reason, e).await?;
+        self.end_access_of_system(id.as_str(), &format!("everything system {id} held was revoked"), actor, meta)
+            .await?;
         self.stats.revoked(super::stats::RevocationKind::System);
         Ok(Revocation { revoked: outcome.revoked, systems: vec![id.to_string()] })
     }

@@ -222,6 +222,13 @@ pub enum AdminCommand {
 pub enum AdminTokenCommand {
     /// Create a token; it is printed once, alone on the last line of stdout, and stored only as a hash.
     Create(AdminTokenCreateArgs),
+    /// List every token with its role, expiry and last use (never the tokens themselves).
+    List,
+    /// Revoke a token by id; it stops working at once.
+    Revoke {
+        /// The token's id (from `create` or `list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -229,13 +236,21 @@ pub struct AdminTokenCreateArgs {
     /// admin: everything; operator: systems, grants, revocation; auditor: read-only; introspector: introspection only.
     #[arg(long, value_parser = parse_role)]
     pub role: Role,
-    /// Who or what holds the token (recorded in the audit log), e.g. "reports-api" or "alice".
+    /// What holds the token (recorded in the audit log), e.g. "ci-deployer". People sign in with `halflife
+    /// login` instead.
     #[arg(long)]
     pub name: String,
+    /// How long the token lasts, e.g. 30d (at most 732d).
+    #[arg(long, default_value = "90d", value_parser = parse_token_ttl)]
+    pub ttl: std::time::Duration,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    Role::parse(s).ok_or_else(|| "role must be admin, operator, auditor or introspector".to_owned())
+    crate::broker::admin::automation_role(s).map_err(|e| format!("role {e}"))
+}
+
+fn parse_token_ttl(s: &str) -> Result<std::time::Duration, String> {
+    crate::broker::admin::check_token_ttl(Some(s))
 }
 
 /// Sets up logging to stderr (stdout is reserved for command output).
@@ -514,15 +529,56 @@ async fn run_local(command: LocalCommand, config_path: &std::path::Path) -> anyh
                 store.as_ref(),
                 args.role,
                 name,
+                args.ttl,
                 &local_actor(),
                 SystemClock.now(),
             )
             .await?;
+            let expires = record.expires_at.map(crate::domain::rfc3339).unwrap_or_default();
             eprintln!(
-                "created {} token {:?} (id {}); it is shown once and stored only as a hash:",
+                "created {} token {:?} (id {}, expires {expires}); it is shown once and stored only as a hash:",
                 args.role, record.name, record.id
             );
             println!("{}", token.expose_secret());
+            Ok(())
+        }
+        LocalCommand::Admin(AdminCommand::Token(AdminTokenCommand::List)) => {
+            let store = app::open_store(&config, false).await?.store;
+            let tokens = store.admin_tokens().await?;
+            let time = |t: Option<time::OffsetDateTime>| t.map_or_else(|| "-".to_owned(), crate::domain::rfc3339);
+            println!("{:<36}  {:<12}  {:<24}  {:<20}  {:<20}  STATE", "ID", "ROLE", "NAME", "EXPIRES", "LAST USED");
+            let now = SystemClock.now();
+            for t in tokens {
+                let state = match (t.revoked_at, t.expires_at) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(at)) if at <= now => "expired",
+                    _ => "active",
+                };
+                println!(
+                    "{:<36}  {:<12}  {:<24}  {:<20}  {:<20}  {state}",
+                    t.id,
+                    t.role,
+                    crate::domain::identity::visible(&t.name),
+                    time(t.expires_at),
+                    time(t.last_used_at)
+                );
+            }
+            Ok(())
+        }
+        LocalCommand::Admin(AdminCommand::Token(AdminTokenCommand::Revoke { id })) => {
+            let store = app::open_store(&config, false).await?.store;
+            let mut event = crate::store::AuditEvent::new(
+                "admin_token.revoked",
+                crate::store::Outcome::Success,
+                SystemClock.now(),
+                &crate::store::RequestMeta::default(),
+            );
+            event.actor = Some(local_actor());
+            event.detail = Some(serde_json::json!({"id": id}));
+            if !store.revoke_admin_token(&id, event).await? {
+                bail!("no active token {id}");
+            }
+            eprintln!("revoked token {id}");
             Ok(())
         }
     }

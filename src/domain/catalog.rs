@@ -160,11 +160,11 @@ pub enum Change {
         id: SystemId,
         patch: SystemPatch,
     },
-    /// `approver` is the approving person's name as recorded.
+    /// `approver` is who approves: a person, for production.
     Promote {
         id: SystemId,
         pilot_ends_at: Option<OffsetDateTime>,
-        approver: String,
+        approver: lifecycle::Approver,
     },
     /// Suspend (`retire: false`) or retire; `by` names who, for the
     /// system's recorded reason.
@@ -616,7 +616,7 @@ impl Planner<'_> {
         plan: &mut Plan,
         id: &SystemId,
         pilot_ends_at: Option<OffsetDateTime>,
-        approver: &str,
+        approver: &lifecycle::Approver,
     ) -> Result<(), Refusal> {
         plan.state.system(id)?;
         let view = plan.state.view(id).ok_or_else(|| Refusal::NotFound(format!("system {id} has no owners")))?;

@@ -198,6 +198,7 @@ mod tests {
             binding: Binding::Optional,
             max_audiences: 1,
             on_behalf_of,
+            approval: None,
         }
     }
 

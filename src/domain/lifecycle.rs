@@ -191,6 +191,45 @@ pub fn failures(checks: &[GateCheck]) -> Vec<String> {
     checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.check, c.detail)).collect()
 }
 
+/// Who approves a change that needs separation of duties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approver {
+    /// A person signed in with the organisation's identity provider, as it
+    /// vouched for them.
+    Person { issuer: String, subject: String, email: Option<String> },
+    /// An automation token, by its name: it never satisfies separation of
+    /// duties, whatever it is called.
+    Token { name: String },
+}
+
+impl Approver {
+    /// How the approver is recorded: a person's email (their subject
+    /// without one), a token's name.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Person { email, subject, .. } => identity::visible(email.as_deref().unwrap_or(subject)),
+            Self::Token { name } => format!("automation token {}", identity::visible(name)),
+        }
+    }
+
+    /// Whether the approver is independent of the system's owners: a
+    /// person who is neither owner (by email, or by an owner id that is
+    /// their subject or email, compared as people read them).
+    pub fn independent_of(&self, view: &SystemView) -> Result<(), String> {
+        match self {
+            Self::Token { .. } => Err(format!(
+                "{} cannot approve: separation of duties needs a person signed in with the identity provider \
+                 (halflife login)",
+                self.label()
+            )),
+            Self::Person { subject, email, .. } => {
+                let owns = is_owner(view, subject) || email.as_deref().is_some_and(|e| is_owner(view, e));
+                if owns { Err(format!("{} owns this system and cannot approve it", self.label())) } else { Ok(()) }
+            }
+        }
+    }
+}
+
 /// Promotes one tier. Sandbox → pilot needs an end date (given or already
 /// set) within `max_pilot` from now, and both owners; pilot → production
 /// needs everything production requires ([`production_checks`]) and an
@@ -198,7 +237,7 @@ pub fn failures(checks: &[GateCheck]) -> Vec<String> {
 /// now. Returns the promoted system and the checks made.
 pub fn promote(
     view: &SystemView,
-    approver: &str,
+    approver: &Approver,
     pilot_ends_at: Option<OffsetDateTime>,
     now: OffsetDateTime,
     policy: &LifecyclePolicy,
@@ -234,14 +273,13 @@ pub fn promote(
         }
         Tier::Pilot => {
             checks.extend(production_checks(view, now));
-            let independent = !is_owner(view, approver);
+            let independent = approver.independent_of(view);
             checks.push(GateCheck {
                 check: "approver",
-                passed: independent,
-                detail: if independent {
-                    format!("approved by {}", identity::visible(approver))
-                } else {
-                    format!("{} owns this system and cannot approve its promotion", identity::visible(approver))
+                passed: independent.is_ok(),
+                detail: match independent {
+                    Ok(()) => format!("approved by {}", approver.label()),
+                    Err(why) => why,
                 },
             });
             promoted.tier = Tier::Production;
@@ -408,6 +446,15 @@ mod tests {
         }
     }
 
+    /// A person signed in with `email`, whose subject is an opaque id.
+    fn person(email: &str) -> Approver {
+        Approver::Person {
+            issuer: "https://idp.example".into(),
+            subject: "248289761001".into(),
+            email: Some(email.into()),
+        }
+    }
+
     fn pilot() -> SystemView {
         SystemView {
             system: System {
@@ -431,7 +478,8 @@ mod tests {
 
     #[test]
     fn pilot_promotes_when_every_check_passes() {
-        let (s, checks) = promote(&pilot(), "carol", None, NOW, &LifecyclePolicy::default()).unwrap();
+        let (s, checks) =
+            promote(&pilot(), &person("carol@example.com"), None, NOW, &LifecyclePolicy::default()).unwrap();
         assert_eq!(s.tier, Tier::Production);
         assert_eq!(s.pilot_ends_at, None);
         assert!(checks.iter().all(|c| c.passed));
@@ -441,7 +489,7 @@ mod tests {
     #[test]
     fn each_missing_condition_is_named() {
         let policy = LifecyclePolicy::default();
-        let gate = |view: &SystemView, approver: &str| match promote(view, approver, None, NOW, &policy) {
+        let gate = |view: &SystemView, approver: &str| match promote(view, &person(approver), None, NOW, &policy) {
             Err(LifecycleError::Gate(failed)) => failed.join("\n"),
             other => panic!("expected a gate refusal, got {other:?}"),
         };
@@ -460,6 +508,8 @@ mod tests {
         assert!(gate(&v, "carol").contains("business_owner"));
         assert!(gate(&pilot(), "tech").contains("approver"), "an owner cannot approve");
         assert!(gate(&pilot(), "BIZ@example.com").contains("approver"), "nor by email");
+        let by_subject = Approver::Person { issuer: "https://idp.example".into(), subject: "tech".into(), email: None };
+        assert!(matches!(promote(&pilot(), &by_subject, None, NOW, &policy), Err(LifecycleError::Gate(_))));
         for alike in ["b\u{200b}iz", "ｂｉｚ", "biz+approve@example.com", "t\u{0435}ch", "tech\u{00ad}"] {
             assert!(gate(&pilot(), alike).contains("approver"), "{alike:?} is an owner by another spelling");
         }
@@ -472,14 +522,31 @@ mod tests {
     }
 
     #[test]
+    fn an_automation_token_never_approves_whatever_its_name() {
+        let token = Approver::Token { name: "carol@example.com".into() };
+        match promote(&pilot(), &token, None, NOW, &LifecyclePolicy::default()) {
+            Err(LifecycleError::Gate(failed)) => {
+                assert!(
+                    failed.iter().any(|f| f.starts_with("approver:") && f.contains("needs a person")),
+                    "{failed:?}"
+                );
+            }
+            other => panic!("expected a gate refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn sandbox_to_pilot_needs_an_end_date_within_the_maximum() {
         let policy = LifecyclePolicy::default();
         let mut v = pilot();
         v.system.tier = Tier::Sandbox;
         v.system.pilot_ends_at = None;
-        assert!(matches!(promote(&v, "x", None, NOW, &policy), Err(LifecycleError::Gate(_))));
-        assert!(matches!(promote(&v, "x", Some(NOW + 91 * DAY), NOW, &policy), Err(LifecycleError::Gate(_))));
-        let (s, _) = promote(&v, "x", Some(NOW + 30 * DAY), NOW, &policy).unwrap();
+        assert!(matches!(promote(&v, &person("x@example.com"), None, NOW, &policy), Err(LifecycleError::Gate(_))));
+        assert!(matches!(
+            promote(&v, &person("x@example.com"), Some(NOW + 91 * DAY), NOW, &policy),
+            Err(LifecycleError::Gate(_))
+        ));
+        let (s, _) = promote(&v, &person("x@example.com"), Some(NOW + 30 * DAY), NOW, &policy).unwrap();
         assert_eq!(s.tier, Tier::Pilot);
         assert_eq!(s.pilot_ends_at, Some(NOW + 30 * DAY));
     }

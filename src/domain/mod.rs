@@ -1,5 +1,6 @@
 //! Pure types and rules: no I/O, no async. Time is always a parameter.
 
+pub mod approval;
 pub mod catalog;
 pub mod delegation;
 pub mod identity;

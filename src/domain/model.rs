@@ -139,6 +139,9 @@ pub struct Grant {
     pub max_audiences: u32,
     /// Whom the workload may act for (delegation, RFC 8693); empty: no one.
     pub on_behalf_of: Vec<super::delegation::OnBehalfOf>,
+    /// Present: every exchange under the grant needs a person's approval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<super::approval::ApprovalRule>,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -171,8 +174,8 @@ pub struct GrantContext {
     pub grant_version: i64,
 }
 
-/// What an administrative token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What an administrative caller (a person or an automation token) may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything, including creating admin tokens.
@@ -183,9 +186,17 @@ pub enum Role {
     Auditor,
     /// Introspection only.
     Introspector,
+    /// A person who decides access requests, and nothing else.
+    Approver,
 }
 
-text_enum!(Role { Admin => "admin", Operator => "operator", Auditor => "auditor", Introspector => "introspector" });
+text_enum!(Role {
+    Admin => "admin",
+    Operator => "operator",
+    Auditor => "auditor",
+    Introspector => "introspector",
+    Approver => "approver"
+});
 
 impl Role {
     /// Roles allowed to call the RFC 7662 introspection endpoint.

@@ -25,6 +25,8 @@ pub enum DenyCode {
     InvalidClient,
     /// A DPoP proof is missing, invalid or replayed (RFC 9449 §5).
     InvalidDpopProof,
+    /// The access request lapsed undecided (RFC 8628 §3.5).
+    ExpiredToken,
 }
 
 impl DenyCode {
@@ -38,6 +40,7 @@ impl DenyCode {
             Self::AccessDenied => "access_denied",
             Self::InvalidClient => "invalid_client",
             Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::ExpiredToken => "expired_token",
         }
     }
 }
@@ -237,6 +240,7 @@ mod tests {
                 binding: crate::domain::model::Binding::Optional,
                 max_audiences: 1,
                 on_behalf_of: Vec::new(),
+                approval: None,
             },
             system: System {
                 id: SystemId::parse("s1").unwrap(),

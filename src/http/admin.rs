@@ -16,10 +16,14 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
+#[allow(clippy::wildcard_imports, reason = "utoipa's path types come with the handlers")]
+use super::approvals::*;
 use super::error::ApiError;
 use super::extract::{Authorized, JsonBody, Params, Path, Roles};
 use super::openapi::ErrorBody;
 use super::openapi::errors::{BodyErrors, Conflict, Invalid, NotFound, Refusals};
+#[allow(clippy::wildcard_imports, reason = "utoipa's path types come with the handlers")]
+use super::people::*;
 use crate::broker::apply::{self, GrantEntry};
 use crate::domain::catalog::{NewSystem, SystemPatch};
 use crate::domain::model::{Role, Tier};
@@ -218,6 +222,19 @@ struct NewGrantBody {
     /// Whom the workload may act for (delegation, RFC 8693).
     #[serde(default)]
     on_behalf_of: Vec<apply::OnBehalfOfEntry>,
+    /// `none` (default) or `required`: every exchange waits for a person's approval.
+    #[serde(default)]
+    #[schema(pattern = "^(none|required)$")]
+    approval: Option<String>,
+    /// Who may approve: groups or email addresses (default: anyone with the approver role).
+    #[serde(default)]
+    approvers: Vec<String>,
+    /// The longest approval, e.g. "1h" (the default; at most 7d).
+    #[serde(default)]
+    approval_max_duration: Option<String>,
+    /// Whether an owner of the system may approve (default false).
+    #[serde(default)]
+    allow_owner_approval: Option<bool>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -261,6 +278,10 @@ struct JobsQuery {
 struct NewAdminTokenBody {
     #[schema(pattern = "^(admin|operator|auditor|introspector)$")]
     role: String,
+    /// How long the token lasts, e.g. "30d" (default 90d, at most 732d).
+    #[serde(default)]
+    #[schema(pattern = "^[0-9]+(ms|s|m|h|d)$")]
+    ttl: Option<String>,
     #[schema(
         min_length = 1,
         max_length = 128,
@@ -271,7 +292,7 @@ struct NewAdminTokenBody {
 
 /// An optional JSON body: an empty body means the defaults; a body that is
 /// there must be a JSON object, as everywhere.
-struct OptionalBody<T>(T);
+pub struct OptionalBody<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<S> for OptionalBody<T>
 where
@@ -532,6 +553,10 @@ async fn create_grant(
         binding: body.binding,
         max_audiences: body.max_audiences,
         on_behalf_of: body.on_behalf_of,
+        approval: body.approval,
+        approvers: body.approvers,
+        approval_max_duration: body.approval_max_duration,
+        allow_owner_approval: body.allow_owner_approval,
     };
     let grant =
         apply::grant(entry, &state.broker.issuer_names, &state.broker.logins.backends(), state.broker.limits.ceiling)
@@ -843,22 +868,26 @@ async fn create_admin_token(
     Authorized { caller, .. }: Authorized<AdminOnly>,
     JsonBody(body): JsonBody<NewAdminTokenBody>,
 ) -> Result<Response, ApiError> {
-    let role = Role::parse(&body.role).ok_or_else(|| ApiError::Invalid {
-        field: "role".into(),
-        message: "must be admin, operator, auditor or introspector".into(),
-    })?;
+    let role = crate::broker::admin::automation_role(&body.role)
+        .map_err(|message| ApiError::Invalid { field: "role".into(), message })?;
     let name = crate::broker::admin::check_token_name(&body.name)
         .map_err(|message| ApiError::Invalid { field: "name".into(), message })?;
+    let ttl = crate::broker::admin::check_token_ttl(body.ttl.as_deref())
+        .map_err(|message| ApiError::Invalid { field: "ttl".into(), message })?;
     let (record, token) = crate::broker::admin::create_admin_token(
         state.broker.admin_tokens.as_ref(),
         role,
         name,
+        ttl,
         &caller.actor(),
         state.broker.clock.now(),
     )
     .await?;
     use secrecy::ExposeSecret;
-    let body = json!({"id": record.id, "name": record.name, "role": record.role, "token": token.expose_secret()});
+    let body = json!({
+        "id": record.id, "name": record.name, "role": record.role,
+        "expires_at": record.expires_at.map(crate::domain::rfc3339), "token": token.expose_secret(),
+    });
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     response.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
     Ok(response)
@@ -994,6 +1023,19 @@ operator_api!(
         expiring,
         jobs,
         create_admin_token,
+        list_admin_tokens,
+        revoke_admin_token,
+        sign_in_info,
+        whoami,
+        list_sessions,
+        revoke_session,
+        list_access_requests,
+        show_access_request,
+        approve_access,
+        deny_access,
+        revoke_access,
+        list_reviews,
+        review_done,
         list_keys,
         rotate_key,
         retire_key
@@ -1010,6 +1052,9 @@ operator_api!(
         RevokeBody,
         NewAdminTokenBody,
         RotateBody,
-        RetireKeyBody
+        RetireKeyBody,
+        ApproveBody,
+        DecisionReasonBody,
+        ReviewBody
     ))
 );

@@ -54,6 +54,10 @@ pub enum ApiError {
     Unavailable,
     /// A bug: logged, generic body.
     Internal(String),
+    /// The exchange awaits a person's approval (400
+    /// `authorization_pending`, with the access request's id, the polling
+    /// interval and how long it waits).
+    Pending(crate::broker::approvals::Pending),
 }
 
 impl ApiError {
@@ -128,6 +132,7 @@ impl From<ExchangeError> for ApiError {
             ExchangeError::Unavailable(u) => u.into(),
             ExchangeError::Throttled(t) => Self::TooManyRequests(t),
             ExchangeError::Internal(i) => i.into(),
+            ExchangeError::Pending(pending) => Self::Pending(pending),
         }
     }
 }
@@ -195,6 +200,12 @@ impl IntoResponse for ApiError {
                         throttled.retry_after.as_secs()
                     ),
                 )
+            }
+            Self::Pending(pending) => {
+                extra.insert("access_request".into(), json!(pending.access_request));
+                extra.insert("interval".into(), json!(pending.interval));
+                extra.insert("expires_in".into(), json!(pending.expires_in));
+                (StatusCode::BAD_REQUEST, "authorization_pending", pending.description)
             }
             Self::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -64,6 +64,11 @@ impl Form {
         self.0.get(name).map(|v| SecretString::from(v.as_str()))
     }
 
+    /// A parameter that is no secret, left in the form.
+    pub fn peek(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.as_str())
+    }
+
     /// Whether the form holds the parameter.
     pub fn contains(&self, name: &str) -> bool {
         self.0.contains_key(name) || self.1.contains_key(name)
@@ -157,9 +162,11 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let Meta(meta) = Meta::from_request_parts(parts, &()).await?;
-        let header = authorization(&parts.headers)?
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::Unauthorized("this endpoint requires an admin bearer token".into()))?;
+        let header = authorization(&parts.headers)?.and_then(|v| v.to_str().ok()).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "this endpoint requires a session (halflife login) or an automation token as a bearer token".into(),
+            )
+        })?;
         admin_from_header(&state, header, parts.uri.path(), &meta).await.map(Self)
     }
 }
@@ -174,7 +181,7 @@ async fn admin_from_header(
     route: &str,
     meta: &RequestMeta,
 ) -> Result<AdminCaller, ApiError> {
-    let use_bearer = || ApiError::Unauthorized("use Authorization: Bearer <admin token>".into());
+    let use_bearer = || ApiError::Unauthorized("use Authorization: Bearer <session token or automation token>".into());
     let (scheme, token) = header.split_once(' ').ok_or_else(use_bearer)?;
     let token = token.trim();
     // Schemes are case-insensitive (RFC 9110 §11.1). Admin tokens are
@@ -204,7 +211,9 @@ async fn admin_from_header(
     if !bearer {
         return Err(use_bearer());
     }
-    Err(ApiError::Unauthorized("the bearer token is not a valid admin token".into()))
+    Err(ApiError::Unauthorized(
+        "the bearer token is not a valid session or automation token (it may have expired or been revoked)".into(),
+    ))
 }
 
 /// Client authentication at the introspection and revocation endpoints
@@ -292,10 +301,13 @@ pub async fn authorize<R: Roles>(
     route: &str,
     meta: &RequestMeta,
 ) -> Result<(), ApiError> {
-    if R::allows(caller.role) {
+    if caller.may(R::allows) {
         return Ok(());
     }
-    let why = format!("role {} may not {}", caller.role, R::REFUSAL);
+    let why = match caller.roles.as_slice() {
+        [one] => format!("role {one} may not {}", R::REFUSAL),
+        _ => format!("roles {} may not {}", caller.roles_text(), R::REFUSAL),
+    };
     state.broker.record_access_denied(&caller.actor(), route, &why, meta).await?;
     Err(ApiError::Forbidden(why))
 }

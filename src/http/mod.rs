@@ -2,12 +2,14 @@
 //! and the listener (timeouts, connection limit, TLS).
 
 pub mod admin;
+pub mod approvals;
 pub mod audit;
 pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod oauth;
 pub mod openapi;
+pub mod people;
 pub mod serve;
 
 use std::sync::Arc;

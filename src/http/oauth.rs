@@ -20,6 +20,7 @@ use super::openapi::{ErrorBody, IntrospectionResponse, TokenForm, TokenOnlyForm,
 use crate::attest::x509::PeerCertificates;
 use crate::broker::exchange::{ExchangeRequest, Proof, SubjectKind};
 use crate::broker::introspect::{Presented, StatusError};
+use crate::broker::people::{ID_TOKEN_TYPE, SESSION_TOKEN_TYPE, SignInError};
 use crate::domain::model::Role;
 use crate::domain::policy::Ask;
 use crate::domain::values::{Audience, CredentialKind, ScopeSet, truncate};
@@ -271,6 +272,9 @@ async fn token(
     headers: HeaderMap,
     form: Form,
 ) -> Result<Response, ApiError> {
+    if form.peek("requested_token_type") == Some(SESSION_TOKEN_TYPE) {
+        return sign_in(&state, form, &meta).await;
+    }
     let subject_token = form.secret("subject_token");
     let over_mtls = peer.is_some();
     let parsed = dpop_header(&headers).and_then(|dpop| Ok((dpop, exchange_request(form)?))).and_then(|parsed| {
@@ -316,6 +320,65 @@ async fn token(
         body["expires_at"] = json!(crate::domain::rfc3339(login.expires_at));
     }
     Ok(no_store(Json(body).into_response()))
+}
+
+/// A person signs in: their OpenID Connect ID token is exchanged for a
+/// session token (`requested_token_type` [`SESSION_TOKEN_TYPE`]).
+async fn sign_in(state: &AppState, mut form: Form, meta: &crate::store::RequestMeta) -> Result<Response, ApiError> {
+    if form.take("grant_type").as_deref() != Some(GRANT_TOKEN_EXCHANGE) {
+        return Err(ApiError::invalid_request(format!(
+            "a session is requested with grant_type {GRANT_TOKEN_EXCHANGE}"
+        )));
+    }
+    let id_token = form.require_secret("subject_token")?;
+    if form.require("subject_token_type")? != ID_TOKEN_TYPE {
+        return Err(ApiError::invalid_request(format!(
+            "a session is exchanged for the person's ID token: subject_token_type must be {ID_TOKEN_TYPE}"
+        )));
+    }
+    if form.contains("actor_token") || form.contains("actor_token_type") {
+        return Err(ApiError::invalid_request("a person signs in for themselves: send no actor_token"));
+    }
+    let session = match state.broker.sign_in(id_token.expose_secret(), meta).await {
+        Ok(session) => session,
+        Err(SignInError::Invalid(why)) => {
+            return Err(ApiError::OAuth {
+                code: "invalid_grant",
+                description: format!("the ID token is not valid: {why}"),
+            });
+        }
+        Err(SignInError::Denied(why)) => return Err(ApiError::OAuth { code: "access_denied", description: why }),
+        Err(SignInError::Provider(why)) => {
+            tracing::warn!(reason = %why, "sign-in failed: the identity provider cannot be reached");
+            return Err(ApiError::Unavailable);
+        }
+        Err(SignInError::Failure(failure)) => return Err(failure.into()),
+    };
+    let expires_in = (session.record.expires_at - session.record.created_at).whole_seconds();
+    Ok(no_store(
+        Json(json!({
+            "access_token": session.token.expose_secret(),
+            "issued_token_type": SESSION_TOKEN_TYPE,
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+            "session": session_json(&session.record),
+        }))
+        .into_response(),
+    ))
+}
+
+/// A session as the API shows it (never its token).
+pub fn session_json(record: &crate::store::SessionRecord) -> Value {
+    json!({
+        "id": record.id,
+        "issuer": record.issuer,
+        "subject": record.subject,
+        "email": record.email,
+        "name": record.name,
+        "roles": record.roles,
+        "created_at": crate::domain::rfc3339(record.created_at),
+        "expires_at": crate::domain::rfc3339(record.expires_at),
+    })
 }
 
 /// The request's form and the client it authenticates, if any (see

@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 
 pub use crate::audit::{AuditEvent, Outcome, RequestMeta};
 use crate::config::BackendKind;
+use crate::domain::approval::AccessRequest;
 use crate::domain::catalog::CatalogState;
 use crate::domain::model::{Grant, GrantContext, Owner, System};
 use crate::domain::values::{CredentialKind, GrantId, OwnerId, SystemId};
@@ -195,6 +196,10 @@ pub struct Issuance {
     pub secret_hash: Option<String>,
     /// For a database login: the role created on the backend.
     pub db_role: Option<String>,
+    /// The approval it is issued under, if its grant needs one: it must
+    /// still allow issuance when the credential commits, and revoking it
+    /// revokes the credential.
+    pub approval: Option<String>,
     /// The `credential.issued` event.
     pub event: AuditEvent,
 }
@@ -212,6 +217,10 @@ pub enum IssueOutcome {
     /// The grant was removed or changed after the decision; nothing was
     /// issued and a `credential.denied` event was committed instead.
     GrantChanged,
+    /// The approval it was decided under was revoked or ended after the
+    /// decision; nothing was issued and a `credential.denied` event was
+    /// committed instead.
+    ApprovalEnded,
 }
 
 /// What the store knows about an issued credential.
@@ -372,12 +381,52 @@ pub struct Notice {
     pub created_at: OffsetDateTime,
 }
 
-/// An administrative token's identity (never the token).
+/// An automation (admin) token's identity (never the token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminTokenRecord {
     pub id: String,
     pub name: String,
     pub role: String,
+    /// None for tokens created before tokens expired.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// An automation token as listed (never the token).
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminTokenListing {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A person's session (never the token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionRecord {
+    pub id: String,
+    /// The people issuer's `iss`, and the person's `sub` there.
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// Role names, as mapped from the person's groups at sign-in.
+    pub roles: Vec<String>,
+    /// The person's groups at sign-in (for grants whose approvers are groups).
+    #[serde(skip)]
+    pub groups: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
 }
 
 /// Policy reads on the exchange path.
@@ -425,6 +474,94 @@ pub trait AdminTokenStore: Send + Sync {
         event: AuditEvent,
     ) -> Result<(), StoreError>;
     async fn admin_token_by_hash(&self, hash: [u8; 32]) -> Result<Option<AdminTokenRecord>, StoreError>;
+    /// Every automation token, newest first, revoked ones included.
+    async fn admin_tokens(&self) -> Result<Vec<AdminTokenListing>, StoreError>;
+    /// Revokes a token (with its event); `false` if it does not exist or
+    /// was already revoked.
+    async fn revoke_admin_token(&self, id: &str, event: AuditEvent) -> Result<bool, StoreError>;
+    /// Records that the token was used at `at`.
+    async fn admin_token_used(&self, id: &str, at: OffsetDateTime) -> Result<(), StoreError>;
+}
+
+/// A decision on an access request: its new state and what goes with it.
+#[derive(Debug, Clone)]
+pub struct AccessDecision {
+    pub state: crate::domain::approval::AccessState,
+    pub at: OffsetDateTime,
+    /// The deciding person (as events name actors), or `lifecycle`.
+    pub by: String,
+    pub reason: Option<String>,
+    pub approved_until: Option<OffsetDateTime>,
+    pub break_glass: bool,
+}
+
+/// Access requests (approvals for sensitive grants).
+#[async_trait]
+pub trait AccessRequestStore: Send + Sync {
+    /// The newest request with `key` whose key is still open.
+    async fn latest_access_request(&self, key: &str) -> Result<Option<AccessRequest>, StoreError>;
+    /// Records a new pending request with its event (and webhook job),
+    /// unless one with the same key is pending or approved by the time the
+    /// write lock is held: then that one is returned and nothing written.
+    async fn open_access_request(
+        &self,
+        request: AccessRequest,
+        event: AuditEvent,
+        job: Option<JobSpec>,
+    ) -> Result<AccessRequest, StoreError>;
+    async fn access_request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError>;
+    /// Requests in `state` (all when `None`), newest first, at most `limit`.
+    async fn access_requests(
+        &self,
+        state: Option<crate::domain::approval::AccessState>,
+        limit: i64,
+    ) -> Result<Vec<AccessRequest>, StoreError>;
+    /// Moves request `id` from one of the states `from` to the decision's,
+    /// with its events (and webhook jobs). `None` if it was in none of them.
+    async fn decide_access_request(
+        &self,
+        id: &str,
+        from: &[crate::domain::approval::AccessState],
+        decision: AccessDecision,
+        events: Vec<AuditEvent>,
+        jobs: Vec<JobSpec>,
+    ) -> Result<Option<AccessRequest>, StoreError>;
+    /// Takes a request's key out of use: the next ask opens a new request.
+    async fn close_access_request(&self, id: &str) -> Result<(), StoreError>;
+    /// Marks a break-glass approval reviewed; `false` if there is no such
+    /// unreviewed approval.
+    async fn review_access_request(
+        &self,
+        id: &str,
+        by: &str,
+        at: OffsetDateTime,
+        event: AuditEvent,
+    ) -> Result<bool, StoreError>;
+    /// Break-glass approvals not yet reviewed, oldest first.
+    async fn unreviewed_access(&self) -> Result<Vec<AccessRequest>, StoreError>;
+    /// The credentials issued under approval `id`.
+    async fn approval_credentials(&self, id: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// People's sessions. Read from the database on every use, so that a
+/// revocation holds at once on every replica.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn create_session(&self, record: SessionRecord, hash: [u8; 32], event: AuditEvent) -> Result<(), StoreError>;
+    /// The session whose token hashes to `hash`, unless revoked (expiry is
+    /// the caller's to check, against its clock).
+    async fn session_by_hash(&self, hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
+    /// Sessions neither revoked nor expired at `now`, newest first; only
+    /// those of one person when `person` (issuer, subject) is given.
+    async fn sessions(
+        &self,
+        now: OffsetDateTime,
+        person: Option<(&str, &str)>,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Revokes a session (with its event); `false` if it does not exist
+    /// or was already revoked.
+    async fn revoke_session(&self, id: &str, event: AuditEvent) -> Result<bool, StoreError>;
 }
 
 /// Writes of owners, systems and grants. Every change to them goes through
@@ -646,6 +783,8 @@ pub trait Backend:
     + IssuanceLog
     + CredentialStore
     + AdminTokenStore
+    + SessionStore
+    + AccessRequestStore
     + CatalogStore
     + LifecycleStore
     + JobStore
@@ -662,6 +801,9 @@ impl<T> Backend for T where
         + IssuanceLog
         + CredentialStore
         + AdminTokenStore
+        + SessionStore
+        + AccessRequestStore
+        + SessionStore
         + CatalogStore
         + LifecycleStore
         + JobStore

@@ -437,6 +437,7 @@ mod tests {
             replay: Vec::new(),
             secret_hash: None,
             db_role: None,
+            approval: None,
             event,
         }
     }

@@ -193,14 +193,15 @@ async fn apply_goes_through_the_server_under_the_callers_name() {
     assert!(ok, "{err}");
     assert!(out.contains("created  owner/nora") && out.contains("1 created"), "{out}");
     let (_, page) = app.api(reqwest::Method::GET, "/v1/audit/events?kind=owner.created", &auditor, None).await;
-    assert_eq!(page["events"].as_array().unwrap().last().unwrap()["actor"], "olga (operator)", "{page}");
+    let actor = page["events"].as_array().unwrap().last().unwrap()["actor"].as_str().unwrap().to_owned();
+    assert!(actor.starts_with("olga (operator; automation token "), "{page}");
 
     std::fs::write(&file, text.replace("tier = \"pilot\"", "tier = \"production\"")).unwrap();
     let (ok, _, err) = run(&["apply", "-f", path]);
     assert!(!ok);
     assert!(err.contains("system summarizer") && err.contains("promote"), "{err}");
     let (_, page) = app.api(reqwest::Method::GET, "/v1/audit/events?kind=catalog.refused", &auditor, None).await;
-    assert_eq!(page["events"][0]["actor"], "olga (operator)", "{page}");
+    assert_eq!(page["events"][0]["actor"], actor.as_str(), "{page}");
 
     let auditor_apply = tokio::task::block_in_place(|| cli(&app, &auditor, &["apply", "-f", path]));
     assert!(!auditor_apply.0 && auditor_apply.2.contains("may not"), "{}", auditor_apply.2);

@@ -423,24 +423,38 @@ async fn look_alike_names_do_not_pass_separation_of_duties() {
         assert_eq!((status, body["field"].as_str()), (400, Some("name")), "{name:?}: {body}");
         refused_one();
     }
-    // ...and tokens that carry them from before, like every look-alike,
-    // cannot approve their owner's promotion.
-    for (system, name) in [
-        ("dsys", "dana.smith+approve@example.com"),
-        ("dsys", "dana\u{200b}"),
-        ("dsys", "ｄａｎａ"),
-        ("dsys", "d\u{0430}n\u{0430}"),
-        ("dsys", "da\u{00ad}na"),
-        ("dsys", "DANA SMITH"),
-        ("ssys", "ſam"),
-        ("ssys", "İvan"),
+    // ...and people whose identity provider names them by a look-alike
+    // of an owner (as subject or email) cannot approve their owner's
+    // promotion.
+    for (system, subject, email) in [
+        ("dsys", "u-1", "dana.smith+approve@example.com"),
+        ("dsys", "dana\u{200b}", "x1@corp.example"),
+        ("dsys", "ｄａｎａ", "x2@corp.example"),
+        ("dsys", "d\u{0430}n\u{0430}", "x3@corp.example"),
+        ("dsys", "da\u{00ad}na", "x4@corp.example"),
+        ("dsys", "DANA SMITH", "x5@corp.example"),
+        ("dsys", "u-2", "DANA.SMITH@EXAMPLE.COM"),
+        ("ssys", "ſam", "x6@corp.example"),
+        ("ssys", "İvan", "x7@corp.example"),
     ] {
-        let token = app.admin_token_named(Role::Operator, name).await;
+        let token = app.session_of(&app.id_token_as(subject, email, &["hl-operators"])).await;
         let (status, body) = app.api(Method::POST, &format!("/v1/systems/{system}/promote"), &token, None).await;
-        assert_eq!(status, 409, "{name:?} approved {system}: {body}");
-        assert!(body["failed_checks"].to_string().contains("approver"), "{name:?}: {body}");
+        assert_eq!(status, 409, "{subject:?} {email:?} approved {system}: {body}");
+        assert!(body["failed_checks"].to_string().contains("owns this system"), "{subject:?}: {body}");
         refused_one();
     }
+    // An automation token approves nothing, whatever it is called.
+    for name in ["release-manager", "carol"] {
+        let token = app.admin_token_named(Role::Operator, name).await;
+        let (status, body) = app.api(Method::POST, "/v1/systems/ssys/promote", &token, None).await;
+        assert_eq!(status, 409, "{name:?}: {body}");
+        assert!(body["failed_checks"].to_string().contains("needs a person"), "{name:?}: {body}");
+        refused_one();
+    }
+    // A person who owns neither system approves.
+    let release = app.person_token("release@corp.example", &["hl-operators"]).await;
+    let (status, body) = app.api(Method::POST, "/v1/systems/ssys/promote", &release, None).await;
+    assert_eq!(status, 200, "{body}");
     // The trail shows the hidden character.
     let (_, page) = app.api(Method::GET, "/v1/audit/events?kind=system.promotion_refused", &auditor, None).await;
     assert!(
@@ -542,7 +556,8 @@ async fn a_pilot_cannot_be_kept_alive_by_moving_its_end() {
 #[tokio::test]
 async fn catalog_changes_are_attributed() {
     let Some(app) = spawn_app().await else { return };
-    let operator = app.admin_token_named(Role::Operator, "carol").await;
+    let operator = app.person_token("carol@corp.example", &["hl-operators"]).await;
+    let carol = format!("carol@corp.example (operator; person sub-carol at {PEOPLE_ISS})");
     let auditor = app.admin_token(Role::Auditor).await;
     let until = at(&app, Duration::from_secs(30 * 86400));
     let (status, body) = apply_via_api(&app, &operator, &catalog(&until, "active", "eve")).await;
@@ -551,7 +566,7 @@ async fn catalog_changes_are_attributed() {
     assert_eq!(status, 200, "{body}");
     let (_, page) = app.api(Method::GET, "/v1/audit/events?owner=eve&kind=system.changed", &auditor, None).await;
     let event = &page["events"][0];
-    assert_eq!(event["actor"], "carol (operator)", "{page}");
+    assert_eq!(event["actor"], carol.as_str(), "{page}");
     assert_eq!(event["owners"], "gail frank eve", "the owners after, then those the change removed: {event}");
     assert_eq!(event["detail"]["owners_before"], "eve frank");
     let (_, page) = app.api(Method::GET, "/v1/audit/events?owner=eve&kind=grant.*", &auditor, None).await;
@@ -568,7 +583,7 @@ async fn catalog_changes_are_attributed() {
     for kind in ["owner.refused", "system.refused"] {
         let (_, page) = app.api(Method::GET, &format!("/v1/audit/events?kind={kind}"), &auditor, None).await;
         let event = &page["events"][0];
-        assert_eq!(event["actor"], "carol (operator)", "{kind}: {page}");
+        assert_eq!(event["actor"], carol.as_str(), "{kind}: {page}");
         assert!(!event["reason"].as_str().unwrap_or_default().is_empty(), "{kind}: {page}");
         refused_one();
     }
@@ -706,6 +721,7 @@ async fn an_issuance_decided_on_a_changed_grant_cannot_commit() {
         replay: Vec::new(),
         secret_hash: None,
         db_role: None,
+        approval: None,
         event: AuditEvent::new("credential.issued", Outcome::Success, now, &RequestMeta::default()),
     };
     let outcome = app.broker.log.record_issuance(issuance).await.unwrap();

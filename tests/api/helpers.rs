@@ -28,6 +28,11 @@ pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub const RSA_ISS: &str = "https://k8s.test.example";
 pub const EC_ISS: &str = "https://spire.test.example";
 pub const AUD: &str = "halflife";
+/// The organisation's identity provider people sign in with (its keys
+/// from a file: no provider runs in most tests; tests/api/people.rs runs
+/// a real one).
+pub const PEOPLE_ISS: &str = "https://people.test.example";
+pub const PEOPLE_CLIENT: &str = "halflife-cli";
 pub const RSA_SUBJECT: &str = "system:serviceaccount:ai:summarizer";
 pub const EC_SUBJECT: &str = "spiffe://prod.example/ns/ai/sa/indexer";
 
@@ -183,6 +188,8 @@ pub struct Options {
     /// by an operator who owns none of them.
     pub promote: Vec<&'static str>,
     pub header_read_timeout: &'static str,
+    /// Whether people sign in ([`people_config`]).
+    pub people: bool,
 }
 
 impl Default for Options {
@@ -198,6 +205,7 @@ impl Default for Options {
             server_extra: String::new(),
             promote: vec!["indexer"],
             header_read_timeout: "1s",
+            people: true,
         }
     }
 }
@@ -259,6 +267,8 @@ pub struct TestApp {
     pub db: Arc<TestDb>,
     pub rsa: Arc<TestIssuer>,
     pub ec: Arc<TestIssuer>,
+    /// Signs people's ID tokens ([`TestApp::person_token`]).
+    pub people: Arc<TestIssuer>,
     pub broker: halflife::broker::Broker,
     config_text: String,
     stop: Option<oneshot::Sender<()>>,
@@ -477,6 +487,8 @@ pub async fn spawn_with(options: Options) -> Option<TestApp> {
     let ec = TestIssuer::ec(EC_ISS);
     std::fs::write(dir.path().join("k8s.jwks"), rsa.jwks().to_string()).unwrap();
     std::fs::write(dir.path().join("spire.jwks"), ec.jwks().to_string()).unwrap();
+    let people = TestIssuer::ec(PEOPLE_ISS);
+    std::fs::write(dir.path().join("people.jwks"), people.jwks().to_string()).unwrap();
     std::fs::write(dir.path().join("catalog.toml"), &options.catalog).unwrap();
     let d = dir.path().display();
     let port = listen_port();
@@ -503,6 +515,7 @@ enabled = true
 
 [bootstrap]
 apply = ["{d}/catalog.toml"]
+{people_config}
 
 [[issuers]]
 name = "k8s"
@@ -521,6 +534,7 @@ audience = "{AUD}"
 max_token_age = "1h"
 {extra}
 "#,
+        people_config = if options.people { people_config(&d.to_string()) } else { String::new() },
         busy = options.busy_timeout,
         db_url = match options.postgres_via {
             Some(port) if postgres() => {
@@ -538,21 +552,53 @@ max_token_age = "1h"
         server_extra = options.server_extra,
         header_read_timeout = options.header_read_timeout,
     );
-    let app = start(text, ManualClock::starting_now(), dir, Arc::new(db), Arc::new(rsa), Arc::new(ec)).await;
+    let issuers = Issuers { rsa: Arc::new(rsa), ec: Arc::new(ec), people: Arc::new(people) };
+    let app = start(text, ManualClock::starting_now(), dir, Arc::new(db), issuers).await;
     for system in options.promote {
         app.promote(system).await;
     }
     Some(app)
 }
 
-async fn start(
-    config_text: String,
-    clock: ManualClock,
-    dir: TempDir,
-    db: Arc<TestDb>,
+/// The `[people]` section of the test configuration: ID tokens signed by
+/// [`TestApp::people`], groups `hl-<role>s` mapped to each role.
+pub fn people_config(dir: &str) -> String {
+    format!(
+        r#"
+[people]
+issuer = "{PEOPLE_ISS}"
+client_id = "{PEOPLE_CLIENT}"
+jwks_file = "{dir}/people.jwks"
+algorithms = ["ES256"]
+
+[[people.roles]]
+group = "hl-admins"
+role = "admin"
+
+[[people.roles]]
+group = "hl-operators"
+role = "operator"
+
+[[people.roles]]
+group = "hl-auditors"
+role = "auditor"
+
+[[people.roles]]
+group = "hl-approvers"
+role = "approver"
+"#
+    )
+}
+
+/// The test issuers a server trusts.
+struct Issuers {
     rsa: Arc<TestIssuer>,
     ec: Arc<TestIssuer>,
-) -> TestApp {
+    people: Arc<TestIssuer>,
+}
+
+async fn start(config_text: String, clock: ManualClock, dir: TempDir, db: Arc<TestDb>, issuers: Issuers) -> TestApp {
+    let Issuers { rsa, ec, people } = issuers;
     let config = Config::from_toml(&config_text).unwrap();
     let app = App::build(config, Arc::new(clock.clone())).await.unwrap().without_background_jobs();
     let addr = app.local_addr();
@@ -577,6 +623,7 @@ async fn start(
         db,
         rsa,
         ec,
+        people,
         broker,
         config_text,
         stop: Some(stop),
@@ -603,12 +650,19 @@ impl TestApp {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         // Same address (`listen_port`), so the `iss` of issued tokens stays
         // the same.
-        start(self.config_text.clone(), self.clock.clone(), dir, self.db.clone(), self.rsa.clone(), self.ec.clone())
-            .await
+        start(self.config_text.clone(), self.clock.clone(), dir, self.db.clone(), self.issuers()).await
     }
 }
 
 impl TestApp {
+    /// Restarts this server (stopped or not) with another configuration
+    /// text, on the same database, directory and clock.
+    pub async fn restart_with(mut self, config_text: String) -> TestApp {
+        self.stop().await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        start(config_text, self.clock.clone(), dir, self.db.clone(), self.issuers()).await
+    }
+
     /// A second server on the same database, keys and clock, listening on
     /// a port of its own: another replica (on SQLite, another process
     /// sharing the file). It must not outlive `self`, whose directory holds
@@ -618,24 +672,27 @@ impl TestApp {
         let other = format!("listen = \"127.0.0.1:{}\"", listen_port());
         let text = self.config_text.replacen(&listen, &other, 1);
         assert_ne!(text, self.config_text, "the replica needs a port of its own");
-        start(
-            text,
-            self.clock.clone(),
-            tempfile::tempdir().unwrap(),
-            self.db.clone(),
-            self.rsa.clone(),
-            self.ec.clone(),
-        )
-        .await
+        start(text, self.clock.clone(), tempfile::tempdir().unwrap(), self.db.clone(), self.issuers()).await
     }
 
-    /// Promotes `system` one tier, approved by an operator who owns no
-    /// system of the test catalog.
+    fn issuers(&self) -> Issuers {
+        Issuers { rsa: self.rsa.clone(), ec: self.ec.clone(), people: self.people.clone() }
+    }
+
+    /// Promotes `system` one tier, approved by a signed-in person who
+    /// owns no system of the test catalog.
     pub async fn promote(&self, system: &str) {
         let approver = halflife::broker::admin::AdminCaller {
             id: "release".into(),
-            name: "release-manager".into(),
-            role: halflife::domain::model::Role::Operator,
+            name: "release-manager@example.com".into(),
+            roles: vec![halflife::domain::model::Role::Operator],
+            person: Some(halflife::broker::admin::Person {
+                issuer: PEOPLE_ISS.into(),
+                subject: "release-manager".into(),
+                email: Some("release-manager@example.com".into()),
+                name: None,
+            }),
+            expires_at: None,
         };
         let id = halflife::domain::values::SystemId::parse(system).unwrap();
         self.broker
@@ -717,12 +774,57 @@ impl TestApp {
             self.broker.admin_tokens.as_ref(),
             role,
             name,
+            halflife::broker::admin::DEFAULT_ADMIN_TOKEN_TTL,
             "test",
             self.clock.now(),
         )
         .await
         .unwrap();
         token.expose_secret().to_owned()
+    }
+
+    /// An ID token of the people issuer for `email`, in `groups`.
+    pub fn id_token(&self, email: &str, groups: &[&str]) -> String {
+        self.id_token_as(&format!("sub-{}", email.split('@').next().unwrap_or(email)), email, groups)
+    }
+
+    /// An ID token of the people issuer for `subject` with `email`.
+    pub fn id_token_as(&self, subject: &str, email: &str, groups: &[&str]) -> String {
+        let now = self.now();
+        self.people.sign(&json!({
+            "iss": PEOPLE_ISS, "sub": subject, "aud": PEOPLE_CLIENT, "iat": now, "exp": now + 300,
+            "email": email, "email_verified": true, "name": email, "groups": groups,
+        }))
+    }
+
+    /// Signs `email` in (in `groups`) with an ID token of the people
+    /// issuer; returns the token exchange's answer.
+    pub async fn sign_in(&self, id_token: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url("/oauth2/token"))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", id_token),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token"),
+                ("requested_token_type", "urn:halflife:token-type:session"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// A session token of a person signed in as `email`, in `groups`.
+    pub async fn person_token(&self, email: &str, groups: &[&str]) -> String {
+        self.session_of(&self.id_token(email, groups)).await
+    }
+
+    /// The session token an ID token signs in for.
+    pub async fn session_of(&self, id_token: &str) -> String {
+        let (status, body) = self.sign_in(id_token).await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
     }
 
     /// Calls the operator API; returns the status and the JSON body (Null when empty).
@@ -985,7 +1087,8 @@ pub async fn write_routes(app: &TestApp) -> Vec<WriteRoute> {
     let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     let mut routes = Vec::new();
     for (template, item) in doc["paths"].as_object().unwrap() {
-        if !template.starts_with("/v1/") {
+        // Ending one's own session is open to every caller (tests/api/people.rs).
+        if !template.starts_with("/v1/") || template.starts_with("/v1/sessions/") {
             continue;
         }
         for method in ["post", "patch", "put", "delete"] {

@@ -213,6 +213,7 @@ async fn introspection_accepts_client_secret_basic_and_post() {
             app.broker.admin_tokens.as_ref(),
             halflife::domain::model::Role::Introspector,
             "reports api",
+            halflife::broker::admin::DEFAULT_ADMIN_TOKEN_TTL,
             "test",
             app.clock.now(),
         )

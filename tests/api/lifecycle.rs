@@ -209,8 +209,9 @@ async fn revoking_a_system_writes_the_same_whatever_it_holds() {
 #[tokio::test]
 async fn the_promotion_gate_names_each_missing_condition() {
     let Some(app) = spawn_app().await else { return };
-    let operator = app.admin_token(Role::Operator).await;
-    let owner_operator = app.admin_token_named(Role::Operator, "tech").await;
+    // Promotion is approved by a person, never by an automation token.
+    let operator = app.person_token("release@corp.example", &["hl-operators"]).await;
+    let owner_operator = app.person_token("tech@example.com", &["hl-operators"]).await;
 
     // summarizer is a pilot without a data classification.
     let (status, body) = app.api(Method::POST, "/v1/systems/summarizer/promote", &operator, None).await;
@@ -647,6 +648,7 @@ async fn an_issuance_decided_before_a_suspension_cannot_commit_after_it() {
         replay: Vec::new(),
         secret_hash: None,
         db_role: None,
+        approval: None,
         event: AuditEvent::new("credential.issued", Outcome::Success, now, &RequestMeta::default()),
     };
     let outcome = app.broker.log.record_issuance(issuance).await.unwrap();
@@ -815,6 +817,7 @@ fn issuance(jti: &str, issuer: &str, subject: &str, now: time::OffsetDateTime) -
         replay: Vec::new(),
         secret_hash: None,
         db_role: None,
+        approval: None,
         event,
     }
 }

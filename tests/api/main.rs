@@ -27,6 +27,7 @@ mod logins;
 mod metrics;
 mod mtls;
 mod openapi;
+mod people;
 mod quickstart;
 mod rejections;
 mod rotation;

@@ -176,10 +176,16 @@ max_token_age = "1h"
         .await
         .unwrap()
         .store;
-        let (_, token) =
-            halflife::broker::admin::create_admin_token(store.as_ref(), role, "test", "test", SystemClock.now())
-                .await
-                .unwrap();
+        let (_, token) = halflife::broker::admin::create_admin_token(
+            store.as_ref(),
+            role,
+            "test",
+            halflife::broker::admin::DEFAULT_ADMIN_TOKEN_TTL,
+            "test",
+            SystemClock.now(),
+        )
+        .await
+        .unwrap();
         token.expose_secret().to_owned()
     }
 

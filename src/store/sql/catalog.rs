@@ -129,12 +129,12 @@ impl CatalogTx for Tx {
         let now = self.now;
         let sql = if insert {
             "INSERT INTO grants (system_id, issuer, subject, audiences, scopes, default_scopes, kinds, max_ttl, \
-             binding, max_audiences, on_behalf_of, created_at, updated_at, id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)"
+             binding, max_audiences, on_behalf_of, created_at, updated_at, id, approval) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14)"
         } else {
             "UPDATE grants SET system_id = $1, issuer = $2, subject = $3, audiences = $4, scopes = $5, \
              default_scopes = $6, kinds = $7, max_ttl = $8, binding = $9, max_audiences = $10, on_behalf_of = $11, \
-             updated_at = $12, version = version + 1 WHERE id = $13"
+             updated_at = $12, version = version + 1, approval = $14 WHERE id = $13"
         };
         let done = sqlx::query(sql)
             .bind(grant.system.as_str())
@@ -150,6 +150,14 @@ impl CatalogTx for Tx {
             .bind(serde_json::to_string(&grant.on_behalf_of).map_err(|e| StoreError::Corrupt(e.to_string()))?)
             .bind(now)
             .bind(grant.id.as_str())
+            .bind(
+                grant
+                    .approval
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )
             .execute(&mut *self.tx)
             .await
             .map_err(unavailable)?

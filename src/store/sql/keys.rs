@@ -1,4 +1,4 @@
-//! Admin tokens and signing keys.
+//! Automation (admin) tokens, people's sessions and signing keys.
 
 use super::*;
 
@@ -13,13 +13,15 @@ impl AdminTokenStore for Store {
         write_tx(self, move |tx| {
             Box::pin(async move {
                 sqlx::query(
-                    "INSERT INTO admin_tokens (id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO admin_tokens (id, name, role, token_hash, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(&record.id)
                 .bind(&record.name)
                 .bind(&record.role)
                 .bind(hash.as_slice())
                 .bind(ts(event.time))
+                .bind(record.expires_at.map(ts))
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
@@ -38,7 +40,7 @@ impl AdminTokenStore for Store {
             return Ok(Some(record.clone()));
         }
         let row = sqlx::query(
-            "SELECT id, name, role, token_hash FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+            "SELECT id, name, role, token_hash, expires_at FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
         )
         .bind(hash.as_slice())
         .fetch_optional(&self.pool)
@@ -55,7 +57,190 @@ impl AdminTokenStore for Store {
             id: row.try_get("id").map_err(corrupt("admin token"))?,
             name: row.try_get("name").map_err(corrupt("admin token"))?,
             role: row.try_get("role").map_err(corrupt("admin token"))?,
+            expires_at: row
+                .try_get::<Option<i64>, _>("expires_at")
+                .map_err(corrupt("admin token"))?
+                .map(from_ts)
+                .transpose()?,
         }))
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<AdminTokenListing>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.name, t.role, t.created_at, t.expires_at, t.revoked_at, u.last_used_at \
+             FROM admin_tokens t LEFT JOIN admin_token_uses u ON u.token_id = t.id \
+             ORDER BY t.created_at DESC, t.id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let time = |row: &DbRow, column: &str| -> Result<Option<OffsetDateTime>, StoreError> {
+            row.try_get::<Option<i64>, _>(column).map_err(corrupt("admin token"))?.map(from_ts).transpose()
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(AdminTokenListing {
+                    id: row.try_get("id").map_err(corrupt("admin token"))?,
+                    name: row.try_get("name").map_err(corrupt("admin token"))?,
+                    role: row.try_get("role").map_err(corrupt("admin token"))?,
+                    created_at: from_ts(row.try_get("created_at").map_err(corrupt("admin token"))?)?,
+                    expires_at: time(row, "expires_at")?,
+                    last_used_at: time(row, "last_used_at")?,
+                    revoked_at: time(row, "revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn revoke_admin_token(&self, id: &str, event: AuditEvent) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        write_tx(self, move |tx| {
+            Box::pin(async move {
+                let revoked =
+                    sqlx::query("UPDATE admin_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                        .bind(ts(event.time))
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?
+                        .rows_affected()
+                        == 1;
+                if revoked {
+                    insert_event(tx, &event).await.map_err(unavailable)?;
+                }
+                Ok(revoked)
+            })
+        })
+        .await
+    }
+
+    async fn admin_token_used(&self, id: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO admin_token_uses (token_id, last_used_at) VALUES ($1, $2) \
+             ON CONFLICT (token_id) DO UPDATE SET last_used_at = excluded.last_used_at",
+        )
+        .bind(id)
+        .bind(ts(at))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+const SESSION_COLUMNS: &str = "id, issuer, subject, email, name, roles, groups, created_at, expires_at, revoked_at";
+
+fn session_from(row: &DbRow) -> Result<SessionRecord, StoreError> {
+    let roles: String = row.try_get("roles").map_err(corrupt("session"))?;
+    Ok(SessionRecord {
+        id: row.try_get("id").map_err(corrupt("session"))?,
+        issuer: row.try_get("issuer").map_err(corrupt("session"))?,
+        subject: row.try_get("subject").map_err(corrupt("session"))?,
+        email: row.try_get("email").map_err(corrupt("session"))?,
+        name: row.try_get("name").map_err(corrupt("session"))?,
+        roles: roles.split_whitespace().map(str::to_owned).collect(),
+        groups: serde_json::from_str(&row.try_get::<String, _>("groups").map_err(corrupt("session"))?)
+            .unwrap_or_default(),
+        created_at: from_ts(row.try_get("created_at").map_err(corrupt("session"))?)?,
+        expires_at: from_ts(row.try_get("expires_at").map_err(corrupt("session"))?)?,
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_at")
+            .map_err(corrupt("session"))?
+            .map(from_ts)
+            .transpose()?,
+    })
+}
+
+#[async_trait]
+impl SessionStore for Store {
+    async fn create_session(&self, record: SessionRecord, hash: [u8; 32], event: AuditEvent) -> Result<(), StoreError> {
+        write_tx(self, move |tx| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO sessions (id, token_hash, issuer, subject, email, name, roles, created_at, expires_at, \
+                     groups) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&record.id)
+                .bind(hash.as_slice())
+                .bind(&record.issuer)
+                .bind(&record.subject)
+                .bind(&record.email)
+                .bind(&record.name)
+                .bind(record.roles.join(" "))
+                .bind(ts(record.created_at))
+                .bind(ts(record.expires_at))
+                .bind(serde_json::to_string(&record.groups).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                insert_event(tx, &event).await.map_err(unavailable)
+            })
+        })
+        .await
+    }
+
+    async fn session_by_hash(&self, hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS}, token_hash FROM sessions WHERE token_hash = $1 AND revoked_at IS NULL"
+        ))
+        .bind(hash.as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let stored: Vec<u8> = row.try_get("token_hash").map_err(corrupt("session"))?;
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(stored.as_slice(), hash.as_slice())) {
+            return Ok(None);
+        }
+        session_from(&row).map(Some)
+    }
+
+    async fn sessions(
+        &self,
+        now: OffsetDateTime,
+        person: Option<(&str, &str)>,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let filter = if person.is_some() { " AND issuer = $2 AND subject = $3" } else { "" };
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE revoked_at IS NULL AND expires_at > $1{filter} \
+             ORDER BY created_at DESC, id DESC"
+        );
+        let mut query = sqlx::query(&sql).bind(ts(now));
+        if let Some((issuer, subject)) = person {
+            query = query.bind(issuer).bind(subject);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
+        rows.iter().map(session_from).collect()
+    }
+
+    async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(session_from).transpose()
+    }
+
+    async fn revoke_session(&self, id: &str, event: AuditEvent) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        write_tx(self, move |tx| {
+            Box::pin(async move {
+                let revoked = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                    .bind(ts(event.time))
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected()
+                    == 1;
+                if revoked {
+                    insert_event(tx, &event).await.map_err(unavailable)?;
+                }
+                Ok(revoked)
+            })
+        })
+        .await
     }
 }
 

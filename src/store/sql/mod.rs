@@ -43,6 +43,7 @@ use super::Backend;
 
 #[macro_use]
 pub(super) mod rows;
+mod approvals;
 pub(super) mod audit;
 mod catalog;
 mod credentials;

@@ -126,6 +126,12 @@ pub(super) fn grant_from(row: &DbRow) -> Result<Grant, StoreError> {
         },
         on_behalf_of: serde_json::from_str(&get("g_on_behalf_of")?)
             .map_err(|e| StoreError::Corrupt(format!("grant on_behalf_of: {e}")))?,
+        approval: row
+            .try_get::<Option<String>, _>("g_approval")
+            .map_err(corrupt("grant"))?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("grant approval: {e}")))?,
     })
 }
 
@@ -155,7 +161,7 @@ pub(super) const SYSTEM_COLUMNS: &str = concat!(
 pub(super) const GRANT_COLUMNS: &str = "g.id AS g_id, g.system_id AS g_system_id, g.issuer AS g_issuer, g.subject AS g_subject, \
      g.audiences AS g_audiences, g.scopes AS g_scopes, g.default_scopes AS g_default_scopes, g.kinds AS g_kinds, \
      g.max_ttl AS g_max_ttl, g.binding AS g_binding, g.version AS g_version, g.max_audiences AS g_max_audiences, \
-     g.on_behalf_of AS g_on_behalf_of";
+     g.on_behalf_of AS g_on_behalf_of, g.approval AS g_approval";
 
 pub(super) const SYSTEM_JOINS: &str =
     "JOIN owners bo ON bo.id = s.business_owner JOIN owners tecn ON tecn.id = s.technical_owner";

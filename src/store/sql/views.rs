@@ -60,15 +60,16 @@ pub(super) async fn load_snapshot(pool: &DbPool) -> Result<Snapshot, StoreError>
     .await
     .map_err(unavailable)?;
     snapshot.grant_epochs = by_grants.into_iter().map(|(system, i, s, r)| ((system, i, s), r)).collect();
-    let tokens: Vec<(String, String, String, Vec<u8>)> =
-        sqlx::query_as("SELECT id, name, role, token_hash FROM admin_tokens WHERE revoked_at IS NULL")
+    let tokens: Vec<(String, String, String, Vec<u8>, Option<i64>)> =
+        sqlx::query_as("SELECT id, name, role, token_hash, expires_at FROM admin_tokens WHERE revoked_at IS NULL")
             .fetch_all(&mut *tx)
             .await
             .map_err(unavailable)?;
-    for (id, name, role, hash) in tokens {
+    for (id, name, role, hash, expires_at) in tokens {
         let hash: [u8; 32] =
             hash.try_into().map_err(|_| StoreError::Corrupt(format!("admin token {id}: hash is not 32 bytes")))?;
-        snapshot.admin_tokens.insert(hash, AdminTokenRecord { id, name, role });
+        let expires_at = expires_at.map(from_ts).transpose()?;
+        snapshot.admin_tokens.insert(hash, AdminTokenRecord { id, name, role, expires_at });
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(snapshot)

@@ -675,6 +675,14 @@ pub(super) async fn admit(
         let denial = denial_of(i, "access_denied: the grant was removed or changed while the request was decided");
         return Ok(Err((IssueOutcome::GrantChanged, denial)));
     }
+    // Likewise for its approval: revoked or ended since the decision, it
+    // allows nothing more.
+    if let Some(approval) = &i.approval
+        && !super::approvals::approval_allows(conn, approval, ts(i.iat)).await?
+    {
+        let denial = denial_of(i, "access_denied: the approval was revoked or ended while the request was decided");
+        return Ok(Err((IssueOutcome::ApprovalEnded, denial)));
+    }
     for guard in &i.replay {
         // The primary key decides: of two uses of one token, exactly one
         // inserts a row (also when both are in this batch).
@@ -691,6 +699,9 @@ pub(super) async fn admit(
             let denial = denial_of(i, guard.kind.reason());
             return Ok(Err((IssueOutcome::Replayed(guard.kind), denial)));
         }
+    }
+    if let Some(approval) = &i.approval {
+        super::approvals::link_approval(conn, approval, &i.jti).await?;
     }
     Ok(Ok(()))
 }

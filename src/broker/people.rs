@@ -1,0 +1,329 @@
+//! People sign in with the organisation's OpenID Connect provider: the
+//! person's ID token, verified like any attestation, is exchanged at
+//! `POST /oauth2/token` (RFC 8693, `requested_token_type`
+//! [`SESSION_TOKEN_TYPE`]) for a short-lived, revocable session token that
+//! every operator route accepts. Roles come from the person's groups at
+//! sign-in (`[[people.roles]]`); a person in no mapped group gets no session.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use tokio::sync::OnceCell;
+
+use super::admin::{AdminCaller, Person};
+use super::{Broker, Failure, Internal, Unavailable};
+use crate::attest::jwks::{KeySet, RemoteJwks};
+use crate::attest::jwt::{IssuerKeys, TrustedIssuer, Verifier};
+use crate::clock::SharedClock;
+use crate::config::PeopleConfig;
+use crate::crypto;
+use crate::domain::model::Role;
+use crate::store::{AuditEvent, Outcome, RequestMeta, SessionRecord};
+
+/// Prefix of session tokens, so secret scanners can recognise a leaked one.
+pub const SESSION_TOKEN_PREFIX: &str = "hls_";
+/// `requested_token_type` (and `issued_token_type`) of a session.
+pub const SESSION_TOKEN_TYPE: &str = "urn:halflife:token-type:session";
+/// `subject_token_type` of an OpenID Connect ID token (RFC 8693 §3).
+pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+
+/// The people issuer: how its ID tokens are verified and what they grant.
+pub struct People {
+    config: PeopleConfig,
+    issuer: String,
+    client: reqwest::Client,
+    clock: SharedClock,
+    /// Built on first use from the provider's discovery document (or at
+    /// once from `jwks_file`), so the broker starts while the provider is
+    /// unreachable and sign-in works as soon as it answers.
+    verifier: OnceCell<Verifier>,
+}
+
+/// Why a sign-in was refused. The person sees the message; none of it
+/// comes from the token's signature or secret parts.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    /// The ID token does not verify (answered `invalid_grant`).
+    #[error("the ID token is not valid: {0}")]
+    Invalid(String),
+    /// It verifies, but this person may not sign in (`access_denied`).
+    #[error("{0}")]
+    Denied(String),
+    /// The provider's discovery document or keys could not be read.
+    #[error("the identity provider cannot be reached: {0}")]
+    Provider(String),
+    #[error(transparent)]
+    Failure(#[from] Failure),
+}
+
+impl From<Unavailable> for SignInError {
+    fn from(e: Unavailable) -> Self {
+        Self::Failure(e.into())
+    }
+}
+
+impl From<Internal> for SignInError {
+    fn from(e: Internal) -> Self {
+        Self::Failure(e.into())
+    }
+}
+
+/// A session just created: the token (shown once) and its record.
+pub struct NewSession {
+    pub token: SecretString,
+    pub record: SessionRecord,
+}
+
+impl People {
+    pub fn new(config: &PeopleConfig, client: reqwest::Client, clock: SharedClock) -> anyhow::Result<Self> {
+        let people =
+            Self { issuer: config.issuer_id(), config: config.clone(), client, clock, verifier: OnceCell::new() };
+        if let Some(path) = &config.jwks_file {
+            let keys = KeySet::from_file(path).map_err(|e| anyhow::anyhow!("people.jwks_file: {e}"))?;
+            let verifier = people.verifier_with(IssuerKeys::Static(Arc::new(keys)));
+            people.verifier.set(verifier).map_err(|_| anyhow::anyhow!("people verifier set twice"))?;
+        }
+        Ok(people)
+    }
+
+    /// What a client needs to sign a person in (`GET /v1/sign-in`).
+    pub fn sign_in_info(&self) -> Value {
+        json!({"issuer": self.issuer, "client_id": self.config.client_id, "scopes": self.config.scopes})
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    fn verifier_with(&self, keys: IssuerKeys) -> Verifier {
+        Verifier::new(vec![TrustedIssuer {
+            name: "people".to_owned(),
+            iss: self.issuer.clone(),
+            algorithms: self.config.algorithms.iter().map(|a| a.to_jwt()).collect(),
+            audience: self.config.client_id.clone(),
+            leeway: self.config.leeway.get(),
+            // An ID token proves a sign-in that just happened.
+            max_token_age: Duration::from_secs(24 * 3600),
+            single_use: false,
+            single_audience: false,
+            keys,
+        }])
+    }
+
+    async fn verifier(&self) -> Result<&Verifier, SignInError> {
+        self.verifier
+            .get_or_try_init(|| async {
+                let jwks_uri = self.discover().await?;
+                let remote = RemoteJwks::new(
+                    jwks_uri,
+                    self.client.clone(),
+                    Duration::from_secs(30),
+                    self.config.jwks_refresh_interval.get().max(Duration::from_secs(3600)) * 24,
+                    Arc::clone(&self.clock),
+                );
+                Ok(self.verifier_with(IssuerKeys::Remote(Arc::new(remote))))
+            })
+            .await
+    }
+
+    /// The provider's `jwks_uri`, from its discovery document (OpenID
+    /// Connect Discovery 1.0 §4), whose `issuer` must be the configured one.
+    async fn discover(&self) -> Result<url::Url, SignInError> {
+        let url = format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'));
+        let provider = |e: String| SignInError::Provider(format!("{url}: {e}"));
+        let response =
+            self.client.get(&url).timeout(Duration::from_secs(10)).send().await.map_err(|e| provider(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(provider(format!("answered {}", response.status())));
+        }
+        let bytes = response.bytes().await.map_err(|e| provider(e.to_string()))?;
+        if bytes.len() > 256 * 1024 {
+            return Err(provider("the discovery document is over 256 KiB".into()));
+        }
+        let document: Value = serde_json::from_slice(&bytes).map_err(|e| provider(e.to_string()))?;
+        if document.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+            return Err(provider(format!("its issuer is not {:?}", self.issuer)));
+        }
+        let jwks_uri =
+            document.get("jwks_uri").and_then(Value::as_str).ok_or_else(|| provider("it names no jwks_uri".into()))?;
+        let jwks_uri = url::Url::parse(jwks_uri).map_err(|e| provider(format!("jwks_uri: {e}")))?;
+        let loopback = crate::config::is_loopback_host(&jwks_uri);
+        if jwks_uri.scheme() != "https" && !(jwks_uri.scheme() == "http" && loopback) {
+            return Err(provider(format!("jwks_uri {jwks_uri} is not https")));
+        }
+        Ok(jwks_uri)
+    }
+
+    /// Verifies an ID token and decides who the person is and which roles
+    /// they hold now.
+    pub async fn verify(
+        &self,
+        id_token: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Person, Vec<Role>, Vec<String>), SignInError> {
+        let verifier = self.verifier().await?;
+        let (attestation, claims) =
+            verifier.verify_id_token(id_token, now).await.map_err(|e| SignInError::Invalid(e.to_string()))?;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let email = text("email").filter(|_| claims.get("email_verified").and_then(Value::as_bool) != Some(false));
+        let person = Person { issuer: attestation.iss, subject: attestation.subject, email, name: text("name") };
+        if !self.config.allowed_email_domains.is_empty() {
+            let domain = person.email.as_deref().and_then(|e| e.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase());
+            let allowed = domain.as_deref().is_some_and(|d| {
+                self.config.allowed_email_domains.iter().any(|allowed| allowed.eq_ignore_ascii_case(d))
+            });
+            if !allowed {
+                return Err(SignInError::Denied(format!(
+                    "sign-in needs a verified email address in {}",
+                    self.config.allowed_email_domains.join(", ")
+                )));
+            }
+        }
+        let groups = groups(&claims, &self.config.groups_claim);
+        let roles: BTreeSet<Role> = self
+            .config
+            .roles
+            .iter()
+            .filter(|m| groups.contains(&m.group))
+            .filter_map(|m| Role::parse(&m.role))
+            .collect();
+        if roles.is_empty() {
+            return Err(SignInError::Denied(format!(
+                "{} is in no group that people.roles maps to a role",
+                crate::domain::identity::visible(person.email.as_deref().unwrap_or(&person.subject))
+            )));
+        }
+        Ok((person, roles.into_iter().collect(), groups.into_iter().collect()))
+    }
+
+    pub fn session_ttl(&self) -> Duration {
+        self.config.session_ttl.get()
+    }
+}
+
+/// The person's groups: the claim as a list of strings, or one string.
+fn groups(claims: &Map<String, Value>, claim: &str) -> BTreeSet<String> {
+    match claims.get(claim) {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::String(one)) => BTreeSet::from([one.clone()]),
+        _ => BTreeSet::new(),
+    }
+}
+
+impl Broker {
+    /// Signs a person in: verifies their ID token and creates a session
+    /// (`session.created`, naming the person and their roles). Refusals
+    /// are recorded as `session.refused`.
+    pub async fn sign_in(&self, id_token: &str, meta: &RequestMeta) -> Result<NewSession, SignInError> {
+        let people = self.people.as_ref().ok_or_else(|| {
+            SignInError::Denied("people do not sign in to this broker: it has no [people] configuration".into())
+        })?;
+        let now = self.clock.now();
+        let (person, roles, groups) = match people.verify(id_token, now).await {
+            Ok(verified) => verified,
+            Err(e @ (SignInError::Invalid(_) | SignInError::Denied(_))) => {
+                let mut event = AuditEvent::new("session.refused", Outcome::Denied, now, meta);
+                event.reason = Some(e.to_string());
+                event.attestation_issuer = Some(people.issuer().to_owned());
+                self.log.record_event(event).await.map_err(Unavailable)?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let random = crypto::random_bytes::<32>().map_err(|e| Internal::new("session token generation", e))?;
+        let token = SecretString::from(format!("{SESSION_TOKEN_PREFIX}{}", crypto::b64url(random)));
+        let hash = crypto::sha256(token.expose_secret().as_bytes());
+        let ttl = time::Duration::try_from(people.session_ttl()).unwrap_or(time::Duration::hours(8));
+        let record = SessionRecord {
+            id: super::exchange::new_jti(now),
+            issuer: person.issuer.clone(),
+            subject: person.subject.clone(),
+            email: person.email.clone(),
+            name: person.name.clone(),
+            roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            groups,
+            created_at: now,
+            expires_at: now + ttl,
+            revoked_at: None,
+        };
+        let caller = caller_of(&record, roles);
+        let mut event = AuditEvent::new("session.created", Outcome::Success, now, meta);
+        event.actor = Some(caller.actor());
+        event.attestation_issuer = Some(person.issuer.clone());
+        event.subject = Some(person.subject.clone());
+        event.exp = Some(record.expires_at.unix_timestamp());
+        event.detail = Some(json!({
+            "session": record.id, "issuer": person.issuer, "subject": person.subject,
+            "email": person.email, "roles": record.roles,
+        }));
+        self.sessions.create_session(record.clone(), hash, event).await.map_err(Unavailable)?;
+        Ok(NewSession { token, record })
+    }
+
+    /// The person behind a session token, if it is valid and unexpired.
+    pub(super) async fn authenticate_session(&self, token: &str) -> Result<Option<AdminCaller>, Unavailable> {
+        let hash = crypto::sha256(token.as_bytes());
+        let Some(record) = self.sessions.session_by_hash(hash).await.map_err(Unavailable)? else {
+            return Ok(None);
+        };
+        if record.expires_at <= self.clock.now() {
+            return Ok(None);
+        }
+        let roles = record.roles.iter().filter_map(|r| Role::parse(r)).collect();
+        Ok(Some(caller_of(&record, roles)))
+    }
+
+    /// Active sessions: everyone's for an admin, the caller's own otherwise.
+    pub async fn sessions(&self, caller: &AdminCaller) -> Result<Vec<SessionRecord>, Unavailable> {
+        let now = self.clock.now();
+        let own = caller.person.as_ref().map(|p| (p.issuer.as_str(), p.subject.as_str()));
+        let filter = if caller.may(|r| r == Role::Admin) { None } else { own };
+        if filter.is_none() && !caller.may(|r| r == Role::Admin) {
+            // An automation token that is not an admin has no sessions.
+            return Ok(Vec::new());
+        }
+        self.sessions.sessions(now, filter).await.map_err(Unavailable)
+    }
+
+    /// Revokes a session: one's own, or anyone's for an admin. `Ok(None)`
+    /// when there is no such session the caller may see.
+    pub async fn revoke_session(
+        &self,
+        id: &str,
+        caller: &AdminCaller,
+        meta: &RequestMeta,
+    ) -> Result<Option<bool>, Unavailable> {
+        let Some(session) = self.sessions.session(id).await.map_err(Unavailable)? else {
+            return Ok(None);
+        };
+        let own = caller.person.as_ref().is_some_and(|p| p.issuer == session.issuer && p.subject == session.subject);
+        if !own && !caller.may(|r| r == Role::Admin) {
+            return Ok(None);
+        }
+        let mut event = AuditEvent::new("session.revoked", Outcome::Success, self.clock.now(), meta);
+        event.actor = Some(caller.actor());
+        event.attestation_issuer = Some(session.issuer.clone());
+        event.subject = Some(session.subject.clone());
+        event.detail = Some(json!({"session": session.id, "email": session.email}));
+        self.sessions.revoke_session(id, event).await.map_err(Unavailable).map(Some)
+    }
+}
+
+fn caller_of(record: &SessionRecord, roles: Vec<Role>) -> AdminCaller {
+    AdminCaller {
+        id: record.id.clone(),
+        name: record.email.clone().unwrap_or_else(|| record.subject.clone()),
+        roles,
+        person: Some(Person {
+            issuer: record.issuer.clone(),
+            subject: record.subject.clone(),
+            email: record.email.clone(),
+            name: record.name.clone(),
+        }),
+        expires_at: Some(record.expires_at),
+    }
+}

@@ -21,6 +21,11 @@ import { createServer } from 'node:http';
 
 import Provider from 'oidc-provider';
 
+// stdout carries the one announcement line; the provider's own notices
+// (console.log/info: "customize this page", ...) go to stderr with its warnings.
+console.log = console.error;
+console.info = console.error;
+
 const config = process.argv[2] ? JSON.parse(readFileSync(process.argv[2], 'utf8')) : {};
 const users = config.users ?? {};
 const deviceFlow = config.device_flow ?? true;
@@ -41,7 +46,10 @@ const clients = [
     client_id: 'halflife-cli',
     application_type: 'native',
     token_endpoint_auth_method: 'none',
-    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'authorization_code'],
+    // (The provider refuses a client whose grant it has disabled.)
+    grant_types: deviceFlow
+      ? ['urn:ietf:params:oauth:grant-type:device_code', 'authorization_code']
+      : ['authorization_code'],
     response_types: ['code'],
     redirect_uris: ['http://127.0.0.1/callback'],
   },

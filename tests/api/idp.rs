@@ -191,6 +191,12 @@ impl Idp {
     /// An ID token for `username`, through the device grant as the CLI gets
     /// one.
     pub async fn id_token_for(&self, username: &str) -> String {
+        self.device_sign_in(username, false).await
+    }
+
+    /// The device grant with the person on the page: through the complete
+    /// verification URI, or (`typed`) the bare one with the code typed in.
+    async fn device_sign_in(&self, username: &str, typed: bool) -> String {
         let discovery = self.discovery().await;
         let http = Self::plain();
         let device: Value = http
@@ -204,7 +210,12 @@ impl Idp {
             .json()
             .await
             .unwrap();
-        self.complete_device(device["verification_uri_complete"].as_str().unwrap(), None, username).await;
+        if typed {
+            let uri = device["verification_uri"].as_str().unwrap();
+            self.complete_device(uri, Some(device["user_code"].as_str().unwrap()), username).await;
+        } else {
+            self.complete_device(device["verification_uri_complete"].as_str().unwrap(), None, username).await;
+        }
         let token_endpoint = discovery["token_endpoint"].as_str().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -319,6 +330,11 @@ async fn the_provider_signs_people_in_with_the_device_grant() {
     assert_eq!(claims["groups"], json!(["hl-operators"]));
     let (header, _) = crate::helpers::parts(&token);
     assert_eq!(header["alg"], "RS256");
+
+    // The code can also be typed in on the bare verification page.
+    let typed = idp.device_sign_in("bob", true).await;
+    let claims = verify_id_token(&jwks, &typed, &idp.issuer, CLI_CLIENT).unwrap();
+    assert_eq!((&claims["sub"], &claims["groups"]), (&json!("bob"), &json!(["hl-auditors"])));
 
     // Someone else's provider does not vouch for it.
     let Some(other) = Idp::start(json!({"users": people()})) else { return };

@@ -1,7 +1,8 @@
 //! CLI commands that talk to a running server's `/v1/` API: `systems`,
-//! `owners`, `grants`, `revoke`, `jobs`. Authenticated with the admin token
-//! in `HALFLIFE_TOKEN` (never a command-line argument, which other users
-//! could read from the process list).
+//! `owners`, `grants`, `revoke`, `jobs`, `sessions`, `whoami`. Authenticated
+//! with the token in `HALFLIFE_TOKEN` (never a command-line argument, which
+//! other users could read from the process list), else with the session
+//! `halflife login` stored.
 
 use std::time::Duration;
 
@@ -28,9 +29,10 @@ pub struct Remote {
 
 impl Remote {
     /// This remote with its server decided: `--server`, else `HALFLIFE_URL`,
-    /// else the deprecated `HALFLIFE_SERVER` (with a warning), else the
-    /// server the configuration at `config` describes (its `public_url`, or
-    /// its listen address).
+    /// else the deprecated `HALFLIFE_SERVER` (with a warning), else (without
+    /// `HALFLIFE_TOKEN`) the server of the stored session, else the server
+    /// the configuration at `config` describes (its `public_url`, or its
+    /// listen address).
     pub fn resolved(&self, config: &std::path::Path) -> anyhow::Result<Remote> {
         if self.server.is_some() {
             return Ok(self.clone());
@@ -38,6 +40,13 @@ impl Remote {
         if let Ok(old) = std::env::var("HALFLIFE_SERVER") {
             eprintln!("warning: HALFLIFE_SERVER is deprecated; set HALFLIFE_URL instead");
             return Ok(Remote { server: Some(old), ..self.clone() });
+        }
+        // A stored session that cannot be read is reported by the command
+        // that needs it (`Client::new`), not here.
+        if std::env::var_os("HALFLIFE_TOKEN").is_none()
+            && let Ok(Some(session)) = super::session::load()
+        {
+            return Ok(Remote { server: Some(session.server), ..self.clone() });
         }
         let configured = crate::config::Config::load_unvalidated(config).map_err(|e| {
             anyhow::anyhow!(
@@ -250,6 +259,14 @@ pub enum JobsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// People's sessions: who signed in, with which roles, until when.
+    List,
+    /// End a session at once (`current` is the caller's own).
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Every signing key: pending, signing, verifying or retired, and when.
     List,
@@ -278,18 +295,21 @@ struct Client {
 }
 
 impl Client {
+    /// A client for `remote`'s server with `HALFLIFE_TOKEN`, else the stored
+    /// session's token.
     fn new(remote: &Remote) -> anyhow::Result<Self> {
-        let token = std::env::var("HALFLIFE_TOKEN").map(SecretString::from).context(
-            "set HALFLIFE_TOKEN to an admin token whose role may do this (halflife admin token create --role \
-             auditor --name <you> to read and verify; --role operator to change)",
-        )?;
+        let base = remote.server.as_deref().context("no server to talk to: set --server or HALFLIFE_URL")?;
+        let base = base.trim_end_matches('/').to_owned();
+        let token = match std::env::var("HALFLIFE_TOKEN") {
+            Ok(token) => SecretString::from(token),
+            Err(_) => session_token(&base)?,
+        };
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(client_tls()?)
             .timeout(Duration::from_secs(30))
             .build()
             .context("failed to build the HTTP client")?;
-        let base = remote.server.as_deref().context("no server to talk to: set --server or HALFLIFE_URL")?;
-        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token, json: remote.json })
+        Ok(Self { http, base, token, json: remote.json })
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -344,8 +364,30 @@ impl Client {
     }
 }
 
+/// The stored session's token, if it is for `base` and still valid.
+fn session_token(base: &str) -> anyhow::Result<SecretString> {
+    let Some(session) = super::session::load()? else {
+        bail!(
+            "not signed in: run halflife login to sign in with your organisation's identity provider, or set \
+             HALFLIFE_TOKEN to an admin or automation token whose role may do this (halflife admin token create \
+             --role auditor --name <you> to read and verify; --role operator to change)"
+        );
+    };
+    if session.expires_at <= SystemClock.now() {
+        bail!("your session expired at {}; run halflife login", session.expiry());
+    }
+    // The token goes only to the server that issued it.
+    if session.server.trim_end_matches('/') != base {
+        bail!(
+            "the stored session is for {}, not {base}: run halflife login --server {base}, or set HALFLIFE_TOKEN",
+            session.server
+        );
+    }
+    Ok(session.token)
+}
+
 /// TLS for the CLI: rustls on ring with the platform's trust store.
-fn client_tls() -> anyhow::Result<rustls::ClientConfig> {
+pub(super) fn client_tls() -> anyhow::Result<rustls::ClientConfig> {
     use rustls_platform_verifier::BuilderVerifierExt;
     Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
@@ -681,6 +723,31 @@ pub async fn jobs(remote: &Remote, command: JobsCommand) -> anyhow::Result<()> {
     let JobsCommand::List { all } = command;
     let v = c.call(Method::GET, &format!("/v1/jobs?all={all}"), None).await?;
     c.print(&v, |v| table(list(v, "jobs"), &["id", "kind", "status", "attempts", "next_attempt_at", "last_error"]));
+    Ok(())
+}
+
+pub async fn sessions(remote: &Remote, command: SessionsCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    match command {
+        SessionsCommand::List => {
+            let v = c.call(Method::GET, "/v1/sessions", None).await?;
+            c.print(&v, |v| {
+                table(list(v, "sessions"), &["id", "email", "subject", "roles", "created_at", "expires_at", "issuer"])
+            });
+        }
+        SessionsCommand::Revoke { id } => {
+            let v = c.call(Method::POST, &format!("/v1/sessions/{}/revoke", path_segment(&id)), None).await?;
+            c.print(&v, |v| println!("session {} is revoked", cell(v, "id")));
+        }
+    }
+    Ok(())
+}
+
+/// `halflife whoami`: whom the server takes the caller for.
+pub async fn whoami(remote: &Remote) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    let v = c.call(Method::GET, "/v1/whoami", None).await?;
+    c.print(&v, record);
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! The `halflife` command line.
 
 pub mod client;
+mod login;
+mod session;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -164,6 +166,30 @@ pub enum RemoteCommand {
         remote: client::Remote,
         #[command(subcommand)]
         command: client::KeysCommand,
+    },
+    /// Sign in with your organisation's identity provider and keep the session for the other
+    /// commands (device code, or a browser on this machine).
+    Login {
+        #[command(flatten)]
+        remote: client::Remote,
+        /// Sign in through a browser on this machine (authorization code with PKCE on a loopback
+        /// redirect) even when the provider offers the device code.
+        #[arg(long)]
+        browser: bool,
+    },
+    /// End the stored session at its server and delete it.
+    Logout,
+    /// People's sessions on a running server: list, revoke.
+    Sessions {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: client::SessionsCommand,
+    },
+    /// Whom the server takes you for: person or automation, roles, expiry.
+    Whoami {
+        #[command(flatten)]
+        remote: client::Remote,
     },
 }
 
@@ -404,6 +430,10 @@ async fn run_remote(command: RemoteCommand, config: &std::path::Path) -> anyhow:
         RemoteCommand::Revoke { remote, args } => client::revoke(&remote.resolved(config)?, args).await,
         RemoteCommand::Jobs { remote, command } => client::jobs(&remote.resolved(config)?, command).await,
         RemoteCommand::Keys { remote, command } => client::keys(&remote.resolved(config)?, command).await,
+        RemoteCommand::Login { remote, browser } => login::login(&remote.resolved(config)?, browser).await,
+        RemoteCommand::Logout => login::logout().await,
+        RemoteCommand::Sessions { remote, command } => client::sessions(&remote.resolved(config)?, command).await,
+        RemoteCommand::Whoami { remote } => client::whoami(&remote.resolved(config)?).await,
         // Offline verification needs no server at all.
         RemoteCommand::Audit { remote, command } => client::audit(&remote, command, config).await,
     }

@@ -548,10 +548,10 @@ impl Broker {
             .await?
             .filter(|r| r.break_glass && r.reviewed_at.is_none())
             .ok_or_else(|| DecideError::NotFound(format!("no break-glass approval {id} awaits review")))?;
-        let approver_marker = format!("; person {} at ", crate::domain::identity::visible(&person.subject));
-        let same = request.decided_by.as_deref().is_some_and(|by| {
-            by.contains(&approver_marker) && by.ends_with(&crate::domain::identity::visible(&person.issuer))
-        });
+        // Actors are recorded as `email (roles; person SUBJECT at ISSUER)`.
+        let visible = crate::domain::identity::visible;
+        let marker = format!("; person {} at {})", visible(&person.subject), visible(&person.issuer));
+        let same = request.decided_by.as_deref().is_some_and(|by| by.ends_with(&marker));
         if same {
             return Err(DecideError::Forbidden(
                 "the person who broke the glass cannot review it; a second person must".into(),

@@ -230,6 +230,68 @@ pub struct AddGrant {
     /// for several. Claim requirements are set in the catalog file.
     #[arg(long = "on-behalf-of", value_name = "ISSUER:SUBJECT")]
     pub on_behalf_of: Vec<String>,
+    /// none (default) or required: every exchange waits for a person's approval.
+    #[arg(long)]
+    pub approval: Option<String>,
+    /// Who may approve: a group or an email address; repeat for several (default: anyone with the
+    /// approver role).
+    #[arg(long = "approver", value_name = "GROUP_OR_EMAIL")]
+    pub approvers: Vec<String>,
+    /// The longest approval, e.g. 1h (the default).
+    #[arg(long)]
+    pub approval_max_duration: Option<String>,
+    /// Let an owner of the system approve.
+    #[arg(long)]
+    pub allow_owner_approval: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestsCommand {
+    /// Access requests, newest first.
+    List {
+        /// pending (default), approved, denied, expired, revoked or all.
+        #[arg(long, default_value = "pending")]
+        state: String,
+    },
+    /// Show one access request.
+    Show { id: String },
+    /// Approve a pending request for a while.
+    Approve {
+        id: String,
+        /// How long, e.g. 30m (default and most: the grant's approval_max_duration).
+        #[arg(long)]
+        duration: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// An operator approving what they may not otherwise (their own system): needs --reason,
+        /// is announced at once and awaits a second person's review.
+        #[arg(long)]
+        break_glass: bool,
+    },
+    /// Deny a pending request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Take an approval back; the credentials issued under it are revoked.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewsCommand {
+    /// Break-glass approvals awaiting a second person's review.
+    List,
+    /// Mark a break-glass approval reviewed (not by the person who approved it).
+    Done {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -684,6 +746,18 @@ pub async fn grants(remote: &Remote, command: GrantsCommand) -> anyhow::Result<(
             if let Some(binding) = a.binding {
                 body["binding"] = json!(binding);
             }
+            if let Some(approval) = a.approval {
+                body["approval"] = json!(approval);
+            }
+            if !a.approvers.is_empty() {
+                body["approvers"] = json!(a.approvers);
+            }
+            if let Some(max) = a.approval_max_duration {
+                body["approval_max_duration"] = json!(max);
+            }
+            if a.allow_owner_approval {
+                body["allow_owner_approval"] = json!(true);
+            }
             let v =
                 c.call(Method::POST, &format!("/v1/systems/{}/grants", path_segment(&a.system)), Some(body)).await?;
             c.print(&v, record);
@@ -738,6 +812,53 @@ pub async fn sessions(remote: &Remote, command: SessionsCommand) -> anyhow::Resu
         SessionsCommand::Revoke { id } => {
             let v = c.call(Method::POST, &format!("/v1/sessions/{}/revoke", path_segment(&id)), None).await?;
             c.print(&v, |v| println!("session {} is revoked", cell(v, "id")));
+        }
+    }
+    Ok(())
+}
+
+const REQUEST_COLUMNS: [&str; 8] =
+    ["id", "state", "system_id", "grant_id", "subject", "created_at", "approved_until", "decided_by"];
+
+pub async fn requests(remote: &Remote, command: RequestsCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    let decide = |id: &str, verb: &str| format!("/v1/access-requests/{}/{verb}", path_segment(id));
+    let v = match command {
+        RequestsCommand::List { state } => {
+            let query = if state == "all" { String::new() } else { format!("?state={}", path_segment(&state)) };
+            let v = c.call(Method::GET, &format!("/v1/access-requests{query}"), None).await?;
+            c.print(&v, |v| table(list(v, "access_requests"), &REQUEST_COLUMNS));
+            return Ok(());
+        }
+        RequestsCommand::Show { id } => {
+            c.call(Method::GET, &format!("/v1/access-requests/{}", path_segment(&id)), None).await?
+        }
+        RequestsCommand::Approve { id, duration, reason, break_glass } => {
+            let body = json!({"duration": duration, "reason": reason, "break_glass": break_glass});
+            c.call(Method::POST, &decide(&id, "approve"), Some(body)).await?
+        }
+        RequestsCommand::Deny { id, reason } => {
+            c.call(Method::POST, &decide(&id, "deny"), Some(json!({"reason": reason}))).await?
+        }
+        RequestsCommand::Revoke { id, reason } => {
+            c.call(Method::POST, &decide(&id, "revoke"), Some(json!({"reason": reason}))).await?
+        }
+    };
+    c.print(&v, record);
+    Ok(())
+}
+
+pub async fn reviews(remote: &Remote, command: ReviewsCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    match command {
+        ReviewsCommand::List => {
+            let v = c.call(Method::GET, "/v1/reviews", None).await?;
+            c.print(&v, |v| table(list(v, "reviews"), &REQUEST_COLUMNS));
+        }
+        ReviewsCommand::Done { id, note } => {
+            let path = format!("/v1/reviews/{}/done", path_segment(&id));
+            let v = c.call(Method::POST, &path, Some(json!({"note": note}))).await?;
+            c.print(&v, record);
         }
     }
     Ok(())

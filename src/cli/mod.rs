@@ -186,6 +186,20 @@ pub enum RemoteCommand {
         #[command(subcommand)]
         command: client::SessionsCommand,
     },
+    /// Access requests of grants that need a person's approval: list, show, approve, deny, revoke.
+    Requests {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: client::RequestsCommand,
+    },
+    /// Break-glass approvals awaiting a second person's review: list, done.
+    Reviews {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        command: client::ReviewsCommand,
+    },
     /// Whom the server takes you for: person or automation, roles, expiry.
     Whoami {
         #[command(flatten)]
@@ -434,6 +448,8 @@ async fn run_remote(command: RemoteCommand, config: &std::path::Path) -> anyhow:
         RemoteCommand::Logout => login::logout().await,
         RemoteCommand::Sessions { remote, command } => client::sessions(&remote.resolved(config)?, command).await,
         RemoteCommand::Whoami { remote } => client::whoami(&remote.resolved(config)?).await,
+        RemoteCommand::Requests { remote, command } => client::requests(&remote.resolved(config)?, command).await,
+        RemoteCommand::Reviews { remote, command } => client::reviews(&remote.resolved(config)?, command).await,
         // Offline verification needs no server at all.
         RemoteCommand::Audit { remote, command } => client::audit(&remote, command, config).await,
     }

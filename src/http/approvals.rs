@@ -130,7 +130,9 @@ pub struct ApproveBody {
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionReasonBody {
-    reason: String,
+    /// Why (required; at most 500 characters).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -189,8 +191,7 @@ pub async fn deny_access(
     Path(id): Path<String>,
     super::extract::JsonBody(body): super::extract::JsonBody<DecisionReasonBody>,
 ) -> Result<Response, ApiError> {
-    let decided =
-        state.broker.decide_access(&id, Decision::Deny, None, Some(body.reason), false, &caller, &meta).await?;
+    let decided = state.broker.decide_access(&id, Decision::Deny, None, body.reason, false, &caller, &meta).await?;
     Ok(Json(json!(decided)).into_response())
 }
 
@@ -212,8 +213,7 @@ pub async fn revoke_access(
     Path(id): Path<String>,
     super::extract::JsonBody(body): super::extract::JsonBody<DecisionReasonBody>,
 ) -> Result<Response, ApiError> {
-    let decided =
-        state.broker.decide_access(&id, Decision::Revoke, None, Some(body.reason), false, &caller, &meta).await?;
+    let decided = state.broker.decide_access(&id, Decision::Revoke, None, body.reason, false, &caller, &meta).await?;
     Ok(Json(json!(decided)).into_response())
 }
 

@@ -3,6 +3,7 @@
 #![expect(clippy::expect_used, reason = "test helpers abort the test on setup failure")]
 
 mod agent;
+mod approvals;
 mod audit;
 mod canary;
 mod cli;

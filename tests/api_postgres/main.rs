@@ -7,6 +7,8 @@
 #![expect(clippy::expect_used, reason = "test helpers abort the test on setup failure")]
 #![allow(dead_code, reason = "the shared helpers also serve modules only the SQLite binary includes")]
 
+#[path = "../api/approvals.rs"]
+mod approvals;
 #[path = "../api/audit.rs"]
 mod audit;
 #[path = "../api/cli.rs"]
@@ -42,6 +44,8 @@ mod metrics;
 #[path = "../api/mtls.rs"]
 mod mtls;
 mod outage;
+#[path = "../api/people.rs"]
+mod people;
 #[path = "../api/rejections.rs"]
 mod rejections;
 mod replicas;

@@ -64,6 +64,16 @@ pub struct Asked<'a> {
     pub principal: Option<&'a (String, String)>,
 }
 
+/// A person's decision on an access request. `duration` and `break_glass`
+/// apply to approvals; `reason` is required for denials, revocations and
+/// break glass.
+pub struct Ruling {
+    pub decision: Decision,
+    pub duration: Option<Duration>,
+    pub reason: Option<String>,
+    pub break_glass: bool,
+}
+
 /// Why a decision on an access request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DecideError {
@@ -410,19 +420,15 @@ impl Broker {
     }
 
     /// Approves, denies or revokes access request `id` on behalf of
-    /// `caller` (see [`approval::may_decide`]). `duration` and `break_glass`
-    /// apply to approvals; `reason` is required for denials, revocations and
-    /// break glass.
+    /// `caller` (see [`approval::may_decide`]).
     pub async fn decide_access(
         &self,
         id: &str,
-        decision: Decision,
-        duration: Option<Duration>,
-        reason: Option<String>,
-        break_glass: bool,
+        ruling: Ruling,
         caller: &AdminCaller,
         meta: &RequestMeta,
     ) -> Result<AccessRequest, DecideError> {
+        let Ruling { decision, duration, reason, break_glass } = ruling;
         let now = self.clock.now();
         let request =
             self.access_request(id).await?.ok_or_else(|| DecideError::NotFound(format!("no access request {id}")))?;

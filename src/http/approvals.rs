@@ -11,7 +11,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Authorized, Params, Path, Roles};
 use super::openapi::errors::{BodyErrors, Conflict, Invalid, NotFound, Refusals};
-use crate::broker::approvals::DecideError;
+use crate::broker::approvals::{DecideError, Ruling};
 use crate::domain::approval::{AccessState, Decision};
 use crate::domain::model::Role;
 
@@ -169,9 +169,19 @@ pub async fn approve_access(
         };
     let decided = state
         .broker
-        .decide_access(&id, Decision::Approve, duration, body.reason, body.break_glass, &caller, &meta)
+        .decide_access(
+            &id,
+            Ruling { decision: Decision::Approve, duration, reason: body.reason, break_glass: body.break_glass },
+            &caller,
+            &meta,
+        )
         .await?;
     Ok(Json(json!(decided)).into_response())
+}
+
+/// A denial or revocation, with its reason.
+fn ruling(decision: Decision, reason: Option<String>) -> Ruling {
+    Ruling { decision, duration: None, reason, break_glass: false }
 }
 
 /// `POST /v1/access-requests/{id}/deny`
@@ -191,7 +201,7 @@ pub async fn deny_access(
     Path(id): Path<String>,
     super::extract::JsonBody(body): super::extract::JsonBody<DecisionReasonBody>,
 ) -> Result<Response, ApiError> {
-    let decided = state.broker.decide_access(&id, Decision::Deny, None, body.reason, false, &caller, &meta).await?;
+    let decided = state.broker.decide_access(&id, ruling(Decision::Deny, body.reason), &caller, &meta).await?;
     Ok(Json(json!(decided)).into_response())
 }
 
@@ -213,7 +223,7 @@ pub async fn revoke_access(
     Path(id): Path<String>,
     super::extract::JsonBody(body): super::extract::JsonBody<DecisionReasonBody>,
 ) -> Result<Response, ApiError> {
-    let decided = state.broker.decide_access(&id, Decision::Revoke, None, body.reason, false, &caller, &meta).await?;
+    let decided = state.broker.decide_access(&id, ruling(Decision::Revoke, body.reason), &caller, &meta).await?;
     Ok(Json(json!(decided)).into_response())
 }
 

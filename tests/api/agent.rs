@@ -1250,3 +1250,37 @@ audience = "search-api"
         "the JWT was the attestation"
     );
 }
+
+/// The approvals flow against the real broker: the agent waits on the
+/// pending access request (one request however often it asks), and serves
+/// the credential once a person approves it.
+#[tokio::test]
+async fn the_agent_waits_on_a_pending_approval_and_picks_up_the_credential_once_approved() {
+    let catalog = default_catalog().replacen("max_ttl = \"15m\"\n", "max_ttl = \"15m\"\napproval = \"required\"\n", 1);
+    let options = Options { catalog, extra_config: "[approvals]\ninterval = \"1s\"\n".into(), ..Options::default() };
+    let Some(app) = spawn_with(options).await else { return };
+    let dir = agent_dir();
+    write_attestation(dir.path(), &app.rsa.token(RSA_SUBJECT, app.now()));
+    let config = agent_config(&app, dir.path(), "", &jwt_credential("reports", "3s", "\"reports.jwt\""));
+    let agent = start_agent(dir.path(), &config, &[]).await;
+    let pending = agent.wait_status("reports", 503, |b| b["error"] == "authorization_pending").await;
+    assert_eq!(pending["interval"], 1, "{pending}");
+    assert!(!dir.path().join("creds/reports.jwt").exists(), "nothing is served before approval");
+
+    let approver = app.person_token("ann@corp.example", &["hl-approvers"]).await;
+    let (_, list) = app.api(Method::GET, "/v1/access-requests?state=pending", &approver, None).await;
+    let requests = list["access_requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 1, "one request however often the agent asks: {list}");
+    let id = requests[0]["id"].as_str().unwrap();
+    let (status, body) = app
+        .api(Method::POST, &format!("/v1/access-requests/{id}/approve"), &approver, Some(json!({"duration": "10m"})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let credential = agent.wait_for("reports", |_| true).await;
+    let token = credential["access_token"].as_str().unwrap();
+    let introspector = app.admin_token(halflife::domain::model::Role::Introspector).await;
+    assert_eq!(app.introspect(&introspector, token).await["active"], true);
+    assert!(dir.path().join("creds/reports.jwt").exists());
+    agent.assert_log_clean(&[token.to_owned()]);
+}

@@ -374,3 +374,35 @@ fn wall_clock() -> time::OffsetDateTime {
     use halflife::clock::Clock;
     halflife::clock::SystemClock.now()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_who_refuses_at_the_provider_ends_the_device_sign_in() {
+    let Some(idp) = Idp::start(json!({"users": people(), "device_flow": true})) else { return };
+    let (base, state) = broker(&idp).await;
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().to_owned();
+
+    let idp = &idp;
+    let (ok, stdout, stderr) =
+        login(&dir, &base, &[], |url| async move { idp.deny_device(url.as_str(), "alice").await }).await;
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("access was denied") && stderr.contains("access_denied"), "{stderr}");
+    assert!(!session_file(&dir).exists());
+    assert!(state.exchanged.lock().unwrap().is_empty(), "nothing reached the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_code_nobody_confirms_expires_and_says_so() {
+    let config = json!({"users": people(), "device_flow": true, "device_code_ttl": 2});
+    let Some(idp) = Idp::start(config) else { return };
+    let (base, state) = broker(&idp).await;
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().to_owned();
+
+    // The person never opens the page.
+    let (ok, stdout, stderr) = login(&dir, &base, &[], |_| async {}).await;
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("the code expired") && stderr.contains("halflife login"), "{stderr}");
+    assert!(!session_file(&dir).exists());
+    assert!(state.exchanged.lock().unwrap().is_empty());
+}

@@ -413,6 +413,7 @@ impl Broker {
     /// `caller` (see [`approval::may_decide`]). `duration` and `break_glass`
     /// apply to approvals; `reason` is required for denials, revocations and
     /// break glass.
+    #[expect(clippy::too_many_arguments, reason = "the decision's fields, each from the request or the caller")]
     pub async fn decide_access(
         &self,
         id: &str,

@@ -60,7 +60,9 @@ pub(super) async fn load_snapshot(pool: &DbPool) -> Result<Snapshot, StoreError>
     .await
     .map_err(unavailable)?;
     snapshot.grant_epochs = by_grants.into_iter().map(|(system, i, s, r)| ((system, i, s), r)).collect();
-    let tokens: Vec<(String, String, String, Vec<u8>, Option<i64>)> =
+    /// id, name, role, token hash, expiry.
+    type AdminTokenRow = (String, String, String, Vec<u8>, Option<i64>);
+    let tokens: Vec<AdminTokenRow> =
         sqlx::query_as("SELECT id, name, role, token_hash, expires_at FROM admin_tokens WHERE revoked_at IS NULL")
             .fetch_all(&mut *tx)
             .await

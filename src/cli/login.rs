@@ -357,8 +357,7 @@ async fn device_flow(
         post_form(http, device_endpoint.as_str(), form(&[("client_id", &sign_in.client_id), ("scope", &scope)]))
             .await
             .with_context(|| format!("{what}: cannot reach the identity provider"))?;
-    let details: DeviceAuthorization =
-        json_answer(response, &format!("{what}: the identity provider answered")).await?;
+    let details: DeviceAuthorization = json_answer(response, what).await?;
     let started = Instant::now();
 
     let code = printable(&details.user_code);

@@ -123,7 +123,16 @@ impl Idp {
         if let Some(code) = user_code {
             fields.push(("user_code", code));
         }
-        let end = self.walk(&browser, first, &fields).await;
+        let end = self.walk(&browser, first, &fields, true).await;
+        assert!(end.starts_with(&self.issuer), "the device sign-in left the provider for {end}");
+    }
+
+    /// A person who opens a device sign-in's verification page, signs in
+    /// as `username` and then refuses at the consent page (its Cancel link).
+    pub async fn deny_device(&self, uri: &str, username: &str) {
+        let browser = Self::browser();
+        let first = browser.get(uri).send().await.unwrap();
+        let end = self.walk(&browser, first, &[("login", username), ("password", "any")], false).await;
         assert!(end.starts_with(&self.issuer), "the device sign-in left the provider for {end}");
     }
 
@@ -134,7 +143,7 @@ impl Idp {
     pub async fn complete_authorization(&self, authorization_url: &str, username: &str) -> String {
         let browser = Self::browser();
         let first = browser.get(authorization_url).send().await.unwrap();
-        let end = self.walk(&browser, first, &[("login", username), ("password", "any")]).await;
+        let end = self.walk(&browser, first, &[("login", username), ("password", "any")], true).await;
         assert!(!end.starts_with(&self.issuer), "the provider never sent the browser back: ended at {end}");
         end
     }
@@ -142,13 +151,18 @@ impl Idp {
     /// Follows redirects within the provider and submits each page's form
     /// (hidden inputs as given, `fields` for the ones a person types) until a
     /// page has no form (returns its URL) or a redirect leaves the provider
-    /// (follows it once, returns its URL).
+    /// (follows it once, returns its URL). Without `consent`, the consent
+    /// page (an interaction page with a Cancel link that is not the login
+    /// form) is left by that link instead, and the walk ends at the first
+    /// page after it.
     async fn walk(
         &self,
         browser: &reqwest::Client,
         mut response: reqwest::Response,
         fields: &[(&str, &str)],
+        consent: bool,
     ) -> String {
+        let mut cancelled = false;
         for page in 0.. {
             assert!(page < 20, "the sign-in did not finish within 20 pages");
             let here = response.url().clone();
@@ -167,6 +181,16 @@ impl Idp {
             let body = response.text().await.unwrap();
             assert!(status.is_success(), "{here} answered {status}: {body}");
             let Some((action, inputs)) = first_form(&body) else { return here.to_string() };
+            if cancelled {
+                // The provider's page after a refusal (it offers to start over).
+                return here.to_string();
+            }
+            let login_page = inputs.iter().any(|(name, _)| name == "login");
+            if let Some(cancel) = cancel_link(&body).filter(|_| !consent && !login_page) {
+                response = browser.get(here.join(&cancel).unwrap()).send().await.unwrap();
+                cancelled = true;
+                continue;
+            }
             let mut pairs: Vec<(String, String)> = inputs
                 .into_iter()
                 .map(|(name, value)| {
@@ -289,6 +313,20 @@ fn first_form(html: &str) -> Option<(String, Vec<(String, String)>)> {
         rest = &rest[close..];
     }
     Some((action, inputs))
+}
+
+/// The href of a page's interaction Cancel link (`/interaction/…/abort`).
+fn cancel_link(html: &str) -> Option<String> {
+    let mut rest = html;
+    while let Some(at) = rest.find("<a ") {
+        rest = &rest[at..];
+        let close = rest.find('>').unwrap_or(rest.len());
+        if let Some(href) = attribute(&rest[..close], "href").filter(|h| h.ends_with("/abort")) {
+            return Some(href);
+        }
+        rest = &rest[close..];
+    }
+    None
 }
 
 fn attribute(tag: &str, name: &str) -> Option<String> {

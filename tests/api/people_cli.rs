@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
+use crate::helpers::{Options, spawn_with};
 use crate::idp::{CLI_CLIENT, Idp, people, url_in, verify_id_token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_halflife");
@@ -373,4 +374,111 @@ async fn a_session_is_sent_only_to_its_own_server() {
 fn wall_clock() -> time::OffsetDateTime {
     use halflife::clock::Clock;
     halflife::clock::SystemClock.now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_who_refuses_at_the_provider_ends_the_device_sign_in() {
+    let Some(idp) = Idp::start(json!({"users": people(), "device_flow": true})) else { return };
+    let (base, state) = broker(&idp).await;
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().to_owned();
+
+    let idp = &idp;
+    let (ok, stdout, stderr) =
+        login(&dir, &base, &[], |url| async move { idp.deny_device(url.as_str(), "alice").await }).await;
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("access was denied") && stderr.contains("access_denied"), "{stderr}");
+    assert!(!session_file(&dir).exists());
+    assert!(state.exchanged.lock().unwrap().is_empty(), "nothing reached the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_code_nobody_confirms_expires_and_says_so() {
+    let config = json!({"users": people(), "device_flow": true, "device_code_ttl": 2});
+    let Some(idp) = Idp::start(config) else { return };
+    let (base, state) = broker(&idp).await;
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().to_owned();
+
+    // The person never opens the page.
+    let (ok, stdout, stderr) = login(&dir, &base, &[], |_| async {}).await;
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("the code expired") && stderr.contains("halflife login"), "{stderr}");
+    assert!(!session_file(&dir).exists());
+    assert!(state.exchanged.lock().unwrap().is_empty());
+}
+
+/// The real broker, trusting the real provider for people: no keys file,
+/// so the broker finds the provider's keys through its discovery document.
+fn real_people_config(issuer: &str) -> String {
+    format!(
+        r#"
+[people]
+issuer = "{issuer}"
+client_id = "{CLI_CLIENT}"
+
+[[people.roles]]
+group = "hl-admins"
+role = "admin"
+
+[[people.roles]]
+group = "hl-operators"
+role = "operator"
+
+[[people.roles]]
+group = "hl-auditors"
+role = "auditor"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_against_the_real_broker_opens_a_session_that_works_until_logout() {
+    use reqwest::Method;
+
+    let Some(idp) = Idp::start(json!({"users": people(), "device_flow": true})) else { return };
+    let options = Options { people: false, extra_config: real_people_config(&idp.issuer), ..Options::default() };
+    let Some(app) = spawn_with(options).await else { return };
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().to_owned();
+
+    let idp = &idp;
+    let (ok, stdout, stderr) =
+        login(&dir, &app.base, &[], |url| async move { idp.complete_device(url.as_str(), None, "alice").await }).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("as alice@example.com") && stdout.contains("Roles: operator"), "{stdout}");
+    let session = stored(&dir);
+    let token = session["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("hls_"), "{session}");
+    assert!(!stdout.contains(&token) && !stderr.contains(&token), "the token was printed");
+    assert_eq!((&session["person"]["subject"], &session["person"]["issuer"]), (&json!("alice"), &json!(idp.issuer)));
+
+    // The stored session is the caller of later commands, with no token and no URL.
+    let (ok, stdout, stderr) = run(halflife(&dir, &["whoami"])).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("person") && stdout.contains("alice") && stdout.contains("operator"), "{stdout}");
+    let (ok, stdout, stderr) = run(halflife(&dir, &["systems", "list"])).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("summarizer") && stdout.contains("indexer"), "{stdout}");
+
+    // The trail names the person the provider vouched for, never the token.
+    let auditor = app.admin_token(halflife::domain::model::Role::Auditor).await;
+    let (status, page) = app.api(Method::GET, "/v1/audit/events?kind=session.created", &auditor, None).await;
+    assert_eq!(status, 200, "{page}");
+    let events = page["events"].as_array().unwrap();
+    let alice = events.iter().find(|e| e["subject"] == "alice").unwrap_or_else(|| panic!("{page}"));
+    assert_eq!(alice["detail"]["email"], "alice@example.com");
+    assert_eq!(alice["detail"]["issuer"], idp.issuer.as_str());
+    assert_eq!(alice["detail"]["roles"], json!(["operator"]));
+    assert!(!page.to_string().contains(&token), "the token is never recorded");
+
+    // Logging out revokes the session at the broker: the old token stops working.
+    let (status, me) = app.api(Method::GET, "/v1/whoami", &token, None).await;
+    assert_eq!((status, &me["kind"]), (200, &json!("person")), "{me}");
+    let (ok, stdout, stderr) = run(halflife(&dir, &["logout"])).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("revoked"), "{stdout}");
+    assert!(!session_file(&dir).exists());
+    let (status, body) = app.api(Method::GET, "/v1/whoami", &token, None).await;
+    assert_eq!(status, 401, "{body}");
 }

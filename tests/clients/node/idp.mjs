@@ -9,6 +9,7 @@
 //           "groups": ["hl-operators"]}},
 //          "device_flow": true,          // advertise the device grant (RFC 8628)
 //          "device_interval": 1,         // seconds a device client waits between polls
+//          "device_code_ttl": 600,       // seconds a device code lives (the provider's default when absent)
 //          "console": {"client_secret": "...", "redirect_uris": ["http://127.0.0.1:1/callback"]},
 //          "clients": [ ...extra client metadata... ]}
 //
@@ -86,6 +87,7 @@ server.listen(0, '127.0.0.1', () => {
     // what halflife verifies; the default keeps them for userinfo only when
     // an access token is issued too.
     conformIdTokenClaims: false,
+    ...(config.device_code_ttl ? { ttl: { DeviceCode: config.device_code_ttl } } : {}),
     features: {
       devInteractions: { enabled: true },
       deviceFlow: { enabled: deviceFlow },

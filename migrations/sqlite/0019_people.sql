@@ -28,3 +28,17 @@ CREATE TABLE admin_token_uses (
     token_id     TEXT PRIMARY KEY NOT NULL REFERENCES admin_tokens (id),
     last_used_at INTEGER NOT NULL
 ) STRICT;
+
+-- Owners linked to the people who sign in: when a person's verified email
+-- is an owner's, the owner is that person (issuer and subject at the
+-- people provider) from then on, whatever either email becomes later.
+-- Separation of duties and approvals compare on the link too.
+CREATE TABLE owner_people (
+    owner_id     TEXT NOT NULL REFERENCES owners (id),
+    issuer       TEXT NOT NULL,
+    subject      TEXT NOT NULL,
+    linked_at    INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    PRIMARY KEY (owner_id, issuer, subject)
+) STRICT;
+CREATE INDEX owner_people_by_person ON owner_people (issuer, subject);

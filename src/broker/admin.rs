@@ -29,6 +29,9 @@ pub struct Person {
     /// Their verified email address, if the provider gave one.
     pub email: Option<String>,
     pub name: Option<String>,
+    /// The owners this person is linked to (see [`super::people`]).
+    #[serde(skip)]
+    pub owns: Vec<String>,
 }
 
 /// An authenticated administrative caller: a person's session or an
@@ -82,9 +85,12 @@ impl AdminCaller {
     pub fn approver(&self) -> crate::domain::lifecycle::Approver {
         use crate::domain::lifecycle::Approver;
         match &self.person {
-            Some(p) => {
-                Approver::Person { issuer: p.issuer.clone(), subject: p.subject.clone(), email: p.email.clone() }
-            }
+            Some(p) => Approver::Person {
+                issuer: p.issuer.clone(),
+                subject: p.subject.clone(),
+                email: p.email.clone(),
+                owns: p.owns.clone(),
+            },
             None => Approver::Token { name: self.name.clone() },
         }
     }

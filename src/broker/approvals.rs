@@ -461,6 +461,7 @@ impl Broker {
                 subject: &p.subject,
                 email: p.email.as_deref(),
                 groups: &groups,
+                owns: &p.owns,
             }),
             roles: &caller.roles,
         };

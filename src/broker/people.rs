@@ -170,7 +170,13 @@ impl People {
             verifier.verify_id_token(id_token, now).await.map_err(|e| SignInError::Invalid(e.to_string()))?;
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
         let email = text("email").filter(|_| claims.get("email_verified").and_then(Value::as_bool) != Some(false));
-        let person = Person { issuer: attestation.iss, subject: attestation.subject, email, name: text("name") };
+        let person = Person {
+            issuer: attestation.iss,
+            subject: attestation.subject,
+            email,
+            name: text("name"),
+            owns: Vec::new(),
+        };
         if !self.config.allowed_email_domains.is_empty() {
             let domain = person.email.as_deref().and_then(|e| e.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase());
             let allowed = domain.as_deref().is_some_and(|d| {
@@ -250,7 +256,20 @@ impl Broker {
             expires_at: now + ttl,
             revoked_at: None,
         };
-        let caller = caller_of(&record, roles);
+        // The owners this person is: those whose email is their verified one.
+        let owners = match &person.email {
+            Some(email) => self
+                .lifecycle
+                .list_owners()
+                .await
+                .map_err(Unavailable)?
+                .into_iter()
+                .filter(|o| crate::domain::identity::same_email(email, &o.email))
+                .map(|o| o.id.to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        let caller = caller_of(&record, roles, owners.clone());
         let mut event = AuditEvent::new("session.created", Outcome::Success, now, meta);
         event.actor = Some(caller.actor());
         event.attestation_issuer = Some(person.issuer.clone());
@@ -258,9 +277,9 @@ impl Broker {
         event.exp = Some(record.expires_at.unix_timestamp());
         event.detail = Some(json!({
             "session": record.id, "issuer": person.issuer, "subject": person.subject,
-            "email": person.email, "roles": record.roles,
+            "email": person.email, "roles": record.roles, "owners": owners,
         }));
-        self.sessions.create_session(record.clone(), hash, event).await.map_err(Unavailable)?;
+        self.sessions.create_session(record.clone(), hash, event, owners).await.map_err(Unavailable)?;
         Ok(NewSession { token, record })
     }
 
@@ -274,7 +293,8 @@ impl Broker {
             return Ok(None);
         }
         let roles = record.roles.iter().filter_map(|r| Role::parse(r)).collect();
-        Ok(Some(caller_of(&record, roles)))
+        let owns = self.sessions.owners_of_person(&record.issuer, &record.subject).await.map_err(Unavailable)?;
+        Ok(Some(caller_of(&record, roles, owns)))
     }
 
     /// Active sessions: everyone's for an admin, the caller's own otherwise.
@@ -313,7 +333,7 @@ impl Broker {
     }
 }
 
-fn caller_of(record: &SessionRecord, roles: Vec<Role>) -> AdminCaller {
+fn caller_of(record: &SessionRecord, roles: Vec<Role>, owns: Vec<String>) -> AdminCaller {
     AdminCaller {
         id: record.id.clone(),
         name: record.email.clone().unwrap_or_else(|| record.subject.clone()),
@@ -323,6 +343,7 @@ fn caller_of(record: &SessionRecord, roles: Vec<Role>) -> AdminCaller {
             subject: record.subject.clone(),
             email: record.email.clone(),
             name: record.name.clone(),
+            owns,
         }),
         expires_at: Some(record.expires_at),
     }

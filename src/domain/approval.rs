@@ -163,6 +163,8 @@ pub struct DeciderPerson<'a> {
     pub subject: &'a str,
     pub email: Option<&'a str>,
     pub groups: &'a [String],
+    /// The owners linked to this person.
+    pub owns: &'a [String],
 }
 
 /// How a decider approves.
@@ -227,7 +229,8 @@ pub fn may_decide(
     }
     if !rule.allow_owner_approval {
         for owner in [&view.business_owner, &view.technical_owner] {
-            let owns = identity::same(person.subject, owner.id.as_str())
+            let owns = person.owns.iter().any(|id| id == owner.id.as_str())
+                || identity::same(person.subject, owner.id.as_str())
                 || person.email.is_some_and(|e| identity::same_email(e, &owner.email));
             if owns {
                 return Err(format!(
@@ -330,7 +333,8 @@ mod tests {
 
     fn decide(email: &str, roles: &[Role], groups: &[&str], rule: &ApprovalRule, glass: bool) -> Result<(), String> {
         let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
-        let person = DeciderPerson { issuer: "https://idp", subject: "sub-1", email: Some(email), groups: &groups };
+        let person =
+            DeciderPerson { issuer: "https://idp", subject: "sub-1", email: Some(email), groups: &groups, owns: &[] };
         let decider = Decider { person: Some(person), roles };
         may_decide(&decider, rule, &view(), &request(None), Decision::Approve, glass)
     }
@@ -369,7 +373,7 @@ mod tests {
     #[test]
     fn the_person_acted_for_does_not_decide() {
         let groups = Vec::new();
-        let person = DeciderPerson { issuer: "https://idp", subject: "sub-1", email: None, groups: &groups };
+        let person = DeciderPerson { issuer: "https://idp", subject: "sub-1", email: None, groups: &groups, owns: &[] };
         let decider = Decider { person: Some(person), roles: &[Role::Approver] };
         let refused =
             may_decide(&decider, &rule(), &view(), &request(Some("corp-idp sub-1")), Decision::Approve, false);

@@ -196,7 +196,14 @@ pub fn failures(checks: &[GateCheck]) -> Vec<String> {
 pub enum Approver {
     /// A person signed in with the organisation's identity provider, as it
     /// vouched for them.
-    Person { issuer: String, subject: String, email: Option<String> },
+    Person {
+        issuer: String,
+        subject: String,
+        email: Option<String>,
+        /// The owners linked to this person (by a verified email at an
+        /// earlier sign-in).
+        owns: Vec<String>,
+    },
     /// An automation token, by its name: it never satisfies separation of
     /// duties, whatever it is called.
     Token { name: String },
@@ -222,8 +229,11 @@ impl Approver {
                  (halflife login)",
                 self.label()
             )),
-            Self::Person { subject, email, .. } => {
-                let owns = is_owner(view, subject) || email.as_deref().is_some_and(|e| is_owner(view, e));
+            Self::Person { subject, email, owns, .. } => {
+                let linked = [&view.business_owner, &view.technical_owner]
+                    .iter()
+                    .any(|o| owns.iter().any(|id| id == o.id.as_str()));
+                let owns = linked || is_owner(view, subject) || email.as_deref().is_some_and(|e| is_owner(view, e));
                 if owns { Err(format!("{} owns this system and cannot approve it", self.label())) } else { Ok(()) }
             }
         }
@@ -508,8 +518,23 @@ mod tests {
         assert!(gate(&v, "carol").contains("business_owner"));
         assert!(gate(&pilot(), "tech").contains("approver"), "an owner cannot approve");
         assert!(gate(&pilot(), "BIZ@example.com").contains("approver"), "nor by email");
-        let by_subject = Approver::Person { issuer: "https://idp.example".into(), subject: "tech".into(), email: None };
+        let by_subject = Approver::Person {
+            issuer: "https://idp.example".into(),
+            subject: "tech".into(),
+            email: None,
+            owns: vec![],
+        };
         assert!(matches!(promote(&pilot(), &by_subject, None, NOW, &policy), Err(LifecycleError::Gate(_))));
+        let linked = Approver::Person {
+            issuer: "https://idp.example".into(),
+            subject: "u-77".into(),
+            email: Some("new-address@corp.example".into()),
+            owns: vec!["biz".into()],
+        };
+        assert!(
+            matches!(promote(&pilot(), &linked, None, NOW, &policy), Err(LifecycleError::Gate(_))),
+            "a linked owner, whatever their email is now"
+        );
         for alike in ["b\u{200b}iz", "ｂｉｚ", "biz+approve@example.com", "t\u{0435}ch", "tech\u{00ad}"] {
             assert!(gate(&pilot(), alike).contains("approver"), "{alike:?} is an owner by another spelling");
         }

@@ -655,7 +655,10 @@ async fn show_owner(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let owner = state.broker.owner(&owner_id(&id)?).await?;
-    Ok(Json(json!(owner)).into_response())
+    let people = state.broker.sessions.people_of_owner(owner.id.as_str()).await.map_err(crate::broker::Unavailable)?;
+    let mut body = json!(owner);
+    body["people"] = json!(people);
+    Ok(Json(body).into_response())
 }
 
 #[utoipa::path(

@@ -407,6 +407,17 @@ pub struct AdminTokenListing {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
+/// A person linked to an owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnerPerson {
+    pub issuer: String,
+    pub subject: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub linked_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen_at: OffsetDateTime,
+}
+
 /// A person's session (never the token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SessionRecord {
@@ -547,7 +558,19 @@ pub trait AccessRequestStore: Send + Sync {
 /// revocation holds at once on every replica.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    async fn create_session(&self, record: SessionRecord, hash: [u8; 32], event: AuditEvent) -> Result<(), StoreError>;
+    /// Records a session with its event, and links the person to
+    /// `owners` (ids of owners whose email is the person's verified one).
+    async fn create_session(
+        &self,
+        record: SessionRecord,
+        hash: [u8; 32],
+        event: AuditEvent,
+        owners: Vec<String>,
+    ) -> Result<(), StoreError>;
+    /// The owners linked to the person (`issuer`, `subject`).
+    async fn owners_of_person(&self, issuer: &str, subject: &str) -> Result<Vec<String>, StoreError>;
+    /// The people linked to an owner.
+    async fn people_of_owner(&self, owner: &str) -> Result<Vec<OwnerPerson>, StoreError>;
     /// The session whose token hashes to `hash`, unless revoked (expiry is
     /// the caller's to check, against its clock).
     async fn session_by_hash(&self, hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError>;

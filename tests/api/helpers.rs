@@ -691,6 +691,7 @@ impl TestApp {
                 subject: "release-manager".into(),
                 email: Some("release-manager@example.com".into()),
                 name: None,
+                owns: Vec::new(),
             }),
             expires_at: None,
         };

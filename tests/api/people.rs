@@ -276,3 +276,31 @@ async fn automation_tokens_expire_show_their_last_use_and_are_revocable() {
     assert_eq!(status, 404);
     assert_eq!(audit(&app, &admin, "admin_token.revoked").await.len(), 1);
 }
+
+#[tokio::test]
+async fn an_owner_is_linked_to_the_person_who_signs_in_with_their_address() {
+    let Some(app) = spawn_app().await else { return };
+    let auditor = app.person_token("aud@corp.example", &["hl-auditors"]).await;
+    let (_, owner) = app.api(Method::GET, "/v1/owners/tech", &auditor, None).await;
+    assert_eq!(owner["people"], json!([]), "nobody has signed in as tech yet: {owner}");
+
+    // The technical owner signs in: their verified address is the owner's.
+    let first = app.session_of(&app.id_token_as("u-4711", "Tech@Example.com", &["hl-operators"])).await;
+    let (_, owner) = app.api(Method::GET, "/v1/owners/tech", &auditor, None).await;
+    assert_eq!(owner["people"][0]["issuer"], PEOPLE_ISS, "{owner}");
+    assert_eq!(owner["people"][0]["subject"], "u-4711", "{owner}");
+    let (_, created) = app.api(Method::GET, "/v1/audit/events?kind=session.created", &auditor, None).await;
+    let tech = created["events"].as_array().unwrap().iter().find(|e| e["subject"] == "u-4711").unwrap().clone();
+    assert_eq!(tech["detail"]["owners"], json!(["tech"]), "{tech}");
+    drop(first);
+
+    // Later the provider gives them another address: still the owner.
+    let renamed = app.session_of(&app.id_token_as("u-4711", "t.owner@corp.example", &["hl-operators"])).await;
+    let (status, _) = app
+        .api(Method::PATCH, "/v1/systems/summarizer", &renamed, Some(json!({"data_classification": "internal"})))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = app.api(Method::POST, "/v1/systems/summarizer/promote", &renamed, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["failed_checks"].to_string().contains("owns this system"), "{body}");
+}

@@ -153,7 +153,13 @@ fn session_from(row: &DbRow) -> Result<SessionRecord, StoreError> {
 
 #[async_trait]
 impl SessionStore for Store {
-    async fn create_session(&self, record: SessionRecord, hash: [u8; 32], event: AuditEvent) -> Result<(), StoreError> {
+    async fn create_session(
+        &self,
+        record: SessionRecord,
+        hash: [u8; 32],
+        event: AuditEvent,
+        owners: Vec<String>,
+    ) -> Result<(), StoreError> {
         write_tx(self, move |tx| {
             Box::pin(async move {
                 sqlx::query(
@@ -173,10 +179,51 @@ impl SessionStore for Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
+                for owner in &owners {
+                    sqlx::query(
+                        "INSERT INTO owner_people (owner_id, issuer, subject, linked_at, last_seen_at) \
+                         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (owner_id, issuer, subject) \
+                         DO UPDATE SET last_seen_at = excluded.last_seen_at",
+                    )
+                    .bind(owner)
+                    .bind(&record.issuer)
+                    .bind(&record.subject)
+                    .bind(ts(record.created_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                }
                 insert_event(tx, &event).await.map_err(unavailable)
             })
         })
         .await
+    }
+
+    async fn owners_of_person(&self, issuer: &str, subject: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT owner_id FROM owner_people WHERE issuer = $1 AND subject = $2 ORDER BY owner_id")
+                .bind(issuer)
+                .bind(subject)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn people_of_owner(&self, owner: &str) -> Result<Vec<OwnerPerson>, StoreError> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT issuer, subject, linked_at, last_seen_at FROM owner_people WHERE owner_id = $1 \
+             ORDER BY linked_at, subject",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(issuer, subject, linked, seen)| {
+                Ok(OwnerPerson { issuer, subject, linked_at: from_ts(linked)?, last_seen_at: from_ts(seen)? })
+            })
+            .collect()
     }
 
     async fn session_by_hash(&self, hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError> {

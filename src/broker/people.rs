@@ -31,6 +31,9 @@ pub const SESSION_TOKEN_TYPE: &str = "urn:halflife:token-type:session";
 /// `subject_token_type` of an OpenID Connect ID token (RFC 8693 §3).
 pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
 
+/// Largest discovery document read.
+const MAX_DISCOVERY_BYTES: usize = 256 * 1024;
+
 /// The people issuer: how its ID tokens are verified and what they grant.
 pub struct People {
     config: PeopleConfig,
@@ -58,6 +61,10 @@ pub enum SignInError {
     Provider(String),
     #[error(transparent)]
     Failure(#[from] Failure),
+    /// Too many failed attempts from this address (the token endpoint's
+    /// per-source limit).
+    #[error(transparent)]
+    Throttled(#[from] super::throttle::Throttled),
 }
 
 impl From<Unavailable> for SignInError {
@@ -135,14 +142,21 @@ impl People {
     async fn discover(&self) -> Result<url::Url, SignInError> {
         let url = format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'));
         let provider = |e: String| SignInError::Provider(format!("{url}: {e}"));
-        let response =
+        let mut response =
             self.client.get(&url).timeout(Duration::from_secs(10)).send().await.map_err(|e| provider(e.to_string()))?;
         if !response.status().is_success() {
             return Err(provider(format!("answered {}", response.status())));
         }
-        let bytes = response.bytes().await.map_err(|e| provider(e.to_string()))?;
-        if bytes.len() > 256 * 1024 {
-            return Err(provider("the discovery document is over 256 KiB".into()));
+        let too_large = || provider(format!("the discovery document is over {MAX_DISCOVERY_BYTES} bytes"));
+        if response.content_length().is_some_and(|n| n > MAX_DISCOVERY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| provider(e.to_string()))? {
+            if bytes.len() + chunk.len() > MAX_DISCOVERY_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
         }
         let document: Value = serde_json::from_slice(&bytes).map_err(|e| provider(e.to_string()))?;
         if document.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
@@ -229,9 +243,13 @@ impl Broker {
             SignInError::Denied("people do not sign in to this broker: it has no [people] configuration".into())
         })?;
         let now = self.clock.now();
+        // The token endpoint's per-source limit on failures holds here too.
+        let source = meta.source.as_deref().and_then(|s| s.parse::<std::net::IpAddr>().ok());
+        self.throttle.source(source)?;
         let (person, roles, groups) = match people.verify(id_token, now).await {
             Ok(verified) => verified,
             Err(e @ (SignInError::Invalid(_) | SignInError::Denied(_))) => {
+                self.throttle.failed(source);
                 let mut event = AuditEvent::new("session.refused", Outcome::Denied, now, meta);
                 event.reason = Some(e.to_string());
                 event.attestation_issuer = Some(people.issuer().to_owned());

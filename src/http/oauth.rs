@@ -353,6 +353,7 @@ async fn sign_in(state: &AppState, mut form: Form, meta: &crate::store::RequestM
             return Err(ApiError::Unavailable);
         }
         Err(SignInError::Failure(failure)) => return Err(failure.into()),
+        Err(SignInError::Throttled(throttled)) => return Err(ApiError::TooManyRequests(throttled)),
     };
     let expires_in = (session.record.expires_at - session.record.created_at).whole_seconds();
     Ok(no_store(

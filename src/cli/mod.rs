@@ -63,7 +63,7 @@ pub enum LocalCommand {
     /// Create or upgrade the database schema, then exit.
     Migrate,
     /// Load owners, systems and grants from a file (idempotent; prints what changed): through the
-    /// running server (needs HALFLIFE_TOKEN), or with --local directly on the database.
+    /// running server (as the signed-in person, or HALFLIFE_TOKEN), or with --local directly on the database.
     Apply(ApplyArgs),
     /// Development helpers (work only while dev.enabled = true).
     #[command(subcommand)]
@@ -118,49 +118,49 @@ pub enum ConfigCommand {
 /// Commands that talk to a running server's `/v1/` API.
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
-    /// Systems on a running server (needs HALFLIFE_TOKEN).
+    /// Systems on a running server (as the signed-in person, or HALFLIFE_TOKEN).
     Systems {
         #[command(flatten)]
         remote: client::Remote,
         #[command(subcommand)]
         command: client::SystemsCommand,
     },
-    /// Owners on a running server (needs HALFLIFE_TOKEN).
+    /// Owners on a running server (as the signed-in person, or HALFLIFE_TOKEN).
     Owners {
         #[command(flatten)]
         remote: client::Remote,
         #[command(subcommand)]
         command: client::OwnersCommand,
     },
-    /// Grants on a running server (needs HALFLIFE_TOKEN).
+    /// Grants on a running server (as the signed-in person, or HALFLIFE_TOKEN).
     Grants {
         #[command(flatten)]
         remote: client::Remote,
         #[command(subcommand)]
         command: client::GrantsCommand,
     },
-    /// Revoke credentials by workload identity or jti on a running server (needs HALFLIFE_TOKEN).
+    /// Revoke credentials by workload identity or jti on a running server (as the signed-in person, or HALFLIFE_TOKEN).
     Revoke {
         #[command(flatten)]
         remote: client::Remote,
         #[command(flatten)]
         args: client::RevokeArgs,
     },
-    /// Query, export and verify the audit log (needs HALFLIFE_TOKEN, except offline verify).
+    /// Query, export and verify the audit log (as the signed-in person or HALFLIFE_TOKEN, except offline verify).
     Audit {
         #[command(flatten)]
         remote: client::Remote,
         #[command(subcommand)]
         command: client::AuditCommand,
     },
-    /// The background job queue on a running server (needs HALFLIFE_TOKEN).
+    /// The background job queue on a running server (as the signed-in person, or HALFLIFE_TOKEN).
     Jobs {
         #[command(flatten)]
         remote: client::Remote,
         #[command(subcommand)]
         command: client::JobsCommand,
     },
-    /// Signing keys on a running server: list, rotate, retire (needs HALFLIFE_TOKEN).
+    /// Signing keys on a running server: list, rotate, retire (as the signed-in person, or HALFLIFE_TOKEN).
     Keys {
         #[command(flatten)]
         remote: client::Remote,

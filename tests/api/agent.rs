@@ -767,9 +767,10 @@ ttl = "0s"
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --config"));
 }
 
-/// The approvals flow of a later release, stood in for by a minimal
-/// server that answers the exchange with `authorization_pending` (RFC 8628
-/// style) until "approved".
+/// Polling at the broker's interval, measured against a minimal server
+/// that answers the exchange with `authorization_pending` (RFC 8628 style)
+/// until "approved" (the real broker's flow is
+/// `the_agent_waits_on_a_pending_approval_and_picks_up_the_credential_once_approved`).
 #[tokio::test]
 async fn authorization_pending_is_polled_at_the_brokers_interval_and_reported() {
     use std::sync::{Arc, Mutex};

@@ -462,6 +462,7 @@ mod tests {
             issuer: "https://idp.example".into(),
             subject: "248289761001".into(),
             email: Some(email.into()),
+            owns: vec![],
         }
     }
 

@@ -188,11 +188,71 @@ struct Claims {
 #[derive(Default)]
 pub struct Verifier {
     issuers: HashMap<String, Arc<TrustedIssuer>>,
+    verified: Verified,
+}
+
+/// Attestations verified recently, by the SHA-256 of the whole token: a
+/// platform token is presented again and again until it is rotated (a
+/// Kubernetes service-account token for most of an hour, by every renewal
+/// of every credential), and its signature is most of an exchange's cost.
+/// An entry answers only while the token's times still hold and while the
+/// issuer's key set is the very one it was verified with: a key rotation,
+/// a refetch or keys going stale sends the token through full verification
+/// again. Single-use tokens are still refused on reuse, when the issuance
+/// commits.
+#[derive(Default)]
+struct Verified {
+    shards: [std::sync::Mutex<HashMap<[u8; 32], VerifiedEntry>>; VERIFIED_SHARDS],
+}
+
+const VERIFIED_SHARDS: usize = 16;
+/// Most tokens remembered per shard; a full shard forgets expired entries,
+/// then everything.
+const VERIFIED_PER_SHARD: usize = 1024;
+
+struct VerifiedEntry {
+    attestation: Attestation,
+    /// The key set the signature was checked against.
+    keys: Arc<KeySet>,
+    issuer: Arc<TrustedIssuer>,
+    /// Within these bounds (unix seconds) the token's times hold.
+    valid_from: i64,
+    valid_until: i64,
+}
+
+impl Verified {
+    fn shard(&self, digest: &[u8; 32]) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], VerifiedEntry>> {
+        self.shards[usize::from(digest[0]) % VERIFIED_SHARDS].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, digest: &[u8; 32], now: OffsetDateTime) -> Option<Attestation> {
+        let now = now.unix_timestamp();
+        let shard = self.shard(digest);
+        let entry = shard.get(digest)?;
+        let keys = entry.issuer.current_keys()?;
+        (Arc::ptr_eq(&keys, &entry.keys) && entry.valid_from <= now && now < entry.valid_until)
+            .then(|| entry.attestation.clone())
+    }
+
+    fn put(&self, digest: [u8; 32], entry: VerifiedEntry, now: OffsetDateTime) {
+        let now = now.unix_timestamp();
+        let mut shard = self.shard(&digest);
+        if shard.len() >= VERIFIED_PER_SHARD {
+            shard.retain(|_, e| now < e.valid_until);
+            if shard.len() >= VERIFIED_PER_SHARD {
+                shard.clear();
+            }
+        }
+        shard.insert(digest, entry);
+    }
 }
 
 impl Verifier {
     pub fn new(issuers: Vec<TrustedIssuer>) -> Self {
-        Self { issuers: issuers.into_iter().map(|i| (i.iss.clone(), Arc::new(i))).collect() }
+        Self {
+            issuers: issuers.into_iter().map(|i| (i.iss.clone(), Arc::new(i))).collect(),
+            verified: Verified::default(),
+        }
     }
 
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<TrustedIssuer>> {
@@ -201,7 +261,23 @@ impl Verifier {
 
     /// Verifies a workload's attestation.
     pub async fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Attestation, Rejection> {
-        self.verify_as(token, now, Use::Attestation).await.map(|(attestation, _)| attestation)
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Rejection::TooLarge);
+        }
+        let digest = crypto::sha256(token.as_bytes());
+        if let Some(attestation) = self.verified.get(&digest, now) {
+            return Ok(attestation);
+        }
+        let (attestation, _, proof) = self.verify_checked(token, now, Use::Attestation).await?;
+        let entry = VerifiedEntry {
+            attestation: attestation.clone(),
+            keys: proof.keys,
+            issuer: proof.issuer,
+            valid_from: proof.valid_from,
+            valid_until: proof.valid_until,
+        };
+        self.verified.put(digest, entry, now);
+        Ok(attestation)
     }
 
     /// Verifies the subject token of a delegation (RFC 8693 §2.1): checked
@@ -237,6 +313,17 @@ impl Verifier {
         now: OffsetDateTime,
         usage: Use,
     ) -> Result<(Attestation, Option<serde_json::Map<String, serde_json::Value>>), Rejection> {
+        self.verify_checked(token, now, usage).await.map(|(attestation, claims, _)| (attestation, claims))
+    }
+
+    /// Verifies `token` for `usage`; also returns what the verification
+    /// rested on, for [`Verified`].
+    async fn verify_checked(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+        usage: Use,
+    ) -> Result<(Attestation, Option<serde_json::Map<String, serde_json::Value>>, Proof), Rejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejection::TooLarge);
         }
@@ -302,6 +389,13 @@ impl Verifier {
                 Some(serde_json::from_slice(&payload).map_err(|e| Rejection::BadClaims(e.to_string()))?)
             }
         };
+        let leeway_secs = i64::try_from(issuer.leeway.as_secs()).unwrap_or(i64::MAX);
+        let proof = Proof {
+            keys,
+            issuer: Arc::clone(issuer),
+            valid_from: claims.nbf.unwrap_or(claims.iat).max(claims.iat).saturating_sub(leeway_secs),
+            valid_until: claims.exp.saturating_add(leeway_secs),
+        };
         let attestation = Attestation {
             issuer_name: issuer.name.clone(),
             iss: issuer.iss.clone(),
@@ -311,11 +405,29 @@ impl Verifier {
             single_use: issuer.single_use,
             replay_until,
         };
-        Ok((attestation, all_claims))
+        Ok((attestation, all_claims, proof))
     }
 }
 
+/// What a verification rested on: the key set, the issuer, and the times
+/// (unix seconds) within which the token's `nbf`, `iat` and `exp` hold.
+struct Proof {
+    keys: Arc<KeySet>,
+    issuer: Arc<TrustedIssuer>,
+    valid_from: i64,
+    valid_until: i64,
+}
+
 impl TrustedIssuer {
+    /// The key set as it is now, without fetching; `None` when a remote
+    /// set was never fetched or has gone stale.
+    fn current_keys(&self) -> Option<Arc<KeySet>> {
+        match &self.keys {
+            IssuerKeys::Static(set) => Some(Arc::clone(set)),
+            IssuerKeys::Remote(remote) => remote.current(),
+        }
+    }
+
     /// The key set to verify with, refetching once (per cooldown) when a
     /// remote issuer's set has no key for this token.
     async fn key_set(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<KeySet>, Rejection> {

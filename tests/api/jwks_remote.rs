@@ -123,6 +123,55 @@ async fn keys_are_fetched_refreshed_on_unknown_kid_and_rate_limited() {
     app.exchange_ok(&first.token(REMOTE_SUBJECT, app.now()), &[]).await;
 }
 
+/// A token verified once is remembered only for as long as the keys that
+/// verified it: when the issuer withdraws its key, the very same token,
+/// presented again byte for byte, is refused; and it is never accepted
+/// past its expiry.
+#[tokio::test]
+async fn a_remembered_attestation_dies_with_its_key_and_its_expiry() {
+    let first = TestIssuer::ec(REMOTE_ISS);
+    let second = TestIssuer::ec(REMOTE_ISS);
+    let up = upstream(serde_json::json!({"keys": [first.public_jwk, second.public_jwk]})).await;
+    let Some(app) = spawn_with(Options {
+        extra_config: format!(
+            "[[issuers]]\nname = \"remote\"\nissuer = \"{REMOTE_ISS}\"\njwks_uri = \"{}\"\nalgorithms = [\"ES256\"]\naudience = \"{AUD}\"\njwks_refresh_interval = \"1h\"\njwks_refresh_cooldown = \"1h\"\n",
+            up.url
+        ),
+        catalog: remote_catalog(),
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let token = first.token(REMOTE_SUBJECT, app.now());
+    for _ in 0..3 {
+        app.exchange_ok(&token, &[]).await;
+    }
+    // The issuer withdraws the first key; the next refresh drops it.
+    *up.jwks.write().await = serde_json::json!({"keys": [second.public_jwk]});
+    let remote = app
+        .broker
+        .verifier
+        .issuers()
+        .find_map(|i| match &i.keys {
+            halflife::attest::jwt::IssuerKeys::Remote(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    remote.refresh().await.unwrap();
+    let response = app.exchange(&token, &[]).await;
+    assert_eq!(response.status(), 400, "a withdrawn key verifies nothing, remembered or not");
+    // A token of the remaining key, remembered, stops at its expiry (600 s).
+    let other = second.token(REMOTE_SUBJECT, app.now());
+    app.exchange_ok(&other, &[]).await;
+    app.clock.advance(Duration::from_secs(600 + 31));
+    let response = app.exchange(&other, &[]).await;
+    assert_eq!(response.status(), 400);
+    let denials = app.events("credential.denied").await;
+    assert!(denials.last().unwrap().reason.as_deref().unwrap().contains("expired"), "{denials:?}");
+}
+
 #[tokio::test]
 async fn plain_http_jwks_on_a_public_host_is_refused() {
     let err = halflife::config::Config::from_toml(

@@ -406,7 +406,19 @@ impl Server {
         let port = free_port();
         let log = config.with_extension("log");
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_halflife"))
+        // HALFLIFE_BENCH_WRAP (e.g. "valgrind --tool=callgrind"): the
+        // server runs under that command, as scripts/profile-exchange does.
+        let wrap = std::env::var("HALFLIFE_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(env!("CARGO_BIN_EXE_halflife"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_halflife")),
+        };
+        let child = command
             .args(["--config", config.to_str().unwrap(), "serve"])
             .env("HALFLIFE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())

@@ -191,12 +191,10 @@ impl AuditRecord {
     /// `event` sealed as event `seq` after `prev_hash`: its time kept to
     /// the millisecond (what the hash covers), its hash computed.
     pub fn seal(seq: i64, mut event: AuditEvent, prev_hash: String) -> (Self, [u8; 32]) {
-        let time_ms = i64::try_from(event.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let (time_ms, digest) = event.link(seq, &prev_hash);
         event.time = time_of(time_ms).unwrap_or(event.time);
-        let mut record = Self { seq, event, time_ms, prev_hash, hash: String::new(), issuer: None, issuer_url: None };
-        let digest = chain_digest(&record.prev_hash, &record.canonical());
-        record.hash = crypto::hex(&digest);
-        (record, digest)
+        let hash = crypto::hex(&digest);
+        (Self { seq, event, time_ms, prev_hash, hash, issuer: None, issuer_url: None }, digest)
     }
 
     /// The event's time as RFC 3339 text, as exports show it.
@@ -205,10 +203,30 @@ impl AuditRecord {
     }
 
     pub fn canonical(&self) -> Canonical<'_> {
-        let e = &self.event;
+        self.event.canonical(self.seq, self.time_ms)
+    }
+}
+
+impl AuditEvent {
+    /// Milliseconds since the epoch: the time the chain hash covers.
+    pub fn time_ms(&self) -> i64 {
+        i64::try_from(self.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    }
+
+    /// This event as event `seq` after `prev_hash`, without copying it:
+    /// its [`time_ms`](Self::time_ms) and its chain hash, the same as
+    /// [`AuditRecord::seal`] gives. The writer seals every event it
+    /// commits this way.
+    pub fn link(&self, seq: i64, prev_hash: &str) -> (i64, [u8; 32]) {
+        let time_ms = self.time_ms();
+        (time_ms, chain_digest(prev_hash, &self.canonical(seq, time_ms)))
+    }
+
+    fn canonical(&self, seq: i64, time_ms: i64) -> Canonical<'_> {
+        let e = self;
         Canonical {
-            seq: self.seq,
-            time_ms: self.time_ms,
+            seq,
+            time_ms,
             kind: &e.kind,
             outcome: e.outcome.as_str(),
             reason: e.reason.as_deref(),

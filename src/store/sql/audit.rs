@@ -217,10 +217,10 @@ impl Chain {
     /// INSERTs to `statements`, which must run inside the write transaction
     /// the head was read in, after `names` has resolved the events' names
     /// and `details`.
-    pub(super) fn push_inserts(
+    pub(super) fn push_inserts<'a>(
         &mut self,
-        statements: &mut Statements<'_>,
-        events: &[&AuditEvent],
+        statements: &mut Statements<'a>,
+        events: &[&'a AuditEvent],
         names: &KnownNames,
         details: Vec<Detail>,
     ) -> Result<(), sqlx::Error> {
@@ -237,32 +237,32 @@ impl Chain {
                     Some(Detail::Absent) if e.detail.is_none() => (None, None),
                     _ => return Err(sqlx::Error::Protocol("an audit detail was not resolved".into())),
                 };
-                let (record, digest) = self.seal(e);
-                rows.push((record, ids, detail, digest));
+                let (seq, time_ms, digest) = self.seal(e);
+                rows.push((seq, time_ms, *e, ids, detail, digest));
             }
             let q = statements.next();
             q.push(format!("INSERT INTO audit_events ({INSERT_COLUMNS}) "));
-            q.push_values(rows, |mut row, (r, ids, (detail, detail_id), digest)| {
+            q.push_values(rows, |mut row, (seq, time_ms, e, ids, (detail, detail_id), digest)| {
                 let [actor, owners, source, issuer, subject, audience, scopes] = ids;
-                row.push_bind(r.seq)
-                    .push_bind(r.time_ms)
-                    .push_bind(r.event.kind)
-                    .push_bind(r.event.outcome.as_str())
-                    .push_bind(r.event.reason)
+                row.push_bind(seq)
+                    .push_bind(time_ms)
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.outcome.as_str())
+                    .push_bind(e.reason.as_deref())
                     .push_bind(actor)
-                    .push_bind(r.event.system_id)
+                    .push_bind(e.system_id.as_deref())
                     .push_bind(owners)
-                    .push_bind(r.event.grant_id)
-                    .push_bind(r.event.jti.map(StoredId::owned))
-                    .push_bind(r.event.request_id.map(StoredId::owned))
+                    .push_bind(e.grant_id.as_deref())
+                    .push_bind(e.jti.as_deref().map(StoredId::of))
+                    .push_bind(e.request_id.as_deref().map(StoredId::of))
                     .push_bind(source)
                     .push_bind(issuer)
                     .push_bind(subject)
-                    .push_bind(r.event.attestation_id.map(StoredId::owned))
+                    .push_bind(e.attestation_id.as_deref().map(StoredId::of))
                     .push_bind(audience)
                     .push_bind(scopes)
-                    .push_bind(r.event.iat)
-                    .push_bind(r.event.exp)
+                    .push_bind(e.iat)
+                    .push_bind(e.exp)
                     .push_bind(detail)
                     .push_bind(detail_id)
                     .push_bind(digest.to_vec());
@@ -271,12 +271,14 @@ impl Chain {
         Ok(())
     }
 
-    /// The record `e` becomes as the next link, and its chain hash.
-    fn seal(&mut self, e: &AuditEvent) -> (AuditRecord, [u8; 32]) {
+    /// `e` as the next link: its sequence number, time in milliseconds and
+    /// chain hash (as [`AuditRecord::seal`] gives them, without a copy of
+    /// the event).
+    fn seal(&mut self, e: &AuditEvent) -> (i64, i64, [u8; 32]) {
         self.seq += 1;
-        let (record, digest) = AuditRecord::seal(self.seq, e.clone(), std::mem::take(&mut self.hash));
-        self.hash.clone_from(&record.hash);
-        (record, digest)
+        let (time_ms, digest) = e.link(self.seq, &self.hash);
+        self.hash = crate::crypto::hex(&digest);
+        (self.seq, time_ms, digest)
     }
 }
 

@@ -235,8 +235,11 @@ impl Broker {
                 }
             }
         };
-        if due {
-            self.admin_tokens.admin_token_used(id, now).await.map_err(Unavailable)?;
+        // A bookkeeping write, not a decision: when it fails the call goes
+        // on (the next use retries it) rather than failing for it.
+        if due && let Err(e) = self.admin_tokens.admin_token_used(id, now).await {
+            tracing::warn!(error = %e, token.id = %id, "recording an automation token's use failed");
+            self.token_uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
         }
         Ok(())
     }

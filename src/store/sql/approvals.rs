@@ -52,8 +52,8 @@ async fn by_id(conn: &mut Conn, id: &str) -> Result<Option<AccessRequest>, Store
 /// approval is still approved and its window open. Read under the write
 /// lock, so an approval revoked before the issuance commits stops it.
 pub(super) async fn approval_allows(conn: &mut Conn, id: &str, now: i64) -> Result<bool, sqlx::Error> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT 1 FROM access_requests WHERE id = $1 AND state = 'approved' AND approved_until > $2")
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT id FROM access_requests WHERE id = $1 AND state = 'approved' AND approved_until > $2")
             .bind(id)
             .bind(now)
             .fetch_optional(&mut *conn)

@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::helpers::{Options, spawn_with};
+use crate::helpers::{Options, PEOPLE_CLIENT, PEOPLE_ISS, people_config, spawn_with};
 use crate::idp::{CLI_CLIENT, Idp, people, url_in, verify_id_token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_halflife");
@@ -408,28 +408,18 @@ async fn a_device_code_nobody_confirms_expires_and_says_so() {
     assert!(state.exchanged.lock().unwrap().is_empty());
 }
 
-/// The real broker, trusting the real provider for people: no keys file,
-/// so the broker finds the provider's keys through its discovery document.
+/// The real broker, trusting the real provider for people: the test
+/// configuration's `[people]` with the provider's issuer and no keys file
+/// or algorithm list, so the broker finds the provider's keys (RS256)
+/// through its discovery document.
 fn real_people_config(issuer: &str) -> String {
-    format!(
-        r#"
-[people]
-issuer = "{issuer}"
-client_id = "{CLI_CLIENT}"
-
-[[people.roles]]
-group = "hl-admins"
-role = "admin"
-
-[[people.roles]]
-group = "hl-operators"
-role = "operator"
-
-[[people.roles]]
-group = "hl-auditors"
-role = "auditor"
-"#
-    )
+    assert_eq!(PEOPLE_CLIENT, CLI_CLIENT);
+    people_config("")
+        .replace(&format!("issuer = \"{PEOPLE_ISS}\""), &format!("issuer = \"{issuer}\""))
+        .lines()
+        .filter(|l| !l.starts_with("jwks_file") && !l.starts_with("algorithms"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,25 +93,7 @@ impl AdminTokenStore for Store {
     }
 
     async fn revoke_admin_token(&self, id: &str, event: AuditEvent) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        write_tx(self, move |tx| {
-            Box::pin(async move {
-                let revoked =
-                    sqlx::query("UPDATE admin_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                        .bind(ts(event.time))
-                        .bind(&id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(unavailable)?
-                        .rows_affected()
-                        == 1;
-                if revoked {
-                    insert_event(tx, &event).await.map_err(unavailable)?;
-                }
-                Ok(revoked)
-            })
-        })
-        .await
+        revoke_row(self, "admin_tokens", id, event).await
     }
 
     async fn admin_token_used(&self, id: &str, at: OffsetDateTime) -> Result<(), StoreError> {
@@ -126,6 +108,30 @@ impl AdminTokenStore for Store {
         .map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// Marks row `id` of `table` (`admin_tokens` or `sessions`) revoked, with
+/// its event; `false` if there is no such row or it already was.
+async fn revoke_row(store: &Store, table: &'static str, id: &str, event: AuditEvent) -> Result<bool, StoreError> {
+    let id = id.to_owned();
+    write_tx(store, move |tx| {
+        Box::pin(async move {
+            let revoked =
+                sqlx::query(&format!("UPDATE {table} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL"))
+                    .bind(ts(event.time))
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected()
+                    == 1;
+            if revoked {
+                insert_event(tx, &event).await.map_err(unavailable)?;
+            }
+            Ok(revoked)
+        })
+    })
+    .await
 }
 
 const SESSION_COLUMNS: &str = "id, issuer, subject, email, name, roles, groups, created_at, expires_at, revoked_at";
@@ -270,24 +276,7 @@ impl SessionStore for Store {
     }
 
     async fn revoke_session(&self, id: &str, event: AuditEvent) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        write_tx(self, move |tx| {
-            Box::pin(async move {
-                let revoked = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                    .bind(ts(event.time))
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?
-                    .rows_affected()
-                    == 1;
-                if revoked {
-                    insert_event(tx, &event).await.map_err(unavailable)?;
-                }
-                Ok(revoked)
-            })
-        })
-        .await
+        revoke_row(self, "sessions", id, event).await
     }
 }
 

@@ -155,6 +155,36 @@ pub fn database_logins(config: &Config) -> anyhow::Result<PgLogins> {
     PgLogins::new(specs).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// The console as a client of the people provider, when the console is
+/// on: its client id and secret (`[console]`, else `[people]`'s) and its
+/// redirect URI under the public URL.
+fn console_client(
+    config: &Config,
+    people: &crate::config::PeopleConfig,
+    base_url: &str,
+) -> anyhow::Result<Option<crate::broker::people::ConsoleClient>> {
+    if !config.console.enabled {
+        return Ok(None);
+    }
+    let secret_file = config.console.client_secret_file.as_ref().or(people.client_secret_file.as_ref());
+    let client_secret = match secret_file {
+        Some(path) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path).with_context(|| format!("console: cannot read {}", path.display()))?,
+            );
+            let secret = text.trim();
+            anyhow::ensure!(!secret.is_empty(), "console: {} is empty", path.display());
+            Some(SecretString::from(secret.to_owned()))
+        }
+        None => None,
+    };
+    Ok(Some(crate::broker::people::ConsoleClient {
+        client_id: config.console.client_id.clone().unwrap_or_else(|| people.client_id.clone()),
+        client_secret,
+        redirect_uri: format!("{base_url}/console/callback"),
+    }))
+}
+
 /// Names grants may use as `issuer`.
 pub fn known_issuers(config: &Config) -> Vec<String> {
     let mut names: Vec<String> = config.issuers.iter().map(|i| i.name.clone()).collect();
@@ -329,7 +359,8 @@ impl App {
         let secret_key = Arc::new(kek.derive_hmac_key("halflife credential secrets v1")?);
         let people = match &config.people {
             Some(people) => {
-                Some(Arc::new(crate::broker::people::People::new(people, client.clone(), Arc::clone(&clock))?))
+                let console = console_client(&config, people, &base_url)?;
+                Some(Arc::new(crate::broker::people::People::new(people, console, client.clone(), Arc::clone(&clock))?))
             }
             None => None,
         };
@@ -384,20 +415,34 @@ impl App {
         };
         let refused_connections = crate::http::serve::RefusedConnections::default();
         let metrics = Arc::new(crate::http::metrics::Metrics::new(&broker, &refused_connections));
-        let state_for = |base: &str| -> anyhow::Result<AppState> {
-            Ok(AppState::new(StateParts {
-                broker: broker.clone(),
-                health: store.clone(),
-                metadata: Arc::clone(&metadata),
-                max_body_bytes: config.server.max_body_bytes,
-                token_endpoint: Arc::new(Url::parse(&format!("{base}/oauth2/token"))?),
-                metrics: Arc::clone(&metrics),
-            }))
+        let state_for =
+            |base: &str, console: Option<Arc<crate::http::console::Settings>>| -> anyhow::Result<AppState> {
+                Ok(AppState::new(StateParts {
+                    broker: broker.clone(),
+                    health: store.clone(),
+                    metadata: Arc::clone(&metadata),
+                    max_body_bytes: config.server.max_body_bytes,
+                    token_endpoint: Arc::new(Url::parse(&format!("{base}/oauth2/token"))?),
+                    metrics: Arc::clone(&metrics),
+                    console,
+                }))
+            };
+        // The console is served on the main listener only.
+        let console = match config.console.enabled {
+            true => {
+                let url = Url::parse(&base_url)?;
+                Some(Arc::new(crate::http::console::Settings {
+                    tls: url.scheme() == "https",
+                    loopback: crate::config::is_loopback_host(&url),
+                    dev_sign_in: config.dev.enabled,
+                }))
+            }
+            false => None,
         };
-        let router_main = router(state_for(&base_url)?, &limits);
+        let router_main = router(state_for(&base_url, console)?, &limits);
         let mtls = match mtls_listener {
             Some(m) => {
-                let mtls_router = router(state_for(&m.base_url)?, &limits);
+                let mtls_router = router(state_for(&m.base_url, None)?, &limits);
                 Some((m, mtls_router))
             }
             None => None,

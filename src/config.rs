@@ -88,6 +88,31 @@ pub struct Config {
     /// Approvals for sensitive grants.
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// The web console under `/console/`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the web console for operators, approvers and auditors,
+/// served under `/console/` on the main listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// The OpenID Connect client people sign in to the console through
+    /// (authorization code with PKCE); default `people.client_id`. Its
+    /// redirect URI is `{public URL}/console/callback`.
+    pub client_id: Option<String>,
+    /// That client's secret (`client_secret_basic`); default
+    /// `people.client_secret_file`. Without one the console signs in as a
+    /// public client, with PKCE alone.
+    pub client_secret_file: Option<PathBuf>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self { enabled: true, client_id: None, client_secret_file: None }
+    }
 }
 
 /// `[approvals]`: when exchanges wait for a person's approval beyond what
@@ -121,7 +146,8 @@ pub struct PeopleConfig {
     pub issuer: Url,
     /// The client people sign in through; ID tokens must name it in `aud`.
     pub client_id: String,
-    /// The client's secret, for a confidential client (the console).
+    /// The client's secret, for a confidential client (the console, unless
+    /// `console.client_secret_file` names another).
     pub client_secret_file: Option<PathBuf>,
     #[serde(default = "default_people_scopes")]
     pub scopes: Vec<String>,
@@ -936,6 +962,14 @@ impl Config {
             problem("lifecycle.webhook_url", message);
         }
 
+        if let Some(client_id) = &self.console.client_id
+            && (client_id.is_empty() || client_id.len() > 256)
+        {
+            problem("console.client_id", "must be 1-256 characters".to_owned());
+        }
+        if self.console.client_id.is_some() && self.people.is_none() {
+            problem("console.client_id", "people sign in to the console through [people]: configure it too".to_owned());
+        }
         if let Some(people) = &self.people {
             people.check(&mut problem);
         }

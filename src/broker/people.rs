@@ -40,10 +40,63 @@ pub struct People {
     issuer: String,
     client: reqwest::Client,
     clock: SharedClock,
+    /// The console's client, when the console signs people in.
+    console: Option<ConsoleClient>,
     /// Built on first use from the provider's discovery document (or at
     /// once from `jwks_file`), so the broker starts while the provider is
     /// unreachable and sign-in works as soon as it answers.
-    verifier: OnceCell<Verifier>,
+    verifiers: OnceCell<Verifiers>,
+    /// The provider's endpoints, read from its discovery document once.
+    endpoints: OnceCell<Endpoints>,
+}
+
+/// One verifier per client: an ID token is accepted only by the client it
+/// was issued to (its `aud`).
+struct Verifiers {
+    cli: Verifier,
+    console: Option<Verifier>,
+}
+
+/// Which client a person signed in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInClient {
+    /// `people.client_id`: `halflife login`, or any client that exchanges
+    /// the ID token at the token endpoint.
+    Cli,
+    /// The web console's client (`console.client_id`).
+    Console,
+}
+
+/// The web console as a client of the provider (authorization code with
+/// PKCE, RFC 9700 §2.1.1).
+pub struct ConsoleClient {
+    pub client_id: String,
+    /// `client_secret_basic` when set; a public client otherwise.
+    pub client_secret: Option<SecretString>,
+    /// `{public URL}/console/callback`, registered at the provider.
+    pub redirect_uri: String,
+}
+
+/// What the provider's discovery document says (OpenID Connect Discovery
+/// 1.0 §3).
+#[derive(Debug, Clone)]
+struct Endpoints {
+    jwks_uri: url::Url,
+    authorization_endpoint: Option<url::Url>,
+    token_endpoint: Option<url::Url>,
+    /// Whether the provider sends `iss` with its authorization responses
+    /// (RFC 9207).
+    iss_parameter: bool,
+}
+
+/// A console sign-in under way: what the browser carries between the
+/// redirect to the provider and the return (in a short-lived cookie).
+pub struct Authorization {
+    /// Where to send the person.
+    pub url: url::Url,
+    pub state: String,
+    pub nonce: String,
+    pub code_verifier: SecretString,
 }
 
 /// Why a sign-in was refused. The person sees the message; none of it
@@ -86,13 +139,25 @@ pub struct NewSession {
 }
 
 impl People {
-    pub fn new(config: &PeopleConfig, client: reqwest::Client, clock: SharedClock) -> anyhow::Result<Self> {
-        let people =
-            Self { issuer: config.issuer_id(), config: config.clone(), client, clock, verifier: OnceCell::new() };
+    pub fn new(
+        config: &PeopleConfig,
+        console: Option<ConsoleClient>,
+        client: reqwest::Client,
+        clock: SharedClock,
+    ) -> anyhow::Result<Self> {
+        let people = Self {
+            issuer: config.issuer_id(),
+            config: config.clone(),
+            client,
+            clock,
+            console,
+            verifiers: OnceCell::new(),
+            endpoints: OnceCell::new(),
+        };
         if let Some(path) = &config.jwks_file {
-            let keys = KeySet::from_file(path).map_err(|e| anyhow::anyhow!("people.jwks_file: {e}"))?;
-            let verifier = people.verifier_with(IssuerKeys::Static(Arc::new(keys)));
-            people.verifier.set(verifier).map_err(|_| anyhow::anyhow!("people verifier set twice"))?;
+            let keys = Arc::new(KeySet::from_file(path).map_err(|e| anyhow::anyhow!("people.jwks_file: {e}"))?);
+            let verifiers = people.verifiers_with(|| IssuerKeys::Static(Arc::clone(&keys)));
+            people.verifiers.set(verifiers).map_err(|_| anyhow::anyhow!("people verifier set twice"))?;
         }
         Ok(people)
     }
@@ -106,40 +171,63 @@ impl People {
         &self.issuer
     }
 
-    fn verifier_with(&self, keys: IssuerKeys) -> Verifier {
-        Verifier::new(vec![TrustedIssuer {
-            name: "people".to_owned(),
-            iss: self.issuer.clone(),
-            algorithms: self.config.algorithms.iter().map(|a| a.to_jwt()).collect(),
-            audience: self.config.client_id.clone(),
-            leeway: self.config.leeway.get(),
-            // An ID token proves a sign-in that just happened.
-            max_token_age: Duration::from_secs(24 * 3600),
-            single_use: false,
-            single_audience: false,
-            keys,
-        }])
+    /// Whether the console signs people in through the provider.
+    pub fn console_sign_in(&self) -> bool {
+        self.console.is_some()
     }
 
-    async fn verifier(&self) -> Result<&Verifier, SignInError> {
-        self.verifier
+    fn verifiers_with(&self, keys: impl Fn() -> IssuerKeys) -> Verifiers {
+        let verifier = |audience: &str| {
+            Verifier::new(vec![TrustedIssuer {
+                name: "people".to_owned(),
+                iss: self.issuer.clone(),
+                algorithms: self.config.algorithms.iter().map(|a| a.to_jwt()).collect(),
+                audience: audience.to_owned(),
+                leeway: self.config.leeway.get(),
+                // An ID token proves a sign-in that just happened.
+                max_token_age: Duration::from_secs(24 * 3600),
+                single_use: false,
+                single_audience: false,
+                keys: keys(),
+            }])
+        };
+        Verifiers {
+            cli: verifier(&self.config.client_id),
+            console: self.console.as_ref().map(|c| verifier(&c.client_id)),
+        }
+    }
+
+    async fn verifier(&self, client: SignInClient) -> Result<&Verifier, SignInError> {
+        let verifiers = self
+            .verifiers
             .get_or_try_init(|| async {
-                let jwks_uri = self.discover().await?;
-                let remote = RemoteJwks::new(
+                let jwks_uri = self.endpoints().await?.jwks_uri.clone();
+                let remote = Arc::new(RemoteJwks::new(
                     jwks_uri,
                     self.client.clone(),
                     Duration::from_secs(30),
                     self.config.jwks_refresh_interval.get().max(Duration::from_secs(3600)) * 24,
                     Arc::clone(&self.clock),
-                );
-                Ok(self.verifier_with(IssuerKeys::Remote(Arc::new(remote))))
+                ));
+                Ok::<_, SignInError>(self.verifiers_with(|| IssuerKeys::Remote(Arc::clone(&remote))))
             })
-            .await
+            .await?;
+        match client {
+            SignInClient::Cli => Ok(&verifiers.cli),
+            SignInClient::Console => verifiers
+                .console
+                .as_ref()
+                .ok_or_else(|| SignInError::Denied("the console does not sign people in here".into())),
+        }
     }
 
-    /// The provider's `jwks_uri`, from its discovery document (OpenID
+    async fn endpoints(&self) -> Result<&Endpoints, SignInError> {
+        self.endpoints.get_or_try_init(|| self.discover()).await
+    }
+
+    /// The provider's endpoints, from its discovery document (OpenID
     /// Connect Discovery 1.0 §4), whose `issuer` must be the configured one.
-    async fn discover(&self) -> Result<url::Url, SignInError> {
+    async fn discover(&self) -> Result<Endpoints, SignInError> {
         let url = format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'));
         let provider = |e: String| SignInError::Provider(format!("{url}: {e}"));
         let mut response =
@@ -162,24 +250,159 @@ impl People {
         if document.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return Err(provider(format!("its issuer is not {:?}", self.issuer)));
         }
-        let jwks_uri =
-            document.get("jwks_uri").and_then(Value::as_str).ok_or_else(|| provider("it names no jwks_uri".into()))?;
-        let jwks_uri = url::Url::parse(jwks_uri).map_err(|e| provider(format!("jwks_uri: {e}")))?;
-        let loopback = crate::config::is_loopback_host(&jwks_uri);
-        if jwks_uri.scheme() != "https" && !(jwks_uri.scheme() == "http" && loopback) {
-            return Err(provider(format!("jwks_uri {jwks_uri} is not https")));
+        let endpoint = |name: &str| -> Result<Option<url::Url>, SignInError> {
+            let Some(raw) = document.get(name).and_then(Value::as_str) else { return Ok(None) };
+            let url = url::Url::parse(raw).map_err(|e| provider(format!("{name}: {e}")))?;
+            let loopback = crate::config::is_loopback_host(&url);
+            if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                return Err(provider(format!("{name} {url} is not https")));
+            }
+            Ok(Some(url))
+        };
+        Ok(Endpoints {
+            jwks_uri: endpoint("jwks_uri")?.ok_or_else(|| provider("it names no jwks_uri".into()))?,
+            authorization_endpoint: endpoint("authorization_endpoint")?,
+            token_endpoint: endpoint("token_endpoint")?,
+            iss_parameter: document.get("authorization_response_iss_parameter_supported").and_then(Value::as_bool)
+                == Some(true),
+        })
+    }
+
+    /// Starts a console sign-in: the provider's authorization URL for an
+    /// authorization code with PKCE (S256), a fresh `state` and `nonce`.
+    pub async fn authorize(&self) -> Result<Authorization, SignInError> {
+        let console = self.console()?;
+        let endpoints = self.endpoints().await?;
+        let endpoint = endpoints
+            .authorization_endpoint
+            .clone()
+            .ok_or_else(|| SignInError::Provider("its discovery document names no authorization_endpoint".into()))?;
+        let random = || crypto::random_bytes::<32>().map(crypto::b64url).map_err(|e| Internal::new("sign-in state", e));
+        let state = random()?;
+        let nonce = random()?;
+        let code_verifier = SecretString::from(random()?);
+        let challenge = crypto::b64url(crypto::sha256(code_verifier.expose_secret().as_bytes()));
+        let mut url = endpoint;
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &console.client_id)
+            .append_pair("redirect_uri", &console.redirect_uri)
+            .append_pair("scope", &self.config.scopes.join(" "))
+            .append_pair("state", &state)
+            .append_pair("nonce", &nonce)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        Ok(Authorization { url, state, nonce, code_verifier })
+    }
+
+    fn console(&self) -> Result<&ConsoleClient, SignInError> {
+        self.console.as_ref().ok_or_else(|| SignInError::Denied("the console does not sign people in here".into()))
+    }
+
+    /// Completes a console sign-in: checks the provider's `iss` (RFC 9207)
+    /// when it sends one (and requires it when it says it does), redeems
+    /// the code with the PKCE verifier, and returns the ID token, whose
+    /// `nonce` must be the one this sign-in sent.
+    pub async fn redeem(
+        &self,
+        code: &str,
+        iss: Option<&str>,
+        code_verifier: &SecretString,
+        nonce: &str,
+    ) -> Result<SecretString, SignInError> {
+        let console = self.console()?;
+        let endpoints = self.endpoints().await?;
+        match iss {
+            Some(iss) if iss != self.issuer => {
+                return Err(SignInError::Invalid(format!("the answer came from {iss:?}, not {:?}", self.issuer)));
+            }
+            None if endpoints.iss_parameter => {
+                return Err(SignInError::Invalid("the provider's answer does not name its issuer (iss)".into()));
+            }
+            _ => {}
         }
-        Ok(jwks_uri)
+        let endpoint = endpoints
+            .token_endpoint
+            .clone()
+            .ok_or_else(|| SignInError::Provider("its discovery document names no token_endpoint".into()))?;
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", console.redirect_uri.as_str()),
+            ("code_verifier", code_verifier.expose_secret()),
+        ];
+        let mut request = self.client.post(endpoint.clone()).timeout(Duration::from_secs(10));
+        match &console.client_secret {
+            Some(secret) => {
+                // RFC 6749 §2.3.1: each part form-urlencoded, then Basic.
+                let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let credentials = zeroize::Zeroizing::new(format!(
+                    "{}:{}",
+                    encode(&console.client_id),
+                    encode(secret.expose_secret())
+                ));
+                let basic = zeroize::Zeroizing::new(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    credentials.as_bytes(),
+                ));
+                request = request.header(reqwest::header::AUTHORIZATION, format!("Basic {}", basic.as_str()));
+            }
+            None => form.push(("client_id", console.client_id.as_str())),
+        }
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let provider = |e: String| SignInError::Provider(format!("{endpoint}: {e}"));
+        let mut response = request
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| provider(e.to_string()))?;
+        let status = response.status();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| provider(e.to_string()))? {
+            if bytes.len() + chunk.len() > MAX_DISCOVERY_BYTES {
+                return Err(provider("the answer is too large".into()));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let error = answer.get("error").and_then(Value::as_str).unwrap_or("no error code");
+            // The provider's own words, never anything we sent.
+            let description = answer.get("error_description").and_then(Value::as_str).unwrap_or_default();
+            return Err(SignInError::Invalid(format!(
+                "the provider refused the sign-in code ({status}, {}{}{})",
+                crate::domain::identity::visible(error),
+                if description.is_empty() { "" } else { ": " },
+                crate::domain::identity::visible(description)
+            )));
+        }
+        let id_token = answer
+            .get("id_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| provider("the answer carries no id_token".into()))?;
+        let verifier = self.verifier(SignInClient::Console).await?;
+        let (_, claims) = verifier
+            .verify_id_token(id_token, self.clock.now())
+            .await
+            .map_err(|e| SignInError::Invalid(e.to_string()))?;
+        let sent = claims.get("nonce").and_then(Value::as_str).unwrap_or_default();
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), nonce.as_bytes())) {
+            return Err(SignInError::Invalid("the ID token's nonce is not this sign-in's".into()));
+        }
+        Ok(SecretString::from(id_token))
     }
 
     /// Verifies an ID token and decides who the person is and which roles
     /// they hold now.
     pub async fn verify(
         &self,
+        client: SignInClient,
         id_token: &str,
         now: OffsetDateTime,
     ) -> Result<(Person, Vec<Role>, Vec<String>), SignInError> {
-        let verifier = self.verifier().await?;
+        let verifier = self.verifier(client).await?;
         let (attestation, claims) =
             verifier.verify_id_token(id_token, now).await.map_err(|e| SignInError::Invalid(e.to_string()))?;
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
@@ -239,6 +462,16 @@ impl Broker {
     /// (`session.created`, naming the person and their roles). Refusals
     /// are recorded as `session.refused`.
     pub async fn sign_in(&self, id_token: &str, meta: &RequestMeta) -> Result<NewSession, SignInError> {
+        self.sign_in_through(SignInClient::Cli, id_token, meta).await
+    }
+
+    /// Signs a person in with an ID token issued to `client`.
+    pub async fn sign_in_through(
+        &self,
+        client: SignInClient,
+        id_token: &str,
+        meta: &RequestMeta,
+    ) -> Result<NewSession, SignInError> {
         let people = self.people.as_ref().ok_or_else(|| {
             SignInError::Denied("people do not sign in to this broker: it has no [people] configuration".into())
         })?;
@@ -246,7 +479,7 @@ impl Broker {
         // The token endpoint's per-source limit on failures holds here too.
         let source = meta.source.as_deref().and_then(|s| s.parse::<std::net::IpAddr>().ok());
         self.throttle.source(source)?;
-        let (person, roles, groups) = match people.verify(id_token, now).await {
+        let (person, roles, groups) = match people.verify(client, id_token, now).await {
             Ok(verified) => verified,
             Err(e @ (SignInError::Invalid(_) | SignInError::Denied(_))) => {
                 self.throttle.failed(source);

@@ -33,28 +33,28 @@ pub fn router() -> Router<AppState> {
         .route("/v1/credentials/{jti}", get(credential))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct EventsQuery {
+pub struct EventsQuery {
     #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
-    system: Option<String>,
+    pub system: Option<String>,
     #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
-    owner: Option<String>,
-    workload: Option<String>,
-    actor: Option<String>,
-    subject: Option<String>,
-    issuer: Option<String>,
-    kind: Option<String>,
+    pub owner: Option<String>,
+    pub workload: Option<String>,
+    pub actor: Option<String>,
+    pub subject: Option<String>,
+    pub issuer: Option<String>,
+    pub kind: Option<String>,
     #[param(pattern = "^(success|denied|failure)$")]
-    outcome: Option<String>,
-    jti: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    cursor: Option<i64>,
-    limit: Option<u32>,
+    pub outcome: Option<String>,
+    pub jti: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub cursor: Option<i64>,
+    pub limit: Option<u32>,
     #[param(pattern = "^(json|jsonl|csv)$")]
-    format: Option<String>,
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -81,7 +81,7 @@ fn instant(field: &str, raw: &str, now: OffsetDateTime) -> Result<i64, ApiError>
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| invalid())
 }
 
-fn filter_of(q: &EventsQuery, now: OffsetDateTime) -> Result<AuditFilter, ApiError> {
+pub fn filter_of(q: &EventsQuery, now: OffsetDateTime) -> Result<AuditFilter, ApiError> {
     if let Some(outcome) = &q.outcome
         && !matches!(outcome.as_str(), "success" | "denied" | "failure")
     {
@@ -108,6 +108,7 @@ fn filter_of(q: &EventsQuery, now: OffsetDateTime) -> Result<AuditFilter, ApiErr
         until_ms: q.until.as_deref().map(|s| instant("until", s, now)).transpose()?,
         from_seq: None,
         to_seq: None,
+        newest_first: false,
     })
 }
 
@@ -234,10 +235,15 @@ async fn events(
         let next = (events.len() == limit as usize).then(|| events.last().map(|e| e.seq)).flatten();
         return Ok(Json(json!({"events": events, "next_cursor": next})).into_response());
     }
-    let csv = format == "csv";
+    Ok(export(&state, filter, q.cursor, format == "csv"))
+}
+
+/// The events `filter` selects, after `cursor`, streamed as CSV (with a
+/// header row) or JSON lines, page by page: constant memory however many.
+pub fn export(state: &AppState, filter: AuditFilter, cursor: Option<i64>, csv: bool) -> Response {
     let reader = state.broker.audit.clone();
     let broker = state.broker.clone();
-    let stream = futures_util::stream::unfold((q.cursor, false, true), move |(after, done, first)| {
+    let stream = futures_util::stream::unfold((cursor, false, true), move |(after, done, first)| {
         let reader = reader.clone();
         let filter = filter.clone();
         let broker = broker.clone();
@@ -262,7 +268,7 @@ async fn events(
     let mut response = Body::from_stream(stream).into_response();
     let content_type = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    Ok(response)
+    response
 }
 
 #[utoipa::path(

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod audit;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -60,6 +61,8 @@ pub struct StateParts {
     /// This listener's token endpoint: what a DPoP proof's `htu` must name.
     pub token_endpoint: Arc<url::Url>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The web console's settings, on the listener that serves it.
+    pub console: Option<Arc<console::Settings>>,
 }
 
 pub struct Limits {
@@ -96,6 +99,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/metrics", get(metrics::metrics))
         .merge(admin::router())
         .merge(audit::router())
+        .merge(if state.console.is_some() { console::router() } else { Router::new() })
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::map_request(one_authorization_header))

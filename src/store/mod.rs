@@ -729,6 +729,9 @@ pub struct AuditFilter {
     pub from_seq: Option<i64>,
     /// Only events with a sequence number at most this.
     pub to_seq: Option<i64>,
+    /// Newest first: the cursor then names the event the page continues
+    /// before, not after.
+    pub newest_first: bool,
 }
 
 /// Read-only access to the audit log: what auditors get.

@@ -528,8 +528,16 @@ impl AuditReader for Store {
             None => false,
         };
         let mut q = QueryBuilder::<Db>::new(format!("SELECT {} FROM audit_events", read_columns()));
-        push_filter(&mut q, filter, after, acted_for);
-        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+        if filter.newest_first {
+            push_filter(&mut q, filter, None, acted_for);
+            if let Some(before) = after {
+                q.push(" AND seq < ").push_bind(before);
+            }
+            q.push(" ORDER BY seq DESC LIMIT ").push_bind(i64::from(limit));
+        } else {
+            push_filter(&mut q, filter, after, acted_for);
+            q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+        }
         let rows = q.build().fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(record_from).collect()
     }

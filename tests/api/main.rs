@@ -5,6 +5,7 @@
 mod agent;
 mod approvals;
 mod audit;
+mod browser;
 mod canary;
 mod cli;
 mod clients;

@@ -190,6 +190,8 @@ pub struct Options {
     pub header_read_timeout: &'static str,
     /// Whether people sign in ([`people_config`]).
     pub people: bool,
+    /// Listen on this port (one [`listen_port`] gave); default a fresh one.
+    pub listen_port: Option<u16>,
 }
 
 impl Default for Options {
@@ -206,6 +208,7 @@ impl Default for Options {
             promote: vec!["indexer"],
             header_read_timeout: "1s",
             people: true,
+            listen_port: None,
         }
     }
 }
@@ -459,7 +462,7 @@ pub fn id_text(sqlite: bool, column: &str) -> String {
 /// `iss` of issued tokens stays the same); in the ephemeral range, an
 /// outgoing connection of a test running alongside could take it as its
 /// local port in between, and the restart would fail.
-fn listen_port() -> u16 {
+pub fn listen_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     // Test binaries run one after another; start each at its own offset so
     // one does not probe ports a previous one may still hold.
@@ -491,7 +494,7 @@ pub async fn spawn_with(options: Options) -> Option<TestApp> {
     std::fs::write(dir.path().join("people.jwks"), people.jwks().to_string()).unwrap();
     std::fs::write(dir.path().join("catalog.toml"), &options.catalog).unwrap();
     let d = dir.path().display();
-    let port = listen_port();
+    let port = options.listen_port.unwrap_or_else(listen_port);
     let text = format!(
         r#"
 [server]

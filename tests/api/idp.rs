@@ -123,7 +123,7 @@ impl Idp {
         if let Some(code) = user_code {
             fields.push(("user_code", code));
         }
-        let end = self.walk(&browser, first, &fields, true).await;
+        let end = self.walk(&browser, first, &fields, true, true).await;
         assert!(end.starts_with(&self.issuer), "the device sign-in left the provider for {end}");
     }
 
@@ -132,7 +132,7 @@ impl Idp {
     pub async fn deny_device(&self, uri: &str, username: &str) {
         let browser = Self::browser();
         let first = browser.get(uri).send().await.unwrap();
-        let end = self.walk(&browser, first, &[("login", username), ("password", "any")], false).await;
+        let end = self.walk(&browser, first, &[("login", username), ("password", "any")], false, true).await;
         assert!(end.starts_with(&self.issuer), "the device sign-in left the provider for {end}");
     }
 
@@ -143,7 +143,17 @@ impl Idp {
     pub async fn complete_authorization(&self, authorization_url: &str, username: &str) -> String {
         let browser = Self::browser();
         let first = browser.get(authorization_url).send().await.unwrap();
-        let end = self.walk(&browser, first, &[("login", username), ("password", "any")], true).await;
+        let end = self.walk(&browser, first, &[("login", username), ("password", "any")], true, true).await;
+        assert!(!end.starts_with(&self.issuer), "the provider never sent the browser back: ended at {end}");
+        end
+    }
+
+    /// Like [`Idp::complete_authorization`], but the redirect back to the
+    /// client is returned, not followed: the client's own browser follows it.
+    pub async fn authorization_return(&self, authorization_url: &str, username: &str) -> String {
+        let browser = Self::browser();
+        let first = browser.get(authorization_url).send().await.unwrap();
+        let end = self.walk(&browser, first, &[("login", username), ("password", "any")], true, false).await;
         assert!(!end.starts_with(&self.issuer), "the provider never sent the browser back: ended at {end}");
         end
     }
@@ -161,6 +171,7 @@ impl Idp {
         mut response: reqwest::Response,
         fields: &[(&str, &str)],
         consent: bool,
+        follow_back: bool,
     ) -> String {
         let mut cancelled = false;
         for page in 0.. {
@@ -170,6 +181,9 @@ impl Idp {
                 let location = response.headers()[reqwest::header::LOCATION].to_str().unwrap().to_owned();
                 let next = here.join(&location).unwrap();
                 if !next.as_str().starts_with(&self.issuer) {
+                    if !follow_back {
+                        return next.to_string();
+                    }
                     let back = browser.get(next.clone()).send().await.unwrap();
                     assert!(back.status().is_success(), "the redirect to {next} answered {}", back.status());
                     return next.to_string();

@@ -9,6 +9,7 @@ mod browser;
 mod canary;
 mod cli;
 mod clients;
+mod console;
 mod crash;
 mod delegation;
 mod deploy;

@@ -55,7 +55,8 @@ pub async fn actors(app: &TestApp, admin: &str, kind: &str) -> Vec<String> {
     body["events"].as_array().unwrap().iter().map(|e| e["actor"].as_str().unwrap_or_default().to_owned()).collect()
 }
 
-async fn system_state(app: &TestApp, admin: &str, id: &str) -> Value {
+/// A system's state, as the API reports it.
+pub async fn system_state(app: &TestApp, admin: &str, id: &str) -> Value {
     let (status, system) = app.api(Method::GET, &format!("/v1/systems/{id}"), admin, None).await;
     assert_eq!(status, 200, "{system}");
     system["state"].clone()
@@ -318,7 +319,7 @@ async fn the_audit_search_pages_newest_first_and_its_export_is_the_apis() {
 
 /// The default catalog with `summarizer-k8s` needing approval by the
 /// `hl-approvers` group.
-fn approval_catalog() -> String {
+pub fn approval_catalog() -> String {
     default_catalog().replacen(
         "max_ttl = \"15m\"\n",
         "max_ttl = \"15m\"\napproval = \"required\"\napprovers = [\"hl-approvers\"]\napproval_max_duration = \"1h\"\n",

@@ -10,6 +10,7 @@ mod canary;
 mod cli;
 mod clients;
 mod console;
+mod console_browser;
 mod crash;
 mod delegation;
 mod deploy;

@@ -1,0 +1,204 @@
+//! The web console in a real browser (headless chromium, tests/api/browser.rs),
+//! end to end with the real server and, where people sign in, the real
+//! OpenID provider: what a person does in it, and what it refuses to do.
+//! No page may violate the console's Content Security Policy: each test
+//! ends by checking the browser reported no violation.
+//! tests/api/console.rs checks the same pages over plain HTTP.
+//!
+//! The tests also leave screenshots of the main pages in
+//! `HALFLIFE_SCREENSHOT_DIR` (default: `console-screenshots` under cargo's
+//! temporary directory for tests), for people to look at.
+
+use std::path::PathBuf;
+
+use halflife::domain::model::Role;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::browser::Browser;
+use crate::console::{actors, console_options, system_state};
+use crate::helpers::*;
+use crate::idp::Idp;
+
+/// Where the screenshots go.
+fn screenshot_dir() -> PathBuf {
+    std::env::var_os("HALFLIFE_SCREENSHOT_DIR").map_or_else(
+        || {
+            option_env!("CARGO_TARGET_TMPDIR")
+                .map_or_else(std::env::temp_dir, PathBuf::from)
+                .join("console-screenshots")
+        },
+        PathBuf::from,
+    )
+}
+
+/// Saves what the browser shows as `<name>.png`.
+async fn screenshot(browser: &Browser, name: &str) {
+    browser.screenshot(screenshot_dir().join(format!("{name}.png"))).await;
+}
+
+/// Opens a console page and waits for its content.
+async fn open(browser: &Browser, app: &TestApp, path: &str) {
+    browser.goto(&app.url(path)).await;
+    browser.find("main").await;
+}
+
+/// Signs in with dev mode's token form; returns who the header says is
+/// signed in.
+async fn sign_in_with_token(browser: &Browser, app: &TestApp, token: &str) -> String {
+    open(browser, app, "/console/sign-in").await;
+    browser.fill("#token", token).await;
+    browser.submit("form[action='/console/sign-in']").await;
+    browser.text("form.who span").await
+}
+
+/// Waits (bounded) until the browser shows `url`.
+async fn arrive(browser: &Browser, url: &str) {
+    let url = url::Url::parse(url).unwrap();
+    let wait = browser.client().wait().at_most(std::time::Duration::from_secs(10));
+    let arrived = wait.for_url(&url).await;
+    let at = browser.current_url().await;
+    arrived.map_err(|e| format!("never reached {url}: at {at} ({e})")).unwrap();
+}
+
+/// Signs out with the header's button; lands on the sign-in page.
+async fn sign_out(browser: &Browser, app: &TestApp) {
+    browser.click("form.who button").await;
+    arrive(browser, &app.url("/console/sign-in?done=Signed+out.")).await;
+    assert_eq!(browser.text("p.notice").await, "Signed out.");
+}
+
+/// Every form of the page, as `method action`.
+async fn forms(browser: &Browser) -> Vec<String> {
+    let count = browser.execute("return document.forms.length", vec![]).await;
+    let forms = browser
+        .execute("return Array.from(document.forms).map(f => f.method + ' ' + f.getAttribute('action'))", vec![])
+        .await;
+    let forms: Vec<String> = serde_json::from_value(forms).unwrap();
+    assert_eq!(count, json!(forms.len()));
+    forms
+}
+
+/// The session cookie the browser holds for the console, if any.
+async fn session_cookie(browser: &Browser) -> Option<fantoccini::cookies::Cookie<'static>> {
+    browser.client().get_all_cookies().await.unwrap().into_iter().find(|c| c.name() == "halflife-console")
+}
+
+/// Fails with every violation's message if the browser reported any
+/// Content Security Policy violation since it started; then closes it.
+async fn finish(browser: Browser) {
+    let violations = browser.csp_violations().await;
+    let messages: Vec<&str> = violations.iter().map(|v| v.message.as_str()).collect();
+    assert!(messages.is_empty(), "Content Security Policy violations:\n{}", messages.join("\n"));
+    browser.close().await;
+}
+
+/// A fresh summarizer credential for reports-api; its access token.
+async fn summarizer_token(app: &TestApp) -> String {
+    let issued = app.exchange_ok(&app.rsa.token(RSA_SUBJECT, app.now()), &[("audience", "reports-api")]).await;
+    issued["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A few credentials of the production indexer, so that the pages have
+/// something to show.
+async fn indexer_traffic(app: &TestApp, n: usize) {
+    for task in app.spawn_exchanges(n) {
+        assert!(task.await.unwrap().is_some(), "the indexer exchange was refused");
+    }
+}
+
+#[tokio::test]
+async fn a_person_signs_in_through_the_provider_in_the_browser_and_signs_out() {
+    let secret = "console-secret-for-tests";
+    let port = listen_port();
+    let config = json!({
+        "users": crate::idp::people(),
+        "console": {"client_secret": secret, "redirect_uris": [format!("http://127.0.0.1:{port}/console/callback")]},
+    });
+    let Some(idp) = Idp::start(config) else { return };
+    let Some(app) = spawn_with(console_options(&idp, port, secret)).await else { return };
+    let Some(browser) = Browser::start().await else { return };
+
+    open(&browser, &app, "/console/").await;
+    assert_eq!(browser.current_url().await.path(), "/console/sign-in", "the console asks for a sign-in first");
+    let provider = browser.text("#sign-in").await;
+    assert_eq!(provider, format!("Sign in with {}", idp.issuer));
+    screenshot(&browser, "sign-in").await;
+
+    // The provider's own pages: log in, then consent.
+    browser.click("#sign-in").await;
+    browser.fill("input[name=login]", "alice").await;
+    browser.fill("input[name=password]", "any").await;
+    browser.click("button[type=submit]").await;
+    browser.find("input[name=prompt][value=consent]").await;
+    assert!(browser.current_url().await.as_str().starts_with(&idp.issuer), "consent is the provider's page");
+    browser.click("button[type=submit]").await;
+
+    // Back through the callback, whose page refreshes into the console:
+    // the browser must arrive signed in, with the strict cookie sent.
+    arrive(&browser, &app.url("/console/")).await;
+    let who = browser.text("form.who span").await;
+    assert_eq!(who, "alice@example.com · operator", "{}", idp.log());
+    browser.find("#systems-by-tier").await;
+    let cookie = session_cookie(&browser).await.expect("the session cookie");
+    assert!(cookie.value().starts_with("hls_"), "a person's session: {cookie}");
+    assert_eq!(cookie.http_only(), Some(true));
+    assert!(cookie.same_site().is_some_and(|s| s.is_strict()), "{cookie}");
+    let session = cookie.value().to_owned();
+    let admin = app.admin_token(Role::Admin).await;
+    let created = actors(&app, &admin, "session.created").await;
+    assert!(created[0].starts_with("alice@example.com (operator; person alice at "), "{created:?}");
+    assert_eq!(app.api(Method::GET, "/v1/whoami", &session, None).await.0, 200);
+
+    sign_out(&browser, &app).await;
+    assert!(session_cookie(&browser).await.is_none(), "the browser forgot the session");
+    assert_eq!(app.api(Method::GET, "/v1/whoami", &session, None).await.0, 401, "the session is revoked");
+    assert_eq!(actors(&app, &admin, "session.revoked").await.len(), 1);
+    open(&browser, &app, "/console/").await;
+    assert_eq!(browser.current_url().await.path(), "/console/sign-in");
+    assert!(forms(&browser).await.iter().all(|f| f != "post /console/sign-out"), "nobody is signed in");
+    finish(browser).await;
+}
+
+#[tokio::test]
+async fn an_operator_revokes_a_system_in_the_browser_once_its_id_is_typed() {
+    let Some(app) = spawn_app().await else { return };
+    let admin = app.admin_token(Role::Admin).await;
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        tokens.push(summarizer_token(&app).await);
+    }
+    indexer_traffic(&app, 2).await;
+    let Some(browser) = Browser::start().await else { return };
+
+    let who = sign_in_with_token(&browser, &app, &app.admin_token_named(Role::Operator, "ops-bot").await).await;
+    assert_eq!(who, "ops-bot · operator");
+    open(&browser, &app, "/console/systems/summarizer").await;
+    assert_eq!(browser.text("#credentials tbody tr").await, "jwt 3");
+    screenshot(&browser, "system").await;
+
+    // A wrong id: the refusal, and nothing changed.
+    browser.fill("#revoke input[name=reason]", "leaked key").await;
+    browser.fill("#revoke input[name=confirm]", "summarize").await;
+    browser.submit("#revoke").await;
+    assert_eq!(browser.text("p.error").await, "confirm: type summarizer to confirm; nothing was changed");
+    assert_eq!(browser.current_url().await.path(), "/console/systems/summarizer/revoke");
+    for token in &tokens {
+        assert_eq!(app.introspect(&admin, token).await["active"], true);
+    }
+    assert!(actors(&app, &admin, "credential.revoked").await.is_empty());
+
+    open(&browser, &app, "/console/systems/summarizer").await;
+    browser.fill("#revoke input[name=reason]", "leaked key").await;
+    browser.fill("#revoke input[name=confirm]", "summarizer").await;
+    browser.submit("#revoke").await;
+    assert_eq!(browser.text("p.notice").await, "3 credentials of summarizer revoked.");
+    assert_eq!(browser.current_url().await.path(), "/console/systems/summarizer");
+    for token in &tokens {
+        assert_eq!(app.introspect(&admin, token).await["active"], false);
+    }
+    let revoked = actors(&app, &admin, "credential.revoked").await;
+    assert!(revoked.iter().all(|a| a.starts_with("ops-bot (operator; automation token ")), "{revoked:?}");
+    assert_eq!(system_state(&app, &admin, "summarizer").await, "active", "revoking leaves the system active");
+    finish(browser).await;
+}

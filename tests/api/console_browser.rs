@@ -11,12 +11,13 @@
 
 use std::path::PathBuf;
 
+use axum::response::Html;
 use halflife::domain::model::Role;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::browser::Browser;
-use crate::console::{actors, console_options, system_state};
+use crate::console::{actors, approval_catalog, console_options, system_state};
 use crate::helpers::*;
 use crate::idp::Idp;
 
@@ -200,5 +201,83 @@ async fn an_operator_revokes_a_system_in_the_browser_once_its_id_is_typed() {
     let revoked = actors(&app, &admin, "credential.revoked").await;
     assert!(revoked.iter().all(|a| a.starts_with("ops-bot (operator; automation token ")), "{revoked:?}");
     assert_eq!(system_state(&app, &admin, "summarizer").await, "active", "revoking leaves the system active");
+    finish(browser).await;
+}
+
+/// A page of another site that posts a console form as soon as it loads
+/// (its own inline script, under no policy of the console's); its URL.
+async fn attacker_page(target: String) -> String {
+    let page = format!(
+        r#"<!doctype html><html><head><title>You won</title></head><body>
+<form id="prize" method="post" action="{target}">
+<input type="hidden" name="reason" value="forged"><input type="hidden" name="confirm" value="summarizer">
+</form>
+<script>document.getElementById("prize").submit();</script>
+</body></html>"#
+    );
+    let router = axum::Router::new()
+        .route("/", axum::routing::get(move || std::future::ready(Html(page.clone()))))
+        .route("/favicon.ico", axum::routing::get(|| std::future::ready(axum::http::StatusCode::NO_CONTENT)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn an_auditor_gets_no_action_and_a_forged_form_from_another_page_is_refused() {
+    let Some(app) = spawn_with(Options { catalog: approval_catalog(), ..Options::default() }).await else { return };
+    let admin = app.admin_token(Role::Admin).await;
+    // A request waiting for a decision, which an auditor may see but not decide.
+    let pending: Value = app
+        .exchange(&app.rsa.token(RSA_SUBJECT, app.now()), &[("audience", "reports-api")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pending["error"], "authorization_pending", "{pending}");
+    let request = pending["access_request"].as_str().unwrap().to_owned();
+    let Some(browser) = Browser::start().await else { return };
+
+    let who = sign_in_with_token(&browser, &app, &app.admin_token_named(Role::Auditor, "audit-bot").await).await;
+    assert_eq!(who, "audit-bot · auditor");
+    let sign_out_form = "post /console/sign-out".to_owned();
+    for (path, search) in [
+        ("/console/", None),
+        ("/console/systems", Some("get /console/systems")),
+        ("/console/systems/summarizer", None),
+        ("/console/owners", None),
+        ("/console/owners/biz", None),
+        ("/console/audit", Some("get /console/audit")),
+        ("/console/keys", None),
+        ("/console/requests", None),
+    ] {
+        open(&browser, &app, path).await;
+        // Searching and filtering (GET) are reading; the only form that
+        // would change anything is signing out.
+        let expected: Vec<String> = [sign_out_form.clone()].into_iter().chain(search.map(str::to_owned)).collect();
+        assert_eq!(forms(&browser).await, expected, "{path}");
+        let buttons = browser
+            .execute("return Array.from(document.querySelectorAll('button')).filter(b => !b.form).length", vec![])
+            .await;
+        assert_eq!(buttons, 0, "{path}: a button outside any form");
+    }
+    let article = browser.find(&format!("[id='request-{request}']")).await;
+    assert!(article.text().await.unwrap().contains("summarizer-k8s"), "the auditor sees the pending request");
+    sign_out(&browser, &app).await;
+
+    // The operator's browser, signed in, opens another site's page on
+    // this machine (same site, so the strict cookie goes along).
+    let who = sign_in_with_token(&browser, &app, &app.admin_token_named(Role::Operator, "ops-bot").await).await;
+    assert_eq!(who, "ops-bot · operator");
+    let target = app.url("/console/systems/summarizer/suspend");
+    let attacker = attacker_page(target.clone()).await;
+    browser.goto(&attacker).await;
+    let refusal = browser.text("p.error").await;
+    assert!(refusal.contains("CSRF token is missing or not this session's"), "{refusal}");
+    assert_eq!(browser.text("h1").await, "Not allowed");
+    assert_eq!(browser.current_url().await.as_str(), target, "the forged form did reach the console");
+    assert_eq!(system_state(&app, &admin, "summarizer").await, "active");
+    assert!(actors(&app, &admin, "system.suspended").await.is_empty());
     finish(browser).await;
 }

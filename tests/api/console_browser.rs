@@ -281,3 +281,54 @@ async fn an_auditor_gets_no_action_and_a_forged_form_from_another_page_is_refuse
     assert!(actors(&app, &admin, "system.suspended").await.is_empty());
     finish(browser).await;
 }
+
+#[tokio::test]
+async fn an_approval_decided_in_the_browser_releases_the_waiting_exchange() {
+    let Some(app) = spawn_with(Options { catalog: approval_catalog(), ..Options::default() }).await else { return };
+    indexer_traffic(&app, 4).await;
+    let attestation = app.rsa.token(RSA_SUBJECT, app.now());
+    let ask = || app.exchange(&attestation, &[("audience", "reports-api")]);
+    let body: Value = ask().await.json().await.unwrap();
+    assert_eq!(body["error"], "authorization_pending", "{body}");
+    let id = body["access_request"].as_str().unwrap().to_owned();
+    let article = format!("[id='request-{id}']");
+    let Some(browser) = Browser::start().await else { return };
+
+    // An operator's view of it all, with the request waiting.
+    sign_in_with_token(&browser, &app, &app.admin_token_named(Role::Operator, "ops-bot").await).await;
+    assert!(browser.text("#access-requests").await.contains("1 pending"));
+    assert!(browser.text("#systems-by-tier").await.contains("production"), "the indexer was promoted");
+    screenshot(&browser, "overview").await;
+    open(&browser, &app, "/console/systems").await;
+    let rows = browser.execute("return document.querySelectorAll('#systems tbody tr').length", vec![]).await;
+    assert_eq!(rows, 2);
+    screenshot(&browser, "systems").await;
+    open(&browser, &app, "/console/owners").await;
+    screenshot(&browser, "owners").await;
+    open(&browser, &app, "/console/keys").await;
+    browser.find("#keys tbody tr").await;
+    screenshot(&browser, "keys").await;
+    sign_out(&browser, &app).await;
+
+    // The approver decides.
+    let approver = app.person_token("ann@corp.example", &["hl-approvers"]).await;
+    let who = sign_in_with_token(&browser, &app, &approver).await;
+    assert_eq!(who, "ann@corp.example · approver");
+    assert_eq!(browser.current_url().await.path(), "/console/requests", "an approver's console is the inbox");
+    let shown = browser.text(&article).await;
+    assert!(shown.contains("summarizer-k8s") && shown.contains(RSA_SUBJECT), "{shown}");
+    browser.fill(&format!("{article} input[name=duration]"), "30m").await;
+    browser.fill(&format!("{article} form[action$='/approve'] input[name=reason]"), "release night").await;
+    screenshot(&browser, "requests").await;
+    browser.click(&format!("{article} form[action$='/approve'] button")).await;
+    let notice = browser.text("p.notice").await;
+    assert!(notice.starts_with(&format!("Request {id} approved until ")), "{notice}");
+    assert!(browser.text("#pending").await.contains("Nothing waits."));
+
+    let response = ask().await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let admin = app.admin_token(Role::Admin).await;
+    let approved = actors(&app, &admin, "access_request.approved").await;
+    assert!(approved[0].starts_with("ann@corp.example (approver; person "), "{approved:?}");
+    finish(browser).await;
+}

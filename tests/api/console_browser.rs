@@ -332,3 +332,91 @@ async fn an_approval_decided_in_the_browser_releases_the_waiting_exchange() {
     assert!(approved[0].starts_with("ann@corp.example (approver; person "), "{approved:?}");
     finish(browser).await;
 }
+
+#[tokio::test]
+async fn the_audit_search_in_the_browser_pages_newest_first_and_exports_the_apis_csv() {
+    let Some(app) = spawn_app().await else { return };
+    let auditor = app.admin_token_named(Role::Auditor, "audit-bot").await;
+    for _ in 0..60 {
+        summarizer_token(&app).await;
+    }
+    indexer_traffic(&app, 3).await;
+    let (status, body) = app
+        .api(Method::GET, "/v1/audit/events?system=summarizer&kind=credential.issued&limit=1000", &auditor, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut newest: Vec<String> =
+        body["events"].as_array().unwrap().iter().map(|e| e["jti"].as_str().unwrap().to_owned()).collect();
+    newest.reverse();
+    assert_eq!(newest.len(), 60);
+    let Some(browser) = Browser::start().await else { return };
+
+    sign_in_with_token(&browser, &app, &auditor).await;
+    open(&browser, &app, "/console/audit").await;
+    browser.fill("#search input[name=system]", "summarizer").await;
+    browser.fill("#search input[name=kind]", "credential.issued").await;
+    browser.submit("#search").await;
+    // The answer's form shows the search it ran (an attribute the typing did not set).
+    browser.find("#search input[name=kind][value='credential.issued']").await;
+    let rows = event_rows(&browser).await;
+    assert!(rows.iter().all(|(kind, system, _)| kind == "credential.issued" && system == "summarizer"), "{rows:?}");
+    let shown: Vec<&str> = rows.iter().map(|(_, _, jti)| jti.as_str()).collect();
+    assert_eq!(shown, newest[..50], "page one: the newest 50, newest first");
+    screenshot(&browser, "audit").await;
+
+    browser.click("#older").await;
+    browser.find("a[href='/console/audit?system=summarizer&kind=credential.issued']").await;
+    let rows = event_rows(&browser).await;
+    let shown: Vec<&str> = rows.iter().map(|(_, _, jti)| jti.as_str()).collect();
+    assert_eq!(shown, newest[50..], "page two: the 10 oldest");
+    let older = browser.execute("return document.querySelectorAll('#older').length", vec![]).await;
+    assert_eq!(older, 0, "page two is the last");
+
+    // The export link, fetched with the browser's own session.
+    let href = browser.find("#export-csv").await.attr("href").await.unwrap().expect("an href");
+    assert_eq!(href, "/console/audit/export?system=summarizer&kind=credential.issued&format=csv");
+    let cookie = session_cookie(&browser).await.expect("the session cookie");
+    assert_eq!(cookie.http_only(), Some(true));
+    let exported = app
+        .client
+        .get(app.url(&href))
+        .header(reqwest::header::COOKIE, format!("halflife-console={}", cookie.value()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(exported.status(), 200);
+    assert_eq!(exported.headers()["content-type"], "text/csv; charset=utf-8");
+    let exported = exported.text().await.unwrap();
+    let api = app
+        .client
+        .get(app.url("/v1/audit/events?system=summarizer&kind=credential.issued&format=csv"))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(exported, api);
+    assert_eq!(exported.lines().count(), 61, "a header and 60 rows");
+
+    // The oldest credential's attribution, one click away.
+    browser.click(&format!("a[href='/console/credentials/{}']", newest[59])).await;
+    let attribution = browser.text("#attribution").await;
+    assert!(attribution.contains(RSA_SUBJECT) && attribution.contains("summarizer-k8s"), "{attribution}");
+    assert_eq!(browser.text("#status").await, "not revoked");
+    screenshot(&browser, "credential").await;
+    finish(browser).await;
+}
+
+/// The audit table's rows: kind, system and jti of each.
+async fn event_rows(browser: &Browser) -> Vec<(String, String, String)> {
+    let rows = browser
+        .execute(
+            "return Array.from(document.querySelectorAll('table.events tbody tr'))\
+             .map(r => [r.cells[2].innerText, r.cells[4].innerText, r.cells[6].innerText])",
+            vec![],
+        )
+        .await;
+    serde_json::from_value(rows).unwrap()
+}

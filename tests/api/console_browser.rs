@@ -17,7 +17,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
-use crate::console::{actors, approval_catalog, console_options, system_state};
+use crate::console::{HOSTILE, actors, approval_catalog, console_options, hostile_system, system_state};
 use crate::helpers::*;
 use crate::idp::Idp;
 
@@ -419,4 +419,42 @@ async fn event_rows(browser: &Browser) -> Vec<(String, String, String)> {
         )
         .await;
     serde_json::from_value(rows).unwrap()
+}
+
+#[tokio::test]
+async fn hostile_text_stays_text_in_the_browser() {
+    let Some(app) = spawn_app().await else { return };
+    // The admin's own name is hostile too: it is the actor of every event below.
+    let admin = app.admin_token_named(Role::Admin, HOSTILE).await;
+    let id = hostile_system(&app, &admin).await;
+    let Some(browser) = Browser::start().await else { return };
+
+    let who = sign_in_with_token(&browser, &app, &admin).await;
+    assert_eq!(who, format!("{HOSTILE} · admin"));
+    for path in [
+        format!("/console/systems/{id}"),
+        "/console/owners/mallory".to_owned(),
+        "/console/owners".to_owned(),
+        "/console/systems".to_owned(),
+        format!("/console/audit?system={id}"),
+        format!("/console/sign-in?done={}", form_urlencoded::byte_serialize(HOSTILE.as_bytes()).collect::<String>()),
+    ] {
+        open(&browser, &app, &path).await;
+        let page = browser
+            .execute(
+                "return {img: document.getElementsByTagName('img').length, \
+                 script: document.getElementsByTagName('script').length, text: document.body.innerText}",
+                vec![],
+            )
+            .await;
+        assert_eq!((&page["img"], &page["script"]), (&json!(0), &json!(0)), "{path}");
+        let text = page["text"].as_str().unwrap();
+        assert!(text.contains(HOSTILE), "{path}: {text}");
+    }
+    open(&browser, &app, &format!("/console/systems/{id}")).await;
+    assert_eq!(browser.text("#purpose").await, format!("Purpose {HOSTILE}"));
+    let title = browser.client().title().await.unwrap();
+    assert_eq!(title, format!("Hostile {HOSTILE} · halflife"));
+    assert!(browser.text("#owners").await.contains(&format!("Mallory {HOSTILE}")));
+    finish(browser).await;
 }

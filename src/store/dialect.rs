@@ -53,6 +53,10 @@ where
     /// from the largest read under the write lock) rather than reading
     /// back the ids the database picked.
     const EXPLICIT_CREDENTIAL_IDS: bool;
+    /// Whether the planner decides without statistics (SQLite, where
+    /// nothing runs ANALYZE): a query that must use one index and not
+    /// another says so.
+    const PLANS_WITHOUT_STATISTICS: bool;
 
     /// The backend's migrations.
     fn migrator() -> &'static sqlx::migrate::Migrator;

@@ -62,6 +62,7 @@ impl Dialect for Postgres {
     const ONE_EXECUTION: bool = false;
     /// The database picks credential ids; the INSERT returns them.
     const EXPLICIT_CREDENTIAL_IDS: bool = false;
+    const PLANS_WITHOUT_STATISTICS: bool = false;
 
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &MIGRATOR

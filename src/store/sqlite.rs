@@ -57,6 +57,7 @@ impl Dialect for Sqlite {
     /// one read under the write lock: no RETURNING rows to wait for, which
     /// SQLite's driver hands back one message, and one wake-up, at a time.
     const EXPLICIT_CREDENTIAL_IDS: bool = true;
+    const PLANS_WITHOUT_STATISTICS: bool = true;
 
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &MIGRATOR

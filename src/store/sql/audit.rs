@@ -433,8 +433,16 @@ pub(in crate::store) fn push_filter(
     acted_for: bool,
 ) {
     q.push(" WHERE 1 = 1");
+    // A family of kinds without issuances (`system.*`) of one system: the
+    // partial index by kind holds the few such events, while the system's
+    // index holds all its issuances, most of the log, to be walked through
+    // before the first match. A planner without statistics prefers the
+    // latter (it gives the order), so the system's index is ruled out.
+    let family = filter.kind.as_deref().and_then(|k| k.strip_suffix('*')).filter(|p| !ISSUED.starts_with(p));
     if let Some(v) = &filter.system {
-        q.push(" AND system_id = ").push_bind(v.clone());
+        let column =
+            if family.is_some() && Backend::PLANS_WITHOUT_STATISTICS { "system_id || ''" } else { "system_id" };
+        q.push(format_args!(" AND {column} = ")).push_bind(v.clone());
     }
     if let Some(v) = &filter.owner {
         // Whole-word match in the space-separated owners, without LIKE, so
@@ -474,6 +482,20 @@ pub(in crate::store) fn push_filter(
                     .push_bind(i32::try_from(prefix.len()).unwrap_or(0))
                     .push(") = ")
                     .push_bind(prefix.to_owned());
+                if let Some(prefix) = family.filter(|p| !p.is_empty()) {
+                    // The family as a range of the partial index by kind,
+                    // which holds all of it and none of the issuances.
+                    // (Kinds are ASCII; the backends compare bytes here.)
+                    q.push(format_args!(" AND kind <> '{ISSUED}'"));
+                    if Backend::PLANS_WITHOUT_STATISTICS {
+                        let mut end = prefix.as_bytes().to_vec();
+                        if let Some(last) = end.last_mut().filter(|b| **b < 0x7f) {
+                            *last += 1;
+                            q.push(" AND kind >= ").push_bind(prefix.to_owned());
+                            q.push(" AND kind < ").push_bind(String::from_utf8_lossy(&end).into_owned());
+                        }
+                    }
+                }
             }
             None => {
                 q.push(" AND kind = ").push_bind(v.clone());

@@ -470,3 +470,61 @@ async fn a_disabled_console_is_not_there() {
     assert_eq!(response.status(), 404);
     assert_eq!(response.headers()["content-type"], "application/json");
 }
+
+#[tokio::test]
+async fn over_tls_the_session_cookie_is_secure_and_bound_to_the_host() {
+    use std::sync::Arc;
+
+    use halflife::clock::Clock as _;
+    use secrecy::ExposeSecret;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let d = dir.path().display();
+    let config = halflife::config::Config::from_toml(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = \"{d}/cert.pem\"\nkey_file = \"{d}/key.pem\"\n\
+         [database]\nurl = \"sqlite://{d}/h.db\"\n[keys]\ndir = \"{d}/keys\"\nkek = \"{}\"\n[dev]\nenabled = true\n",
+        kek_b64()
+    ))
+    .unwrap();
+    let clock = halflife::clock::SystemClock;
+    let app = halflife::app::App::build(config, Arc::new(clock)).await.unwrap().without_background_jobs();
+    let port = app.local_addr().port();
+    let (_, token) = halflife::broker::admin::create_admin_token(
+        app.broker().admin_tokens.as_ref(),
+        Role::Operator,
+        "tls-bot",
+        halflife::broker::admin::DEFAULT_ADMIN_TOKEN_TTL,
+        "test",
+        clock.now(),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(app.run(std::future::pending()));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let b = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{port}");
+    let response =
+        b.post(format!("{base}/console/sign-in")).form(&[("token", token.expose_secret())]).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("__Host-halflife-console=hla_"), "{cookie}");
+    assert!(cookie.contains("; Secure") && cookie.contains("Path=/") && !cookie.contains("Domain"), "{cookie}");
+    let overview = b.get(format!("{base}/console/")).send().await.unwrap();
+    assert_eq!(overview.status(), 200);
+    assert!(overview.text().await.unwrap().contains("tls-bot · operator"));
+}

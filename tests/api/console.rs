@@ -86,6 +86,16 @@ async fn the_console_asks_for_a_sign_in_and_keeps_the_session_in_a_strict_cookie
     assert!(wrong.text().await.unwrap().contains("not a valid automation or session token"));
 
     let operator = app.admin_token_named(Role::Operator, "ops-bot").await;
+    // Another site's form cannot sign the browser in under its token.
+    let forged = b
+        .post(app.url("/console/sign-in"))
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("token", operator.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(forged.headers().get("set-cookie").is_none());
     let response = b.post(app.url("/console/sign-in")).form(&[("token", operator.as_str())]).send().await.unwrap();
     assert_eq!(response.status(), 303);
     let cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();

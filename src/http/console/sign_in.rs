@@ -69,10 +69,19 @@ fn sign_in_page(state: &AppState, done: Option<&str>, error: Option<&str>, statu
     response
 }
 
-/// `POST /console/sign-in`: dev mode only, a token typed in.
-pub async fn with_token(State(state): State<AppState>, mut form: Form) -> Result<Response, ApiError> {
+/// `POST /console/sign-in`: dev mode only, a token typed in. A form
+/// another site submits is refused, so no page can sign a browser in under
+/// someone else's token.
+pub async fn with_token(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    mut form: Form,
+) -> Result<Response, ApiError> {
     if !settings(&state).dev_sign_in {
         return Err(ApiError::NotFound("signing in with a token is for dev mode only".into()));
+    }
+    if headers.get("sec-fetch-site").is_some_and(|v| v == "cross-site") {
+        return Err(ApiError::Forbidden("sign in from the console's own page".into()));
     }
     let token = form.require_secret("token")?;
     let Some(caller) = state.broker.authenticate_admin(token.expose_secret().trim()).await? else {

@@ -230,22 +230,12 @@ impl People {
     async fn discover(&self) -> Result<Endpoints, SignInError> {
         let url = format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'));
         let provider = |e: String| SignInError::Provider(format!("{url}: {e}"));
-        let mut response =
+        let response =
             self.client.get(&url).timeout(Duration::from_secs(10)).send().await.map_err(|e| provider(e.to_string()))?;
         if !response.status().is_success() {
             return Err(provider(format!("answered {}", response.status())));
         }
-        let too_large = || provider(format!("the discovery document is over {MAX_DISCOVERY_BYTES} bytes"));
-        if response.content_length().is_some_and(|n| n > MAX_DISCOVERY_BYTES as u64) {
-            return Err(too_large());
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| provider(e.to_string()))? {
-            if bytes.len() + chunk.len() > MAX_DISCOVERY_BYTES {
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = read_bounded(response).await.map_err(provider)?;
         let document: Value = serde_json::from_slice(&bytes).map_err(|e| provider(e.to_string()))?;
         if document.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return Err(provider(format!("its issuer is not {:?}", self.issuer)));
@@ -351,7 +341,7 @@ impl People {
         }
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
         let provider = |e: String| SignInError::Provider(format!("{endpoint}: {e}"));
-        let mut response = request
+        let response = request
             .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(reqwest::header::ACCEPT, "application/json")
             .body(body)
@@ -359,13 +349,7 @@ impl People {
             .await
             .map_err(|e| provider(e.to_string()))?;
         let status = response.status();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| provider(e.to_string()))? {
-            if bytes.len() + chunk.len() > MAX_DISCOVERY_BYTES {
-                return Err(provider("the answer is too large".into()));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = read_bounded(response).await.map_err(provider)?;
         let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
             let error = answer.get("error").and_then(Value::as_str).unwrap_or("no error code");
@@ -446,6 +430,22 @@ impl People {
     pub fn session_ttl(&self) -> Duration {
         self.config.session_ttl.get()
     }
+}
+
+/// A provider's answer, at most [`MAX_DISCOVERY_BYTES`] of it.
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let too_large = || format!("the answer is over {MAX_DISCOVERY_BYTES} bytes");
+    if response.content_length().is_some_and(|n| n > MAX_DISCOVERY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if bytes.len() + chunk.len() > MAX_DISCOVERY_BYTES {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// The person's groups: the claim as a list of strings, or one string.

@@ -85,11 +85,11 @@ pub fn router() -> Router<AppState> {
     router
 }
 
-fn system_id(raw: &str) -> Result<SystemId, ApiError> {
+pub(super) fn system_id(raw: &str) -> Result<SystemId, ApiError> {
     SystemId::parse(raw).map_err(|e| ApiError::NotFound(e.0))
 }
 
-fn owner_id(raw: &str) -> Result<OwnerId, ApiError> {
+pub(super) fn owner_id(raw: &str) -> Result<OwnerId, ApiError> {
     OwnerId::parse(raw).map_err(|e| ApiError::NotFound(e.0))
 }
 

@@ -15,16 +15,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-/// The default catalog with `summarizer-k8s` needing approval by the
-/// `hl-approvers` group, for at most an hour.
-fn catalog() -> String {
-    default_catalog().replacen(
-        "max_ttl = \"15m\"\n",
-        "max_ttl = \"15m\"\napproval = \"required\"\napprovers = [\"hl-approvers\"]\napproval_max_duration = \"1h\"\n",
-        1,
-    )
-}
-
 /// A webhook receiver: every body POSTed to the returned URL.
 async fn hook() -> (String, Arc<tokio::sync::Mutex<Vec<Value>>>) {
     let received = Arc::new(tokio::sync::Mutex::new(Vec::<Value>::new()));
@@ -46,7 +36,7 @@ async fn hook() -> (String, Arc<tokio::sync::Mutex<Vec<Value>>>) {
 }
 
 async fn spawn(extra_config: String) -> Option<TestApp> {
-    spawn_with(Options { catalog: catalog(), extra_config, ..Options::default() }).await
+    spawn_with(Options { catalog: approval_catalog(), extra_config, ..Options::default() }).await
 }
 
 /// Exchanges the RSA workload's attestation for `scope`.

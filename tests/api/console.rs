@@ -48,6 +48,14 @@ async fn post(app: &TestApp, browser: &reqwest::Client, path: &str, form: &[(&st
     (status, location.unwrap_or(body))
 }
 
+/// The API's CSV export of the summarizer's `credential.issued` events.
+pub async fn issued_csv(app: &TestApp, auditor: &str) -> String {
+    let url = app.url("/v1/audit/events?system=summarizer&kind=credential.issued&format=csv");
+    let response = app.client.get(url).bearer_auth(auditor).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 /// The actors of the events of `kind`, oldest first, as the API reports them.
 pub async fn actors(app: &TestApp, admin: &str, kind: &str) -> Vec<String> {
     let (status, body) = app.api(Method::GET, &format!("/v1/audit/events?kind={kind}"), admin, None).await;
@@ -310,31 +318,11 @@ async fn the_audit_search_pages_newest_first_and_its_export_is_the_apis() {
     assert_eq!(exported.headers()["content-type"], "text/csv; charset=utf-8");
     assert_eq!(exported.headers()["content-disposition"], "attachment; filename=\"audit.csv\"");
     let exported = exported.text().await.unwrap();
-    let api = app
-        .client
-        .get(app.url("/v1/audit/events?system=summarizer&kind=credential.issued&format=csv"))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(exported, api);
+    assert_eq!(exported, issued_csv(&app, &auditor).await);
     assert_eq!(exported.lines().count(), 54, "a header and 53 rows");
     let bad = b.get(app.url("/console/audit/export?format=xml")).send().await.unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("must be csv or jsonl"));
-}
-
-/// The default catalog with `summarizer-k8s` needing approval by the
-/// `hl-approvers` group.
-pub fn approval_catalog() -> String {
-    default_catalog().replacen(
-        "max_ttl = \"15m\"\n",
-        "max_ttl = \"15m\"\napproval = \"required\"\napprovers = [\"hl-approvers\"]\napproval_max_duration = \"1h\"\n",
-        1,
-    )
 }
 
 #[tokio::test]
@@ -445,19 +433,7 @@ pub fn console_options(idp: &Idp, port: u16, secret: &str) -> Options {
 issuer = "{issuer}"
 client_id = "halflife-cli"
 algorithms = ["RS256"]
-
-[[people.roles]]
-group = "hl-operators"
-role = "operator"
-
-[[people.roles]]
-group = "hl-auditors"
-role = "auditor"
-
-[[people.roles]]
-group = "hl-approvers"
-role = "approver"
-
+{PEOPLE_ROLES}
 [console]
 client_id = "halflife-console"
 client_secret_file = "{secret}"

@@ -17,7 +17,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
-use crate::console::{HOSTILE, actors, approval_catalog, console_options, hostile_system, system_state};
+use crate::console::{HOSTILE, actors, console_options, hostile_system, issued_csv, system_state};
 use crate::helpers::*;
 use crate::idp::Idp;
 
@@ -387,17 +387,7 @@ async fn the_audit_search_in_the_browser_pages_newest_first_and_exports_the_apis
     assert_eq!(exported.status(), 200);
     assert_eq!(exported.headers()["content-type"], "text/csv; charset=utf-8");
     let exported = exported.text().await.unwrap();
-    let api = app
-        .client
-        .get(app.url("/v1/audit/events?system=summarizer&kind=credential.issued&format=csv"))
-        .bearer_auth(&auditor)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(exported, api);
+    assert_eq!(exported, issued_csv(&app, &auditor).await);
     assert_eq!(exported.lines().count(), 61, "a header and 60 rows");
 
     // The oldest credential's attribution, one click away.

@@ -573,7 +573,12 @@ issuer = "{PEOPLE_ISS}"
 client_id = "{PEOPLE_CLIENT}"
 jwks_file = "{dir}/people.jwks"
 algorithms = ["ES256"]
+{PEOPLE_ROLES}"#
+    )
+}
 
+/// `[[people.roles]]`: the group `hl-<role>s` gives each role.
+pub const PEOPLE_ROLES: &str = r#"
 [[people.roles]]
 group = "hl-admins"
 role = "admin"
@@ -589,7 +594,15 @@ role = "auditor"
 [[people.roles]]
 group = "hl-approvers"
 role = "approver"
-"#
+"#;
+
+/// The default catalog with `summarizer-k8s` needing approval by the
+/// `hl-approvers` group, for at most an hour.
+pub fn approval_catalog() -> String {
+    default_catalog().replacen(
+        "max_ttl = \"15m\"\n",
+        "max_ttl = \"15m\"\napproval = \"required\"\napprovers = [\"hl-approvers\"]\napproval_max_duration = \"1h\"\n",
+        1,
     )
 }
 

@@ -11,23 +11,15 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::session::{PostedAs, ViewerAs};
-use super::{Actors, Readers, Section, Viewer, after, encode, notice, relative, render, when};
+use super::{Actors, DoneQuery, Readers, Section, Viewer, after, encode, notice, relative, render, when};
 use crate::broker::Unavailable;
 use crate::domain::lifecycle::{SystemView, production_checks};
 use crate::domain::model::{SystemState, Tier};
-use crate::domain::values::{OwnerId, SystemId};
 use crate::http::AppState;
+use crate::http::admin::{owner_id, system_id};
 use crate::http::error::ApiError;
 use crate::http::extract::{Params, Path};
 use crate::store::AuditFilter;
-
-fn system_id(raw: &str) -> Result<SystemId, ApiError> {
-    SystemId::parse(raw).map_err(|e| ApiError::NotFound(e.0))
-}
-
-fn owner_id(raw: &str) -> Result<OwnerId, ApiError> {
-    OwnerId::parse(raw).map_err(|e| ApiError::NotFound(e.0))
-}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -103,13 +95,6 @@ pub async fn systems(
         p { (shown.len()) " of " (all.len()) " systems." }
     };
     Ok(render(&viewer, "Systems", Section::Systems, body))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct DoneQuery {
-    #[serde(default)]
-    done: Option<String>,
 }
 
 /// `GET /console/systems/{id}`

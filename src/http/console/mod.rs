@@ -262,6 +262,14 @@ pub fn encode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
+/// The query of a page that may show a notice after an action.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DoneQuery {
+    #[serde(default)]
+    pub done: Option<String>,
+}
+
 /// A notice after an action (`?done=…`), shown once at the top of a page.
 pub fn notice(done: Option<&str>) -> Markup {
     html! {

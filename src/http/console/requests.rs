@@ -4,23 +4,15 @@
 use axum::extract::State;
 use axum::response::Response;
 use maud::{Markup, html};
-use serde::Deserialize;
 
 use super::session::{PostedAs, ViewerAs};
-use super::{Section, after, encode, notice, relative, render, when};
+use super::{DoneQuery, Section, after, encode, notice, relative, render, when};
 use crate::broker::approvals::Ruling;
 use crate::domain::approval::{AccessRequest, AccessState, Decision};
 use crate::http::AppState;
 use crate::http::approvals::{Approvers, Deciders};
 use crate::http::error::ApiError;
 use crate::http::extract::{Params, Path};
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RequestsQuery {
-    #[serde(default)]
-    done: Option<String>,
-}
 
 /// How many decided requests the page lists.
 const RECENT: i64 = 50;
@@ -29,7 +21,7 @@ const RECENT: i64 = 50;
 pub async fn page(
     State(state): State<AppState>,
     ViewerAs { viewer, .. }: ViewerAs<Deciders>,
-    Params(query): Params<RequestsQuery>,
+    Params(query): Params<DoneQuery>,
 ) -> Result<Response, ApiError> {
     let broker = &state.broker;
     let now = broker.clock.now();

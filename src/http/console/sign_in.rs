@@ -26,15 +26,8 @@ const FLOW_SECONDS: i64 = 600;
 /// Longest a token signed in with the dev form stays in the browser.
 const TOKEN_SIGN_IN: time::Duration = time::Duration::hours(8);
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct SignInQuery {
-    #[serde(default)]
-    done: Option<String>,
-}
-
 /// `GET /console/sign-in`
-pub async fn page(State(state): State<AppState>, Params(query): Params<SignInQuery>) -> Response {
+pub async fn page(State(state): State<AppState>, Params(query): Params<super::DoneQuery>) -> Response {
     sign_in_page(&state, query.done.as_deref(), None, StatusCode::OK)
 }
 

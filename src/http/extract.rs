@@ -133,9 +133,15 @@ impl Form {
 /// through percent-decoding byte by byte and a lossy UTF-8 pass: a token
 /// exchange's body is mostly its `subject_token`.
 fn pairs(body: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    body.split(|&b| b == b'&').filter(|pair| !pair.is_empty()).filter_map(|pair| {
-        if !pair.contains(&b'%')
-            && !pair.contains(&b'+')
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'&', body).chain(std::iter::once(body.len()));
+    let pairs = ends.map(move |end| {
+        let pair = &body[start..end];
+        start = end + 1;
+        pair
+    });
+    pairs.filter(|pair| !pair.is_empty()).filter_map(|pair| {
+        if memchr::memchr2(b'%', b'+', pair).is_none()
             && let Ok(text) = std::str::from_utf8(pair)
         {
             let (key, value) = text.split_once('=').unwrap_or((text, ""));

@@ -99,10 +99,14 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .merge(if state.console.is_some() { console::router() } else { Router::new() })
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::map_request(one_authorization_header))
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::map_response_with_state(Arc::clone(&state.metrics), count_response))
-        .layer(middleware)
+        // One layer, outermost first: each `Router::layer` boxes every
+        // route once more, and axum clones each box for every request.
+        .layer(
+            middleware
+                .layer(axum::middleware::map_response_with_state(Arc::clone(&state.metrics), count_response))
+                .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+                .layer(axum::middleware::map_request(one_authorization_header)),
+        )
         .with_state(state)
 }
 

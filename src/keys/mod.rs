@@ -216,10 +216,13 @@ impl SigningKey {
     }
 
     /// Produces a compact JWS: `b64(header).b64(claims).b64(signature)`.
+    /// The header's members are in the order a `json!` object writes
+    /// them (sorted), so the header is byte for byte what it was.
     pub fn sign_jwt(&self, typ: &str, claims: &impl Serialize) -> Result<String, KeyError> {
-        let header = json!({"alg": self.alg.as_str(), "typ": typ, "kid": self.kid});
+        let header = Header { alg: self.alg.as_str(), kid: &self.kid, typ };
+        let header = serde_json::to_vec(&header).map_err(|_| KeyError::Sign)?;
         let payload = serde_json::to_vec(claims).map_err(|_| KeyError::Sign)?;
-        let mut out = crypto::b64url(header.to_string());
+        let mut out = crypto::b64url(header);
         out.push('.');
         out.push_str(&crypto::b64url(payload));
         let signature = self.sign_bytes(out.as_bytes())?;
@@ -502,6 +505,14 @@ impl KeyringHandle {
     }
 }
 
+/// A JWS protected header as the broker writes it.
+#[derive(Serialize)]
+struct Header<'a> {
+    alg: &'a str,
+    kid: &'a str,
+    typ: &'a str,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,6 +555,10 @@ mod tests {
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
         assert_eq!(header.kid.as_deref(), Some(key.kid()));
+        // The protected header's exact text: its members sorted, compact.
+        let text = crypto::b64url_decode(token.split('.').next().unwrap()).unwrap();
+        let expected = format!(r#"{{"alg":"ES256","kid":"{}","typ":"at+jwt"}}"#, key.kid());
+        assert_eq!(String::from_utf8(text).unwrap(), expected);
         let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
         validation.required_spec_claims.clear();
         validation.validate_exp = false;

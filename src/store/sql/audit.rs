@@ -115,7 +115,10 @@ impl KnownNames {
         // or a committed batch stored it in its row before.
         let mut details: Vec<Option<(String, bool)>> = Vec::with_capacity(events.len());
         for e in events {
-            let Some(text) = e.detail.as_ref().map(ToString::to_string) else {
+            // `serde_json::to_string` writes the same compact text as `Value`'s
+            // `Display`, into one growing buffer rather than fragment by
+            // fragment through a formatter.
+            let Some(text) = e.detail.as_ref().and_then(|d| serde_json::to_string(d).ok()) else {
                 details.push(None);
                 continue;
             };

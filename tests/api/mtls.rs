@@ -3,123 +3,31 @@
 //! RFC 9449). Certificates and CAs are created per test with rcgen.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
 
 pub const SVID: &str = "spiffe://prod.example/ns/ai/sa/indexer";
 
-/// A CA for one trust domain.
-pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    pub fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        Self { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    pub fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    pub fn der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
-    }
-
-    /// A leaf with `uris` as its URI SANs, adjusted by `tweak`.
-    pub fn leaf_with(&self, uris: &[&str], tweak: impl FnOnce(&mut CertificateParams)) -> Leaf {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = uris.iter().map(|u| SanType::URI((*u).try_into().unwrap())).collect::<Vec<_>>();
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        tweak(&mut params);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf { der: cert.der().clone(), key: key.serialize_der() }
-    }
-
-    pub fn svid(&self, id: &str) -> Leaf {
-        self.leaf_with(&[id], |_| {})
-    }
-}
-
-pub struct Leaf {
-    pub der: CertificateDer<'static>,
-    key: Vec<u8>,
-}
+#[path = "../fixtures/pki.rs"]
+mod pki;
+pub use pki::{Ca, Leaf, ServerPki};
 
 impl Leaf {
     pub fn thumbprint(&self) -> String {
         URL_SAFE_NO_PAD.encode(halflife::crypto::sha256(&self.der))
     }
-
-    /// Writes the certificate and its key as PEM files, each replaced
-    /// whole (as a SPIFFE helper rotates an SVID).
-    pub fn write_pem(&self, cert: &Path, key: &Path) {
-        let pem = |label: &str, der: &[u8]| {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-            let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-            format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
-        };
-        for (path, text) in [(cert, pem("CERTIFICATE", &self.der)), (key, pem("PRIVATE KEY", &self.key))] {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, path).unwrap();
-        }
-    }
-}
-
-/// The mTLS listener's own certificate, from a CA the clients trust.
-pub struct ServerPki {
-    pub ca: Ca,
 }
 
 impl ServerPki {
-    pub fn write(dir: &Path) -> Self {
-        let ca = Ca::new("server CA");
-        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca.issuer).unwrap();
-        std::fs::write(dir.join("mtls-cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("mtls-key.pem"), key.serialize_pem()).unwrap();
-        Self { ca }
-    }
-
     /// An HTTPS client presenting `leaf` (or no certificate).
     pub fn client(&self, leaf: Option<&Leaf>) -> reqwest::Client {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der()).unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let tls = match leaf {
-            Some(leaf) => builder
-                .with_client_auth_cert(
-                    vec![leaf.der.clone()],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key.clone())),
-                )
-                .unwrap(),
-            None => builder.with_no_client_auth(),
-        };
-        reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap()
+        reqwest::Client::builder().tls_backend_preconfigured(self.tls_config(leaf)).build().unwrap()
     }
 }
 

@@ -40,8 +40,8 @@
 //!    opaque secret, a delegated exchange (a person's token with the
 //!    workload's attestation as actor_token), a DPoP-bound exchange (a
 //!    fresh ES256 proof per request, signed before the run) and a
-//!    client_credentials exchange over mTLS (an X.509-SVID per client
-//!    connection, re-verified by the broker on every request; the
+//!    client_credentials exchange over mTLS (one of eight X.509-SVIDs per
+//!    client connection, checked by the broker on every request; the
 //!    connections' TLS handshakes are made before the run starts);
 //! 6. for each outstanding count: a fresh database preloaded with that many
 //!    unexpired credentials through the store, start-up to ready, resident

@@ -11,10 +11,15 @@
 //! --outstanding N,N,..  outstanding credentials for the revocation and growth runs
 //!                       (default 10,1000,1000000)
 //! --json FILE           also write the results as JSON
+//! --paths-only          run only the other credential paths (5b below), to
+//!                       compare two builds of one path quickly
 //! --serve               only start a server and print a wrk command for it
-//!                       (an independent cross-check); stop with Ctrl-C. With
-//!                       one --outstanding N, N credentials are preloaded
-//!                       first, as for the growth run with N outstanding
+//!                       (an independent cross-check), and curl commands for
+//!                       its plain and mTLS token endpoints (as
+//!                       scripts/profile-exchange sends); stop with Ctrl-C.
+//!                       With one --outstanding N, N credentials are
+//!                       preloaded first, as for the growth run with N
+//!                       outstanding
 //! ```
 //!
 //! What it measures, in this order:
@@ -33,8 +38,11 @@
 //! 5. storage per issuance record, in all and by table and index; then, on
 //!    a fresh database, the other credential paths at concurrency 64: an
 //!    opaque secret, a delegated exchange (a person's token with the
-//!    workload's attestation as actor_token) and a DPoP-bound exchange (a
-//!    fresh ES256 proof per request, signed before the run);
+//!    workload's attestation as actor_token), a DPoP-bound exchange (a
+//!    fresh ES256 proof per request, signed before the run) and a
+//!    client_credentials exchange over mTLS (one of eight X.509-SVIDs per
+//!    client connection, checked by the broker on every request; the
+//!    connections' TLS handshakes are made before the run starts);
 //! 6. for each outstanding count: a fresh database preloaded with that many
 //!    unexpired credentials through the store, start-up to ready, resident
 //!    memory once the credential index is loaded, exchanges at concurrency 64
@@ -74,6 +82,9 @@ const SYSTEM: &str = "bench";
 #[path = "../tests/fixtures/catalog.rs"]
 mod catalog;
 use catalog::{OWNERS as CATALOG_OWNERS, pilot_system};
+/// Certificates for the mTLS listener, shared with the API tests.
+#[path = "../tests/fixtures/pki.rs"]
+mod pki;
 const ATTESTATIONS: usize = 256;
 /// Subjects of the people the delegated exchanges act for.
 const PERSON_PREFIX: &str = "bench/people/";
@@ -84,6 +95,7 @@ struct Args {
     algorithm: SigningAlgorithm,
     outstanding: Vec<u64>,
     json: Option<PathBuf>,
+    paths_only: bool,
     serve: bool,
 }
 
@@ -94,6 +106,7 @@ fn args() -> Args {
         algorithm: SigningAlgorithm::ES256,
         outstanding: vec![10, 1_000, 1_000_000],
         json: None,
+        paths_only: false,
         serve: false,
     };
     let mut it = std::env::args().skip(1);
@@ -118,6 +131,7 @@ fn args() -> Args {
                     .collect();
             }
             "--json" => a.json = Some(PathBuf::from(value())),
+            "--paths-only" => a.paths_only = true,
             "--serve" => a.serve = true,
             other => panic!("unknown option {other}; see the comment at the top of benches/load.rs"),
         }
@@ -401,6 +415,64 @@ audience = "{AUD}"
     path
 }
 
+/// The mTLS listener of a server: its address, the CA its certificate
+/// comes from, and the X.509-SVIDs its clients present.
+struct Mtls {
+    addr: std::net::SocketAddr,
+    pki: pki::ServerPki,
+    leaves: Vec<pki::Leaf>,
+}
+
+/// Adds an mTLS listener to the configuration at `config`: a
+/// `bench.example` trust domain whose X.509-SVIDs are the `bench` issuer's
+/// workloads (so the `bench-agents` grant covers them, as it covers the
+/// JWT attestations' subjects), and a few of its SVIDs for the clients.
+fn add_mtls(dir: &Path, config: &Path) -> Mtls {
+    let pki = pki::ServerPki::write(dir);
+    let ca = pki::Ca::new("bench.example");
+    std::fs::write(dir.join("bench.example.pem"), ca.pem()).unwrap();
+    let leaves = (0..8).map(|i| ca.svid(&format!("spiffe://bench.example/ns/ai/sa/agent-{i}"))).collect();
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let d = dir.display();
+    let mut text = std::fs::read_to_string(config).unwrap();
+    write!(
+        text,
+        r#"
+[mtls]
+listen = "{addr}"
+cert_file = "{d}/mtls-cert.pem"
+key_file = "{d}/mtls-key.pem"
+
+[[mtls.trust_domains]]
+name = "bench.example"
+bundle_file = "{d}/bench.example.pem"
+issuer = "bench"
+"#
+    )
+    .unwrap();
+    std::fs::write(config, text).unwrap();
+    Mtls { addr, pki, leaves }
+}
+
+impl Mtls {
+    /// A TLS client configuration for each SVID.
+    fn clients(&self) -> Vec<Arc<rustls::ClientConfig>> {
+        self.leaves.iter().map(|leaf| Arc::new(self.pki.tls_config(Some(leaf)))).collect()
+    }
+}
+
+/// `client_credentials` requests (RFC 8705 `tls_client_auth`: the client
+/// certificate is the attestation).
+fn client_credentials_bodies() -> Vec<String> {
+    vec![
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "client_credentials")
+            .append_pair("audience", "reports-api")
+            .append_pair("scope", "reports:read")
+            .finish(),
+    ]
+}
+
 impl Server {
     async fn start(config: &Path, http: &reqwest::Client) -> Self {
         let port = free_port();
@@ -511,6 +583,8 @@ struct Target {
     bearer: Option<String>,
     /// A `DPoP` header for each request, used once each.
     dpop: Option<Arc<Vec<String>>>,
+    /// Over TLS: client configurations, one per connection in turn.
+    tls: Option<Arc<Vec<Arc<rustls::ClientConfig>>>>,
     server_pid: u32,
 }
 
@@ -526,6 +600,7 @@ impl Target {
             bodies: Arc::new(bodies.iter().map(|b| bytes::Bytes::from(b.clone())).collect()),
             bearer,
             dpop: None,
+            tls: None,
             server_pid: server.child.id().unwrap(),
         }
     }
@@ -533,6 +608,15 @@ impl Target {
     /// The same requests, each with the next of `proofs`.
     fn with_dpop(mut self, proofs: Vec<String>) -> Self {
         self.dpop = Some(Arc::new(proofs));
+        self
+    }
+
+    /// The same requests to the mTLS listener, each connection presenting
+    /// the certificate of the next of `clients`.
+    fn over_mtls(mut self, mtls: &Mtls) -> Self {
+        self.addr = mtls.addr;
+        self.host = mtls.addr.to_string();
+        self.tls = Some(Arc::new(mtls.clients()));
         self
     }
 }
@@ -720,6 +804,8 @@ impl ServerHistogram {
     }
 }
 
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
 /// One client's keep-alive HTTP/1.1 connection, as wrk holds one: hyper's
 /// client connection without a pool, so the generator takes less of the two
 /// cores it shares with the server. Per exchange it spends 20–23 µs of CPU
@@ -727,24 +813,32 @@ impl ServerHistogram {
 /// figures of one run each). Reconnects after a failure.
 struct Connection {
     target: Target,
-    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>,
+    /// Which of the target's TLS client configurations it uses.
+    client: usize,
+    sender: Option<Sender>,
 }
 
 impl Connection {
-    fn new(target: &Target) -> Self {
-        Self { target: target.clone(), sender: None }
+    fn new(target: &Target, client: usize) -> Self {
+        Self { target: target.clone(), client, sender: None }
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>, String> {
+    /// Connects now, so that the connection's set-up (a TLS handshake
+    /// above all) is not part of a measured request.
+    async fn open(&mut self) {
+        let sender = self.connect().await.unwrap_or_else(|e| panic!("{}: {e}", self.target.host));
+        self.sender = Some(sender);
+    }
+
+    async fn connect(&self) -> Result<Sender, String> {
         let stream = tokio::net::TcpStream::connect(self.target.addr).await.map_err(|e| format!("connect: {e}"))?;
         stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        let Some(clients) = &self.target.tls else { return http1(stream).await };
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&clients[self.client % clients.len()]))
+            .connect(self.target.addr.ip().into(), stream)
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(connection);
-        Ok(sender)
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        http1(tls).await
     }
 
     /// Sends request `i`; true when it was answered with a success.
@@ -788,6 +882,18 @@ impl Connection {
     }
 }
 
+/// An HTTP/1.1 client connection over `io`, driven by a task of its own.
+async fn http1<I>(io: I) -> Result<Sender, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 /// Prints the first few failed requests, so an error count says what went
 /// wrong.
 fn report_failure(what: &str) {
@@ -825,14 +931,19 @@ impl Tally {
 }
 
 /// `concurrency` clients, each sending its next request as soon as the last
-/// is answered.
+/// is answered. Their connections are opened first, outside the run.
 async fn closed_loop(target: &Target, label: &str, concurrency: usize, run: Duration) -> RunResult {
+    let mut connections = Vec::new();
+    for worker in 0..concurrency {
+        let mut connection = Connection::new(target, worker);
+        connection.open().await;
+        connections.push(connection);
+    }
     let cpu = CpuMeter::start(target);
     let started = Instant::now();
     let deadline = started + run;
     let mut tasks = Vec::new();
-    for worker in 0..concurrency {
-        let mut connection = Connection::new(target);
+    for (worker, mut connection) in connections.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             for i in worker * 7919.. {
@@ -858,7 +969,7 @@ async fn fixed_rate(target: &Target, label: &str, rate: f64, run: Duration) -> R
     let deadline = started + run;
     let mut tasks = Vec::new();
     for worker in 0..CLIENTS {
-        let mut connection = Connection::new(target);
+        let mut connection = Connection::new(target, worker);
         let first = started + period.mul_f64(worker as f64 / CLIENTS as f64);
         tasks.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval_at(first, period);
@@ -1038,10 +1149,12 @@ async fn preload(db_url: &str, count: u64) -> Duration {
 // ---------------------------------------------------------------- wrk
 
 /// Starts a server, writes a wrk script that exchanges one (reusable)
-/// attestation, prints the command, and runs until Ctrl-C.
+/// attestation, prints the command, and runs until Ctrl-C. Prints a curl
+/// command for a client_credentials exchange over mTLS (one SVID) too.
 async fn serve_for_wrk(args: &Args, dir: &Path, attester: &Attester, tokens: &[String], http: &reqwest::Client) {
     let db = Db::create(args.database.as_deref(), dir, "wrk").await;
     let config = write_config(dir, "wrk", &db.url, args.algorithm, attester);
+    let mtls = add_mtls(dir, &config);
     if let [n] = args.outstanding[..] {
         // As the growth run does: migrate, preload, then start afresh.
         Server::start(&config, http).await.stop().await;
@@ -1074,13 +1187,75 @@ async fn serve_for_wrk(args: &Args, dir: &Path, attester: &Attester, tokens: &[S
         dir.join("exchange.body").display(),
         server.base
     );
+    let (cacert, cert, key, form) =
+        (dir.join("mtls-ca.pem"), dir.join("svid.pem"), dir.join("svid-key.pem"), dir.join("mtls.body"));
+    std::fs::write(&cacert, mtls.pki.ca.pem()).unwrap();
+    mtls.leaves[0].write_pem(&cert, &key);
+    std::fs::write(&form, &client_credentials_bodies()[0]).unwrap();
+    println!(
+        "mtls: curl --cacert {} --cert {} --key {} --data-binary @{} https://{}/oauth2/token",
+        cacert.display(),
+        cert.display(),
+        key.display(),
+        form.display(),
+        mtls.addr
+    );
     println!("Ctrl-C stops the server and removes {}", dir.display());
     let _ = tokio::signal::ctrl_c().await;
     server.stop().await;
     db.drop_database().await;
 }
 
+// ---------------------------------------------------------------- other paths
+
+/// The other credential paths, each a durable exchange at concurrency 64
+/// like the plain one, on a database of their own (their records would
+/// change the plain run's storage figures).
+async fn other_paths(
+    args: &Args,
+    dir: &Path,
+    attester: &Attester,
+    tokens: &[String],
+    http: &reqwest::Client,
+) -> Vec<RunResult> {
+    println!("other exchanges (POST /oauth2/token, c=64):");
+    let db = Db::create(args.database.as_deref(), dir, "paths").await;
+    let config = write_config(dir, "paths", &db.url, args.algorithm, attester);
+    let mtls = add_mtls(dir, &config);
+    let server = Server::start(&config, http).await;
+    let mut paths = Vec::new();
+    let secret = Target::new(&server, "/oauth2/token", &secret_bodies(tokens), None);
+    paths.push(closed_loop(&secret, "exchange for an opaque secret", 64, args.duration).await);
+    let people = attester.people(ATTESTATIONS);
+    let delegated = Target::new(&server, "/oauth2/token", &delegated_bodies(&people, tokens), None);
+    paths.push(closed_loop(&delegated, "delegated exchange (actor_token)", 64, args.duration).await);
+    // Proofs are signed before the run (as many as the fastest path could
+    // use), so the generator's cost stays that of the plain exchange.
+    let proofs =
+        dpop_proofs(&format!("{}/oauth2/token", server.base), (20_000.0 * args.duration.as_secs_f64()) as usize);
+    let dpop = Target::new(&server, "/oauth2/token", &exchange_bodies(tokens), None).with_dpop(proofs);
+    paths.push(closed_loop(&dpop, "DPoP-bound exchange", 64, args.duration).await);
+    let certified = Target::new(&server, "/oauth2/token", &client_credentials_bodies(), None).over_mtls(&mtls);
+    paths.push(closed_loop(&certified, "client_credentials over mTLS", 64, args.duration).await);
+    for r in &paths {
+        r.print();
+    }
+    server.stop().await;
+    db.drop_database().await;
+    paths
+}
+
 // ---------------------------------------------------------------- main
+
+/// Writes `about` and `results` (two JSON objects) as one to `path`.
+fn write_report(path: &Path, about: &Value, results: Value) {
+    let mut report = about.clone();
+    if let (Some(report), Value::Object(results)) = (report.as_object_mut(), results) {
+        report.extend(results);
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("results written to {}", path.display());
+}
 
 #[derive(serde::Serialize)]
 struct Outstanding {
@@ -1128,6 +1303,15 @@ async fn main() {
 
     if args.serve {
         return serve_for_wrk(&args, dir.path(), &attester, &tokens, &http).await;
+    }
+    let about = json!({"backend": backend, "cores": cores, "commit": commit,
+        "algorithm": format!("{:?}", args.algorithm), "run_seconds": args.duration.as_secs_f64()});
+    if args.paths_only {
+        let paths = other_paths(&args, dir.path(), &attester, &tokens, &http).await;
+        if let Some(path) = &args.json {
+            write_report(path, &about, json!({"other_exchanges": paths}));
+        }
+        return;
     }
 
     // 1. Crypto-only limit.
@@ -1213,30 +1397,8 @@ async fn main() {
         parts.iter().map(|(name, bytes)| (name.clone(), json!(per(*bytes)))).collect();
     db.drop_database().await;
 
-    // 5b. The other credential paths, each a durable exchange at
-    // concurrency 64 like the plain one above, on a database of their own
-    // (their records would change the storage figures above).
-    println!("other exchanges (POST /oauth2/token, c=64):");
-    let db = Db::create(args.database.as_deref(), dir.path(), "paths").await;
-    let config = write_config(dir.path(), "paths", &db.url, args.algorithm, &attester);
-    let server = Server::start(&config, &http).await;
-    let mut paths = Vec::new();
-    let secret = Target::new(&server, "/oauth2/token", &secret_bodies(&tokens), None);
-    paths.push(closed_loop(&secret, "exchange for an opaque secret", 64, args.duration).await);
-    let people = attester.people(ATTESTATIONS);
-    let delegated = Target::new(&server, "/oauth2/token", &delegated_bodies(&people, &tokens), None);
-    paths.push(closed_loop(&delegated, "delegated exchange (actor_token)", 64, args.duration).await);
-    // Proofs are signed before the run (as many as the fastest path could
-    // use), so the generator's cost stays that of the plain exchange.
-    let proofs =
-        dpop_proofs(&format!("{}/oauth2/token", server.base), (20_000.0 * args.duration.as_secs_f64()) as usize);
-    let dpop = Target::new(&server, "/oauth2/token", &bodies, None).with_dpop(proofs);
-    paths.push(closed_loop(&dpop, "DPoP-bound exchange", 64, args.duration).await);
-    for r in &paths {
-        r.print();
-    }
-    server.stop().await;
-    db.drop_database().await;
+    // 5b. The other credential paths.
+    let paths = other_paths(&args, dir.path(), &attester, &tokens, &http).await;
 
     // 6. Outstanding credentials: start-up, memory, growth, revocation.
     let mut outstanding = Vec::new();
@@ -1302,9 +1464,7 @@ async fn main() {
     }
 
     if let Some(path) = &args.json {
-        let report = json!({
-            "backend": backend, "cores": cores, "commit": commit, "algorithm": format!("{:?}", args.algorithm),
-            "run_seconds": args.duration.as_secs_f64(),
+        let results = json!({
             "crypto_limit_per_s": {"one_core": crypto_one, "all_cores": crypto_all},
             "disk_sync": disk,
             "startup_ms": {"new_database": startup_new_ms, "empty_database": startup_empty_ms},
@@ -1324,8 +1484,7 @@ async fn main() {
             "peak_over_crypto_limit": peak / crypto_all,
             "outstanding": outstanding,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
-        println!("results written to {}", path.display());
+        write_report(path, &about, results);
     }
     let mut summary = String::new();
     let _ = write!(summary, "peak exchanges {peak:.0}/s = {:.0} % of the crypto-only limit", 100.0 * peak / crypto_all);

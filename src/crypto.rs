@@ -45,9 +45,17 @@ pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    sha256_all([bytes])
+}
+
+/// The SHA-256 of `parts`, one after the other.
+pub fn sha256_all<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        context.update(part);
+    }
     let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
+    out.copy_from_slice(context.finish().as_ref());
     out
 }
 

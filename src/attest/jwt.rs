@@ -18,6 +18,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::jwks::{KeySet, RemoteJwks};
+use super::verified::{Entry, Verified};
 use crate::crypto;
 use crate::domain::values::MAX_SUBJECT_LEN;
 
@@ -102,7 +103,7 @@ pub struct TrustedIssuer {
 }
 
 /// A verified attestation: who the workload is, and which token proved it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attestation {
     pub issuer_name: String,
     pub iss: String,
@@ -188,63 +189,16 @@ struct Claims {
 #[derive(Default)]
 pub struct Verifier {
     issuers: HashMap<String, Arc<TrustedIssuer>>,
-    verified: Verified,
-}
-
-/// Attestations verified recently, by the SHA-256 of the whole token: a
-/// platform token is presented again and again until it is rotated (a
-/// Kubernetes service-account token for most of an hour, by every renewal
-/// of every credential), and its signature is most of an exchange's cost.
-/// An entry answers only while the token's times still hold and while the
-/// issuer's key set is the very one it was verified with: a key rotation,
-/// a refetch or keys going stale sends the token through full verification
-/// again. Single-use tokens are still refused on reuse, when the issuance
-/// commits.
-#[derive(Default)]
-struct Verified {
-    shards: [std::sync::Mutex<HashMap<[u8; 32], VerifiedEntry>>; VERIFIED_SHARDS],
-}
-
-const VERIFIED_SHARDS: usize = 16;
-/// Most tokens remembered per shard; a full shard forgets expired entries,
-/// then everything.
-const VERIFIED_PER_SHARD: usize = 1024;
-
-struct VerifiedEntry {
-    attestation: Attestation,
-    /// The key set the signature was checked against.
-    keys: Arc<KeySet>,
-    issuer: Arc<TrustedIssuer>,
-    /// Within these bounds (unix seconds) the token's times hold.
-    valid_from: i64,
-    valid_until: i64,
-}
-
-impl Verified {
-    fn shard(&self, digest: &[u8; 32]) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], VerifiedEntry>> {
-        self.shards[usize::from(digest[0]) % VERIFIED_SHARDS].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn get(&self, digest: &[u8; 32], now: OffsetDateTime) -> Option<Attestation> {
-        let now = now.unix_timestamp();
-        let shard = self.shard(digest);
-        let entry = shard.get(digest)?;
-        let keys = entry.issuer.current_keys()?;
-        (Arc::ptr_eq(&keys, &entry.keys) && entry.valid_from <= now && now < entry.valid_until)
-            .then(|| entry.attestation.clone())
-    }
-
-    fn put(&self, digest: [u8; 32], entry: VerifiedEntry, now: OffsetDateTime) {
-        let now = now.unix_timestamp();
-        let mut shard = self.shard(&digest);
-        if shard.len() >= VERIFIED_PER_SHARD {
-            shard.retain(|_, e| now < e.valid_until);
-            if shard.len() >= VERIFIED_PER_SHARD {
-                shard.clear();
-            }
-        }
-        shard.insert(digest, entry);
-    }
+    /// Attestations verified recently, by the SHA-256 of the whole token: a
+    /// platform token is presented again and again until it is rotated (a
+    /// Kubernetes service-account token for most of an hour, by every
+    /// renewal of every credential), and its signature is most of an
+    /// exchange's cost. An entry answers only while the token's times still
+    /// hold and while the issuer's key set is the very one it was verified
+    /// with: a key rotation, a refetch or keys going stale sends the token
+    /// through full verification again. Single-use tokens are still refused
+    /// on reuse, when the issuance commits.
+    verified: Verified<Signer>,
 }
 
 impl Verifier {
@@ -265,14 +219,13 @@ impl Verifier {
             return Err(Rejection::TooLarge);
         }
         let digest = crypto::sha256(token.as_bytes());
-        if let Some(attestation) = self.verified.get(&digest, now) {
+        if let Some(attestation) = self.verified.get(&digest, now, Signer::is_current) {
             return Ok(attestation);
         }
         let (attestation, _, proof) = self.verify_checked(token, now, Use::Attestation).await?;
-        let entry = VerifiedEntry {
+        let entry = Entry {
             attestation: attestation.clone(),
-            keys: proof.keys,
-            issuer: proof.issuer,
+            basis: proof.signer,
             valid_from: proof.valid_from,
             valid_until: proof.valid_until,
         };
@@ -317,7 +270,7 @@ impl Verifier {
     }
 
     /// Verifies `token` for `usage`; also returns what the verification
-    /// rested on, for [`Verified`].
+    /// rested on, to remember it by.
     async fn verify_checked(
         &self,
         token: &str,
@@ -391,8 +344,7 @@ impl Verifier {
         };
         let leeway_secs = i64::try_from(issuer.leeway.as_secs()).unwrap_or(i64::MAX);
         let proof = Proof {
-            keys,
-            issuer: Arc::clone(issuer),
+            signer: Signer { keys, issuer: Arc::clone(issuer) },
             valid_from: claims.nbf.unwrap_or(claims.iat).max(claims.iat).saturating_sub(leeway_secs),
             valid_until: claims.exp.saturating_add(leeway_secs),
         };
@@ -409,13 +361,26 @@ impl Verifier {
     }
 }
 
-/// What a verification rested on: the key set, the issuer, and the times
-/// (unix seconds) within which the token's `nbf`, `iat` and `exp` hold.
+/// What a verification rested on: the key set and its issuer, and the
+/// times (unix seconds) within which the token's `nbf`, `iat` and `exp`
+/// hold.
 struct Proof {
-    keys: Arc<KeySet>,
-    issuer: Arc<TrustedIssuer>,
+    signer: Signer,
     valid_from: i64,
     valid_until: i64,
+}
+
+/// The key set a signature was checked against, and its issuer.
+struct Signer {
+    keys: Arc<KeySet>,
+    issuer: Arc<TrustedIssuer>,
+}
+
+impl Signer {
+    /// Whether the issuer's key set is still this very one.
+    fn is_current(&self) -> bool {
+        self.issuer.current_keys().is_some_and(|keys| Arc::ptr_eq(&keys, &self.keys))
+    }
 }
 
 impl TrustedIssuer {

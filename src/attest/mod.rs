@@ -5,6 +5,7 @@ pub mod dpop;
 pub mod jwks;
 pub mod jwt;
 pub mod spiffe;
+mod verified;
 pub mod x509;
 
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use crate::domain::spiffe::{SpiffeId, SpiffeIdError, validate_trust_domain};
 #[derive(Debug, Clone)]
 pub struct X509Svid {
     pub id: SpiffeId,
+    pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
 
@@ -79,9 +80,20 @@ pub fn validate_svid(der: &[u8], now: OffsetDateTime) -> Result<X509Svid, SvidEr
     if t < validity.not_before.timestamp() || t > validity.not_after.timestamp() {
         return Err(SvidError::OutsideValidity);
     }
-    let not_after =
-        OffsetDateTime::from_unix_timestamp(validity.not_after.timestamp()).map_err(|_| SvidError::Malformed)?;
-    Ok(X509Svid { id, not_after })
+    let time = |t: i64| OffsetDateTime::from_unix_timestamp(t).map_err(|_| SvidError::Malformed);
+    Ok(X509Svid {
+        id,
+        not_before: time(validity.not_before.timestamp())?,
+        not_after: time(validity.not_after.timestamp())?,
+    })
+}
+
+/// A certificate's `notBefore` and `notAfter` (unix seconds; both
+/// inclusive), or `None` when it is not DER X.509.
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let validity = cert.validity();
+    Some((validity.not_before.timestamp(), validity.not_after.timestamp()))
 }
 
 fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, SvidError> {

@@ -5,9 +5,10 @@
 //! domain its certificate claims — never against another domain's — and
 //! each request re-verifies the chain against the bundles as they are now,
 //! so a CA removed from a bundle stops working at once, even on a
-//! connection opened before the removal. Bundles are re-read when their
-//! files change (polled) or on SIGHUP; a bundle that fails to load keeps
-//! its last good version and the failure is logged.
+//! connection opened before the removal (a chain verified recently is
+//! remembered only for the bundle that verified it). Bundles are re-read
+//! when their files change (polled) or on SIGHUP; a bundle that fails to
+//! load keeps its last good version and the failure is logged.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,6 +26,7 @@ use time::OffsetDateTime;
 
 use super::jwt::Attestation;
 use super::spiffe::{self, SvidError};
+use super::verified::{Entry, Verified};
 use crate::crypto;
 
 /// One trust domain as configured.
@@ -38,6 +40,7 @@ pub struct TrustDomainSource {
 }
 
 struct Domain {
+    trust_domain: String,
     issuer: String,
     digest: [u8; 32],
     cas: usize,
@@ -83,6 +86,17 @@ pub struct TrustBundles {
     sources: Vec<TrustDomainSource>,
     domains: RwLock<Arc<HashMap<String, Arc<Domain>>>>,
     provider: Arc<CryptoProvider>,
+    /// Chains verified recently, by the SHA-256 of the whole chain
+    /// presented (leaf and intermediates): a workload presents the same
+    /// SVID on every request of its connections until it rotates it, and
+    /// re-verifying the chain (a signature per certificate) was more than
+    /// half of the instructions of an mTLS exchange (docs/performance.md).
+    /// An entry answers only while every certificate presented is within
+    /// its validity, as the two checks of `attest` test it (`not_before <=
+    /// now <= not_after`, in seconds), and while its trust domain's bundle is the
+    /// very one (`Arc`) that verified it: a reload that changes the bundle
+    /// sends the chain through full verification again.
+    verified: Verified<Arc<Domain>>,
 }
 
 impl fmt::Debug for TrustBundles {
@@ -105,7 +119,7 @@ impl TrustBundles {
         for source in &sources {
             domains.insert(source.trust_domain.clone(), Arc::new(load_domain(source, &provider)?));
         }
-        Ok(Self { sources, domains: RwLock::new(Arc::new(domains)), provider })
+        Ok(Self { sources, domains: RwLock::new(Arc::new(domains)), provider, verified: Verified::default() })
     }
 
     fn current(&self) -> Arc<HashMap<String, Arc<Domain>>> {
@@ -164,6 +178,13 @@ impl TrustBundles {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err((X509Rejection::NoCertificate, None));
         };
+        let domains = self.current();
+        // DER is self-delimiting, so the concatenation names one chain.
+        let digest = crypto::sha256_all(chain.iter().map(|c| c.as_ref()));
+        let in_use = |d: &Arc<Domain>| domains.get(&d.trust_domain).is_some_and(|current| Arc::ptr_eq(current, d));
+        if let Some(attestation) = self.verified.get(&digest, now, in_use) {
+            return Ok(attestation);
+        }
         // The leaf's SHA-256, signature included (its `x5t#S256`), unlike a
         // JWT's fingerprint: X.509-SVIDs are never single-use, and a
         // certificate-bound token names exactly the certificate the
@@ -173,7 +194,6 @@ impl TrustBundles {
         let fail = |r: X509Rejection| (r, Some(fingerprint.clone()));
         let svid = spiffe::validate_svid(leaf, now).map_err(|e| fail(e.into()))?;
         let td = svid.id.trust_domain();
-        let domains = self.current();
         let domain = domains.get(td).ok_or_else(|| fail(X509Rejection::UnknownTrustDomain(td.to_owned())))?;
         let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
             u64::try_from(now.unix_timestamp()).unwrap_or_default(),
@@ -191,6 +211,24 @@ impl TrustBundles {
             single_use: false,
             replay_until: svid.not_after,
         };
+        // Every certificate presented must be within its validity for the
+        // entry to answer (webpki checked those of the path it built, a
+        // subset): a narrower window than the checks', never a wider one.
+        let validity = intermediates
+            .iter()
+            .map(|c| spiffe::validity(c))
+            .try_fold((svid.not_before.unix_timestamp(), svid.not_after.unix_timestamp()), |(from, to), v| {
+                v.map(|(f, t)| (from.max(f), to.min(t)))
+            });
+        if let Some((valid_from, not_after)) = validity {
+            let entry = Entry {
+                attestation: attestation.clone(),
+                basis: Arc::clone(domain),
+                valid_from,
+                valid_until: not_after.saturating_add(1),
+            };
+            self.verified.put(digest, entry, now);
+        }
         Ok(attestation)
     }
 
@@ -220,7 +258,13 @@ fn load_domain(source: &TrustDomainSource, provider: &Arc<CryptoProvider>) -> Re
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
         .build()
         .map_err(|e| err(e.to_string()))?;
-    Ok(Domain { issuer: source.issuer.clone(), digest: crypto::sha256(&bytes), cas: certs.len(), verifier })
+    Ok(Domain {
+        trust_domain: source.trust_domain.clone(),
+        issuer: source.issuer.clone(),
+        digest: crypto::sha256(&bytes),
+        cas: certs.len(),
+        verifier,
+    })
 }
 
 /// Requires a client certificate and verifies its chain against the bundle

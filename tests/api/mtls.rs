@@ -3,123 +3,46 @@
 //! RFC 9449). Certificates and CAs are created per test with rcgen.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use halflife::attest::spiffe::SvidError;
+use halflife::attest::x509::{PeerCertificates, X509Rejection};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
 
 pub const SVID: &str = "spiffe://prod.example/ns/ai/sa/indexer";
 
-/// A CA for one trust domain.
-pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
+#[path = "../fixtures/pki.rs"]
+mod pki;
+pub use pki::{Ca, Leaf, ServerPki};
 
 impl Ca {
-    pub fn new(name: &str) -> Self {
+    /// An intermediate CA signed by this one, adjusted by `tweak`.
+    pub fn intermediate(&self, name: &str, tweak: impl FnOnce(&mut CertificateParams)) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        Self { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    pub fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    pub fn der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
-    }
-
-    /// A leaf with `uris` as its URI SANs, adjusted by `tweak`.
-    pub fn leaf_with(&self, uris: &[&str], tweak: impl FnOnce(&mut CertificateParams)) -> Leaf {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = uris.iter().map(|u| SanType::URI((*u).try_into().unwrap())).collect::<Vec<_>>();
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         tweak(&mut params);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf { der: cert.der().clone(), key: key.serialize_der() }
+        Self { issuer: CertifiedIssuer::signed_by(params, KeyPair::generate().unwrap(), &self.issuer).unwrap() }
     }
-
-    pub fn svid(&self, id: &str) -> Leaf {
-        self.leaf_with(&[id], |_| {})
-    }
-}
-
-pub struct Leaf {
-    pub der: CertificateDer<'static>,
-    key: Vec<u8>,
 }
 
 impl Leaf {
     pub fn thumbprint(&self) -> String {
         URL_SAFE_NO_PAD.encode(halflife::crypto::sha256(&self.der))
     }
-
-    /// Writes the certificate and its key as PEM files, each replaced
-    /// whole (as a SPIFFE helper rotates an SVID).
-    pub fn write_pem(&self, cert: &Path, key: &Path) {
-        let pem = |label: &str, der: &[u8]| {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-            let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-            format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
-        };
-        for (path, text) in [(cert, pem("CERTIFICATE", &self.der)), (key, pem("PRIVATE KEY", &self.key))] {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, path).unwrap();
-        }
-    }
-}
-
-/// The mTLS listener's own certificate, from a CA the clients trust.
-pub struct ServerPki {
-    pub ca: Ca,
 }
 
 impl ServerPki {
-    pub fn write(dir: &Path) -> Self {
-        let ca = Ca::new("server CA");
-        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca.issuer).unwrap();
-        std::fs::write(dir.join("mtls-cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("mtls-key.pem"), key.serialize_pem()).unwrap();
-        Self { ca }
-    }
-
     /// An HTTPS client presenting `leaf` (or no certificate).
     pub fn client(&self, leaf: Option<&Leaf>) -> reqwest::Client {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der()).unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
-        let tls = match leaf {
-            Some(leaf) => builder
-                .with_client_auth_cert(
-                    vec![leaf.der.clone()],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key.clone())),
-                )
-                .unwrap(),
-            None => builder.with_no_client_auth(),
-        };
-        reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap()
+        reqwest::Client::builder().tls_backend_preconfigured(self.tls_config(leaf)).build().unwrap()
     }
 }
 
@@ -229,7 +152,7 @@ async fn an_x509_svid_gets_a_certificate_bound_token_from_the_grant_its_jwt_svid
     // The issuance names the certificate by its SHA-256 fingerprint.
     let issued = m.app.events("credential.issued").await;
     let event = issued.iter().find(|e| e.jti.as_deref() == claims["jti"].as_str()).unwrap();
-    let fingerprint = format!("x509-sha256:{}", halflife::crypto::hex(&halflife::crypto::sha256(&leaf.der)));
+    let fingerprint = spiffe_fingerprint(&leaf.der);
     assert_eq!(event.attestation_id.as_deref(), Some(fingerprint.as_str()));
     assert_eq!(event.subject.as_deref(), Some(SVID));
 
@@ -355,7 +278,7 @@ async fn invalid_certificates_are_refused() {
         let description = oauth_error(response, 401, "invalid_client").await;
         // One message for every case: no oracle.
         assert_eq!(description, halflife::broker::exchange::INVALID_CLIENT_CERTIFICATE, "{case}");
-        let fingerprint = format!("x509-sha256:{}", halflife::crypto::hex(&halflife::crypto::sha256(&leaf.der)));
+        let fingerprint = spiffe_fingerprint(&leaf.der);
         let denied = m.app.events("credential.denied").await;
         let event = denied.iter().find(|e| e.attestation_id.as_deref() == Some(fingerprint.as_str()));
         let event = event.unwrap_or_else(|| panic!("{case}: no denial record"));
@@ -388,11 +311,15 @@ async fn bundle_rotation_takes_effect_without_dropping_connections() {
             .await,
         "the added CA was not accepted"
     );
-    // The old CA's live connection kept working through the reload.
-    assert_eq!(exchange(&old_client).await.unwrap().status(), 200);
+    // The old CA's live connection kept working through the reload (twice:
+    // the second answer is the remembered verification).
+    for _ in 0..2 {
+        assert_eq!(exchange(&old_client).await.unwrap().status(), 200);
+    }
 
     // Retire the old CA: new connections fail the handshake, and the live
-    // connection's certificate is refused at once (checked per request).
+    // connection's certificate is refused at once (checked per request;
+    // what was remembered was verified by the bundle now replaced).
     write_bundle(&prod_path, &[&next]);
     assert!(
         eventually(Duration::from_secs(10), || async { m.client_credentials(&old_leaf, &[]).await.is_err() }).await,
@@ -408,6 +335,93 @@ async fn bundle_rotation_takes_effect_without_dropping_connections() {
     assert!(bundles.reload().is_empty(), "a broken bundle must not replace the last good one");
     let fresh = m.pki.client(Some(&new_leaf));
     assert_eq!(exchange(&fresh).await.unwrap().status(), 200);
+}
+
+/// A chain verified once is remembered, and answers as its verification
+/// did, but only while what that verification checked still holds: every
+/// certificate's validity, to the second, and the trust domain's bundle.
+#[tokio::test]
+async fn a_remembered_chain_answers_only_while_its_verification_would() {
+    let Some(m) = MtlsApp::start("").await else { return };
+    let bundles = m.app.broker.bundles.as_ref().unwrap();
+    let now = halflife::clock::Clock::now(&m.app.clock);
+    let (hour, second) = (time::Duration::hours(1), time::Duration::seconds(1));
+    let attest = |chain: &[&CertificateDer<'static>], at| {
+        let peer = PeerCertificates(chain.iter().map(|c| (*c).clone()).collect());
+        bundles.attest(Some(&peer), at)
+    };
+
+    // The leaf's validity, inclusive at both ends as the uncached checks
+    // (the SVID's and webpki's) read it.
+    let leaf = m.prod.leaf_with(&[SVID], |p| {
+        p.not_before = now - hour;
+        p.not_after = now + hour;
+    });
+    let first = attest(&[&leaf.der], now).unwrap();
+    assert_eq!((first.issuer_name.as_str(), first.subject.as_str()), ("spire", SVID));
+    assert_eq!(attest(&[&leaf.der], now).unwrap(), first);
+    assert_eq!(attest(&[&leaf.der], now + hour).unwrap(), first, "its last second");
+    assert_eq!(attest(&[&leaf.der], now - hour).unwrap(), first, "its first second");
+    let outside = (X509Rejection::Svid(SvidError::OutsideValidity), Some(spiffe_fingerprint(&leaf.der)));
+    assert_eq!(attest(&[&leaf.der], now + hour + second).unwrap_err(), outside, "expired");
+    assert_eq!(attest(&[&leaf.der], now - hour - second).unwrap_err(), outside, "not yet valid");
+
+    // An intermediate that expires before the leaf ends the chain's window.
+    let intermediate = m.prod.intermediate("prod.example intermediate", |p| p.not_after = now + hour);
+    let leaf = intermediate.leaf_with(&[SVID], |p| p.not_after = now + 2 * hour);
+    let chain = [&leaf.der, &intermediate.der()];
+    let first = attest(&chain, now).unwrap();
+    assert_eq!(attest(&chain, now + hour).unwrap(), first);
+    let expired = attest(&chain, now + hour + second).unwrap_err();
+    assert!(matches!(expired.0, X509Rejection::Chain(_)), "{expired:?}");
+
+    // A bundle that changes sends the chain through verification again:
+    // accepted while the bundle still holds its CA, refused once it does not.
+    let prod_path = m.dir.path().join("prod.pem");
+    let other = Ca::new("prod.example other");
+    let leaf = m.prod.svid(SVID);
+    let first = attest(&[&leaf.der], now).unwrap();
+    write_bundle(&prod_path, &[&m.prod, &other]);
+    bundles.reload();
+    assert_eq!(attest(&[&leaf.der], now).unwrap(), first);
+    write_bundle(&prod_path, &[&other]);
+    bundles.reload();
+    let refused = attest(&[&leaf.der], now).unwrap_err();
+    assert!(matches!(refused.0, X509Rejection::Chain(_)), "{refused:?}");
+}
+
+/// The broker's clock, not the handshake's, decides whether the
+/// certificate of a live connection is still valid, remembered or not.
+#[tokio::test]
+async fn a_live_connections_certificate_is_refused_once_it_expires() {
+    let Some(m) = MtlsApp::start("").await else { return };
+    let now = halflife::clock::Clock::now(&m.app.clock);
+    let leaf = m.prod.leaf_with(&[SVID], |p| {
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::hours(1);
+    });
+    let client = m.pki.client(Some(&leaf));
+    let exchange = || {
+        client
+            .post(m.mtls_url("/oauth2/token"))
+            .form(&[("grant_type", "client_credentials"), ("audience", "search-api")])
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(exchange().await.unwrap().status(), 200);
+    }
+    // One second past its notAfter.
+    m.app.clock.advance(Duration::from_secs(3600 + 1));
+    oauth_error(exchange().await.unwrap(), 401, "invalid_client").await;
+    let denied = m.app.events("credential.denied").await;
+    let fingerprint = spiffe_fingerprint(&leaf.der);
+    let event = denied.iter().find(|e| e.attestation_id.as_deref() == Some(fingerprint.as_str())).unwrap();
+    assert!(event.reason.as_deref().unwrap_or_default().contains("not within its validity period"), "{event:?}");
+}
+
+/// How the audit log names a certificate.
+fn spiffe_fingerprint(der: &[u8]) -> String {
+    format!("x509-sha256:{}", halflife::crypto::hex(&halflife::crypto::sha256(der)))
 }
 
 /// A client's DPoP key (ES256) and the proofs it signs.

@@ -179,11 +179,13 @@ pub fn chain_hash(prev_hash: &str, event: &Canonical<'_>) -> String {
 
 /// The chain hash of `event` after `prev_hash`: its 32 bytes, as stored.
 pub fn chain_digest(prev_hash: &str, event: &Canonical<'_>) -> [u8; 32] {
-    let body = serde_json::to_vec(event).unwrap_or_default();
-    let mut input = Vec::with_capacity(prev_hash.len() + 1 + body.len());
+    // Written once into a buffer that holds an issuance's event whole.
+    let mut input = Vec::with_capacity(2048);
     input.extend_from_slice(prev_hash.as_bytes());
     input.push(b'\n');
-    input.extend_from_slice(&body);
+    if serde_json::to_writer(&mut input, event).is_err() {
+        input.truncate(prev_hash.len() + 1);
+    }
     crypto::sha256(&input)
 }
 

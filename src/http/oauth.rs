@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use secrecy::ExposeSecret;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -304,22 +305,53 @@ async fn token(
         dpop: dpop.map(|proof| (proof, state.token_endpoint.as_ref().clone())),
     };
     let issued = state.broker.exchange(request, &meta).await?;
-    let mut body = json!({
-        "access_token": issued.access_token.expose_secret(),
-        "issued_token_type": issued_token_type,
-        "token_type": issued.token_type,
-        "expires_in": issued.expires_in,
-        "scope": issued.scope,
+    let secret = issued.access_token.expose_secret();
+    let login = issued.login.as_ref().map(|login| LoginAnswer {
+        username: &login.username,
+        password: secret,
+        host: &login.host,
+        port: login.port,
+        database: &login.database,
+        expires_at: crate::domain::rfc3339(login.expires_at),
     });
-    if let Some(login) = &issued.login {
-        body["username"] = json!(login.username);
-        body["password"] = json!(issued.access_token.expose_secret());
-        body["host"] = json!(login.host);
-        body["port"] = json!(login.port);
-        body["database"] = json!(login.database);
-        body["expires_at"] = json!(crate::domain::rfc3339(login.expires_at));
-    }
-    Ok(no_store(Json(body).into_response()))
+    let answer = TokenAnswer {
+        access_token: secret,
+        issued_token_type,
+        token_type: issued.token_type,
+        expires_in: issued.expires_in,
+        scope: &issued.scope,
+        login,
+    };
+    // One buffer the size of the answer, written once: the token is most
+    // of it, and is not copied into a `Value` on the way.
+    let mut body = Vec::with_capacity(secret.len() * 2 + 512);
+    serde_json::to_writer(&mut body, &answer).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut response = Response::new(axum::body::Body::from(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(no_store(response))
+}
+
+/// A token endpoint's answer (RFC 6749 §5.1, RFC 8693 §2.2.1), with a
+/// database login's connection details beside it.
+#[derive(Serialize)]
+struct TokenAnswer<'a> {
+    access_token: &'a str,
+    issued_token_type: &'a str,
+    token_type: &'a str,
+    expires_in: i64,
+    scope: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    login: Option<LoginAnswer<'a>>,
+}
+
+#[derive(Serialize)]
+struct LoginAnswer<'a> {
+    username: &'a str,
+    password: &'a str,
+    host: &'a str,
+    port: u16,
+    database: &'a str,
+    expires_at: String,
 }
 
 /// A person signs in: their OpenID Connect ID token is exchanged for a

@@ -490,13 +490,7 @@ async fn over_tls_the_session_cookie_is_secure_and_bound_to_the_host() {
     .unwrap();
     tokio::spawn(app.run(std::future::pending()));
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::mtls::pki::client_config(cert.cert.der().clone(), None);
     let b = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .cookie_store(true)

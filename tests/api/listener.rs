@@ -1,6 +1,5 @@
 //! The listener: limits, timeouts, error shapes, TLS.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -102,13 +101,7 @@ async fn tls_is_served_when_configured() {
     assert!(app.base_url().starts_with("https://"));
     tokio::spawn(app.run(std::future::pending()));
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::mtls::pki::client_config(cert.cert.der().clone(), None);
     let client = reqwest::Client::builder().tls_backend_preconfigured(tls).build().unwrap();
     let url = format!("https://localhost:{}/.well-known/oauth-authorization-server", addr.port());
     let meta: Value = client.get(&url).send().await.unwrap().json().await.unwrap();

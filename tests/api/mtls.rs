@@ -18,7 +18,7 @@ use crate::helpers::*;
 pub const SVID: &str = "spiffe://prod.example/ns/ai/sa/indexer";
 
 #[path = "../fixtures/pki.rs"]
-mod pki;
+pub mod pki;
 pub use pki::{Ca, Leaf, ServerPki};
 
 impl Ca {
